@@ -1,0 +1,109 @@
+"""Cost of sparsity per training step and per topology update, against dense training.
+
+Run by hand:  python benchmarks/step_overhead.py [--rounds 15] [--steps 50] [--threads 2]
+
+For each model, dense and sparse training steps are timed in interleaved blocks in the same
+process (so both see the same machine state), and the ratio of the median block times is printed.
+Then one topology update is timed for SET (magnitude prune + random growth) and RigL
+(magnitude prune + gradient growth). Reference figures for the original ITOP masking on this
+2-core CPU (shared/reference/REFERENCE.md): step 1.21x (LeNet-300-100, batch 100) and 1.10x
+(3072-1024-512-10 MLP, batch 128); one update on that MLP 153 ms (SET) / 409 ms (RigL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch import nn
+
+import itop
+
+
+def mlp(sizes: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(fan_in, fan_out), nn.ReLU()]
+    return nn.Sequential(*layers[:-1])
+
+
+def make_run(sizes, batch, sparse: bool, grow: str = "gradient"):
+    torch.manual_seed(0)
+    model = mlp(sizes)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    sparsifier = itop.Sparsifier(model, optimizer, density=0.05, grow=grow, update_frequency=None, seed=0) if sparse else None
+    x, y = torch.randn(batch, sizes[0]), torch.randint(0, sizes[-1], (batch,))
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        if sparsifier is not None:
+            sparsifier.step()
+
+    return step, sparsifier
+
+
+def time_block(step, steps: int) -> float:
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - start) / steps
+
+
+def step_ratio(sizes, batch, rounds: int, steps: int) -> tuple[float, float, float]:
+    dense, _ = make_run(sizes, batch, sparse=False)
+    sparse, _ = make_run(sizes, batch, sparse=True)
+    for fn in (dense, sparse):
+        time_block(fn, 10)
+    dense_t, sparse_t = [], []
+    for _ in range(rounds):
+        dense_t.append(time_block(dense, steps))
+        sparse_t.append(time_block(sparse, steps))
+    d, s = statistics.median(dense_t), statistics.median(sparse_t)
+    return d, s, s / d
+
+
+def update_time(sizes, batch, grow: str, repeats: int) -> float:
+    step, sparsifier = make_run(sizes, batch, sparse=True, grow=grow)
+    step()
+    times = []
+    for _ in range(repeats):
+        sparsifier.optimizer.zero_grad()
+        model = sparsifier.model
+        x = torch.randn(batch, sizes[0])
+        nn.functional.cross_entropy(model(x), torch.randint(0, sizes[-1], (batch,))).backward()
+        start = time.perf_counter()
+        sparsifier.update_topology()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {args.threads} threads, {args.rounds} interleaved rounds of {args.steps} steps")
+    print("| model | batch | dense step ms | sparse step ms | ratio | original's ratio |")
+    print("|---|---|---|---|---|---|")
+    for label, sizes, batch, original in (
+        ("LeNet-300-100", [784, 300, 100, 10], 100, 1.21),
+        ("MLP 3072-1024-512-10", [3072, 1024, 512, 10], 128, 1.10),
+    ):
+        d, s, r = step_ratio(sizes, batch, args.rounds, args.steps)
+        print(f"| {label} | {batch} | {d * 1e3:.3f} | {s * 1e3:.3f} | {r:.3f}x | {original:.2f}x |")
+    print()
+    print("| update on MLP 3072-1024-512-10 | ms | original ms | speed-up |")
+    print("|---|---|---|---|")
+    for label, grow, original in (("SET (random growth)", "random", 153), ("RigL (gradient growth)", "gradient", 409)):
+        t = update_time([3072, 1024, 512, 10], 128, grow, repeats=7) * 1e3
+        print(f"| {label} | {t:.1f} | {original} | {original / t:.1f}x |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""FLOPs of a sparse model relative to its dense version, for inference and for a whole run.
+
+Dense per-layer forward FLOPs are counted once with `torch.utils.flop_counter.FlopCounterMode`
+(matrix multiplications and convolutions; elementwise work is not counted). A layer whose weight is
+sparse costs its density times its dense FLOPs. Training follows the accounting of the RigL paper
+(Evci et al. 2020, appendix H): a dense step costs 3 f_D (forward f_D, backward 2 f_D); a sparse
+step 3 f_S; a step that also needs the dense gradient of the weights costs 2 f_S + f_D, which is
+every topology update for gradient growth (RigL) and every step for momentum-based criteria.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+@dataclass(frozen=True)
+class LayerFlops:
+    """Dense forward FLOPs of one example batch: per module (by name), and in all."""
+
+    per_module: dict[str, int]
+    total: int
+
+    def sparse_forward(self, densities: Mapping[str, float]) -> float:
+        """Forward FLOPs when the named parameters have the given densities (the rest dense).
+
+        A module's FLOPs scale with the mean density of its sparse parameters.
+        """
+        by_module: dict[str, list[float]] = {}
+        for name, density in densities.items():
+            by_module.setdefault(name.rpartition(".")[0], []).append(density)
+        saved = sum(self.per_module.get(m, 0) * (1 - sum(d) / len(d)) for m, d in by_module.items())
+        return self.total - saved
+
+
+def count_flops(model: nn.Module, *example_inputs, **example_kwargs) -> LayerFlops:
+    """Dense forward FLOPs of `model` on one example batch, per module name."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(*example_inputs, **example_kwargs)
+    counts = {key: sum(ops.values()) for key, ops in counter.get_flop_counts().items()}
+    root = type(model).__name__
+    per_module = {name: counts.get(f"{root}.{name}" if name else root, 0) for name, _ in model.named_modules()}
+    return LayerFlops(per_module, counts.get("Global", 0))
+
+
+def inference_ratio(flops: LayerFlops, densities: Mapping[str, float]) -> float:
+    """Test FLOPs of the sparse model as a fraction of the dense model's."""
+    return flops.sparse_forward(densities) / flops.total if flops.total else 1.0
+
+
+def dense_gradient_every(sparsifier) -> str:
+    """When a run computes dense weight gradients: 'never', 'update' (RigL) or 'step'."""
+    config = sparsifier.config
+    if config["grow"] == "momentum" or config["redistribution"] == "momentum":
+        return "step"
+    if config["grow"] == "gradient" and config["update_frequency"] is not None:
+        return "update"
+    return "never"
+
+
+def training_ratio(flops: LayerFlops, sparsifier, total_steps: int | None = None) -> float:
+    """Training FLOPs of the whole run (so far, or to `total_steps`) relative to dense training.
+
+    Uses the sparsifier's history of per-layer active counts, so densities that change with
+    redistribution are integrated over the steps they held.
+    """
+    steps = sparsifier.config["total_steps"] if total_steps is None else total_steps
+    sizes = {n: p.numel() for n, p in sparsifier.params.items()}
+    dense_step = flops.total
+    mode = dense_gradient_every(sparsifier)
+    history = sparsifier.history
+    cost = 0.0
+    for i, record in enumerate(history):
+        start = min(record["step"], steps)
+        end = min(history[i + 1]["step"], steps) if i + 1 < len(history) else steps
+        f_sparse = flops.sparse_forward({n: record["nnz"][n] / sizes[n] for n in sizes})
+        per_step = 2 * f_sparse + dense_step if mode == "step" else 3 * f_sparse
+        cost += per_step * (end - start)
+        if mode == "update" and i > 0 and record["step"] <= steps:
+            previous = flops.sparse_forward({n: history[i - 1]["nnz"][n] / sizes[n] for n in sizes})
+            cost += dense_step - previous
+    return cost / (3 * dense_step * steps) if dense_step and steps else 1.0

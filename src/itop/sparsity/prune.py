@@ -1,0 +1,57 @@
+"""Which active weights to drop at a topology update.
+
+A prune criterion is a pure function
+    fn(weight, mask, k, *, grad=None, **options) -> new_mask
+taking a layer's weight, its bool mask and the number k of active weights to remove, and
+returning the mask with exactly k active entries switched off (a criterion with its own rule
+for the count, like `threshold`, removes at most k). Register your own with
+`itop.register_prune("name")`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import Tensor
+
+from .registry import Registry
+from .select import bottom_k_mask
+
+PruneFn = Callable[..., Tensor]
+PRUNE: Registry[PruneFn] = Registry("prune criterion")
+
+
+def _drop(mask: Tensor, removed: Tensor) -> Tensor:
+    return mask & ~removed
+
+
+@PRUNE.register("magnitude")
+def magnitude(weight: Tensor, mask: Tensor, k: int, **_) -> Tensor:
+    """Remove the k active weights of smallest |w| (RigL, SET-ITOP)."""
+    return _drop(mask, bottom_k_mask(weight.abs(), k, mask))
+
+
+@PRUNE.register("set")
+def set_signed(weight: Tensor, mask: Tensor, k: int, **_) -> Tensor:
+    """SET's rule: remove the smallest positive and the negative weights closest to zero, half each.
+
+    When one sign has too few active weights the other side makes up the difference, so the count
+    is always exactly k. Active weights that are exactly zero count as positive.
+    """
+    positive = mask & (weight >= 0)
+    negative = mask & (weight < 0)
+    n_pos, n_neg = int(positive.sum()), int(negative.sum())
+    k_pos = min(n_pos, (k + 1) // 2)
+    k_neg = min(n_neg, k - k_pos)
+    k_pos = k - k_neg
+    removed = bottom_k_mask(weight, k_pos, positive)
+    removed |= bottom_k_mask(-weight, k_neg, negative)
+    return _drop(mask, removed)
+
+
+@PRUNE.register("threshold")
+def threshold(weight: Tensor, mask: Tensor, k: int, *, threshold: float = 1e-3, **_) -> Tensor:
+    """Remove active weights with |w| < threshold, at most k of them (the smallest first)."""
+    below = mask & (weight.abs() < threshold)
+    count = min(k, int(below.sum()))
+    return _drop(mask, bottom_k_mask(weight.abs(), count, below))

@@ -1,0 +1,115 @@
+"""Exact selection: pick exactly k positions with the largest scores, ties to the lowest index.
+
+Every criterion reduces to this. `kthvalue` finds the k-th largest score in linear time (no full
+sort); ties at that score are resolved by position, so the result is deterministic and the count
+is exact however many scores are equal (the original's thresholding removed every tied entry).
+When only some positions may be chosen (`allowed`) and they are few, the selection runs on those
+alone: pruning then looks at the active weights only, a few percent of a sparse tensor.
+Random choices (`random_k_mask`) draw only about k positions, not one number per weight.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def _kth_largest(scores: Tensor, k: int) -> Tensor:
+    return torch.kthvalue(scores, scores.numel() - k + 1).values
+
+
+def _top_k_flat(scores: Tensor, k: int, shortlist: bool = True) -> Tensor:
+    n = scores.numel()
+    chosen = torch.zeros(n, dtype=torch.bool, device=scores.device)
+    if k == 0:
+        return chosen
+    if k == n:
+        return chosen.fill_(True)
+    scores = torch.nan_to_num(scores.float(), nan=float("-inf"))
+    if shortlist and n > 1 << 16 and 4 * k < n:
+        # Shortlist: a threshold from a strided sample, set low enough that (almost always) at
+        # least k scores pass it; the exact selection then runs on that shortlist alone. The
+        # result is the same as without it, because every score >= the true k-th is kept.
+        stride = n >> 14
+        sample = scores[::stride]
+        wanted = min(sample.numel(), 2 * (k * sample.numel()) // n + 64)
+        positions = torch.nonzero(scores >= _kth_largest(sample, wanted)).squeeze(1)
+        if k <= positions.numel() <= n // 2:
+            chosen[positions[_top_k_flat(scores[positions], k, shortlist=False)]] = True
+            return chosen
+    kth = _kth_largest(scores, k)
+    torch.gt(scores, kth, out=chosen)
+    missing = k - int(torch.count_nonzero(chosen))
+    if missing > 0:
+        chosen[torch.nonzero(scores == kth).squeeze(1)[:missing]] = True
+    return chosen
+
+
+def top_k_mask(scores: Tensor, k: int, allowed: Tensor | None = None) -> Tensor:
+    """Bool mask shaped like `scores`, True at exactly `k` positions of largest score.
+
+    With `allowed` (a bool mask), only allowed positions can be chosen, and `k` may not exceed
+    their number. NaN scores rank lowest.
+    """
+    flat = scores.reshape(-1)
+    if allowed is None:
+        if not 0 <= k <= flat.numel():
+            raise ValueError(f"cannot select {k} of {flat.numel()} positions.")
+        return _top_k_flat(flat, k).view_as(scores)
+    allowed = allowed.reshape(-1)
+    n_allowed = int(torch.count_nonzero(allowed))
+    if not 0 <= k <= n_allowed:
+        raise ValueError(f"cannot select {k} of {n_allowed} allowed positions.")
+    if 2 * n_allowed > flat.numel():
+        lowest = torch.full((), float("-inf"), device=flat.device)
+        return _top_k_flat(torch.where(allowed, flat.float(), lowest), k).view_as(scores)
+    positions = torch.nonzero(allowed).squeeze(1)
+    chosen = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
+    chosen[positions[_top_k_flat(flat[positions], k)]] = True
+    return chosen.view_as(scores)
+
+
+def bottom_k_mask(scores: Tensor, k: int, allowed: Tensor | None = None) -> Tensor:
+    """Bool mask True at exactly `k` positions of smallest score (ties to the lowest index)."""
+    return top_k_mask(-scores.float(), k, allowed)
+
+
+def _first_distinct(values: Tensor) -> Tensor:
+    """The distinct entries of `values` in order of first appearance."""
+    unique, inverse = torch.unique(values, return_inverse=True)
+    order = torch.arange(values.numel(), device=values.device)
+    first = torch.full_like(unique, values.numel()).scatter_reduce_(0, inverse, order, "amin")
+    return unique[torch.argsort(first)]
+
+
+def random_k_mask(allowed: Tensor, k: int, generator: torch.Generator) -> Tensor:
+    """Bool mask True at `k` allowed positions drawn uniformly without replacement.
+
+    Draws come from `generator` (a CPU generator), so a seed gives the same choice on every
+    device. Positions are drawn over the whole tensor and the first k distinct allowed ones kept
+    (a uniform k-subset), which costs about k draws rather than one per weight; when allowed
+    positions are scarce they are listed and permuted instead, and when k is more than half of
+    them the complement is drawn.
+    """
+    flat = allowed.reshape(-1)
+    n, n_allowed = flat.numel(), int(torch.count_nonzero(flat))
+    if not 0 <= k <= n_allowed:
+        raise ValueError(f"cannot select {k} of {n_allowed} allowed positions.")
+    if 2 * k > n_allowed:
+        return allowed & ~random_k_mask(allowed, n_allowed - k, generator)
+    chosen = torch.zeros(n, dtype=torch.bool, device=flat.device)
+    if k == 0:
+        return chosen.view_as(allowed)
+    if 4 * n_allowed < n:
+        positions = torch.nonzero(flat).squeeze(1)
+        pick = torch.randperm(n_allowed, generator=generator)[:k].to(flat.device)
+        chosen[positions[pick]] = True
+        return chosen.view_as(allowed)
+    found = 0
+    while found < k:
+        draws = torch.randint(n, (int((k - found) * 1.25 * n / n_allowed) + 64,), generator=generator)
+        draws = draws.to(flat.device)
+        fresh = _first_distinct(draws[flat[draws] & ~chosen[draws]])[: k - found]
+        chosen[fresh] = True
+        found += fresh.numel()
+    return chosen.view_as(allowed)

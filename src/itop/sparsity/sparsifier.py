@@ -1,0 +1,324 @@
+"""`Sparsifier`: adds dynamic sparse training to any model and optimizer.
+
+It owns the masks and every piece of state the engine has (masks, explored masks, step counter,
+schedule, random generator), applies the masks, and runs topology updates on schedule. The
+criteria it calls are pure functions from `prune`, `grow` and `redistribute`.
+
+How masks stay exact at the cost of one multiply per step: a hook that runs just before
+`optimizer.step()` multiplies the gradients by the masks (one foreach op over all sparse layers).
+With a zero gradient, a zero weight and zero optimizer state, the optimizers listed in
+`ZERO_PRESERVING` leave all three at zero, so inactive weights and their state stay exactly zero
+without being touched again. Any other optimizer gets its weights and state tensors masked after
+every step as well. A hook after `optimizer.step()` counts real steps, so a step that a GradScaler
+skips neither advances the schedule nor changes the topology.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .density import DISTRIBUTIONS, layer_counts
+from .exploration import Exploration
+from .grow import GROW
+from .params import Selector, sparse_parameters
+from .prune import PRUNE
+from .redistribute import REDISTRIBUTE, allocate
+from .schedule import CosineSchedule
+from .select import random_k_mask
+
+ZERO_PRESERVING = (
+    torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.NAdam,
+    torch.optim.RAdam, torch.optim.RMSprop, torch.optim.Adadelta,
+)
+
+
+def _zero_preserving(optimizer: torch.optim.Optimizer) -> bool:
+    if isinstance(optimizer, torch.optim.Adagrad):
+        return all(g.get("initial_accumulator_value", 0) == 0 for g in optimizer.param_groups)
+    return type(optimizer) in ZERO_PRESERVING
+
+
+def _criterion(registry, value):
+    """A registered name (looked up) or a user's callable (used as is)."""
+    return value if callable(value) else registry.get(value)
+
+
+class Sparsifier:
+    """Dynamic sparse training for `model`, driven by `optimizer`'s steps.
+
+    In the loop: `loss.backward(); optimizer.step(); sparsifier.step()`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        density: float = 0.05,
+        distribution: str = "erk",
+        prune: str | Callable = "magnitude",
+        grow: str | Callable = "random",
+        redistribution: str | Callable = "none",
+        prune_rate: float = 0.5,
+        update_frequency: int | None = 100,
+        total_steps: int = 10_000,
+        seed: int | None = None,
+        *,
+        include: Sequence[Selector] | None = None,
+        exclude: Sequence[Selector] = (),
+        prune_options: Mapping[str, Any] | None = None,
+        grow_options: Mapping[str, Any] | None = None,
+        grad_average_beta: float = 0.9,
+    ):
+        if isinstance(density, bool) or not isinstance(density, (int, float)) or not 0 < density <= 1:
+            raise ValueError(f"density must be a number in (0, 1], got {density!r}.")
+        if not 0 < prune_rate <= 1:
+            raise ValueError(f"prune_rate must be in (0, 1], got {prune_rate!r}.")
+        if update_frequency is not None and (not isinstance(update_frequency, int) or update_frequency < 1):
+            raise ValueError(f"update_frequency must be a positive integer or None (static sparse training), got {update_frequency!r}.")
+        if not isinstance(total_steps, int) or total_steps < 1:
+            raise ValueError(f"total_steps must be a positive integer (the run's length in optimizer steps), got {total_steps!r}.")
+        if not 0 <= grad_average_beta < 1:
+            raise ValueError(f"grad_average_beta must be in [0, 1), got {grad_average_beta!r}.")
+        self.config = dict(
+            density=float(density), distribution=distribution, prune=prune, grow=grow,
+            redistribution=redistribution, prune_rate=prune_rate,
+            update_frequency=update_frequency, total_steps=total_steps,
+        )
+        self._density_fn = _criterion(DISTRIBUTIONS, distribution)
+        self._prune = _criterion(PRUNE, prune)
+        self._grow = _criterion(GROW, grow)
+        self._redistribute = _criterion(REDISTRIBUTE, redistribution)
+        self._grows = self._grow is not GROW.get("none")
+        self._per_layer = self._redistribute is REDISTRIBUTE.get("none")
+        self._prune_options = dict(prune_options or {})
+        self._grow_options = dict(grow_options or {})
+        self.schedule = CosineSchedule(prune_rate, update_frequency, total_steps, min(0.005, prune_rate))
+
+        self.params = sparse_parameters(model, include, exclude)
+        if not self.params:
+            raise ValueError("the model has no sparse parameter (no Linear/Conv weight, or include/exclude left none); pass include= to choose some.")
+        held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        missing = [n for n, p in self.params.items() if id(p) not in held]
+        if missing:
+            raise ValueError(f"the optimizer does not hold the model's parameter {missing[0]!r}; build the optimizer from model.parameters().")
+        self.model, self.optimizer = model, optimizer
+        self._names = list(self.params)
+        self._weights = [self.params[n] for n in self._names]
+
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (1,)).item())
+        self.seed = seed
+        self._generator = torch.Generator().manual_seed(seed)
+        self.steps = 0
+        self._optimizer_steps = 0
+        self._counted_steps = 0
+        self._dense_grads: dict[str, Tensor] | None = None
+        self._keep_grad_average = self._grow is GROW.get("momentum") or self._redistribute is REDISTRIBUTE.get("momentum")
+        self._grad_average_beta = grad_average_beta
+        self.grad_average = {n: torch.zeros_like(p) for n, p in self.params.items()} if self._keep_grad_average else {}
+        self._mask_every_step = not _zero_preserving(optimizer)
+
+        self.masks = self._initial_masks()
+        self._nnz = {n: int(m.sum()) for n, m in self.masks.items()}
+        self.exploration = Exploration(self.masks)
+        self.history: list[dict[str, Any]] = []
+        self._record(removed=0, rate=0.0)
+        self._refresh_multipliers()
+        self.apply_masks()
+        self._hooks = [
+            optimizer.register_step_pre_hook(self._before_optimizer_step),
+            optimizer.register_step_post_hook(self._after_optimizer_step),
+        ]
+
+    # ----------------------------------------------------------------------------- masks
+    def _initial_masks(self) -> dict[str, Tensor]:
+        shapes = {n: tuple(p.shape) for n, p in self.params.items()}
+        counts = layer_counts(shapes, self._density_fn(shapes, self.config["density"]))
+        masks = {}
+        for name, param in self.params.items():
+            everywhere = torch.ones(param.shape, dtype=torch.bool, device=param.device)
+            masks[name] = random_k_mask(everywhere, counts[name], self._generator)
+        return masks
+
+    def _refresh_multipliers(self) -> None:
+        """Masks in each weight's dtype and device, in one list, for the foreach multiply."""
+        self._multipliers = [self.masks[n].to(self.params[n].dtype) for n in self._names]
+
+    def _state_tensors(self, param: Tensor) -> list[Tensor]:
+        state = self.optimizer.state.get(param, {})
+        return [t for t in state.values() if isinstance(t, Tensor) and t.shape == param.shape]
+
+    @torch.no_grad()
+    def apply_masks(self) -> None:
+        """Zero every inactive weight and every optimizer state tensor of a sparse weight's shape."""
+        torch._foreach_mul_(self._weights, self._multipliers)
+        for param, mult in zip(self._weights, self._multipliers):
+            for tensor in self._state_tensors(param):
+                tensor.mul_(mult.to(tensor.dtype))
+
+    # ----------------------------------------------------------------------------- hooks
+    @torch.no_grad()
+    def _before_optimizer_step(self, optimizer, args, kwargs) -> None:
+        grads, mults, names = [], [], []
+        for name, param, mult in zip(self._names, self._weights, self._multipliers):
+            if param.grad is not None:
+                grads.append(param.grad)
+                mults.append(mult)
+                names.append(name)
+        if not grads:
+            return
+        if self._keep_grad_average:
+            averages = [self.grad_average[n] for n in names]
+            torch._foreach_lerp_(averages, grads, 1 - self._grad_average_beta)
+        if self.schedule.is_update(self.steps + 1):
+            self._dense_grads = {n: g.clone() for n, g in zip(names, grads)}
+        torch._foreach_mul_(grads, mults)
+
+    def _after_optimizer_step(self, optimizer, args, kwargs) -> None:
+        self._optimizer_steps += 1
+
+    def step(self) -> bool:
+        """Call after `optimizer.step()`. Advances the schedule; returns True if the topology changed.
+
+        Does nothing when no optimizer step happened since the last call (a GradScaler skip).
+        """
+        if self._optimizer_steps == self._counted_steps:
+            self._dense_grads = None
+            return False
+        self._counted_steps = self._optimizer_steps
+        self.steps += 1
+        if self._mask_every_step:
+            self.apply_masks()
+        if self.schedule.is_update(self.steps):
+            self.update_topology()
+            return True
+        return False
+
+    # ----------------------------------------------------------------------------- topology
+    @torch.no_grad()
+    def update_topology(self) -> None:
+        """One prune-and-grow now, at the prune rate of the current step.
+
+        Gradient-based criteria use the dense gradient of the step that triggered the update; when
+        called by hand, the parameters' `.grad` (dense if called before `optimizer.step()`).
+        """
+        grads = self._dense_grads or {n: p.grad for n, p in self.params.items()}
+        self._dense_grads = None
+        rate = self.schedule.rate(self.steps)
+        old = self.masks
+        pruned, removed, room = {}, [], []
+        for name, param in self.params.items():
+            nnz, size = self._nnz[name], param.numel()
+            k = min(math.ceil(rate * nnz), size - nnz)
+            new = self._prune(param, old[name], k, grad=grads.get(name), **self._prune_options)
+            count = nnz - int(torch.count_nonzero(new))
+            if new.shape != param.shape or bool((new & ~old[name]).any()) or not 0 <= count <= k:
+                raise RuntimeError(f"prune criterion {self.config['prune']!r} must switch off at most {k} active weights of {name}; it changed {count}.")
+            pruned[name], room = new, room + [size - nnz]
+            removed.append(count)
+        total = sum(removed)
+        if not self._grows:
+            grown_counts = [0] * len(removed)
+        elif self._per_layer:
+            grown_counts = removed
+        else:
+            shares = [
+                self._redistribute(self.params[n], pruned[n], removed=r, grad_average=self.grad_average.get(n))
+                for n, r in zip(self._names, removed)
+            ]
+            grown_counts = allocate(total, shares, room)
+        masks = {}
+        for (name, param), count in zip(self.params.items(), grown_counts):
+            candidates = ~old[name]
+            grown = self._grow(
+                candidates, count, weight=param, grad=grads.get(name),
+                grad_average=self.grad_average.get(name), generator=self._generator, **self._grow_options,
+            )
+            if int(torch.count_nonzero(grown)) != count or bool((grown & ~candidates).any()):
+                raise RuntimeError(f"grow criterion {self.config['grow']!r} must switch on exactly {count} inactive weights of {name}.")
+            masks[name] = pruned[name] | grown
+        self.masks = masks
+        self._nnz = {n: self._nnz[n] - r + g for n, r, g in zip(self._names, removed, grown_counts)}
+        self.exploration.update(masks)
+        self._refresh_multipliers()
+        self.apply_masks()
+        self._record(removed=total, rate=rate)
+
+    def _record(self, removed: int, rate: float) -> None:
+        self.history.append({
+            "step": self.steps, "prune_rate": rate, "removed": removed,
+            "density": self.density, "itop_rate": self.itop_rate, "nnz": dict(self._nnz),
+        })
+
+    # ----------------------------------------------------------------------------- statistics
+    @property
+    def density(self) -> float:
+        """Realised global density over all sparse parameters."""
+        return sum(self._nnz.values()) / sum(p.numel() for p in self._weights)
+
+    @property
+    def itop_rate(self) -> float:
+        """Rs: the share of all sparse weights that have been active at some point."""
+        return self.exploration.rate
+
+    def layer_stats(self) -> dict[str, dict[str, Any]]:
+        """Per sparse parameter: shape, numel, active count, density, explored share."""
+        return {
+            name: {
+                "shape": tuple(param.shape), "numel": param.numel(), "active": self._nnz[name],
+                "density": self._nnz[name] / param.numel(), "explored": self.exploration.layer_rate(name),
+            }
+            for name, param in self.params.items()
+        }
+
+    # ----------------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue bit-identically: masks, explored masks, counters, RNG."""
+        return {
+            "masks": {n: m.clone() for n, m in self.masks.items()},
+            "explored": self.exploration.state_dict(),
+            "steps": self.steps,
+            "seed": self.seed,
+            "generator": self._generator.get_state(),
+            "grad_average": {n: t.clone() for n, t in self.grad_average.items()},
+            "history": [dict(h, nnz=dict(h["nnz"])) for h in self.history],
+            "config": {k: v for k, v in self.config.items() if isinstance(v, (str, int, float, type(None)))},
+        }
+
+    @torch.no_grad()
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a `state_dict()`; the masks must name and shape the same parameters."""
+        masks = state["masks"]
+        if set(masks) != set(self.params):
+            raise ValueError(f"the saved masks cover parameters {sorted(masks)} but this model's sparse parameters are {sorted(self.params)}; load a state saved from the same model.")
+        for name, mask in masks.items():
+            if tuple(mask.shape) != tuple(self.params[name].shape):
+                raise ValueError(f"the saved mask of {name} has shape {tuple(mask.shape)}, the parameter {tuple(self.params[name].shape)}; load a state saved from the same model.")
+        self.masks = {n: masks[n].to(device=self.params[n].device, dtype=torch.bool).clone() for n in self._names}
+        self._nnz = {n: int(m.sum()) for n, m in self.masks.items()}
+        self.exploration.load_state_dict(state["explored"])
+        self.steps = int(state["steps"])
+        self.seed = int(state["seed"])
+        self._generator.set_state(state["generator"])
+        for name, tensor in state.get("grad_average", {}).items():
+            if name in self.grad_average:
+                self.grad_average[name].copy_(tensor)
+        self.history = [dict(h, nnz=dict(h["nnz"])) for h in state.get("history", [])]
+        self._counted_steps = self._optimizer_steps
+        self._dense_grads = None
+        self._refresh_multipliers()
+        self.apply_masks()
+
+    def remove_hooks(self) -> None:
+        """Detach from the optimizer (the masks stop being applied)."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+
+    def __repr__(self) -> str:
+        return (f"Sparsifier(layers={len(self.params)}, density={self.density:.4f}, itop_rate={self.itop_rate:.4f}, "
+                f"steps={self.steps}, prune={self.config['prune']!r}, grow={self.config['grow']!r})")

@@ -1,0 +1,282 @@
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import itop
+from itop.sparsity.density import DISTRIBUTIONS
+
+from .helpers import assert_zero_off_mask, batches, lenet300, small_convnet, train
+
+
+def make(model=None, optimizer="sgd", **kw):
+    model = model or lenet300()
+    if optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    else:
+        opt = optimizer(model.parameters())
+    kw.setdefault("seed", 3)
+    return model, opt, itop.Sparsifier(model, opt, **kw)
+
+
+def test_public_state_after_init():
+    model, _, sp = make(density=0.05, distribution="erk")
+    assert list(sp.masks) == ["0.weight", "2.weight", "4.weight"]
+    shapes = {n: tuple(p.shape) for n, p in sp.params.items()}
+    expected = DISTRIBUTIONS.get("erk")(shapes, 0.05)
+    for name, stats in sp.layer_stats().items():
+        assert sp.masks[name].dtype == torch.bool and sp.masks[name].shape == shapes[name]
+        assert stats["active"] == round(expected[name] * stats["numel"]) == int(sp.masks[name].sum())
+        assert stats["explored"] == stats["density"]
+    assert sp.density == pytest.approx(0.05, abs=1e-4)
+    assert sp.itop_rate == sp.density
+    assert (model[0].weight[~sp.masks["0.weight"]] == 0).all()
+    assert model[0].bias.count_nonzero() == 300  # biases stay dense
+
+
+@pytest.mark.parametrize("optimizer", [
+    "sgd",
+    lambda p: torch.optim.Adam(p, lr=1e-3, weight_decay=1e-4),
+    lambda p: torch.optim.AdamW(p, lr=1e-3),
+    lambda p: torch.optim.RMSprop(p, lr=1e-3, momentum=0.9, centered=True),
+    lambda p: torch.optim.Adamax(p, lr=1e-3),  # not zero-preserving: masked after every step
+    lambda p: torch.optim.Rprop(p),
+])
+@pytest.mark.parametrize("grow", ["random", "gradient", "momentum"])
+def test_zero_off_mask_in_weights_and_optimizer_state(optimizer, grow):
+    model, opt, sp = make(small_convnet(), optimizer=optimizer, density=0.2, grow=grow, update_frequency=3, total_steps=12)
+    train(model, opt, sp, batches(12, (1, 12, 12), 4), check=assert_zero_off_mask)
+    assert sp.itop_rate > sp.density
+
+
+@pytest.mark.parametrize("grow", ["random", "gradient", "momentum"])
+@pytest.mark.parametrize("redistribution", ["none", "magnitude", "nonzeros", "momentum"])
+def test_count_never_drifts_and_rs_monotone(grow, redistribution):
+    model, opt, sp = make(density=0.1, grow=grow, redistribution=redistribution, update_frequency=2, total_steps=10)
+    total = sum(sp._nnz.values())
+    before = dict(sp._nnz)
+    rates = [sp.itop_rate]
+
+    def check(s):
+        assert sum(int(m.sum()) for m in s.masks.values()) == total
+        if redistribution == "none":
+            assert {n: int(m.sum()) for n, m in s.masks.items()} == before
+        rates.append(s.itop_rate)
+
+    train(model, opt, sp, batches(10, (784,), 10), check)
+    assert rates == sorted(rates) and rates[-1] > rates[0]
+
+
+def test_grown_weights_start_at_zero_and_pruned_are_not_regrown():
+    pruned_log = []
+
+    def logging_magnitude(weight, mask, k, **kw):
+        new = itop.sparsity.prune.magnitude(weight, mask, k)
+        pruned_log.append(mask & ~new)
+        return new
+
+    model, opt, sp = make(prune=logging_magnitude, grow="gradient", update_frequency=4, total_steps=8)
+    data = batches(4, (784,), 10)
+    old = {n: m.clone() for n, m in sp.masks.items()}
+    train(model, opt, sp, data)
+    for (name, param), pruned in zip(sp.params.items(), pruned_log):
+        new = sp.masks[name]
+        grown = new & ~old[name]
+        assert grown.any() and pruned.any()
+        assert (param[grown] == 0).all() and (opt.state[param]["momentum_buffer"][grown] == 0).all()
+        assert not (new & pruned).any(), "a weight pruned in an update was regrown in the same update"
+
+
+def test_dense_layers_stay_dense():
+    model, opt, sp = make(density=0.05, update_frequency=2, total_steps=10)
+    train(model, opt, sp, batches(10, (784,), 10))
+    lenet5ish_last = sp.layer_stats()["4.weight"]
+    assert lenet5ish_last["active"] == 919  # not dense at 0.05, but never above its count
+    model, opt, sp = make(density=0.5, distribution="erk", update_frequency=2, total_steps=10)
+    dense = [n for n, s in sp.layer_stats().items() if s["density"] == 1.0]
+    train(model, opt, sp, batches(6, (784,), 10))
+    assert dense and all(sp.layer_stats()[n]["density"] == 1.0 for n in dense)
+
+
+def test_static_mode_keeps_topology_and_rs():
+    model, opt, sp = make(update_frequency=None)
+    masks = copy.deepcopy(sp.masks)
+    train(model, opt, sp, batches(6, (784,), 10))
+    assert all(torch.equal(masks[n], sp.masks[n]) for n in masks) and sp.itop_rate == sp.density
+
+
+def test_momentum_growth_really_explores():
+    """REFERENCE 8.2-2: the original's momentum growth regrew exactly what it pruned."""
+    model, opt, sp = make(grow="momentum", update_frequency=2, total_steps=8)
+    start = sp.itop_rate
+    train(model, opt, sp, batches(8, (784,), 10))
+    assert sp.itop_rate > start + 0.01
+
+
+def test_grow_none_only_prunes():
+    model, opt, sp = make(grow="none", update_frequency=2, total_steps=4, prune_rate=0.5)
+    before = sum(sp._nnz.values())
+    train(model, opt, sp, batches(2, (784,), 10))
+    assert sum(int(m.sum()) for m in sp.masks.values()) < before and sp.itop_rate == pytest.approx(before / 266_200)
+
+
+def test_threshold_prune_restores_count():
+    model, opt, sp = make(prune="threshold", prune_options={"threshold": 0.02}, update_frequency=2, total_steps=4)
+    before = dict(sp._nnz)
+    train(model, opt, sp, batches(2, (784,), 10))
+    assert sp.history[-1]["removed"] > 0 and sp._nnz == before
+
+
+def test_same_seed_same_masks_other_seed_other_masks():
+    runs = []
+    for seed in (5, 5, 6):
+        model, opt, sp = make(lenet300(0), seed=seed, update_frequency=2, total_steps=6)
+        train(model, opt, sp, batches(6, (784,), 10))
+        runs.append(sp.masks)
+    assert all(torch.equal(runs[0][n], runs[1][n]) for n in runs[0])
+    assert not all(torch.equal(runs[0][n], runs[2][n]) for n in runs[0])
+
+
+@pytest.mark.parametrize("grow", ["random", "gradient", "momentum"])
+def test_resume_is_bit_identical(grow):
+    data = batches(12, (1, 12, 12), 4)
+    kw = dict(density=0.3, grow=grow, redistribution="momentum" if grow == "momentum" else "none",
+              update_frequency=3, total_steps=12)
+    model, opt, sp = make(small_convnet(0), **kw)
+    train(model, opt, sp, data[:7])
+    saved = copy.deepcopy({"model": model.state_dict(), "opt": opt.state_dict(), "sp": sp.state_dict()})
+    model2, opt2, sp2 = make(small_convnet(1), **dict(kw, seed=99))
+    model2.load_state_dict(saved["model"])
+    opt2.load_state_dict(saved["opt"])
+    sp2.load_state_dict(saved["sp"])
+    train(model2, opt2, sp2, data[7:])
+
+    ref_model, ref_opt, ref_sp = make(small_convnet(0), **kw)
+    train(ref_model, ref_opt, ref_sp, data)
+    for key, value in ref_model.state_dict().items():
+        assert torch.equal(value, model2.state_dict()[key]), key
+    assert all(torch.equal(ref_sp.masks[n], sp2.masks[n]) for n in ref_sp.masks)
+    assert ref_sp.itop_rate == sp2.itop_rate and ref_sp.steps == sp2.steps == 12
+
+
+def test_state_dict_survives_weights_only_load(tmp_path):
+    model, opt, sp = make(update_frequency=2, total_steps=4)
+    train(model, opt, sp, batches(2, (784,), 10))
+    torch.save(sp.state_dict(), tmp_path / "sp.pt")
+    state = torch.load(tmp_path / "sp.pt", weights_only=True)
+    _, _, fresh = make(seed=11)
+    fresh.load_state_dict(state)
+    assert fresh.itop_rate == sp.itop_rate and fresh.steps == 2
+
+
+def test_load_state_dict_from_other_model_is_refused():
+    _, _, sp = make()
+    _, _, other = make(small_convnet())
+    with pytest.raises(ValueError, match="same model"):
+        other.load_state_dict(sp.state_dict())
+
+
+def test_skipped_optimizer_step_changes_nothing():
+    model, opt, sp = make(update_frequency=1, total_steps=10)
+    scaler = torch.amp.GradScaler("cpu")
+    x, y = batches(1, (784,), 10)[0]
+    opt.zero_grad()
+    scaler.scale(nn.functional.cross_entropy(model(x), y)).backward()
+    model[0].weight.grad[0, 0] = float("inf")
+    masks = copy.deepcopy(sp.masks)
+    scaler.step(opt)
+    scaler.update()
+    assert sp.step() is False and sp.steps == 0
+    assert all(torch.equal(masks[n], sp.masks[n]) for n in masks)
+    opt.zero_grad()
+    scaler.scale(nn.functional.cross_entropy(model(x), y)).backward()
+    scaler.step(opt)
+    scaler.update()
+    assert sp.step() is True and sp.steps == 1
+
+
+def test_bfloat16_model_masks_exact():
+    model = small_convnet().to(torch.bfloat16)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    sp = itop.Sparsifier(model, opt, density=0.3, grow="gradient", update_frequency=2, total_steps=6, seed=0)
+    data = [(x.to(torch.bfloat16), y) for x, y in batches(6, (1, 12, 12), 4)]
+    train(model, opt, sp, data, check=assert_zero_off_mask)
+    assert sp.history[-1]["step"] == 6
+
+
+def test_autocast_bf16_training():
+    model, opt, sp = make(small_convnet(), density=0.3, grow="gradient", update_frequency=2, total_steps=6)
+    for x, y in batches(6, (1, 12, 12), 4):
+        opt.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        sp.step()
+        assert_zero_off_mask(sp)
+
+
+def test_manual_update_topology_uses_current_gradient():
+    model, opt, sp = make(grow="gradient", update_frequency=None)
+    x, y = batches(1, (784,), 10)[0]
+    nn.functional.cross_entropy(model(x), y).backward()
+    before = {n: m.clone() for n, m in sp.masks.items()}
+    sp.update_topology()
+    assert sp.itop_rate > sp.density and any(not torch.equal(before[n], sp.masks[n]) for n in before)
+    assert_zero_off_mask(sp)
+
+
+def test_user_registered_criteria():
+    name = "test-largest-first"
+
+    @itop.register_prune(name)
+    def largest_first(weight, mask, k, **_):
+        return mask & ~itop.sparsity.select.top_k_mask(weight.abs(), k, mask)
+
+    try:
+        model, opt, sp = make(prune=name, update_frequency=2, total_steps=4)
+        train(model, opt, sp, batches(2, (784,), 10))
+        assert sp.history[-1]["removed"] > 0
+        with pytest.raises(ValueError, match="already registered"):
+            itop.register_prune(name, largest_first)
+    finally:
+        itop.sparsity.prune.PRUNE.unregister(name)
+
+
+def test_misbehaving_criterion_is_caught():
+    def greedy(weight, mask, k, **_):
+        return torch.zeros_like(mask)
+
+    model, opt, sp = make(prune=greedy, update_frequency=2, total_steps=4)
+    with pytest.raises(RuntimeError, match="at most"):
+        train(model, opt, sp, batches(2, (784,), 10))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(density=0), "density must be"),
+    (dict(density=1.5), "density must be"),
+    (dict(density="0.1"), "density must be"),
+    (dict(distribution="ERK2"), "unknown distribution .ERK2.; choose one of er, erk, uniform"),
+    (dict(prune="biggest"), "unknown prune criterion 'biggest'; choose one of magnitude, set, threshold"),
+    (dict(grow="rigl"), "unknown grow criterion 'rigl'; choose one of gradient, momentum, none, random"),
+    (dict(redistribution="nonzero"), "unknown redistribution criterion 'nonzero'"),
+    (dict(prune_rate=0), "prune_rate"),
+    (dict(update_frequency=0), "update_frequency"),
+    (dict(total_steps=0), "total_steps"),
+])
+def test_bad_arguments_raise_value_error(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        make(**kwargs)
+
+
+def test_model_without_sparse_parameters():
+    model = nn.Sequential(nn.BatchNorm1d(4))
+    with pytest.raises(ValueError, match="no sparse parameter"):
+        itop.Sparsifier(model, torch.optim.SGD(model.parameters(), lr=0.1))
+
+
+def test_optimizer_without_the_models_parameters():
+    model = lenet300()
+    with pytest.raises(ValueError, match="optimizer does not hold"):
+        itop.Sparsifier(model, torch.optim.SGD(lenet300().parameters(), lr=0.1))
