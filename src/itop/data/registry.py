@@ -1,0 +1,58 @@
+"""Datasets by name, so the command line and configs can say `--data cifar10`.
+
+Each reader module registers a loader function with `@register_dataset(name)`. A loader
+takes `(data_dir, *, valid_split, seed, allow_download)` and returns `DatasetSplits`;
+`load_dataset` adds the checks and the move to the device that every dataset shares.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+from .download import resolve_data_dir
+from .splits import DatasetSplits, check_valid_split
+
+__all__ = ["register_dataset", "list_datasets", "load_dataset"]
+
+Loader = Callable[..., DatasetSplits]
+_REGISTRY: dict[str, Loader] = {}
+
+
+def register_dataset(name: str) -> Callable[[Loader], Loader]:
+    """Decorator registering `loader` under `name` (lower case, unique)."""
+    key = name.lower()
+
+    def decorate(loader: Loader) -> Loader:
+        if key in _REGISTRY and _REGISTRY[key] is not loader:
+            raise ValueError(f"Dataset {key!r} is already registered.")
+        _REGISTRY[key] = loader
+        return loader
+
+    return decorate
+
+
+def list_datasets() -> list[str]:
+    """Registered dataset names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *,
+                 valid_split: float = 0.1, seed: int = 0, device="cpu",
+                 download: bool = True) -> DatasetSplits:
+    """Load dataset `name` from `data_dir` (None: `default_data_dir()`).
+
+    The last round(valid_split * N) samples of a permutation seeded by `seed` become
+    the validation set (None when valid_split is 0). Missing files are downloaded when
+    `download` is true and the network allows; otherwise a one-line `DataError` says
+    which files to put where.
+    """
+    key = str(name).lower()
+    if key not in _REGISTRY:
+        raise ValueError(
+            f"Unknown dataset {name!r}; valid choices: {', '.join(list_datasets())}."
+        )
+    share = check_valid_split(valid_split)
+    splits = _REGISTRY[key](resolve_data_dir(data_dir), valid_split=share, seed=int(seed),
+                            allow_download=download)
+    return splits.to(device)

@@ -1,0 +1,112 @@
+"""In-memory datasets and the train/validation split.
+
+Small datasets (MNIST, CIFAR) fit on the device as one uint8 tensor, so they are kept
+as plain tensors rather than per-sample objects. The validation split lives here, in one
+place, because the original code got it wrong in three ways: MNIST took the *last*
+10% without shuffling, CIFAR-10 validated on augmented images, and CIFAR-100 picked its
+checkpoint on the test set. Here every dataset is split by a seeded permutation, and the
+split only ever holds raw images: augmentation is decided by the loader, for train only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["ArrayDataset", "DatasetSplits", "split_validation", "check_valid_split"]
+
+
+@dataclass
+class ArrayDataset:
+    """Images (uint8, N x C x H x W) and labels (int64, N) as two aligned tensors."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise ValueError(
+                f"images must be a uint8 tensor N x C x H x W, got {self.images.dtype} "
+                f"with shape {tuple(self.images.shape)}."
+            )
+        if self.labels.dtype != torch.int64 or self.labels.dim() != 1:
+            raise ValueError(f"labels must be an int64 vector, got {self.labels.dtype}.")
+        if len(self.images) != len(self.labels):
+            raise ValueError(
+                f"{len(self.images)} images but {len(self.labels)} labels; they must match."
+            )
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[index], self.labels[index]
+
+    def subset(self, indices: torch.Tensor) -> "ArrayDataset":
+        """The samples at `indices`, in that order."""
+        indices = indices.to(self.labels.device)
+        return ArrayDataset(self.images[indices], self.labels[indices])
+
+    def to(self, device: torch.device | str) -> "ArrayDataset":
+        return ArrayDataset(self.images.to(device), self.labels.to(device))
+
+
+@dataclass
+class DatasetSplits:
+    """Everything a training run needs to know about one dataset.
+
+    `val` is None when no validation share was asked for. `mean` and `std` are per
+    channel in 0..1 units; `augment` names the train-time augmentation ("none",
+    "crop-flip-reflect" or "crop-flip-zero") and never applies to `val` or `test`.
+    """
+
+    train: ArrayDataset
+    val: ArrayDataset | None
+    test: ArrayDataset
+    num_classes: int
+    in_channels: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    augment: str = "none"
+    name: str = ""
+
+    def to(self, device: torch.device | str) -> "DatasetSplits":
+        """A copy with every tensor on `device`."""
+        val = None if self.val is None else self.val.to(device)
+        return DatasetSplits(
+            self.train.to(device), val, self.test.to(device), self.num_classes,
+            self.in_channels, self.image_size, self.mean, self.std, self.augment, self.name,
+        )
+
+
+def check_valid_split(valid_split: float) -> float:
+    """Reject shares outside [0, 1) with a one-line message."""
+    share = float(valid_split)
+    if not 0.0 <= share < 1.0:
+        raise ValueError(f"valid_split must be in [0, 1), got {valid_split!r}.")
+    return share
+
+
+def split_validation(
+    data: ArrayDataset, valid_split: float, seed: int
+) -> tuple[ArrayDataset, ArrayDataset | None]:
+    """Split `data` into (train, val) by a permutation seeded with `seed`.
+
+    The last round(valid_split * N) positions of the permutation form the validation
+    set. Both parts keep the original sample order, so the split is a pure function of
+    (N, valid_split, seed). Returns (data, None) when the share rounds to zero samples.
+    """
+    share = check_valid_split(valid_split)
+    n = len(data)
+    n_val = int(round(share * n))
+    if n_val == 0:
+        return data, None
+    if n_val >= n:
+        raise ValueError(f"valid_split={share} leaves no training samples out of {n}.")
+    generator = torch.Generator().manual_seed(int(seed))
+    perm = torch.randperm(n, generator=generator)
+    train_idx = perm[: n - n_val].sort().values
+    val_idx = perm[n - n_val :].sort().values
+    return data.subset(train_idx), data.subset(val_idx)
