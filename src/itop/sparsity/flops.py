@@ -63,24 +63,24 @@ def dense_gradient_every(sparsifier) -> str:
 
 
 def training_ratio(flops: LayerFlops, sparsifier, total_steps: int | None = None) -> float:
-    """Training FLOPs of the whole run (so far, or to `total_steps`) relative to dense training.
+    """Training FLOPs of a whole run of `total_steps` (default: the sparsifier's) relative to dense.
 
-    Uses the sparsifier's history of per-layer active counts, so densities that change with
-    redistribution are integrated over the steps they held.
+    Integrates the sparsifier's history of per-layer active counts, so densities that change with
+    redistribution count for the steps they held; steps not run yet keep the latest densities.
     """
     steps = sparsifier.config["total_steps"] if total_steps is None else total_steps
     sizes = {n: p.numel() for n, p in sparsifier.params.items()}
-    dense_step = flops.total
-    mode = dense_gradient_every(sparsifier)
     history = sparsifier.history
+    forward = [flops.sparse_forward({n: h["nnz"][n] / sizes[n] for n in sizes}) for h in history]
+    starts = [h["step"] for h in history] + [max(steps, history[-1]["step"])]
+    mode = dense_gradient_every(sparsifier)
     cost = 0.0
-    for i, record in enumerate(history):
-        start = min(record["step"], steps)
-        end = min(history[i + 1]["step"], steps) if i + 1 < len(history) else steps
-        f_sparse = flops.sparse_forward({n: record["nnz"][n] / sizes[n] for n in sizes})
-        per_step = 2 * f_sparse + dense_step if mode == "step" else 3 * f_sparse
-        cost += per_step * (end - start)
-        if mode == "update" and i > 0 and record["step"] <= steps:
-            previous = flops.sparse_forward({n: history[i - 1]["nnz"][n] / sizes[n] for n in sizes})
-            cost += dense_step - previous
-    return cost / (3 * dense_step * steps) if dense_step and steps else 1.0
+    for f_sparse, start, end in zip(forward, starts, starts[1:]):
+        per_step = 2 * f_sparse + flops.total if mode == "step" else 3 * f_sparse
+        cost += per_step * (min(end, steps) - min(start, steps))
+    if mode == "update":
+        frequency = sparsifier.config["update_frequency"]
+        for update in range(frequency, steps + 1, frequency):
+            before = max(i for i, h in enumerate(history) if h["step"] < update)
+            cost += flops.total - forward[before]
+    return cost / (3 * flops.total * steps) if flops.total and steps else 1.0

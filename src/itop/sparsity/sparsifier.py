@@ -27,7 +27,7 @@ from .grow import GROW
 from .params import Selector, sparse_parameters
 from .prune import PRUNE
 from .redistribute import REDISTRIBUTE, allocate
-from .schedule import CosineSchedule
+from .schedule import PruneSchedule
 from .select import random_k_mask
 
 ZERO_PRESERVING = (
@@ -72,6 +72,7 @@ class Sparsifier:
         prune_options: Mapping[str, Any] | None = None,
         grow_options: Mapping[str, Any] | None = None,
         grad_average_beta: float = 0.9,
+        decay_schedule: str = "cosine",
     ):
         if isinstance(density, bool) or not isinstance(density, (int, float)) or not 0 < density <= 1:
             raise ValueError(f"density must be a number in (0, 1], got {density!r}.")
@@ -86,7 +87,7 @@ class Sparsifier:
         self.config = dict(
             density=float(density), distribution=distribution, prune=prune, grow=grow,
             redistribution=redistribution, prune_rate=prune_rate,
-            update_frequency=update_frequency, total_steps=total_steps,
+            update_frequency=update_frequency, total_steps=total_steps, decay_schedule=decay_schedule,
         )
         self._density_fn = _criterion(DISTRIBUTIONS, distribution)
         self._prune = _criterion(PRUNE, prune)
@@ -96,7 +97,7 @@ class Sparsifier:
         self._per_layer = self._redistribute is REDISTRIBUTE.get("none")
         self._prune_options = dict(prune_options or {})
         self._grow_options = dict(grow_options or {})
-        self.schedule = CosineSchedule(prune_rate, update_frequency, total_steps, min(0.005, prune_rate))
+        self.schedule = PruneSchedule(prune_rate, update_frequency, total_steps, min(0.005, prune_rate), decay_schedule)
 
         self.params = sparse_parameters(model, include, exclude)
         if not self.params:
