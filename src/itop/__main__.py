@@ -1,0 +1,29 @@
+"""`itop` / `python -m itop`: the command line (train, report)."""
+
+from __future__ import annotations
+
+import sys
+
+USAGE = "usage: itop {train,report} [options]   (itop train --help, itop report --help)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command == "train":
+        from itop.train.cli import train_main
+
+        return train_main(rest)
+    if command == "report":
+        from itop.report.cli import main as report_main
+
+        return report_main(rest)
+    print(f"itop: error: unknown command {command!r}; choose train or report.", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

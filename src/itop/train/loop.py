@@ -1,0 +1,256 @@
+"""One training run, top to bottom: data, model, optimizer, sparsifier, epochs, checkpoints, summary.
+
+The sparse part is the three lines any user writes: build an `itop.Sparsifier`, then after each
+`optimizer.step()` call `sparsifier.step()`. Everything a resume needs (model, optimizer,
+sparsifier, loader generator, RNG, AMP scaler, epoch) is in the checkpoint written after every
+epoch, and the learning rate is recomputed from the step, so a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+import itop
+from itop.data import load_dataset, make_loaders
+from itop.models import create_model
+
+from .checkpoint import RunError, load_checkpoint, save_checkpoint, save_json
+from .config import TrainConfig
+from .metrics import MetricsLog, epoch_line
+from .optim import build_optimizer, learning_rate, set_learning_rate
+
+ENGINE_NAMES = {"erk": "erk", "er": "er", "uniform": "uniform", "set": "set", "magnitude": "magnitude", "threshold": "threshold"}
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def pick_device(cfg: TrainConfig) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(cfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RunError("--device cuda was asked for but no CUDA GPU is available; use --device cpu.")
+    return device
+
+
+def build_sparsifier(cfg: TrainConfig, model: nn.Module, optimizer, total_steps: int) -> itop.Sparsifier | None:
+    if not cfg.sparse:
+        return None
+    return itop.Sparsifier(
+        model, optimizer, density=cfg.density, distribution=ENGINE_NAMES[cfg.sparse_init.lower()],
+        prune=ENGINE_NAMES[cfg.death.lower()], grow=cfg.growth, redistribution=cfg.redistribution,
+        prune_rate=cfg.death_rate, update_frequency=None if cfg.fix else cfg.update_frequency,
+        total_steps=total_steps, seed=cfg.seed, prune_options={"threshold": cfg.threshold} if cfg.death.lower() == "threshold" else None,
+        decay_schedule=cfg.decay_schedule,
+    )
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, device, autocast) -> tuple[float, float]:
+    """(mean loss, accuracy) over a loader."""
+    model.eval()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    count = 0
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with autocast():
+            logits = model(x)
+        loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
+        correct += (logits.argmax(1) == y).sum()
+        count += len(y)
+    return float(loss_sum) / max(count, 1), int(correct) / max(count, 1)
+
+
+def layer_densities(sparsifier) -> dict[str, float]:
+    return {} if sparsifier is None else {n: s["density"] for n, s in sparsifier.layer_stats().items()}
+
+
+class Run:
+    """A training run bound to its directory; `fit()` trains, `summary()` reports."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path, resume: bool = False):
+        self.cfg, self.dir = cfg, Path(run_dir)
+        self.device = pick_device(cfg)
+        torch.manual_seed(cfg.seed)
+        self.data = self._load_data()
+        self.model = self._build_model().to(self.device)
+        self.optimizer = build_optimizer(cfg, self.model)
+        self.steps_per_epoch = len(self.train_loader)
+        self.total_steps = self.steps_per_epoch * cfg.total_epochs
+        self.sparsifier = build_sparsifier(cfg, self.model, self.optimizer, self.total_steps)
+        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
+        self.autocast = (lambda: torch.autocast(self.device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.epoch, self.step, self.best_val, self.best_epoch = 0, 0, -1.0, 0
+        self.seconds = 0.0
+        if resume:
+            self._restore(load_checkpoint(self.dir / "checkpoint.pt"))
+        self.metrics = MetricsLog(self.dir / "metrics.jsonl", keep_until_step=self.step if resume else None)
+        example = next(iter(self.test_loader))[0][:1].to(self.device)
+        self.model.eval()
+        self.flops = itop.flops.count_flops(self.model, example)
+
+    # ------------------------------------------------------------------------------------ setup
+    def _load_data(self):
+        cfg = self.cfg
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        if cfg.imagenet:
+            from itop.data.imagenet import make_imagenet_loader
+
+            if not cfg.data_dir:
+                raise RunError("ImageNet needs its directory: itop train ... /path/to/imagenet (with train/ and val/ inside).")
+            self.train_loader = make_imagenet_loader(cfg.data_dir, "train", cfg.batch_size, workers=cfg.workers, device=self.device, seed=cfg.seed)
+            self.test_loader = make_imagenet_loader(cfg.data_dir, "val", cfg.test_batch_size, workers=cfg.workers, device=self.device, seed=cfg.seed)
+            self.val_loader = self.test_loader  # the ImageNet recipe selects on its validation set
+            return None
+        splits = load_dataset(cfg.data, cfg.data_dir, valid_split=cfg.valid_split, seed=cfg.seed)
+        self.train_loader, self.val_loader, self.test_loader = make_loaders(
+            splits, cfg.batch_size, generator=self.generator, device=self.device, eval_batch_size=cfg.test_batch_size)
+        return splits
+
+    def _build_model(self) -> nn.Module:
+        cfg = self.cfg
+        kwargs = {"init": cfg.model_config} if cfg.model.startswith("imagenet-") or cfg.model == "resnet50" else {}
+        if self.data is None:
+            return create_model(cfg.model, num_classes=1000, **kwargs)
+        return create_model(cfg.model, num_classes=self.data.num_classes, in_channels=self.data.in_channels,
+                            image_size=self.data.image_size, **kwargs)
+
+    # ------------------------------------------------------------------------------------ state
+    def _state(self) -> dict[str, Any]:
+        return {
+            "format": 1, "config": self.cfg.to_dict(), "epoch": self.epoch, "step": self.step,
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "sparsifier": None if self.sparsifier is None else self.sparsifier.state_dict(),
+            "scaler": self.scaler.state_dict(), "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(), "best_val": self.best_val, "best_epoch": self.best_epoch,
+            "seconds": self.seconds,
+        }
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        if state["config"] != self.cfg.to_dict():
+            raise RunError(f"checkpoint in {self.dir} was written by another configuration than its config.json; start a new run instead.")
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.sparsifier is not None:
+                self.sparsifier.load_state_dict(state["sparsifier"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as error:
+            raise RunError(f"checkpoint in {self.dir} does not fit this model ({str(error).splitlines()[0][:120]}); start a new run.") from None
+        self.scaler.load_state_dict(state["scaler"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.best_val, self.best_epoch, self.seconds = state["best_val"], state["best_epoch"], state["seconds"]
+
+    # ------------------------------------------------------------------------------------ training
+    def train_epoch(self) -> dict[str, float]:
+        cfg, model = self.cfg, self.model
+        model.train()
+        set_epoch = getattr(self.train_loader, "set_epoch", None)
+        if set_epoch:
+            set_epoch(self.epoch)
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen = 0
+        bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{cfg.total_epochs}",
+                   disable=not cfg.progress, leave=False, dynamic_ncols=True)
+        for batch, (x, y) in enumerate(self.train_loader):
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            set_learning_rate(self.optimizer, learning_rate(cfg, self.epoch, self.step, self.total_steps))
+            self.optimizer.zero_grad(set_to_none=True)
+            with self.autocast():
+                logits = model(x)
+                loss = self.loss_fn(logits.float(), y)
+            if cfg.l1 and self.sparsifier is not None:
+                loss = loss + cfg.l1 * sum(p.abs().sum() for p in self.sparsifier.params.values())
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.step += 1
+            if self.sparsifier is not None and self.sparsifier.step():
+                self._log_update()
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.argmax(1) == y).sum()
+            seen += len(y)
+            if (batch + 1) % cfg.log_interval == 0 or batch + 1 == self.steps_per_epoch:
+                mean_loss = float(loss_sum) / seen
+                if not math.isfinite(mean_loss):
+                    bar.close()
+                    raise TrainingDiverged(
+                        f"the loss became {mean_loss} in epoch {self.epoch + 1} (step {self.step}); the last good checkpoint "
+                        f"{self.dir / 'checkpoint.pt'} is kept (epoch {self.epoch}); lower --lr or use --amp none.")
+                bar.set_postfix(loss=f"{mean_loss:.4f}")
+            bar.update()
+        bar.close()
+        return {"train_loss": float(loss_sum) / seen, "train_acc": int(correct) / seen}
+
+    def _log_update(self) -> None:
+        sp = self.sparsifier
+        last = sp.history[-1]
+        self.metrics.write({
+            "kind": "update", "step": self.step, "density": sp.density, "itop_rate": sp.itop_rate,
+            "prune_rate": last["prune_rate"], "removed": last["removed"], "layer_density": layer_densities(sp),
+            "layer_explored": {n: s["explored"] for n, s in sp.layer_stats().items()},
+        })
+
+    def fit(self) -> None:
+        cfg = self.cfg
+        while self.epoch < cfg.total_epochs:
+            start = time.perf_counter()
+            record = self.train_epoch()
+            val_acc = evaluate(self.model, self.val_loader, self.device, self.autocast)[1] if self.val_loader else None
+            self.epoch += 1
+            self.seconds += time.perf_counter() - start
+            record = {"kind": "epoch", "epoch": self.epoch, "step": self.step, **record, "val_acc": val_acc,
+                      "lr": self.optimizer.param_groups[0]["lr"], "density": self.density, "itop_rate": self.itop_rate,
+                      "seconds": time.perf_counter() - start, "layer_density": layer_densities(self.sparsifier)}
+            self.metrics.write(record)
+            print(epoch_line(record, cfg.total_epochs), flush=True)
+            if val_acc is None or val_acc > self.best_val:  # no validation split: the last epoch is the best
+                self.best_val, self.best_epoch = (-1.0 if val_acc is None else val_acc), self.epoch
+                save_checkpoint({"format": 1, "model": self.model.state_dict(), "epoch": self.epoch}, self.dir / "best.pt")
+            save_checkpoint(self._state(), self.dir / "checkpoint.pt")
+        self.metrics.close()
+
+    # ------------------------------------------------------------------------------------ results
+    @property
+    def density(self) -> float:
+        return 1.0 if self.sparsifier is None else self.sparsifier.density
+
+    @property
+    def itop_rate(self) -> float:
+        return 1.0 if self.sparsifier is None else self.sparsifier.itop_rate
+
+    def summary(self) -> dict[str, Any]:
+        """Test accuracy of the best checkpoint, Rs, and FLOPs relative to dense."""
+        best = load_checkpoint(self.dir / "best.pt")
+        current = {k: v.clone() for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(best["model"])
+        test_loss, test_acc = evaluate(self.model, self.test_loader, self.device, self.autocast)
+        self.model.load_state_dict(current)
+        sp = self.sparsifier
+        dense_forward = self.flops.total
+        batch_flops = 3 * dense_forward * self.cfg.batch_size * self.total_steps
+        return {
+            "method": self.cfg.method, "model": self.cfg.model, "data": self.cfg.data,
+            "density": self.density, "sparsity": 1 - self.density, "test_acc": test_acc, "test_loss": test_loss,
+            "best_val_acc": self.best_val if self.val_loader else None, "best_epoch": self.best_epoch,
+            "itop_rate": self.itop_rate,
+            "training_flops": 1.0 if sp is None else itop.flops.training_ratio(self.flops, sp, self.total_steps),
+            "test_flops": 1.0 if sp is None else itop.flops.inference_ratio(self.flops, layer_densities(sp)),
+            "dense_training_flops": float(batch_flops), "dense_test_flops": float(dense_forward),
+            "epochs": self.cfg.epochs, "multiplier": self.cfg.multiplier, "steps": self.step, "seconds": self.seconds,
+        }
