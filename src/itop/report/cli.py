@@ -1,0 +1,149 @@
+"""`itop report RUN_DIR [RUN_DIR ...] [--out DIR]`: tables and plots from run directories.
+
+Prints the markdown results table, then writes into --out (default ./report):
+  results.md                 the same table(s) and notes
+  accuracy_vs_sparsity.png   finished runs only
+  itop_rate.png              every run with Rs records, unfinished ones too (progress so far)
+  layer_density_<run>.png    every sparse run with per-layer densities
+Runs without summary.json are named in a note, not in the table. Runs of several (model, data)
+pairs get one table each under a heading. Where one table holds two runs of the same method
+and sparsity (seeds), it gains a `Run` column so that each row says which directory it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import re
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from . import plots
+from .runs import ReportError, Run, load_run, sparsity_of
+from .table import method_label, results_table, runs_table
+
+__all__ = ["main"]
+
+PROG = "itop report"
+
+
+class _Parser(argparse.ArgumentParser):
+    """Turns argparse's usage errors into ReportError, so every user error prints one line."""
+
+    def error(self, message):
+        raise ReportError(f"{message} (see {PROG} --help)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="Tables and plots from itop training run directories.")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories of itop train")
+    p.add_argument("--out", default="report", metavar="DIR",
+                   help="where results.md and the PNG plots go (default: ./report)")
+    return p
+
+
+def _load(paths: list[str]) -> list[Run]:
+    """Load each directory once; give runs whose directory names clash their parent's name."""
+    runs, seen = [], set()
+    for path in paths:
+        run = load_run(path)
+        key = run.path.resolve()
+        if key not in seen:
+            seen.add(key)
+            runs.append(run)
+    counts = {}
+    for run in runs:
+        counts[run.name] = counts.get(run.name, 0) + 1
+    runs = [replace(r, name=f"{r.path.resolve().parent.name}/{r.name}") if counts[r.name] > 1
+            else r for r in runs]
+    return runs
+
+
+def _tables(finished: list[Run]) -> str:
+    groups = {}
+    for run in finished:
+        key = (str(run.summary.get("data", "")), str(run.summary.get("model", "")))
+        groups.setdefault(key, []).append(run)
+    parts = []
+    for (data, model), group in sorted(groups.items()):
+        cells = [(method_label(r.summary), sparsity_of(r.summary)) for r in group]
+        repeated = len(set(cells)) < len(cells)
+        table = runs_table(group) if repeated else results_table(r.summary for r in group)
+        parts.append(f"### {model or '?'} on {data or '?'}\n\n{table}" if len(groups) > 1
+                     else table)
+    return "\n\n".join(parts)
+
+
+def _file_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "run"
+
+
+def _matplotlib_installed() -> bool:
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+def _plots(runs: list[Run], finished: list[Run], out: Path) -> tuple[list[Path], list[str]]:
+    """Draw every plot that has data; a plot without data becomes a note, not an error."""
+    if not _matplotlib_installed():
+        return [], ["note: no plots: matplotlib is not installed (pip install matplotlib)"]
+    jobs = [(lambda p: plots.plot_accuracy_vs_sparsity(finished, p), "accuracy_vs_sparsity.png"),
+            (lambda p: plots.plot_itop_rate(runs, p), "itop_rate.png")]
+    for run in runs:
+        if not run.dense:
+            jobs.append((lambda p, r=run: plots.plot_layer_density(r, p),
+                         f"layer_density_{_file_name(run.name)}.png"))
+    written, notes = [], []
+    for draw, name in jobs:
+        try:
+            written.append(draw(out / name))
+        except ReportError as e:
+            notes.append(f"note: skipped {name}: {e}")
+    return written, notes
+
+
+def _report(args: argparse.Namespace) -> int:
+    runs = _load(args.runs)
+    finished = [r for r in runs if r.finished]
+    unfinished = [r.name for r in runs if not r.finished]
+    if not finished:
+        raise ReportError("no finished runs (none has summary.json): " + ", ".join(unfinished))
+    notes = []
+    if unfinished:
+        notes.append(f"note: {len(unfinished)} unfinished run(s) without summary.json, "
+                     f"not in the table: {', '.join(unfinished)}")
+    text = _tables(finished)
+    out = Path(args.out)
+    results = out / "results.md"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ReportError(f"cannot write to {out}: {e.strerror or e}") from None
+    print(text)
+    for note in notes:
+        print(note)
+    try:
+        results.write_text(text + "\n" + "".join(f"\n{n}\n" for n in notes), encoding="utf-8")
+        written, plot_notes = _plots(runs, finished, out)
+    except OSError as e:
+        raise ReportError(f"cannot write to {out}: {e.strerror or e}") from None
+    for note in plot_notes:
+        print(note)
+    for path in [results, *written]:
+        print(f"wrote {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run `itop report`; return the exit status (0 ok, 2 user error) instead of exiting."""
+    try:
+        return _report(_parser().parse_args(sys.argv[1:] if argv is None else argv))
+    except ReportError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    except SystemExit as e:  # --help
+        return e.code if isinstance(e.code, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""Reading the run directories that `itop train` writes.
+
+A run directory holds `config.json` (always), `metrics.jsonl` (one JSON record a line, growing
+while the run trains) and `summary.json` (only once the run finished). Reports read these
+files and nothing else, so a report never needs torch, a model or a dataset.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["ReportError", "Run", "load_run", "sparsity_of"]
+
+# Without these a summary cannot make a table row or a point on the accuracy plot.
+_SUMMARY_KEYS = ("method", "test_acc")
+
+
+class ReportError(ValueError):
+    """A user-facing problem with the runs given to a report; its message is one line."""
+
+
+@dataclass
+class Run:
+    """One run directory, parsed. `summary` is None while the run is unfinished."""
+
+    name: str
+    path: Path
+    config: dict
+    metrics: list[dict] = field(default_factory=list)
+    summary: dict | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.summary is not None
+
+    @property
+    def dense(self) -> bool:
+        """True for a dense baseline: nothing to explore, every layer full."""
+        if self.summary is not None and str(self.summary.get("method", "")).lower() == "dense":
+            return True
+        if self.config.get("sparse") is False:
+            return True
+        density = self.config.get("density")
+        return isinstance(density, (int, float)) and density >= 1.0
+
+
+def sparsity_of(summary: dict) -> float:
+    """The summary's sparsity, or 1 - density when only density is written."""
+    if summary.get("sparsity") is not None:
+        return float(summary["sparsity"])
+    return round(1.0 - float(summary.get("density", 1.0)), 10)
+
+
+def _read_text(file: Path) -> str:
+    try:
+        return file.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ReportError(f"{file}: not UTF-8 text") from None
+    except OSError as e:
+        raise ReportError(f"{file}: cannot read: {e.strerror or e}") from None
+
+
+def _read_object(file: Path) -> dict:
+    try:
+        value = json.loads(_read_text(file))
+    except json.JSONDecodeError as e:
+        raise ReportError(f"{file}: corrupt JSON at line {e.lineno}: {e.msg}") from None
+    if not isinstance(value, dict):
+        raise ReportError(f"{file}: expected a JSON object, found {type(value).__name__}")
+    return value
+
+
+def _read_metrics(file: Path) -> list[dict]:
+    """Parse metrics.jsonl. A crash can cut the last line short: that line alone is skipped."""
+    lines = [(n, line) for n, line in enumerate(_read_text(file).splitlines(), 1) if line.strip()]
+    records = []
+    for i, (n, line) in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            if i == len(lines) - 1:
+                break
+            raise ReportError(f"{file}: corrupt JSON at line {n}: {e.msg}") from None
+        if not isinstance(record, dict):
+            raise ReportError(f"{file}: line {n} is not a JSON object")
+        records.append(record)
+    return records
+
+
+def _check_summary(file: Path, summary: dict) -> dict:
+    missing = [k for k in _SUMMARY_KEYS if k not in summary]
+    if "sparsity" not in summary and "density" not in summary:
+        missing.append("sparsity")
+    if missing:
+        raise ReportError(f"{file}: missing {', '.join(repr(k) for k in missing)}")
+    for key in ("test_acc", "sparsity", "density"):
+        value = summary.get(key)
+        if key in summary and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ReportError(f"{file}: {key}={value!r} is not a number")
+    return summary
+
+
+def load_run(path: str | Path) -> Run:
+    """Load one run directory; raise ReportError (one line, naming the file) on any problem."""
+    path = Path(path)
+    if not path.is_dir():
+        what = "not a directory" if path.exists() else "no such directory"
+        raise ReportError(f"{path}: {what}")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ReportError(f"{path} is not an itop run directory (it has no config.json)")
+    config = _read_object(config_file)
+    metrics_file = path / "metrics.jsonl"
+    metrics = _read_metrics(metrics_file) if metrics_file.is_file() else []
+    summary_file = path / "summary.json"
+    summary = None
+    if summary_file.is_file():
+        summary = _check_summary(summary_file, _read_object(summary_file))
+    return Run(name=path.resolve().name, path=path, config=config, metrics=metrics,
+               summary=summary)
