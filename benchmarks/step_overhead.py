@@ -2,8 +2,8 @@
 
 Run by hand:  python benchmarks/step_overhead.py [--rounds 15] [--steps 50] [--threads 2]
 
-For each model, dense and sparse training steps are timed in interleaved blocks in the same
-process (so both see the same machine state), and the ratio of the median block times is printed.
+For each model, training steps with the sparsifier detached (dense) and attached (sparse) are timed
+in interleaved blocks on the same model and optimizer, and the median per-round ratio is printed.
 Then one topology update is timed for SET (magnitude prune + random growth) and RigL
 (magnitude prune + gradient growth). Reference figures for the original ITOP masking on this
 2-core CPU (shared/reference/REFERENCE.md): step 1.21x (LeNet-300-100, batch 100) and 1.10x
@@ -36,11 +36,11 @@ def make_run(sizes, batch, sparse: bool, grow: str = "gradient"):
     sparsifier = itop.Sparsifier(model, optimizer, density=0.05, grow=grow, update_frequency=None, seed=0) if sparse else None
     x, y = torch.randn(batch, sizes[0]), torch.randint(0, sizes[-1], (batch,))
 
-    def step():
+    def step(use_sparsifier: bool = True):
         optimizer.zero_grad(set_to_none=True)
         nn.functional.cross_entropy(model(x), y).backward()
         optimizer.step()
-        if sparsifier is not None:
+        if sparsifier is not None and use_sparsifier:
             sparsifier.step()
 
     return step, sparsifier
@@ -54,16 +54,28 @@ def time_block(step, steps: int) -> float:
 
 
 def step_ratio(sizes, batch, rounds: int, steps: int) -> tuple[float, float, float]:
-    dense, _ = make_run(sizes, batch, sparse=False)
-    sparse, _ = make_run(sizes, batch, sparse=True)
-    for fn in (dense, sparse):
-        time_block(fn, 10)
+    """Median step times with the sparsifier detached (dense) and attached (sparse), and the
+    median of per-round ratios.
+
+    Both use the very same model, optimizer and batch, so memory placement, which alone moves
+    the step time of two identical dense models by several percent here, cannot bias the ratio.
+    Blocks alternate dense-sparse, sparse-dense (ABBA) so slow drifts of the machine cancel.
+    """
+    step, sparsifier = make_run(sizes, batch, sparse=True)
+
+    def block(attached: bool) -> float:
+        (sparsifier.attach if attached else sparsifier.detach)()
+        return time_block(lambda: step(use_sparsifier=attached), steps)
+
+    block(False), block(True)
     dense_t, sparse_t = [], []
-    for _ in range(rounds):
-        dense_t.append(time_block(dense, steps))
-        sparse_t.append(time_block(sparse, steps))
-    d, s = statistics.median(dense_t), statistics.median(sparse_t)
-    return d, s, s / d
+    for r in range(rounds):
+        order = (False, True) if r % 2 == 0 else (True, False)
+        times = {attached: block(attached) for attached in order}
+        dense_t.append(times[False])
+        sparse_t.append(times[True])
+    ratio = statistics.median(s / d for d, s in zip(dense_t, sparse_t))
+    return statistics.median(dense_t), statistics.median(sparse_t), ratio
 
 
 def update_time(sizes, batch, grow: str, repeats: int) -> float:
@@ -83,11 +95,12 @@ def update_time(sizes, batch, grow: str, repeats: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)  # denormal slow-downs would otherwise swamp the comparison
     print(f"torch {torch.__version__}, {args.threads} threads, {args.rounds} interleaved rounds of {args.steps} steps")
     print("| model | batch | dense step ms | sparse step ms | ratio | original's ratio |")
     print("|---|---|---|---|---|---|")

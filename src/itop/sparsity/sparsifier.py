@@ -5,7 +5,7 @@ schedule, random generator), applies the masks, and runs topology updates on sch
 criteria it calls are pure functions from `prune`, `grow` and `redistribute`.
 
 How masks stay exact at the cost of one multiply per step: a hook that runs just before
-`optimizer.step()` multiplies the gradients by the masks (one foreach op over all sparse layers).
+`optimizer.step()` multiplies the gradients by the masks (`multiply_all`, one foreach op on GPUs).
 With a zero gradient, a zero weight and zero optimizer state, the optimizers listed in
 `ZERO_PRESERVING` leave all three at zero, so inactive weights and their state stay exactly zero
 without being touched again. Any other optimizer gets its weights and state tensors masked after
@@ -40,6 +40,16 @@ def _zero_preserving(optimizer: torch.optim.Optimizer) -> bool:
     if isinstance(optimizer, torch.optim.Adagrad):
         return all(g.get("initial_accumulator_value", 0) == 0 for g in optimizer.param_groups)
     return type(optimizer) in ZERO_PRESERVING
+
+
+def multiply_all(tensors: list[Tensor], masks: list[Tensor]) -> None:
+    """tensors[i] *= masks[i] in place: one foreach kernel on accelerators; on the CPU, where
+    foreach is a slower single loop, one multi-threaded multiply per tensor (measured faster)."""
+    if tensors and tensors[0].device.type == "cpu":
+        for tensor, mask in zip(tensors, masks):
+            tensor.mul_(mask)
+    else:
+        torch._foreach_mul_(tensors, masks)
 
 
 def _criterion(registry, value):
@@ -130,10 +140,8 @@ class Sparsifier:
         self._record(removed=0, rate=0.0)
         self._refresh_multipliers()
         self.apply_masks()
-        self._hooks = [
-            optimizer.register_step_pre_hook(self._before_optimizer_step),
-            optimizer.register_step_post_hook(self._after_optimizer_step),
-        ]
+        self._hooks = []
+        self.attach()
 
     # ----------------------------------------------------------------------------- masks
     def _initial_masks(self) -> dict[str, Tensor]:
@@ -156,20 +164,21 @@ class Sparsifier:
     @torch.no_grad()
     def apply_masks(self) -> None:
         """Zero every inactive weight and every optimizer state tensor of a sparse weight's shape."""
-        torch._foreach_mul_(self._weights, self._multipliers)
+        multiply_all(self._weights, self._multipliers)
         for param, mult in zip(self._weights, self._multipliers):
             for tensor in self._state_tensors(param):
                 tensor.mul_(mult.to(tensor.dtype))
 
     # ----------------------------------------------------------------------------- hooks
-    @torch.no_grad()
     def _before_optimizer_step(self, optimizer, args, kwargs) -> None:
-        grads, mults, names = [], [], []
-        for name, param, mult in zip(self._names, self._weights, self._multipliers):
-            if param.grad is not None:
-                grads.append(param.grad)
-                mults.append(mult)
-                names.append(name)
+        """Mask the gradients (keeping the dense ones first when an update follows this step)."""
+        grads = [p.grad for p in self._weights]
+        if any(g is None for g in grads):
+            present = [i for i, g in enumerate(grads) if g is not None]
+            names = [self._names[i] for i in present]
+            grads, mults = [grads[i] for i in present], [self._multipliers[i] for i in present]
+        else:
+            names, mults = self._names, self._multipliers
         if not grads:
             return
         if self._keep_grad_average:
@@ -177,7 +186,7 @@ class Sparsifier:
             torch._foreach_lerp_(averages, grads, 1 - self._grad_average_beta)
         if self.schedule.is_update(self.steps + 1):
             self._dense_grads = {n: g.clone() for n, g in zip(names, grads)}
-        torch._foreach_mul_(grads, mults)
+        multiply_all(grads, mults)
 
     def _after_optimizer_step(self, optimizer, args, kwargs) -> None:
         self._optimizer_steps += 1
@@ -314,8 +323,16 @@ class Sparsifier:
         self._refresh_multipliers()
         self.apply_masks()
 
-    def remove_hooks(self) -> None:
-        """Detach from the optimizer (the masks stop being applied)."""
+    def attach(self) -> None:
+        """Hook into the optimizer's steps (done by the constructor)."""
+        if not self._hooks:
+            self._hooks = [
+                self.optimizer.register_step_pre_hook(self._before_optimizer_step),
+                self.optimizer.register_step_post_hook(self._after_optimizer_step),
+            ]
+
+    def detach(self) -> None:
+        """Unhook from the optimizer: the masks stop being applied (e.g. to fine-tune densely)."""
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
