@@ -77,3 +77,11 @@ def test_random_k_is_uniform():
     rate = hits[allowed] / 4000
     assert (hits[~allowed] == 0).all()
     assert ((rate - 3 / 16).abs() < 0.03).all(), rate
+
+
+def test_nan_and_infinite_scores_never_leak_outside_allowed():
+    scores = torch.tensor([float("nan"), float("-inf"), 1.0, float("nan"), float("inf"), 2.0])
+    allowed = torch.tensor([True, True, False, True, True, False])
+    chosen = top_k_mask(scores, 4, allowed)
+    assert chosen.tolist() == [True, True, False, True, True, False]
+    assert top_k_mask(scores, 1, allowed).tolist() == [False, False, False, False, True, False]

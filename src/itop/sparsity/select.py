@@ -25,7 +25,7 @@ def _top_k_flat(scores: Tensor, k: int, shortlist: bool = True) -> Tensor:
         return chosen
     if k == n:
         return chosen.fill_(True)
-    scores = torch.nan_to_num(scores.float(), nan=float("-inf"))
+    scores = torch.nan_to_num(scores.float(), nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
     if shortlist and n > 1 << 16 and 4 * k < n:
         # Shortlist: a threshold from a strided sample, set low enough that (almost always) at
         # least k scores pass it; the exact selection then runs on that shortlist alone. The
@@ -61,8 +61,12 @@ def top_k_mask(scores: Tensor, k: int, allowed: Tensor | None = None) -> Tensor:
     if not 0 <= k <= n_allowed:
         raise ValueError(f"cannot select {k} of {n_allowed} allowed positions.")
     if 2 * n_allowed > flat.numel():
+        # Allowed scores made finite (NaN and -inf lowest among them) so that -inf marks exactly
+        # the positions that may not be chosen.
+        big = torch.finfo(torch.float32).max
+        finite = torch.nan_to_num(flat.float(), nan=-big, posinf=big, neginf=-big)
         lowest = torch.full((), float("-inf"), device=flat.device)
-        return _top_k_flat(torch.where(allowed, flat.float(), lowest), k).view_as(scores)
+        return _top_k_flat(torch.where(allowed, finite, lowest), k).view_as(scores)
     positions = torch.nonzero(allowed).squeeze(1)
     chosen = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
     chosen[positions[_top_k_flat(flat[positions], k)]] = True

@@ -1,0 +1,149 @@
+"""`itop train` end to end on tiny runs: outputs, resume, bad input."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from itop.__main__ import main
+from itop.train import loop
+
+TINY = ["--sparse", "--model", "lenet300-100", "--data", "mnist5k", "--epochs", "3", "--batch-size", "200",
+        "--growth", "gradient", "--update_frequency", "7", "--no-progress", "--seed", "3"]
+
+
+def run(argv, capsys):
+    code = main(["train", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def records(run_dir, kind):
+    lines = Path(run_dir, "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+def test_tiny_run_writes_everything_and_the_table(capsys):
+    code, out, err = run([*TINY, "--save", "runs/a"], capsys)
+    assert code == 0, err
+    files = {p.name for p in Path("runs/a").iterdir()}
+    assert {"config.json", "metrics.jsonl", "checkpoint.pt", "best.pt", "summary.json"} <= files
+    summary = json.loads(Path("runs/a/summary.json").read_text())
+    assert summary["method"] == "RigL-ITOP" and summary["sparsity"] == pytest.approx(0.95, abs=1e-4)
+    assert summary["density"] < summary["itop_rate"] <= 1 and 0 < summary["test_acc"] <= 1
+    assert 0.05 < summary["training_flops"] < 0.2 and summary["test_flops"] == pytest.approx(0.05, abs=0.01)
+    assert "| Method | Sparsity | Top-1 Acc | Rs | Training FLOPs | Test FLOPs |" in out
+    assert "| RigL-ITOP | 0.95 |" in out
+    epochs, updates = records("runs/a", "epoch"), records("runs/a", "update")
+    assert [r["epoch"] for r in epochs] == [1, 2, 3]
+    assert [r["step"] for r in updates] == list(range(7, 55, 7))  # 18 steps/epoch x 3
+    rates = [r["itop_rate"] for r in updates]
+    assert rates == sorted(rates) and set(updates[0]["layer_density"]) == {"fc1.weight", "fc2.weight", "fc3.weight"}
+    assert out.count("epoch ") >= 3
+    state = torch.load("runs/a/checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 3 and state["sparsifier"]["steps"] == 54
+
+
+def test_dense_run(capsys):
+    code, out, _ = run(["--model", "lenet5", "--data", "mnist5k", "--epochs", "1", "--batch-size", "500", "--no-progress", "--save", "d"], capsys)
+    assert code == 0 and "| Dense | 0.0 |" in out and "1x(" in out
+
+
+def test_resume_equals_uninterrupted(capsys, monkeypatch):
+    assert run([*TINY, "--save", "full"], capsys)[0] == 0
+
+    original = loop.Run.train_epoch
+    calls = {"n": 0}
+
+    def crash_in_third_epoch(self):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(loop.Run, "train_epoch", crash_in_third_epoch)
+    code, _, err = run([*TINY, "--save", "cut"], capsys)
+    assert code == 130 and "--resume" in err
+    monkeypatch.setattr(loop.Run, "train_epoch", original)
+    code, _, err = run(["--resume", "cut", "--no-progress"], capsys)
+    assert code == 0, err
+
+    full, cut = (torch.load(f"{d}/checkpoint.pt", weights_only=True) for d in ("full", "cut"))
+    for key, value in full["model"].items():
+        assert torch.equal(value, cut["model"][key]), key
+    for name, mask in full["sparsifier"]["masks"].items():
+        assert torch.equal(mask, cut["sparsifier"]["masks"][name])
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]
+    for kind in ("epoch", "update"):
+        assert strip(records("full", kind)) == strip(records("cut", kind))
+    assert json.loads(Path("full/summary.json").read_text())["test_acc"] == json.loads(Path("cut/summary.json").read_text())["test_acc"]
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(capsys, monkeypatch):
+    original = loop.Run.train_epoch
+
+    def poisoned(self):
+        if self.epoch == 1:
+            with torch.no_grad():
+                next(self.model.parameters()).fill_(float("nan"))
+        return original(self)
+
+    monkeypatch.setattr(loop.Run, "train_epoch", poisoned)
+    code, _, err = run([*TINY, "--save", "nan"], capsys)
+    assert code == 1 and "loss became nan" in err and "checkpoint" in err
+    assert torch.load("nan/checkpoint.pt", weights_only=True)["epoch"] == 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "vgg-z", "--data", "mnist5k"], "unknown model 'vgg-z'"),
+    (["--model", "lenet5", "--data", "svhn"], "unknown dataset 'svhn'"),
+    (["--model", "lenet5", "--growth", "rigl"], "--growth must be"),
+    (["--model", "lenet5", "--death", "largest"], "--death must be"),
+    (["--model", "lenet5", "--density", "1.5"], "--density must be in (0, 1]"),
+    (["--model", "lenet5", "--bogus-flag"], "unrecognized arguments: --bogus-flag"),
+    (["--model", "lenet5", "--data", "mnist"], "train-images-idx3-ubyte.gz"),
+    (["--model", "lenet5", "--data", "cifar10"], "cifar-10"),
+    (["--resume", "nowhere"], "no such directory"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
+    code, out, err = run(argv, capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("itop train: error: ") and message in err
+    assert "Traceback" not in err
+
+
+def test_corrupt_data_file(capsys, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        (data / name).write_bytes(b"not a gzip file")
+    code, _, err = run(["--model", "lenet5", "--data", "mnist"], capsys)
+    assert code == 2 and "train-images-idx3-ubyte.gz" in err and err.count("\n") == 1
+
+
+def test_resume_refuses_non_runs_and_corrupt_or_foreign_checkpoints(capsys):
+    Path("empty").mkdir()
+    code, _, err = run(["--resume", "empty"], capsys)
+    assert code == 2 and "not an itop run directory" in err
+
+    assert run([*TINY, "--epochs", "1", "--save", "r"], capsys)[0] == 0
+    good = Path("r/checkpoint.pt").read_bytes()
+    Path("r/checkpoint.pt").write_bytes(good[: len(good) // 2])
+    code, _, err = run(["--resume", "r"], capsys)
+    assert code == 2 and "corrupt" in err
+    assert Path("r/checkpoint.pt").read_bytes() == good[: len(good) // 2]  # nothing overwritten
+
+    Path("r/checkpoint.pt").write_bytes(good)
+    config = json.loads(Path("r/config.json").read_text())
+    config["density"] = 0.1
+    Path("r/config.json").write_text(json.dumps(config))
+    code, _, err = run(["--resume", "r"], capsys)
+    assert code == 2 and "another configuration" in err
+
+
+def test_existing_run_directory_is_not_overwritten(capsys):
+    assert run([*TINY, "--epochs", "1", "--save", "x"], capsys)[0] == 0
+    before = Path("x/checkpoint.pt").read_bytes()
+    code, _, err = run([*TINY, "--epochs", "1", "--save", "x"], capsys)
+    assert code == 2 and "--resume x" in err and Path("x/checkpoint.pt").read_bytes() == before
