@@ -147,3 +147,29 @@ def test_existing_run_directory_is_not_overwritten(capsys):
     before = Path("x/checkpoint.pt").read_bytes()
     code, _, err = run([*TINY, "--epochs", "1", "--save", "x"], capsys)
     assert code == 2 and "--resume x" in err and Path("x/checkpoint.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize("method", ["Dense", "SET-ITOP", "RigL-ITOP", "SET-ITOP (5 times)", "RigL-ITOP (5 times)"])
+def test_seed_readme_cifar_commands_run_on_a_tiny_cifar10(method, capsys, tmp_path):
+    from tests.data.formats import write_cifar10_dir
+    from tests.train.test_config import SEED_COMMANDS
+
+    write_cifar10_dir(tmp_path / "data", per_batch=6, n_test=8)
+    argv = SEED_COMMANDS[method].replace("--epochs 250", "--epochs 1").split()
+    argv += ["--no-progress", "--update_frequency", "2", "--batch-size", "8", "--save", "seed-run"]
+    code, out, err = run(argv, capsys)
+    assert code == 0, err
+    summary = json.loads(Path("seed-run/summary.json").read_text())
+    assert summary["method"] == method and summary["model"] == "vgg-c" and summary["data"] == "cifar10"
+    assert summary["steps"] == 4 * (5 if "5 times" in method else 1)  # 27 training images, batch 8
+    assert f"| {method} |" in out
+
+
+def test_report_on_two_finished_runs(capsys):
+    assert run([*TINY, "--epochs", "1", "--save", "runs/rigl"], capsys)[0] == 0
+    assert run([*TINY, "--epochs", "1", "--growth", "random", "--density", "0.1", "--save", "runs/set"], capsys)[0] == 0
+    assert main(["report", "runs/rigl", "runs/set", "--out", "rep"]) == 0
+    out = capsys.readouterr().out
+    assert "| RigL-ITOP | 0.95 |" in out and "| SET-ITOP | 0.9 |" in out
+    for name in ("results.md", "accuracy_vs_sparsity.png", "itop_rate.png", "layer_density_rigl.png"):
+        assert Path("rep", name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" or name.endswith(".md")
