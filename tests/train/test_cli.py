@@ -173,3 +173,28 @@ def test_report_on_two_finished_runs(capsys):
     assert "| RigL-ITOP | 0.95 |" in out and "| SET-ITOP | 0.9 |" in out
     for name in ("results.md", "accuracy_vs_sparsity.png", "itop_rate.png", "layer_density_rigl.png"):
         assert Path("rep", name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" or name.endswith(".md")
+
+
+def test_imagenet_folder_run(capsys, tmp_path):
+    from tests.data.formats import write_image_tree
+
+    write_image_tree(tmp_path / "imnet" / "train", per_class=3)
+    write_image_tree(tmp_path / "imnet" / "val", per_class=1)
+    argv = ["--arch", "resnet18", "-c", "fanin", "-b", "2", "--test-batch-size", "2", "--epochs", "1", "-j", "0",
+            "--update_frequency", "2", "--growth", "gradient", "--density", "0.2", "--no-progress", "--save", "im",
+            str(tmp_path / "imnet")]
+    code, out, err = run(argv, capsys)
+    assert code == 0, err
+    summary = json.loads(Path("im/summary.json").read_text())
+    assert summary["model"] == "imagenet-resnet18" and summary["steps"] == 3 and summary["method"] == "RigL-ITOP"
+    assert torch.load("im/best.pt", weights_only=True)["model"]["fc.weight"].shape[0] == 2
+
+
+def test_valid_split_zero_and_threshold_death_and_amp(capsys):
+    argv = [*TINY, "--epochs", "2", "--valid_split", "0", "--death", "threshold", "--threshold", "0.01",
+            "--redistribution", "magnitude", "--amp", "bf16", "--save", "v0"]
+    code, out, err = run(argv, capsys)
+    assert code == 0, err
+    summary = json.loads(Path("v0/summary.json").read_text())
+    assert summary["best_epoch"] == 2 and summary["best_val_acc"] is None
+    assert summary["density"] == pytest.approx(0.05, abs=1e-4)

@@ -46,7 +46,7 @@ def test_seed_imagenet_command_parses():
             "--label-smoothing 0.1 -b 64 --lr 0.1 --warmup 5 --epochs 100 --density 0.2 /data/imagenet --save save/ITOP/").split()
     cfg, _ = parse_args(argv)
     assert cfg.imagenet and cfg.sparse and cfg.data == "imagenet" and cfg.data_dir == "/data/imagenet"
-    assert (cfg.model, cfg.model_config, cfg.workers, cfg.log_interval, cfg.batch_size, cfg.warmup) == ("resnet50", "fanin", 5, 500, 64, 5)
+    assert (cfg.model, cfg.model_config, cfg.workers, cfg.log_interval, cfg.batch_size, cfg.warmup) == ("imagenet-resnet50", "fanin", 5, 500, 64, 5)
     assert (cfg.density, cfg.sparse_init, cfg.nesterov, cfg.weight_decay, cfg.bn_weight_decay, cfg.label_smoothing) == (0.2, "ER", False, 1e-4, False, 0.1)
     assert cfg.method == "RigL-ITOP" and cfg.lr_schedule == "imagenet-step"
     assert parse_args(["--dense"] + argv)[0].sparse is False

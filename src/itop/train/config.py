@@ -186,7 +186,7 @@ def resolve(args: argparse.Namespace) -> TrainConfig:
     cfg.imagenet = imagenet
     if imagenet:
         cfg.data = "imagenet"
-        cfg.model = args.arch or args.model or "resnet50"
+        cfg.model = _imagenet_model(args.arch or args.model or "resnet50")
         cfg.data_dir = args.data_path or args.data_dir
         cfg.sparse = not args.dense
         cfg.bn_weight_decay = bool(args.bn_weight_decay)
@@ -201,6 +201,13 @@ def resolve(args: argparse.Namespace) -> TrainConfig:
     cfg.ignored = [k for k in ("start_epoch", "max_threads", "save_features", "bench") if getattr(args, k, None)]
     validate(cfg)
     return cfg
+
+
+def _imagenet_model(name: str) -> str:
+    """`--arch resnet18` means the ImageNet ResNet-18, not the CIFAR one of the same key."""
+    from itop.models import list_models
+
+    return f"imagenet-{name}" if f"imagenet-{name.lower()}" in list_models() else name
 
 
 def validate(cfg: TrainConfig) -> None:

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 import itop
 from itop.data import load_dataset, make_loaders
-from itop.models import create_model
+from itop.models import create_model, get_model_spec
 
 from .checkpoint import RunError, load_checkpoint, save_checkpoint, save_json
 from .config import TrainConfig
@@ -122,9 +122,10 @@ class Run:
 
     def _build_model(self) -> nn.Module:
         cfg = self.cfg
-        kwargs = {"init": cfg.model_config} if cfg.model.startswith("imagenet-") or cfg.model == "resnet50" else {}
-        if self.data is None:
-            return create_model(cfg.model, num_classes=1000, **kwargs)
+        kwargs = {"init": cfg.model_config} if get_model_spec(cfg.model).name.startswith("imagenet-") else {}
+        if self.data is None:  # ImageNet: as many classes as class folders
+            classes = len(self.train_loader.loader.dataset.classes)
+            return create_model(cfg.model, num_classes=classes, **kwargs)
         return create_model(cfg.model, num_classes=self.data.num_classes, in_channels=self.data.in_channels,
                             image_size=self.data.image_size, **kwargs)
 
