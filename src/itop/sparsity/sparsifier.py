@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from .density import DISTRIBUTIONS, layer_counts
+from .distributed import check_masks_agree, shared_seed
 from .exploration import Exploration
 from .grow import GROW
 from .params import Selector, sparse_parameters
@@ -120,6 +121,7 @@ class Sparsifier:
         self._names = list(self.params)
         self._weights = [self.params[n] for n in self._names]
 
+        seed = shared_seed(seed)
         if seed is None:
             seed = int(torch.randint(0, 2**62, (1,)).item())
         self.seed = seed
@@ -134,6 +136,7 @@ class Sparsifier:
         self._mask_every_step = not _zero_preserving(optimizer)
 
         self.masks = self._initial_masks()
+        check_masks_agree(self.masks)
         self._nnz = {n: int(m.sum()) for n, m in self.masks.items()}
         self.exploration = Exploration(self.masks)
         self.history: list[dict[str, Any]] = []
@@ -251,6 +254,7 @@ class Sparsifier:
             if int(torch.count_nonzero(grown)) != count or bool((grown & ~candidates).any()):
                 raise RuntimeError(f"grow criterion {self.config['grow']!r} must switch on exactly {count} inactive weights of {name}.")
             masks[name] = pruned[name] | grown
+        check_masks_agree(masks)
         self.masks = masks
         self._nnz = {n: self._nnz[n] - r + g for n, r, g in zip(self._names, removed, grown_counts)}
         self.exploration.update(masks)

@@ -1,0 +1,53 @@
+"""Run by tests/sparsity/test_distributed.py under torchrun: DDP training with a Sparsifier.
+
+    torchrun --standalone --nproc_per_node 2 ddp_worker.py OUT GROW STEPS [--bad-seed]
+
+Each rank trains on its half of every global batch and saves its masks, weights and Rs to
+OUT/rank<r>.pt. `train` is also called in one process with the whole batch, for comparison.
+"""
+
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+import itop
+
+FEATURES, CLASSES, PER_RANK = 20, 5, 8
+
+
+def build(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(FEATURES, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, CLASSES))
+
+
+def global_batches(steps, size):
+    gen = torch.Generator().manual_seed(1)
+    return [(torch.randn(size, FEATURES, generator=gen), torch.randint(0, CLASSES, (size,), generator=gen)) for _ in range(steps)]
+
+
+def train(grow, steps, rank=0, world=1, sparsifier_seed=7):
+    model = build()
+    forward = DistributedDataParallel(model) if world > 1 else model
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sp = itop.Sparsifier(model, opt, density=0.2, grow=grow, update_frequency=3, total_steps=steps, seed=sparsifier_seed)
+    for x, y in global_batches(steps, PER_RANK * 2):
+        part = slice(rank * len(x) // world, (rank + 1) * len(x) // world)
+        opt.zero_grad()
+        nn.functional.cross_entropy(forward(x[part]), y[part]).backward()
+        opt.step()
+        sp.step()
+    return {"masks": sp.masks, "model": model.state_dict(), "itop_rate": sp.itop_rate, "density": sp.density}
+
+
+if __name__ == "__main__":
+    out, grow, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    seed = 7 + rank if "--bad-seed" in sys.argv else 7
+    result = train(grow, steps, rank, world, sparsifier_seed=seed)
+    torch.save(result, os.path.join(out, f"rank{rank}.pt"))
+    dist.destroy_process_group()

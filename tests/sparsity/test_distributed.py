@@ -1,0 +1,47 @@
+"""Masks stay identical across ranks of a 2-process gloo job, and equal a 1-process run."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from itop.sparsity.distributed import mask_checksum
+
+from . import ddp_worker
+
+WORKER = Path(__file__).with_name("ddp_worker.py")
+
+
+def torchrun(tmp_path, *args):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(WORKER), str(tmp_path), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=240)
+
+
+@pytest.mark.parametrize("grow", ["random", "gradient"])
+def test_two_ranks_agree_and_match_one_process_with_double_batch(tmp_path, grow):
+    result = torchrun(tmp_path, grow, "12")
+    assert result.returncode == 0, result.stderr[-2000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    single = ddp_worker.train(grow, 12)
+    assert ranks[0]["itop_rate"] == ranks[1]["itop_rate"] > ranks[0]["density"]
+    for name, mask in ranks[0]["masks"].items():
+        assert torch.equal(mask, ranks[1]["masks"][name]), name
+        assert torch.equal(mask, single["masks"][name]), name
+    for key, value in ranks[0]["model"].items():
+        assert torch.equal(value, ranks[1]["model"][key]), key
+        assert torch.allclose(value, single["model"][key], atol=1e-5), key
+
+
+def test_different_seeds_on_ranks_fail_loudly(tmp_path):
+    result = torchrun(tmp_path, "random", "3", "--bad-seed")
+    assert result.returncode != 0
+    assert "sparse masks differ between ranks" in result.stderr
+
+
+def test_checksum_sees_a_single_moved_weight():
+    a = {"w": torch.tensor([True, False, True, False])}
+    b = {"w": torch.tensor([True, True, False, False])}
+    assert not torch.equal(mask_checksum(a), mask_checksum(b))
