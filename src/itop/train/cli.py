@@ -14,14 +14,20 @@ from itop.data import DataError
 
 from .checkpoint import RunError, load_json, save_json
 from .config import TrainConfig, UsageError, parse_args
+from .distributed import World, barrier, broadcast_value, init_distributed
 
 
-def _prepare_new(cfg: TrainConfig) -> Path:
+def _prepare_new(cfg: TrainConfig, world: World) -> Path:
+    """Create the run directory (rank 0) after checking that no run would be overwritten."""
     run_dir = Path(cfg.save)
-    if (run_dir / "config.json").exists():
+    exists = broadcast_value((run_dir / "config.json").exists(), world)
+    if exists:
         raise RunError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, or choose another --save.")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_json(cfg.to_dict(), run_dir / "config.json")
+    barrier(world)
+    if world.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_json(cfg.to_dict(), run_dir / "config.json")
+    barrier(world)
     return run_dir
 
 
@@ -40,8 +46,11 @@ def train_main(argv: list[str]) -> int:
 
     from .loop import Run, TrainingDiverged
 
+    world = World()
     try:
         cfg, resume = parse_args(argv)
+        world = init_distributed(cfg.device if resume is None else "auto")
+        cfg.save = broadcast_value(cfg.save, world)  # its default holds the time: rank 0's everywhere
         if resume is not None:
             runs = [(_config_of(Path(resume)), Path(resume), True)]
         else:
@@ -50,20 +59,23 @@ def train_main(argv: list[str]) -> int:
                 this = dataclasses.replace(cfg, seed=cfg.seed + i, save=cfg.save if cfg.iters == 1 else f"{cfg.save}-{i + 1}")
                 runs.append((this, None, False))
         summaries = []
+        say = print if world.main else (lambda *a, **k: None)
         for this, run_dir, resuming in runs:
-            run = Run(this, run_dir or _prepare_new(this), resume=resuming)
-            print(f"run directory: {run.dir}  ({this.method}, {this.model} on {this.data}, density {this.density if this.sparse else 1.0}, "
-                  f"{run.steps_per_epoch} steps/epoch x {this.total_epochs} epochs, device {run.device})", flush=True)
+            run = Run(this, run_dir or _prepare_new(this, world), resume=resuming, world=world)
+            say(f"run directory: {run.dir}  ({this.method}, {this.model} on {this.data}, density {this.density if this.sparse else 1.0}, "
+                  f"{run.steps_per_epoch} steps/epoch x {this.total_epochs} epochs, device {run.device}, {world.size} process(es))", flush=True)
             run.fit()
             summary = run.summary()
-            save_json(summary, run.dir / "summary.json")
+            if world.main:
+                save_json(summary, run.dir / "summary.json")
             summaries.append(summary)
-            print(f"test accuracy {100 * summary['test_acc']:.2f}% (best epoch {summary['best_epoch']}), Rs {summary['itop_rate']:.4f}")
-        print()
-        print(results_table(summaries))
+            say(f"test accuracy {100 * summary['test_acc']:.2f}% (best epoch {summary['best_epoch']}), Rs {summary['itop_rate']:.4f}")
+        say()
+        say(results_table(summaries))
         return 0
     except (UsageError, RunError, DataError) as error:
-        print(f"itop train: error: {error}", file=sys.stderr)
+        if world.main:
+            print(f"itop train: error: {error}", file=sys.stderr)
         return 2
     except TrainingDiverged as error:
         print(f"itop train: stopped: {error}", file=sys.stderr)
@@ -71,3 +83,8 @@ def train_main(argv: list[str]) -> int:
     except KeyboardInterrupt:
         print("itop train: interrupted; continue with --resume <run directory> from the last finished epoch.", file=sys.stderr)
         return 130
+    finally:
+        if world.size > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()

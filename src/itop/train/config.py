@@ -74,6 +74,7 @@ class TrainConfig:
     log_interval: int = 100
     save: str = ""
     progress: bool = True
+    channels_last: bool = False
     ignored: list[str] = field(default_factory=list)
 
     @property
@@ -149,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(g, "--save", help="run directory (default runs/<model>-<data>-<method>-<time>)")
     _flag(g, "--resume", help="continue the run in this directory")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--channels-last", action="store_true", help="channels-last memory format for conv nets on GPU")
     g = p.add_argument_group("accepted for compatibility, no effect")
     for name in ("--start-epoch", "--max-threads", "--master_port", "--local_rank", "--static-loss-scale",
                  "--explo-start-epoch", "--pretrained-weights", "--grow-switch", "--bench-iterations", "--bench-warmup"):
@@ -198,6 +200,7 @@ def resolve(args: argparse.Namespace) -> TrainConfig:
     if args.no_cuda:
         cfg.device = "cpu"
     cfg.progress = not args.no_progress
+    cfg.channels_last = args.channels_last
     cfg.ignored = [k for k in ("start_epoch", "max_threads", "save_features", "bench") if getattr(args, k, None)]
     validate(cfg)
     return cfg

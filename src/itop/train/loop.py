@@ -24,7 +24,8 @@ from itop.models import create_model, get_model_spec
 
 from .checkpoint import RunError, load_checkpoint, save_checkpoint, save_json
 from .config import TrainConfig
-from .metrics import MetricsLog, epoch_line
+from .distributed import RankSlice, World, all_sum, barrier
+from .metrics import MetricsLog, NullLog, epoch_line
 from .optim import build_optimizer, learning_rate, set_learning_rate
 
 ENGINE_NAMES = {"erk": "erk", "er": "er", "uniform": "uniform", "set": "set", "magnitude": "magnitude", "threshold": "threshold"}
@@ -34,9 +35,9 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-def pick_device(cfg: TrainConfig) -> torch.device:
+def pick_device(cfg: TrainConfig, world: World) -> torch.device:
     if cfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(f"cuda:{world.local_rank}" if torch.cuda.is_available() else "cpu")
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RunError("--device cuda was asked for but no CUDA GPU is available; use --device cpu.")
@@ -79,12 +80,18 @@ def layer_densities(sparsifier) -> dict[str, float]:
 class Run:
     """A training run bound to its directory; `fit()` trains, `summary()` reports."""
 
-    def __init__(self, cfg: TrainConfig, run_dir: Path, resume: bool = False):
-        self.cfg, self.dir = cfg, Path(run_dir)
-        self.device = pick_device(cfg)
+    def __init__(self, cfg: TrainConfig, run_dir: Path, resume: bool = False, world: World = World()):
+        self.cfg, self.dir, self.world = cfg, Path(run_dir), world
+        self.device = pick_device(cfg, world)
         torch.manual_seed(cfg.seed)
         self.data = self._load_data()
         self.model = self._build_model().to(self.device)
+        if cfg.channels_last and self.device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.forward_model = self.model
+        if world.size > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.forward_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.optimizer = build_optimizer(cfg, self.model)
         self.steps_per_epoch = len(self.train_loader)
         self.total_steps = self.steps_per_epoch * cfg.total_epochs
@@ -97,7 +104,8 @@ class Run:
         self.seconds = 0.0
         if resume:
             self._restore(load_checkpoint(self.dir / "checkpoint.pt"))
-        self.metrics = MetricsLog(self.dir / "metrics.jsonl", keep_until_step=self.step if resume else None)
+        log = MetricsLog if world.main else NullLog
+        self.metrics = log(self.dir / "metrics.jsonl", keep_until_step=self.step if resume else None)
         example = next(iter(self.test_loader))[0][:1].to(self.device)
         self.model.eval()
         self.flops = itop.flops.count_flops(self.model, example)
@@ -111,13 +119,19 @@ class Run:
 
             if not cfg.data_dir:
                 raise RunError("ImageNet needs its directory: itop train ... /path/to/imagenet (with train/ and val/ inside).")
-            self.train_loader = make_imagenet_loader(cfg.data_dir, "train", cfg.batch_size, workers=cfg.workers, device=self.device, seed=cfg.seed)
+            self.train_loader = make_imagenet_loader(
+                cfg.data_dir, "train", cfg.batch_size, workers=cfg.workers, device=self.device, seed=cfg.seed,
+                distributed=self.world.size > 1, num_replicas=self.world.size, rank=self.world.rank)
             self.test_loader = make_imagenet_loader(cfg.data_dir, "val", cfg.test_batch_size, workers=cfg.workers, device=self.device, seed=cfg.seed)
             self.val_loader = self.test_loader  # the ImageNet recipe selects on its validation set
             return None
         splits = load_dataset(cfg.data, cfg.data_dir, valid_split=cfg.valid_split, seed=cfg.seed)
+        size = self.world.size
         self.train_loader, self.val_loader, self.test_loader = make_loaders(
-            splits, cfg.batch_size, generator=self.generator, device=self.device, eval_batch_size=cfg.test_batch_size)
+            splits, cfg.batch_size * size, generator=self.generator, device=self.device,
+            eval_batch_size=cfg.test_batch_size, drop_last=size > 1)
+        if size > 1:
+            self.train_loader = RankSlice(self.train_loader, self.world)
         return splits
 
     def _build_model(self) -> nn.Module:
@@ -167,13 +181,15 @@ class Run:
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
         bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{cfg.total_epochs}",
-                   disable=not cfg.progress, leave=False, dynamic_ncols=True)
+                   disable=not (cfg.progress and self.world.main), leave=False, dynamic_ncols=True)
         for batch, (x, y) in enumerate(self.train_loader):
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             set_learning_rate(self.optimizer, learning_rate(cfg, self.epoch, self.step, self.total_steps))
             self.optimizer.zero_grad(set_to_none=True)
+            if cfg.channels_last and x.dim() == 4 and self.device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
             with self.autocast():
-                logits = model(x)
+                logits = self.forward_model(x)
                 loss = self.loss_fn(logits.float(), y)
             if cfg.l1 and self.sparsifier is not None:
                 loss = loss + cfg.l1 * sum(p.abs().sum() for p in self.sparsifier.params.values())
@@ -196,7 +212,8 @@ class Run:
                 bar.set_postfix(loss=f"{mean_loss:.4f}")
             bar.update()
         bar.close()
-        return {"train_loss": float(loss_sum) / seen, "train_acc": int(correct) / seen}
+        loss_total, correct_total, seen_total = all_sum([float(loss_sum), float(correct), float(seen)], self.world, self.device)
+        return {"train_loss": loss_total / seen_total, "train_acc": correct_total / seen_total}
 
     def _log_update(self) -> None:
         sp = self.sparsifier
@@ -219,11 +236,15 @@ class Run:
                       "lr": self.optimizer.param_groups[0]["lr"], "density": self.density, "itop_rate": self.itop_rate,
                       "seconds": time.perf_counter() - start, "layer_density": layer_densities(self.sparsifier)}
             self.metrics.write(record)
-            print(epoch_line(record, cfg.total_epochs), flush=True)
+            if self.world.main:
+                print(epoch_line(record, cfg.total_epochs), flush=True)
             if val_acc is None or val_acc > self.best_val:  # no validation split: the last epoch is the best
                 self.best_val, self.best_epoch = (-1.0 if val_acc is None else val_acc), self.epoch
-                save_checkpoint({"format": 1, "model": self.model.state_dict(), "epoch": self.epoch}, self.dir / "best.pt")
-            save_checkpoint(self._state(), self.dir / "checkpoint.pt")
+                if self.world.main:
+                    save_checkpoint({"format": 1, "model": self.model.state_dict(), "epoch": self.epoch}, self.dir / "best.pt")
+            if self.world.main:
+                save_checkpoint(self._state(), self.dir / "checkpoint.pt")
+            barrier(self.world)
         self.metrics.close()
 
     # ------------------------------------------------------------------------------------ results

@@ -31,6 +31,19 @@ class MetricsLog:
         self._handle.close()
 
 
+class NullLog:
+    """What ranks other than 0 write: nothing."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def write(self, record: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def epoch_line(record: dict[str, Any], total_epochs: int) -> str:
     val = "   -   " if record["val_acc"] is None else f"{100 * record['val_acc']:6.2f}%"
     return (f"epoch {record['epoch']:>{len(str(total_epochs))}}/{total_epochs} | loss {record['train_loss']:.4f} "

@@ -1,0 +1,80 @@
+"""Multi-process training with torchrun: process group, rank-local batches, reductions.
+
+`torchrun --nproc_per_node K -m itop train ...` sets WORLD_SIZE/RANK/LOCAL_RANK; we join the
+process group (NCCL on CUDA, gloo on the CPU). Every rank holds the same small dataset and draws
+the same global batch of K*B examples from the same generator; rank r trains on its slice r, so a
+K-process run sees exactly the examples of a 1-process run with batch K*B.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        """The rank that prints and writes files."""
+        return self.rank == 0
+
+
+def init_distributed(device_choice: str) -> World:
+    """Join the torchrun process group if there is one (WORLD_SIZE > 1)."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return World()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() and device_choice != "cpu"
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return World(dist.get_rank(), dist.get_world_size(), local_rank)
+
+
+def broadcast_value(value, world: World):
+    """Rank 0's `value` (any picklable object) on every rank."""
+    if world.size == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_sum(values: list[float], world: World, device) -> list[float]:
+    """Element-wise sum over ranks of a few numbers (epoch statistics)."""
+    if world.size == 1:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def barrier(world: World) -> None:
+    if world.size > 1:
+        dist.barrier()
+
+
+class RankSlice:
+    """Yield rank r's slice of every global batch of a loader (batches of size K*B)."""
+
+    def __init__(self, loader, world: World):
+        self.loader, self.world = loader, world
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for x, y in self.loader:
+            share = len(y) // self.world.size
+            part = slice(self.world.rank * share, (self.world.rank + 1) * share)
+            yield x[part], y[part]
