@@ -49,3 +49,26 @@ def test_two_processes_equal_one_process_with_double_batch_and_resume(tmp_path, 
         assert torch.equal(value, final["model"][key]), key
     for name, mask in two["sparsifier"]["masks"].items():
         assert torch.equal(mask, final["sparsifier"]["masks"][name]), name
+
+
+def test_imagenet_folder_on_two_processes_reduces_validation_exactly(tmp_path):
+    from itop.data.imagenet import make_imagenet_loader
+    from itop.models import create_model
+    from itop.train.loop import evaluate
+    from tests.data.formats import write_image_tree
+
+    write_image_tree(tmp_path / "imnet" / "train", classes=("a", "b", "c"), per_class=4)
+    write_image_tree(tmp_path / "imnet" / "val", classes=("a", "b", "c"), per_class=1)
+    argv = ["--arch", "resnet18", "-b", "2", "--test-batch-size", "2", "--epochs", "1", "-j", "0", "--label-smoothing", "0.1",
+            "--warmup", "1", "--update_frequency", "2", "--growth", "gradient", "--density", "0.2", "--no-progress",
+            "--save", "im", str(tmp_path / "imnet")]
+    result = torchrun("-m", "itop", "train", *argv, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "im" / "summary.json").read_text())
+    assert summary["steps"] == 3  # 12 images, 2 ranks x batch 2
+
+    model = create_model("imagenet-resnet18", num_classes=3)
+    model.load_state_dict(torch.load(tmp_path / "im" / "best.pt", weights_only=True)["model"])
+    loader = make_imagenet_loader(tmp_path / "imnet", "val", 2, workers=0)
+    import contextlib
+    assert evaluate(model, loader, torch.device("cpu"), contextlib.nullcontext)[1] == summary["test_acc"]

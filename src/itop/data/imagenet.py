@@ -15,7 +15,7 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from .errors import DataError
 
@@ -155,12 +155,16 @@ def make_imagenet_loader(root: str | Path, split: str, batch_size: int, *, worke
 
     Train batches are shuffled, augmented and drop the last partial batch; with
     `distributed`, a DistributedSampler splits the data across ranks (call `set_epoch`).
-    Validation is not sharded: every rank evaluates the full set.
+    Validation with `distributed` gives rank r the images r, r+K, r+2K, ... (no padding, so
+    summing correct counts over ranks gives the exact accuracy of the whole set).
     """
     if split not in ("train", "val"):
         raise ValueError(f"Unknown ImageNet split {split!r}; choose 'train' or 'val'.")
     train = split == "train"
     dataset = ImageFolder(Path(root) / split, train=train, image_size=image_size)
+    if distributed and not train:
+        world, me = num_replicas or 1, rank or 0
+        dataset = Subset(dataset, range(me, len(dataset), world))
     sampler = None
     if distributed and train:
         sampler = DistributedSampler(dataset, num_replicas=num_replicas, rank=rank,

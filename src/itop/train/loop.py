@@ -57,8 +57,8 @@ def build_sparsifier(cfg: TrainConfig, model: nn.Module, optimizer, total_steps:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, device, autocast) -> tuple[float, float]:
-    """(mean loss, accuracy) over a loader."""
+def evaluate(model: nn.Module, loader, device, autocast, world: World = World(), sharded: bool = False) -> tuple[float, float]:
+    """(mean loss, accuracy) over a loader; summed over ranks when each rank holds a shard."""
     model.eval()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
@@ -70,7 +70,10 @@ def evaluate(model: nn.Module, loader, device, autocast) -> tuple[float, float]:
         loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
         count += len(y)
-    return float(loss_sum) / max(count, 1), int(correct) / max(count, 1)
+    totals = [float(loss_sum), float(correct), float(count)]
+    if sharded:
+        totals = all_sum(totals, world, device)
+    return totals[0] / max(totals[2], 1), totals[1] / max(totals[2], 1)
 
 
 def layer_densities(sparsifier) -> dict[str, float]:
@@ -101,6 +104,7 @@ class Run:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.epoch, self.step, self.best_val, self.best_epoch = 0, 0, -1.0, 0
+        self.best_state = self.model.state_dict()
         self.seconds = 0.0
         if resume:
             self._restore(load_checkpoint(self.dir / "checkpoint.pt"))
@@ -122,7 +126,9 @@ class Run:
             self.train_loader = make_imagenet_loader(
                 cfg.data_dir, "train", cfg.batch_size, workers=cfg.workers, device=self.device, seed=cfg.seed,
                 distributed=self.world.size > 1, num_replicas=self.world.size, rank=self.world.rank)
-            self.test_loader = make_imagenet_loader(cfg.data_dir, "val", cfg.test_batch_size, workers=cfg.workers, device=self.device, seed=cfg.seed)
+            self.test_loader = make_imagenet_loader(
+                cfg.data_dir, "val", cfg.test_batch_size, workers=cfg.workers, device=self.device, seed=cfg.seed,
+                distributed=self.world.size > 1, num_replicas=self.world.size, rank=self.world.rank)
             self.val_loader = self.test_loader  # the ImageNet recipe selects on its validation set
             return None
         splits = load_dataset(cfg.data, cfg.data_dir, valid_split=cfg.valid_split, seed=cfg.seed)
@@ -168,6 +174,8 @@ class Run:
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         self.epoch, self.step = state["epoch"], state["step"]
+        best = self.dir / "best.pt"  # rank 0's file; another node without it keeps the current weights
+        self.best_state = load_checkpoint(best)["model"] if best.exists() else self.model.state_dict()
         self.best_val, self.best_epoch, self.seconds = state["best_val"], state["best_epoch"], state["seconds"]
 
     # ------------------------------------------------------------------------------------ training
@@ -215,6 +223,10 @@ class Run:
         loss_total, correct_total, seen_total = all_sum([float(loss_sum), float(correct), float(seen)], self.world, self.device)
         return {"train_loss": loss_total / seen_total, "train_acc": correct_total / seen_total}
 
+    def _evaluate(self, loader) -> tuple[float, float]:
+        """Small datasets: every rank evaluates all of it; ImageNet: a shard each, summed."""
+        return evaluate(self.model, loader, self.device, self.autocast, self.world, sharded=self.cfg.imagenet and self.world.size > 1)
+
     def _log_update(self) -> None:
         sp = self.sparsifier
         last = sp.history[-1]
@@ -229,7 +241,7 @@ class Run:
         while self.epoch < cfg.total_epochs:
             start = time.perf_counter()
             record = self.train_epoch()
-            val_acc = evaluate(self.model, self.val_loader, self.device, self.autocast)[1] if self.val_loader else None
+            val_acc = self._evaluate(self.val_loader)[1] if self.val_loader else None
             self.epoch += 1
             self.seconds += time.perf_counter() - start
             record = {"kind": "epoch", "epoch": self.epoch, "step": self.step, **record, "val_acc": val_acc,
@@ -240,8 +252,9 @@ class Run:
                 print(epoch_line(record, cfg.total_epochs), flush=True)
             if val_acc is None or val_acc > self.best_val:  # no validation split: the last epoch is the best
                 self.best_val, self.best_epoch = (-1.0 if val_acc is None else val_acc), self.epoch
+                self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
                 if self.world.main:
-                    save_checkpoint({"format": 1, "model": self.model.state_dict(), "epoch": self.epoch}, self.dir / "best.pt")
+                    save_checkpoint({"format": 1, "model": self.best_state, "epoch": self.epoch}, self.dir / "best.pt")
             if self.world.main:
                 save_checkpoint(self._state(), self.dir / "checkpoint.pt")
             barrier(self.world)
@@ -258,10 +271,9 @@ class Run:
 
     def summary(self) -> dict[str, Any]:
         """Test accuracy of the best checkpoint, Rs, and FLOPs relative to dense."""
-        best = load_checkpoint(self.dir / "best.pt")
         current = {k: v.clone() for k, v in self.model.state_dict().items()}
-        self.model.load_state_dict(best["model"])
-        test_loss, test_acc = evaluate(self.model, self.test_loader, self.device, self.autocast)
+        self.model.load_state_dict(self.best_state)
+        test_loss, test_acc = self._evaluate(self.test_loader)
         self.model.load_state_dict(current)
         sp = self.sparsifier
         dense_forward = self.flops.total
