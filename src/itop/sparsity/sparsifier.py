@@ -11,6 +11,10 @@ With a zero gradient, a zero weight and zero optimizer state, the optimizers lis
 without being touched again. Any other optimizer gets its weights and state tensors masked after
 every step as well. A hook after `optimizer.step()` counts real steps, so a step that a GradScaler
 skips neither advances the schedule nor changes the topology.
+
+Under torch.distributed (DDP), build it on the unwrapped model on every rank: the seed is shared,
+the hooks see the averaged gradients, and `distributed.check_masks_agree` verifies after every
+update that all ranks hold the same masks.
 """
 
 from __future__ import annotations
