@@ -121,3 +121,22 @@ def test_corrupt_image_named(tmp_path):
 def test_unknown_split(tmp_path):
     with pytest.raises(ValueError, match="'test'"):
         make_imagenet_loader(tmp_path, "test", 2)
+
+
+def test_set_epoch_makes_each_epoch_reproducible(tmp_path):
+    from tests.data.formats import write_image_tree
+    from itop.data.imagenet import make_imagenet_loader
+
+    write_image_tree(tmp_path / "train", per_class=4)
+
+    def epoch(loader, e):
+        loader.set_epoch(e)
+        return [(x.clone(), y.clone()) for x, y in loader]
+
+    # one worker process: its augmentation RNG is seeded from the loader's generator
+    first = make_imagenet_loader(tmp_path, "train", 2, workers=1, seed=3)
+    later = make_imagenet_loader(tmp_path, "train", 2, workers=1, seed=3)
+    a0, a1 = epoch(first, 0), epoch(first, 1)
+    b1 = epoch(later, 1)  # a "resumed" loader starting at epoch 1
+    assert all(torch.equal(x, y) and torch.equal(l, m) for (x, l), (y, m) in zip(a1, b1))
+    assert not all(torch.equal(x, y) for (x, _), (y, _) in zip(a0, a1))

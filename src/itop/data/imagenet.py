@@ -128,8 +128,8 @@ class ImageFolder(Dataset):
 class DeviceNormalizer:
     """Wrap a uint8 DataLoader: move batches to `device`, then convert and normalise there."""
 
-    def __init__(self, loader: DataLoader, device="cpu", mean=IMAGENET_MEAN, std=IMAGENET_STD) -> None:
-        self.loader, self.device = loader, torch.device(device)
+    def __init__(self, loader: DataLoader, device="cpu", mean=IMAGENET_MEAN, std=IMAGENET_STD, seed: int = 0) -> None:
+        self.loader, self.device, self.seed = loader, torch.device(device), seed
         self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1) * 255.0
         self.std = torch.tensor(std, device=self.device).view(1, -1, 1, 1) * 255.0
 
@@ -137,9 +137,12 @@ class DeviceNormalizer:
         return len(self.loader)
 
     def set_epoch(self, epoch: int) -> None:
-        """Reshuffle a DistributedSampler for `epoch` (no-op for other samplers)."""
+        """Make epoch `epoch`'s order and augmentation a function of (seed, epoch) alone, so a
+        resumed run draws exactly what an uninterrupted one would (DistributedSampler included)."""
         if isinstance(self.loader.sampler, DistributedSampler):
             self.loader.sampler.set_epoch(epoch)
+        if self.loader.generator is not None:
+            self.loader.generator.manual_seed(self.seed + epoch)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for images, labels in self.loader:
@@ -173,5 +176,5 @@ def make_imagenet_loader(root: str | Path, split: str, batch_size: int, *, worke
                         sampler=sampler, num_workers=workers, drop_last=train,
                         pin_memory=torch.device(device).type == "cuda",
                         generator=torch.Generator().manual_seed(seed),
-                        persistent_workers=workers > 0)
-    return DeviceNormalizer(loader, device)
+                        persistent_workers=False)  # fresh workers each epoch: seeds follow set_epoch
+    return DeviceNormalizer(loader, device, seed=seed)
