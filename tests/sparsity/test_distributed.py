@@ -45,3 +45,12 @@ def test_checksum_sees_a_single_moved_weight():
     a = {"w": torch.tensor([True, False, True, False])}
     b = {"w": torch.tensor([True, True, False, False])}
     assert not torch.equal(mask_checksum(a), mask_checksum(b))
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        mask = torch.rand(37, 29, generator=gen) < 0.3
+        moved = mask.clone().view(-1)
+        on, off = moved.nonzero().squeeze(1), (~moved).nonzero().squeeze(1)
+        moved[on[torch.randint(len(on), (), generator=gen)]] = False
+        moved[off[torch.randint(len(off), (), generator=gen)]] = True
+        assert not torch.equal(mask_checksum({"w": mask}), mask_checksum({"w": moved.view_as(mask)}))
+        assert torch.equal(mask_checksum({"w": mask}), mask_checksum({"w": mask.clone()}))

@@ -49,10 +49,12 @@ def train_main(argv: list[str]) -> int:
     world = World()
     try:
         cfg, resume = parse_args(argv)
-        world = init_distributed(cfg.device if resume is None else "auto")
+        if resume is not None:
+            cfg = _config_of(Path(resume))
+        world = init_distributed(cfg.device)
         cfg.save = broadcast_value(cfg.save, world)  # its default holds the time: rank 0's everywhere
         if resume is not None:
-            runs = [(_config_of(Path(resume)), Path(resume), True)]
+            runs = [(cfg, Path(resume), True)]
         else:
             runs = []
             for i in range(cfg.iters):
