@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(g, "--decay-schedule", dest="decay_schedule", help="prune-rate decay: cosine | linear | constant")
     _flag(g, "--threshold", type=float, help="|w| below which --death threshold prunes (default 1e-3)")
     g = p.add_argument_group("training")
-    _flag(g, "--model", help="network name (see --model help)")
+    _flag(g, "--model", help="network, e.g. lenet300-100, vgg-c, wrn-28-2 (an unknown name lists all)")
     _flag(g, "--arch", "-a", dest="arch", help="ImageNet network: resnet18/34/50/101/152")
     _flag(g, "--model-config", "-c", dest="model_config", help="ImageNet conv init: classic | fanin")
     _flag(g, "--data", help="mnist5k (embedded) | mnist | cifar10 | cifar100 | imagenet")
