@@ -20,7 +20,7 @@ def torchrun(tmp_path, *args):
     return subprocess.run(command, capture_output=True, text=True, timeout=240)
 
 
-@pytest.mark.parametrize("grow", ["random", "gradient"])
+@pytest.mark.parametrize("grow", ["random", "gradient", "momentum"])
 def test_two_ranks_agree_and_match_one_process_with_double_batch(tmp_path, grow):
     result = torchrun(tmp_path, grow, "12")
     assert result.returncode == 0, result.stderr[-2000:]
