@@ -1,6 +1,5 @@
 import sys
 
-import pytest
 
 from itop.report import main
 

@@ -1,5 +1,4 @@
 import pytest
-import torch
 from torch import nn
 
 from itop.sparsity.params import sparse_parameters

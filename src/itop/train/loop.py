@@ -22,7 +22,7 @@ import itop
 from itop.data import load_dataset, make_loaders
 from itop.models import create_model, get_model_spec
 
-from .checkpoint import RunError, load_checkpoint, save_checkpoint, save_json
+from .checkpoint import RunError, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .distributed import RankSlice, World, all_sum, barrier
 from .metrics import MetricsLog, NullLog, epoch_line
