@@ -50,4 +50,5 @@ if __name__ == "__main__":
     seed = 7 + rank if "--bad-seed" in sys.argv else 7
     result = train(grow, steps, rank, world, sparsifier_seed=seed)
     torch.save(result, os.path.join(out, f"rank{rank}.pt"))
+    dist.barrier()  # both ranks done before the group is torn down
     dist.destroy_process_group()

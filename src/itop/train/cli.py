@@ -74,6 +74,7 @@ def train_main(argv: list[str]) -> int:
             say(f"test accuracy {100 * summary['test_acc']:.2f}% (best epoch {summary['best_epoch']}), Rs {summary['itop_rate']:.4f}")
         say()
         say(results_table(summaries))
+        barrier(world)  # every rank finished before the process group is torn down
         return 0
     except (UsageError, RunError, DataError) as error:
         if world.main:
