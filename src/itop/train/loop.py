@@ -277,7 +277,7 @@ class Run:
         self.model.load_state_dict(current)
         sp = self.sparsifier
         dense_forward = self.flops.total
-        batch_flops = 3 * dense_forward * self.cfg.batch_size * self.total_steps
+        batch_flops = 3 * dense_forward * self.cfg.batch_size * self.world.size * self.total_steps
         return {
             "method": self.cfg.method, "model": self.cfg.model, "data": self.cfg.data,
             "density": self.density, "sparsity": 1 - self.density, "test_acc": test_acc, "test_loss": test_loss,
