@@ -280,3 +280,22 @@ def test_optimizer_without_the_models_parameters():
     model = lenet300()
     with pytest.raises(ValueError, match="optimizer does not hold"):
         itop.Sparsifier(model, torch.optim.SGD(lenet300().parameters(), lr=0.1))
+
+
+def test_layer_unused_in_a_step_still_updates_with_gradient_growth():
+    class TwoHeads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.used, self.unused = nn.Linear(8, 8), nn.Linear(8, 2), nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.used(self.body(x))
+
+    torch.manual_seed(0)
+    model = TwoHeads()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sp = itop.Sparsifier(model, opt, density=0.5, distribution="uniform", grow="gradient", update_frequency=2, total_steps=4, seed=0)
+    before = int(sp.masks["unused.weight"].sum())
+    train(model, opt, sp, batches(4, (8,), 2))
+    assert int(sp.masks["unused.weight"].sum()) == before and sp.steps == 4
+    assert_zero_off_mask(sp)

@@ -223,7 +223,10 @@ class Sparsifier:
         Gradient-based criteria use the dense gradient of the step that triggered the update; when
         called by hand, the parameters' `.grad` (dense if called before `optimizer.step()`).
         """
-        grads = self._dense_grads or {n: p.grad for n, p in self.params.items()}
+        if self._dense_grads is not None:  # scheduled update: a layer without gradient had none
+            grads = {n: self._dense_grads[n] if n in self._dense_grads else torch.zeros_like(p) for n, p in self.params.items()}
+        else:
+            grads = {n: p.grad for n, p in self.params.items()}
         self._dense_grads = None
         rate = self.schedule.rate(self.steps)
         old = self.masks
