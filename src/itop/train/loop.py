@@ -28,9 +28,6 @@ from .distributed import RankSlice, World, all_sum, barrier
 from .metrics import MetricsLog, NullLog, epoch_line
 from .optim import build_optimizer, learning_rate, set_learning_rate
 
-ENGINE_NAMES = {"erk": "erk", "er": "er", "uniform": "uniform", "set": "set", "magnitude": "magnitude", "threshold": "threshold"}
-
-
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
@@ -48,8 +45,8 @@ def build_sparsifier(cfg: TrainConfig, model: nn.Module, optimizer, total_steps:
     if not cfg.sparse:
         return None
     return itop.Sparsifier(
-        model, optimizer, density=cfg.density, distribution=ENGINE_NAMES[cfg.sparse_init.lower()],
-        prune=ENGINE_NAMES[cfg.death.lower()], grow=cfg.growth, redistribution=cfg.redistribution,
+        model, optimizer, density=cfg.density, distribution=cfg.sparse_init.lower(),
+        prune=cfg.death.lower(), grow=cfg.growth, redistribution=cfg.redistribution,
         prune_rate=cfg.death_rate, update_frequency=None if cfg.fix else cfg.update_frequency,
         total_steps=total_steps, seed=cfg.seed, prune_options={"threshold": cfg.threshold} if cfg.death.lower() == "threshold" else None,
         decay_schedule=cfg.decay_schedule,
