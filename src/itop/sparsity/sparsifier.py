@@ -224,7 +224,8 @@ class Sparsifier:
         called by hand, the parameters' `.grad` (dense if called before `optimizer.step()`).
         """
         if self._dense_grads is not None:  # scheduled update: a layer without gradient had none
-            grads = {n: self._dense_grads[n] if n in self._dense_grads else torch.zeros_like(p) for n, p in self.params.items()}
+            stash = self._dense_grads
+            grads = {n: stash[n] if n in stash else torch.zeros_like(p) for n, p in self.params.items()}
         else:
             grads = {n: p.grad for n, p in self.params.items()}
         self._dense_grads = None
@@ -238,7 +239,8 @@ class Sparsifier:
             count = nnz - int(torch.count_nonzero(new))
             if new.shape != param.shape or bool((new & ~old[name]).any()) or not 0 <= count <= k:
                 raise RuntimeError(f"prune criterion {self.config['prune']!r} must switch off at most {k} active weights of {name}; it changed {count}.")
-            pruned[name], room = new, room + [size - nnz]
+            pruned[name] = new
+            room.append(size - nnz)
             removed.append(count)
         total = sum(removed)
         if not self._grows:

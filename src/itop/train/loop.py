@@ -226,11 +226,12 @@ class Run:
 
     def _log_update(self) -> None:
         sp = self.sparsifier
-        last = sp.history[-1]
+        last, stats = sp.history[-1], sp.layer_stats()
         self.metrics.write({
             "kind": "update", "step": self.step, "density": sp.density, "itop_rate": sp.itop_rate,
-            "prune_rate": last["prune_rate"], "removed": last["removed"], "layer_density": layer_densities(sp),
-            "layer_explored": {n: s["explored"] for n, s in sp.layer_stats().items()},
+            "prune_rate": last["prune_rate"], "removed": last["removed"],
+            "layer_density": {n: s["density"] for n, s in stats.items()},
+            "layer_explored": {n: s["explored"] for n, s in stats.items()},
         })
 
     def fit(self) -> None:
