@@ -186,7 +186,8 @@ class Run:
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
         bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{cfg.total_epochs}",
-                   disable=not (cfg.progress and self.world.main), leave=False, dynamic_ncols=True)
+                   # None: shown on a terminal only, so logs piped to a file stay one line per epoch
+                   disable=None if cfg.progress and self.world.main else True, leave=False, dynamic_ncols=True)
         for batch, (x, y) in enumerate(self.train_loader):
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             set_learning_rate(self.optimizer, learning_rate(cfg, self.epoch, self.step, self.total_steps))
