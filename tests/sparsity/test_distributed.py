@@ -54,3 +54,23 @@ def test_checksum_sees_a_single_moved_weight():
         moved[off[torch.randint(len(off), (), generator=gen)]] = True
         assert not torch.equal(mask_checksum({"w": mask}), mask_checksum({"w": moved.view_as(mask)}))
         assert torch.equal(mask_checksum({"w": mask}), mask_checksum({"w": mask.clone()}))
+
+
+def test_checksum_sees_structured_changes_that_cancel_in_a_linear_sum():
+    """Two moves whose word differences cancel, and a move of 256 words within the same byte lane."""
+    def pair(on_a, on_b):
+        a, b = torch.zeros(64 * 64, dtype=torch.bool), torch.zeros(64 * 64, dtype=torch.bool)
+        a[on_a], b[on_b] = True, True
+        return mask_checksum({"w": a}), mask_checksum({"w": b})
+
+    first, second = pair([8, 32], [16, 24])
+    assert not torch.equal(first, second)
+    first, second = pair([7], [7 + 2048])
+    assert not torch.equal(first, second)
+
+
+def test_checksum_of_a_length_not_multiple_of_eight_sees_the_last_entry():
+    a = torch.zeros(13, dtype=torch.bool)
+    b = a.clone()
+    b[12] = True
+    assert not torch.equal(mask_checksum({"w": a}), mask_checksum({"w": b}))

@@ -2,9 +2,9 @@
 
 The engine takes the same decisions on every rank by construction: the random generator has the
 same seed everywhere, and gradient-based criteria see the gradients DistributedDataParallel has
-already averaged. `check_masks_agree` verifies it after every topology update with a checksum of
-three integers per layer, compared across ranks with two all-reduces (MIN and MAX), and fails
-loudly if any rank differs.
+already averaged. `check_masks_agree` verifies it after every topology update with a 62-bit
+checksum per layer, compared across ranks with one all-reduce (the maximum of the checksums and
+of their negatives), and fails loudly if any rank differs.
 """
 
 from __future__ import annotations
@@ -20,24 +20,48 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def _layer_checksum(mask: Tensor) -> Tensor:
-    """Three int64 numbers that change when any entry of `mask` changes (whp).
+_MASK62 = (1 << 62) - 1
 
-    The bool mask is read as 64-bit words (eight entries each): their sum and their
-    position-weighted sum (wrapping on overflow, identically on every device), plus a weighted
-    sum of the few entries left over. One cheap pass over N/8 words, no nonzero().
+
+def _signed(value: int) -> int:
+    """A 64-bit constant as the int64 that has its bits."""
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+_MIX1, _MIX2, _GOLDEN = _signed(0xBF58476D1CE4E5B9), _signed(0x94D049BB133111EB), _signed(0x9E3779B97F4A7C15)
+
+
+def _shift_right(x: Tensor, bits: int) -> Tensor:
+    """Logical (unsigned) right shift of int64 words."""
+    return (x >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def _mix(x: Tensor) -> Tensor:
+    """SplitMix64's finaliser (Steele et al. 2014) on int64 words, wrapping like uint64: every
+    input bit changes about half of the output bits, so unlike a sum no structured change of the
+    mask can cancel out."""
+    x = (x ^ _shift_right(x, 30)) * _MIX1
+    x = (x ^ _shift_right(x, 27)) * _MIX2
+    return x ^ _shift_right(x, 31)
+
+
+def _layer_checksum(mask: Tensor) -> Tensor:
+    """One int64 that changes when any entry of `mask` changes (collisions about 2**-62).
+
+    The bool mask is read as 64-bit words (eight entries each, zero-padded); each word is mixed
+    together with its position and the results are summed (wrapping). One pass over N/8 words,
+    no nonzero(), the same on every device.
     """
     flat = mask.reshape(-1).view(torch.uint8)
-    whole = flat.numel() // 8 * 8
-    words = flat[:whole].view(torch.int64)
-    tail = flat[whole:].to(torch.int64)
-    word_weights = torch.arange(1, words.numel() + 1, device=flat.device, dtype=torch.int64)
-    tail_weights = torch.arange(1, tail.numel() + 1, device=flat.device, dtype=torch.int64)
-    return torch.stack([words.sum(), (words * word_weights).sum(), (tail * tail_weights).sum()])
+    if flat.numel() % 8:
+        flat = torch.cat([flat, flat.new_zeros(8 - flat.numel() % 8)])
+    words = flat.view(torch.int64)
+    position = _mix(torch.arange(1, words.numel() + 1, device=flat.device, dtype=torch.int64) * _GOLDEN)
+    return _mix(words ^ position).sum() & _MASK62
 
 
 def mask_checksum(masks: Mapping[str, Tensor]) -> Tensor:
-    """int64 tensor (layers, 3): a checksum of each layer's mask, equal on ranks with equal masks."""
+    """int64 tensor (layers,): a checksum of each layer's mask, equal on ranks with equal masks."""
     return torch.stack([_layer_checksum(mask) for mask in masks.values()])
 
 
@@ -55,11 +79,11 @@ def check_masks_agree(masks: Mapping[str, Tensor]) -> None:
     """Raise RuntimeError naming the first layer whose mask differs between ranks."""
     if not is_distributed():
         return
-    local = mask_checksum(masks)
-    low, high = local.clone(), local.clone()
-    dist.all_reduce(low, op=dist.ReduceOp.MIN)
-    dist.all_reduce(high, op=dist.ReduceOp.MAX)
-    differs = (low != high).any(dim=1)
+    local = mask_checksum(masks)  # non-negative (62 bits), so -local cannot overflow
+    extremes = torch.cat([local, -local])
+    dist.all_reduce(extremes, op=dist.ReduceOp.MAX)  # max and -min in one call
+    high, low = extremes[: len(local)], -extremes[len(local):]
+    differs = low != high
     if bool(differs.any()):
         name = list(masks)[int(torch.nonzero(differs)[0])]
         raise RuntimeError(
