@@ -21,6 +21,11 @@ def test_allocate_proportional_and_capped():
     assert allocate(5, [0, 0, 0], [1, 2, 2]) == [1, 2, 2]
 
 
+def test_allocate_treats_non_finite_shares_as_zero():
+    assert allocate(6, [float("nan"), 1.0, float("inf")], [10, 10, 10]) == [0, 6, 0]
+    assert allocate(3, [float("nan"), -1.0], [2, 2]) in ([2, 1], [1, 2])
+
+
 def test_allocate_refuses_impossible():
     with pytest.raises(ValueError):
         allocate(5, [1, 1], [1, 1])

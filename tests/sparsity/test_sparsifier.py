@@ -1,4 +1,7 @@
 import copy
+import math
+
+import numpy as np
 
 import pytest
 import torch
@@ -121,11 +124,51 @@ def test_grow_none_only_prunes():
     assert sum(int(m.sum()) for m in sp.masks.values()) < before and sp.itop_rate == pytest.approx(before / 266_200)
 
 
+def test_grow_none_prunes_dense_layers_too():
+    model, opt, sp = make(density=1.0, grow="none", update_frequency=1, total_steps=4, prune_rate=0.2)
+    train(model, opt, sp, batches(1, (784,), 10))
+    rate = sp.history[-1]["prune_rate"]
+    assert rate > 0.1 and sp.history[-1]["removed"] == sum(math.ceil(rate * n) for n in (235_200, 30_000, 1_000))
+    assert sp.density < 0.9
+
+
+def test_redistributed_growth_prunes_erk_dense_layers():
+    """Only the total must fit the room of all layers when growth is shared out."""
+    model, opt, sp = make(density=0.5, grow="random", redistribution="nonzeros", update_frequency=1, total_steps=4)
+    dense = [n for n, s in sp.layer_stats().items() if s["density"] == 1.0]
+    total = sum(sp._nnz.values())
+    train(model, opt, sp, batches(1, (784,), 10))
+    rate = sp.history[-1]["prune_rate"]
+    assert dense and rate > 0
+    for name in dense:  # each lost its full k and, having no room, got nothing back
+        numel = sp.params[name].numel()
+        assert int(sp.masks[name].sum()) == sp._nnz[name] == numel - math.ceil(rate * numel)
+    assert sum(sp._nnz.values()) == total
+
+
 def test_threshold_prune_restores_count():
     model, opt, sp = make(prune="threshold", prune_options={"threshold": 0.02}, update_frequency=2, total_steps=4)
     before = dict(sp._nnz)
     train(model, opt, sp, batches(2, (784,), 10))
     assert sp.history[-1]["removed"] > 0 and sp._nnz == before
+
+
+def test_threshold_prune_removes_every_weight_below_it_whatever_the_rate():
+    model, opt, sp = make(prune="threshold", prune_options={"threshold": 0.02}, prune_rate=0.01, update_frequency=None)
+    below = {n: int((sp.masks[n] & (p.abs() < 0.02)).sum()) for n, p in sp.params.items()}
+    room = {n: p.numel() - sp._nnz[n] for n, p in sp.params.items()}
+    assert sum(below.values()) > 0.01 * sum(sp._nnz.values())
+    assert below["4.weight"] > room["4.weight"]  # the nearly dense last layer can only swap its room
+    model(torch.randn(4, 784)).sum().backward()
+    sp.update_topology()
+    assert sp.history[-1]["removed"] == sum(min(below[n], room[n]) for n in below)
+
+
+def test_misspelt_criterion_option_is_refused():
+    with pytest.raises(ValueError, match="unknown option 'thresold'.*accepts: threshold"):
+        make(prune="threshold", prune_options={"thresold": 0.5})
+    with pytest.raises(ValueError, match="unknown option 'beta'"):
+        make(grow="gradient", grow_options={"beta": 0.5})
 
 
 def test_same_seed_same_masks_other_seed_other_masks():
@@ -165,9 +208,16 @@ def test_state_dict_survives_weights_only_load(tmp_path):
     train(model, opt, sp, batches(2, (784,), 10))
     torch.save(sp.state_dict(), tmp_path / "sp.pt")
     state = torch.load(tmp_path / "sp.pt", weights_only=True)
-    _, _, fresh = make(seed=11)
+    _, _, fresh = make(update_frequency=2, total_steps=4, seed=11)
     fresh.load_state_dict(state)
     assert fresh.itop_rate == sp.itop_rate and fresh.steps == 2
+
+
+def test_load_state_dict_from_other_settings_is_refused():
+    _, _, sp = make(update_frequency=2, total_steps=4)
+    _, _, other = make(update_frequency=2, total_steps=8)
+    with pytest.raises(ValueError, match="total_steps=4 but this sparsifier has total_steps=8"):
+        other.load_state_dict(sp.state_dict())
 
 
 def test_load_state_dict_from_other_model_is_refused():
@@ -227,6 +277,16 @@ def test_manual_update_topology_uses_current_gradient():
     assert_zero_off_mask(sp)
 
 
+def test_manual_gradient_update_after_the_optimizer_step_is_refused():
+    """The step masks the gradients; growing on them would pick the lowest indices."""
+    model, opt, sp = make(grow="gradient", update_frequency=None)
+    x, y = batches(1, (784,), 10)[0]
+    nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+    with pytest.raises(RuntimeError, match="before optimizer.step"):
+        sp.update_topology()
+
+
 def test_user_registered_criteria():
     name = "test-largest-first"
 
@@ -264,10 +324,18 @@ def test_misbehaving_criterion_is_caught():
     (dict(prune_rate=0), "prune_rate"),
     (dict(update_frequency=0), "update_frequency"),
     (dict(total_steps=0), "total_steps"),
+    (dict(prune_rate=None), "prune_rate"),
+    (dict(update_frequency=True), "update_frequency"),
+    (dict(density=float("nan")), "density must be"),
 ])
 def test_bad_arguments_raise_value_error(kwargs, message):
     with pytest.raises(ValueError, match=message):
         make(**kwargs)
+
+
+def test_numpy_numbers_are_accepted():
+    _, _, sp = make(density=np.float32(0.1), update_frequency=np.int64(5), total_steps=np.int64(10))
+    assert sp.config["density"] == pytest.approx(0.1) and sp.schedule.is_update(5)
 
 
 def test_model_without_sparse_parameters():

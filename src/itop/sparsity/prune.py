@@ -3,9 +3,9 @@
 A prune criterion is a pure function
     fn(weight, mask, k, *, grad=None, **options) -> new_mask
 taking a layer's weight, its bool mask and the number k of active weights to remove, and
-returning the mask with exactly k active entries switched off (a criterion with its own rule
-for the count, like `threshold`, removes at most k). Register your own with
-`itop.register_prune("name")`.
+returning the mask with exactly k active entries switched off. A criterion with its own rule for
+the count, like `threshold`, sets `fn.own_count = True`: it is then passed as k the most it may
+remove, and removes at most that. Register your own with `itop.register_prune("name")`.
 """
 
 from __future__ import annotations
@@ -51,7 +51,14 @@ def set_signed(weight: Tensor, mask: Tensor, k: int, **_) -> Tensor:
 
 @PRUNE.register("threshold")
 def threshold(weight: Tensor, mask: Tensor, k: int, *, threshold: float = 1e-3, **_) -> Tensor:
-    """Remove active weights with |w| < threshold, at most k of them (the smallest first)."""
+    """Remove every active weight with |w| < threshold; the prune rate plays no part.
+
+    k is only the most the layer can lose and still grow back (its room); when more weights lie
+    below the threshold, the k smallest go.
+    """
     below = mask & (weight.abs() < threshold)
     count = min(k, int(below.sum()))
     return _drop(mask, bottom_k_mask(weight.abs(), count, below))
+
+
+threshold.own_count = True  # the sparsifier passes the most it may remove, not ceil(rate * nnz)

@@ -53,12 +53,18 @@ def momentum(weight: Tensor, mask: Tensor, *, grad_average: Tensor | None = None
     return _mean_over(grad_average.abs(), mask)
 
 
+def _usable(share: float) -> float:
+    """A share as a weight: negative or non-finite shares (NaN gradients, say) count as zero."""
+    share = float(share)
+    return share if math.isfinite(share) and share > 0 else 0.0
+
+
 def allocate(total: int, shares: Sequence[float], room: Sequence[int]) -> list[int]:
     """Split `total` into integers proportional to `shares`, each at most its `room`.
 
     Largest remainders (ties to the lower index) make the sum exact; a layer that fills up passes
     its excess to the layers with room left, in proportion to their shares. Layers with a zero
-    share get weights only when no layer with a positive share has room.
+    (or negative, or non-finite) share get weights only when no layer with a positive share has room.
     """
     if total > sum(room):
         raise ValueError(f"cannot place {total} weights in layers with room for {sum(room)}.")
@@ -66,7 +72,7 @@ def allocate(total: int, shares: Sequence[float], room: Sequence[int]) -> list[i
     remaining = total
     while remaining > 0:
         open_ = [i for i, r in enumerate(room) if counts[i] < r]
-        weights = {i: max(float(shares[i]), 0.0) for i in open_}
+        weights = {i: _usable(shares[i]) for i in open_}
         if not any(weights.values()):
             weights = {i: 1.0 for i in open_}
         weight_sum = sum(weights.values())

@@ -19,7 +19,9 @@ update that all ranks hold the same masks.
 
 from __future__ import annotations
 
+import inspect
 import math
+import numbers
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -62,6 +64,34 @@ def _criterion(registry, value):
     return value if callable(value) else registry.get(value)
 
 
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+PRUNE_ARGUMENTS = {"weight", "mask", "k", "grad"}
+GROW_ARGUMENTS = {"candidates", "k", "weight", "grad", "grad_average", "generator"}
+
+
+def _checked_options(fn: Callable, options: Mapping[str, Any] | None, what: str, given: set[str]) -> dict[str, Any]:
+    """`options` as a dict, after checking that `fn` has a parameter of each name (a typo must
+    not silently fall back to a default)."""
+    options = dict(options or {})
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # a builtin or C function: nothing to check against
+        return options
+    named = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - given
+    unknown = sorted(set(options) - named)
+    if unknown:
+        accepted = ", ".join(sorted(named)) or "none"
+        raise ValueError(f"{what} has an unknown option {unknown[0]!r} for {getattr(fn, '__name__', fn)}; it accepts: {accepted}.")
+    return options
+
+
 class Sparsifier:
     """Dynamic sparse training for `model`, driven by `optimizer`'s steps.
 
@@ -89,16 +119,19 @@ class Sparsifier:
         grad_average_beta: float = 0.9,
         decay_schedule: str = "cosine",
     ):
-        if isinstance(density, bool) or not isinstance(density, (int, float)) or not 0 < density <= 1:
+        if not _is_real(density) or not 0 < density <= 1:
             raise ValueError(f"density must be a number in (0, 1], got {density!r}.")
-        if not 0 < prune_rate <= 1:
-            raise ValueError(f"prune_rate must be in (0, 1], got {prune_rate!r}.")
-        if update_frequency is not None and (not isinstance(update_frequency, int) or update_frequency < 1):
+        if not _is_real(prune_rate) or not 0 < prune_rate <= 1:
+            raise ValueError(f"prune_rate must be a number in (0, 1], got {prune_rate!r}.")
+        if update_frequency is not None and (not _is_int(update_frequency) or update_frequency < 1):
             raise ValueError(f"update_frequency must be a positive integer or None (static sparse training), got {update_frequency!r}.")
-        if not isinstance(total_steps, int) or total_steps < 1:
+        if not _is_int(total_steps) or total_steps < 1:
             raise ValueError(f"total_steps must be a positive integer (the run's length in optimizer steps), got {total_steps!r}.")
-        if not 0 <= grad_average_beta < 1:
-            raise ValueError(f"grad_average_beta must be in [0, 1), got {grad_average_beta!r}.")
+        if not _is_real(grad_average_beta) or not 0 <= grad_average_beta < 1:
+            raise ValueError(f"grad_average_beta must be a number in [0, 1), got {grad_average_beta!r}.")
+        density, prune_rate = float(density), float(prune_rate)
+        update_frequency = None if update_frequency is None else int(update_frequency)
+        total_steps = int(total_steps)
         self.config = dict(
             density=float(density), distribution=distribution, prune=prune, grow=grow,
             redistribution=redistribution, prune_rate=prune_rate,
@@ -110,8 +143,8 @@ class Sparsifier:
         self._redistribute = _criterion(REDISTRIBUTE, redistribution)
         self._grows = self._grow is not GROW.get("none")
         self._per_layer = self._redistribute is REDISTRIBUTE.get("none")
-        self._prune_options = dict(prune_options or {})
-        self._grow_options = dict(grow_options or {})
+        self._prune_options = _checked_options(self._prune, prune_options, "prune_options", PRUNE_ARGUMENTS)
+        self._grow_options = _checked_options(self._grow, grow_options, "grow_options", GROW_ARGUMENTS)
         self.schedule = PruneSchedule(prune_rate, update_frequency, total_steps, min(0.005, prune_rate), decay_schedule)
 
         self.params = sparse_parameters(model, include, exclude)
@@ -228,19 +261,21 @@ class Sparsifier:
             grads = {n: stash[n] if n in stash else torch.zeros_like(p) for n, p in self.params.items()}
         else:
             grads = {n: p.grad for n, p in self.params.items()}
+            if self._grow is GROW.get("gradient") and self._gradients_look_masked(grads):
+                raise RuntimeError("gradient growth needs the dense gradient, but the gradients are already masked by optimizer.step(); "
+                                   "call update_topology() after loss.backward() and before optimizer.step().")
         self._dense_grads = None
         rate = self.schedule.rate(self.steps)
         old = self.masks
-        pruned, removed, room = {}, [], []
-        for name, param in self.params.items():
-            nnz, size = self._nnz[name], param.numel()
-            k = min(math.ceil(rate * nnz), size - nnz)
+        limits, room = self._prune_limits(rate)
+        pruned, removed = {}, []
+        for (name, param), k in zip(self.params.items(), limits):
+            nnz = self._nnz[name]
             new = self._prune(param, old[name], k, grad=grads.get(name), **self._prune_options)
             count = nnz - int(torch.count_nonzero(new))
             if new.shape != param.shape or bool((new & ~old[name]).any()) or not 0 <= count <= k:
                 raise RuntimeError(f"prune criterion {self.config['prune']!r} must switch off at most {k} active weights of {name}; it changed {count}.")
             pruned[name] = new
-            room.append(size - nnz)
             removed.append(count)
         total = sum(removed)
         if not self._grows:
@@ -270,6 +305,39 @@ class Sparsifier:
         self._refresh_multipliers()
         self.apply_masks()
         self._record(removed=total, rate=rate)
+
+    def _prune_limits(self, rate: float) -> tuple[list[int], list[int]]:
+        """How many active weights each layer may lose now, and its room to grow (inactive count).
+
+        k_i = ceil(rate * nnz_i), or every active weight for a criterion that sets its own count
+        (`fn.own_count = True`, like `threshold`). Prune-only runs take k_i as is. When each layer
+        regrows its own losses, k_i is at most the layer's room (pruned weights are not regrown at
+        once, so an ERK-dense layer stays dense). When growth is redistributed, only the total must
+        fit the room of all layers; the counts are cut back, in proportion, only if it does not.
+        """
+        nnz = [self._nnz[n] for n in self._names]
+        room = [p.numel() - c for p, c in zip(self._weights, nnz)]
+        wanted = list(nnz) if getattr(self._prune, "own_count", False) else [math.ceil(rate * c) for c in nnz]
+        if not self._grows:
+            return wanted, room
+        if self._per_layer:
+            return [min(w, r) for w, r in zip(wanted, room)], room
+        if sum(wanted) <= sum(room):
+            return wanted, room
+        return allocate(sum(room), wanted, wanted), room
+
+    def _gradients_look_masked(self, grads: Mapping[str, Tensor | None]) -> bool:
+        """True when every layer with inactive weights has a gradient that is zero on all of them:
+        what `optimizer.step()` leaves behind, useless for choosing where to grow."""
+        seen_inactive = False
+        for name, grad in grads.items():
+            inactive = ~self.masks[name]
+            if grad is None or not bool(inactive.any()):
+                continue
+            seen_inactive = True
+            if bool(grad.masked_select(inactive).any()):
+                return False
+        return seen_inactive
 
     def _record(self, removed: int, rate: float) -> None:
         self.history.append({
@@ -309,12 +377,23 @@ class Sparsifier:
             "generator": self._generator.get_state(),
             "grad_average": {n: t.clone() for n, t in self.grad_average.items()},
             "history": [dict(h, nnz=dict(h["nnz"])) for h in self.history],
-            "config": {k: v for k, v in self.config.items() if isinstance(v, (str, int, float, type(None)))},
+            "config": self.state_dict_config(),
         }
+
+    def state_dict_config(self) -> dict[str, Any]:
+        """The settings a saved state depends on (criteria given as callables are left out)."""
+        return {k: v for k, v in self.config.items() if isinstance(v, (str, int, float, type(None)))}
 
     @torch.no_grad()
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a `state_dict()`; the masks must name and shape the same parameters."""
+        saved = state.get("config", {})
+        mine = self.state_dict_config()
+        changed = sorted(k for k in saved.keys() & mine.keys() if saved[k] != mine[k])
+        if changed:
+            key = changed[0]
+            raise ValueError(f"the saved state was made with {key}={saved[key]!r} but this sparsifier has {key}={mine[key]!r}; "
+                             "build the Sparsifier with the settings of the run being resumed.")
         masks = state["masks"]
         if set(masks) != set(self.params):
             raise ValueError(f"the saved masks cover parameters {sorted(masks)} but this model's sparse parameters are {sorted(self.params)}; load a state saved from the same model.")
@@ -333,6 +412,7 @@ class Sparsifier:
         self.history = [dict(h, nnz=dict(h["nnz"])) for h in state.get("history", [])]
         self._counted_steps = self._optimizer_steps
         self._dense_grads = None
+        check_masks_agree(self.masks)
         self._refresh_multipliers()
         self.apply_masks()
 
