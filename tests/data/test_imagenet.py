@@ -140,3 +140,22 @@ def test_set_epoch_makes_each_epoch_reproducible(tmp_path):
     b1 = epoch(later, 1)  # a "resumed" loader starting at epoch 1
     assert all(torch.equal(x, y) and torch.equal(l, m) for (x, l), (y, m) in zip(a1, b1))
     assert not all(torch.equal(x, y) for (x, _), (y, _) in zip(a0, a1))
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_ranks_draw_different_crops_of_the_same_image(tmp_path, workers):
+    """Ranks share the sampler's shuffle but must not repeat each other's augmentation."""
+    image = Image.effect_noise((48, 40), 60).convert("RGB")
+    for i in range(4):
+        (tmp_path / "train" / "n01").mkdir(parents=True, exist_ok=True)
+        image.save(tmp_path / "train" / "n01" / f"{i}.png")  # identical images: only the crops differ
+
+    def first_epoch(rank, seed=3):
+        loader = make_imagenet_loader(tmp_path, "train", 2, workers=workers, image_size=16, seed=seed,
+                                      distributed=True, num_replicas=2, rank=rank)
+        loader.set_epoch(0)
+        return torch.cat([x for x, _ in loader])
+
+    rank0 = first_epoch(0)
+    assert torch.equal(rank0, first_epoch(0))  # reproducible per rank
+    assert not torch.equal(rank0, first_epoch(1))

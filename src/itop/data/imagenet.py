@@ -4,7 +4,9 @@ ImageNet does not fit in memory, so it keeps the classic pipeline: worker proces
 decode JPEGs and apply the geometric transforms on uint8 images, and the float
 conversion and normalisation happen on the device in whole batches, which keeps the
 worker-to-device traffic at one byte per pixel. Random draws use torch's RNG, which the
-DataLoader seeds per worker from its own generator, so runs are reproducible.
+DataLoader seeds per worker from its own generator (a function of seed, epoch and rank: ranks
+must not draw the same crops), or, with no workers, a generator of the dataset's own; so runs
+are reproducible.
 """
 
 from __future__ import annotations
@@ -28,11 +30,11 @@ EXTENSIONS = (".jpeg", ".jpg", ".png")
 FLIP_LEFT_RIGHT = 0  # PIL.Image.Transpose.FLIP_LEFT_RIGHT, without importing PIL here
 
 
-def _uniform(low: float, high: float) -> float:
-    return low + (high - low) * torch.rand(()).item()
+def _uniform(low: float, high: float, generator: torch.Generator | None = None) -> float:
+    return low + (high - low) * torch.rand((), generator=generator).item()
 
 
-def random_resized_crop(image, size: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+def random_resized_crop(image, size: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), generator: torch.Generator | None = None):
     """Crop a random area share in `scale` with aspect in `ratio`, resized to size x size."""
     from PIL import Image
 
@@ -40,12 +42,12 @@ def random_resized_crop(image, size: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3
     area = width * height
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
     for _ in range(10):
-        target = area * _uniform(*scale)
-        aspect = math.exp(_uniform(*log_ratio))
+        target = area * _uniform(*scale, generator)
+        aspect = math.exp(_uniform(*log_ratio, generator))
         w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
         if 0 < w <= width and 0 < h <= height:
-            top = int(torch.randint(0, height - h + 1, ()).item())
-            left = int(torch.randint(0, width - w + 1, ()).item())
+            top = int(torch.randint(0, height - h + 1, (), generator=generator).item())
+            left = int(torch.randint(0, width - w + 1, (), generator=generator).item())
             break
     else:  # fall back to a central crop with the aspect clamped into `ratio`
         aspect = min(max(width / height, ratio[0]), ratio[1])
@@ -100,6 +102,7 @@ class ImageFolder(Dataset):
         self.classes, self.samples = _scan(self.root)
         self.train, self.image_size = train, int(image_size)
         self.resize = int(resize) if resize else int(round(image_size * 256 / 224))
+        self.generator: torch.Generator | None = None  # None: torch's RNG (seeded per worker)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -117,8 +120,8 @@ class ImageFolder(Dataset):
         path, label = self.samples[index]
         image = self._open(path)
         if self.train:
-            image = random_resized_crop(image, self.image_size)
-            if torch.rand(()).item() < 0.5:
+            image = random_resized_crop(image, self.image_size, generator=self.generator)
+            if torch.rand((), generator=self.generator).item() < 0.5:
                 image = image.transpose(FLIP_LEFT_RIGHT)
         else:
             image = resize_center_crop(image, self.resize, self.image_size)
@@ -128,8 +131,8 @@ class ImageFolder(Dataset):
 class DeviceNormalizer:
     """Wrap a uint8 DataLoader: move batches to `device`, then convert and normalise there."""
 
-    def __init__(self, loader: DataLoader, device="cpu", mean=IMAGENET_MEAN, std=IMAGENET_STD, seed: int = 0) -> None:
-        self.loader, self.device, self.seed = loader, torch.device(device), seed
+    def __init__(self, loader: DataLoader, device="cpu", mean=IMAGENET_MEAN, std=IMAGENET_STD, seed: int = 0, rank: int = 0) -> None:
+        self.loader, self.device, self.seed, self.rank = loader, torch.device(device), seed, rank
         self.mean = torch.tensor(mean, device=self.device).view(1, -1, 1, 1) * 255.0
         self.std = torch.tensor(std, device=self.device).view(1, -1, 1, 1) * 255.0
 
@@ -137,12 +140,17 @@ class DeviceNormalizer:
         return len(self.loader)
 
     def set_epoch(self, epoch: int) -> None:
-        """Make epoch `epoch`'s order and augmentation a function of (seed, epoch) alone, so a
-        resumed run draws exactly what an uninterrupted one would (DistributedSampler included)."""
+        """Make epoch `epoch`'s order and augmentation a function of (seed, epoch, rank) alone, so
+        a resumed run draws exactly what an uninterrupted one would (DistributedSampler included;
+        its shuffle stays common to all ranks, the crops and flips differ between them)."""
         if isinstance(self.loader.sampler, DistributedSampler):
             self.loader.sampler.set_epoch(epoch)
+        draws = (self.seed * 1_000_003 + epoch) * 65_537 + self.rank
         if self.loader.generator is not None:
-            self.loader.generator.manual_seed(self.seed + epoch)
+            self.loader.generator.manual_seed(draws)
+        dataset = self.loader.dataset
+        if isinstance(dataset, ImageFolder):  # workers seed torch's RNG; the main process uses this
+            dataset.generator = torch.Generator().manual_seed(draws) if self.loader.num_workers == 0 else None
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for images, labels in self.loader:
@@ -177,4 +185,4 @@ def make_imagenet_loader(root: str | Path, split: str, batch_size: int, *, worke
                         pin_memory=torch.device(device).type == "cuda",
                         generator=torch.Generator().manual_seed(seed),
                         persistent_workers=False)  # fresh workers each epoch: seeds follow set_epoch
-    return DeviceNormalizer(loader, device, seed=seed)
+    return DeviceNormalizer(loader, device, seed=seed, rank=rank or 0)
