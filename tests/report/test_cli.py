@@ -51,6 +51,59 @@ def test_seeds_get_a_run_column_and_models_get_their_own_tables(tmp_path, capsys
     assert (tmp_path / "out" / "layer_density_b_seed0.png").is_file()
 
 
+def not_runs(root):
+    """Entries a shell glob like `runs/*` also picks up, and the note each should get."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "notes.txt").write_text("not a run")
+    (root / "empty").mkdir()
+    broken = write_run(root, "broken", 0.1, summary("SET-ITOP", 0.1, 0.5, 0.5, 0.1, 0.1))
+    (broken / "config.json").write_text('{"model": ')
+    listed = write_run(root, "listed", 0.1, None)
+    (listed / "config.json").write_text("[1, 2]")
+    no_acc = summary("SET-ITOP", 0.1, 0.5, 0.5, 0.1, 0.1)
+    del no_acc["test_acc"]
+    write_run(root, "no-acc", 0.1, no_acc)
+    return {
+        root / "broken": "config.json: corrupt JSON at line 1: Expecting value",
+        root / "empty": "not an itop run directory (it has no config.json)",
+        root / "listed": "config.json: expected a JSON object, found list",
+        root / "no-acc": "summary.json: missing 'test_acc'",
+        root / "notes.txt": "not a directory",
+        root / "unmatched-*": "no such directory",
+    }
+
+
+def test_paths_that_are_not_runs_are_skipped_with_a_note(run_dirs, tmp_path, capsys):
+    root = tmp_path / "runs"
+    notes = not_runs(root)
+    paths = sorted([*run_dirs, *notes])  # as the shell expands runs/*
+    out = tmp_path / "out"
+    assert main([*map(str, paths), "--out", str(out)]) == 0
+    stdout, stderr = capsys.readouterr()
+    assert stderr.splitlines() == [f"itop report: skipping {path}: {reason}"
+                                   for path, reason in sorted(notes.items())]
+    lines = stdout.splitlines()
+    assert lines[2:5] == [
+        "| Dense | 0.0 | 94.68 | 1.0 | 1x(3.2e18) | 1x(8.2e9) |",
+        "| SET-ITOP | 0.9 | 92.05 | 0.71 | 0.10x | 0.10x |",
+        "| RigL-ITOP | 0.95 | 93.12 | 0.86 | 0.15x | 0.12x |"]
+    assert len([line for line in lines if line.startswith("| ")]) == 5
+    assert "note: 1 unfinished run(s) without summary.json, not in the table: crashed" in lines
+    assert sorted(p.name for p in out.glob("layer_density_*")) == [
+        "layer_density_crashed.png", "layer_density_rigl-95.png", "layer_density_set-90.png"]
+    for name in ("broken", "listed", "no-acc", "notes", "empty"):
+        assert name not in (out / "results.md").read_text()
+
+
+def test_a_path_given_twice_is_noted_once(run_dirs, tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("x")
+    argv = [str(run_dirs[0]), str(tmp_path / "notes.txt"), str(tmp_path / "notes.txt"),
+            "--out", str(tmp_path / "out")]
+    assert main(argv) == 0
+    note = f"itop report: skipping {tmp_path / 'notes.txt'}: not a directory\n"
+    assert capsys.readouterr().err == note
+
+
 def error_of(argv, capsys):
     code = main(argv)
     out, err = capsys.readouterr()
@@ -66,6 +119,34 @@ def test_missing_directory(tmp_path, capsys):
 def test_not_a_run_directory(tmp_path, capsys):
     err = error_of([str(tmp_path)], capsys)
     assert f"{tmp_path} is not an itop run directory" in err
+
+
+def test_no_usable_run_among_several_paths(tmp_path, capsys):
+    notes = not_runs(tmp_path / "runs")
+    paths = sorted(notes)
+    err = error_of([*map(str, paths[:2])], capsys)
+    assert err == ("itop report: error: none of the 2 paths given is a usable run directory ("
+                   + "; ".join(f"{p}: {notes[p]}" for p in paths[:2]) + ")\n")
+    err = error_of([*map(str, paths), "--out", str(tmp_path / "out")], capsys)
+    assert "none of the 6 paths given is a usable run directory" in err
+    assert f"{paths[2]}: {notes[paths[2]]}; and 3 more)" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_single_corrupt_run_is_an_error_naming_the_file(tmp_path, capsys):
+    not_runs(tmp_path / "runs")
+    err = error_of([str(tmp_path / "runs" / "broken")], capsys)
+    assert f"{tmp_path / 'runs' / 'broken' / 'config.json'}: corrupt JSON at line 1" in err
+
+
+def test_skipped_paths_are_noted_before_the_no_finished_runs_error(run_dirs, tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("x")
+    assert main([str(run_dirs[3]), str(tmp_path / "notes.txt")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.splitlines() == [
+        f"itop report: skipping {tmp_path / 'notes.txt'}: not a directory",
+        "itop report: error: no finished runs (none has summary.json): crashed"]
 
 
 def test_no_finished_runs(run_dirs, capsys):

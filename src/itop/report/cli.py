@@ -5,6 +5,9 @@ Prints the markdown results table, then writes into --out (default ./report):
   accuracy_vs_sparsity.png   finished runs only
   itop_rate.png              every run with Rs records, unfinished ones too (progress so far)
   layer_density_<run>.png    every sparse run with per-layer densities
+Paths that are not usable run directories (a plain file, a directory without config.json, a
+corrupt config.json or summary.json) are skipped with a one-line note each on stderr, since
+shell globs such as `runs/*` pick them up; it is an error only when no usable run remains.
 Runs without summary.json are named in a note, not in the table. Runs of several (model, data)
 pairs get one table each under a heading. Where one table holds two runs of the same method
 and sparsity (seeds), it gains a `Run` column so that each row says which directory it is.
@@ -43,15 +46,36 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+# At most this many skipped paths are named in the error when none of the paths is a run.
+_SHOWN_SKIPS = 3
+
+
 def _load(paths: list[str]) -> list[Run]:
-    """Load each directory once; give runs whose directory names clash their parent's name."""
-    runs, seen = [], set()
+    """Load each directory once; give runs whose directory names clash their parent's name.
+
+    Paths that are not usable runs are skipped, each with a note on stderr. When none is
+    usable, the one error line says why: the path's own error when one path was given.
+    """
+    runs, seen, skipped = [], set(), {}
     for path in paths:
-        run = load_run(path)
+        try:
+            run = load_run(path)
+        except ReportError as e:
+            skipped.setdefault(path, e)
+            continue
         key = run.path.resolve()
         if key not in seen:
             seen.add(key)
             runs.append(run)
+    if not runs:
+        if len(skipped) == 1:
+            raise next(iter(skipped.values()))
+        shown = [f"{path}: {e.reason}" for path, e in list(skipped.items())[:_SHOWN_SKIPS]]
+        more = len(skipped) - len(shown)
+        raise ReportError(f"none of the {len(skipped)} paths given is a usable run directory ("
+                          + "; ".join(shown) + (f"; and {more} more" if more else "") + ")")
+    for path, e in skipped.items():
+        print(f"{PROG}: skipping {path}: {e.reason}", file=sys.stderr)
     counts = {}
     for run in runs:
         counts[run.name] = counts.get(run.name, 0) + 1

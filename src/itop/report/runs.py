@@ -18,7 +18,16 @@ _SUMMARY_KEYS = ("method", "test_acc")
 
 
 class ReportError(ValueError):
-    """A user-facing problem with the runs given to a report; its message is one line."""
+    """A user-facing problem with the runs given to a report; its message is one line.
+
+    `reason` is the message without the run directory in front (for `load_run`'s errors:
+    "not a directory", "config.json: corrupt JSON at line 1: ..."), so that a caller that
+    skips the directory can name it once: "skipping runs/x: config.json: corrupt JSON ...".
+    """
+
+    def __init__(self, message: str, *, reason: str | None = None):
+        super().__init__(message)
+        self.reason = message if reason is None else reason
 
 
 @dataclass
@@ -53,22 +62,27 @@ def sparsity_of(summary: dict) -> float:
     return round(1.0 - float(summary.get("density", 1.0)), 10)
 
 
+def _file_error(file: Path, detail: str) -> ReportError:
+    """The error `FILE: detail`; its reason names only the file's name (it is in the run)."""
+    return ReportError(f"{file}: {detail}", reason=f"{file.name}: {detail}")
+
+
 def _read_text(file: Path) -> str:
     try:
         return file.read_text(encoding="utf-8")
     except UnicodeDecodeError:
-        raise ReportError(f"{file}: not UTF-8 text") from None
+        raise _file_error(file, "not UTF-8 text") from None
     except OSError as e:
-        raise ReportError(f"{file}: cannot read: {e.strerror or e}") from None
+        raise _file_error(file, f"cannot read: {e.strerror or e}") from None
 
 
 def _read_object(file: Path) -> dict:
     try:
         value = json.loads(_read_text(file))
     except json.JSONDecodeError as e:
-        raise ReportError(f"{file}: corrupt JSON at line {e.lineno}: {e.msg}") from None
+        raise _file_error(file, f"corrupt JSON at line {e.lineno}: {e.msg}") from None
     if not isinstance(value, dict):
-        raise ReportError(f"{file}: expected a JSON object, found {type(value).__name__}")
+        raise _file_error(file, f"expected a JSON object, found {type(value).__name__}")
     return value
 
 
@@ -82,9 +96,9 @@ def _read_metrics(file: Path) -> list[dict]:
         except json.JSONDecodeError as e:
             if i == len(lines) - 1:
                 break
-            raise ReportError(f"{file}: corrupt JSON at line {n}: {e.msg}") from None
+            raise _file_error(file, f"corrupt JSON at line {n}: {e.msg}") from None
         if not isinstance(record, dict):
-            raise ReportError(f"{file}: line {n} is not a JSON object")
+            raise _file_error(file, f"line {n} is not a JSON object")
         records.append(record)
     return records
 
@@ -94,11 +108,11 @@ def _check_summary(file: Path, summary: dict) -> dict:
     if "sparsity" not in summary and "density" not in summary:
         missing.append("sparsity")
     if missing:
-        raise ReportError(f"{file}: missing {', '.join(repr(k) for k in missing)}")
+        raise _file_error(file, f"missing {', '.join(repr(k) for k in missing)}")
     for key in ("test_acc", "sparsity", "density"):
         value = summary.get(key)
         if key in summary and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise ReportError(f"{file}: {key}={value!r} is not a number")
+            raise _file_error(file, f"{key}={value!r} is not a number")
     return summary
 
 
@@ -107,10 +121,11 @@ def load_run(path: str | Path) -> Run:
     path = Path(path)
     if not path.is_dir():
         what = "not a directory" if path.exists() else "no such directory"
-        raise ReportError(f"{path}: {what}")
+        raise ReportError(f"{path}: {what}", reason=what)
     config_file = path / "config.json"
     if not config_file.is_file():
-        raise ReportError(f"{path} is not an itop run directory (it has no config.json)")
+        reason = "not an itop run directory (it has no config.json)"
+        raise ReportError(f"{path} is {reason}", reason=reason)
     config = _read_object(config_file)
     metrics_file = path / "metrics.jsonl"
     metrics = _read_metrics(metrics_file) if metrics_file.is_file() else []

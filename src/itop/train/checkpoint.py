@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,19 @@ from typing import Any
 import torch
 
 
+CHECKPOINT = "checkpoint.pt"  # the last finished epoch's state, in a run directory
+RESUME_ADVICE = "start the run again without --resume"
+
+
 class RunError(ValueError):
     """A problem with a run directory or checkpoint: one line, exit status 2."""
+
+
+def _file_mode() -> int:
+    """What open() would give a new file under the current umask (mkstemp gives 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -28,6 +40,7 @@ def _atomic_write(path: Path, write) -> None:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -42,18 +55,19 @@ def save_json(data: Any, path: Path) -> None:
     _atomic_write(Path(path), lambda handle: handle.write((json.dumps(data, indent=2, default=str) + "\n").encode()))
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """The checkpoint at `path`, or RunError naming what is wrong with it."""
+def load_checkpoint(path: Path, advice: str = RESUME_ADVICE) -> dict[str, Any]:
+    """The checkpoint at `path`, or RunError naming what is wrong with it and `advice`."""
     path = Path(path)
     if not path.is_file():
-        raise RunError(f"no checkpoint at {path}; the run stopped before its first epoch ended, start it again without --resume.")
+        raise RunError(f"no checkpoint at {path}; {advice}.")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a damaged file
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise RunError(f"checkpoint {path} is corrupt or not an itop checkpoint ({first_line[:120]}); start the run again without --resume.") from None
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()  # torch colours part of its message
+        first_line = text.splitlines()[0] if text else type(error).__name__
+        raise RunError(f"checkpoint {path} is corrupt or not an itop checkpoint ({first_line[:120]}); {advice}.") from None
     if not isinstance(state, dict) or state.get("format") != 1:
-        raise RunError(f"checkpoint {path} is not an itop checkpoint; start the run again without --resume.")
+        raise RunError(f"checkpoint {path} is not an itop checkpoint; {advice}.")
     return state
 
 

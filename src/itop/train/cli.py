@@ -12,33 +12,70 @@ from pathlib import Path
 
 from itop.data import DataError
 
-from .checkpoint import RunError, load_json, save_json
-from .config import TrainConfig, UsageError, parse_args
+from .checkpoint import CHECKPOINT, RunError, load_json, save_json
+from .config import TrainConfig, UsageError, parse_args, resume_overrides, validate
 from .distributed import World, barrier, broadcast_value, init_distributed
 
 
-def _prepare_new(cfg: TrainConfig, world: World) -> Path:
-    """Create the run directory (rank 0) after checking that no run would be overwritten."""
+def _check_new(cfg: TrainConfig, world: World) -> Path:
+    """The directory of a new run, after checking that no run would be overwritten.
+
+    A directory holds a run once it has a checkpoint (the first epoch ended); a directory whose
+    run stopped before that holds nothing to continue, so a new run may take it.
+    """
     run_dir = Path(cfg.save)
-    exists = broadcast_value((run_dir / "config.json").exists(), world)
-    if exists:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunError(f"--save {run_dir} is a file, not a directory; choose another --save.")
+    if broadcast_value((run_dir / CHECKPOINT).exists(), world):
         raise RunError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, or choose another --save.")
+    return run_dir
+
+
+def _write_config(cfg: TrainConfig, run_dir: Path, world: World) -> None:
+    """config.json, written (by rank 0) only once the run is built: a bad flag leaves no directory."""
     barrier(world)
     if world.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_json(cfg.to_dict(), run_dir / "config.json")
     barrier(world)
-    return run_dir
 
 
-def _config_of(run_dir: Path) -> TrainConfig:
+def _config_of(run_dir: Path, overrides: dict) -> TrainConfig:
     if not run_dir.is_dir():
         raise RunError(f"--resume {run_dir}: no such directory; pass a run directory written by itop train.")
     data = load_json(run_dir / "config.json")
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     if not isinstance(data, dict) or not set(data) <= names:
         raise RunError(f"{run_dir / 'config.json'} is not an itop configuration; the run cannot be resumed.")
-    return TrainConfig(**data)
+    try:
+        cfg = dataclasses.replace(TrainConfig(**data), **overrides)
+        validate(cfg)
+    except (TypeError, ValueError) as error:
+        raise RunError(f"{run_dir / 'config.json'} holds an invalid configuration ({_one_line(error)}); the run cannot be resumed.") from None
+    return cfg
+
+
+def _one_line(error: BaseException) -> str:
+    """The message of `error` on one line. An error raised in a DataLoader worker arrives wrapped
+    in the worker's traceback; its own message is the traceback's last line."""
+    text = str(error).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last and last.split(": ", 1)[0].endswith("Error") else last
+    return " ".join(text.split())
+
+
+def _runs(cfg: TrainConfig, resume: str | None, world: World) -> list[tuple[TrainConfig, Path, bool]]:
+    """(configuration, directory, resuming) of each run to do: one to resume, or --iters new ones."""
+    if resume is not None:
+        run_dir = Path(resume)
+        return [(cfg, run_dir, broadcast_value((run_dir / CHECKPOINT).exists(), world))]
+    cfg = dataclasses.replace(cfg, processes=world.size)
+    runs = []
+    for i in range(cfg.iters):
+        this = dataclasses.replace(cfg, seed=cfg.seed + i, save=cfg.save if cfg.iters == 1 else f"{cfg.save}-{i + 1}")
+        runs.append((this, _check_new(this, world), False))
+    return runs
 
 
 def train_main(argv: list[str]) -> int:
@@ -46,26 +83,26 @@ def train_main(argv: list[str]) -> int:
 
     from .loop import Run, TrainingDiverged
 
-    world = World()
+    world, current = World(), None
     try:
         cfg, resume = parse_args(argv)
         if resume is not None:
-            cfg = _config_of(Path(resume))
+            cfg = _config_of(Path(resume), resume_overrides(argv))
         world = init_distributed(cfg.device)
         cfg.save = broadcast_value(cfg.save, world)  # its default holds the time: rank 0's everywhere
-        if resume is not None:
-            runs = [(cfg, Path(resume), True)]
-        else:
-            runs = []
-            for i in range(cfg.iters):
-                this = dataclasses.replace(cfg, seed=cfg.seed + i, save=cfg.save if cfg.iters == 1 else f"{cfg.save}-{i + 1}")
-                runs.append((this, None, False))
         summaries = []
         say = print if world.main else (lambda *a, **k: None)
-        for this, run_dir, resuming in runs:
-            run = Run(this, run_dir or _prepare_new(this, world), resume=resuming, world=world)
+        for this, run_dir, resuming in _runs(cfg, resume, world):
+            current = run_dir
+            if resume is not None and not resuming:
+                say(f"{run_dir} has no finished epoch to continue from; starting it from the beginning.", flush=True)
+            run = Run(this, run_dir, resume=resuming, world=world)
+            if not resuming:
+                _write_config(this, run_dir, world)
             say(f"run directory: {run.dir}  ({this.method}, {this.model} on {this.data}, density {this.density if this.sparse else 1.0}, "
-                  f"{run.steps_per_epoch} steps/epoch x {this.total_epochs} epochs, device {run.device}, {world.size} process(es))", flush=True)
+                f"{run.steps_per_epoch} steps/epoch x {this.total_epochs} epochs, device {run.device}, {world.size} process(es))", flush=True)
+            for note in run.notes:
+                say(f"note: {note}", flush=True)
             run.fit()
             summary = run.summary()
             if world.main:
@@ -78,13 +115,16 @@ def train_main(argv: list[str]) -> int:
         return 0
     except (UsageError, RunError, DataError) as error:
         if world.main:
-            print(f"itop train: error: {error}", file=sys.stderr)
+            print(f"itop train: error: {_one_line(error)}", file=sys.stderr)
         return 2
     except TrainingDiverged as error:
-        print(f"itop train: stopped: {error}", file=sys.stderr)
+        if world.main:
+            print(f"itop train: stopped: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("itop train: interrupted; continue with --resume <run directory> from the last finished epoch.", file=sys.stderr)
+        if world.main:
+            where = current if current is not None else "<run directory>"
+            print(f"itop train: interrupted; continue with --resume {where} (from the last finished epoch).", file=sys.stderr)
         return 130
     finally:
         if world.size > 1:

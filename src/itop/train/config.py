@@ -75,6 +75,7 @@ class TrainConfig:
     save: str = ""
     progress: bool = True
     channels_last: bool = False
+    processes: int = 1  # torchrun processes the run started with: the global batch is batch_size * processes
     ignored: list[str] = field(default_factory=list)
 
     @property
@@ -95,6 +96,15 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def results_dict(self) -> dict:
+        """The settings a checkpoint's numbers depend on: all but where files are and how the run is shown."""
+        return {k: v for k, v in self.to_dict().items() if k not in RESUME_OVERRIDES and k != "save"}
+
+
+# What `--resume` may change: where the data is, which device and how many loader workers, the
+# progress bar. Nothing else: a resumed run continues with the settings it was started with.
+RESUME_OVERRIDES = ("data_dir", "device", "workers", "progress")
+
 
 def _flag(parser, *names, **kw):
     kw.setdefault("default", None)
@@ -112,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(g, "--sparse_init", "--sparse-init", dest="sparse_init", help="ERK | ER | uniform")
     _flag(g, "--growth", help="random (SET) | gradient (RigL) | momentum | none")
     _flag(g, "--death", "--prune", dest="death", help="magnitude | SET | threshold")
-    _flag(g, "--redistribution", help="none | magnitude | nonzeros | momentum")
+    _flag(g, "--redistribution", type=_redistribution, help="none | magnitude | nonzeros | momentum")
     _flag(g, "--death-rate", "--prune-rate", dest="death_rate", type=float, help="initial prune rate")
     _flag(g, "--update_frequency", "--update-frequency", dest="update_frequency", type=int, help="optimizer steps between topology updates")
     _flag(g, "--decay-schedule", dest="decay_schedule", help="prune-rate decay: cosine | linear | constant")
@@ -134,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--bn-weight-decay", action="store_true", default=None, help="ImageNet: weight decay on BN parameters too")
     _flag(g, "--l1", type=float, help="L1 penalty on the sparse weights")
     _flag(g, "--lr-schedule", dest="lr_schedule", help="multistep (1/2, 3/4) | step (every --decay_frequency steps) | cosine")
-    _flag(g, "--decay_frequency", "--decay-frequency", dest="decay_frequency", type=int, help="optimizer steps between x0.1 LR decays (--lr-schedule step)")
+    _flag(g, "--decay_frequency", "--decay-frequency", dest="decay_frequency", type=int, help="optimizer steps between x0.1 LR decays (--lr-schedule step; times --multiplier)")
     _flag(g, "--warmup", type=int, help="warm-up epochs")
     _flag(g, "--label-smoothing", dest="label_smoothing", type=float)
     _flag(g, "--valid_split", "--valid-split", dest="valid_split", type=float)
@@ -157,7 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
         _flag(g, name, help=argparse.SUPPRESS)
     for name in ("--save-features", "--bench", "--dynamic-loss-scale", "--verbose", "--gather-checkpoints", "--spp", "--prof"):
         g.add_argument(name, action="store_true", help=argparse.SUPPRESS)
+    for names in (("-e", "--evaluate"), ("--benchmark-training",), ("--benchmark-inference",)):
+        g.add_argument(*names, action="store_true", help=argparse.SUPPRESS)
     return p
+
+
+def _redistribution(value: str) -> str:
+    """The ImageNet script calls `nonzeros` `nonzero`."""
+    return "nonzeros" if value == "nonzero" else value
 
 
 class _Parser(argparse.ArgumentParser):
@@ -175,7 +192,35 @@ def parse_args(argv: list[str]) -> tuple[TrainConfig, str | None]:
     return resolve(args), None
 
 
+def resume_overrides(argv: list[str]) -> dict:
+    """The settings given beside `--resume`: only RESUME_OVERRIDES may change (UsageError otherwise)."""
+    parser = build_parser()
+    parser.__class__ = _Parser
+    args = parser.parse_args(argv)
+    names = {a.dest: a.option_strings[0] if a.option_strings else "a data directory" for a in parser._actions}
+    given = {dest for dest, value in vars(args).items() if value not in (None, False) and dest != "resume"}
+    allowed = {"data_dir", "data_path", "device", "workers", "no_progress", "no_cuda"}
+    extra = sorted(given - allowed)
+    if extra:
+        raise UsageError(f"--resume continues a run with the settings it was started with, so {names[extra[0]]} cannot be given with it "
+                         "(only --data-dir, --device, -j and --no-progress can); start a new run with another --save to change it.")
+    overrides = {}
+    if args.data_dir or args.data_path:
+        overrides["data_dir"] = args.data_path or args.data_dir
+    if args.device or args.no_cuda:
+        overrides["device"] = "cpu" if args.no_cuda else args.device
+    if args.workers is not None:
+        overrides["workers"] = args.workers
+    if args.no_progress:
+        overrides["progress"] = False
+    return overrides
+
+
 def resolve(args: argparse.Namespace) -> TrainConfig:
+    for flag in ("evaluate", "benchmark_training", "benchmark_inference"):
+        if getattr(args, flag):
+            raise UsageError(f"--{flag.replace('_', '-')} (the ImageNet script's evaluation and benchmark modes) is not part of itop train: "
+                             "every run ends by testing its best model; time steps with benchmarks/step_overhead.py.")
     imagenet = args.data == "imagenet" or args.arch is not None or args.data_path is not None
     defaults = IMAGENET_DEFAULTS if imagenet else CIFAR_DEFAULTS
     values = {k: v for k, v in vars(args).items() if v is not None}
@@ -220,6 +265,8 @@ def validate(cfg: TrainConfig) -> None:
 
     if not cfg.model:
         raise UsageError(f"--model is required; choose one of {', '.join(list_models())}.")
+    if cfg.device not in ("auto", "cpu", "cuda") and not (cfg.device.startswith("cuda:") and cfg.device[5:].isdigit()):
+        raise UsageError(f"--device must be cpu, cuda or cuda:N, got {cfg.device!r}.")
     checks = [
         (0 < cfg.density <= 1, f"--density must be in (0, 1], got {cfg.density}"),
         (cfg.sparse_init.lower() in ("erk", "er", "uniform"), f"--sparse_init must be ERK, ER or uniform, got {cfg.sparse_init!r}"),
@@ -240,6 +287,8 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.model_config in ("classic", "fanin"), f"--model-config must be classic or fanin, got {cfg.model_config!r}"),
         (0 <= cfg.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}"),
         (cfg.iters >= 1, "--iters must be at least 1"),
+        (cfg.workers >= 0, f"-j/--workers must be at least 0, got {cfg.workers}"),
+        (cfg.processes >= 1, f"processes must be at least 1, got {cfg.processes}"),
         (cfg.data in list_datasets() + ["imagenet"], f"unknown dataset {cfg.data!r}; choose one of {', '.join(list_datasets() + ['imagenet'])}"),
     ]
     for ok, message in checks:

@@ -19,11 +19,11 @@ from torch import nn
 from tqdm import tqdm
 
 import itop
-from itop.data import load_dataset, make_loaders
+from itop.data import DataError, load_dataset, make_loaders
 from itop.models import create_model, get_model_spec
 
-from .checkpoint import RunError, load_checkpoint, save_checkpoint
-from .config import TrainConfig
+from .checkpoint import CHECKPOINT, RunError, load_checkpoint, save_checkpoint
+from .config import RESUME_OVERRIDES, TrainConfig, UsageError
 from .distributed import RankSlice, World, all_sum, barrier
 from .metrics import MetricsLog, NullLog, epoch_line
 from .optim import build_optimizer, learning_rate, set_learning_rate
@@ -38,6 +38,8 @@ def pick_device(cfg: TrainConfig, world: World) -> torch.device:
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RunError("--device cuda was asked for but no CUDA GPU is available; use --device cpu.")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise RunError(f"--device {cfg.device}: this machine has {torch.cuda.device_count()} CUDA device(s); pick one of cuda:0..cuda:{torch.cuda.device_count() - 1}.")
     return device
 
 
@@ -83,9 +85,19 @@ class Run:
     def __init__(self, cfg: TrainConfig, run_dir: Path, resume: bool = False, world: World = World()):
         self.cfg, self.dir, self.world = cfg, Path(run_dir), world
         self.device = pick_device(cfg, world)
+        self.notes: list[str] = []  # things the user should know about this run, printed at its start
+        if (cfg.batch_size * cfg.processes) % world.size:
+            raise RunError(f"the run's global batch of {cfg.batch_size * cfg.processes} ({cfg.processes} process(es) x {cfg.batch_size}) "
+                           f"cannot be split over {world.size} processes; resume it with a process count that divides it.")
+        self.batch_size = cfg.batch_size * cfg.processes // world.size  # per process: the global batch stays the same
         torch.manual_seed(cfg.seed)
-        self.data = self._load_data()
-        self.model = self._build_model().to(self.device)
+        try:
+            self.data = self._load_data()
+            self.model = self._build_model().to(self.device)
+        except DataError:
+            raise
+        except ValueError as error:  # a valid flag that this dataset cannot take (split size, input size)
+            raise UsageError(str(error).splitlines()[0]) from None
         if cfg.channels_last and self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.forward_model = self.model
@@ -104,9 +116,9 @@ class Run:
         self.best_state = self.model.state_dict()
         self.seconds = 0.0
         if resume:
-            self._restore(load_checkpoint(self.dir / "checkpoint.pt"))
-        log = MetricsLog if world.main else NullLog
-        self.metrics = log(self.dir / "metrics.jsonl", keep_until_step=self.step if resume else None)
+            self._restore(load_checkpoint(self.dir / CHECKPOINT))
+        self.resumed = resume
+        self.metrics = NullLog()  # opened by fit(), so that building a run writes nothing
         example = next(iter(self.test_loader))[0][:1].to(self.device)
         self.model.eval()
         self.flops = itop.flops.count_flops(self.model, example)
@@ -121,7 +133,7 @@ class Run:
             if not cfg.data_dir:
                 raise RunError("ImageNet needs its directory: itop train ... /path/to/imagenet (with train/ and val/ inside).")
             self.train_loader = make_imagenet_loader(
-                cfg.data_dir, "train", cfg.batch_size, workers=cfg.workers, device=self.device, seed=cfg.seed,
+                cfg.data_dir, "train", self.batch_size, workers=cfg.workers, device=self.device, seed=cfg.seed,
                 distributed=self.world.size > 1, num_replicas=self.world.size, rank=self.world.rank)
             self.test_loader = make_imagenet_loader(
                 cfg.data_dir, "val", cfg.test_batch_size, workers=cfg.workers, device=self.device, seed=cfg.seed,
@@ -129,12 +141,16 @@ class Run:
             self.val_loader = self.test_loader  # the ImageNet recipe selects on its validation set
             return None
         splits = load_dataset(cfg.data, cfg.data_dir, valid_split=cfg.valid_split, seed=cfg.seed)
-        size = self.world.size
+        size, global_batch = self.world.size, cfg.batch_size * cfg.processes
         self.train_loader, self.val_loader, self.test_loader = make_loaders(
-            splits, cfg.batch_size * size, generator=self.generator, device=self.device,
+            splits, global_batch, generator=self.generator, device=self.device,
             eval_batch_size=cfg.test_batch_size, drop_last=size > 1)
         if size > 1:
             self.train_loader = RankSlice(self.train_loader, self.world)
+            left = len(splits.train) % global_batch
+            if left:
+                self.notes.append(f"each epoch drops its last {left} training examples (a partial global batch of {global_batch} "
+                                  "cannot be split evenly over the processes); a 1-process run would keep them.")
         return splits
 
     def _build_model(self) -> nn.Module:
@@ -158,7 +174,8 @@ class Run:
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
-        if state["config"] != self.cfg.to_dict():
+        saved = {"processes": 1, **{k: v for k, v in state["config"].items() if k not in RESUME_OVERRIDES and k != "save"}}
+        if saved != self.cfg.results_dict():
             raise RunError(f"checkpoint in {self.dir} was written by another configuration than its config.json; start a new run instead.")
         try:
             self.model.load_state_dict(state["model"])
@@ -172,7 +189,8 @@ class Run:
         torch.set_rng_state(state["torch_rng"])
         self.epoch, self.step = state["epoch"], state["step"]
         best = self.dir / "best.pt"  # rank 0's file; another node without it keeps the current weights
-        self.best_state = load_checkpoint(best)["model"] if best.exists() else self.model.state_dict()
+        advice = f"delete {best} and resume again (the best model so far then restarts from this checkpoint)"
+        self.best_state = load_checkpoint(best, advice)["model"] if best.exists() else self.model.state_dict()
         self.best_val, self.best_epoch, self.seconds = state["best_val"], state["best_epoch"], state["seconds"]
 
     # ------------------------------------------------------------------------------------ training
@@ -203,23 +221,32 @@ class Run:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.step += 1
-            if self.sparsifier is not None and self.sparsifier.step():
-                self._log_update()
             loss_sum += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
             seen += len(y)
-            if (batch + 1) % cfg.log_interval == 0 or batch + 1 == self.steps_per_epoch:
+            sp = self.sparsifier
+            updating = sp is not None and sp.schedule.is_update(sp.steps + 1)
+            logging = (batch + 1) % cfg.log_interval == 0 or batch + 1 == self.steps_per_epoch
+            if logging or updating:  # host syncs only here: a topology update never runs on diverged weights
                 mean_loss = float(loss_sum) / seen
                 if not math.isfinite(mean_loss):
                     bar.close()
-                    raise TrainingDiverged(
-                        f"the loss became {mean_loss} in epoch {self.epoch + 1} (step {self.step}); the last good checkpoint "
-                        f"{self.dir / 'checkpoint.pt'} is kept (epoch {self.epoch}); lower --lr or use --amp none.")
-                bar.set_postfix(loss=f"{mean_loss:.4f}")
+                    raise TrainingDiverged(self._divergence(mean_loss))
+                if logging:
+                    bar.set_postfix(loss=f"{mean_loss:.4f}")
+            if sp is not None and sp.step():
+                self._log_update()
             bar.update()
         bar.close()
         loss_total, correct_total, seen_total = all_sum([float(loss_sum), float(correct), float(seen)], self.world, self.device)
         return {"train_loss": loss_total / seen_total, "train_acc": correct_total / seen_total}
+
+    def _divergence(self, loss: float) -> str:
+        """What happened and what to do, for a loss that is no longer finite."""
+        kept = (f"the last good checkpoint {self.dir / CHECKPOINT} (epoch {self.epoch}) is kept" if self.epoch
+                else "no epoch had finished, so there is no checkpoint")
+        fix = "lower --lr" + (" or train without --amp" if self.cfg.amp != "none" else "")
+        return f"the loss became {loss} in epoch {self.epoch + 1} (step {self.step}); {kept}; {fix}."
 
     def _evaluate(self, loader) -> tuple[float, float]:
         """Small datasets: every rank evaluates all of it; ImageNet: a shard each, summed."""
@@ -237,6 +264,8 @@ class Run:
 
     def fit(self) -> None:
         cfg = self.cfg
+        if self.world.main:
+            self.metrics = MetricsLog(self.dir / "metrics.jsonl", keep_until_step=self.step if self.resumed else None)
         while self.epoch < cfg.total_epochs:
             start = time.perf_counter()
             record = self.train_epoch()
@@ -276,7 +305,7 @@ class Run:
         self.model.load_state_dict(current)
         sp = self.sparsifier
         dense_forward = self.flops.total
-        batch_flops = 3 * dense_forward * self.cfg.batch_size * self.world.size * self.total_steps
+        batch_flops = 3 * dense_forward * self.cfg.batch_size * self.cfg.processes * self.total_steps
         return {
             "method": self.cfg.method, "model": self.cfg.model, "data": self.cfg.data,
             "density": self.density, "sparsity": 1 - self.density, "test_acc": test_acc, "test_loss": test_loss,

@@ -9,9 +9,12 @@ from typing import Any
 
 class MetricsLog:
     def __init__(self, path: Path, keep_until_step: int | None = None):
-        """Open for appending; on resume, drop records after the checkpoint's step first."""
+        """Open for appending; on resume, drop records after the checkpoint's step first. A new
+        run (`keep_until_step` None) starts the file afresh."""
         self.path = Path(path)
-        if keep_until_step is not None and self.path.exists():
+        if keep_until_step is None:
+            self.path.write_text("")
+        elif self.path.exists():
             kept = []
             for line in self.path.read_text().splitlines():
                 try:
