@@ -31,33 +31,36 @@ def _signed(value: int) -> int:
 _MIX1, _MIX2, _GOLDEN = _signed(0xBF58476D1CE4E5B9), _signed(0x94D049BB133111EB), _signed(0x9E3779B97F4A7C15)
 
 
-def _shift_right(x: Tensor, bits: int) -> Tensor:
-    """Logical (unsigned) right shift of int64 words."""
-    return (x >> bits) & ((1 << (64 - bits)) - 1)
+def _xor_shift_right_(x: Tensor, bits: int, scratch: Tensor) -> Tensor:
+    """x ^= x >>> bits in place (logical shift of int64 words), using `scratch` for x >>> bits."""
+    torch.bitwise_right_shift(x, bits, out=scratch)
+    scratch &= (1 << (64 - bits)) - 1
+    return x.bitwise_xor_(scratch)
 
 
-def _mix(x: Tensor) -> Tensor:
-    """SplitMix64's finaliser (Steele et al. 2014) on int64 words, wrapping like uint64: every
-    input bit changes about half of the output bits, so unlike a sum no structured change of the
-    mask can cancel out."""
-    x = (x ^ _shift_right(x, 30)) * _MIX1
-    x = (x ^ _shift_right(x, 27)) * _MIX2
-    return x ^ _shift_right(x, 31)
+def _mix_(x: Tensor) -> Tensor:
+    """SplitMix64's finaliser (Steele et al. 2014) on int64 words, in place, wrapping like uint64:
+    every input bit changes about half of the output bits, so unlike a sum no structured change of
+    the mask can cancel out."""
+    scratch = torch.empty_like(x)
+    _xor_shift_right_(x, 30, scratch).mul_(_MIX1)
+    _xor_shift_right_(x, 27, scratch).mul_(_MIX2)
+    return _xor_shift_right_(x, 31, scratch)
 
 
 def _layer_checksum(mask: Tensor) -> Tensor:
     """One int64 that changes when any entry of `mask` changes (collisions about 2**-62).
 
-    The bool mask is read as 64-bit words (eight entries each, zero-padded); each word is mixed
-    together with its position and the results are summed (wrapping). One pass over N/8 words,
-    no nonzero(), the same on every device.
+    The bool mask is read as 64-bit words (eight entries each, zero-padded); each word is XORed
+    with a key of its position (i * golden ratio), mixed, and the results are summed (wrapping).
+    A handful of in-place passes over N/8 words, no nonzero(), the same on every device.
     """
     flat = mask.reshape(-1).view(torch.uint8)
     if flat.numel() % 8:
         flat = torch.cat([flat, flat.new_zeros(8 - flat.numel() % 8)])
     words = flat.view(torch.int64)
-    position = _mix(torch.arange(1, words.numel() + 1, device=flat.device, dtype=torch.int64) * _GOLDEN)
-    return _mix(words ^ position).sum() & _MASK62
+    keyed = torch.arange(1, words.numel() + 1, device=flat.device, dtype=torch.int64).mul_(_GOLDEN).bitwise_xor_(words)
+    return _mix_(keyed).sum() & _MASK62
 
 
 def mask_checksum(masks: Mapping[str, Tensor]) -> Tensor:
