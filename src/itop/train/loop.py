@@ -36,6 +36,11 @@ def pick_device(cfg: TrainConfig, world: World) -> torch.device:
     if cfg.device == "auto":
         return torch.device(f"cuda:{world.local_rank}" if torch.cuda.is_available() else "cpu")
     device = torch.device(cfg.device)
+    if device.type == "cuda" and device.index is not None and world.size > 1:
+        raise RunError(f"--device {cfg.device} would put every process on one GPU; under torchrun pass --device cuda "
+                       "(each process takes the GPU of its LOCAL_RANK) and choose GPUs with CUDA_VISIBLE_DEVICES.")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device(f"cuda:{world.local_rank}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RunError("--device cuda was asked for but no CUDA GPU is available; use --device cpu.")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
