@@ -11,8 +11,9 @@ import torch
 
 from itop.__main__ import main
 
+# 3,599 training digits: each epoch ends with a global batch of 199, split 99 / 100 over the ranks
 ARGS = ["--sparse", "--model", "lenet300-100", "--data", "mnist5k", "--epochs", "3", "--growth", "gradient",
-        "--update_frequency", "5", "--no-progress", "--seed", "5"]
+        "--update_frequency", "5", "--no-progress", "--seed", "5", "--valid_split", "0.10025"]
 
 
 def torchrun(*args, cwd):
@@ -83,3 +84,19 @@ def test_imagenet_folder_on_two_processes_reduces_validation_exactly(tmp_path):
     loader = make_imagenet_loader(tmp_path / "imnet", "val", 2, workers=0)
     import contextlib
     assert evaluate(model, loader, torch.device("cpu"), contextlib.nullcontext)[1] == summary["test_acc"]
+
+
+def test_rank_slice_splits_the_last_partial_batch_with_loss_weights():
+    from itop.data.loader import DeviceLoader
+    from itop.train.distributed import RankSlice, World
+
+    def slices(n, rank):
+        loader = DeviceLoader(torch.zeros(n, 1, 2, 2, dtype=torch.uint8), torch.arange(n), 8, shuffle=False, mean=[0.0], std=[1.0])
+        ranked = RankSlice(loader, World(rank=rank, size=2))
+        return len(ranked), [(y.tolist(), ranked.loss_weight) for _, y in ranked]
+
+    length, batches = slices(21, 1)  # 8, 8, then 5 split 2 / 3
+    assert length == 3 and batches[-1] == ([18, 19, 20], 1.2)
+    assert slices(21, 0)[1][-1] == ([16, 17], 0.8) and slices(21, 0)[1][0] == ([0, 1, 2, 3], 1.0)
+    length, batches = slices(19, 0)  # 3 left: one rank would get a single example, so it is dropped
+    assert length == 2 and [y for y, _ in batches] == [[0, 1, 2, 3], [8, 9, 10, 11]]

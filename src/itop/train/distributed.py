@@ -3,7 +3,8 @@
 `torchrun --nproc_per_node K -m itop train ...` sets WORLD_SIZE/RANK/LOCAL_RANK; we join the
 process group (NCCL on CUDA, gloo on the CPU). Every rank holds the same small dataset and draws
 the same global batch of K*B examples from the same generator; rank r trains on its slice r, so a
-K-process run sees exactly the examples of a 1-process run with batch K*B.
+K-process run sees exactly the examples of a 1-process run with batch K*B, the last partial batch
+of an epoch included (`RankSlice`).
 """
 
 from __future__ import annotations
@@ -65,16 +66,29 @@ def barrier(world: World) -> None:
 
 
 class RankSlice:
-    """Yield rank r's slice of every global batch of a loader (batches of size K*B)."""
+    """Yield rank r's slice of every global batch of a loader (batches of size K*B).
+
+    The last, partial global batch of n < K*B examples is split as evenly as it goes, and
+    `loss_weight` (K * local / n, read after each batch) scales the rank's mean loss so that the
+    average DistributedDataParallel takes is the mean over all n: the same gradient as one process
+    with batch K*B. Only when some rank would get fewer than two examples (batch norm cannot train
+    on one) is that batch dropped; `dropped_last` says whether it is.
+    """
 
     def __init__(self, loader, world: World):
         self.loader, self.world = loader, world
+        self.loss_weight = 1.0
+        left = len(loader.labels) % loader.batch_size if hasattr(loader, "labels") else 0
+        self.dropped_last = 0 < left < 2 * world.size
 
     def __len__(self) -> int:
-        return len(self.loader)
+        return len(self.loader) - int(self.dropped_last)
 
     def __iter__(self):
         for x, y in self.loader:
-            share = len(y) // self.world.size
-            part = slice(self.world.rank * share, (self.world.rank + 1) * share)
+            n, size = len(y), self.world.size
+            if n < 2 * size and n < self.loader.batch_size:
+                continue
+            part = slice(self.world.rank * n // size, (self.world.rank + 1) * n // size)
+            self.loss_weight = size * (part.stop - part.start) / n
             yield x[part], y[part]

@@ -148,14 +148,12 @@ class Run:
         splits = load_dataset(cfg.data, cfg.data_dir, valid_split=cfg.valid_split, seed=cfg.seed)
         size, global_batch = self.world.size, cfg.batch_size * cfg.processes
         self.train_loader, self.val_loader, self.test_loader = make_loaders(
-            splits, global_batch, generator=self.generator, device=self.device,
-            eval_batch_size=cfg.test_batch_size, drop_last=size > 1)
+            splits, global_batch, generator=self.generator, device=self.device, eval_batch_size=cfg.test_batch_size)
         if size > 1:
             self.train_loader = RankSlice(self.train_loader, self.world)
-            left = len(splits.train) % global_batch
-            if left:
-                self.notes.append(f"each epoch drops its last {left} training examples (a partial global batch of {global_batch} "
-                                  "cannot be split evenly over the processes); a 1-process run would keep them.")
+            if self.train_loader.dropped_last:
+                self.notes.append(f"each epoch drops its last {len(splits.train) % global_batch} training examples (fewer than two "
+                                  f"per process); a 1-process run would keep them.")
         return splits
 
     def _build_model(self) -> nn.Module:
@@ -220,9 +218,10 @@ class Run:
             with self.autocast():
                 logits = self.forward_model(x)
                 loss = self.loss_fn(logits.float(), y)
+            objective = loss * weight if (weight := getattr(self.train_loader, "loss_weight", 1.0)) != 1.0 else loss
             if cfg.l1 and self.sparsifier is not None:
-                loss = loss + cfg.l1 * sum(p.abs().sum() for p in self.sparsifier.params.values())
-            self.scaler.scale(loss).backward()
+                objective = objective + cfg.l1 * sum(p.abs().sum() for p in self.sparsifier.params.values())
+            self.scaler.scale(objective).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.step += 1
