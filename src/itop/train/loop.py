@@ -218,7 +218,8 @@ class Run:
             with self.autocast():
                 logits = self.forward_model(x)
                 loss = self.loss_fn(logits.float(), y)
-            objective = loss * weight if (weight := getattr(self.train_loader, "loss_weight", 1.0)) != 1.0 else loss
+            weight = getattr(self.train_loader, "loss_weight", 1.0)  # a rank's share of a partial global batch
+            objective = loss if weight == 1.0 else loss * weight
             if cfg.l1 and self.sparsifier is not None:
                 objective = objective + cfg.l1 * sum(p.abs().sum() for p in self.sparsifier.params.values())
             self.scaler.scale(objective).backward()
