@@ -234,6 +234,8 @@ class Run:
             logging = (batch + 1) % cfg.log_interval == 0 or batch + 1 == self.steps_per_epoch
             if logging or updating:  # host syncs only here: a topology update never runs on diverged weights
                 mean_loss = float(loss_sum) / seen
+                if self.world.size > 1:  # every rank must stop together, even if one alone saw the bad batch
+                    mean_loss += 0.0 * all_sum([mean_loss], self.world, self.device)[0]
                 if not math.isfinite(mean_loss):
                     bar.close()
                     raise TrainingDiverged(self._divergence(mean_loss))
