@@ -19,14 +19,13 @@ update that all ranks hold the same masks.
 
 from __future__ import annotations
 
-import inspect
 import math
-import numbers
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from .arguments import GROW_ARGUMENTS, PRUNE_ARGUMENTS, checked_options, is_int, is_real
 from .density import DISTRIBUTIONS, layer_counts
 from .distributed import check_masks_agree, shared_seed
 from .exploration import Exploration
@@ -64,34 +63,6 @@ def _criterion(registry, value):
     return value if callable(value) else registry.get(value)
 
 
-def _is_real(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-PRUNE_ARGUMENTS = {"weight", "mask", "k", "grad"}
-GROW_ARGUMENTS = {"candidates", "k", "weight", "grad", "grad_average", "generator"}
-
-
-def _checked_options(fn: Callable, options: Mapping[str, Any] | None, what: str, given: set[str]) -> dict[str, Any]:
-    """`options` as a dict, after checking that `fn` has a parameter of each name (a typo must
-    not silently fall back to a default)."""
-    options = dict(options or {})
-    try:
-        parameters = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):  # a builtin or C function: nothing to check against
-        return options
-    named = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - given
-    unknown = sorted(set(options) - named)
-    if unknown:
-        accepted = ", ".join(sorted(named)) or "none"
-        raise ValueError(f"{what} has an unknown option {unknown[0]!r} for {getattr(fn, '__name__', fn)}; it accepts: {accepted}.")
-    return options
-
-
 class Sparsifier:
     """Dynamic sparse training for `model`, driven by `optimizer`'s steps.
 
@@ -119,15 +90,15 @@ class Sparsifier:
         grad_average_beta: float = 0.9,
         decay_schedule: str = "cosine",
     ):
-        if not _is_real(density) or not 0 < density <= 1:
+        if not is_real(density) or not 0 < density <= 1:
             raise ValueError(f"density must be a number in (0, 1], got {density!r}.")
-        if not _is_real(prune_rate) or not 0 < prune_rate <= 1:
+        if not is_real(prune_rate) or not 0 < prune_rate <= 1:
             raise ValueError(f"prune_rate must be a number in (0, 1], got {prune_rate!r}.")
-        if update_frequency is not None and (not _is_int(update_frequency) or update_frequency < 1):
+        if update_frequency is not None and (not is_int(update_frequency) or update_frequency < 1):
             raise ValueError(f"update_frequency must be a positive integer or None (static sparse training), got {update_frequency!r}.")
-        if not _is_int(total_steps) or total_steps < 1:
+        if not is_int(total_steps) or total_steps < 1:
             raise ValueError(f"total_steps must be a positive integer (the run's length in optimizer steps), got {total_steps!r}.")
-        if not _is_real(grad_average_beta) or not 0 <= grad_average_beta < 1:
+        if not is_real(grad_average_beta) or not 0 <= grad_average_beta < 1:
             raise ValueError(f"grad_average_beta must be a number in [0, 1), got {grad_average_beta!r}.")
         density, prune_rate = float(density), float(prune_rate)
         update_frequency = None if update_frequency is None else int(update_frequency)
@@ -143,8 +114,8 @@ class Sparsifier:
         self._redistribute = _criterion(REDISTRIBUTE, redistribution)
         self._grows = self._grow is not GROW.get("none")
         self._per_layer = self._redistribute is REDISTRIBUTE.get("none")
-        self._prune_options = _checked_options(self._prune, prune_options, "prune_options", PRUNE_ARGUMENTS)
-        self._grow_options = _checked_options(self._grow, grow_options, "grow_options", GROW_ARGUMENTS)
+        self._prune_options = checked_options(self._prune, prune_options, "prune_options", PRUNE_ARGUMENTS)
+        self._grow_options = checked_options(self._grow, grow_options, "grow_options", GROW_ARGUMENTS)
         self.schedule = PruneSchedule(prune_rate, update_frequency, total_steps, min(0.005, prune_rate), decay_schedule)
 
         self.params = sparse_parameters(model, include, exclude)
