@@ -195,12 +195,17 @@ class Sparsifier:
         if self._keep_grad_average:
             averages = [self.grad_average[n] for n in names]
             torch._foreach_lerp_(averages, grads, 1 - self._grad_average_beta)
-        if self.schedule.is_update(self.steps + 1):
+        if self.update_due:
             self._dense_grads = {n: g.clone() for n, g in zip(names, grads)}
         multiply_all(grads, mults)
 
     def _after_optimizer_step(self, optimizer, args, kwargs) -> None:
         self._optimizer_steps += 1
+
+    @property
+    def update_due(self) -> bool:
+        """True when the next real optimizer step ends with a topology update."""
+        return self.schedule.is_update(self.steps + 1)
 
     def step(self) -> bool:
         """Call after `optimizer.step()`. Advances the schedule; returns True if the topology changed.

@@ -98,12 +98,18 @@ class TrainConfig:
 
     def results_dict(self) -> dict:
         """The settings a checkpoint's numbers depend on: all but where files are and how the run is shown."""
-        return {k: v for k, v in self.to_dict().items() if k not in RESUME_OVERRIDES and k != "save"}
+        return result_settings(self.to_dict())
 
 
 # What `--resume` may change: where the data is, which device and how many loader workers, the
 # progress bar. Nothing else: a resumed run continues with the settings it was started with.
 RESUME_OVERRIDES = ("data_dir", "device", "workers", "progress")
+
+
+def result_settings(values: dict) -> dict:
+    """`values` (a config as saved) without the settings that do not change results; a config
+    saved before `processes` existed was a 1-process run."""
+    return {"processes": 1, **{k: v for k, v in values.items() if k not in RESUME_OVERRIDES and k != "save"}}
 
 
 def _flag(parser, *names, **kw):

@@ -23,7 +23,7 @@ from itop.data import DataError, load_dataset, make_loaders
 from itop.models import create_model, get_model_spec
 
 from .checkpoint import CHECKPOINT, RunError, load_checkpoint, save_checkpoint
-from .config import RESUME_OVERRIDES, TrainConfig, UsageError
+from .config import TrainConfig, UsageError, result_settings
 from .distributed import RankSlice, World, all_sum, barrier
 from .metrics import MetricsLog, NullLog, epoch_line
 from .optim import build_optimizer, learning_rate, set_learning_rate
@@ -177,8 +177,7 @@ class Run:
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
-        saved = {"processes": 1, **{k: v for k, v in state["config"].items() if k not in RESUME_OVERRIDES and k != "save"}}
-        if saved != self.cfg.results_dict():
+        if result_settings(state["config"]) != self.cfg.results_dict():
             raise RunError(f"checkpoint in {self.dir} was written by another configuration than its config.json; start a new run instead.")
         try:
             self.model.load_state_dict(state["model"])
@@ -230,7 +229,7 @@ class Run:
             correct += (logits.argmax(1) == y).sum()
             seen += len(y)
             sp = self.sparsifier
-            updating = sp is not None and sp.schedule.is_update(sp.steps + 1)
+            updating = sp is not None and sp.update_due
             logging = (batch + 1) % cfg.log_interval == 0 or batch + 1 == self.steps_per_epoch
             if logging or updating:  # host syncs only here: a topology update never runs on diverged weights
                 mean_loss = float(loss_sum) / seen
