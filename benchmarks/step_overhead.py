@@ -4,6 +4,8 @@ Run by hand:  python benchmarks/step_overhead.py [--rounds 15] [--steps 50] [--t
 
 For each model, training steps with the sparsifier detached (dense) and attached (sparse) are timed
 in interleaved blocks on the same model and optimizer, and the median per-round ratio is printed.
+The multiply that applies the masks is also timed inside real steps, beside a pass over the same
+gradients that reads no mask (x 1.0): the floor for any per-step pass on this machine.
 Then one topology update is timed for SET (magnitude prune + random growth) and RigL
 (magnitude prune + gradient growth). Reference figures for the original ITOP masking on this
 2-core CPU (shared/reference/REFERENCE.md): step 1.21x (LeNet-300-100, batch 100) and 1.10x
@@ -78,6 +80,30 @@ def step_ratio(sizes, batch, rounds: int, steps: int) -> tuple[float, float, flo
     return statistics.median(dense_t), statistics.median(sparse_t), ratio
 
 
+def mask_cost(sizes, batch, steps: int) -> tuple[float, float]:
+    """Milliseconds, timed inside real training steps, of the gradient-mask multiply that the
+    sparsifier's hook runs before optimizer.step(), and of a multiply of the very same gradients by
+    the scalar 1.0: the least that any separate pass over the gradients costs (no mask is read)."""
+    step, sparsifier = make_run(sizes, batch, sparse=True)
+    sparsifier.detach()
+    optimizer, weights = sparsifier.optimizer, sparsifier._weights
+    masked, plain = [], []
+    for i in range(steps):
+        optimizer.zero_grad(set_to_none=True)
+        sparsifier.model(torch.randn(batch, sizes[0])).square().mean().backward()
+        start = time.perf_counter()
+        if i % 2:
+            sparsifier._before_optimizer_step(optimizer, (), {})
+            masked.append(time.perf_counter() - start)
+        else:
+            for weight in weights:
+                weight.grad.mul_(1.0)
+            plain.append(time.perf_counter() - start)
+        optimizer.step()
+        sparsifier.apply_masks()
+    return statistics.median(masked[5:]) * 1e3, statistics.median(plain[5:]) * 1e3
+
+
 def update_time(sizes, batch, grow: str, repeats: int) -> float:
     step, sparsifier = make_run(sizes, batch, sparse=True, grow=grow)
     step()
@@ -104,12 +130,19 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.threads} threads, {args.rounds} interleaved rounds of {args.steps} steps")
     print("| model | batch | dense step ms | sparse step ms | ratio | original's ratio |")
     print("|---|---|---|---|---|---|")
+    costs = []
     for label, sizes, batch, original in (
         ("LeNet-300-100", [784, 300, 100, 10], 100, 1.21),
         ("MLP 3072-1024-512-10", [3072, 1024, 512, 10], 128, 1.10),
     ):
         d, s, r = step_ratio(sizes, batch, args.rounds, args.steps)
         print(f"| {label} | {batch} | {d * 1e3:.3f} | {s * 1e3:.3f} | {r:.3f}x | {original:.2f}x |")
+        costs.append((label, d * 1e3, *mask_cost(sizes, batch, steps=400)))
+    print()
+    print("| inside the step | mask multiply ms | share of dense step | any pass over the gradients (x 1.0) ms | share |")
+    print("|---|---|---|---|---|")
+    for label, dense_ms, mask_ms, pass_ms in costs:
+        print(f"| {label} | {mask_ms:.3f} | {mask_ms / dense_ms:.1%} | {pass_ms:.3f} | {pass_ms / dense_ms:.1%} |")
     print()
     print("| update on MLP 3072-1024-512-10 | ms | original ms | speed-up |")
     print("|---|---|---|---|")

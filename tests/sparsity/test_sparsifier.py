@@ -53,6 +53,27 @@ def test_zero_off_mask_in_weights_and_optimizer_state(optimizer, grow):
     assert sp.itop_rate > sp.density
 
 
+@pytest.mark.parametrize("grow, keyword", [("random", False), ("gradient", True)])
+def test_step_with_closure_keeps_masks_exact_and_matches_the_plain_loop(grow, keyword):
+    """optimizer.step(closure) computes the gradients after the pre-step hook has run."""
+    data = batches(8, (784,), 10)
+    plain_model, plain_opt, plain = make(density=0.1, grow=grow, update_frequency=3, total_steps=8)
+    train(plain_model, plain_opt, plain, data)
+    model, opt, sp = make(density=0.1, grow=grow, update_frequency=3, total_steps=8)
+    for x, y in data:
+        def closure():
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            return loss
+        opt.step(closure=closure) if keyword else opt.step(closure)
+        sp.step()
+        assert_zero_off_mask(sp)
+    assert all(torch.equal(sp.masks[n], plain.masks[n]) for n in sp.masks)
+    for a, b in zip(model.parameters(), plain_model.parameters()):
+        torch.testing.assert_close(a, b)
+
+
 @pytest.mark.parametrize("grow", ["random", "gradient", "momentum"])
 @pytest.mark.parametrize("redistribution", ["none", "magnitude", "nonzeros", "momentum"])
 def test_count_never_drifts_and_rs_monotone(grow, redistribution):

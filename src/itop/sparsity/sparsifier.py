@@ -9,8 +9,10 @@ How masks stay exact at the cost of one multiply per step: a hook that runs just
 With a zero gradient, a zero weight and zero optimizer state, the optimizers listed in
 `ZERO_PRESERVING` leave all three at zero, so inactive weights and their state stay exactly zero
 without being touched again. Any other optimizer gets its weights and state tensors masked after
-every step as well. A hook after `optimizer.step()` counts real steps, so a step that a GradScaler
-skips neither advances the schedule nor changes the topology.
+every step as well, and so does every sparse weight after a step whose closure computed the
+gradients inside `optimizer.step()` (too late for the first hook). A hook after `optimizer.step()`
+counts real steps, so a step that a GradScaler skips neither advances the schedule nor changes
+the topology.
 
 Under torch.distributed (DDP), build it on the unwrapped model on every rank: the seed is shared,
 the hooks see the averaged gradients, and `distributed.check_masks_agree` verifies after every
@@ -51,11 +53,21 @@ def _zero_preserving(optimizer: torch.optim.Optimizer) -> bool:
 def multiply_all(tensors: list[Tensor], masks: list[Tensor]) -> None:
     """tensors[i] *= masks[i] in place: one foreach kernel on accelerators; on the CPU, where
     foreach is a slower single loop, one multi-threaded multiply per tensor (measured faster)."""
-    if tensors and tensors[0].device.type == "cpu":
+    if not tensors:
+        return
+    if tensors[0].device.type == "cpu":
         for tensor, mask in zip(tensors, masks):
             tensor.mul_(mask)
     else:
         torch._foreach_mul_(tensors, masks)
+
+
+def _closure(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> Callable | None:
+    """The closure passed to `optimizer.step(closure)`, if any (step hooks get the optimizer
+    itself as the first positional argument)."""
+    if args and args[0] is optimizer:
+        args = args[1:]
+    return kwargs.get("closure", args[0] if args else None)
 
 
 def _criterion(registry, value):
@@ -165,8 +177,10 @@ class Sparsifier:
         return masks
 
     def _refresh_multipliers(self) -> None:
-        """Masks in each weight's dtype and device, in one list, for the foreach multiply."""
+        """Masks in each weight's dtype and device, in one list, for the foreach multiply; and the
+        positions of the layers that have inactive weights, the only gradients worth masking."""
         self._multipliers = [self.masks[n].to(self.params[n].dtype) for n in self._names]
+        self._partial = [i for i, (n, p) in enumerate(zip(self._names, self._weights)) if self._nnz[n] < p.numel()]
 
     def _state_tensors(self, param: Tensor) -> list[Tensor]:
         state = self.optimizer.state.get(param, {})
@@ -182,25 +196,32 @@ class Sparsifier:
 
     # ----------------------------------------------------------------------------- hooks
     def _before_optimizer_step(self, optimizer, args, kwargs) -> None:
-        """Mask the gradients (keeping the dense ones first when an update follows this step)."""
-        grads = [p.grad for p in self._weights]
-        if any(g is None for g in grads):
-            present = [i for i, g in enumerate(grads) if g is not None]
-            names = [self._names[i] for i in present]
-            grads, mults = [grads[i] for i in present], [self._multipliers[i] for i in present]
-        else:
-            names, mults = self._names, self._multipliers
-        if not grads:
-            return
-        if self._keep_grad_average:
-            averages = [self.grad_average[n] for n in names]
-            torch._foreach_lerp_(averages, grads, 1 - self._grad_average_beta)
-        if self.update_due:
-            self._dense_grads = {n: g.clone() for n, g in zip(names, grads)}
-        multiply_all(grads, mults)
+        """Mask the gradients, unless a closure will compute them inside `optimizer.step()`."""
+        if _closure(optimizer, args, kwargs) is None:
+            self._take_gradients(mask=True)
 
     def _after_optimizer_step(self, optimizer, args, kwargs) -> None:
+        """Count the step; after a step whose closure made the gradients, zero what they moved."""
         self._optimizer_steps += 1
+        if _closure(optimizer, args, kwargs) is not None:
+            self._take_gradients(mask=False)
+            self.apply_masks()
+
+    def _take_gradients(self, mask: bool) -> None:
+        """Fold the gradients into the running average and, when an update follows this step,
+        keep a copy of the dense ones; then mask them in place if asked."""
+        grads = [p.grad for p in self._weights]
+        present = [i for i, g in enumerate(grads) if g is not None]
+        if not present:
+            return
+        if self._keep_grad_average:
+            averages = [self.grad_average[self._names[i]] for i in present]
+            torch._foreach_lerp_(averages, [grads[i] for i in present], 1 - self._grad_average_beta)
+        if self.update_due:
+            self._dense_grads = {self._names[i]: grads[i].clone() for i in present}
+        if mask:
+            masked = [i for i in self._partial if grads[i] is not None]
+            multiply_all([grads[i] for i in masked], [self._multipliers[i] for i in masked])
 
     @property
     def update_due(self) -> bool:
