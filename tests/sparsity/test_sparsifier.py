@@ -248,8 +248,13 @@ def test_load_state_dict_from_other_model_is_refused():
         other.load_state_dict(sp.state_dict())
 
 
-def test_skipped_optimizer_step_changes_nothing():
-    model, opt, sp = make(update_frequency=1, total_steps=10)
+@pytest.mark.parametrize("fused", [False, True], ids=["foreach", "fused"])
+def test_skipped_optimizer_step_changes_nothing(fused):
+    """A GradScaler does not call a plain optimizer on a skipped step, but it does call a fused one
+    (which skips inside its kernel): neither may count as a step or change the topology."""
+    model = lenet300()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, fused=fused)
+    model, opt, sp = make(model, optimizer=lambda _: opt, update_frequency=1, total_steps=10)
     scaler = torch.amp.GradScaler("cpu")
     x, y = batches(1, (784,), 10)[0]
     opt.zero_grad()
@@ -265,6 +270,30 @@ def test_skipped_optimizer_step_changes_nothing():
     scaler.step(opt)
     scaler.update()
     assert sp.step() is True and sp.steps == 1
+
+
+def test_fused_optimizer_under_grad_scaler_sees_unscaled_gradients():
+    """A fused optimizer unscales inside its kernel, so the hooks see scaled gradients: the running
+    average (momentum growth) and the dense gradients of an update must still be the true ones."""
+    data = batches(4, (784,), 10)
+    runs = []
+    for scaled in (False, True):
+        model = lenet300()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+        model, opt, sp = make(model, optimizer=lambda _, opt=opt: opt, grow="momentum", update_frequency=2, total_steps=8)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, enabled=scaled)
+        for x, y in data:
+            opt.zero_grad()
+            scaler.scale(nn.functional.cross_entropy(model(x), y)).backward()
+            scaler.step(opt)
+            scaler.update()
+            sp.step()
+        runs.append(sp)
+    plain, scaled = runs
+    assert scaled.steps == plain.steps == 4
+    for name in plain.masks:
+        torch.testing.assert_close(scaled.grad_average[name], plain.grad_average[name])
+        assert torch.equal(scaled.masks[name], plain.masks[name])
 
 
 def test_bfloat16_model_masks_exact():

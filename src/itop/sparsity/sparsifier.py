@@ -12,7 +12,8 @@ without being touched again. Any other optimizer gets its weights and state tens
 every step as well, and so does every sparse weight after a step whose closure computed the
 gradients inside `optimizer.step()` (too late for the first hook). A hook after `optimizer.step()`
 counts real steps, so a step that a GradScaler skips neither advances the schedule nor changes
-the topology.
+the topology (with fused optimizers, which a GradScaler calls even on a step it skips, the hooks
+read its inf flag and the loss scale the gradients still carry).
 
 Under torch.distributed (DDP), build it on the unwrapped model on every rank: the seed is shared,
 the hooks see the averaged gradients, and `distributed.check_masks_agree` verifies after every
@@ -68,6 +69,20 @@ def _closure(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> Cal
     if args and args[0] is optimizer:
         args = args[1:]
     return kwargs.get("closure", args[0] if args else None)
+
+
+def _skipped_by_grad_scaler(optimizer: torch.optim.Optimizer) -> bool:
+    """True when a GradScaler drives a fused optimizer (one that unscales inside its own kernel) and
+    found inf/NaN gradients: the optimizer is called but leaves everything as it was. Reading the flag
+    is one host synchronisation per step, made only in that set-up."""
+    found_inf = getattr(optimizer, "found_inf", None)
+    return isinstance(found_inf, Tensor) and bool(found_inf.item())
+
+
+def _grad_scale(optimizer: torch.optim.Optimizer) -> Tensor | None:
+    """The loss scale the gradients still carry when a GradScaler leaves unscaling to a fused optimizer."""
+    scale = getattr(optimizer, "grad_scale", None)
+    return scale if isinstance(scale, Tensor) else None
 
 
 def _criterion(registry, value):
@@ -149,6 +164,7 @@ class Sparsifier:
         self.steps = 0
         self._optimizer_steps = 0
         self._counted_steps = 0
+        self._skipping = False
         self._dense_grads: dict[str, Tensor] | None = None
         self._keep_grad_average = self._grow is GROW.get("momentum") or self._redistribute is REDISTRIBUTE.get("momentum")
         self._grad_average_beta = grad_average_beta
@@ -196,29 +212,38 @@ class Sparsifier:
 
     # ----------------------------------------------------------------------------- hooks
     def _before_optimizer_step(self, optimizer, args, kwargs) -> None:
-        """Mask the gradients, unless a closure will compute them inside `optimizer.step()`."""
-        if _closure(optimizer, args, kwargs) is None:
-            self._take_gradients(mask=True)
+        """Mask the gradients, unless a closure will compute them inside `optimizer.step()` or a
+        GradScaler has told a fused optimizer to skip this step."""
+        self._skipping = _skipped_by_grad_scaler(optimizer)
+        if not self._skipping and _closure(optimizer, args, kwargs) is None:
+            self._take_gradients(mask=True, scale=_grad_scale(optimizer))
 
     def _after_optimizer_step(self, optimizer, args, kwargs) -> None:
         """Count the step; after a step whose closure made the gradients, zero what they moved."""
+        if self._skipping:
+            self._skipping = False
+            return
         self._optimizer_steps += 1
         if _closure(optimizer, args, kwargs) is not None:
             self._take_gradients(mask=False)
             self.apply_masks()
 
-    def _take_gradients(self, mask: bool) -> None:
+    def _take_gradients(self, mask: bool, scale: Tensor | None = None) -> None:
         """Fold the gradients into the running average and, when an update follows this step,
-        keep a copy of the dense ones; then mask them in place if asked."""
+        keep a copy of the dense ones (both divided by `scale`, the loss scale a fused optimizer
+        removes inside its own kernel); then mask them in place if asked."""
         grads = [p.grad for p in self._weights]
         present = [i for i, g in enumerate(grads) if g is not None]
         if not present:
             return
         if self._keep_grad_average:
             averages = [self.grad_average[self._names[i]] for i in present]
-            torch._foreach_lerp_(averages, [grads[i] for i in present], 1 - self._grad_average_beta)
+            taken = [grads[i] for i in present]
+            if scale is not None:
+                taken = torch._foreach_div(taken, scale)
+            torch._foreach_lerp_(averages, taken, 1 - self._grad_average_beta)
         if self.update_due:
-            self._dense_grads = {self._names[i]: grads[i].clone() for i in present}
+            self._dense_grads = {self._names[i]: grads[i].clone() if scale is None else grads[i] / scale for i in present}
         if mask:
             masked = [i for i in self._partial if grads[i] is not None]
             multiply_all([grads[i] for i in masked], [self._multipliers[i] for i in masked])
