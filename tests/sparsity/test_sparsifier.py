@@ -296,6 +296,27 @@ def test_fused_optimizer_under_grad_scaler_sees_unscaled_gradients():
         assert torch.equal(scaled.masks[name], plain.masks[name])
 
 
+@pytest.mark.parametrize("move", [
+    lambda model: model.double(),
+    pytest.param(lambda model: model.cuda(), marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")),
+], ids=["double", "cuda"])
+def test_model_moved_after_the_sparsifier_was_built(move):
+    """model.to(...) keeps the Parameter objects: the engine's tensors follow them."""
+    model, opt, sp = make(density=0.1, grow="momentum", update_frequency=2, total_steps=6)
+    move(model)
+    weight = model[0].weight
+    for x, y in batches(4, (784,), 10):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x.to(weight)), y.to(weight.device)).backward()
+        opt.step()
+        sp.step()
+        assert_zero_off_mask(sp)
+    assert sp.steps == 4 and sp.itop_rate > sp.density
+    for name, param in sp.params.items():
+        assert sp.masks[name].device == param.device and sp.grad_average[name].dtype == param.dtype
+        assert sp._multipliers[sp._names.index(name)].dtype == param.dtype
+
+
 def test_bfloat16_model_masks_exact():
     model = small_convnet().to(torch.bfloat16)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)

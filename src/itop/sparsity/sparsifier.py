@@ -198,6 +198,16 @@ class Sparsifier:
         self._multipliers = [self.masks[n].to(self.params[n].dtype) for n in self._names]
         self._partial = [i for i, (n, p) in enumerate(zip(self._names, self._weights)) if self._nnz[n] < p.numel()]
 
+    def _follow_parameters(self) -> None:
+        """Move the engine's tensors to the parameters' devices and dtypes if the model was moved
+        (`model.to(...)`) after the sparsifier was built; otherwise a cheap check."""
+        if all(w.device == m.device and w.dtype == m.dtype for w, m in zip(self._weights, self._multipliers)):
+            return
+        self.masks = {n: m.to(self.params[n].device) for n, m in self.masks.items()}
+        self.exploration.explored = {n: e.to(self.params[n].device) for n, e in self.exploration.explored.items()}
+        self.grad_average = {n: t.to(self.params[n]) for n, t in self.grad_average.items()}
+        self._refresh_multipliers()
+
     def _state_tensors(self, param: Tensor) -> list[Tensor]:
         state = self.optimizer.state.get(param, {})
         return [t for t in state.values() if isinstance(t, Tensor) and t.shape == param.shape]
@@ -205,6 +215,7 @@ class Sparsifier:
     @torch.no_grad()
     def apply_masks(self) -> None:
         """Zero every inactive weight and every optimizer state tensor of a sparse weight's shape."""
+        self._follow_parameters()
         multiply_all(self._weights, self._multipliers)
         for param, mult in zip(self._weights, self._multipliers):
             for tensor in self._state_tensors(param):
@@ -214,6 +225,7 @@ class Sparsifier:
     def _before_optimizer_step(self, optimizer, args, kwargs) -> None:
         """Mask the gradients, unless a closure will compute them inside `optimizer.step()` or a
         GradScaler has told a fused optimizer to skip this step."""
+        self._follow_parameters()
         self._skipping = _skipped_by_grad_scaler(optimizer)
         if not self._skipping and _closure(optimizer, args, kwargs) is None:
             self._take_gradients(mask=True, scale=_grad_scale(optimizer))
@@ -278,6 +290,7 @@ class Sparsifier:
         Gradient-based criteria use the dense gradient of the step that triggered the update; when
         called by hand, the parameters' `.grad` (dense if called before `optimizer.step()`).
         """
+        self._follow_parameters()
         if self._dense_grads is not None:  # scheduled update: a layer without gradient had none
             stash = self._dense_grads
             grads = {n: stash[n] if n in stash else torch.zeros_like(p) for n, p in self.params.items()}
