@@ -147,7 +147,7 @@ class Sparsifier:
 
         self.params = sparse_parameters(model, include, exclude)
         if not self.params:
-            raise ValueError("the model has no sparse parameter (no Linear/Conv weight, or include/exclude left none); pass include= to choose some.")
+            raise ValueError("the model has no sparse parameter (no trainable Linear/Conv weight, or include/exclude left none); pass include= to choose some.")
         held = {id(p) for group in optimizer.param_groups for p in group["params"]}
         missing = [n for n, p in self.params.items() if id(p) not in held]
         if missing:
