@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
 
 from itop.__main__ import main as itop_main
+from itop.data import DataError
 from itop.data.mnist import read_idx_images, read_idx_labels
 from itop.models import create_model
 
@@ -53,7 +55,11 @@ def main() -> None:
     parser.add_argument("--out", default="bench-runs")
     parser.add_argument("--test-dir", default=str(here.parent.parent / "shared" / "data" / "mnist-test"))
     args = parser.parse_args()
-    x, y = official_test_set(Path(args.test_dir))
+    try:
+        x, y = official_test_set(Path(args.test_dir))
+    except DataError as error:
+        print(f"mnist_accuracy.py: {error} Pass --test-dir with the t10k IDX files.", file=sys.stderr)
+        raise SystemExit(2) from None
     rows = []
     for method, flags in METHODS.items():
         run_dir = Path(args.out) / method.lower()

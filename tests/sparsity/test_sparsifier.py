@@ -224,6 +224,25 @@ def test_resume_is_bit_identical(grow):
     assert ref_sp.itop_rate == sp2.itop_rate and ref_sp.steps == sp2.steps == 12
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", lambda p: torch.optim.SGD(p, lr=0.05)], ids=["momentum", "no-state"])
+def test_sparsifier_built_after_loading_trained_states_is_refused(optimizer):
+    """Its random initial masks have zeroed loaded weights: resuming would silently lose them.
+    Plain SGD keeps no optimizer state, so the loaded weights' zeros give it away."""
+    data = batches(4, (784,), 10)
+    model, opt, sp = make(optimizer=optimizer, density=0.1, update_frequency=2, total_steps=8)
+    train(model, opt, sp, data)
+    saved = copy.deepcopy({"model": model.state_dict(), "opt": opt.state_dict(), "sp": sp.state_dict()})
+    model2 = lenet300(1)
+    model2.load_state_dict(saved["model"])
+    opt2 = torch.optim.SGD(model2.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4) if optimizer == "sgd" else optimizer(model2.parameters())
+    opt2.load_state_dict(saved["opt"])
+    _, _, sp2 = make(model2, optimizer=lambda _: opt2, density=0.1, update_frequency=2, total_steps=8)
+    with pytest.raises(ValueError, match="build the Sparsifier first"):
+        sp2.load_state_dict(saved["sp"])
+    _, _, sp3 = make(lenet300(1), optimizer=optimizer, density=0.1, update_frequency=2, total_steps=8)
+    sp3.load_state_dict(saved["sp"])  # the right order (sparsifier state before model state) is accepted
+
+
 def test_state_dict_survives_weights_only_load(tmp_path):
     model, opt, sp = make(update_frequency=2, total_steps=4)
     train(model, opt, sp, batches(2, (784,), 10))
@@ -265,6 +284,7 @@ def test_skipped_optimizer_step_changes_nothing(fused):
     scaler.update()
     assert sp.step() is False and sp.steps == 0
     assert all(torch.equal(masks[n], sp.masks[n]) for n in masks)
+    assert_zero_off_mask(sp)  # a fused kernel skipping its first step leaves its new momentum uninitialised
     opt.zero_grad()
     scaler.scale(nn.functional.cross_entropy(model(x), y)).backward()
     scaler.step(opt)

@@ -171,6 +171,7 @@ class Sparsifier:
         self.grad_average = {n: torch.zeros_like(p) for n, p in self.params.items()} if self._keep_grad_average else {}
         self._mask_every_step = not _zero_preserving(optimizer)
 
+        self._built_on_trained = self._looks_trained()
         self.masks = self._initial_masks()
         check_masks_agree(self.masks)
         self._nnz = {n: int(m.sum()) for n, m in self.masks.items()}
@@ -191,6 +192,17 @@ class Sparsifier:
             everywhere = torch.ones(param.shape, dtype=torch.bool, device=param.device)
             masks[name] = random_k_mask(everywhere, counts[name], self._generator)
         return masks
+
+    @torch.no_grad()
+    def _looks_trained(self) -> bool:
+        """True when, before the constructor applies its random masks, the optimizer already holds
+        state for a sparse weight or most sparse weights are exactly zero: the model and optimizer
+        were loaded from a sparse run. `load_state_dict` then refuses, as the random masks have
+        just zeroed some of the loaded weights."""
+        if any(self.optimizer.state.get(p) for p in self._weights):
+            return True
+        zeros = sum(int(p.numel() - torch.count_nonzero(p)) for p in self._weights)
+        return zeros > 0.5 * sum(p.numel() for p in self._weights)
 
     def _refresh_multipliers(self) -> None:
         """Masks in each weight's dtype and device, in one list, for the foreach multiply; and the
@@ -232,8 +244,9 @@ class Sparsifier:
 
     def _after_optimizer_step(self, optimizer, args, kwargs) -> None:
         """Count the step; after a step whose closure made the gradients, zero what they moved."""
-        if self._skipping:
+        if self._skipping:  # nothing moved, but a fused kernel skipping its first step leaves new state uninitialised
             self._skipping = False
+            self.apply_masks()
             return
         self._optimizer_steps += 1
         if _closure(optimizer, args, kwargs) is not None:
@@ -421,7 +434,14 @@ class Sparsifier:
 
     @torch.no_grad()
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore a `state_dict()`; the masks must name and shape the same parameters."""
+        """Restore a `state_dict()`; the masks must name and shape the same parameters.
+
+        To resume, build model, optimizer and Sparsifier first, then load the three states: the
+        constructor applies fresh random masks, which would zero weights loaded before it.
+        """
+        if self._built_on_trained and self.steps == 0 and self._optimizer_steps == 0 and int(state.get("steps", 0)) > 0:
+            raise ValueError("this Sparsifier was built after a trained sparse model or optimizer state was loaded, so its fresh random "
+                             "masks zeroed some loaded weights; build the Sparsifier first, then load the model, optimizer and sparsifier states.")
         saved = state.get("config", {})
         mine = self.state_dict_config()
         changed = sorted(k for k in saved.keys() & mine.keys() if saved[k] != mine[k])

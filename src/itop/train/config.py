@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(g, "--l1", type=float, help="L1 penalty on the sparse weights")
     _flag(g, "--lr-schedule", dest="lr_schedule", help="multistep (1/2, 3/4) | step (every --decay_frequency steps) | cosine")
     _flag(g, "--decay_frequency", "--decay-frequency", dest="decay_frequency", type=int, help="optimizer steps between x0.1 LR decays (--lr-schedule step; times --multiplier)")
-    _flag(g, "--warmup", type=int, help="warm-up epochs")
+    _flag(g, "--warmup", type=int, help="warm-up epochs (ImageNet schedule only)")
     _flag(g, "--label-smoothing", dest="label_smoothing", type=float)
     _flag(g, "--valid_split", "--valid-split", dest="valid_split", type=float)
     _flag(g, "--seed", type=int)
