@@ -17,6 +17,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .kernels import dense_compute
+
 
 @dataclass(frozen=True)
 class LayerFlops:
@@ -39,7 +41,7 @@ class LayerFlops:
 
 def count_flops(model: nn.Module, *example_inputs, **example_kwargs) -> LayerFlops:
     """Dense forward FLOPs of `model` on one example batch, per module name."""
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    with torch.no_grad(), dense_compute(), FlopCounterMode(display=False) as counter:
         model(*example_inputs, **example_kwargs)
     counts = {key: sum(ops.values()) for key, ops in counter.get_flop_counts().items()}
     root = type(model).__name__

@@ -32,6 +32,7 @@ from .arguments import GROW_ARGUMENTS, PRUNE_ARGUMENTS, checked_options, is_int,
 from .density import DISTRIBUTIONS, layer_counts
 from .distributed import check_masks_agree, shared_seed
 from .exploration import Exploration
+from . import kernels
 from .grow import GROW
 from .params import Selector, sparse_parameters
 from .prune import PRUNE
@@ -85,6 +86,16 @@ def _grad_scale(optimizer: torch.optim.Optimizer) -> Tensor | None:
     return scale if isinstance(scale, Tensor) else None
 
 
+def _linear_owners(model: nn.Module, params: Mapping[str, Tensor]) -> dict[str, nn.Module]:
+    """The Linear modules whose `weight` is one of the sparse parameters, by parameter name."""
+    owners = {}
+    for module_name, module in model.named_modules():
+        name = f"{module_name}.weight" if module_name else "weight"
+        if isinstance(module, nn.Linear) and params.get(name) is getattr(module, "weight", None):
+            owners[name] = module
+    return owners
+
+
 def _criterion(registry, value):
     """A registered name (looked up) or a user's callable (used as is)."""
     return value if callable(value) else registry.get(value)
@@ -116,6 +127,7 @@ class Sparsifier:
         grow_options: Mapping[str, Any] | None = None,
         grad_average_beta: float = 0.9,
         decay_schedule: str = "cosine",
+        sparse_linear: bool = True,
     ):
         if not is_real(density) or not 0 < density <= 1:
             raise ValueError(f"density must be a number in (0, 1], got {density!r}.")
@@ -170,6 +182,12 @@ class Sparsifier:
         self._grad_average_beta = grad_average_beta
         self.grad_average = {n: torch.zeros_like(p) for n, p in self.params.items()} if self._keep_grad_average else {}
         self._mask_every_step = not _zero_preserving(optimizer)
+        no_grad_criteria = ((PRUNE.get("magnitude"), PRUNE.get("set"), PRUNE.get("threshold")),
+                            (GROW.get("random"), GROW.get("none")),
+                            (REDISTRIBUTE.get("none"), REDISTRIBUTE.get("magnitude"), REDISTRIBUTE.get("nonzeros")))
+        self._uses_grads = any(fn not in allowed for fn, allowed in zip((self._prune, self._grow, self._redistribute), no_grad_criteria))
+        self._linears = _linear_owners(model, self.params)
+        self._sparse_linear, self._patterns = bool(sparse_linear), {}
 
         self._built_on_trained = self._looks_trained()
         self.masks = self._initial_masks()
@@ -178,10 +196,9 @@ class Sparsifier:
         self.exploration = Exploration(self.masks)
         self.history: list[dict[str, Any]] = []
         self._record(removed=0, rate=0.0)
-        self._refresh_multipliers()
-        self.apply_masks()
         self._hooks = []
         self.attach()
+        self.apply_masks()
 
     # ----------------------------------------------------------------------------- masks
     def _initial_masks(self) -> dict[str, Tensor]:
@@ -209,6 +226,23 @@ class Sparsifier:
         positions of the layers that have inactive weights, the only gradients worth masking."""
         self._multipliers = [self.masks[n].to(self.params[n].dtype) for n in self._names]
         self._partial = [i for i, (n, p) in enumerate(zip(self._names, self._weights)) if self._nnz[n] < p.numel()]
+        self._refresh_kernels()
+
+    def _refresh_kernels(self) -> None:
+        """Give the Linear layers where it pays the sparse kernels of the current masks."""
+        self._patterns = {}
+        for name, module in self._linears.items():
+            if self._sparse_linear and self._hooks and kernels.pays_off(module, self.masks[name], self._nnz[name]):
+                self._patterns[name] = kernels.use_sparse(module, self.masks[name])
+            else:
+                kernels.use_dense(module)
+        self._ask_for_dense_grads()
+
+    def _ask_for_dense_grads(self) -> None:
+        """Sparse kernels give the dense weight gradient only on steps whose criteria read it."""
+        dense = self._keep_grad_average or (self._uses_grads and (self.config["update_frequency"] is None or self.update_due))
+        for pattern in self._patterns.values():
+            pattern.dense_grad = dense
 
     def _follow_parameters(self) -> None:
         """Move the engine's tensors to the parameters' devices and dtypes if the model was moved
@@ -229,9 +263,11 @@ class Sparsifier:
         """Zero every inactive weight and every optimizer state tensor of a sparse weight's shape."""
         self._follow_parameters()
         multiply_all(self._weights, self._multipliers)
-        for param, mult in zip(self._weights, self._multipliers):
+        for name, param in self.params.items():
+            inactive = None
             for tensor in self._state_tensors(param):
-                tensor.mul_(mult.to(tensor.dtype))
+                inactive = ~self.masks[name] if inactive is None else inactive
+                tensor.masked_fill_(inactive, 0)  # not a multiply: state left uninitialised may hold NaN
 
     # ----------------------------------------------------------------------------- hooks
     def _before_optimizer_step(self, optimizer, args, kwargs) -> None:
@@ -293,6 +329,7 @@ class Sparsifier:
         if self.schedule.is_update(self.steps):
             self.update_topology()
             return True
+        self._ask_for_dense_grads()
         return False
 
     # ----------------------------------------------------------------------------- topology
@@ -410,6 +447,7 @@ class Sparsifier:
             name: {
                 "shape": tuple(param.shape), "numel": param.numel(), "active": self._nnz[name],
                 "density": self._nnz[name] / param.numel(), "explored": self.exploration.layer_rate(name),
+                "sparse_kernel": name in self._patterns,
             }
             for name, param in self.params.items()
         }
@@ -472,18 +510,22 @@ class Sparsifier:
         self.apply_masks()
 
     def attach(self) -> None:
-        """Hook into the optimizer's steps (done by the constructor)."""
+        """Hook into the optimizer's steps and give the Linear layers where it pays their sparse
+        kernels (done by the constructor)."""
         if not self._hooks:
             self._hooks = [
                 self.optimizer.register_step_pre_hook(self._before_optimizer_step),
                 self.optimizer.register_step_post_hook(self._after_optimizer_step),
             ]
+        self._refresh_multipliers()
 
     def detach(self) -> None:
-        """Unhook from the optimizer: the masks stop being applied (e.g. to fine-tune densely)."""
+        """Unhook from the optimizer and give every layer its dense compute back: the masks stop
+        being applied (e.g. to fine-tune densely)."""
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
+        self._refresh_kernels()
 
     def __repr__(self) -> str:
         return (f"Sparsifier(layers={len(self.params)}, density={self.density:.4f}, itop_rate={self.itop_rate:.4f}, "

@@ -1,0 +1,134 @@
+"""Truly sparse compute for low-density Linear layers on CPUs.
+
+Masking keeps the arithmetic dense: a Linear layer at density 0.04 still multiplies every zero.
+For the layers where it was measured to pay (float32 on the CPU, density at most `MAX_DENSITY`,
+at least `MIN_WEIGHTS` weights; `benchmarks/step_overhead.py`), the sparsifier swaps the module's
+class to `SparseLinear`, whose forward multiplies by the active weights only (a CSR matrix built
+from the mask's fixed pattern and the weights' current values) and whose backward computes the
+weight gradient at the active positions only (`torch.sparse.sampled_addmm`), or densely on steps
+whose criteria need the dense gradient (gradient growth at an update, momentum criteria).
+Everything else (GPU, bfloat16/float16, autocast, torch.compile) takes the dense `F.linear`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import warnings
+
+import torch
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+from torch.nn import functional as F
+
+MAX_DENSITY = 0.06
+MIN_WEIGHTS = 500_000  # LeNet-300-100's 235k-weight layer gained nothing inside a real step
+
+
+class SparsePattern:
+    """The fixed CSR structure of one mask (row pointers, columns, flat positions in row-major
+    order, which is also the order of CSR values), and whether the next backward must give the
+    dense weight gradient."""
+
+    def __init__(self, mask: Tensor):
+        with warnings.catch_warnings():  # PyTorch's once-per-process "CSR support is in beta" notice
+            warnings.simplefilter("ignore", UserWarning)
+            csr = mask.to_sparse_csr()
+        self.shape = tuple(mask.shape)
+        self.crow, self.col = csr.crow_indices(), csr.col_indices()
+        self.flat = mask.flatten().nonzero().flatten()
+        self.dense_grad = False
+
+    def matrix(self, values: Tensor) -> Tensor:
+        return torch.sparse_csr_tensor(self.crow, self.col, values, self.shape, check_invariants=False)
+
+
+def _autocast_on(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+
+
+_dense_only = threading.local()
+
+
+@contextlib.contextmanager
+def dense_compute():
+    """Within this block every SparseLinear computes densely (e.g. to count dense FLOPs)."""
+    before = getattr(_dense_only, "on", False)
+    _dense_only.on = True
+    try:
+        yield
+    finally:
+        _dense_only.on = before
+
+
+def _sparse_path(x: Tensor, weight: Tensor) -> bool:
+    return (weight.device.type == "cpu" and weight.dtype == torch.float32 and x.dtype == torch.float32
+            and not _autocast_on("cpu") and not torch.compiler.is_compiling() and not getattr(_dense_only, "on", False))
+
+
+class _SparseLinearFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, pattern: SparsePattern) -> Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        values = weight.reshape(-1).index_select(0, pattern.flat)
+        out = torch.sparse.mm(pattern.matrix(values), rows.t().contiguous()).t()
+        out = out + bias if bias is not None else out.contiguous()
+        ctx.save_for_backward(rows, weight)
+        ctx.pattern, ctx.input_shape, ctx.has_bias = pattern, x.shape, bias is not None
+        return out.reshape(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        rows, weight = ctx.saved_tensors
+        pattern = ctx.pattern
+        grads = grad_out.reshape(-1, weight.shape[0])
+        grad_x = grads.mm(weight).reshape(ctx.input_shape) if ctx.needs_input_grad[0] else None
+        grad_w = None
+        if ctx.needs_input_grad[1]:
+            if pattern.dense_grad:
+                grad_w = grads.t().mm(rows)
+            else:
+                ones = pattern.matrix(torch.ones(len(pattern.flat), dtype=weight.dtype))
+                values = torch.sparse.sampled_addmm(ones, grads.t().contiguous(), rows, beta=0.0).values()
+                grad_w = torch.zeros_like(weight)
+                grad_w.view(-1).index_copy_(0, pattern.flat, values)
+        grad_b = grads.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_x, grad_w, grad_b, None
+
+
+class SparseLinear(nn.Linear):
+    """An `nn.Linear` that multiplies by its active weights only (where `_sparse_path` allows)."""
+
+    _itop_pattern: SparsePattern
+
+    def forward(self, x: Tensor) -> Tensor:
+        if _sparse_path(x, self.weight):
+            return _SparseLinearFunction.apply(x, self.weight, self.bias, self._itop_pattern)
+        return F.linear(x, self.weight, self.bias)
+
+
+def pays_off(module: nn.Module, mask: Tensor, nnz: int) -> bool:
+    """Whether this layer gets the sparse kernels: a plain nn.Linear weight on the CPU in float32,
+    sparse and large enough for the measured gain."""
+    weight = getattr(module, "weight", None)
+    return (type(module) in (nn.Linear, SparseLinear) and weight is not None and weight.device.type == "cpu"
+            and weight.dtype == torch.float32 and mask.numel() >= MIN_WEIGHTS and nnz <= MAX_DENSITY * mask.numel())
+
+
+def use_sparse(module: nn.Linear, mask: Tensor) -> SparsePattern:
+    """Swap `module` to SparseLinear with `mask`'s pattern (state_dict and hooks are unchanged)."""
+    pattern = SparsePattern(mask)
+    module.__class__ = SparseLinear
+    module._itop_pattern = pattern
+    return pattern
+
+
+def use_dense(module: nn.Module) -> None:
+    """Give `module` back its plain nn.Linear class."""
+    if type(module) is SparseLinear:
+        module.__class__ = nn.Linear
+        del module._itop_pattern

@@ -1,0 +1,138 @@
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import itop
+from itop.sparsity import kernels
+
+from .helpers import assert_zero_off_mask, batches, train
+
+
+def wide_mlp(seed=0):
+    """Its first layer (600k weights) is large enough for the sparse kernels."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(1000, 600), nn.ReLU(), nn.Linear(600, 100), nn.ReLU(), nn.Linear(100, 10))
+
+
+def sparse_layer(density=0.04, seed=0):
+    torch.manual_seed(seed)
+    layer = nn.Linear(1000, 600)
+    mask = torch.rand(layer.weight.shape) < density
+    with torch.no_grad():
+        layer.weight.mul_(mask)
+    return layer, mask
+
+
+@pytest.mark.parametrize("dense_grad", [False, True])
+def test_sparse_linear_matches_dense_linear(dense_grad):
+    layer, mask = sparse_layer()
+    reference = copy.deepcopy(layer)
+    kernels.use_sparse(layer, mask).dense_grad = dense_grad
+    assert type(layer) is kernels.SparseLinear
+    x = torch.randn(4, 5, 1000, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_()
+    out, out_ref = layer(x), reference(x_ref)
+    torch.testing.assert_close(out, out_ref)
+    weights = torch.randn_like(out)
+    (out * weights).sum().backward()
+    (out_ref * weights).sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad)
+    torch.testing.assert_close(layer.bias.grad, reference.bias.grad)
+    expected = reference.weight.grad if dense_grad else reference.weight.grad * mask
+    torch.testing.assert_close(layer.weight.grad, expected)
+    if not dense_grad:
+        assert (layer.weight.grad[~mask] == 0).all()
+    kernels.use_dense(layer)
+    assert type(layer) is nn.Linear and not hasattr(layer, "_itop_pattern")
+
+
+def test_sparse_path_is_deterministic_and_skipped_under_autocast():
+    layer, mask = sparse_layer()
+    kernels.use_sparse(layer, mask)
+    x = torch.randn(8, 1000)
+    assert torch.equal(layer(x), layer(x))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer(x).dtype == torch.bfloat16  # F.linear under autocast, not the float32 kernel
+
+
+def test_which_layers_pay_off():
+    layer, mask = sparse_layer(0.04)
+    assert kernels.pays_off(layer, mask, int(mask.sum()))
+    assert not kernels.pays_off(layer, mask, int(0.1 * mask.numel()))  # too dense
+    small = nn.Linear(784, 300)
+    assert not kernels.pays_off(small, torch.ones(300, 784, dtype=torch.bool), 100)  # too small
+    assert not kernels.pays_off(layer.to(torch.bfloat16), mask, int(mask.sum()))
+    conv = nn.Conv2d(64, 64, 7)
+    assert not kernels.pays_off(conv, torch.ones(conv.weight.shape, dtype=torch.bool), 10)
+
+
+def test_sparsifier_gives_kernels_where_they_pay_and_takes_them_back():
+    model = wide_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    sp = itop.Sparsifier(model, opt, density=0.05, distribution="uniform", seed=0)
+    assert {n: s["sparse_kernel"] for n, s in sp.layer_stats().items()} == {"0.weight": True, "2.weight": False, "4.weight": False}
+    assert type(model[0]) is kernels.SparseLinear and type(model[2]) is nn.Linear
+    sp.detach()
+    assert type(model[0]) is nn.Linear
+    sp.attach()
+    assert type(model[0]) is kernels.SparseLinear
+    copied = copy.deepcopy(model)
+    x = torch.randn(3, 1000)
+    assert torch.equal(copied(x), model(x))
+    plain = wide_mlp()
+    itop.Sparsifier(plain, torch.optim.SGD(plain.parameters(), lr=0.05), density=0.05, distribution="uniform", seed=0, sparse_linear=False)
+    assert type(plain[0]) is nn.Linear
+
+
+@pytest.mark.parametrize("grow", ["random", "gradient", "momentum"])
+def test_training_with_kernels_takes_the_same_decisions_as_without(grow):
+    runs = []
+    for sparse_linear in (True, False):
+        model = wide_mlp()
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+        sp = itop.Sparsifier(model, opt, density=0.05, distribution="uniform", grow=grow, update_frequency=3, total_steps=9,
+                             seed=1, sparse_linear=sparse_linear)
+        train(model, opt, sp, batches(9, (1000,), 10), check=assert_zero_off_mask)
+        runs.append((model, sp))
+    (model, sp), (plain_model, plain) = runs
+    assert sp.layer_stats()["0.weight"]["sparse_kernel"] and not plain.layer_stats()["0.weight"]["sparse_kernel"]
+    assert sp.itop_rate == plain.itop_rate > sp.density
+    for name in sp.masks:
+        assert torch.equal(sp.masks[name], plain.masks[name]), name
+    for a, b in zip(model.parameters(), plain_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_flops_are_counted_densely_under_sparse_kernels():
+    model, plain = wide_mlp(), wide_mlp()
+    itop.Sparsifier(model, torch.optim.SGD(model.parameters(), lr=0.05), density=0.05, distribution="uniform", seed=0)
+    assert type(model[0]) is kernels.SparseLinear
+    x = torch.randn(2, 1000)
+    assert itop.flops.count_flops(model, x).per_module == itop.flops.count_flops(plain, x).per_module
+
+
+def test_resume_with_sparse_kernels_is_bit_identical():
+    data = batches(8, (1000,), 10)
+    kw = dict(density=0.05, distribution="uniform", grow="gradient", update_frequency=3, total_steps=8)
+
+    def build(seed):
+        model = wide_mlp(seed)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+        return model, opt, itop.Sparsifier(model, opt, seed=seed, **kw)
+
+    model, opt, sp = build(1)
+    train(model, opt, sp, data[:5])
+    saved = copy.deepcopy({"model": model.state_dict(), "opt": opt.state_dict(), "sp": sp.state_dict()})
+    model2, opt2, sp2 = build(7)
+    sp2.load_state_dict(saved["sp"])
+    model2.load_state_dict(saved["model"])
+    opt2.load_state_dict(saved["opt"])
+    train(model2, opt2, sp2, data[5:])
+    ref, ref_opt, ref_sp = build(1)
+    train(ref, ref_opt, ref_sp, data)
+    assert sp2.layer_stats()["0.weight"]["sparse_kernel"]
+    for key, value in ref.state_dict().items():
+        assert torch.equal(value, model2.state_dict()[key]), key
+    assert all(torch.equal(ref_sp.masks[n], sp2.masks[n]) for n in ref_sp.masks)
