@@ -1,6 +1,8 @@
 """Run by tests/sparsity/test_distributed.py under torchrun: DDP training with a Sparsifier.
 
-    torchrun --standalone --nproc_per_node 2 ddp_worker.py OUT GROW STEPS [--bad-seed]
+    torchrun --standalone --nproc_per_node 2 ddp_worker.py OUT GROW STEPS [--bad-seed] [--wide]
+
+`--wide` trains a model whose first layer (1000 x 600, density 0.05) takes the sparse Linear kernels.
 
 Each rank trains on its half of every global batch and saves its masks, weights and Rs to
 OUT/rank<r>.pt. `train` is also called in one process with the whole batch, for comparison.
@@ -16,25 +18,28 @@ from torch.nn.parallel import DistributedDataParallel
 
 import itop
 
-FEATURES, CLASSES, PER_RANK = 20, 5, 8
+CLASSES, PER_RANK = 5, 8
 
 
-def build(seed=0):
+def build(features, hidden, seed=0):
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(FEATURES, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, CLASSES))
+    return nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, 32), nn.ReLU(), nn.Linear(32, CLASSES))
 
 
-def global_batches(steps, size):
+def global_batches(steps, size, features):
     gen = torch.Generator().manual_seed(1)
-    return [(torch.randn(size, FEATURES, generator=gen), torch.randint(0, CLASSES, (size,), generator=gen)) for _ in range(steps)]
+    return [(torch.randn(size, features, generator=gen), torch.randint(0, CLASSES, (size,), generator=gen)) for _ in range(steps)]
 
 
-def train(grow, steps, rank=0, world=1, sparsifier_seed=7):
-    model = build()
+def train(grow, steps, rank=0, world=1, sparsifier_seed=7, wide=False):
+    features, hidden, density = (1000, 600, 0.05) if wide else (20, 32, 0.2)
+    model = build(features, hidden)
     forward = DistributedDataParallel(model) if world > 1 else model
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    sp = itop.Sparsifier(model, opt, density=0.2, grow=grow, update_frequency=3, total_steps=steps, seed=sparsifier_seed)
-    for x, y in global_batches(steps, PER_RANK * 2):
+    sp = itop.Sparsifier(model, opt, density=density, distribution="uniform" if wide else "erk", grow=grow,
+                         update_frequency=3, total_steps=steps, seed=sparsifier_seed)
+    assert sp.layer_stats()["0.weight"]["sparse_kernel"] == wide
+    for x, y in global_batches(steps, PER_RANK * 2, features):
         part = slice(rank * len(x) // world, (rank + 1) * len(x) // world)
         opt.zero_grad()
         nn.functional.cross_entropy(forward(x[part]), y[part]).backward()
@@ -48,7 +53,7 @@ if __name__ == "__main__":
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     seed = 7 + rank if "--bad-seed" in sys.argv else 7
-    result = train(grow, steps, rank, world, sparsifier_seed=seed)
+    result = train(grow, steps, rank, world, sparsifier_seed=seed, wide="--wide" in sys.argv)
     torch.save(result, os.path.join(out, f"rank{rank}.pt"))
     dist.barrier()  # both ranks done before the group is torn down
     dist.destroy_process_group()
