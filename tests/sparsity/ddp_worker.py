@@ -2,7 +2,8 @@
 
     torchrun --standalone --nproc_per_node 2 ddp_worker.py OUT GROW STEPS [--bad-seed] [--wide]
 
-`--wide` trains a model whose first layer (1000 x 600, density 0.05) takes the sparse Linear kernels.
+`--wide` trains a model whose first layer (1000 x 600, density 0.05, 200 rows per rank) takes the
+sparse Linear kernels.
 
 Each rank trains on its half of every global batch and saves its masks, weights and Rs to
 OUT/rank<r>.pt. `train` is also called in one process with the whole batch, for comparison.
@@ -32,14 +33,14 @@ def global_batches(steps, size, features):
 
 
 def train(grow, steps, rank=0, world=1, sparsifier_seed=7, wide=False):
-    features, hidden, density = (1000, 600, 0.05) if wide else (20, 32, 0.2)
+    features, hidden, density, per_rank = (1000, 600, 0.05, 200) if wide else (20, 32, 0.2, PER_RANK)
     model = build(features, hidden)
     forward = DistributedDataParallel(model) if world > 1 else model
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     sp = itop.Sparsifier(model, opt, density=density, distribution="uniform" if wide else "erk", grow=grow,
                          update_frequency=3, total_steps=steps, seed=sparsifier_seed)
     assert sp.layer_stats()["0.weight"]["sparse_kernel"] == wide
-    for x, y in global_batches(steps, PER_RANK * 2, features):
+    for x, y in global_batches(steps, per_rank * 2, features):
         part = slice(rank * len(x) // world, (rank + 1) * len(x) // world)
         opt.zero_grad()
         nn.functional.cross_entropy(forward(x[part]), y[part]).backward()

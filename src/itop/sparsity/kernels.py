@@ -2,12 +2,14 @@
 
 Masking keeps the arithmetic dense: a Linear layer at density 0.04 still multiplies every zero.
 For the layers where it was measured to pay (float32 on the CPU, density at most `MAX_DENSITY`,
-at least `MIN_WEIGHTS` weights; `benchmarks/step_overhead.py`), the sparsifier swaps the module's
+at least `MIN_WEIGHTS` weights, calls of at least `MIN_WORK` rows x weights;
+`benchmarks/step_overhead.py`), the sparsifier swaps the module's
 class to `SparseLinear`, whose forward multiplies by the active weights only (a CSR matrix built
 from the mask's fixed pattern and the weights' current values) and whose backward computes the
 weight gradient at the active positions only (`torch.sparse.sampled_addmm`), or densely on steps
 whose criteria need the dense gradient (gradient growth at an update, momentum criteria).
-Everything else (GPU, bfloat16/float16, autocast, torch.compile) takes the dense `F.linear`.
+Everything else (GPU, bfloat16/float16, autocast, torch.compile, torch.func transforms, weights
+other than the layer's own parameter, small calls) takes the dense `F.linear`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 MAX_DENSITY = 0.06
+MIN_WORK = 100_000_000  # rows x weights of one call: below it the fixed cost of the sparse calls wins
 MIN_WEIGHTS = 500_000  # at LeNet-300-100's 235k-weight layer the gain inside a real step was within noise
 
 
@@ -30,7 +33,7 @@ class SparsePattern:
     order, which is also the order of CSR values), and whether the next backward must give the
     dense weight gradient."""
 
-    def __init__(self, mask: Tensor):
+    def __init__(self, mask: Tensor, weight: Tensor):
         with warnings.catch_warnings():  # PyTorch's once-per-process "CSR support is in beta" notice
             warnings.simplefilter("ignore", UserWarning)
             csr = mask.to_sparse_csr()
@@ -38,6 +41,8 @@ class SparsePattern:
         self.crow, self.col = csr.crow_indices(), csr.col_indices()
         self.flat = mask.flatten().nonzero().flatten()
         self.dense_grad = False
+        self.sampled_last = False  # the last backward gave the weight gradient at the active positions only
+        self.weight = weight  # the parameter it belongs to: other tensors (torch.func) take the dense path
 
     def matrix(self, values: Tensor) -> Tensor:
         return torch.sparse_csr_tensor(self.crow, self.col, values, self.shape, check_invariants=False)
@@ -64,9 +69,19 @@ def dense_compute():
         _dense_only.on = before
 
 
-def _sparse_path(x: Tensor, weight: Tensor) -> bool:
-    return (weight.device.type == "cpu" and weight.dtype == torch.float32 and x.dtype == torch.float32
-            and not _autocast_on("cpu") and not torch.compiler.is_compiling() and not getattr(_dense_only, "on", False))
+def _transformed(x: Tensor) -> bool:
+    """Is `x` wrapped by a torch.func transform (vmap, grad), which these kernels do not support?"""
+    try:
+        return bool(torch._C._functorch.is_functorch_wrapped_tensor(x))
+    except AttributeError:
+        return False
+
+
+def _sparse_path(x: Tensor, weight: Tensor, pattern: SparsePattern) -> bool:
+    return (weight is pattern.weight and weight.device.type == "cpu" and weight.dtype == torch.float32
+            and x.dtype == torch.float32 and x.numel() * weight.shape[0] >= MIN_WORK
+            and not _autocast_on("cpu") and not torch.compiler.is_compiling()
+            and not getattr(_dense_only, "on", False) and not _transformed(x))
 
 
 class _SparseLinearFunction(torch.autograd.Function):
@@ -89,6 +104,7 @@ class _SparseLinearFunction(torch.autograd.Function):
         grad_x = grads.mm(weight).reshape(ctx.input_shape) if ctx.needs_input_grad[0] else None
         grad_w = None
         if ctx.needs_input_grad[1]:
+            pattern.sampled_last = not pattern.dense_grad
             if pattern.dense_grad:
                 grad_w = grads.t().mm(rows)
             else:
@@ -100,15 +116,27 @@ class _SparseLinearFunction(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None
 
 
+def _plain_linear() -> nn.Linear:
+    return nn.Linear.__new__(nn.Linear)
+
+
 class SparseLinear(nn.Linear):
-    """An `nn.Linear` that multiplies by its active weights only (where `_sparse_path` allows)."""
+    """An `nn.Linear` that multiplies by its active weights only (where `_sparse_path` allows).
+
+    Copies (`copy.deepcopy`, pickling) are plain nn.Linear layers: no sparsifier keeps their
+    pattern up to date (think of an EMA copy of the model).
+    """
 
     _itop_pattern: SparsePattern
 
     def forward(self, x: Tensor) -> Tensor:
-        if _sparse_path(x, self.weight):
+        if _sparse_path(x, self.weight, self._itop_pattern):
             return _SparseLinearFunction.apply(x, self.weight, self.bias, self._itop_pattern)
+        self._itop_pattern.sampled_last = False
         return F.linear(x, self.weight, self.bias)
+
+    def __reduce_ex__(self, protocol):
+        return _plain_linear, (), {k: v for k, v in self.__dict__.items() if k != "_itop_pattern"}
 
 
 def pays_off(module: nn.Module, mask: Tensor, nnz: int) -> bool:
@@ -121,7 +149,7 @@ def pays_off(module: nn.Module, mask: Tensor, nnz: int) -> bool:
 
 def use_sparse(module: nn.Linear, mask: Tensor) -> SparsePattern:
     """Swap `module` to SparseLinear with `mask`'s pattern (state_dict and hooks are unchanged)."""
-    pattern = SparsePattern(mask)
+    pattern = SparsePattern(mask, module.weight)
     module.__class__ = SparseLinear
     module._itop_pattern = pattern
     return pattern

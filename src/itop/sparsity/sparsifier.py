@@ -338,7 +338,8 @@ class Sparsifier:
         """One prune-and-grow now, at the prune rate of the current step.
 
         Gradient-based criteria use the dense gradient of the step that triggered the update; when
-        called by hand, the parameters' `.grad` (dense if called before `optimizer.step()`).
+        called by hand, the parameters' `.grad` (dense if called before `optimizer.step()`; with
+        sparse Linear kernels between scheduled updates, only with `sparse_linear=False`).
         """
         self._follow_parameters()
         if self._dense_grads is not None:  # scheduled update: a layer without gradient had none
@@ -346,6 +347,11 @@ class Sparsifier:
             grads = {n: stash[n] if n in stash else torch.zeros_like(p) for n, p in self.params.items()}
         else:
             grads = {n: p.grad for n, p in self.params.items()}
+            sampled = [n for n, pattern in self._patterns.items() if pattern.sampled_last]
+            if self._uses_grads and sampled:
+                raise RuntimeError(f"the sparse Linear kernels computed the gradient of {sampled[0]} at its active weights only (only "
+                                   "scheduled updates get dense gradients); build the Sparsifier with sparse_linear=False to call "
+                                   "update_topology() by hand with a gradient-based criterion.")
             if self._grow is GROW.get("gradient") and self._gradients_look_masked(grads):
                 raise RuntimeError("gradient growth needs the dense gradient, but the gradients are already masked by optimizer.step(); "
                                    "call update_topology() after loss.backward() and before optimizer.step().")
