@@ -179,3 +179,27 @@ def test_manual_gradient_update_between_scheduled_ones_is_refused_with_the_way_o
     nn.functional.cross_entropy(model(x), y).backward()
     with pytest.raises(RuntimeError, match="sparse_linear=False"):
         sp.update_topology()
+
+
+def test_closure_steps_compute_densely_as_without_kernels():
+    """LBFGS evaluates its closure several times inside one step, where inactive weights may move."""
+    x, y = batches(1, (1000,), 10, batch=200)[0]
+    runs = []
+    for sparse_linear in (True, False):
+        model = wide_mlp()
+        opt = torch.optim.LBFGS(model.parameters(), lr=0.5, max_iter=4)
+        sp = itop.Sparsifier(model, opt, density=0.05, distribution="uniform", update_frequency=None, seed=0, sparse_linear=sparse_linear)
+
+        def closure():
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            return loss
+        for _ in range(2):
+            opt.step(closure)
+            sp.step()
+            assert_zero_off_mask(sp)
+        runs.append(model)
+    assert type(runs[0][0]) is kernels.SparseLinear and runs[0][0]._itop_pattern.enabled
+    for a, b in zip(runs[0].parameters(), runs[1].parameters()):
+        torch.testing.assert_close(a, b)

@@ -41,6 +41,7 @@ class SparsePattern:
         self.crow, self.col = csr.crow_indices(), csr.col_indices()
         self.flat = mask.flatten().nonzero().flatten()
         self.dense_grad = False
+        self.enabled = True  # off while an optimizer's closure runs: inactive weights may move inside such a step
         self.sampled_last = False  # the last backward gave the weight gradient at the active positions only
         self.weight = weight  # the parameter it belongs to: other tensors (torch.func) take the dense path
 
@@ -78,7 +79,7 @@ def _transformed(x: Tensor) -> bool:
 
 
 def _sparse_path(x: Tensor, weight: Tensor, pattern: SparsePattern) -> bool:
-    return (weight is pattern.weight and weight.device.type == "cpu" and weight.dtype == torch.float32
+    return (pattern.enabled and weight is pattern.weight and weight.device.type == "cpu" and weight.dtype == torch.float32
             and x.dtype == torch.float32 and x.numel() * weight.shape[0] >= MIN_WORK
             and not _autocast_on("cpu") and not torch.compiler.is_compiling()
             and not getattr(_dense_only, "on", False) and not _transformed(x))

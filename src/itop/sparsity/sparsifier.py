@@ -275,7 +275,10 @@ class Sparsifier:
         GradScaler has told a fused optimizer to skip this step."""
         self._follow_parameters()
         self._skipping = _skipped_by_grad_scaler(optimizer)
-        if not self._skipping and _closure(optimizer, args, kwargs) is None:
+        if _closure(optimizer, args, kwargs) is not None:
+            for pattern in self._patterns.values():  # inside the step the closure computes densely, kernels or not
+                pattern.enabled = False
+        elif not self._skipping:
             self._take_gradients(mask=True, scale=_grad_scale(optimizer))
 
     def _after_optimizer_step(self, optimizer, args, kwargs) -> None:
@@ -288,6 +291,8 @@ class Sparsifier:
         if _closure(optimizer, args, kwargs) is not None:
             self._take_gradients(mask=False)
             self.apply_masks()
+            for pattern in self._patterns.values():
+                pattern.enabled = True
 
     def _take_gradients(self, mask: bool, scale: Tensor | None = None) -> None:
         """Fold the gradients into the running average and, when an update follows this step,
