@@ -87,7 +87,7 @@ def mask_cost(sizes, batch, steps: int) -> tuple[float, float]:
     """Milliseconds, timed inside real training steps, of the gradient-mask multiply that the
     sparsifier's hook runs before optimizer.step(), and of a multiply of the very same gradients by
     the scalar 1.0: the least that any separate pass over the gradients costs (no mask is read)."""
-    step, sparsifier = make_run(sizes, batch, sparse=True)
+    _, sparsifier = make_run(sizes, batch, sparse=True)
     sparsifier.detach()
     optimizer, weights = sparsifier.optimizer, sparsifier._weights
     masked, plain = [], []

@@ -34,6 +34,10 @@ class Exploration:
     def layer_rate(self, name: str) -> float:
         return self.counts[name] / self.sizes[name]
 
+    def to(self, devices: Mapping[str, torch.device]) -> None:
+        """Move each layer's explored set to its parameter's device."""
+        self.explored = {name: mask.to(devices[name]) for name, mask in self.explored.items()}
+
     def state_dict(self) -> dict[str, Tensor]:
         return {name: mask.clone() for name, mask in self.explored.items()}
 

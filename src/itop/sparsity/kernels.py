@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import warnings
+from typing import Mapping
 
 import torch
 from torch import Tensor, nn
@@ -40,6 +41,7 @@ class SparsePattern:
         self.shape = tuple(mask.shape)
         self.crow, self.col = csr.crow_indices(), csr.col_indices()
         self.flat = mask.flatten().nonzero().flatten()
+        self.ones = self.matrix(torch.ones(len(self.flat)))  # where the weight gradient is sampled
         self.dense_grad = False
         self.enabled = True  # off while an optimizer's closure runs: inactive weights may move inside such a step
         self.sampled_last = False  # the last backward gave the weight gradient at the active positions only
@@ -109,8 +111,7 @@ class _SparseLinearFunction(torch.autograd.Function):
             if pattern.dense_grad:
                 grad_w = grads.t().mm(rows)
             else:
-                ones = pattern.matrix(torch.ones(len(pattern.flat), dtype=weight.dtype))
-                values = torch.sparse.sampled_addmm(ones, grads.t().contiguous(), rows, beta=0.0).values()
+                values = torch.sparse.sampled_addmm(pattern.ones, grads.t().contiguous(), rows, beta=0.0).values()
                 grad_w = torch.zeros_like(weight)
                 grad_w.view(-1).index_copy_(0, pattern.flat, values)
         grad_b = grads.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
@@ -161,3 +162,13 @@ def use_dense(module: nn.Module) -> None:
     if type(module) is SparseLinear:
         module.__class__ = nn.Linear
         del module._itop_pattern
+
+
+def linear_owners(model: nn.Module, params: Mapping[str, Tensor]) -> dict[str, nn.Module]:
+    """The Linear modules whose `weight` is one of the sparse parameters, by parameter name."""
+    owners = {}
+    for module_name, module in model.named_modules():
+        name = f"{module_name}.weight" if module_name else "weight"
+        if isinstance(module, nn.Linear) and params.get(name) is getattr(module, "weight", None):
+            owners[name] = module
+    return owners

@@ -7,7 +7,7 @@ criteria it calls are pure functions from `prune`, `grow` and `redistribute`.
 How masks stay exact at the cost of one multiply per step: a hook that runs just before
 `optimizer.step()` multiplies the gradients by the masks (`multiply_all`, one foreach op on GPUs).
 With a zero gradient, a zero weight and zero optimizer state, the optimizers listed in
-`ZERO_PRESERVING` leave all three at zero, so inactive weights and their state stay exactly zero
+`optimizer.ZERO_PRESERVING` leave all three at zero, so inactive weights and their state stay exactly zero
 without being touched again. Any other optimizer gets its weights and state tensors masked after
 every step as well, and so does every sparse weight after a step whose closure computed the
 gradients inside `optimizer.step()` (too late for the first hook). A hook after `optimizer.step()`
@@ -31,70 +31,15 @@ from torch import Tensor, nn
 from .arguments import GROW_ARGUMENTS, PRUNE_ARGUMENTS, checked_options, is_int, is_real
 from .density import DISTRIBUTIONS, layer_counts
 from .distributed import check_masks_agree, shared_seed
-from .exploration import Exploration
 from . import kernels
+from .exploration import Exploration
 from .grow import GROW
+from .optimizer import closure_of, grad_scale, multiply_all, skipped_by_grad_scaler, zero_preserving
 from .params import Selector, sparse_parameters
 from .prune import PRUNE
 from .redistribute import REDISTRIBUTE, allocate
 from .schedule import PruneSchedule
 from .select import random_k_mask
-
-ZERO_PRESERVING = (
-    torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.NAdam,
-    torch.optim.RAdam, torch.optim.RMSprop, torch.optim.Adadelta,
-)
-
-
-def _zero_preserving(optimizer: torch.optim.Optimizer) -> bool:
-    if isinstance(optimizer, torch.optim.Adagrad):
-        return all(g.get("initial_accumulator_value", 0) == 0 for g in optimizer.param_groups)
-    return type(optimizer) in ZERO_PRESERVING
-
-
-def multiply_all(tensors: list[Tensor], masks: list[Tensor]) -> None:
-    """tensors[i] *= masks[i] in place: one foreach kernel on accelerators; on the CPU, where
-    foreach is a slower single loop, one multi-threaded multiply per tensor (measured faster)."""
-    if not tensors:
-        return
-    if tensors[0].device.type == "cpu":
-        for tensor, mask in zip(tensors, masks):
-            tensor.mul_(mask)
-    else:
-        torch._foreach_mul_(tensors, masks)
-
-
-def _closure(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> Callable | None:
-    """The closure passed to `optimizer.step(closure)`, if any (step hooks get the optimizer
-    itself as the first positional argument)."""
-    if args and args[0] is optimizer:
-        args = args[1:]
-    return kwargs.get("closure", args[0] if args else None)
-
-
-def _skipped_by_grad_scaler(optimizer: torch.optim.Optimizer) -> bool:
-    """True when a GradScaler drives a fused optimizer (one that unscales inside its own kernel) and
-    found inf/NaN gradients: the optimizer is called but leaves everything as it was. Reading the flag
-    is one host synchronisation per step, made only in that set-up."""
-    found_inf = getattr(optimizer, "found_inf", None)
-    return isinstance(found_inf, Tensor) and bool(found_inf.item())
-
-
-def _grad_scale(optimizer: torch.optim.Optimizer) -> Tensor | None:
-    """The loss scale the gradients still carry when a GradScaler leaves unscaling to a fused optimizer."""
-    scale = getattr(optimizer, "grad_scale", None)
-    return scale if isinstance(scale, Tensor) else None
-
-
-def _linear_owners(model: nn.Module, params: Mapping[str, Tensor]) -> dict[str, nn.Module]:
-    """The Linear modules whose `weight` is one of the sparse parameters, by parameter name."""
-    owners = {}
-    for module_name, module in model.named_modules():
-        name = f"{module_name}.weight" if module_name else "weight"
-        if isinstance(module, nn.Linear) and params.get(name) is getattr(module, "weight", None):
-            owners[name] = module
-    return owners
-
 
 def _criterion(registry, value):
     """A registered name (looked up) or a user's callable (used as is)."""
@@ -181,12 +126,12 @@ class Sparsifier:
         self._keep_grad_average = self._grow is GROW.get("momentum") or self._redistribute is REDISTRIBUTE.get("momentum")
         self._grad_average_beta = grad_average_beta
         self.grad_average = {n: torch.zeros_like(p) for n, p in self.params.items()} if self._keep_grad_average else {}
-        self._mask_every_step = not _zero_preserving(optimizer)
+        self._mask_every_step = not zero_preserving(optimizer)
         no_grad_criteria = ((PRUNE.get("magnitude"), PRUNE.get("set"), PRUNE.get("threshold")),
                             (GROW.get("random"), GROW.get("none")),
                             (REDISTRIBUTE.get("none"), REDISTRIBUTE.get("magnitude"), REDISTRIBUTE.get("nonzeros")))
         self._uses_grads = any(fn not in allowed for fn, allowed in zip((self._prune, self._grow, self._redistribute), no_grad_criteria))
-        self._linears = _linear_owners(model, self.params)
+        self._linears = kernels.linear_owners(model, self.params)
         self._sparse_linear, self._patterns = bool(sparse_linear), {}
 
         self._built_on_trained = self._looks_trained()
@@ -250,7 +195,7 @@ class Sparsifier:
         if all(w.device == m.device and w.dtype == m.dtype for w, m in zip(self._weights, self._multipliers)):
             return
         self.masks = {n: m.to(self.params[n].device) for n, m in self.masks.items()}
-        self.exploration.explored = {n: e.to(self.params[n].device) for n, e in self.exploration.explored.items()}
+        self.exploration.to({n: p.device for n, p in self.params.items()})
         self.grad_average = {n: t.to(self.params[n]) for n, t in self.grad_average.items()}
         self._refresh_multipliers()
 
@@ -274,12 +219,12 @@ class Sparsifier:
         """Mask the gradients, unless a closure will compute them inside `optimizer.step()` or a
         GradScaler has told a fused optimizer to skip this step."""
         self._follow_parameters()
-        self._skipping = _skipped_by_grad_scaler(optimizer)
-        if _closure(optimizer, args, kwargs) is not None:
+        self._skipping = skipped_by_grad_scaler(optimizer)
+        if closure_of(optimizer, args, kwargs) is not None:
             for pattern in self._patterns.values():  # inside the step the closure computes densely, kernels or not
                 pattern.enabled = False
         elif not self._skipping:
-            self._take_gradients(mask=True, scale=_grad_scale(optimizer))
+            self._take_gradients(mask=True, scale=grad_scale(optimizer))
 
     def _after_optimizer_step(self, optimizer, args, kwargs) -> None:
         """Count the step; after a step whose closure made the gradients, zero what they moved."""
@@ -288,7 +233,7 @@ class Sparsifier:
             self.apply_masks()
             return
         self._optimizer_steps += 1
-        if _closure(optimizer, args, kwargs) is not None:
+        if closure_of(optimizer, args, kwargs) is not None:
             self._take_gradients(mask=False)
             self.apply_masks()
             for pattern in self._patterns.values():
