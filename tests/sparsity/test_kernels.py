@@ -203,3 +203,11 @@ def test_closure_steps_compute_densely_as_without_kernels():
     assert type(runs[0][0]) is kernels.SparseLinear and runs[0][0]._itop_pattern.enabled
     for a, b in zip(runs[0].parameters(), runs[1].parameters()):
         torch.testing.assert_close(a, b)
+
+
+def test_pattern_is_the_csr_structure_of_the_mask():
+    _, mask = sparse_layer()
+    mask[7] = False  # an empty row
+    pattern, csr = kernels.SparsePattern(mask, torch.zeros(mask.shape)), mask.to_sparse_csr()
+    assert torch.equal(pattern.crow, csr.crow_indices()) and torch.equal(pattern.col, csr.col_indices())
+    assert torch.equal(pattern.flat, mask.flatten().nonzero().flatten())

@@ -18,14 +18,14 @@ class Exploration:
 
     def __init__(self, masks: Mapping[str, Tensor]):
         self.explored = {name: mask.clone() for name, mask in masks.items()}
-        self.counts = {name: int(mask.sum()) for name, mask in masks.items()}
+        self.counts = {name: int(torch.count_nonzero(mask)) for name, mask in masks.items()}
         self.sizes = {name: mask.numel() for name, mask in masks.items()}
 
     def update(self, masks: Mapping[str, Tensor]) -> None:
         """Add the current masks to the explored set (call after each topology update)."""
         for name, mask in masks.items():
             self.explored[name] |= mask
-            self.counts[name] = int(self.explored[name].sum())
+            self.counts[name] = int(torch.count_nonzero(self.explored[name]))
 
     @property
     def rate(self) -> float:
@@ -44,4 +44,4 @@ class Exploration:
     def load_state_dict(self, explored: Mapping[str, Tensor]) -> None:
         for name, mask in explored.items():
             self.explored[name] = mask.to(device=self.explored[name].device, dtype=torch.bool).clone()
-            self.counts[name] = int(self.explored[name].sum())
+            self.counts[name] = int(torch.count_nonzero(self.explored[name]))

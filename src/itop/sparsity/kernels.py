@@ -35,13 +35,15 @@ class SparsePattern:
     dense weight gradient."""
 
     def __init__(self, mask: Tensor, weight: Tensor):
+        self.shape = tuple(mask.shape)
+        self.flat = mask.flatten().nonzero().flatten()
+        rows = self.flat.div(self.shape[1], rounding_mode="floor")
+        self.col = self.flat - rows * self.shape[1]
+        self.crow = torch.zeros(self.shape[0] + 1, dtype=torch.int64, device=mask.device)
+        self.crow[1:] = torch.bincount(rows, minlength=self.shape[0]).cumsum(0)
         with warnings.catch_warnings():  # PyTorch's once-per-process "CSR support is in beta" notice
             warnings.simplefilter("ignore", UserWarning)
-            csr = mask.to_sparse_csr()
-        self.shape = tuple(mask.shape)
-        self.crow, self.col = csr.crow_indices(), csr.col_indices()
-        self.flat = mask.flatten().nonzero().flatten()
-        self.ones = self.matrix(torch.ones(len(self.flat)))  # where the weight gradient is sampled
+            self.ones = self.matrix(torch.ones(len(self.flat)))  # where the weight gradient is sampled
         self.dense_grad = False
         self.enabled = True  # off while an optimizer's closure runs: inactive weights may move inside such a step
         self.sampled_last = False  # the last backward gave the weight gradient at the active positions only

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import torch
 from torch import Tensor
 
 from .registry import Registry
@@ -40,7 +41,7 @@ def set_signed(weight: Tensor, mask: Tensor, k: int, **_) -> Tensor:
     """
     positive = mask & (weight >= 0)
     negative = mask & (weight < 0)
-    n_pos, n_neg = int(positive.sum()), int(negative.sum())
+    n_pos, n_neg = int(torch.count_nonzero(positive)), int(torch.count_nonzero(negative))
     k_pos = min(n_pos, (k + 1) // 2)
     k_neg = min(n_neg, k - k_pos)
     k_pos = k - k_neg
@@ -57,7 +58,7 @@ def threshold(weight: Tensor, mask: Tensor, k: int, *, threshold: float = 1e-3, 
     below the threshold, the k smallest go.
     """
     below = mask & (weight.abs() < threshold)
-    count = min(k, int(below.sum()))
+    count = min(k, int(torch.count_nonzero(below)))
     return _drop(mask, bottom_k_mask(weight.abs(), count, below))
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from typing import Callable, Sequence
 
+import torch
 from torch import Tensor
 
 from .registry import Registry
@@ -23,7 +24,7 @@ REDISTRIBUTE: Registry[RedistributeFn] = Registry("redistribution criterion")
 
 
 def _mean_over(values: Tensor, mask: Tensor) -> float:
-    count = int(mask.sum())
+    count = int(torch.count_nonzero(mask))
     return float(values.float()[mask].sum()) / count if count else 0.0
 
 
@@ -42,7 +43,7 @@ def magnitude(weight: Tensor, mask: Tensor, **_) -> float:
 @REDISTRIBUTE.register("nonzeros")
 def nonzeros(weight: Tensor, mask: Tensor, **_) -> float:
     """Share proportional to the layer's remaining active count."""
-    return float(mask.sum())
+    return float(torch.count_nonzero(mask))
 
 
 @REDISTRIBUTE.register("momentum")

@@ -137,7 +137,7 @@ class Sparsifier:
         self._built_on_trained = self._looks_trained()
         self.masks = self._initial_masks()
         check_masks_agree(self.masks)
-        self._nnz = {n: int(m.sum()) for n, m in self.masks.items()}
+        self._nnz = {n: int(torch.count_nonzero(m)) for n, m in self.masks.items()}
         self.exploration = Exploration(self.masks)
         self.history: list[dict[str, Any]] = []
         self._record(removed=0, rate=0.0)
@@ -450,7 +450,7 @@ class Sparsifier:
             if tuple(mask.shape) != tuple(self.params[name].shape):
                 raise ValueError(f"the saved mask of {name} has shape {tuple(mask.shape)}, the parameter {tuple(self.params[name].shape)}; load a state saved from the same model.")
         self.masks = {n: masks[n].to(device=self.params[n].device, dtype=torch.bool).clone() for n in self._names}
-        self._nnz = {n: int(m.sum()) for n, m in self.masks.items()}
+        self._nnz = {n: int(torch.count_nonzero(m)) for n, m in self.masks.items()}
         self.exploration.load_state_dict(state["explored"])
         self.steps = int(state["steps"])
         self.seed = int(state["seed"])
