@@ -86,34 +86,65 @@ def _first_distinct(values: Tensor) -> Tensor:
     return unique[torch.argsort(first)]
 
 
+def contains(sorted_set: Tensor, values: Tensor) -> Tensor:
+    """Bool tensor like `values`: which entries are in the sorted 1-D tensor `sorted_set`."""
+    if sorted_set.numel() == 0:
+        return torch.zeros(values.shape, dtype=torch.bool, device=values.device)
+    where = torch.searchsorted(sorted_set, values).clamp_(max=sorted_set.numel() - 1)
+    return sorted_set[where] == values
+
+
+def complement(n: int, excluded: Tensor) -> Tensor:
+    """The sorted positions of [0, n) that are not in the sorted, distinct `excluded`, built from
+    the gaps between excluded positions (no tensor of n entries)."""
+    bounds = torch.cat([excluded.new_tensor([-1]), excluded, excluded.new_tensor([n])])
+    gaps = bounds.diff() - 1
+    total = n - excluded.numel()
+    offsets = torch.arange(total, dtype=torch.int64, device=excluded.device)
+    starts = torch.repeat_interleave(bounds[:-1] + 1, gaps, output_size=total)
+    before = torch.repeat_interleave(gaps.cumsum(0) - gaps, gaps, output_size=total)
+    return starts + offsets - before
+
+
+def random_k_positions(n: int, excluded: Tensor, k: int, generator: torch.Generator) -> Tensor:
+    """`k` distinct positions of [0, n) outside the sorted, distinct `excluded`, uniform without
+    replacement, as a sorted int64 tensor (on the CPU, like the generator).
+
+    Positions are drawn over all of [0, n) and the first k distinct allowed ones kept (a uniform
+    k-subset), which costs about k draws and memory that grows with k and `excluded`, never with
+    n: this serves layers of 10^11 positions. When allowed positions are scarce (under a quarter of
+    n) they are listed and permuted instead, and when k is more than half of them the complement is
+    drawn. `random_k_mask` is this on a bool mask, so both storages make the same draws.
+    """
+    excluded = excluded.reshape(-1).to("cpu", torch.int64)
+    n_allowed = n - excluded.numel()
+    if not 0 <= k <= n_allowed:
+        raise ValueError(f"cannot select {k} of {n_allowed} allowed positions.")
+    if 2 * k > n_allowed:
+        left_out = random_k_positions(n, excluded, n_allowed - k, generator)
+        return complement(n, torch.cat([excluded, left_out]).sort().values)
+    if k == 0:
+        return torch.zeros(0, dtype=torch.int64)
+    if 4 * n_allowed < n:
+        pick = torch.randperm(n_allowed, generator=generator)[:k]
+        return complement(n, excluded)[pick].sort().values
+    chosen = torch.zeros(0, dtype=torch.int64)
+    while chosen.numel() < k:
+        found = chosen.numel()
+        draws = torch.randint(n, (int((k - found) * 1.25 * n / n_allowed) + 64,), generator=generator)
+        draws = draws[~contains(excluded, draws) & ~contains(chosen, draws)]
+        chosen = torch.cat([chosen, _first_distinct(draws)[: k - found]]).sort().values
+    return chosen
+
+
 def random_k_mask(allowed: Tensor, k: int, generator: torch.Generator) -> Tensor:
     """Bool mask True at `k` allowed positions drawn uniformly without replacement.
 
     Draws come from `generator` (a CPU generator), so a seed gives the same choice on every
-    device. Positions are drawn over the whole tensor and the first k distinct allowed ones kept
-    (a uniform k-subset), which costs about k draws rather than one per weight; when allowed
-    positions are scarce they are listed and permuted instead, and when k is more than half of
-    them the complement is drawn.
+    device; see `random_k_positions`, which this is on the mask's flat positions.
     """
     flat = allowed.reshape(-1)
-    n, n_allowed = flat.numel(), int(torch.count_nonzero(flat))
-    if not 0 <= k <= n_allowed:
-        raise ValueError(f"cannot select {k} of {n_allowed} allowed positions.")
-    if 2 * k > n_allowed:
-        return allowed & ~random_k_mask(allowed, n_allowed - k, generator)
-    chosen = torch.zeros(n, dtype=torch.bool, device=flat.device)
-    if k == 0:
-        return chosen.view_as(allowed)
-    if 4 * n_allowed < n:
-        positions = torch.nonzero(flat).squeeze(1)
-        pick = torch.randperm(n_allowed, generator=generator)[:k].to(flat.device)
-        chosen[positions[pick]] = True
-        return chosen.view_as(allowed)
-    found = 0
-    while found < k:
-        draws = torch.randint(n, (int((k - found) * 1.25 * n / n_allowed) + 64,), generator=generator)
-        draws = draws.to(flat.device)
-        fresh = _first_distinct(draws[flat[draws] & ~chosen[draws]])[: k - found]
-        chosen[fresh] = True
-        found += fresh.numel()
+    positions = random_k_positions(flat.numel(), torch.nonzero(~flat).squeeze(1), k, generator)
+    chosen = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
+    chosen[positions.to(flat.device)] = True
     return chosen.view_as(allowed)

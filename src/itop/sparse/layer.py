@@ -1,0 +1,159 @@
+"""`SparseLinear`: a Linear layer that stores and computes only its active weights.
+
+State: `values` (the parameter, one entry per active weight), `indices` (a buffer: the sorted flat
+row-major positions of those weights, int64) and `bias`. The CSR structures the products need
+are derived from `indices` (`structure.py`); no tensor of the weight's dense shape is made by
+training, evaluation or a topology update (`to_dense()` makes one on request).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from ..sparsity.select import random_k_positions
+from .ops import SparseLinearFunction
+from .structure import SparseStructure
+
+
+def _fresh_generator() -> torch.Generator:
+    """A generator seeded from torch's global one, so `torch.manual_seed` makes layers repeatable."""
+    return torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))))
+
+
+def sparse_init_bound(in_features: int, out_features: int, nnz: int) -> float:
+    """The bound of nn.Linear's uniform weight initialisation (1/sqrt(fan_in)) for the layer's
+    actual fan-in: the mean number of active inputs per output, nnz / out_features."""
+    return 1.0 / math.sqrt(max(nnz / out_features, 1e-12))
+
+
+class SparseLinear(nn.Module):
+    """y = x W^T + b with W held as `values` at `indices` (see the module docstring).
+
+    `SparseLinear(in_features, out_features, nnz=k)` draws k positions uniformly without
+    replacement and initialises the values for the actual fan-in (nn.Linear's bound
+    1/sqrt(fan_in) with fan_in = k / out_features); the bias keeps nn.Linear's initialisation.
+    """
+
+    def __init__(self, in_features: int, out_features: int, nnz: int, bias: bool = True, *,
+                 generator: torch.Generator | None = None, device=None, dtype=None):
+        super().__init__()
+        numel = in_features * out_features
+        if not isinstance(nnz, int) or not 1 <= nnz <= numel:
+            raise ValueError(f"nnz must be an integer in [1, {numel}] for a {out_features}x{in_features} layer, got {nnz!r}.")
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        generator = generator if generator is not None else _fresh_generator()
+        positions = random_k_positions(numel, torch.zeros(0, dtype=torch.int64), nnz, generator)
+        self.register_buffer("indices", positions.to(device))
+        bound = sparse_init_bound(in_features, out_features, nnz)
+        values = torch.empty(nnz, dtype=torch.float32).uniform_(-bound, bound, generator=generator)
+        self.values = nn.Parameter(values.to(device=device, dtype=dtype or torch.get_default_dtype()))
+        if bias:
+            fan = 1.0 / math.sqrt(in_features)
+            b = torch.empty(out_features, dtype=torch.float32).uniform_(-fan, fan, generator=generator)
+            self.bias = nn.Parameter(b.to(device=device, dtype=dtype or torch.get_default_dtype()))
+        else:
+            self.register_parameter("bias", None)
+        self._structure: SparseStructure | None = None
+        self._recorder = None  # set by a Sparsifier on steps whose gradient growth scores inactive positions
+
+    # ----------------------------------------------------------------------------- shape
+    @property
+    def nnz(self) -> int:
+        return self.indices.numel()
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.out_features, self.in_features)
+
+    @property
+    def density(self) -> float:
+        return self.nnz / (self.in_features * self.out_features)
+
+    def weight_indices(self) -> Tensor:
+        """The flat row-major positions of the active weights, in the order of `values`."""
+        return self.indices
+
+    @property
+    def structure(self) -> SparseStructure:
+        if self._structure is None or self._structure.positions is not self.indices:
+            self._structure = SparseStructure(self.indices, self.shape)
+        return self._structure
+
+    # ----------------------------------------------------------------------------- compute
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"SparseLinear expects inputs of shape (..., {self.in_features}), got {tuple(x.shape)}.")
+        if x.dtype != self.values.dtype:  # autocast and mixed inputs: the sparse products need one dtype
+            x = x.to(self.values.dtype)
+        return SparseLinearFunction.apply(x, self.values, self.bias, self.structure, self._recorder)
+
+    # ----------------------------------------------------------------------------- topology
+    @torch.no_grad()
+    def set_positions(self, positions: Tensor, values: Tensor) -> None:
+        """Replace the active positions (sorted, distinct) and their values in place: the `values`
+        parameter stays the same object (optimizers keep holding it), its data is swapped."""
+        if positions.shape != values.shape or positions.dim() != 1:
+            raise ValueError("positions and values must be 1-D tensors of the same length.")
+        self.indices = positions.to(device=self.indices.device, dtype=torch.int64)
+        self.values.data = values.to(device=self.values.device, dtype=self.values.dtype)
+        self.values.grad = None
+        self._structure = None
+
+    # ----------------------------------------------------------------------------- conversion
+    @classmethod
+    @torch.no_grad()
+    def from_dense(cls, linear: nn.Linear, mask: Tensor) -> "SparseLinear":
+        """A SparseLinear holding `linear`'s weights where `mask` is True (its bias too)."""
+        if tuple(mask.shape) != tuple(linear.weight.shape):
+            raise ValueError(f"mask of shape {tuple(mask.shape)} does not match the weight's {tuple(linear.weight.shape)}.")
+        positions = torch.nonzero(mask.reshape(-1)).squeeze(1)
+        if positions.numel() == 0:
+            raise ValueError("the mask has no active weight; a SparseLinear needs at least one.")
+        layer = cls.__new__(cls)
+        nn.Module.__init__(layer)
+        layer.in_features, layer.out_features = linear.in_features, linear.out_features
+        layer.register_buffer("indices", positions.to(linear.weight.device))
+        layer.values = nn.Parameter(linear.weight.reshape(-1)[positions].clone(), requires_grad=linear.weight.requires_grad)
+        layer.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=linear.bias.requires_grad)
+        layer._structure, layer._recorder = None, None
+        return layer
+
+    @torch.no_grad()
+    def to_dense(self) -> nn.Linear:
+        """An nn.Linear with these weights and zeros elsewhere."""
+        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                           device=self.values.device, dtype=self.values.dtype)
+        linear.weight.zero_().view(-1)[self.indices] = self.values
+        if self.bias is not None:
+            linear.bias.copy_(self.bias)
+        return linear
+
+    # ----------------------------------------------------------------------------- state
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        """A saved layer may hold another number of active weights (redistribution moves them
+        between layers): take the saved sizes before the values are copied in."""
+        indices, values = state_dict.get(prefix + "indices"), state_dict.get(prefix + "values")
+        if isinstance(indices, Tensor) and isinstance(values, Tensor) and indices.shape == values.shape and indices.dim() == 1:
+            with torch.no_grad():
+                self.indices = torch.empty_like(indices, device=self.indices.device)
+                self.values.data = torch.empty(values.shape, dtype=self.values.dtype, device=self.values.device)
+            self._structure = None
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+
+    def _apply(self, fn, *args, **kwargs):
+        result = super()._apply(fn, *args, **kwargs)
+        self._structure = None  # indices may have moved to another device
+        return result
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_structure"] = None  # derived; rebuilt on first use
+        return state
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, nnz={self.nnz}, "
+                f"density={self.density:.4g}, bias={self.bias is not None}")

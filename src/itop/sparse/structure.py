@@ -1,0 +1,72 @@
+"""The index structures of a truly sparse weight, built from its active positions alone.
+
+A weight of shape (out_features, in_features) with nnz active entries is described by `positions`:
+the sorted flat row-major indices of those entries (int64, so layers of more than 2**31 positions
+work). Everything the products need is derived from it in O(nnz + out + in) memory, never from a
+tensor of the dense shape:
+
+- CSR of the weight (`crow`, `col`): the forward product and the weight gradient, whose values are
+  the values vector itself, as the positions are sorted row-major;
+- CSR of the transposed weight (`ccol`, `row_t`) with `to_transposed`, the order that takes the
+  values vector to it: the input gradient.
+
+Column and row indices are int32 when every count fits (half the memory traffic of int64, and
+MKL's sparse products take them), int64 otherwise.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+_INT32_LIMIT = 2**31 - 1
+
+
+def _pointers(groups: Tensor, count: int, dtype: torch.dtype) -> Tensor:
+    """Compressed pointers: entry i is the number of sorted `groups` entries below i."""
+    pointers = torch.zeros(count + 1, dtype=torch.int64, device=groups.device)
+    pointers[1:] = torch.bincount(groups, minlength=count).cumsum(0)
+    return pointers.to(dtype)
+
+
+class SparseStructure:
+    """CSR and transposed-CSR indices of one sparse weight (see the module docstring)."""
+
+    def __init__(self, positions: Tensor, shape: tuple[int, int]):
+        out_features, in_features = shape
+        self.shape = (int(out_features), int(in_features))
+        self.positions = positions
+        nnz = positions.numel()
+        self.index_dtype = torch.int32 if max(nnz, out_features, in_features) <= _INT32_LIMIT else torch.int64
+        rows = positions.div(in_features, rounding_mode="floor")
+        cols = positions - rows * in_features
+        self.crow = _pointers(rows, out_features, self.index_dtype)
+        self.col = cols.to(self.index_dtype)
+        # stable sort by column keeps rows ascending inside each column: a valid CSR of W^T
+        self.to_transposed = torch.sort(cols, stable=True).indices
+        self.ccol = _pointers(cols[self.to_transposed], in_features, self.index_dtype)
+        self.row_t = rows[self.to_transposed].to(self.index_dtype)
+        self._row = None
+
+    @property
+    def nnz(self) -> int:
+        return self.positions.numel()
+
+    @property
+    def row(self) -> Tensor:
+        """The row of each active entry (built on first use: only some kernels read it)."""
+        if self._row is None:
+            self._row = self.positions.div(self.shape[1], rounding_mode="floor").to(self.index_dtype)
+        return self._row
+
+    def matrix(self, values: Tensor) -> Tensor:
+        """The weight as a torch CSR tensor with these values (no copy of the indices)."""
+        return torch.sparse_csr_tensor(self.crow, self.col, values, self.shape, check_invariants=False)
+
+    def transposed_matrix(self, values: Tensor) -> Tensor:
+        """The transposed weight (in_features x out_features) as a CSR tensor."""
+        return torch.sparse_csr_tensor(self.ccol, self.row_t, values.index_select(0, self.to_transposed),
+                                       (self.shape[1], self.shape[0]), check_invariants=False)
+
+    def to(self, device: torch.device) -> "SparseStructure":
+        return SparseStructure(self.positions.to(device), self.shape)
