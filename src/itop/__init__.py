@@ -4,6 +4,7 @@
     ...  loss.backward(); optimizer.step(); sparsifier.step()
 """
 
+from . import sparse
 from .sparsity import flops
 from .sparsity.density import DISTRIBUTIONS
 from .sparsity.grow import GROW
@@ -19,6 +20,6 @@ register_redistribution = REDISTRIBUTE.register
 register_distribution = DISTRIBUTIONS.register
 
 __all__ = [
-    "Sparsifier", "flops", "register_prune", "register_grow",
+    "Sparsifier", "sparse", "flops", "register_prune", "register_grow",
     "register_redistribution", "register_distribution", "__version__",
 ]

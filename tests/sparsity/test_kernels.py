@@ -30,7 +30,7 @@ def test_sparse_linear_matches_dense_linear(dense_grad):
     layer, mask = sparse_layer()
     reference = copy.deepcopy(layer)
     kernels.use_sparse(layer, mask).dense_grad = dense_grad
-    assert type(layer) is kernels.SparseLinear
+    assert type(layer) is kernels.MaskedCSRLinear
     x = torch.randn(4, 50, 1000, requires_grad=True)  # 200 rows: enough work for the sparse path
     x_ref = x.detach().clone().requires_grad_()
     out, out_ref = layer(x), reference(x_ref)
@@ -74,11 +74,11 @@ def test_sparsifier_gives_kernels_where_they_pay_and_takes_them_back():
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     sp = itop.Sparsifier(model, opt, density=0.05, distribution="uniform", seed=0)
     assert {n: s["sparse_kernel"] for n, s in sp.layer_stats().items()} == {"0.weight": True, "2.weight": False, "4.weight": False}
-    assert type(model[0]) is kernels.SparseLinear and type(model[2]) is nn.Linear
+    assert type(model[0]) is kernels.MaskedCSRLinear and type(model[2]) is nn.Linear
     sp.detach()
     assert type(model[0]) is nn.Linear
     sp.attach()
-    assert type(model[0]) is kernels.SparseLinear
+    assert type(model[0]) is kernels.MaskedCSRLinear
     x = torch.randn(3, 1000)
     plain = wide_mlp()
     itop.Sparsifier(plain, torch.optim.SGD(plain.parameters(), lr=0.05), density=0.05, distribution="uniform", seed=0, sparse_linear=False)
@@ -109,7 +109,7 @@ def test_training_with_kernels_takes_the_same_decisions_as_without(grow):
 def test_flops_are_counted_densely_under_sparse_kernels():
     model, plain = wide_mlp(), wide_mlp()
     itop.Sparsifier(model, torch.optim.SGD(model.parameters(), lr=0.05), density=0.05, distribution="uniform", seed=0)
-    assert type(model[0]) is kernels.SparseLinear
+    assert type(model[0]) is kernels.MaskedCSRLinear
     x = torch.randn(200, 1000)
     assert itop.flops.count_flops(model, x).per_module == itop.flops.count_flops(plain, x).per_module
 
@@ -146,7 +146,7 @@ def test_copies_are_plain_linear_layers_computing_with_their_own_weights(tmp_pat
     torch.save(model, tmp_path / "model.pt")
     for copied in (copy.deepcopy(model), torch.load(tmp_path / "model.pt", weights_only=False)):
         assert type(copied[0]) is nn.Linear and not hasattr(copied[0], "_itop_pattern")
-        assert type(model[0]) is kernels.SparseLinear
+        assert type(model[0]) is kernels.MaskedCSRLinear
         with torch.no_grad():
             copied[0].weight.add_(1.0)  # now dense
         x = torch.randn(200, 1000)
@@ -200,7 +200,7 @@ def test_closure_steps_compute_densely_as_without_kernels():
             sp.step()
             assert_zero_off_mask(sp)
         runs.append(model)
-    assert type(runs[0][0]) is kernels.SparseLinear and runs[0][0]._itop_pattern.enabled
+    assert type(runs[0][0]) is kernels.MaskedCSRLinear and runs[0][0]._itop_pattern.enabled
     for a, b in zip(runs[0].parameters(), runs[1].parameters()):
         torch.testing.assert_close(a, b)
 
@@ -209,5 +209,5 @@ def test_pattern_is_the_csr_structure_of_the_mask():
     _, mask = sparse_layer()
     mask[7] = False  # an empty row
     pattern, csr = kernels.SparsePattern(mask, torch.zeros(mask.shape)), mask.to_sparse_csr()
-    assert torch.equal(pattern.crow, csr.crow_indices()) and torch.equal(pattern.col, csr.col_indices())
+    assert torch.equal(pattern.structure.crow.long(), csr.crow_indices()) and torch.equal(pattern.structure.col.long(), csr.col_indices())
     assert torch.equal(pattern.flat, mask.flatten().nonzero().flatten())

@@ -5,6 +5,7 @@
     sparsifier = itop.Sparsifier(model, optimizer, ...)    # SET / RigL updates in index space
 """
 
+from .convert import densify, export, sparsify
 from .layer import SparseLinear
 
-__all__ = ["SparseLinear"]
+__all__ = ["SparseLinear", "sparsify", "export", "densify"]

@@ -105,18 +105,23 @@ class SparseLinear(nn.Module):
 
     # ----------------------------------------------------------------------------- conversion
     @classmethod
-    @torch.no_grad()
     def from_dense(cls, linear: nn.Linear, mask: Tensor) -> "SparseLinear":
         """A SparseLinear holding `linear`'s weights where `mask` is True (its bias too)."""
         if tuple(mask.shape) != tuple(linear.weight.shape):
             raise ValueError(f"mask of shape {tuple(mask.shape)} does not match the weight's {tuple(linear.weight.shape)}.")
-        positions = torch.nonzero(mask.reshape(-1)).squeeze(1)
+        return cls.from_positions(linear, torch.nonzero(mask.reshape(-1)).squeeze(1))
+
+    @classmethod
+    @torch.no_grad()
+    def from_positions(cls, linear: nn.Linear, positions: Tensor) -> "SparseLinear":
+        """A SparseLinear holding `linear`'s weights at the sorted flat `positions` (its bias too)."""
         if positions.numel() == 0:
-            raise ValueError("the mask has no active weight; a SparseLinear needs at least one.")
+            raise ValueError("no active weight given; a SparseLinear needs at least one.")
         layer = cls.__new__(cls)
         nn.Module.__init__(layer)
         layer.in_features, layer.out_features = linear.in_features, linear.out_features
-        layer.register_buffer("indices", positions.to(linear.weight.device))
+        positions = positions.to(device=linear.weight.device, dtype=torch.int64)
+        layer.register_buffer("indices", positions)
         layer.values = nn.Parameter(linear.weight.reshape(-1)[positions].clone(), requires_grad=linear.weight.requires_grad)
         layer.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=linear.bias.requires_grad)
         layer._structure, layer._recorder = None, None

@@ -14,17 +14,11 @@ dense weight's active entries the same way.
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .structure import SparseStructure
-
-
-# PyTorch warns once per process that CSR support is in beta; the products used here are stable.
-warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
 
 
 def csr_forward(structure: SparseStructure, values: Tensor, rows: Tensor) -> Tensor:

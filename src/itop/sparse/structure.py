@@ -16,10 +16,16 @@ MKL's sparse products take them), int64 otherwise.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor
 
 _INT32_LIMIT = 2**31 - 1
+
+with warnings.catch_warnings():  # PyTorch's once-per-process "CSR support is in beta" notice, spent here
+    warnings.simplefilter("ignore", UserWarning)
+    torch.sparse_csr_tensor(torch.tensor([0, 0]), torch.tensor([], dtype=torch.int64), torch.tensor([]), (1, 1))
 
 
 def _pointers(groups: Tensor, count: int, dtype: torch.dtype) -> Tensor:

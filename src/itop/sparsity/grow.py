@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from .registry import Registry
+from . import index_growth
 from .select import random_k_mask, top_k_mask
 
 GrowFn = Callable[..., Tensor]
@@ -50,3 +51,10 @@ def momentum(candidates: Tensor, k: int, *, grad_average: Tensor | None = None, 
 def none(candidates: Tensor, k: int, **_) -> Tensor:
     """Grow nothing: updates only prune, so the density shrinks (gradual pruning)."""
     return torch.zeros_like(candidates)
+
+
+# The index-space forms that drive truly sparse layers (`index_growth.py`).
+random.positions = index_growth.random_positions
+gradient.positions = index_growth.gradient_positions
+momentum.positions = index_growth.momentum_positions
+none.positions = index_growth.no_positions

@@ -1,13 +1,15 @@
-"""Truly sparse compute for low-density Linear layers on CPUs.
+"""Sparse compute for low-density masked Linear layers on CPUs.
 
 Masking keeps the arithmetic dense: a Linear layer at density 0.04 still multiplies every zero.
 For the layers where it was measured to pay (float32 on the CPU, density at most `MAX_DENSITY`,
 at least `MIN_WEIGHTS` weights, calls of at least `MIN_WORK` rows x weights;
 `benchmarks/step_overhead.py`), the sparsifier swaps the module's
-class to `SparseLinear`, whose forward multiplies by the active weights only (a CSR matrix built
+class to `MaskedCSRLinear`, whose forward multiplies by the active weights only (a CSR matrix built
 from the mask's fixed pattern and the weights' current values) and whose backward computes the
-weight gradient at the active positions only (`torch.sparse.sampled_addmm`), or densely on steps
-whose criteria need the dense gradient (gradient growth at an update, momentum criteria).
+weight gradient at the active positions only, or densely on steps whose criteria need the dense
+gradient (gradient growth at an update, momentum criteria). The sparse products are those of the
+truly sparse layers (`itop.sparse.ops`); the weight itself stays a dense, masked parameter (for a
+layer that stores only its active weights, see `itop.sparse.SparseLinear`).
 Everything else (GPU, bfloat16/float16, autocast, torch.compile, torch.func transforms, weights
 other than the layer's own parameter, small calls) takes the dense `F.linear`.
 """
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import warnings
 from typing import Mapping
 
 import torch
@@ -24,33 +25,25 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
+from ..sparse.ops import csr_forward, sampled_weight_grad
+from ..sparse.structure import SparseStructure
+
 MAX_DENSITY = 0.06
 MIN_WORK = 100_000_000  # rows x weights of one call: below it the fixed cost of the sparse calls wins
 MIN_WEIGHTS = 500_000  # at LeNet-300-100's 235k-weight layer the gain inside a real step was within noise
 
 
 class SparsePattern:
-    """The fixed CSR structure of one mask (row pointers, columns, flat positions in row-major
-    order, which is also the order of CSR values), and whether the next backward must give the
-    dense weight gradient."""
+    """The fixed sparse structure of one mask (flat positions in row-major order, which is also
+    the order of CSR values), and whether the next backward must give the dense weight gradient."""
 
     def __init__(self, mask: Tensor, weight: Tensor):
-        self.shape = tuple(mask.shape)
-        self.flat = mask.flatten().nonzero().flatten()
-        rows = self.flat.div(self.shape[1], rounding_mode="floor")
-        self.col = self.flat - rows * self.shape[1]
-        self.crow = torch.zeros(self.shape[0] + 1, dtype=torch.int64, device=mask.device)
-        self.crow[1:] = torch.bincount(rows, minlength=self.shape[0]).cumsum(0)
-        with warnings.catch_warnings():  # PyTorch's once-per-process "CSR support is in beta" notice
-            warnings.simplefilter("ignore", UserWarning)
-            self.ones = self.matrix(torch.ones(len(self.flat)))  # where the weight gradient is sampled
+        self.structure = SparseStructure(mask.flatten().nonzero().flatten(), tuple(mask.shape))
+        self.flat = self.structure.positions
         self.dense_grad = False
         self.enabled = True  # off while an optimizer's closure runs: inactive weights may move inside such a step
         self.sampled_last = False  # the last backward gave the weight gradient at the active positions only
         self.weight = weight  # the parameter it belongs to: other tensors (torch.func) take the dense path
-
-    def matrix(self, values: Tensor) -> Tensor:
-        return torch.sparse_csr_tensor(self.crow, self.col, values, self.shape, check_invariants=False)
 
 
 def _autocast_on(device_type: str) -> bool:
@@ -65,7 +58,7 @@ _dense_only = threading.local()
 
 @contextlib.contextmanager
 def dense_compute():
-    """Within this block every SparseLinear computes densely (e.g. to count dense FLOPs)."""
+    """Within this block every MaskedCSRLinear computes densely (e.g. to count dense FLOPs)."""
     before = getattr(_dense_only, "on", False)
     _dense_only.on = True
     try:
@@ -89,12 +82,12 @@ def _sparse_path(x: Tensor, weight: Tensor, pattern: SparsePattern) -> bool:
             and not getattr(_dense_only, "on", False) and not _transformed(x))
 
 
-class _SparseLinearFunction(torch.autograd.Function):
+class _MaskedCSRLinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, pattern: SparsePattern) -> Tensor:
         rows = x.reshape(-1, x.shape[-1])
         values = weight.reshape(-1).index_select(0, pattern.flat)
-        out = torch.sparse.mm(pattern.matrix(values), rows.t().contiguous()).t()
+        out = csr_forward(pattern.structure, values, rows)
         out = out + bias if bias is not None else out.contiguous()
         ctx.save_for_backward(rows, weight)
         ctx.pattern, ctx.input_shape, ctx.has_bias = pattern, x.shape, bias is not None
@@ -113,7 +106,7 @@ class _SparseLinearFunction(torch.autograd.Function):
             if pattern.dense_grad:
                 grad_w = grads.t().mm(rows)
             else:
-                values = torch.sparse.sampled_addmm(pattern.ones, grads.t().contiguous(), rows, beta=0.0).values()
+                values = sampled_weight_grad(pattern.structure, grads, rows)
                 grad_w = torch.zeros_like(weight)
                 grad_w.view(-1).index_copy_(0, pattern.flat, values)
         grad_b = grads.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
@@ -124,7 +117,7 @@ def _plain_linear() -> nn.Linear:
     return nn.Linear.__new__(nn.Linear)
 
 
-class SparseLinear(nn.Linear):
+class MaskedCSRLinear(nn.Linear):
     """An `nn.Linear` that multiplies by its active weights only (where `_sparse_path` allows).
 
     Copies (`copy.deepcopy`, pickling) are plain nn.Linear layers: no sparsifier keeps their
@@ -135,7 +128,7 @@ class SparseLinear(nn.Linear):
 
     def forward(self, x: Tensor) -> Tensor:
         if _sparse_path(x, self.weight, self._itop_pattern):
-            return _SparseLinearFunction.apply(x, self.weight, self.bias, self._itop_pattern)
+            return _MaskedCSRLinearFunction.apply(x, self.weight, self.bias, self._itop_pattern)
         self._itop_pattern.sampled_last = False
         return F.linear(x, self.weight, self.bias)
 
@@ -147,21 +140,21 @@ def pays_off(module: nn.Module, mask: Tensor, nnz: int) -> bool:
     """Whether this layer gets the sparse kernels: a plain nn.Linear weight on the CPU in float32,
     sparse and large enough for the measured gain."""
     weight = getattr(module, "weight", None)
-    return (type(module) in (nn.Linear, SparseLinear) and weight is not None and weight.device.type == "cpu"
+    return (type(module) in (nn.Linear, MaskedCSRLinear) and weight is not None and weight.device.type == "cpu"
             and weight.dtype == torch.float32 and mask.numel() >= MIN_WEIGHTS and nnz <= MAX_DENSITY * mask.numel())
 
 
 def use_sparse(module: nn.Linear, mask: Tensor) -> SparsePattern:
-    """Swap `module` to SparseLinear with `mask`'s pattern (state_dict and hooks are unchanged)."""
+    """Swap `module` to MaskedCSRLinear with `mask`'s pattern (state_dict and hooks are unchanged)."""
     pattern = SparsePattern(mask, module.weight)
-    module.__class__ = SparseLinear
+    module.__class__ = MaskedCSRLinear
     module._itop_pattern = pattern
     return pattern
 
 
 def use_dense(module: nn.Module) -> None:
     """Give `module` back its plain nn.Linear class."""
-    if type(module) is SparseLinear:
+    if type(module) is MaskedCSRLinear:
         module.__class__ = nn.Linear
         del module._itop_pattern
 

@@ -33,6 +33,7 @@ from .density import DISTRIBUTIONS, layer_counts
 from .distributed import check_masks_agree, shared_seed
 from . import kernels
 from .exploration import Exploration
+from . import index_growth
 from .grow import GROW
 from .optimizer import closure_of, grad_scale, multiply_all, skipped_by_grad_scaler, zero_preserving
 from .params import Selector, sparse_parameters
@@ -40,6 +41,21 @@ from .prune import PRUNE
 from .redistribute import REDISTRIBUTE, allocate
 from .schedule import PruneSchedule
 from .select import random_k_mask
+from .truly_sparse import Recorder, replace_positions, truly_sparse_layers
+
+def update_seed(seed: int) -> int:
+    """The seed of the generator behind topology updates: another stream than the initial masks'
+    (seeded with `seed` itself), so that a truly sparse model whose positions were drawn by
+    `itop.sparse.sparsify` makes the same update draws as the masked model of the same seed."""
+    return (seed * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019) % 2**63
+
+
+def _model_order(model: nn.Module, params: Mapping[str, Tensor], layers: Mapping[str, nn.Module]) -> list[str]:
+    """Masked and truly sparse layer names in the order of their parameters in the model."""
+    place = {id(p): i for i, p in enumerate(model.parameters())}
+    keyed = [(place[id(p)], n) for n, p in params.items()] + [(place[id(m.values)], n) for n, m in layers.items()]
+    return [n for _, n in sorted(keyed)]
+
 
 def _criterion(registry, value):
     """A registered name (looked up) or a user's callable (used as is)."""
@@ -73,6 +89,7 @@ class Sparsifier:
         grad_average_beta: float = 0.9,
         decay_schedule: str = "cosine",
         sparse_linear: bool = True,
+        init_scale: str = "dense",
     ):
         if not is_real(density) or not 0 < density <= 1:
             raise ValueError(f"density must be a number in (0, 1], got {density!r}.")
@@ -84,6 +101,9 @@ class Sparsifier:
             raise ValueError(f"total_steps must be a positive integer (the run's length in optimizer steps), got {total_steps!r}.")
         if not is_real(grad_average_beta) or not 0 <= grad_average_beta < 1:
             raise ValueError(f"grad_average_beta must be a number in [0, 1), got {grad_average_beta!r}.")
+        if init_scale not in ("dense", "sparse"):
+            raise ValueError(f"init_scale must be 'dense' (keep the initial weights, as the original) or 'sparse' (scale the initial "
+                             f"active weights by 1/sqrt(layer density), for the layer's actual fan-in), got {init_scale!r}.")
         density, prune_rate = float(density), float(prune_rate)
         update_frequency = None if update_frequency is None else int(update_frequency)
         total_steps = int(total_steps)
@@ -102,22 +122,26 @@ class Sparsifier:
         self._grow_options = checked_options(self._grow, grow_options, "grow_options", GROW_ARGUMENTS)
         self.schedule = PruneSchedule(prune_rate, update_frequency, total_steps, min(0.005, prune_rate), decay_schedule)
 
-        self.params = sparse_parameters(model, include, exclude)
-        if not self.params:
+        self.layers = truly_sparse_layers(model, exclude)  # itop.sparse.SparseLinear: values + indices, no mask
+        values = {id(layer.values) for layer in self.layers.values()}
+        self.params = {n: p for n, p in sparse_parameters(model, include, exclude).items() if id(p) not in values}
+        if not self.params and not self.layers:
             raise ValueError("the model has no sparse parameter (no trainable Linear/Conv weight, or include/exclude left none); pass include= to choose some.")
         held = {id(p) for group in optimizer.param_groups for p in group["params"]}
         missing = [n for n, p in self.params.items() if id(p) not in held]
+        missing += [n for n, layer in self.layers.items() if id(layer.values) not in held]
         if missing:
             raise ValueError(f"the optimizer does not hold the model's parameter {missing[0]!r}; build the optimizer from model.parameters().")
         self.model, self.optimizer = model, optimizer
-        self._names = list(self.params)
+        self._names = list(self.params)  # masked layers; self._weights and the mask lists follow this order
         self._weights = [self.params[n] for n in self._names]
+        self._order = _model_order(model, self.params, self.layers)  # every sparse layer, masked or truly sparse
 
         seed = shared_seed(seed)
         if seed is None:
             seed = int(torch.randint(0, 2**62, (1,)).item())
         self.seed = seed
-        self._generator = torch.Generator().manual_seed(seed)
+        self._generator = torch.Generator().manual_seed(update_seed(seed))
         self.steps = 0
         self._optimizer_steps = 0
         self._counted_steps = 0
@@ -131,29 +155,69 @@ class Sparsifier:
                             (GROW.get("random"), GROW.get("none")),
                             (REDISTRIBUTE.get("none"), REDISTRIBUTE.get("magnitude"), REDISTRIBUTE.get("nonzeros")))
         self._uses_grads = any(fn not in allowed for fn, allowed in zip((self._prune, self._grow, self._redistribute), no_grad_criteria))
+        self._check_truly_sparse_criteria()
         self._linears = kernels.linear_owners(model, self.params)
         self._sparse_linear, self._patterns = bool(sparse_linear), {}
 
         self._built_on_trained = self._looks_trained()
         self.masks = self._initial_masks()
-        check_masks_agree(self.masks)
+        check_masks_agree(self._topology())
         self._nnz = {n: int(torch.count_nonzero(m)) for n, m in self.masks.items()}
-        self.exploration = Exploration(self.masks)
+        self._nnz.update({n: layer.nnz for n, layer in self.layers.items()})
+        self._nnz = {n: self._nnz[n] for n in self._order}
+        self.exploration = Exploration({**self.masks, **{n: layer.indices.cpu() for n, layer in self.layers.items()}},
+                                       sizes={n: self._numel(n) for n in self._order})
+        self._recorders = {n: Recorder(layer) for n, layer in self.layers.items()}
+        self._sources: dict[str, list] | None = None
         self.history: list[dict[str, Any]] = []
         self._record(removed=0, rate=0.0)
         self._hooks = []
         self.attach()
         self.apply_masks()
+        if init_scale == "sparse":
+            self._scale_for_fan_in()
 
     # ----------------------------------------------------------------------------- masks
+    def _shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self.params[name].shape) if name in self.params else self.layers[name].shape
+
+    def _numel(self, name: str) -> int:
+        return math.prod(self._shape(name))
+
     def _initial_masks(self) -> dict[str, Tensor]:
-        shapes = {n: tuple(p.shape) for n, p in self.params.items()}
+        """Random masks of exact per-layer counts, drawn from a generator seeded with `seed` alone,
+        in layer order (what `itop.sparse.sparsify` draws too); truly sparse layers keep their own."""
+        shapes = {n: self._shape(n) for n in self._order}
         counts = layer_counts(shapes, self._density_fn(shapes, self.config["density"]))
+        generator = torch.Generator().manual_seed(self.seed)
         masks = {}
         for name, param in self.params.items():
             everywhere = torch.ones(param.shape, dtype=torch.bool, device=param.device)
-            masks[name] = random_k_mask(everywhere, counts[name], self._generator)
+            masks[name] = random_k_mask(everywhere, counts[name], generator)
         return masks
+
+    @torch.no_grad()
+    def _scale_for_fan_in(self) -> None:
+        """Scale each masked layer's initial weights by 1/sqrt(its density): the variance nn.Linear
+        and nn.Conv give for the dense fan-in becomes the one for the actual fan-in."""
+        for name, param in self.params.items():
+            param.mul_(1.0 / math.sqrt(self._nnz[name] / param.numel()))
+
+    def _check_truly_sparse_criteria(self) -> None:
+        """Truly sparse layers need grow criteria in index space and no dense running averages."""
+        if not self.layers:
+            return
+        if self._keep_grad_average:
+            raise ValueError("momentum growth and momentum redistribution need a dense running average of the gradients, which truly "
+                             "sparse layers never hold; use grow='gradient' (RigL) or 'random' (SET), and redistribution 'none', "
+                             "'magnitude' or 'nonzeros'.")
+        if not callable(getattr(self._grow, "positions", None)):
+            raise ValueError(f"grow criterion {self.config['grow']!r} works on dense masks only; give it an index-space form "
+                             "(fn.positions, see itop/sparsity/index_growth.py) to use it with truly sparse layers.")
+
+    def _topology(self) -> dict[str, Tensor]:
+        """What must agree across ranks: masks, and the active positions of truly sparse layers."""
+        return {n: self.masks[n] if n in self.masks else self.layers[n].indices for n in self._order}
 
     @torch.no_grad()
     def _looks_trained(self) -> bool:
@@ -161,7 +225,7 @@ class Sparsifier:
         state for a sparse weight or most sparse weights are exactly zero: the model and optimizer
         were loaded from a sparse run. `load_state_dict` then refuses, as the random masks have
         just zeroed some of the loaded weights."""
-        if any(self.optimizer.state.get(p) for p in self._weights):
+        if any(self.optimizer.state.get(p) for p in self._weights + [layer.values for layer in self.layers.values()]):
             return True
         zeros = sum(int(p.numel() - torch.count_nonzero(p)) for p in self._weights)
         return zeros > 0.5 * sum(p.numel() for p in self._weights)
@@ -188,6 +252,9 @@ class Sparsifier:
         dense = self._keep_grad_average or (self._uses_grads and (self.config["update_frequency"] is None or self.update_due))
         for pattern in self._patterns.values():
             pattern.dense_grad = dense
+        record = self._uses_grads and bool(self._hooks) and self.update_due
+        for name, layer in self.layers.items():
+            layer._recorder = self._recorders[name] if record else None
 
     def _follow_parameters(self) -> None:
         """Move the engine's tensors to the parameters' devices and dtypes if the model was moved
@@ -220,6 +287,8 @@ class Sparsifier:
         GradScaler has told a fused optimizer to skip this step."""
         self._follow_parameters()
         self._skipping = skipped_by_grad_scaler(optimizer)
+        if self.layers and self.update_due and not self._skipping:
+            self._sources = {n: list(r.sources) for n, r in self._recorders.items()}
         if closure_of(optimizer, args, kwargs) is not None:
             for pattern in self._patterns.values():  # inside the step the closure computes densely, kernels or not
                 pattern.enabled = False
@@ -270,7 +339,7 @@ class Sparsifier:
         Does nothing when no optimizer step happened since the last call (a GradScaler skip).
         """
         if self._optimizer_steps == self._counted_steps:
-            self._dense_grads = None
+            self._dense_grads = self._sources = None
             return False
         self._counted_steps = self._optimizer_steps
         self.steps += 1
@@ -306,46 +375,77 @@ class Sparsifier:
                 raise RuntimeError("gradient growth needs the dense gradient, but the gradients are already masked by optimizer.step(); "
                                    "call update_topology() after loss.backward() and before optimizer.step().")
         self._dense_grads = None
+        sources, self._sources = self._sources, None
         rate = self.schedule.rate(self.steps)
-        old = self.masks
         limits, room = self._prune_limits(rate)
-        pruned, removed = {}, []
-        for (name, param), k in zip(self.params.items(), limits):
-            nnz = self._nnz[name]
-            new = self._prune(param, old[name], k, grad=grads.get(name), **self._prune_options)
-            count = nnz - int(torch.count_nonzero(new))
-            if new.shape != param.shape or bool((new & ~old[name]).any()) or not 0 <= count <= k:
-                raise RuntimeError(f"prune criterion {self.config['prune']!r} must switch off at most {k} active weights of {name}; it changed {count}.")
-            pruned[name] = new
-            removed.append(count)
+        kept, removed = {}, []
+        for name, k in zip(self._order, limits):
+            kept[name] = self._prune_layer(name, k, grads.get(name))
+            removed.append(self._nnz[name] - int(torch.count_nonzero(kept[name])))
         total = sum(removed)
         if not self._grows:
             grown_counts = [0] * len(removed)
         elif self._per_layer:
             grown_counts = removed
         else:
-            shares = [
-                self._redistribute(self.params[n], pruned[n], removed=r, grad_average=self.grad_average.get(n))
-                for n, r in zip(self._names, removed)
-            ]
+            shares = [self._redistribute(self._weight_of(n), kept[n], removed=r, grad_average=self.grad_average.get(n))
+                      for n, r in zip(self._order, removed)]
             grown_counts = allocate(total, shares, room)
-        masks = {}
-        for (name, param), count in zip(self.params.items(), grown_counts):
-            candidates = ~old[name]
-            grown = self._grow(
-                candidates, count, weight=param, grad=grads.get(name),
-                grad_average=self.grad_average.get(name), generator=self._generator, **self._grow_options,
-            )
-            if int(torch.count_nonzero(grown)) != count or bool((grown & ~candidates).any()):
-                raise RuntimeError(f"grow criterion {self.config['grow']!r} must switch on exactly {count} inactive weights of {name}.")
-            masks[name] = pruned[name] | grown
-        check_masks_agree(masks)
+        masks, positions = {}, {}
+        for name, count in zip(self._order, grown_counts):
+            if name in self.layers:
+                positions[name] = (kept[name], self._grow_positions(name, count, (sources or {}).get(name, [])))
+            else:
+                masks[name] = kept[name] | self._grow_mask(name, count, grads.get(name))
+        for name, (survivors, grown) in positions.items():
+            replace_positions(self.layers[name], self.optimizer, survivors, grown)
+        for recorder in self._recorders.values():
+            recorder.sources.clear()
         self.masks = masks
-        self._nnz = {n: self._nnz[n] - r + g for n, r, g in zip(self._names, removed, grown_counts)}
-        self.exploration.update(masks)
+        check_masks_agree(self._topology())
+        self._nnz = {n: self._nnz[n] - r + g for n, r, g in zip(self._order, removed, grown_counts)}
+        self.exploration.update({**masks, **{n: layer.indices.cpu() for n, layer in self.layers.items()}})
         self._refresh_multipliers()
         self.apply_masks()
         self._record(removed=total, rate=rate)
+
+    def _weight_of(self, name: str) -> Tensor:
+        """The tensor criteria read as the layer's weights: the dense weight, or a truly sparse
+        layer's values (its active weights, in position order)."""
+        return self.params[name] if name in self.params else self.layers[name].values
+
+    def _prune_layer(self, name: str, k: int, grad: Tensor | None) -> Tensor:
+        """The bool mask of the layer's weights that survive pruning: over the dense weight for a
+        masked layer, over the values (all active) for a truly sparse one."""
+        if name in self.params:
+            weight, active = self.params[name], self.masks[name]
+        else:
+            weight = self.layers[name].values
+            active, grad = torch.ones(weight.shape, dtype=torch.bool, device=weight.device), weight.grad
+        new = self._prune(weight, active, k, grad=grad, **self._prune_options)
+        count = self._nnz[name] - int(torch.count_nonzero(new))
+        if new.shape != weight.shape or bool((new & ~active).any()) or not 0 <= count <= k:
+            raise RuntimeError(f"prune criterion {self.config['prune']!r} must switch off at most {k} active weights of {name}; it changed {count}.")
+        return new
+
+    def _grow_mask(self, name: str, count: int, grad: Tensor | None) -> Tensor:
+        """`count` new positions of a masked layer, among those inactive before the update."""
+        param, candidates = self.params[name], ~self.masks[name]
+        grown = self._grow(candidates, count, weight=param, grad=grad, grad_average=self.grad_average.get(name),
+                           generator=self._generator, **self._grow_options)
+        if int(torch.count_nonzero(grown)) != count or bool((grown & ~candidates).any()):
+            raise RuntimeError(f"grow criterion {self.config['grow']!r} must switch on exactly {count} inactive weights of {name}.")
+        return grown
+
+    def _grow_positions(self, name: str, count: int, sources: list) -> Tensor:
+        """`count` new sorted positions of a truly sparse layer, outside its active ones."""
+        layer = self.layers[name]
+        excluded = layer.indices.cpu()
+        grown = self._grow.positions(layer.shape, count, excluded=excluded, generator=self._generator,
+                                     sources=sources, **self._grow_options)
+        if grown.numel() != count or (count and (bool((grown.diff() <= 0).any()) or not index_growth.outside(grown, excluded))):
+            raise RuntimeError(f"grow criterion {self.config['grow']!r} must give exactly {count} distinct inactive positions of {name}, sorted.")
+        return grown
 
     def _prune_limits(self, rate: float) -> tuple[list[int], list[int]]:
         """How many active weights each layer may lose now, and its room to grow (inactive count).
@@ -356,8 +456,8 @@ class Sparsifier:
         once, so an ERK-dense layer stays dense). When growth is redistributed, only the total must
         fit the room of all layers; the counts are cut back, in proportion, only if it does not.
         """
-        nnz = [self._nnz[n] for n in self._names]
-        room = [p.numel() - c for p, c in zip(self._weights, nnz)]
+        nnz = [self._nnz[n] for n in self._order]
+        room = [self._numel(n) - c for n, c in zip(self._order, nnz)]
         wanted = list(nnz) if getattr(self._prune, "own_count", False) else [math.ceil(rate * c) for c in nnz]
         if not self._grows:
             return wanted, room
@@ -390,7 +490,7 @@ class Sparsifier:
     @property
     def density(self) -> float:
         """Realised global density over all sparse parameters."""
-        return sum(self._nnz.values()) / sum(p.numel() for p in self._weights)
+        return sum(self._nnz.values()) / sum(self._numel(n) for n in self._order)
 
     @property
     def itop_rate(self) -> float:
@@ -401,11 +501,11 @@ class Sparsifier:
         """Per sparse parameter: shape, numel, active count, density, explored share."""
         return {
             name: {
-                "shape": tuple(param.shape), "numel": param.numel(), "active": self._nnz[name],
-                "density": self._nnz[name] / param.numel(), "explored": self.exploration.layer_rate(name),
-                "sparse_kernel": name in self._patterns,
+                "shape": self._shape(name), "numel": self._numel(name), "active": self._nnz[name],
+                "density": self._nnz[name] / self._numel(name), "explored": self.exploration.layer_rate(name),
+                "sparse_kernel": name in self._patterns, "truly_sparse": name in self.layers,
             }
-            for name, param in self.params.items()
+            for name in self._order
         }
 
     # ----------------------------------------------------------------------------- state
@@ -413,6 +513,7 @@ class Sparsifier:
         """Everything needed to continue bit-identically: masks, explored masks, counters, RNG."""
         return {
             "masks": {n: m.clone() for n, m in self.masks.items()},
+            "positions": {n: layer.indices.clone() for n, layer in self.layers.items()},
             "explored": self.exploration.state_dict(),
             "steps": self.steps,
             "seed": self.seed,
@@ -444,13 +545,18 @@ class Sparsifier:
             raise ValueError(f"the saved state was made with {key}={saved[key]!r} but this sparsifier has {key}={mine[key]!r}; "
                              "build the Sparsifier with the settings of the run being resumed.")
         masks = state["masks"]
-        if set(masks) != set(self.params):
-            raise ValueError(f"the saved masks cover parameters {sorted(masks)} but this model's sparse parameters are {sorted(self.params)}; load a state saved from the same model.")
+        if set(masks) != set(self.params) or set(state.get("positions", {})) != set(self.layers):
+            saved, mine = sorted(masks) + sorted(state.get("positions", {})), sorted(self.params) + sorted(self.layers)
+            raise ValueError(f"the saved state covers layers {saved} but this model's sparse layers are {mine}; load a state saved from the same model.")
+        for name, positions in state.get("positions", {}).items():
+            if not torch.equal(positions.cpu(), self.layers[name].indices.cpu()):
+                raise ValueError(f"the truly sparse layer {name} holds other active positions than the saved state; load the model's "
+                                 "state_dict (which holds them) before the sparsifier's.")
         for name, mask in masks.items():
             if tuple(mask.shape) != tuple(self.params[name].shape):
                 raise ValueError(f"the saved mask of {name} has shape {tuple(mask.shape)}, the parameter {tuple(self.params[name].shape)}; load a state saved from the same model.")
         self.masks = {n: masks[n].to(device=self.params[n].device, dtype=torch.bool).clone() for n in self._names}
-        self._nnz = {n: int(torch.count_nonzero(m)) for n, m in self.masks.items()}
+        self._nnz = {n: int(torch.count_nonzero(self.masks[n])) if n in self.masks else self.layers[n].nnz for n in self._order}
         self.exploration.load_state_dict(state["explored"])
         self.steps = int(state["steps"])
         self.seed = int(state["seed"])
@@ -460,8 +566,8 @@ class Sparsifier:
                 self.grad_average[name].copy_(tensor)
         self.history = [dict(h, nnz=dict(h["nnz"])) for h in state.get("history", [])]
         self._counted_steps = self._optimizer_steps
-        self._dense_grads = None
-        check_masks_agree(self.masks)
+        self._dense_grads = self._sources = None
+        check_masks_agree(self._topology())
         self._refresh_multipliers()
         self.apply_masks()
 
@@ -481,7 +587,7 @@ class Sparsifier:
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
-        self._refresh_kernels()
+        self._refresh_kernels()  # also stops the truly sparse layers' recording
 
     def __repr__(self) -> str:
         return (f"Sparsifier(layers={len(self.params)}, density={self.density:.4f}, itop_rate={self.itop_rate:.4f}, "

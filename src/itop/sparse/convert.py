@@ -1,0 +1,103 @@
+"""Moving models between dense, masked and truly sparse Linear layers.
+
+- `sparsify(model, density)`: in place, before the optimizer is built, the Linear layers chosen by
+  the Sparsifier's selection rules become SparseLinear layers with the exact per-layer counts of a
+  distribution (ER/ERK from the shapes alone), drawn as the masked Sparsifier draws its initial
+  masks for the same seed.
+- `export(model, sparsifier)`: a copy of a masked model whose sparse Linear layers are SparseLinear
+  (train masked on a GPU, run truly sparse on a CPU).
+- `densify(model)`: a copy whose SparseLinear layers are nn.Linear with zeros off the active positions.
+
+Only layers of type nn.Linear itself are converted: subclasses such as MultiheadAttention's
+out_proj are read as weights by their owners and stay as they are.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..sparsity import kernels
+from ..sparsity.density import DISTRIBUTIONS, layer_counts
+from ..sparsity.params import Selector, sparse_parameters
+from ..sparsity.select import random_k_positions
+from .layer import SparseLinear
+
+
+def _plain_linears(model: nn.Module, include, exclude) -> dict[str, tuple[str, nn.Linear]]:
+    """Sparse Linear weights (Sparsifier selection rules) by parameter name -> (module name, module)."""
+    params = sparse_parameters(model, include, exclude)
+    owners = kernels.linear_owners(model, params)
+    names = {id(m): n for n, m in model.named_modules()}
+    return {p: (names[id(m)], m) for p, m in owners.items() if type(m) in (nn.Linear, kernels.MaskedCSRLinear)}
+
+
+def _replace(model: nn.Module, module_name: str, new: nn.Module) -> None:
+    parent_name, _, child = module_name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+
+
+@torch.no_grad()
+def sparsify(model: nn.Module, density: float, distribution: str = "erk", seed: int | None = None, *,
+             include: Sequence[Selector] | None = None, exclude: Sequence[Selector] = (),
+             init_scale: str = "sparse") -> nn.Module:
+    """Replace `model`'s sparse Linear layers by SparseLinear layers in place, and return `model`.
+
+    Each layer keeps `round(d_i * N_i)` of its weights (at least one), at positions drawn uniformly
+    without replacement from a generator seeded with `seed`, in layer order: the masks
+    `itop.Sparsifier(model, ..., density, distribution, seed=seed)` would start from on the same
+    Linear layers. Layers the distribution makes dense stay nn.Linear. `init_scale="sparse"`
+    (default) scales the kept weights by 1/sqrt(d_i), nn.Linear's initialisation for the actual
+    fan-in; `"dense"` keeps them as they are. Build the optimizer after this call.
+    """
+    if not isinstance(density, (int, float)) or isinstance(density, bool) or not 0 < density <= 1:
+        raise ValueError(f"density must be a number in (0, 1], got {density!r}.")
+    if init_scale not in ("dense", "sparse"):
+        raise ValueError(f"init_scale must be 'sparse' or 'dense', got {init_scale!r}.")
+    linears = _plain_linears(model, include, exclude)
+    if not linears:
+        raise ValueError("the model has no Linear layer to make truly sparse (include/exclude left none); Conv layers stay masked.")
+    shapes = {name: tuple(module.weight.shape) for name, (_, module) in linears.items()}
+    counts = layer_counts(shapes, DISTRIBUTIONS.get(distribution)(shapes, float(density)))
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, (1,)))
+    generator = torch.Generator().manual_seed(seed)
+    empty = torch.zeros(0, dtype=torch.int64)
+    for name, (module_name, module) in linears.items():
+        numel = math.prod(shapes[name])
+        positions = random_k_positions(numel, empty, counts[name], generator)
+        if counts[name] == numel:
+            continue
+        layer = SparseLinear.from_positions(module, positions)
+        if init_scale == "sparse":
+            layer.values.mul_(1.0 / math.sqrt(counts[name] / numel))
+        _replace(model, module_name, layer)
+    return model
+
+
+def export(model: nn.Module, sparsifier) -> nn.Module:
+    """A copy of `model` whose masked Linear layers (of `sparsifier`, built on `model`) are
+    SparseLinear layers with the active weights; dense layers and Conv layers stay as they are."""
+    names = {id(m): n for n, m in model.named_modules()}
+    owners = kernels.linear_owners(model, sparsifier.params)
+    chosen = {names[id(m)]: sparsifier.masks[p] for p, m in owners.items()
+              if type(m) in (nn.Linear, kernels.MaskedCSRLinear) and not bool(sparsifier.masks[p].all())}
+    copied = copy.deepcopy(model)
+    for module_name, mask in chosen.items():
+        _replace(copied, module_name, SparseLinear.from_dense(copied.get_submodule(module_name), mask))
+    return copied
+
+
+def densify(model: nn.Module) -> nn.Module:
+    """A copy of `model` whose SparseLinear layers are nn.Linear layers (zeros off the active positions)."""
+    copied = copy.deepcopy(model)
+    for module_name, module in list(copied.named_modules()):
+        if isinstance(module, SparseLinear):
+            if not module_name:
+                return module.to_dense()
+            _replace(copied, module_name, module.to_dense())
+    return copied

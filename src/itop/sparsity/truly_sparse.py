@@ -1,0 +1,77 @@
+"""What the engine does to truly sparse layers (`itop.sparse.SparseLinear`): find them, record
+what gradient growth needs, and replace active positions with the optimizer state following
+each surviving weight.
+
+A truly sparse layer is keyed by `<module>.weight`, the name its weight has in the same model
+built with nn.Linear, so masked and truly sparse runs report the same layer names.
+"""
+
+from __future__ import annotations
+
+from fnmatch import fnmatchcase
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..sparse.layer import SparseLinear
+
+
+def truly_sparse_layers(model: nn.Module, exclude: Sequence = ()) -> dict[str, SparseLinear]:
+    """Every SparseLinear of `model` with trainable values, by `<module>.weight`, in model order;
+    an `exclude` pattern matching `<module>.weight` or `<module>.values` (or the type) leaves one out."""
+    layers = {}
+    for module_name, module in model.named_modules():
+        if not isinstance(module, SparseLinear) or not module.values.requires_grad:
+            continue
+        prefix = f"{module_name}." if module_name else ""
+        names = (prefix + "weight", prefix + "values")
+        if any(isinstance(sel, str) and any(fnmatchcase(n, sel) for n in names) for sel in exclude):
+            continue
+        if any(isinstance(sel, type) and isinstance(module, sel) for sel in exclude):
+            continue
+        layers[names[0]] = module
+    return layers
+
+
+class Recorder:
+    """Called by a SparseLinear's backward with (inputs, output gradients): keeps the pairs of the
+    current optimizer step (gradient accumulation gives several; the first backward after
+    `zero_grad()` clears those of an earlier step)."""
+
+    def __init__(self, layer: SparseLinear):
+        self.layer = layer
+        self.sources: list[tuple[Tensor, Tensor]] = []
+
+    def __call__(self, inputs: Tensor, grads: Tensor) -> None:
+        if self.layer.values.grad is None:
+            self.sources.clear()
+        self.sources.append((inputs.detach(), grads.detach()))
+
+
+def state_tensors(optimizer: torch.optim.Optimizer, param: Tensor) -> dict[str, Tensor]:
+    """The optimizer's per-weight state of `param` (tensors of its shape), by key."""
+    state = optimizer.state.get(param, {})
+    return {k: t for k, t in state.items() if isinstance(t, Tensor) and t.shape == param.shape}
+
+
+@torch.no_grad()
+def replace_positions(layer: SparseLinear, optimizer: torch.optim.Optimizer, survivors: Tensor, grown: Tensor) -> None:
+    """Keep the active weights where `survivors` (bool, one per value) is True, add the sorted
+    positions `grown` at zero, and reorder values and optimizer state so that every surviving
+    weight keeps its own value and state; new weights start with zero state."""
+    values = layer.values
+    kept = layer.indices[survivors.to(layer.indices.device)]
+    grown = grown.to(kept.device)
+    merged = torch.cat([kept, grown])
+    order = torch.sort(merged).indices  # kept and grown are disjoint, so the sort is a merge
+
+    def follow(tensor: Tensor) -> Tensor:
+        joined = torch.cat([tensor[survivors.to(tensor.device)], tensor.new_zeros(grown.numel())])
+        return joined[order.to(tensor.device)]
+
+    state = state_tensors(optimizer, values)
+    new_state = {key: follow(t) for key, t in state.items()}
+    layer.set_positions(merged[order], follow(values.detach()))
+    for key, tensor in new_state.items():
+        optimizer.state[values][key] = tensor
