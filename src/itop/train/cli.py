@@ -81,7 +81,7 @@ def _runs(cfg: TrainConfig, resume: str | None, world: World) -> list[tuple[Trai
 def train_main(argv: list[str]) -> int:
     from itop.report.table import results_table
 
-    from .loop import Run, TrainingDiverged
+    from .loop import Run, TrainingDiverged, sparse_size_line
 
     world, current = World(), None
     try:
@@ -109,6 +109,8 @@ def train_main(argv: list[str]) -> int:
                 save_json(summary, run.dir / "summary.json")
             summaries.append(summary)
             say(f"test accuracy {100 * summary['test_acc']:.2f}% (best epoch {summary['best_epoch']}), Rs {summary['itop_rate']:.4f}")
+            if sparse_size_line(summary):
+                say(sparse_size_line(summary))
         say()
         say(results_table(summaries))
         barrier(world)  # every rank finished before the process group is torn down

@@ -21,6 +21,7 @@ from tqdm import tqdm
 import itop
 from itop.data import DataError, load_dataset, make_loaders
 from itop.models import create_model, get_model_spec
+from itop.sparse import SparseLinear
 
 from .checkpoint import CHECKPOINT, RunError, load_checkpoint, save_checkpoint
 from .config import TrainConfig, UsageError, result_settings
@@ -82,6 +83,40 @@ def evaluate(model: nn.Module, loader, device, autocast, world: World = World(),
 
 def layer_densities(sparsifier) -> dict[str, float]:
     return {} if sparsifier is None else {n: s["density"] for n, s in sparsifier.layer_stats().items()}
+
+
+BEST_SPARSE = "best_sparse.pt"  # the best model with its sparse Linear layers stored as SparseLinear, beside best.pt
+
+
+def sparse_export_state(model: nn.Module, sparsifier, epoch: int) -> dict[str, Any]:
+    """A checkpoint of `itop.sparse.export(model, sparsifier)` (the model's current weights under
+    the sparsifier's current masks): its state dict on the CPU, and the sizes of its SparseLinear
+    layers (module name -> [in_features, out_features, nnz]) to rebuild it (`load_sparse_model`)."""
+    exported = itop.sparse.export(model, sparsifier)
+    layers = {name: [m.in_features, m.out_features, m.nnz] for name, m in exported.named_modules() if isinstance(m, SparseLinear)}
+    state = {k: v.detach().to("cpu", copy=True) for k, v in exported.state_dict().items()}
+    return {"format": 1, "model": state, "epoch": epoch, "truly_sparse_layers": layers}
+
+
+def load_sparse_model(path: Path, model: nn.Module) -> nn.Module:
+    """`model` (a fresh one of the run's architecture) with the named Linear layers of the
+    best_sparse.pt at `path` replaced by SparseLinear layers of the saved sizes, and its weights loaded."""
+    state = load_checkpoint(path, "pass a best_sparse.pt written by itop train")
+    for name, (in_features, out_features, nnz) in state["truly_sparse_layers"].items():
+        layer = SparseLinear(in_features, out_features, nnz, bias=f"{name}.bias" in state["model"], generator=torch.Generator())
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, layer)
+    model.load_state_dict(state["model"])
+    return model
+
+
+def sparse_size_line(summary: dict[str, Any]) -> str | None:
+    """One line comparing best_sparse.pt with best.pt on disk, or None for a run without one."""
+    sparse, dense = summary.get("best_sparse_bytes"), summary.get("best_dense_bytes")
+    if not sparse or not dense:
+        return None
+    return (f"{BEST_SPARSE}: {sparse / 1e6:.2f} MB, against {dense / 1e6:.2f} MB dense (best.pt model) "
+            f"— {dense / sparse:.1f}x smaller")
 
 
 class Run:
@@ -289,6 +324,8 @@ class Run:
                 self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
                 if self.world.main:
                     save_checkpoint({"format": 1, "model": self.best_state, "epoch": self.epoch}, self.dir / "best.pt")
+                    if self.sparsifier is not None:  # the masks of this epoch, written with its weights: a resume needs nothing
+                        save_checkpoint(sparse_export_state(self.model, self.sparsifier, self.epoch), self.dir / BEST_SPARSE)
             if self.world.main:
                 save_checkpoint(self._state(), self.dir / "checkpoint.pt")
             barrier(self.world)
@@ -321,4 +358,12 @@ class Run:
             "test_flops": 1.0 if sp is None else itop.flops.inference_ratio(self.flops, layer_densities(sp)),
             "dense_training_flops": float(batch_flops), "dense_test_flops": float(dense_forward),
             "epochs": self.cfg.epochs, "multiplier": self.cfg.multiplier, "steps": self.step, "seconds": self.seconds,
+            **self._file_sizes(),
         }
+
+    def _file_sizes(self) -> dict[str, int]:
+        """Bytes on disk of best_sparse.pt and best.pt, for a sparse run whose rank 0 wrote them."""
+        sparse, dense = self.dir / BEST_SPARSE, self.dir / "best.pt"
+        if self.sparsifier is None or not (sparse.is_file() and dense.is_file()):
+            return {}
+        return {"best_sparse_bytes": sparse.stat().st_size, "best_dense_bytes": dense.stat().st_size}
