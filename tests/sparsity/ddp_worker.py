@@ -3,7 +3,7 @@
     torchrun --standalone --nproc_per_node 2 ddp_worker.py OUT GROW STEPS [--bad-seed] [--wide]
 
 `--wide` trains a model whose first layer (1000 x 600, density 0.05, 200 rows per rank) takes the
-sparse Linear kernels.
+sparse Linear kernels; `--truly` one whose Linear layers are truly sparse (itop.sparse.sparsify).
 
 Each rank trains on its half of every global batch and saves its masks, weights and Rs to
 OUT/rank<r>.pt. `train` is also called in one process with the whole batch, for comparison.
@@ -32,21 +32,24 @@ def global_batches(steps, size, features):
     return [(torch.randn(size, features, generator=gen), torch.randint(0, CLASSES, (size,), generator=gen)) for _ in range(steps)]
 
 
-def train(grow, steps, rank=0, world=1, sparsifier_seed=7, wide=False):
+def train(grow, steps, rank=0, world=1, sparsifier_seed=7, wide=False, truly=False):
     features, hidden, density, per_rank = (1000, 600, 0.05, 200) if wide else (20, 32, 0.2, PER_RANK)
     model = build(features, hidden)
+    if truly:
+        itop.sparse.sparsify(model, density, seed=sparsifier_seed)
     forward = DistributedDataParallel(model) if world > 1 else model
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     sp = itop.Sparsifier(model, opt, density=density, distribution="uniform" if wide else "erk", grow=grow,
                          update_frequency=3, total_steps=steps, seed=sparsifier_seed)
-    assert sp.layer_stats()["0.weight"]["sparse_kernel"] == wide
+    assert sp.layer_stats()["0.weight"]["sparse_kernel"] == wide and sp.layer_stats()["0.weight"]["truly_sparse"] == truly
     for x, y in global_batches(steps, per_rank * 2, features):
         part = slice(rank * len(x) // world, (rank + 1) * len(x) // world)
         opt.zero_grad()
         nn.functional.cross_entropy(forward(x[part]), y[part]).backward()
         opt.step()
         sp.step()
-    return {"masks": sp.masks, "model": model.state_dict(), "itop_rate": sp.itop_rate, "density": sp.density}
+    masks = {**sp.masks, **{n: layer.indices for n, layer in sp.layers.items()}}  # positions for truly sparse layers
+    return {"masks": masks, "model": model.state_dict(), "itop_rate": sp.itop_rate, "density": sp.density}
 
 
 if __name__ == "__main__":
@@ -54,7 +57,7 @@ if __name__ == "__main__":
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     seed = 7 + rank if "--bad-seed" in sys.argv else 7
-    result = train(grow, steps, rank, world, sparsifier_seed=seed, wide="--wide" in sys.argv)
+    result = train(grow, steps, rank, world, sparsifier_seed=seed, wide="--wide" in sys.argv, truly="--truly" in sys.argv)
     torch.save(result, os.path.join(out, f"rank{rank}.pt"))
     dist.barrier()  # both ranks done before the group is torn down
     dist.destroy_process_group()

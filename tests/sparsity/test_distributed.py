@@ -20,12 +20,14 @@ def torchrun(tmp_path, *args):
     return subprocess.run(command, capture_output=True, text=True, timeout=240)
 
 
-@pytest.mark.parametrize("grow, wide", [("random", False), ("gradient", False), ("momentum", False), ("random", True), ("gradient", True)])
-def test_two_ranks_agree_and_match_one_process_with_double_batch(tmp_path, grow, wide):
-    result = torchrun(tmp_path, grow, "12", *(["--wide"] if wide else []))
+@pytest.mark.parametrize("grow, kind", [("random", ""), ("gradient", ""), ("momentum", ""), ("random", "wide"), ("gradient", "wide"),
+                                        ("random", "truly"), ("gradient", "truly")])
+def test_two_ranks_agree_and_match_one_process_with_double_batch(tmp_path, grow, kind):
+    wide, truly = kind == "wide", kind == "truly"
+    result = torchrun(tmp_path, grow, "12", *([f"--{kind}"] if kind else []))
     assert result.returncode == 0, result.stderr[:3000] + "\n...\n" + result.stderr[-1500:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
-    single = ddp_worker.train(grow, 12, wide=wide)
+    single = ddp_worker.train(grow, 12, wide=wide, truly=truly)
     assert ranks[0]["itop_rate"] == ranks[1]["itop_rate"] > ranks[0]["density"]
     for name, mask in ranks[0]["masks"].items():
         assert torch.equal(mask, ranks[1]["masks"][name]), name

@@ -93,3 +93,18 @@ def check_masks_agree(masks: Mapping[str, Tensor]) -> None:
             f"sparse masks differ between ranks at {name} (rank {dist.get_rank()}); every rank must build the "
             "Sparsifier with the same seed on identical weights, and gradients must be averaged (DistributedDataParallel)."
         )
+
+
+def gather_rows(rows: Tensor) -> Tensor:
+    """The rows of every rank, concatenated in rank order (ranks may hold different numbers of
+    rows: each pads to the largest count for one all_gather, and the padding is cut off)."""
+    if not is_distributed():
+        return rows
+    count = torch.tensor([rows.shape[0]], device=rows.device)
+    counts = [torch.zeros_like(count) for _ in range(dist.get_world_size())]
+    dist.all_gather(counts, count)
+    most = int(max(int(c) for c in counts))
+    padded = torch.cat([rows, rows.new_zeros(most - rows.shape[0], *rows.shape[1:])])
+    gathered = [torch.empty_like(padded) for _ in counts]
+    dist.all_gather(gathered, padded)
+    return torch.cat([g[: int(c)] for g, c in zip(gathered, counts)])

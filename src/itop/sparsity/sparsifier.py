@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from .arguments import GROW_ARGUMENTS, PRUNE_ARGUMENTS, checked_options, is_int, is_real
 from .density import DISTRIBUTIONS, layer_counts
-from .distributed import check_masks_agree, shared_seed
+from .distributed import check_masks_agree, gather_rows, is_distributed, shared_seed
 from . import kernels
 from .exploration import Exploration
 from . import index_growth
@@ -55,6 +55,16 @@ def _model_order(model: nn.Module, params: Mapping[str, Tensor], layers: Mapping
     place = {id(p): i for i, p in enumerate(model.parameters())}
     keyed = [(place[id(p)], n) for n, p in params.items()] + [(place[id(m.values)], n) for n, m in layers.items()]
     return [n for _, n in sorted(keyed)]
+
+
+def _all_ranks(sources: list[tuple[Tensor, Tensor]]) -> list[tuple[Tensor, Tensor]]:
+    """A truly sparse layer's (inputs, output gradients) of this step from every rank, as one pair
+    whose product is the DDP-averaged dense gradient (the gradients divided by the world size)."""
+    if not is_distributed() or not sources:
+        return list(sources)
+    inputs = gather_rows(torch.cat([x for x, _ in sources]))
+    grads = gather_rows(torch.cat([g for _, g in sources]))
+    return [(inputs, grads / torch.distributed.get_world_size())]
 
 
 def _criterion(registry, value):
@@ -288,7 +298,7 @@ class Sparsifier:
         self._follow_parameters()
         self._skipping = skipped_by_grad_scaler(optimizer)
         if self.layers and self.update_due and not self._skipping:
-            self._sources = {n: list(r.sources) for n, r in self._recorders.items()}
+            self._sources = {n: _all_ranks(r.sources) for n, r in self._recorders.items()}
         if closure_of(optimizer, args, kwargs) is not None:
             for pattern in self._patterns.values():  # inside the step the closure computes densely, kernels or not
                 pattern.enabled = False
