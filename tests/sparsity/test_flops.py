@@ -53,3 +53,19 @@ def test_conv_layer_scales_with_density():
     assert flops.per_module["0"] == 2 * 3 * 9 * 8 * 36
     half_conv = itop.flops.inference_ratio(flops, {"0.weight": 0.5, "2.weight": 1.0})
     assert half_conv == pytest.approx(1 - 0.5 * flops.per_module["0"] / flops.total)
+
+
+def test_truly_sparse_layers_count_as_the_dense_layers_they_stand_for():
+    import copy
+
+    torch.manual_seed(0)
+    dense = nn.Sequential(nn.Linear(40, 60), nn.ReLU(), nn.Sequential(nn.Linear(60, 10)))
+    truly = itop.sparse.sparsify(copy.deepcopy(dense), 0.1, seed=0)
+    x = torch.randn(3, 40)
+    assert itop.flops.count_flops(truly, x) == itop.flops.count_flops(dense, x)
+    ratios = []
+    for model in (dense, truly):
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        sparsifier = itop.Sparsifier(model, optimizer, density=0.1, grow="gradient", update_frequency=10, total_steps=100, seed=0)
+        ratios.append(itop.flops.training_ratio(itop.flops.count_flops(model, x), sparsifier))
+    assert ratios[0] == ratios[1] < 0.2

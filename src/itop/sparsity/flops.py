@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..sparse.layer import SparseLinear
 from .kernels import dense_compute
 
 
@@ -40,13 +41,34 @@ class LayerFlops:
 
 
 def count_flops(model: nn.Module, *example_inputs, **example_kwargs) -> LayerFlops:
-    """Dense forward FLOPs of `model` on one example batch, per module name."""
-    with torch.no_grad(), dense_compute(), FlopCounterMode(display=False) as counter:
-        model(*example_inputs, **example_kwargs)
+    """Dense forward FLOPs of `model` on one example batch, per module name.
+
+    Truly sparse layers (`itop.sparse.SparseLinear`), whose sparse products the counter does not
+    see, are counted as the dense Linear layer they stand for (2 x rows x in x out), so that
+    densities scale them like masked layers."""
+    sparse_flops: dict[str, int] = {}
+
+    def counted(name):
+        def hook(module, inputs, output):
+            rows = inputs[0].numel() // module.in_features
+            sparse_flops[name] = sparse_flops.get(name, 0) + 2 * rows * module.in_features * module.out_features
+        return hook
+
+    hooks = [m.register_forward_hook(counted(n)) for n, m in model.named_modules() if isinstance(m, SparseLinear)]
+    try:
+        with torch.no_grad(), dense_compute(), FlopCounterMode(display=False) as counter:
+            model(*example_inputs, **example_kwargs)
+    finally:
+        for hook in hooks:
+            hook.remove()
     counts = {key: sum(ops.values()) for key, ops in counter.get_flop_counts().items()}
     root = type(model).__name__
     per_module = {name: counts.get(f"{root}.{name}" if name else root, 0) for name, _ in model.named_modules()}
-    return LayerFlops(per_module, counts.get("Global", 0))
+    for name, flops in sparse_flops.items():  # the layer itself and every module that holds it
+        for holder in per_module:
+            if holder == "" or name == holder or name.startswith(holder + "."):
+                per_module[holder] += flops
+    return LayerFlops(per_module, counts.get("Global", 0) + sum(sparse_flops.values()))
 
 
 def inference_ratio(flops: LayerFlops, densities: Mapping[str, float]) -> float:
@@ -71,7 +93,7 @@ def training_ratio(flops: LayerFlops, sparsifier, total_steps: int | None = None
     redistribution count for the steps they held; steps not run yet keep the latest densities.
     """
     steps = sparsifier.config["total_steps"] if total_steps is None else total_steps
-    sizes = {n: p.numel() for n, p in sparsifier.params.items()}
+    sizes = {n: stats["numel"] for n, stats in sparsifier.layer_stats().items()}
     history = sparsifier.history
     forward = [flops.sparse_forward({n: h["nnz"][n] / sizes[n] for n in sizes}) for h in history]
     starts = [h["step"] for h in history] + [max(steps, history[-1]["step"])]
