@@ -458,3 +458,17 @@ def test_layer_unused_in_a_step_still_updates_with_gradient_growth():
     train(model, opt, sp, batches(4, (8,), 2))
     assert int(sp.masks["unused.weight"].sum()) == before and sp.steps == 4
     assert_zero_off_mask(sp)
+
+
+def test_init_scale_sparse_scales_the_initial_active_weights_for_the_actual_fan_in():
+    torch.manual_seed(0)
+    plain, _, dense_scaled = make(lenet300(), density=0.05)
+    torch.manual_seed(0)
+    scaled, _, sparse_scaled = make(lenet300(), density=0.05, init_scale="sparse")
+    for name, mask in dense_scaled.masks.items():
+        assert torch.equal(mask, sparse_scaled.masks[name])
+        density = float(mask.float().mean())
+        before, after = dict(plain.named_parameters())[name], dict(scaled.named_parameters())[name]
+        assert torch.allclose(after, before / density**0.5)
+    with pytest.raises(ValueError, match="init_scale"):
+        make(density=0.05, init_scale="fan_in")
