@@ -7,8 +7,17 @@ import torch
 from hypothesis import given, settings, strategies as st
 from torch import nn
 
-from itop.sparse import SparseLinear
+from itop.sparse import SparseLinear, native, ops
 from itop.sparse.structure import SparseStructure
+
+BACKENDS = ["torch"] + (["numba"] if native.AVAILABLE else [])
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request, monkeypatch):
+    """Run a test with PyTorch's sparse products, and again with the numba kernels where installed."""
+    monkeypatch.setattr(ops, "NATIVE_MAX_ROWS", ops.NATIVE_MAX_ROWS if request.param == "numba" else -1)
+    return request.param
 
 
 def masked_reference(layer: SparseLinear):
@@ -18,9 +27,18 @@ def masked_reference(layer: SparseLinear):
 
 
 @settings(max_examples=25)
+@pytest.mark.parametrize("kernels", BACKENDS)
 @given(in_f=st.integers(1, 40), out_f=st.integers(1, 40), share=st.floats(0.01, 1.0), batch=st.sampled_from([(1,), (2,), (5,), (3, 4), (2, 1, 3)]),
        bias=st.booleans(), seed=st.integers(0, 2**31))
-def test_forward_and_both_gradients_equal_masked_dense_autograd(in_f, out_f, share, batch, bias, seed):
+def test_forward_and_both_gradients_equal_masked_dense_autograd(kernels, in_f, out_f, share, batch, bias, seed):
+    ops.NATIVE_MAX_ROWS, saved = (16 if kernels == "numba" else -1), ops.NATIVE_MAX_ROWS
+    try:
+        check_against_masked_dense(in_f, out_f, share, batch, bias, seed)
+    finally:
+        ops.NATIVE_MAX_ROWS = saved
+
+
+def check_against_masked_dense(in_f, out_f, share, batch, bias, seed):
     torch.manual_seed(seed)
     nnz = max(1, round(share * in_f * out_f))
     layer = SparseLinear(in_f, out_f, nnz=nnz, bias=bias).double()
@@ -40,7 +58,7 @@ def test_forward_and_both_gradients_equal_masked_dense_autograd(in_f, out_f, sha
         assert torch.allclose(layer.bias.grad, b.grad, atol=1e-6)
 
 
-def test_float32_matches_and_batches_below_eight_rows_too():
+def test_float32_matches_and_batches_below_eight_rows_too(backend):
     torch.manual_seed(0)
     layer = SparseLinear(300, 200, nnz=3000)
     weight, b = masked_reference(layer)

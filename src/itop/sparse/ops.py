@@ -18,7 +18,15 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from . import native
 from .structure import SparseStructure
+
+NATIVE_MAX_ROWS = 16  # batches up to this many rows use the numba kernels when present (measured in benchmarks/truly_sparse.py)
+
+
+def use_native(rows: Tensor, values: Tensor) -> bool:
+    """Small batches on the CPU, where the numba kernels beat PyTorch's sparse products."""
+    return rows.shape[0] <= NATIVE_MAX_ROWS and native.usable(rows, values)
 
 
 def csr_forward(structure: SparseStructure, values: Tensor, rows: Tensor) -> Tensor:
@@ -75,7 +83,13 @@ class SparseLinearFunction(torch.autograd.Function):
         grads = grad_out.reshape(-1, structure.shape[0])
         if ctx.recorder is not None:
             ctx.recorder(rows, grads)
-        grad_x = csr_input_grad(structure, values, grads).reshape(ctx.input_shape) if ctx.needs_input_grad[0] else None
-        grad_values = sampled_weight_grad(structure, grads, rows) if ctx.needs_input_grad[1] else None
+        fast = use_native(rows, values)
+        grad_x = grad_values = None
+        if ctx.needs_input_grad[0]:
+            grad_x = (native.input_grad(structure.crow, structure.col, values, grads, structure.shape[1]) if fast
+                      else csr_input_grad(structure, values, grads)).reshape(ctx.input_shape)
+        if ctx.needs_input_grad[1]:
+            grad_values = (native.weight_grad(structure.crow, structure.col, grads, rows) if fast
+                           else sampled_weight_grad(structure, grads, rows))
         grad_b = grads.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return grad_x, grad_values, grad_b, None, None

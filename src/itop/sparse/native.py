@@ -1,0 +1,78 @@
+"""Compiled CPU kernels (numba) for the two sparse products where PyTorch's are slow.
+
+At small batches (SET trains at batch 2) `torch.sparse.sampled_addmm` takes a scalar path and the
+input gradient through the transposed CSR first gathers the values into column order; at
+H=100,000 these two cost most of a step. Here:
+
+- `weight_grad`: for each active weight, the dot product of its output gradient column and input
+  column over the batch, rows of the CSR in parallel;
+- `input_grad`: each thread scatters value * output gradient of its share of the rows into its
+  own buffer (no transposed order, no atomics); the buffers are summed after.
+
+numba is optional: `AVAILABLE` is False when it cannot be imported and `itop.sparse.ops` then uses
+the pure-PyTorch products. Kernels compile on first use and are cached on disk.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import Tensor
+
+try:  # pragma: no cover - exercised by whichever environment runs the tests
+    if os.environ.get("ITOP_SPARSE_KERNELS", "").lower() == "torch":
+        raise ImportError("numba kernels switched off by ITOP_SPARSE_KERNELS=torch")
+    import numba
+    from numba import prange
+except ImportError:  # pragma: no cover
+    numba = None
+
+AVAILABLE = numba is not None
+
+if AVAILABLE:
+    @numba.njit(parallel=True, cache=True, fastmath=True, nogil=True)
+    def _weight_grad(crow, col, grads_t, inputs_t, out):  # pragma: no cover - compiled
+        batch = inputs_t.shape[1]
+        for i in prange(grads_t.shape[0]):
+            for j in range(crow[i], crow[i + 1]):
+                c = col[j]
+                acc = 0.0
+                for b in range(batch):
+                    acc += grads_t[i, b] * inputs_t[c, b]
+                out[j] = acc
+
+    @numba.njit(parallel=True, cache=True, fastmath=True, nogil=True)
+    def _input_grad(crow, col, values, grads_t, parts):  # pragma: no cover - compiled
+        threads, rows, batch = parts.shape[0], grads_t.shape[0], grads_t.shape[1]
+        for t in prange(threads):
+            part = parts[t]
+            part[:] = 0.0
+            for i in range(rows * t // threads, rows * (t + 1) // threads):
+                for j in range(crow[i], crow[i + 1]):
+                    v = values[j]
+                    c = col[j]
+                    for b in range(batch):
+                        part[c, b] += v * grads_t[i, b]
+
+
+def usable(*tensors: Tensor) -> bool:
+    """The kernels serve contiguous CPU float32/float64 tensors, outside autograd transforms."""
+    return AVAILABLE and all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) for t in tensors)
+
+
+def weight_grad(crow: Tensor, col: Tensor, grads: Tensor, rows: Tensor) -> Tensor:
+    """(grads^T @ rows) at the CSR's positions, in CSR order: (nnz,)."""
+    out = torch.empty(col.numel(), dtype=rows.dtype)
+    grads_t = grads.t().contiguous().to(rows.dtype)
+    _weight_grad(crow.numpy(), col.numpy(), grads_t.numpy(), rows.t().contiguous().numpy(), out.numpy())
+    return out
+
+
+def input_grad(crow: Tensor, col: Tensor, values: Tensor, grads: Tensor, in_features: int) -> Tensor:
+    """grads @ W for the CSR weight (crow, col, values): (batch, in_features)."""
+    threads = max(1, min(numba.get_num_threads(), crow.numel() - 1))
+    parts = torch.empty(threads, in_features, grads.shape[0], dtype=values.dtype)
+    _input_grad(crow.numpy(), col.numpy(), values.detach().contiguous().numpy(),
+                grads.t().contiguous().to(values.dtype).numpy(), parts.numpy())
+    return parts.sum(0).t() if threads > 1 else parts[0].t()
