@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 from torch import nn
 
-from itop.sparse import SparseLinear, native, ops
+from itop.sparse import SparseLinear, native
 from itop.sparse.structure import SparseStructure
 
 BACKENDS = ["torch"] + (["numba"] if native.AVAILABLE else [])
@@ -16,7 +16,7 @@ BACKENDS = ["torch"] + (["numba"] if native.AVAILABLE else [])
 @pytest.fixture(params=BACKENDS)
 def backend(request, monkeypatch):
     """Run a test with PyTorch's sparse products, and again with the numba kernels where installed."""
-    monkeypatch.setattr(ops, "NATIVE_MAX_ROWS", ops.NATIVE_MAX_ROWS if request.param == "numba" else -1)
+    monkeypatch.setattr(native, "AVAILABLE", request.param == "numba")
     return request.param
 
 
@@ -28,14 +28,14 @@ def masked_reference(layer: SparseLinear):
 
 @settings(max_examples=25)
 @pytest.mark.parametrize("kernels", BACKENDS)
-@given(in_f=st.integers(1, 40), out_f=st.integers(1, 40), share=st.floats(0.01, 1.0), batch=st.sampled_from([(1,), (2,), (5,), (3, 4), (2, 1, 3)]),
+@given(in_f=st.integers(1, 40), out_f=st.integers(1, 40), share=st.floats(0.01, 1.0), batch=st.sampled_from([(1,), (2,), (5,), (3, 4), (2, 1, 3), (40,), (4, 9)]),
        bias=st.booleans(), seed=st.integers(0, 2**31))
 def test_forward_and_both_gradients_equal_masked_dense_autograd(kernels, in_f, out_f, share, batch, bias, seed):
-    ops.NATIVE_MAX_ROWS, saved = (16 if kernels == "numba" else -1), ops.NATIVE_MAX_ROWS
+    native.AVAILABLE, saved = kernels == "numba", native.AVAILABLE
     try:
         check_against_masked_dense(in_f, out_f, share, batch, bias, seed)
     finally:
-        ops.NATIVE_MAX_ROWS = saved
+        native.AVAILABLE = saved
 
 
 def check_against_masked_dense(in_f, out_f, share, batch, bias, seed):
@@ -148,3 +148,15 @@ def test_structure_of_a_layer_too_large_to_exist_densely():
     layer.values, layer.bias, layer._structure, layer._recorder = nn.Parameter(torch.ones(3)), None, None, None
     out = layer(torch.ones(2, 333_000))
     assert out.shape == (2, 333_000) and float(out.detach().sum()) == 6.0
+
+
+@pytest.mark.parametrize("rows", [1, 2, 40])
+def test_inference_without_autograd_gives_the_training_forward(backend, rows):
+    torch.manual_seed(5)
+    layer = SparseLinear(64, 48, nnz=300)
+    x = torch.randn(rows, 64)
+    with torch.no_grad():
+        fast = layer(x)
+    assert not fast.requires_grad
+    assert torch.allclose(fast, layer(x).detach(), atol=1e-6)
+    assert torch.allclose(fast, nn.functional.linear(x, layer.to_dense().weight, layer.bias).detach(), atol=1e-5)

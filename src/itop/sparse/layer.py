@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..sparsity.select import random_k_positions
-from .ops import SparseLinearFunction
+from .ops import SparseLinearFunction, forward_t, transposed
 from .structure import SparseStructure
 
 
@@ -89,7 +89,12 @@ class SparseLinear(nn.Module):
             raise ValueError(f"SparseLinear expects inputs of shape (..., {self.in_features}), got {tuple(x.shape)}.")
         if x.dtype != self.values.dtype:  # autocast and mixed inputs: the sparse products need one dtype
             x = x.to(self.values.dtype)
-        return SparseLinearFunction.apply(x, self.values, self.bias, self.structure, self._recorder)
+        if torch.is_grad_enabled() and (x.requires_grad or self.values.requires_grad):
+            return SparseLinearFunction.apply(x, self.values, self.bias, self.structure, self._recorder)
+        out_t = forward_t(self.structure, self.values, transposed(x.reshape(-1, self.in_features)))  # inference: no autograd
+        if self.bias is not None:
+            out_t.add_(self.bias.unsqueeze(1))
+        return out_t.t().reshape(*x.shape[:-1], self.out_features)
 
     # ----------------------------------------------------------------------------- topology
     @torch.no_grad()
@@ -157,6 +162,7 @@ class SparseLinear(nn.Module):
     def __getstate__(self):
         state = dict(self.__dict__)
         state["_structure"] = None  # derived; rebuilt on first use
+        state["_recorder"] = None  # a copy is no longer driven by the sparsifier that recorded for it
         return state
 
     def extra_repr(self) -> str:

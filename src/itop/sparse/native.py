@@ -2,12 +2,14 @@
 
 At small batches (SET trains at batch 2) `torch.sparse.sampled_addmm` takes a scalar path and the
 input gradient through the transposed CSR first gathers the values into column order; at
-H=100,000 these two cost most of a step. Here:
+H=100,000 these two cost most of a step. At large batches MKL's CSR product is slower than a
+plain loop that adds value * input row into the output row. Here:
 
 - `weight_grad`: for each active weight, the dot product of its output gradient column and input
   column over the batch, rows of the CSR in parallel;
 - `input_grad`: each thread scatters value * output gradient of its share of the rows into its
-  own buffer (no transposed order, no atomics); the buffers are summed after.
+  own buffer (no transposed order, no atomics); the buffers are summed after;
+- `forward`: each output row accumulates value * (transposed) input row over its active weights.
 
 numba is optional: `AVAILABLE` is False when it cannot be imported and `itop.sparse.ops` then uses
 the pure-PyTorch products. Kernels compile on first use and are cached on disk.
@@ -56,23 +58,43 @@ if AVAILABLE:
                         part[c, b] += v * grads_t[i, b]
 
 
+    @numba.njit(parallel=True, cache=True, fastmath=True, nogil=True)
+    def _forward(crow, col, values, inputs_t, out_t):  # pragma: no cover - compiled
+        batch = inputs_t.shape[1]
+        for i in prange(out_t.shape[0]):
+            row = out_t[i]
+            row[:] = 0.0
+            for j in range(crow[i], crow[i + 1]):
+                v = values[j]
+                source = inputs_t[col[j]]
+                for b in range(batch):
+                    row[b] += v * source[b]
+
+
 def usable(*tensors: Tensor) -> bool:
     """The kernels serve contiguous CPU float32/float64 tensors, outside autograd transforms."""
     return AVAILABLE and all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) for t in tensors)
 
 
-def weight_grad(crow: Tensor, col: Tensor, grads: Tensor, rows: Tensor) -> Tensor:
-    """(grads^T @ rows) at the CSR's positions, in CSR order: (nnz,)."""
-    out = torch.empty(col.numel(), dtype=rows.dtype)
-    grads_t = grads.t().contiguous().to(rows.dtype)
-    _weight_grad(crow.numpy(), col.numpy(), grads_t.numpy(), rows.t().contiguous().numpy(), out.numpy())
+def weight_grad(crow: Tensor, col: Tensor, grads_t: Tensor, rows_t: Tensor) -> Tensor:
+    """(grads^T @ rows) at the CSR's positions, in CSR order: (nnz,), from contiguous
+    (out, batch) and (in, batch) matrices."""
+    out = torch.empty(col.numel(), dtype=rows_t.dtype)
+    _weight_grad(crow.numpy(), col.numpy(), grads_t.to(rows_t.dtype).numpy(), rows_t.numpy(), out.numpy())
     return out
 
 
-def input_grad(crow: Tensor, col: Tensor, values: Tensor, grads: Tensor, in_features: int) -> Tensor:
-    """grads @ W for the CSR weight (crow, col, values): (batch, in_features)."""
+def input_grad(crow: Tensor, col: Tensor, values: Tensor, grads_t: Tensor, in_features: int) -> Tensor:
+    """(grads @ W)^T for the CSR weight (crow, col, values) and a contiguous (out, batch) matrix
+    of output gradients: (in_features, batch)."""
     threads = max(1, min(numba.get_num_threads(), crow.numel() - 1))
-    parts = torch.empty(threads, in_features, grads.shape[0], dtype=values.dtype)
-    _input_grad(crow.numpy(), col.numpy(), values.detach().contiguous().numpy(),
-                grads.t().contiguous().to(values.dtype).numpy(), parts.numpy())
-    return parts.sum(0).t() if threads > 1 else parts[0].t()
+    parts = torch.empty(threads, in_features, grads_t.shape[1], dtype=values.dtype)
+    _input_grad(crow.numpy(), col.numpy(), values.detach().contiguous().numpy(), grads_t.to(values.dtype).numpy(), parts.numpy())
+    return parts.sum(0) if threads > 1 else parts[0]
+
+
+def forward(crow: Tensor, col: Tensor, values: Tensor, rows_t: Tensor) -> Tensor:
+    """W @ rows_t for the CSR weight and a contiguous (in_features, batch) matrix: (out_features, batch)."""
+    out_t = torch.empty(crow.numel() - 1, rows_t.shape[1], dtype=values.dtype)
+    _forward(crow.numpy(), col.numpy(), values.detach().contiguous().numpy(), rows_t.numpy(), out_t.numpy())
+    return out_t

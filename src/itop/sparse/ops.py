@@ -21,75 +21,94 @@ from torch.autograd.function import once_differentiable
 from . import native
 from .structure import SparseStructure
 
-NATIVE_MAX_ROWS = 16  # batches up to this many rows use the numba kernels when present (measured in benchmarks/truly_sparse.py)
-
-
-def use_native(rows: Tensor, values: Tensor) -> bool:
-    """Small batches on the CPU, where the numba kernels beat PyTorch's sparse products."""
-    return rows.shape[0] <= NATIVE_MAX_ROWS and native.usable(rows, values)
-
-
-def csr_forward(structure: SparseStructure, values: Tensor, rows: Tensor) -> Tensor:
-    """rows @ W^T for a (batch, in) matrix `rows`: (batch, out)."""
-    return torch.sparse.mm(structure.matrix(values), rows.t().contiguous()).t()
-
-
-def csr_input_grad(structure: SparseStructure, values: Tensor, grads: Tensor) -> Tensor:
-    """grads @ W for a (batch, out) matrix `grads`: (batch, in)."""
-    return torch.sparse.mm(structure.transposed_matrix(values), grads.t().contiguous()).t()
-
-
+# Which kernels serve which batch sizes (rows of the call), from measurements on the 2-core CPU
+# (benchmarks/truly_sparse.py); the numba ones only where numba is installed.
+NATIVE_FORWARD_MIN_ROWS = 32  # forward: numba's loop from this many rows (1.5x MKL at 128), MKL below, mv for one row
+NATIVE_INPUT_GRAD_MAX_ROWS = 16  # input gradient: numba's scatter up to this many rows, MKL on the transposed CSR above
 _VECTOR_ROWS = 8  # sampled_addmm's CPU kernel takes a scalar path below 8 rows: 2 rows cost 2.4x what 8 do
 
 
-def sampled_weight_grad(structure: SparseStructure, grads: Tensor, rows: Tensor) -> Tensor:
-    """(grads^T @ rows) at the active positions only, in the order of the values: (nnz,).
+def transposed(matrix: Tensor) -> Tensor:
+    """matrix.t() as a contiguous tensor: free when `matrix` is itself a transposed view, which is
+    how these products hand their outputs on (so a chain of sparse layers never copies)."""
+    flipped = matrix.t()
+    return flipped if flipped.is_contiguous() else flipped.contiguous()
 
-    Fewer than 8 rows (batch 2, SET's recipe) are padded with zero rows to 8 on the CPU, which
-    the measurement in `benchmarks/truly_sparse.py` found faster than the unpadded call.
+
+def forward_t(structure: SparseStructure, values: Tensor, rows_t: Tensor) -> Tensor:
+    """W @ rows_t for a contiguous (in, batch) matrix: (out, batch), with the fastest product for
+    the batch: a CSR matrix-vector product for one row, MKL's CSR product for a few, numba's loop
+    for many."""
+    if rows_t.shape[1] == 1:
+        return torch.mv(structure.matrix(values), rows_t[:, 0]).unsqueeze(1)
+    if rows_t.shape[1] >= NATIVE_FORWARD_MIN_ROWS and native.usable(rows_t, values):
+        return native.forward(structure.crow, structure.col, values, rows_t)
+    return torch.sparse.mm(structure.matrix(values), rows_t)
+
+
+def csr_forward(structure: SparseStructure, values: Tensor, rows: Tensor) -> Tensor:
+    """rows @ W^T for a (batch, in) matrix `rows`: (batch, out), as a transposed view."""
+    return forward_t(structure, values, transposed(rows)).t()
+
+
+def input_grad_t(structure: SparseStructure, values: Tensor, grads_t: Tensor) -> Tensor:
+    """(grads @ W)^T for a contiguous (out, batch) matrix `grads_t`: (in, batch)."""
+    if grads_t.shape[1] <= NATIVE_INPUT_GRAD_MAX_ROWS and native.usable(grads_t, values):
+        return native.input_grad(structure.crow, structure.col, values, grads_t, structure.shape[1])
+    return torch.sparse.mm(structure.transposed_matrix(values), grads_t)
+
+
+def weight_grad(structure: SparseStructure, grads_t: Tensor, rows_t: Tensor) -> Tensor:
+    """(grads^T @ rows) at the active positions only, in the order of the values: (nnz,), from
+    contiguous (out, batch) and (in, batch) matrices.
+
+    numba's per-weight dot products where installed; otherwise `torch.sparse.sampled_addmm`, with
+    fewer than 8 rows (batch 2, SET's recipe) padded to 8 on the CPU (faster than unpadded).
     """
-    if rows.shape[0] < _VECTOR_ROWS and rows.device.type == "cpu":
-        pad = _VECTOR_ROWS - rows.shape[0]
-        rows = torch.cat([rows, rows.new_zeros(pad, rows.shape[1])])
-        grads = torch.cat([grads, grads.new_zeros(pad, grads.shape[1])])
+    if native.usable(grads_t, rows_t):
+        return native.weight_grad(structure.crow, structure.col, grads_t, rows_t)
+    if rows_t.shape[1] < _VECTOR_ROWS and rows_t.device.type == "cpu":
+        pad = _VECTOR_ROWS - rows_t.shape[1]
+        rows_t = torch.cat([rows_t, rows_t.new_zeros(rows_t.shape[0], pad)], 1)
+        grads_t = torch.cat([grads_t, grads_t.new_zeros(grads_t.shape[0], pad)], 1)
     ones = getattr(structure, "_ones", None)
-    if ones is None or ones.dtype != rows.dtype:
-        ones = structure._ones = torch.ones(structure.nnz, dtype=rows.dtype, device=rows.device)
-    pattern = structure.matrix(ones)
-    return torch.sparse.sampled_addmm(pattern, grads.t().contiguous(), rows.contiguous(), beta=0.0).values()
+    if ones is None or ones.dtype != rows_t.dtype or ones.device != rows_t.device:
+        ones = structure._ones = torch.ones(structure.nnz, dtype=rows_t.dtype, device=rows_t.device)
+    return torch.sparse.sampled_addmm(structure.matrix(ones), grads_t, rows_t.t().contiguous(), beta=0.0).values()
 
 
 class SparseLinearFunction(torch.autograd.Function):
     """y = x @ W^T + b with W given by (structure, values).
 
-    `recorder`, when not None, is called in the backward with the (rows, grad_out) pair of the call:
-    what gradient growth needs to score the inactive positions of the layer (see `growth.py`).
+    The output is handed on as the transposed view of an (out, batch) result, so the next sparse
+    layer reads its input without a copy. `recorder`, when not None, is called in the backward
+    with the (inputs, output gradients) of the call: what gradient growth needs to score the
+    inactive positions of the layer (`itop.sparsity.index_growth`).
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, values: Tensor, bias: Tensor | None, structure: SparseStructure, recorder) -> Tensor:
-        rows = x.reshape(-1, x.shape[-1])
-        out = csr_forward(structure, values, rows)
-        out = out + bias if bias is not None else out.contiguous()
-        ctx.save_for_backward(rows, values)
+        rows_t = transposed(x.reshape(-1, x.shape[-1]))
+        out_t = forward_t(structure, values, rows_t)
+        if bias is not None:
+            out_t.add_(bias.unsqueeze(1))
+        ctx.save_for_backward(rows_t, values)
         ctx.structure, ctx.recorder, ctx.input_shape, ctx.has_bias = structure, recorder, x.shape, bias is not None
-        return out.reshape(*x.shape[:-1], structure.shape[0])
+        return out_t.t().reshape(*x.shape[:-1], structure.shape[0])
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: Tensor):
-        rows, values = ctx.saved_tensors
+        rows_t, values = ctx.saved_tensors
         structure = ctx.structure
-        grads = grad_out.reshape(-1, structure.shape[0])
+        grads_t = transposed(grad_out.reshape(-1, structure.shape[0]))
         if ctx.recorder is not None:
-            ctx.recorder(rows, grads)
-        fast = use_native(rows, values)
-        grad_x = grad_values = None
+            ctx.recorder(rows_t.t(), grads_t.t())
+        grad_x = grad_values = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = (native.input_grad(structure.crow, structure.col, values, grads, structure.shape[1]) if fast
-                      else csr_input_grad(structure, values, grads)).reshape(ctx.input_shape)
+            grad_x = input_grad_t(structure, values, grads_t).t().reshape(ctx.input_shape)
         if ctx.needs_input_grad[1]:
-            grad_values = (native.weight_grad(structure.crow, structure.col, grads, rows) if fast
-                           else sampled_weight_grad(structure, grads, rows))
-        grad_b = grads.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+            grad_values = weight_grad(structure, grads_t, rows_t)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grads_t.sum(1)
         return grad_x, grad_values, grad_b, None, None

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
-from ..sparse.ops import csr_forward, sampled_weight_grad
+from ..sparse.ops import csr_forward, transposed, weight_grad
 from ..sparse.structure import SparseStructure
 
 MAX_DENSITY = 0.06
@@ -106,7 +106,7 @@ class _MaskedCSRLinearFunction(torch.autograd.Function):
             if pattern.dense_grad:
                 grad_w = grads.t().mm(rows)
             else:
-                values = sampled_weight_grad(pattern.structure, grads, rows)
+                values = weight_grad(pattern.structure, transposed(grads), transposed(rows))
                 grad_w = torch.zeros_like(weight)
                 grad_w.view(-1).index_copy_(0, pattern.flat, values)
         grad_b = grads.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
