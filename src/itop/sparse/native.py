@@ -64,11 +64,18 @@ if AVAILABLE:
         for i in prange(out_t.shape[0]):
             row = out_t[i]
             row[:] = 0.0
-            for j in range(crow[i], crow[i + 1]):
-                v = values[j]
-                source = inputs_t[col[j]]
+            j, end = crow[i], crow[i + 1]
+            while j + 3 < end:  # four weights per pass over the output row: a quarter of its loads and stores
+                v0, v1, v2, v3 = values[j], values[j + 1], values[j + 2], values[j + 3]
+                x0, x1, x2, x3 = inputs_t[col[j]], inputs_t[col[j + 1]], inputs_t[col[j + 2]], inputs_t[col[j + 3]]
+                for b in range(batch):
+                    row[b] += (v0 * x0[b] + v1 * x1[b]) + (v2 * x2[b] + v3 * x3[b])
+                j += 4
+            while j < end:
+                v, source = values[j], inputs_t[col[j]]
                 for b in range(batch):
                     row[b] += v * source[b]
+                j += 1
 
 
 def usable(*tensors: Tensor) -> bool:
