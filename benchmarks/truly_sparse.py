@@ -709,16 +709,13 @@ def section_huge(args, results: dict) -> None:
 
 # ----------------------------------------------------------------------------- main
 def kernel_path() -> str:
-    """Which products SparseLinear uses here: the optional numba kernels for small batches
-    (itop.sparse.native) or PyTorch's sparse products only."""
-    try:
-        from itop.sparse import native
-    except ImportError:
-        return "PyTorch sparse products (no itop.sparse.native)"
-    if getattr(native, "AVAILABLE", False):
-        return f"numba kernels for batches up to {getattr(itop.sparse.ops, 'NATIVE_MAX_ROWS', '?')} rows, PyTorch's above"
+    """Which products SparseLinear uses here: the numba kernels (itop.sparse.native) where they
+    were measured faster, or PyTorch's sparse products only."""
+    from itop.sparse import native, ops
+    if native.AVAILABLE:
+        return (f"numba: weight gradient always, input gradient up to {ops.NATIVE_INPUT_GRAD_MAX_ROWS} rows, forward from "
+                f"{ops.NATIVE_FORWARD_MIN_ROWS} rows; PyTorch's sparse products (MKL) otherwise, CSR mv for one row")
     return "PyTorch sparse products (numba not importable or ITOP_SPARSE_KERNELS=torch)"
-
 
 
 def print_summary(busy: dict[str, float]) -> None:

@@ -4,12 +4,15 @@ Autograd through `torch.sparse` would build a dense gradient of the weight's sha
 backward computes
 
 - the weight gradient at the active positions only: entry j is sum over rows of
-  grad_out[:, row_j] * x[:, col_j] (`torch.sparse.sampled_addmm` on the weight's CSR pattern);
-- the input gradient as grad_out @ W through the CSR of the transposed weight.
+  grad_out[:, row_j] * x[:, col_j];
+- the input gradient as grad_out @ W, through the CSR of the transposed weight or a scatter over
+  the weight's own CSR.
 
-The forward is one CSR-times-dense product (`torch.sparse.mm`, MKL on Intel CPUs). These are
-shared with the masked engine's sparse Linear kernels (`itop.sparsity.kernels`), which multiply a
-dense weight's active entries the same way.
+Each product has a pure-PyTorch form (`torch.sparse.mm`, MKL on Intel CPUs;
+`torch.sparse.sampled_addmm`) and, where numba is installed and it was measured faster on the CPU,
+a compiled one (`native.py`); the constants below say which serves which batch size. The forward
+and weight gradient are shared with the masked engine's sparse Linear kernels
+(`itop.sparsity.kernels`).
 """
 
 from __future__ import annotations
