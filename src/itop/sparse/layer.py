@@ -91,7 +91,12 @@ class SparseLinear(nn.Module):
             x = x.to(self.values.dtype)
         if torch.is_grad_enabled() and (x.requires_grad or self.values.requires_grad):
             return SparseLinearFunction.apply(x, self.values, self.bias, self.structure, self._recorder)
-        out_t = forward_t(self.structure, self.values, transposed(x.reshape(-1, self.in_features)))  # inference: no autograd
+        rows = x.reshape(-1, self.in_features)  # inference: no autograd
+        if rows.shape[0] == 1:  # one example: a single matrix-vector product with the bias (per-call overhead dominates)
+            matrix = self.structure.matrix(self.values)
+            out = torch.mv(matrix, rows[0]) if self.bias is None else torch.addmv(self.bias, matrix, rows[0])
+            return out.reshape(*x.shape[:-1], self.out_features)
+        out_t = forward_t(self.structure, self.values, transposed(rows))
         if self.bias is not None:
             out_t.add_(self.bias.unsqueeze(1))
         return out_t.t().reshape(*x.shape[:-1], self.out_features)

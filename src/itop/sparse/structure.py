@@ -66,8 +66,15 @@ class SparseStructure:
         return self._row
 
     def matrix(self, values: Tensor) -> Tensor:
-        """The weight as a torch CSR tensor with these values (no copy of the indices)."""
-        return torch.sparse_csr_tensor(self.crow, self.col, values, self.shape, check_invariants=False)
+        """The weight as a torch CSR tensor with these values (no copy of the indices or values).
+
+        The tensor shares the values' memory, so it stays current through in-place optimizer
+        updates; it is kept for the next call with the same values (a few microseconds a layer)."""
+        key = (values.data_ptr(), values.dtype, values.device, values.numel())
+        if getattr(self, "_matrix_key", None) != key:
+            self._matrix = torch.sparse_csr_tensor(self.crow, self.col, values.detach(), self.shape, check_invariants=False)
+            self._matrix_key = key
+        return self._matrix
 
     def transposed_matrix(self, values: Tensor) -> Tensor:
         """The transposed weight (in_features x out_features) as a CSR tensor."""
