@@ -96,9 +96,7 @@ class SparseLinear(nn.Module):
             matrix = self.structure.matrix(self.values)
             out = torch.mv(matrix, rows[0]) if self.bias is None else torch.addmv(self.bias, matrix, rows[0])
             return out.reshape(*x.shape[:-1], self.out_features)
-        out_t = forward_t(self.structure, self.values, transposed(rows))
-        if self.bias is not None:
-            out_t.add_(self.bias.unsqueeze(1))
+        out_t = forward_t(self.structure, self.values, transposed(rows), self.bias)
         return out_t.t().reshape(*x.shape[:-1], self.out_features)
 
     # ----------------------------------------------------------------------------- topology

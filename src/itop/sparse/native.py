@@ -59,11 +59,11 @@ if AVAILABLE:
 
 
     @numba.njit(parallel=True, cache=True, fastmath=True, nogil=True)
-    def _forward(crow, col, values, inputs_t, out_t):  # pragma: no cover - compiled
+    def _forward(crow, col, values, inputs_t, bias, out_t):  # pragma: no cover - compiled
         batch = inputs_t.shape[1]
         for i in prange(out_t.shape[0]):
             row = out_t[i]
-            row[:] = 0.0
+            row[:] = bias[i] if bias.shape[0] else 0.0
             j, end = crow[i], crow[i + 1]
             while j + 3 < end:  # four weights per pass over the output row: a quarter of its loads and stores
                 v0, v1, v2, v3 = values[j], values[j + 1], values[j + 2], values[j + 3]
@@ -100,8 +100,10 @@ def input_grad(crow: Tensor, col: Tensor, values: Tensor, grads_t: Tensor, in_fe
     return parts.sum(0) if threads > 1 else parts[0]
 
 
-def forward(crow: Tensor, col: Tensor, values: Tensor, rows_t: Tensor) -> Tensor:
-    """W @ rows_t for the CSR weight and a contiguous (in_features, batch) matrix: (out_features, batch)."""
+def forward(crow: Tensor, col: Tensor, values: Tensor, rows_t: Tensor, bias: Tensor | None = None) -> Tensor:
+    """W @ rows_t (+ bias per row) for the CSR weight and a contiguous (in_features, batch) matrix:
+    (out_features, batch). The bias is added in the same pass (one parallel region less)."""
     out_t = torch.empty(crow.numel() - 1, rows_t.shape[1], dtype=values.dtype)
-    _forward(crow.numpy(), col.numpy(), values.detach().contiguous().numpy(), rows_t.numpy(), out_t.numpy())
+    bias = values.new_zeros(0) if bias is None else bias.detach().to(values.dtype)
+    _forward(crow.numpy(), col.numpy(), values.detach().contiguous().numpy(), rows_t.numpy(), bias.numpy(), out_t.numpy())
     return out_t

@@ -38,15 +38,17 @@ def transposed(matrix: Tensor) -> Tensor:
     return flipped if flipped.is_contiguous() else flipped.contiguous()
 
 
-def forward_t(structure: SparseStructure, values: Tensor, rows_t: Tensor) -> Tensor:
-    """W @ rows_t for a contiguous (in, batch) matrix: (out, batch), with the fastest product for
-    the batch: a CSR matrix-vector product for one row, MKL's CSR product for a few, numba's loop
-    for many."""
-    if rows_t.shape[1] == 1:
-        return torch.mv(structure.matrix(values), rows_t[:, 0]).unsqueeze(1)
+def forward_t(structure: SparseStructure, values: Tensor, rows_t: Tensor, bias: Tensor | None = None) -> Tensor:
+    """W @ rows_t + bias for a contiguous (in, batch) matrix: (out, batch), with the fastest
+    product for the batch: a CSR matrix-vector product for one row, MKL's CSR product for a few,
+    numba's loop (bias added in the same pass) for many."""
     if rows_t.shape[1] >= NATIVE_FORWARD_MIN_ROWS and native.usable(rows_t, values):
-        return native.forward(structure.crow, structure.col, values, rows_t)
-    return torch.sparse.mm(structure.matrix(values), rows_t)
+        return native.forward(structure.crow, structure.col, values, rows_t, bias)
+    if rows_t.shape[1] == 1:
+        out_t = torch.mv(structure.matrix(values), rows_t[:, 0]).unsqueeze(1)
+    else:
+        out_t = torch.sparse.mm(structure.matrix(values), rows_t)
+    return out_t if bias is None else out_t.add_(bias.unsqueeze(1))
 
 
 def csr_forward(structure: SparseStructure, values: Tensor, rows: Tensor) -> Tensor:
@@ -92,9 +94,7 @@ class SparseLinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, values: Tensor, bias: Tensor | None, structure: SparseStructure, recorder) -> Tensor:
         rows_t = transposed(x.reshape(-1, x.shape[-1]))
-        out_t = forward_t(structure, values, rows_t)
-        if bias is not None:
-            out_t.add_(bias.unsqueeze(1))
+        out_t = forward_t(structure, values, rows_t, bias)
         ctx.save_for_backward(rows_t, values)
         ctx.structure, ctx.recorder, ctx.input_shape, ctx.has_bias = structure, recorder, x.shape, bias is not None
         return out_t.t().reshape(*x.shape[:-1], structure.shape[0])
