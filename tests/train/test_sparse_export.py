@@ -6,19 +6,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from itop.__main__ import main
 from itop.models import create_model
 from itop.sparse import SparseLinear
 from itop.train import loop
 
-TINY = ["--sparse", "--model", "lenet300-100", "--data", "mnist5k", "--epochs", "2", "--batch-size", "200",
-        "--growth", "gradient", "--update_frequency", "7", "--no-progress", "--seed", "3"]
+from .test_cli import TINY as CLI_TINY, run
 
-
-def run(argv, capsys):
-    code = main(["train", *argv])
-    out, err = capsys.readouterr()
-    return code, out, err
+TINY = CLI_TINY[:CLI_TINY.index("--epochs")] + ["--epochs", "2"] + CLI_TINY[CLI_TINY.index("--epochs") + 2:]
 
 
 @pytest.fixture
