@@ -247,3 +247,13 @@ def test_a_sparsifier_state_of_other_positions_is_refused():
     sparsifier = itop.Sparsifier(other, torch.optim.SGD(other.parameters(), lr=0.1), seed=0)
     with pytest.raises(ValueError, match="load the model's state_dict"):
         sparsifier.load_state_dict(state)
+
+
+def test_include_and_exclude_choose_truly_sparse_layers_too():
+    model = itop.sparse.sparsify(mlp(), 0.1, seed=0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    assert set(itop.Sparsifier(model, optimizer, include=[nn.Linear]).layers) == {"0.weight", "2.weight", "4.weight"}
+    assert set(itop.Sparsifier(model, optimizer, include=["2.weight"]).layers) == {"2.weight"}
+    assert set(itop.Sparsifier(model, optimizer, exclude=["4.*"]).layers) == {"0.weight", "2.weight"}
+    with pytest.raises(ValueError, match="matches no parameter"):
+        itop.Sparsifier(model, optimizer, include=["9.weight"])

@@ -17,7 +17,7 @@ weights that a topology update regrows.
 from __future__ import annotations
 
 from fnmatch import fnmatchcase
-from typing import Sequence, Union
+from typing import Callable, Sequence, Union
 
 from torch import nn
 
@@ -53,11 +53,13 @@ def sparse_parameters(
     model: nn.Module,
     include: Sequence[Selector] | None = None,
     exclude: Sequence[Selector] = (),
+    matched_elsewhere: Callable[[Selector], bool] = lambda sel: False,
 ) -> dict[str, nn.Parameter]:
     """Map from parameter name (as in `model.named_parameters()`) to each sparse parameter.
 
     Raises ValueError for an entry that is neither a pattern nor a module type, and for an
-    `include` entry that matches no parameter (a misspelt pattern would otherwise go unnoticed).
+    `include` entry that matches no parameter (a misspelt pattern would otherwise go unnoticed)
+    and that `matched_elsewhere` does not claim (the truly sparse layers it chooses).
     """
     wanted = DEFAULT_TYPES if include is None else tuple(include)
     unwanted = tuple(exclude)
@@ -73,7 +75,7 @@ def sparse_parameters(
             continue
         if not any(_matches(sel, n, h, param) for sel in unwanted for n, h in aliases):
             chosen[name] = param
-    missed = [sel for i, sel in enumerate(wanted) if i not in matched]
+    missed = [sel for i, sel in enumerate(wanted) if i not in matched and not matched_elsewhere(sel)]
     if include is not None and missed:
         raise ValueError(f"include entry {missed[0]!r} matches no parameter of the model; "
                          "give a module type the model uses or a pattern of names from model.named_parameters().")

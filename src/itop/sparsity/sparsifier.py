@@ -41,7 +41,8 @@ from .prune import PRUNE
 from .redistribute import REDISTRIBUTE, allocate
 from .schedule import PruneSchedule
 from .select import random_k_mask
-from .truly_sparse import Recorder, replace_positions, truly_sparse_layers
+from ..sparse.layer import SparseLinear
+from .truly_sparse import Recorder, replace_positions, selects_some, truly_sparse_layers
 
 def update_seed(seed: int) -> int:
     """The seed of the generator behind topology updates: another stream than the initial masks'
@@ -132,9 +133,10 @@ class Sparsifier:
         self._grow_options = checked_options(self._grow, grow_options, "grow_options", GROW_ARGUMENTS)
         self.schedule = PruneSchedule(prune_rate, update_frequency, total_steps, min(0.005, prune_rate), decay_schedule)
 
-        self.layers = truly_sparse_layers(model, exclude)  # itop.sparse.SparseLinear: values + indices, no mask
-        values = {id(layer.values) for layer in self.layers.values()}
-        self.params = {n: p for n, p in sparse_parameters(model, include, exclude).items() if id(p) not in values}
+        self.layers = truly_sparse_layers(model, include, exclude)  # itop.sparse.SparseLinear: values + indices, no mask
+        values = {id(m.values) for m in model.modules() if isinstance(m, SparseLinear)}
+        chosen = sparse_parameters(model, include, exclude, matched_elsewhere=lambda sel: selects_some(sel, model))
+        self.params = {n: p for n, p in chosen.items() if id(p) not in values}
         if not self.params and not self.layers:
             raise ValueError("the model has no sparse parameter (no trainable Linear/Conv weight, or include/exclude left none); pass include= to choose some.")
         held = {id(p) for group in optimizer.param_groups for p in group["params"]}

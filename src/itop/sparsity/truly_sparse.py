@@ -17,21 +17,34 @@ from torch import Tensor, nn
 from ..sparse.layer import SparseLinear
 
 
-def truly_sparse_layers(model: nn.Module, exclude: Sequence = ()) -> dict[str, SparseLinear]:
-    """Every SparseLinear of `model` with trainable values, by `<module>.weight`, in model order;
-    an `exclude` pattern matching `<module>.weight` or `<module>.values` (or the type) leaves one out."""
+def _selects(sel, names: tuple[str, str], module: SparseLinear) -> bool:
+    """Does one include/exclude entry name this truly sparse layer? A pattern matching
+    `<module>.weight` or `<module>.values`, or a module type it is (nn.Linear included: a truly
+    sparse layer stands for one)."""
+    if isinstance(sel, str):
+        return any(fnmatchcase(n, sel) for n in names)
+    return isinstance(sel, type) and (isinstance(module, sel) or issubclass(nn.Linear, sel))
+
+
+def truly_sparse_layers(model: nn.Module, include: Sequence | None = None, exclude: Sequence = ()) -> dict[str, SparseLinear]:
+    """Every SparseLinear of `model` with trainable values, by `<module>.weight`, in model order,
+    that `include` (default: all of them) chooses and `exclude` does not (see `_selects`)."""
     layers = {}
     for module_name, module in model.named_modules():
         if not isinstance(module, SparseLinear) or not module.values.requires_grad:
             continue
         prefix = f"{module_name}." if module_name else ""
         names = (prefix + "weight", prefix + "values")
-        if any(isinstance(sel, str) and any(fnmatchcase(n, sel) for n in names) for sel in exclude):
+        if include is not None and not any(_selects(sel, names, module) for sel in include):
             continue
-        if any(isinstance(sel, type) and isinstance(module, sel) for sel in exclude):
-            continue
-        layers[names[0]] = module
+        if not any(_selects(sel, names, module) for sel in exclude):
+            layers[names[0]] = module
     return layers
+
+
+def selects_some(sel, model: nn.Module) -> bool:
+    """Does an include entry choose at least one truly sparse layer of `model`?"""
+    return bool(truly_sparse_layers(model, [sel]))
 
 
 class Recorder:
