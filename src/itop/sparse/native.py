@@ -83,10 +83,19 @@ def usable(*tensors: Tensor) -> bool:
     return AVAILABLE and all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) for t in tensors)
 
 
+def _follow_torch_threads() -> None:
+    """Run the kernels on as many threads as PyTorch's CPU ops (`torch.set_num_threads`, or the
+    OMP_NUM_THREADS=1 torchrun gives each process), never on more than numba started."""
+    wanted = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    if numba.get_num_threads() != wanted:
+        numba.set_num_threads(wanted)
+
+
 def weight_grad(crow: Tensor, col: Tensor, grads_t: Tensor, rows_t: Tensor) -> Tensor:
     """(grads^T @ rows) at the CSR's positions, in CSR order: (nnz,), from contiguous
     (out, batch) and (in, batch) matrices."""
     out = torch.empty(col.numel(), dtype=rows_t.dtype)
+    _follow_torch_threads()
     _weight_grad(crow.numpy(), col.numpy(), grads_t.to(rows_t.dtype).numpy(), rows_t.numpy(), out.numpy())
     return out
 
@@ -94,6 +103,7 @@ def weight_grad(crow: Tensor, col: Tensor, grads_t: Tensor, rows_t: Tensor) -> T
 def input_grad(crow: Tensor, col: Tensor, values: Tensor, grads_t: Tensor, in_features: int) -> Tensor:
     """(grads @ W)^T for the CSR weight (crow, col, values) and a contiguous (out, batch) matrix
     of output gradients: (in_features, batch)."""
+    _follow_torch_threads()
     threads = max(1, min(numba.get_num_threads(), crow.numel() - 1))
     parts = torch.empty(threads, in_features, grads_t.shape[1], dtype=values.dtype)
     _input_grad(crow.numpy(), col.numpy(), values.detach().contiguous().numpy(), grads_t.to(values.dtype).numpy(), parts.numpy())
@@ -105,5 +115,6 @@ def forward(crow: Tensor, col: Tensor, values: Tensor, rows_t: Tensor, bias: Ten
     (out_features, batch). The bias is added in the same pass (one parallel region less)."""
     out_t = torch.empty(crow.numel() - 1, rows_t.shape[1], dtype=values.dtype)
     bias = values.new_zeros(0) if bias is None else bias.detach().to(values.dtype)
+    _follow_torch_threads()
     _forward(crow.numpy(), col.numpy(), values.detach().contiguous().numpy(), rows_t.numpy(), bias.numpy(), out_t.numpy())
     return out_t
