@@ -257,3 +257,33 @@ def test_include_and_exclude_choose_truly_sparse_layers_too():
     assert set(itop.Sparsifier(model, optimizer, exclude=["4.*"]).layers) == {"0.weight", "2.weight"}
     with pytest.raises(ValueError, match="matches no parameter"):
         itop.Sparsifier(model, optimizer, include=["9.weight"])
+
+
+def test_gradient_growth_with_a_closure_step_matches_the_plain_loop():
+    """optimizer.step(closure) runs the backward inside the step: the recorded inputs and output
+    gradients must still reach the update."""
+    x, y = data()
+    x = x.float()
+    runs = []
+    for use_closure in (False, True):
+        torch.manual_seed(8)
+        model = itop.sparse.sparsify(mlp(), 0.1, seed=1)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        sparsifier = itop.Sparsifier(model, optimizer, density=0.1, grow="gradient", update_frequency=2, total_steps=20, seed=1)
+        for step in range(6):
+            rows = slice(step * 8, step * 8 + 8)
+
+            def closure():
+                optimizer.zero_grad()
+                loss = nn.functional.cross_entropy(model(x[rows]), y[rows])
+                loss.backward()
+                return loss
+
+            if use_closure:
+                optimizer.step(closure)
+            else:
+                closure()
+                optimizer.step()
+            sparsifier.step()
+        runs.append({n: layer.indices.clone() for n, layer in sparsifier.layers.items()})
+    assert all(torch.equal(runs[0][n], runs[1][n]) for n in runs[0])

@@ -299,8 +299,8 @@ class Sparsifier:
         GradScaler has told a fused optimizer to skip this step."""
         self._follow_parameters()
         self._skipping = skipped_by_grad_scaler(optimizer)
-        if self.layers and self.update_due and not self._skipping:
-            self._sources = {n: _all_ranks(r.sources) for n, r in self._recorders.items()}
+        if closure_of(optimizer, args, kwargs) is None and not self._skipping:
+            self._take_sources()
         if closure_of(optimizer, args, kwargs) is not None:
             for pattern in self._patterns.values():  # inside the step the closure computes densely, kernels or not
                 pattern.enabled = False
@@ -316,9 +316,15 @@ class Sparsifier:
         self._optimizer_steps += 1
         if closure_of(optimizer, args, kwargs) is not None:
             self._take_gradients(mask=False)
+            self._take_sources()  # the closure ran the backward inside the step
             self.apply_masks()
             for pattern in self._patterns.values():
                 pattern.enabled = True
+
+    def _take_sources(self) -> None:
+        """On a step that ends with an update, keep what the truly sparse layers recorded for RigL."""
+        if self.layers and self.update_due:
+            self._sources = {n: _all_ranks(r.sources) for n, r in self._recorders.items()}
 
     def _take_gradients(self, mask: bool, scale: Tensor | None = None) -> None:
         """Fold the gradients into the running average and, when an update follows this step,
