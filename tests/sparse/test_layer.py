@@ -160,3 +160,17 @@ def test_inference_without_autograd_gives_the_training_forward(backend, rows):
     assert not fast.requires_grad
     assert torch.allclose(fast, layer(x).detach(), atol=1e-6)
     assert torch.allclose(fast, nn.functional.linear(x, layer.to_dense().weight, layer.bias).detach(), atol=1e-5)
+
+
+def test_trains_under_bfloat16_autocast():
+    torch.manual_seed(6)
+    model = nn.Sequential(SparseLinear(20, 30, nnz=100), nn.ReLU(), nn.Linear(30, 4))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(16, 20), torch.randint(0, 4, (16,))
+    before = model[0].values.detach().clone()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    optimizer.step()
+    assert model[0].values.dtype == torch.float32 and torch.isfinite(model[0].values).all()
+    assert not torch.equal(model[0].values, before)

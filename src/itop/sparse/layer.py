@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..sparsity.select import random_k_positions
-from .ops import SparseLinearFunction, forward_t, transposed
+from .ops import SparseLinearFunction, autocast_on, forward_t, transposed
 from .structure import SparseStructure
 
 
@@ -89,6 +89,9 @@ class SparseLinear(nn.Module):
             raise ValueError(f"SparseLinear expects inputs of shape (..., {self.in_features}), got {tuple(x.shape)}.")
         if x.dtype != self.values.dtype:  # autocast and mixed inputs: the sparse products need one dtype
             x = x.to(self.values.dtype)
+        if autocast_on(x.device.type):  # the sparse products have no bfloat16/float16 kernels: run in the values' dtype
+            with torch.autocast(x.device.type, enabled=False):
+                return self.forward(x)
         if torch.is_grad_enabled() and (x.requires_grad or self.values.requires_grad):
             return SparseLinearFunction.apply(x, self.values, self.bias, self.structure, self._recorder)
         rows = x.reshape(-1, self.in_features)  # inference: no autograd

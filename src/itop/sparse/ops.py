@@ -31,6 +31,13 @@ NATIVE_INPUT_GRAD_MAX_ROWS = 16  # input gradient: numba's scatter up to this ma
 _VECTOR_ROWS = 8  # sampled_addmm's CPU kernel takes a scalar path below 8 rows: 2 rows cost 2.4x what 8 do
 
 
+def autocast_on(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+
+
 def transposed(matrix: Tensor) -> Tensor:
     """matrix.t() as a contiguous tensor: free when `matrix` is itself a transposed view, which is
     how these products hand their outputs on (so a chain of sparse layers never copies)."""

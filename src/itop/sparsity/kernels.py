@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
-from ..sparse.ops import csr_forward, transposed, weight_grad
+from ..sparse.ops import autocast_on, csr_forward, transposed, weight_grad
 from ..sparse.structure import SparseStructure
 
 MAX_DENSITY = 0.06
@@ -44,13 +44,6 @@ class SparsePattern:
         self.enabled = True  # off while an optimizer's closure runs: inactive weights may move inside such a step
         self.sampled_last = False  # the last backward gave the weight gradient at the active positions only
         self.weight = weight  # the parameter it belongs to: other tensors (torch.func) take the dense path
-
-
-def _autocast_on(device_type: str) -> bool:
-    try:
-        return torch.is_autocast_enabled(device_type)
-    except TypeError:  # torch < 2.4
-        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
 
 
 _dense_only = threading.local()
@@ -78,7 +71,7 @@ def _transformed(x: Tensor) -> bool:
 def _sparse_path(x: Tensor, weight: Tensor, pattern: SparsePattern) -> bool:
     return (pattern.enabled and weight is pattern.weight and weight.device.type == "cpu" and weight.dtype == torch.float32
             and x.dtype == torch.float32 and x.numel() * weight.shape[0] >= MIN_WORK
-            and not _autocast_on("cpu") and not torch.compiler.is_compiling()
+            and not autocast_on("cpu") and not torch.compiler.is_compiling()
             and not getattr(_dense_only, "on", False) and not _transformed(x))
 
 
