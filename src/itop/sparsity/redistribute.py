@@ -91,3 +91,24 @@ def allocate(total: int, shares: Sequence[float], room: Sequence[int]) -> list[i
                     given += 1
         remaining -= given
     return counts
+
+
+def prune_limits(nnz: Sequence[int], sizes: Sequence[int], rate: float, *, own_count: bool, grows: bool,
+                 per_layer: bool) -> tuple[list[int], list[int]]:
+    """How many active weights each layer may lose now, and its room to grow (inactive count).
+
+    k_i = ceil(rate * nnz_i), or every active weight for a criterion that sets its own count
+    (`fn.own_count = True`, like `threshold`). Prune-only runs take k_i as is. When each layer
+    regrows its own losses, k_i is at most the layer's room (pruned weights are not regrown at
+    once, so an ERK-dense layer stays dense). When growth is redistributed, only the total must
+    fit the room of all layers; the counts are cut back, in proportion, only if it does not.
+    """
+    room = [size - c for size, c in zip(sizes, nnz)]
+    wanted = list(nnz) if own_count else [math.ceil(rate * c) for c in nnz]
+    if not grows:
+        return wanted, room
+    if per_layer:
+        return [min(w, r) for w, r in zip(wanted, room)], room
+    if sum(wanted) <= sum(room):
+        return wanted, room
+    return allocate(sum(room), wanted, wanted), room

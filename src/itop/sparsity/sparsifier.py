@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from .arguments import GROW_ARGUMENTS, PRUNE_ARGUMENTS, checked_options, is_int, is_real
 from .density import DISTRIBUTIONS, layer_counts
-from .distributed import check_masks_agree, gather_rows, is_distributed, shared_seed
+from .distributed import check_masks_agree, shared_seed
 from . import kernels
 from .exploration import Exploration
 from . import index_growth
@@ -38,35 +38,11 @@ from .grow import GROW
 from .optimizer import closure_of, grad_scale, multiply_all, skipped_by_grad_scaler, zero_preserving
 from .params import Selector, sparse_parameters
 from .prune import PRUNE
-from .redistribute import REDISTRIBUTE, allocate
+from .redistribute import REDISTRIBUTE, allocate, prune_limits
 from .schedule import PruneSchedule
 from .select import random_k_mask
 from ..sparse.layer import SparseLinear
-from .truly_sparse import Recorder, replace_positions, selects_some, truly_sparse_layers
-
-def update_seed(seed: int) -> int:
-    """The seed of the generator behind topology updates: another stream than the initial masks'
-    (seeded with `seed` itself), so that a truly sparse model whose positions were drawn by
-    `itop.sparse.sparsify` makes the same update draws as the masked model of the same seed."""
-    return (seed * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019) % 2**63
-
-
-def _model_order(model: nn.Module, params: Mapping[str, Tensor], layers: Mapping[str, nn.Module]) -> list[str]:
-    """Masked and truly sparse layer names in the order of their parameters in the model."""
-    place = {id(p): i for i, p in enumerate(model.parameters())}
-    keyed = [(place[id(p)], n) for n, p in params.items()] + [(place[id(m.values)], n) for n, m in layers.items()]
-    return [n for _, n in sorted(keyed)]
-
-
-def _all_ranks(sources: list[tuple[Tensor, Tensor]]) -> list[tuple[Tensor, Tensor]]:
-    """A truly sparse layer's (inputs, output gradients) of this step from every rank, as one pair
-    whose product is the DDP-averaged dense gradient (the gradients divided by the world size)."""
-    if not is_distributed() or not sources:
-        return list(sources)
-    inputs = gather_rows(torch.cat([x for x, _ in sources]))
-    grads = gather_rows(torch.cat([g for _, g in sources]))
-    return [(inputs, grads / torch.distributed.get_world_size())]
-
+from .truly_sparse import Recorder, all_ranks, model_order, replace_positions, selects_some, truly_sparse_layers, update_seed
 
 def _criterion(registry, value):
     """A registered name (looked up) or a user's callable (used as is)."""
@@ -147,7 +123,7 @@ class Sparsifier:
         self.model, self.optimizer = model, optimizer
         self._names = list(self.params)  # masked layers; self._weights and the mask lists follow this order
         self._weights = [self.params[n] for n in self._names]
-        self._order = _model_order(model, self.params, self.layers)  # every sparse layer, masked or truly sparse
+        self._order = model_order(model, self.params, self.layers)  # every sparse layer, masked or truly sparse
 
         seed = shared_seed(seed)
         if seed is None:
@@ -324,7 +300,7 @@ class Sparsifier:
     def _take_sources(self) -> None:
         """On a step that ends with an update, keep what the truly sparse layers recorded for RigL."""
         if self.layers and self.update_due:
-            self._sources = {n: _all_ranks(r.sources) for n, r in self._recorders.items()}
+            self._sources = {n: all_ranks(r.sources) for n, r in self._recorders.items()}
 
     def _take_gradients(self, mask: bool, scale: Tensor | None = None) -> None:
         """Fold the gradients into the running average and, when an update follows this step,
@@ -395,7 +371,9 @@ class Sparsifier:
         self._dense_grads = None
         sources, self._sources = self._sources, None
         rate = self.schedule.rate(self.steps)
-        limits, room = self._prune_limits(rate)
+        nnz = [self._nnz[n] for n in self._order]
+        limits, room = prune_limits(nnz, [self._numel(n) for n in self._order], rate,
+                                    own_count=getattr(self._prune, "own_count", False), grows=self._grows, per_layer=self._per_layer)
         kept, removed = {}, []
         for name, k in zip(self._order, limits):
             kept[name] = self._prune_layer(name, k, grads.get(name))
@@ -464,26 +442,6 @@ class Sparsifier:
         if grown.numel() != count or (count and (bool((grown.diff() <= 0).any()) or not index_growth.outside(grown, excluded))):
             raise RuntimeError(f"grow criterion {self.config['grow']!r} must give exactly {count} distinct inactive positions of {name}, sorted.")
         return grown
-
-    def _prune_limits(self, rate: float) -> tuple[list[int], list[int]]:
-        """How many active weights each layer may lose now, and its room to grow (inactive count).
-
-        k_i = ceil(rate * nnz_i), or every active weight for a criterion that sets its own count
-        (`fn.own_count = True`, like `threshold`). Prune-only runs take k_i as is. When each layer
-        regrows its own losses, k_i is at most the layer's room (pruned weights are not regrown at
-        once, so an ERK-dense layer stays dense). When growth is redistributed, only the total must
-        fit the room of all layers; the counts are cut back, in proportion, only if it does not.
-        """
-        nnz = [self._nnz[n] for n in self._order]
-        room = [self._numel(n) - c for n, c in zip(self._order, nnz)]
-        wanted = list(nnz) if getattr(self._prune, "own_count", False) else [math.ceil(rate * c) for c in nnz]
-        if not self._grows:
-            return wanted, room
-        if self._per_layer:
-            return [min(w, r) for w, r in zip(wanted, room)], room
-        if sum(wanted) <= sum(room):
-            return wanted, room
-        return allocate(sum(room), wanted, wanted), room
 
     def _gradients_look_masked(self, grads: Mapping[str, Tensor | None]) -> bool:
         """True when every layer with inactive weights has a gradient that is zero on all of them:

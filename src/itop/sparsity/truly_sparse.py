@@ -9,12 +9,14 @@ built with nn.Linear, so masked and truly sparse runs report the same layer name
 from __future__ import annotations
 
 from fnmatch import fnmatchcase
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from ..sparse.layer import SparseLinear
+from .distributed import gather_rows, is_distributed
 
 
 def _selects(sel, names: tuple[str, str], module: SparseLinear) -> bool:
@@ -88,3 +90,27 @@ def replace_positions(layer: SparseLinear, optimizer: torch.optim.Optimizer, sur
     layer.set_positions(merged[order], follow(values.detach()))
     for key, tensor in new_state.items():
         optimizer.state[values][key] = tensor
+
+
+def update_seed(seed: int) -> int:
+    """The seed of the generator behind topology updates: another stream than the initial masks'
+    (seeded with `seed` itself), so that a truly sparse model whose positions were drawn by
+    `itop.sparse.sparsify` makes the same update draws as the masked model of the same seed."""
+    return (seed * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019) % 2**63
+
+
+def model_order(model: nn.Module, params: Mapping[str, Tensor], layers: Mapping[str, nn.Module]) -> list[str]:
+    """Masked and truly sparse layer names in the order of their parameters in the model."""
+    place = {id(p): i for i, p in enumerate(model.parameters())}
+    keyed = [(place[id(p)], n) for n, p in params.items()] + [(place[id(m.values)], n) for n, m in layers.items()]
+    return [n for _, n in sorted(keyed)]
+
+
+def all_ranks(sources: list[tuple[Tensor, Tensor]]) -> list[tuple[Tensor, Tensor]]:
+    """A truly sparse layer's (inputs, output gradients) of this step from every rank, as one pair
+    whose product is the DDP-averaged dense gradient (the gradients divided by the world size)."""
+    if not is_distributed() or not sources:
+        return list(sources)
+    inputs = gather_rows(torch.cat([x for x, _ in sources]))
+    grads = gather_rows(torch.cat([g for _, g in sources]))
+    return [(inputs, grads / dist.get_world_size())]
