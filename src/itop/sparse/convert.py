@@ -28,12 +28,17 @@ from ..sparsity.select import random_k_positions
 from .layer import SparseLinear
 
 
+def _convertible(module: nn.Module) -> bool:
+    """nn.Linear itself (or as the masked engine's kernel class), not a subclass read by its owner."""
+    return type(module) in (nn.Linear, kernels.MaskedCSRLinear)
+
+
 def _plain_linears(model: nn.Module, include, exclude) -> dict[str, tuple[str, nn.Linear]]:
     """Sparse Linear weights (Sparsifier selection rules) by parameter name -> (module name, module)."""
     params = sparse_parameters(model, include, exclude)
     owners = kernels.linear_owners(model, params)
     names = {id(m): n for n, m in model.named_modules()}
-    return {p: (names[id(m)], m) for p, m in owners.items() if type(m) in (nn.Linear, kernels.MaskedCSRLinear)}
+    return {p: (names[id(m)], m) for p, m in owners.items() if _convertible(m)}
 
 
 def _replace(model: nn.Module, module_name: str, new: nn.Module) -> None:
@@ -85,7 +90,7 @@ def export(model: nn.Module, sparsifier) -> nn.Module:
     names = {id(m): n for n, m in model.named_modules()}
     owners = kernels.linear_owners(model, sparsifier.params)
     chosen = {names[id(m)]: sparsifier.masks[p] for p, m in owners.items()
-              if type(m) in (nn.Linear, kernels.MaskedCSRLinear) and not bool(sparsifier.masks[p].all())}
+              if _convertible(m) and not bool(sparsifier.masks[p].all())}
     copied = copy.deepcopy(model)
     for module_name, mask in chosen.items():
         _replace(copied, module_name, SparseLinear.from_dense(copied.get_submodule(module_name), mask))

@@ -7,8 +7,8 @@ tensor of the dense shape:
 
 - CSR of the weight (`crow`, `col`): the forward product and the weight gradient, whose values are
   the values vector itself, as the positions are sorted row-major;
-- CSR of the transposed weight (`ccol`, `row_t`) with `to_transposed`, the order that takes the
-  values vector to it: the input gradient.
+- CSR of the transposed weight, and the order that takes the values vector to it: the input
+  gradient on PyTorch's path (built on first use).
 
 Column and row indices are int32 when every count fits (half the memory traffic of int64, and
 MKL's sparse products take them), int64 otherwise.
@@ -48,22 +48,11 @@ class SparseStructure:
         cols = positions - rows * in_features
         self.crow = _pointers(rows, out_features, self.index_dtype)
         self.col = cols.to(self.index_dtype)
-        # stable sort by column keeps rows ascending inside each column: a valid CSR of W^T
-        self.to_transposed = torch.sort(cols, stable=True).indices
-        self.ccol = _pointers(cols[self.to_transposed], in_features, self.index_dtype)
-        self.row_t = rows[self.to_transposed].to(self.index_dtype)
-        self._row = None
+        self._transposed: tuple[Tensor, Tensor, Tensor] | None = None
 
     @property
     def nnz(self) -> int:
         return self.positions.numel()
-
-    @property
-    def row(self) -> Tensor:
-        """The row of each active entry (built on first use: only some kernels read it)."""
-        if self._row is None:
-            self._row = self.positions.div(self.shape[1], rounding_mode="floor").to(self.index_dtype)
-        return self._row
 
     def matrix(self, values: Tensor) -> Tensor:
         """The weight as a torch CSR tensor with these values (no copy of the indices or values).
@@ -77,9 +66,13 @@ class SparseStructure:
         return self._matrix
 
     def transposed_matrix(self, values: Tensor) -> Tensor:
-        """The transposed weight (in_features x out_features) as a CSR tensor."""
-        return torch.sparse_csr_tensor(self.ccol, self.row_t, values.index_select(0, self.to_transposed),
-                                       (self.shape[1], self.shape[0]), check_invariants=False)
-
-    def to(self, device: torch.device) -> "SparseStructure":
-        return SparseStructure(self.positions.to(device), self.shape)
+        """The transposed weight (in_features x out_features) as a CSR tensor. Its indices (and the
+        order taking the values to it) are built on first use: only PyTorch's input-gradient
+        product reads them, so inference, the masked kernels and the numba path never pay the sort."""
+        if self._transposed is None:
+            rows = self.positions.div(self.shape[1], rounding_mode="floor")
+            cols = self.positions - rows * self.shape[1]
+            order = torch.sort(cols, stable=True).indices  # stable: rows stay ascending inside each column
+            self._transposed = (order, _pointers(cols[order], self.shape[1], self.index_dtype), rows[order].to(self.index_dtype))
+        order, ccol, row_t = self._transposed
+        return torch.sparse_csr_tensor(ccol, row_t, values.index_select(0, order), (self.shape[1], self.shape[0]), check_invariants=False)

@@ -150,11 +150,8 @@ class Sparsifier:
         self._built_on_trained = self._looks_trained()
         self.masks = self._initial_masks()
         check_masks_agree(self._topology())
-        self._nnz = {n: int(torch.count_nonzero(m)) for n, m in self.masks.items()}
-        self._nnz.update({n: layer.nnz for n, layer in self.layers.items()})
-        self._nnz = {n: self._nnz[n] for n in self._order}
-        self.exploration = Exploration({**self.masks, **{n: layer.indices.cpu() for n, layer in self.layers.items()}},
-                                       sizes={n: self._numel(n) for n in self._order})
+        self._nnz = self._count_active()
+        self.exploration = Exploration(self._topology(), sizes={n: self._numel(n) for n in self._order})
         self._recorders = {n: Recorder(layer) for n, layer in self.layers.items()}
         self._sources: dict[str, list] | None = None
         self.history: list[dict[str, Any]] = []
@@ -202,6 +199,9 @@ class Sparsifier:
         if not callable(getattr(self._grow, "positions", None)):
             raise ValueError(f"grow criterion {self.config['grow']!r} works on dense masks only; give it an index-space form "
                              "(fn.positions, see itop/sparsity/index_growth.py) to use it with truly sparse layers.")
+
+    def _count_active(self) -> dict[str, int]:
+        return {n: int(torch.count_nonzero(self.masks[n])) if n in self.masks else self.layers[n].nnz for n in self._order}
 
     def _topology(self) -> dict[str, Tensor]:
         """What must agree across ranks: masks, and the active positions of truly sparse layers."""
@@ -398,9 +398,10 @@ class Sparsifier:
         for recorder in self._recorders.values():
             recorder.sources.clear()
         self.masks = masks
-        check_masks_agree(self._topology())
+        active = self._topology()
+        check_masks_agree(active)
         self._nnz = {n: self._nnz[n] - r + g for n, r, g in zip(self._order, removed, grown_counts)}
-        self.exploration.update({**masks, **{n: layer.indices.cpu() for n, layer in self.layers.items()}})
+        self.exploration.update(active)
         self._refresh_multipliers()
         self.apply_masks()
         self._record(removed=total, rate=rate)
@@ -532,7 +533,7 @@ class Sparsifier:
             if tuple(mask.shape) != tuple(self.params[name].shape):
                 raise ValueError(f"the saved mask of {name} has shape {tuple(mask.shape)}, the parameter {tuple(self.params[name].shape)}; load a state saved from the same model.")
         self.masks = {n: masks[n].to(device=self.params[n].device, dtype=torch.bool).clone() for n in self._names}
-        self._nnz = {n: int(torch.count_nonzero(self.masks[n])) if n in self.masks else self.layers[n].nnz for n in self._order}
+        self._nnz = self._count_active()
         self.exploration.load_state_dict(state["explored"])
         self.steps = int(state["steps"])
         self.seed = int(state["seed"])
