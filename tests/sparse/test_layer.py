@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 from torch import nn
 
-from itop.sparse import SparseLinear, native
+from itop.sparse import SparseLinear, native, ops
 from itop.sparse.structure import SparseStructure
 
 BACKENDS = ["torch"] + (["numba"] if native.AVAILABLE else [])
@@ -148,6 +148,20 @@ def test_structure_of_a_layer_too_large_to_exist_densely():
     layer.values, layer.bias, layer._structure, layer._recorder = nn.Parameter(torch.ones(3)), None, None, None
     out = layer(torch.ones(2, 333_000))
     assert out.shape == (2, 333_000) and float(out.detach().sum()) == 6.0
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 5), (7, 33), (33, 7), (16, 16), (100, 17), (128, 600)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_transposing_copies_of_every_shape_equal_pytorchs(backend, monkeypatch, shape, dtype):
+    monkeypatch.setattr(ops, "NATIVE_TRANSPOSE_MIN_SIZE", 0)  # the blocked kernel for small shapes too
+    matrix = torch.randn(*shape, dtype=dtype)
+    flipped = ops.transposed(matrix)
+    assert flipped.is_contiguous() and torch.equal(flipped, matrix.t())
+    assert ops.transposed(flipped.t()).data_ptr() == flipped.data_ptr()  # a transposed view costs nothing
+
+
+def test_a_batch_large_enough_for_the_blocked_transpose_matches_masked_dense(backend):
+    check_against_masked_dense(700, 30, 0.05, (128,), True, 3)  # 128 x 700 inputs: over NATIVE_TRANSPOSE_MIN_SIZE
 
 
 @pytest.mark.parametrize("rows", [1, 2, 40])

@@ -9,7 +9,9 @@ plain loop that adds value * input row into the output row. Here:
   column over the batch, rows of the CSR in parallel;
 - `input_grad`: each thread scatters value * output gradient of its share of the rows into its
   own buffer (no transposed order, no atomics); the buffers are summed after;
-- `forward`: each output row accumulates value * (transposed) input row over its active weights.
+- `forward`: each output row accumulates value * (transposed) input row over its active weights;
+- `transpose`: the contiguous transpose of a layer's input, in 16 x 16 blocks on both threads (half
+  the time of `.t().contiguous()` for a batch of 128 CIFAR images, a quarter of the inference time).
 
 numba is optional: `AVAILABLE` is False when it is not installed (or fails to import), and
 `itop.sparse.ops` then uses the pure-PyTorch products. numba is imported when a truly sparse layer
@@ -82,3 +84,11 @@ def forward(crow: Tensor, col: Tensor, values: Tensor, rows_t: Tensor, bias: Ten
     _follow_torch_threads()
     _kernels.forward(crow.numpy(), col.numpy(), values.detach().contiguous().numpy(), rows_t.numpy(), bias.numpy(), out_t.numpy())
     return out_t
+
+
+def transpose(matrix: Tensor) -> Tensor:
+    """matrix.t() as a new contiguous tensor, for a contiguous 2-D CPU float matrix."""
+    out = torch.empty(matrix.shape[1], matrix.shape[0], dtype=matrix.dtype)
+    _follow_torch_threads()
+    _kernels.transpose(matrix.detach().numpy(), out.numpy())
+    return out

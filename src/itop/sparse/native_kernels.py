@@ -47,3 +47,24 @@ def forward(crow, col, values, inputs_t, bias, out_t):  # pragma: no cover - com
             for b in range(batch):
                 row[b] += v * source[b]
             j += 1
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def transpose(src, dst):  # pragma: no cover - compiled
+    rows, cols = src.shape
+    tile = 16  # 16 x 16 blocks (fixed trip counts, unrolled): 16 cache lines of floats read, 16 written
+    full_cols, full_rows = cols // tile, rows - rows % tile
+    for t in prange(full_cols + 1):
+        c0 = t * tile
+        if t < full_cols:
+            for r0 in range(0, full_rows, tile):
+                for r in range(r0, r0 + tile):
+                    for c in range(tile):
+                        dst[c0 + c, r] = src[r, c0 + c]
+            for r in range(full_rows, rows):
+                for c in range(tile):
+                    dst[c0 + c, r] = src[r, c0 + c]
+        else:
+            for r in range(rows):
+                for c in range(c0, cols):
+                    dst[c, r] = src[r, c]

@@ -28,6 +28,7 @@ from .structure import SparseStructure
 # (benchmarks/truly_sparse.py); the numba ones only where numba is installed.
 NATIVE_FORWARD_MIN_ROWS = 32  # forward: numba's loop from this many rows (1.5x MKL at 128), MKL below, mv for one row
 NATIVE_INPUT_GRAD_MAX_ROWS = 16  # input gradient: numba's scatter up to this many rows, MKL on the transposed CSR above
+NATIVE_TRANSPOSE_MIN_SIZE = 1 << 16  # transposing copies: numba's blocked loop from this many elements, PyTorch's copy below
 _VECTOR_ROWS = 8  # sampled_addmm's CPU kernel takes a scalar path below 8 rows: 2 rows cost 2.4x what 8 do
 
 
@@ -42,7 +43,11 @@ def transposed(matrix: Tensor) -> Tensor:
     """matrix.t() as a contiguous tensor: free when `matrix` is itself a transposed view, which is
     how these products hand their outputs on (so a chain of sparse layers never copies)."""
     flipped = matrix.t()
-    return flipped if flipped.is_contiguous() else flipped.contiguous()
+    if flipped.is_contiguous():
+        return flipped
+    if matrix.is_contiguous() and matrix.numel() >= NATIVE_TRANSPOSE_MIN_SIZE and native.usable(matrix):
+        return native.transpose(matrix)
+    return flipped.contiguous()
 
 
 def forward_t(structure: SparseStructure, values: Tensor, rows_t: Tensor, bias: Tensor | None = None) -> Tensor:
