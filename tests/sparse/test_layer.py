@@ -188,3 +188,22 @@ def test_trains_under_bfloat16_autocast():
     optimizer.step()
     assert model[0].values.dtype == torch.float32 and torch.isfinite(model[0].values).all()
     assert not torch.equal(model[0].values, before)
+
+
+def test_sparsify_a_model_too_large_to_exist_densely_built_on_meta():
+    from itop.sparse import sparsify
+
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Linear(784, 200_000), nn.ReLU(), nn.Linear(200_000, 200_000), nn.ReLU(), nn.Linear(200_000, 10))
+    torch.manual_seed(0)
+    sparsify(model, 0.0001, "er", seed=3, exclude=["4.weight"])  # 4e10 weights in the middle layer
+    first, middle = model[0], model[2]
+    assert isinstance(first, SparseLinear) and isinstance(middle, SparseLinear) and model[4].weight.is_meta
+    assert not any(t.is_meta for t in (first.values, first.bias, first.indices, middle.values, middle.indices))
+    assert middle.values.requires_grad and middle.bias.requires_grad
+    # nn.Linear's distribution scaled for the actual fan-in (init_scale="sparse"): |w| <= 1/sqrt(in * density)
+    density = middle.nnz / (200_000 * 200_000)
+    assert float(middle.values.detach().abs().max()) <= 1 / (200_000 * density) ** 0.5 + 1e-6
+    assert float(middle.values.detach().std()) > 0.5 / (3 * 200_000 * density) ** 0.5
+    out = model[2](torch.randn(2, 200_000))
+    assert out.shape == (2, 200_000)

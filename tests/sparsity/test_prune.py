@@ -32,6 +32,17 @@ def test_set_removes_smallest_positive_and_negative_closest_to_zero():
     assert removed("set", w, mask, 4).tolist() == [True, True, False, True, True, False]
 
 
+def test_set_removes_the_same_share_of_each_sign():
+    """SET's zeta applies to each sign: 8 positive and 2 negative weights at zeta 0.5 lose 4 and 1."""
+    w = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, -0.05, -0.9])
+    gone = removed("set", w, torch.ones(10, dtype=torch.bool), 5)
+    assert gone.tolist() == [True] * 4 + [False] * 4 + [True, False]
+    w = torch.cat([torch.linspace(0.1, 1.0, 70), -torch.linspace(0.1, 1.0, 30)])
+    gone = removed("set", w, torch.ones(100, dtype=torch.bool), 30)  # zeta 0.3 of 70 and of 30
+    assert int(gone[:70].sum()) == 21 and int(gone[70:].sum()) == 9
+    assert gone[:21].all() and gone[70:79].all()
+
+
 def test_set_with_one_sign_only_still_exact():
     w = torch.tensor([0.4, 0.1, 0.3, 0.2])
     gone = removed("set", w, torch.ones(4, dtype=torch.bool), 3)

@@ -55,7 +55,10 @@ def sparsify(model: nn.Module, density: float, distribution: str = "erk", seed: 
     Each layer keeps `round(d_i * N_i)` of its weights (at least one), at positions drawn uniformly
     without replacement from a generator seeded with `seed`, in layer order: the masks
     `itop.Sparsifier(model, ..., density, distribution, seed=seed)` would start from on the same
-    Linear layers. Layers the distribution makes dense stay nn.Linear. `init_scale="sparse"`
+    Linear layers. Layers the distribution makes dense stay nn.Linear. A Linear built on the meta
+    device (`with torch.device("meta")`: a layer too large to exist densely) gets its values drawn
+    from nn.Linear's distribution at the chosen positions only; a meta layer that stays dense is
+    left for the caller to materialise. `init_scale="sparse"`
     (default) scales the kept weights by 1/sqrt(d_i), nn.Linear's initialisation for the actual
     fan-in; `"dense"` keeps them as they are. Build the optimizer after this call.
     """
@@ -77,11 +80,23 @@ def sparsify(model: nn.Module, density: float, distribution: str = "erk", seed: 
         positions = random_k_positions(numel, empty, counts[name], generator)
         if counts[name] == numel:
             continue
-        layer = SparseLinear.from_positions(module, positions)
+        layer = _unallocated(module, positions) if module.weight.is_meta else SparseLinear.from_positions(module, positions)
         if init_scale == "sparse":
             layer.values.mul_(1.0 / math.sqrt(counts[name] / numel))
         _replace(model, module_name, layer)
     return model
+
+
+def _unallocated(linear: nn.Linear, positions: torch.Tensor) -> SparseLinear:
+    """A SparseLinear at `positions` for a Linear built on the meta device (its dense weight was
+    never allocated: too large to exist): the values and bias drawn from nn.Linear's own
+    distribution, U(-1/sqrt(in_features), 1/sqrt(in_features)), with torch's global generator as
+    nn.Linear's initialisation would draw them."""
+    bound = 1.0 / math.sqrt(linear.in_features)
+    dtype = linear.weight.dtype
+    values = torch.empty(positions.numel(), dtype=dtype).uniform_(-bound, bound)
+    bias = None if linear.bias is None else torch.empty(linear.out_features, dtype=dtype).uniform_(-bound, bound)
+    return SparseLinear.from_values(linear.in_features, linear.out_features, positions, values, bias)
 
 
 def export(model: nn.Module, sparsifier) -> nn.Module:

@@ -125,15 +125,29 @@ class SparseLinear(nn.Module):
     @torch.no_grad()
     def from_positions(cls, linear: nn.Linear, positions: Tensor) -> "SparseLinear":
         """A SparseLinear holding `linear`'s weights at the sorted flat `positions` (its bias too)."""
+        positions = positions.to(device=linear.weight.device, dtype=torch.int64)
+        bias = None if linear.bias is None else linear.bias.detach().clone()
+        layer = cls.from_values(linear.in_features, linear.out_features, positions, linear.weight.reshape(-1)[positions].clone(), bias)
+        layer.values.requires_grad_(linear.weight.requires_grad)  # a frozen layer stays frozen
+        if bias is not None:
+            layer.bias.requires_grad_(linear.bias.requires_grad)
+        return layer
+
+    @classmethod
+    def from_values(cls, in_features: int, out_features: int, positions: Tensor, values: Tensor,
+                    bias: Tensor | None = None) -> "SparseLinear":
+        """A SparseLinear holding `values` at the sorted, distinct flat `positions` (and `bias`),
+        as trainable parameters: no tensor of the layer's dense shape is involved."""
         if positions.numel() == 0:
             raise ValueError("no active weight given; a SparseLinear needs at least one.")
+        if positions.shape != values.shape or positions.dim() != 1:
+            raise ValueError("positions and values must be 1-D tensors of the same length.")
         layer = cls.__new__(cls)
         nn.Module.__init__(layer)
-        layer.in_features, layer.out_features = linear.in_features, linear.out_features
-        positions = positions.to(device=linear.weight.device, dtype=torch.int64)
-        layer.register_buffer("indices", positions)
-        layer.values = nn.Parameter(linear.weight.reshape(-1)[positions].clone(), requires_grad=linear.weight.requires_grad)
-        layer.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=linear.bias.requires_grad)
+        layer.in_features, layer.out_features = in_features, out_features
+        layer.register_buffer("indices", positions.to(torch.int64))
+        layer.values = nn.Parameter(values.detach())
+        layer.bias = None if bias is None else nn.Parameter(bias.detach())
         layer._structure, layer._recorder = None, None
         return layer
 

@@ -34,15 +34,19 @@ def magnitude(weight: Tensor, mask: Tensor, k: int, **_) -> Tensor:
 
 @PRUNE.register("set")
 def set_signed(weight: Tensor, mask: Tensor, k: int, **_) -> Tensor:
-    """SET's rule: remove the smallest positive and the negative weights closest to zero, half each.
+    """SET's rule (Mocanu et al. 2018): remove the same share of each sign, the smallest positive
+    weights and the negative weights closest to zero.
 
-    When one sign has too few active weights the other side makes up the difference, so the count
+    The k removals are split in proportion to the active positive and negative counts (rounded half
+    up), so pruning k = ceil(zeta * nnz) removes the fraction zeta of each sign, as the SET code's
+    two percentiles do. When one sign runs short the other makes up the difference, so the count
     is always exactly k. Active weights that are exactly zero count as positive.
     """
     positive = mask & (weight >= 0)
     negative = mask & (weight < 0)
     n_pos, n_neg = int(torch.count_nonzero(positive)), int(torch.count_nonzero(negative))
-    k_pos = min(n_pos, (k + 1) // 2)
+    active = max(1, n_pos + n_neg)
+    k_pos = min(n_pos, (2 * k * n_pos + active) // (2 * active))
     k_neg = min(n_neg, k - k_pos)
     k_pos = k - k_neg
     removed = bottom_k_mask(weight, k_pos, positive)
