@@ -14,6 +14,7 @@ REFERENCE_COUNTS = {
     "lenet300-100": (10, 266_610, 266_200),
     "lenet5": (10, 431_080, 430_500),
     "mlp-cifar10": (10, 3_676_682, 3_675_136),
+    "set-mlp": (10, 2_797_010, 2_794_000),  # 784-1000-1000-1000-10 (SET.md), not in REFERENCE.md
     "alexnet-s": (10, 5_077_066, 5_066_784),
     "alexnet-b": (10, 8_501_322, 8_484_896),
     "vgg-c": (10, 11_323_466, 11_307_712),
@@ -37,6 +38,7 @@ DATASET = {
     "lenet300-100": "mnist",
     "lenet5": "mnist",
     "mlp-cifar10": "cifar10",
+    "set-mlp": "mnist",
     "alexnet-s": "cifar10",
     "alexnet-b": "cifar10",
     "vgg-c": "cifar10",

@@ -14,7 +14,7 @@ from itop.models.resnet_imagenet import ImageNetResNet
 EXPECTED_MODELS = [
     "alexnet-b", "alexnet-s",
     "imagenet-resnet101", "imagenet-resnet152", "imagenet-resnet18", "imagenet-resnet34", "imagenet-resnet50",
-    "lenet300-100", "lenet5", "mlp-cifar10", "resnet18", "resnet34",
+    "lenet300-100", "lenet5", "mlp-cifar10", "resnet18", "resnet34", "set-mlp",
     "vgg-c", "vgg-d", "vgg-like", "wrn-16-10", "wrn-16-8", "wrn-22-8", "wrn-28-2",
 ]  # fmt: skip
 

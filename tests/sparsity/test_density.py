@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from itop.sparsity.density import DISTRIBUTIONS, layer_counts
+from itop.sparsity.density import DISTRIBUTIONS, er_epsilon_density, layer_counts
 
 LENET300 = {"fc1.weight": (300, 784), "fc2.weight": (100, 300), "fc3.weight": (10, 100)}
 LENET5 = {"conv1.weight": (20, 1, 5, 5), "conv2.weight": (50, 20, 5, 5), "fc3.weight": (500, 800), "fc4.weight": (10, 500)}
@@ -54,3 +54,15 @@ def test_layer_counts_exact_rounding_and_bounds():
 def test_unknown_distribution_lists_choices():
     with pytest.raises(ValueError, match="er, erk, uniform"):
         DISTRIBUTIONS.get("ERK-typo")
+
+
+@pytest.mark.parametrize("sizes,epsilon", [([784, 1000, 1000, 1000, 10], 20), ([784, 333334, 333333, 333333, 10], 10),
+                                           ([3312, 3000, 3000, 3000, 5], 20), ([3072, 4000, 1000, 4000, 10], 20), ([20, 30, 5], 3)])
+def test_er_at_the_epsilon_density_gives_sets_layer_counts(sizes, epsilon):
+    """SET's layers keep epsilon * (n_in + n_out) weights, capped at dense, and ER at the global
+    density er_epsilon_density gives back exactly those counts (dense where SET caps)."""
+    shapes = {f"l{i}": (b, a) for i, (a, b) in enumerate(zip(sizes, sizes[1:]))}
+    density = er_epsilon_density(shapes, epsilon)
+    counts = layer_counts(shapes, DISTRIBUTIONS.get("er")(shapes, density))
+    expected = {f"l{i}": min(a * b, epsilon * (a + b)) for i, (a, b) in enumerate(zip(sizes, sizes[1:]))}
+    assert counts == expected

@@ -24,6 +24,20 @@ def records(run_dir, kind):
     return [r for r in map(json.loads, lines) if r["kind"] == kind]
 
 
+def interrupt_in_epoch(monkeypatch, epoch):
+    """Make the run stop with Ctrl-C at the start of its `epoch`-th epoch; returns the undo."""
+    original, calls = loop.Run.train_epoch, {"n": 0}
+
+    def train_epoch(self):
+        calls["n"] += 1
+        if calls["n"] == epoch:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(loop.Run, "train_epoch", train_epoch)
+    return lambda: monkeypatch.setattr(loop.Run, "train_epoch", original)
+
+
 def test_tiny_run_writes_everything_and_the_table(capsys):
     code, out, err = run([*TINY, "--save", "runs/a"], capsys)
     assert code == 0, err
@@ -53,19 +67,10 @@ def test_dense_run(capsys):
 def test_resume_equals_uninterrupted(capsys, monkeypatch):
     assert run([*TINY, "--save", "full"], capsys)[0] == 0
 
-    original = loop.Run.train_epoch
-    calls = {"n": 0}
-
-    def crash_in_third_epoch(self):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return original(self)
-
-    monkeypatch.setattr(loop.Run, "train_epoch", crash_in_third_epoch)
+    restore = interrupt_in_epoch(monkeypatch, 3)
     code, _, err = run([*TINY, "--save", "cut"], capsys)
     assert code == 130 and "--resume" in err
-    monkeypatch.setattr(loop.Run, "train_epoch", original)
+    restore()
     code, _, err = run(["--resume", "cut", "--no-progress"], capsys)
     assert code == 0, err
 

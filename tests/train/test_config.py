@@ -79,3 +79,5 @@ def test_learning_rate_schedules():
     assert [learning_rate(cfg, 0, s, 1) for s in (59_999, 60_000, 120_000)] == pytest.approx([0.1, 0.01, 0.001])
     cfg, _ = parse_args("--arch resnet50 --warmup 5 --epochs 100 /data".split())
     assert [learning_rate(cfg, e, 0, 1) for e in (0, 4, 5, 30, 60, 90)] == pytest.approx([0.1 / 6, 0.5 / 6, 0.1, 0.01, 0.001, 0.0001])
+    cfg, _ = parse_args("--model lenet5 --lr-schedule constant --epochs 1000 --lr 0.01".split())
+    assert {learning_rate(cfg, e, s, 10**6) for e, s in ((0, 0), (500, 10**5), (999, 10**6))} == {0.01}

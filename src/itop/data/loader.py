@@ -6,6 +6,10 @@ converted and normalised with a few tensor operations on the device. Every rando
 (the epoch permutation, crop offsets, flips) comes from one CPU `torch.Generator`, made
 at the start of each epoch, so batches are identical on CPU and GPU for a given seed,
 and saving and restoring the generator's state between epochs is all a resume needs.
+
+Tabular datasets hold float32 features (N x F x 1 x 1) standardised when they were
+loaded: their batches are yielded as they are, and augmentation, which only makes sense
+for pixels, is refused for them.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ class DeviceLoader:
     `augment` is "none", or random crop to the input size after 4-pixel padding
     ("crop-flip-reflect": reflect padding, "crop-flip-zero": black padding) plus a
     horizontal flip with probability 0.5. `len()` is the number of batches per epoch.
+    float32 inputs are features, not pixels: they are yielded unchanged (`mean` and
+    `std` are not applied) and take only augment "none".
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *,
@@ -45,6 +51,11 @@ class DeviceLoader:
         if generator is not None and generator.device.type != "cpu":
             raise ValueError("The generator must be a CPU generator (draws are made on the CPU).")
         data = ArrayDataset(images, labels)  # validates dtypes and shapes
+        if data.is_features and augment != "none":
+            raise ValueError(
+                f"Augmentation {augment!r} applies to uint8 images only; float32 features "
+                "take augment='none'."
+            )
         self.device = torch.device(device)
         self.images = data.images.to(self.device)
         self.labels = data.labels.to(self.device)
@@ -81,7 +92,10 @@ class DeviceLoader:
     def _batches(self, order, offsets, flips):
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             index = order[start : start + self.batch_size]
-            x = self.images[index]
+            x = self.images[index]  # indexing with a tensor copies: x never aliases the data
+            if x.dtype == torch.float32:  # standardised features: as they are
+                yield x, self.labels[index]
+                continue
             if offsets is not None:
                 span = slice(start, start + len(index))
                 x = self._crop_flip(x, offsets[span], flips[span])

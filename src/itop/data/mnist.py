@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import struct
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -82,26 +83,45 @@ def read_idx_labels(path: str | Path, num_classes: int = 10) -> torch.Tensor:
     return torch.from_numpy(labels)
 
 
-def _ensure_files(directory: Path, names: list[str], allow_download: bool) -> None:
+@dataclass(frozen=True)
+class IdxSource:
+    """A dataset published as MNIST's four IDX files: where to fetch them, their checksums, and
+    what a run needs to know about it."""
+
+    title: str
+    name: str
+    url: str
+    md5: dict
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def mnist_source() -> IdxSource:
+    """MNIST's source, read from the module's constants when called (tests point them elsewhere)."""
+    return IdxSource("MNIST", "mnist", MNIST_URL, MNIST_MD5, MEAN, STD)
+
+
+def ensure_idx_files(directory: Path, names: list[str], allow_download: bool, source: IdxSource | None = None) -> None:
+    """Download the missing `names` if allowed; a one-line DataError if they stay missing."""
+    source = source or mnist_source()
     missing = [name for name in names if not (directory / name).is_file()]
     if not missing:
         return
     reason = None
     if allow_download:
-        reason = download.fetch_files(MNIST_URL, missing, directory, MNIST_MD5)
+        reason = download.fetch_files(source.url, missing, directory, source.md5)
         missing = [name for name in names if not (directory / name).is_file()]
     if missing:
-        raise download.missing_files_error("MNIST", missing, directory, reason)
+        raise download.missing_files_error(source.title, missing, directory, reason)
 
 
-def load_mnist_split(data_dir: str | Path | None, split: str, *,
-                     allow_download: bool = True) -> ArrayDataset:
-    """The MNIST "train" (60,000) or "test" (10,000) set from `data_dir`."""
+def load_idx_split(directory: Path, split: str, *, allow_download: bool = True, source: IdxSource | None = None) -> ArrayDataset:
+    """The "train" or "test" images and labels of an IDX dataset in `directory` (MNIST by default)."""
+    source = source or mnist_source()
     if split not in MNIST_FILES:
-        raise ValueError(f"Unknown MNIST split {split!r}; choose 'train' or 'test'.")
-    directory = download.resolve_data_dir(data_dir)
+        raise ValueError(f"Unknown {source.title} split {split!r}; choose 'train' or 'test'.")
     images_name, labels_name = MNIST_FILES[split]
-    _ensure_files(directory, [images_name, labels_name], allow_download)
+    ensure_idx_files(directory, [images_name, labels_name], allow_download, source)
     images = read_idx_images(directory / images_name)
     labels = read_idx_labels(directory / labels_name)
     if len(images) != len(labels):
@@ -112,16 +132,28 @@ def load_mnist_split(data_dir: str | Path | None, split: str, *,
     return ArrayDataset(images, labels)
 
 
+def load_idx_dataset(directory: Path, *, valid_split: float, seed: int, allow_download: bool,
+                     source: IdxSource | None = None) -> DatasetSplits:
+    """Train (less a seeded validation share) and test of an IDX dataset in `directory`."""
+    source = source or mnist_source()
+    ensure_idx_files(directory, [name for pair in MNIST_FILES.values() for name in pair], allow_download, source)
+    train = load_idx_split(directory, "train", allow_download=False, source=source)
+    test = load_idx_split(directory, "test", allow_download=False, source=source)
+    train, val = split_validation(train, valid_split, seed)
+    return DatasetSplits(train, val, test, num_classes=10, in_channels=1,
+                         image_size=train.images.shape[-1], mean=source.mean, std=source.std,
+                         augment="none", name=source.name)
+
+
+def load_mnist_split(data_dir: str | Path | None, split: str, *,
+                     allow_download: bool = True) -> ArrayDataset:
+    """The MNIST "train" (60,000) or "test" (10,000) set from `data_dir`."""
+    return load_idx_split(download.resolve_data_dir(data_dir), split, allow_download=allow_download)
+
+
 @register_dataset("mnist")
 def load_mnist(data_dir: str | Path | None, *, valid_split: float = 0.1, seed: int = 0,
                allow_download: bool = True) -> DatasetSplits:
     """Full MNIST; the validation share is a seeded random subset of the 60,000."""
-    directory = download.resolve_data_dir(data_dir)
-    names = [name for pair in MNIST_FILES.values() for name in pair]
-    _ensure_files(directory, names, allow_download)
-    train = load_mnist_split(directory, "train", allow_download=False)
-    test = load_mnist_split(directory, "test", allow_download=False)
-    train, val = split_validation(train, valid_split, seed)
-    return DatasetSplits(train, val, test, num_classes=10, in_channels=1,
-                         image_size=train.images.shape[-1], mean=MEAN, std=STD,
-                         augment="none", name="mnist")
+    return load_idx_dataset(download.resolve_data_dir(data_dir), valid_split=valid_split, seed=seed,
+                            allow_download=allow_download)

@@ -3,17 +3,21 @@
 Each reader module registers a loader function with `@register_dataset(name)`. A loader
 takes `(data_dir, *, valid_split, seed, allow_download)` and returns `DatasetSplits`;
 `load_dataset` adds the checks and the move to the device that every dataset shares.
+A name ending in .mat, .npz or .csv is not a registered dataset but a tabular file
+(features and labels), read by `itop.data.tabular.load_tabular`.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Callable
 
 from .download import resolve_data_dir
 from .splits import DatasetSplits, check_valid_split
+from .tabular import DEFAULT_TEST_SPLIT, TABULAR_SUFFIXES, load_tabular
 
-__all__ = ["register_dataset", "list_datasets", "load_dataset"]
+__all__ = ["register_dataset", "list_datasets", "load_dataset", "is_tabular_path"]
 
 Loader = Callable[..., DatasetSplits]
 _REGISTRY: dict[str, Loader] = {}
@@ -37,22 +41,37 @@ def list_datasets() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *,
+def is_tabular_path(name: str | os.PathLike) -> bool:
+    """True when `name` ends in .mat, .npz or .csv (any case): a tabular file to read."""
+    return str(name).lower().endswith(TABULAR_SUFFIXES)
+
+
+def load_dataset(name: str | os.PathLike, data_dir: str | os.PathLike | None = None, *,
                  valid_split: float = 0.1, seed: int = 0, device="cpu",
-                 download: bool = True) -> DatasetSplits:
+                 download: bool = True, test_split: float = DEFAULT_TEST_SPLIT) -> DatasetSplits:
     """Load dataset `name` from `data_dir` (None: `default_data_dir()`).
 
     The last round(valid_split * N) samples of a permutation seeded by `seed` become
     the validation set (None when valid_split is 0). Missing files are downloaded when
     `download` is true and the network allows; otherwise a one-line `DataError` says
     which files to put where.
+
+    A `name` ending in .mat, .npz or .csv is the path of a tabular file (relative to the
+    working directory; `data_dir` and `download` do not apply): its samples are split
+    into test (the share `test_split`, used by tabular files only), then train and
+    validation; see `load_tabular`.
     """
+    share = check_valid_split(valid_split)
+    if is_tabular_path(name):
+        splits = load_tabular(Path(name).expanduser(), valid_split=share, seed=int(seed),
+                              test_split=test_split)
+        return splits.to(device)
     key = str(name).lower()
     if key not in _REGISTRY:
         raise ValueError(
-            f"Unknown dataset {name!r}; valid choices: {', '.join(list_datasets())}."
+            f"Unknown dataset {name!r}; valid choices: {', '.join(list_datasets())}, "
+            f"or the path of a {', '.join(TABULAR_SUFFIXES)} file."
         )
-    share = check_valid_split(valid_split)
     splits = _REGISTRY[key](resolve_data_dir(data_dir), valid_split=share, seed=int(seed),
                             allow_download=download)
     return splits.to(device)

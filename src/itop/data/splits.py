@@ -1,7 +1,10 @@
 """In-memory datasets and the train/validation split.
 
 Small datasets (MNIST, CIFAR) fit on the device as one uint8 tensor, so they are kept
-as plain tensors rather than per-sample objects. The validation split lives here, in one
+as plain tensors rather than per-sample objects. Tabular datasets (a feature matrix, as in
+the SET experiments on lung or madelon) use the same containers: their already
+standardised float32 features are stored as N x F x 1 x 1, so F plays the part of the
+channels and every model that flattens its input takes them unchanged. The validation split lives here, in one
 place, because the original code got it wrong in three ways: MNIST took the *last*
 10% without shuffling, CIFAR-10 validated on augmented images, and CIFAR-100 picked its
 checkpoint on the test set. Here every dataset is split by a seeded permutation, and the
@@ -19,16 +22,23 @@ __all__ = ["ArrayDataset", "DatasetSplits", "split_validation", "check_valid_spl
 
 @dataclass
 class ArrayDataset:
-    """Images (uint8, N x C x H x W) and labels (int64, N) as two aligned tensors."""
+    """Inputs and labels (int64, N) as two aligned tensors.
+
+    `images` is either uint8 pixels N x C x H x W, which the loader scales and normalises,
+    or float32 features N x F x 1 x 1 that are already standardised and used as they are.
+    """
 
     images: torch.Tensor
     labels: torch.Tensor
 
     def __post_init__(self) -> None:
-        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+        shape = tuple(self.images.shape)
+        pixels = self.images.dtype == torch.uint8 and len(shape) == 4
+        features = self.images.dtype == torch.float32 and len(shape) == 4 and shape[2:] == (1, 1)
+        if not (pixels or features):
             raise ValueError(
-                f"images must be a uint8 tensor N x C x H x W, got {self.images.dtype} "
-                f"with shape {tuple(self.images.shape)}."
+                f"images must be uint8 N x C x H x W or float32 features N x F x 1 x 1, got "
+                f"{self.images.dtype} with shape {shape}."
             )
         if self.labels.dtype != torch.int64 or self.labels.dim() != 1:
             raise ValueError(f"labels must be an int64 vector, got {self.labels.dtype}.")
@@ -39,6 +49,11 @@ class ArrayDataset:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @property
+    def is_features(self) -> bool:
+        """True for float32 features (used as stored), False for uint8 images."""
+        return self.images.dtype == torch.float32
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.images[index], self.labels[index]
@@ -59,6 +74,8 @@ class DatasetSplits:
     `val` is None when no validation share was asked for. `mean` and `std` are per
     channel in 0..1 units; `augment` names the train-time augmentation ("none",
     "crop-flip-reflect" or "crop-flip-zero") and never applies to `val` or `test`.
+    A tabular dataset has float32 features: in_channels = F, image_size = 1, mean (0.0,),
+    std (1.0,) and augment "none".
     """
 
     train: ArrayDataset

@@ -4,7 +4,7 @@ Importing this package imports every family module, which registers its models. 
 return logits (the original returned log-softmax); class count and input size are arguments.
 """
 
-from . import alexnet, lenet, mlp, resnet_cifar, resnet_imagenet, vgg, wide_resnet  # noqa: F401  (register)
+from . import alexnet, lenet, mlp, resnet_cifar, resnet_imagenet, set_mlp, vgg, wide_resnet  # noqa: F401  (register)
 from .registry import (
     ModelSpec,
     create_model,

@@ -56,11 +56,26 @@ def erdos_renyi_kernel(shapes: Shapes, density: float) -> dict[str, float]:
 @DISTRIBUTIONS.register("er")
 def erdos_renyi(shapes: Shapes, density: float) -> dict[str, float]:
     """ER: s_i = (fan_out + fan_in) / (fan_out * fan_in), kernel dimensions left out."""
-    def score(shape: Sequence[int]) -> float:
-        out_in = list(shape[:2]) if len(shape) >= 2 else [shape[0]]
-        return sum(out_in) / _numel(out_in)
+    return capped_scaling(shapes, density, {n: _er_score(s) for n, s in shapes.items()})
 
-    return capped_scaling(shapes, density, {n: score(s) for n, s in shapes.items()})
+
+def _er_score(shape: Sequence[int]) -> float:
+    out_in = list(shape[:2]) if len(shape) >= 2 else [shape[0]]
+    return sum(out_in) / _numel(out_in)
+
+
+def er_epsilon_density(shapes: Shapes, epsilon: float) -> float:
+    """The global density of SET's Erdős–Rényi layers (Mocanu et al. 2018): layer i keeps
+    epsilon * (fan_in + fan_out) weights (its ER score times epsilon, capped at dense).
+
+    `erdos_renyi` at this density gives back exactly these layers: the capping loop makes dense
+    precisely the layers with epsilon * s_i > 1 and solves eps = epsilon for the rest.
+    """
+    if not epsilon > 0:
+        raise ValueError(f"epsilon must be positive, got {epsilon!r}.")
+    scores = {n: _er_score(s) for n, s in shapes.items()}
+    active = sum(min(1.0, epsilon * scores[n]) * _numel(s) for n, s in shapes.items())
+    return active / sum(_numel(s) for s in shapes.values())
 
 
 def layer_counts(shapes: Shapes, densities: Mapping[str, float]) -> dict[str, int]:

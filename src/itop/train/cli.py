@@ -15,6 +15,7 @@ from itop.data import DataError
 from .checkpoint import CHECKPOINT, RunError, load_json, save_json
 from .config import TrainConfig, UsageError, parse_args, resume_overrides, validate
 from .distributed import World, barrier, broadcast_value, init_distributed
+from .model_setup import describe_density
 
 
 def _check_new(cfg: TrainConfig, world: World) -> Path:
@@ -99,7 +100,8 @@ def train_main(argv: list[str]) -> int:
             run = Run(this, run_dir, resume=resuming, world=world)
             if not resuming:
                 _write_config(this, run_dir, world)
-            say(f"run directory: {run.dir}  ({this.method}, {this.model} on {this.data}, density {this.density if this.sparse else 1.0}, "
+            density = describe_density(run.target_density, this) if this.sparse else "dense"
+            say(f"run directory: {run.dir}  ({this.method}{', truly sparse' if this.truly_sparse else ''}, {this.model} on {this.data}, {density}, "
                 f"{run.steps_per_epoch} steps/epoch x {this.total_epochs} epochs, device {run.device}, {world.size} process(es))", flush=True)
             for note in run.notes:
                 say(f"note: {note}", flush=True)

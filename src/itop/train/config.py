@@ -13,6 +13,9 @@ import argparse
 import dataclasses
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from .presets import apply_set_rules, chosen_preset, preset_names
 
 DEMO_ARGS = [
     "--sparse", "--model", "lenet300-100", "--data", "mnist5k", "--density", "0.05",
@@ -75,6 +78,17 @@ class TrainConfig:
     save: str = ""
     progress: bool = True
     channels_last: bool = False
+    hidden: list[int] = field(default_factory=lambda: [1000, 1000, 1000])  # set-mlp hidden widths
+    activation: str = "relu"  # set-mlp: relu | srelu | allrelu
+    allrelu_slope: float = 0.6
+    dropout: float = 0.0  # set-mlp: after each hidden activation
+    init_scale: str = ""  # "" = the model's default (sparse for set-mlp, dense otherwise)
+    epsilon: float | None = None  # SET's ER epsilon: per-layer densities instead of --density
+    update_every: str = ""  # "epoch": one topology update after each epoch (overrides update_frequency)
+    truly_sparse: bool = False
+    loss: str = "cross-entropy"
+    test_split: float = 1 / 3  # tabular files: the share held out for testing
+    preset: str = ""
     processes: int = 1  # torchrun processes the run started with: the global batch is batch_size * processes
     ignored: list[str] = field(default_factory=list)
 
@@ -133,11 +147,24 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(g, "--update_frequency", "--update-frequency", dest="update_frequency", type=int, help="optimizer steps between topology updates")
     _flag(g, "--decay-schedule", dest="decay_schedule", help="prune-rate decay: cosine | linear | constant")
     _flag(g, "--threshold", type=float, help="|w| below which --death threshold prunes (default 1e-3)")
+    g = p.add_argument_group("SET-MLP and truly sparse training")
+    _flag(g, "--preset", help=f"a SET system's recipe in one flag: {' | '.join(preset_names())} (other flags override it)")
+    g.add_argument("--truly-sparse", dest="truly_sparse", action=argparse.BooleanOptionalAction, default=None,
+                   help="store and compute only the active weights of Linear layers (itop.sparse); needs --sparse")
+    _flag(g, "--hidden", type=_hidden, help="set-mlp hidden widths, e.g. 3000,3000,3000")
+    _flag(g, "--activation", help="set-mlp: relu | srelu | allrelu")
+    _flag(g, "--allrelu-slope", dest="allrelu_slope", type=float, help="All-ReLU's slope alpha (layers alternate -alpha, +alpha; default 0.6)")
+    _flag(g, "--dropout", type=float, help="set-mlp: dropout after each hidden layer")
+    _flag(g, "--init-scale", dest="init_scale", help="sparse (for the actual fan-in; set-mlp default) | dense (the original's)")
+    _flag(g, "--epsilon", type=float, help="SET's ER: each layer keeps epsilon * (n_in + n_out) weights (replaces --density)")
+    _flag(g, "--update-every", dest="update_every", help="topology update interval: 'epoch' or a number of optimizer steps")
+    _flag(g, "--loss", help="cross-entropy | mse (sigmoid outputs, as the SET code)")
+    _flag(g, "--test-split", dest="test_split", type=float, help="tabular --data files: share held out for testing (default 1/3)")
     g = p.add_argument_group("training")
     _flag(g, "--model", help="network, e.g. lenet300-100, vgg-c, wrn-28-2 (an unknown name lists all)")
     _flag(g, "--arch", "-a", dest="arch", help="ImageNet network: resnet18/34/50/101/152")
     _flag(g, "--model-config", "-c", dest="model_config", help="ImageNet conv init: classic | fanin")
-    _flag(g, "--data", help="mnist5k (embedded) | mnist | cifar10 | cifar100 | imagenet")
+    _flag(g, "--data", help="mnist5k (embedded) | mnist | fashion-mnist | cifar10 | cifar100 | imagenet | a .mat/.npz/.csv file")
     _flag(g, "--data-dir", dest="data_dir", help="where dataset files are (default ~/.cache/itop/data)")
     _flag(g, "--multiplier", type=int, help="train m times as long (same update frequency)")
     _flag(g, "--epochs", type=int)
@@ -149,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(g, "--l2", "--weight-decay", "--wd", dest="weight_decay", type=float)
     g.add_argument("--bn-weight-decay", action="store_true", default=None, help="ImageNet: weight decay on BN parameters too")
     _flag(g, "--l1", type=float, help="L1 penalty on the sparse weights")
-    _flag(g, "--lr-schedule", dest="lr_schedule", help="multistep (1/2, 3/4) | step (every --decay_frequency steps) | cosine")
+    _flag(g, "--lr-schedule", dest="lr_schedule", help="multistep (1/2, 3/4) | step (every --decay_frequency steps) | cosine | constant")
     _flag(g, "--decay_frequency", "--decay-frequency", dest="decay_frequency", type=int, help="optimizer steps between x0.1 LR decays (--lr-schedule step; times --multiplier)")
     _flag(g, "--warmup", type=int, help="warm-up epochs (ImageNet schedule only)")
     _flag(g, "--label-smoothing", dest="label_smoothing", type=float)
@@ -176,6 +203,15 @@ def build_parser() -> argparse.ArgumentParser:
     for names in (("-e", "--evaluate"), ("--benchmark-training",), ("--benchmark-inference",)):
         g.add_argument(*names, action="store_true", help=argparse.SUPPRESS)
     return p
+
+
+def _hidden(text: str) -> list[int]:
+    from itop.models.set_mlp import parse_hidden
+
+    try:
+        return list(parse_hidden(text))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _redistribution(value: str) -> str:
@@ -233,6 +269,9 @@ def resolve(args: argparse.Namespace) -> TrainConfig:
     cfg = TrainConfig()
     for key, value in defaults.items():
         setattr(cfg, key, value)
+    preset = chosen_preset(args.preset, values)
+    for key, value in preset.values.items():
+        setattr(cfg, key, value)
     for f in dataclasses.fields(TrainConfig):
         if f.name in values and f.name not in ("sparse",):
             setattr(cfg, f.name, values[f.name])
@@ -245,7 +284,8 @@ def resolve(args: argparse.Namespace) -> TrainConfig:
         cfg.bn_weight_decay = bool(args.bn_weight_decay)
         cfg.lr_schedule = values.get("lr_schedule", "imagenet-step")
     else:
-        cfg.sparse = bool(args.sparse) and not args.dense
+        cfg.sparse = (bool(args.sparse) or bool(preset.values.get("sparse"))) and not args.dense
+    apply_set_rules(cfg, values)
     if args.fp16:
         cfg.amp = "fp16"
     if args.no_cuda:
@@ -268,6 +308,7 @@ def validate(cfg: TrainConfig) -> None:
     """Refuse values no run can use, naming the flag and the valid choices."""
     from itop.models import list_models
     from itop.data import list_datasets
+    from itop.data.registry import is_tabular_path
 
     if not cfg.model:
         raise UsageError(f"--model is required; choose one of {', '.join(list_models())}.")
@@ -286,7 +327,7 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.batch_size >= 1 and cfg.test_batch_size >= 1, "--batch-size and --test-batch-size must be at least 1"),
         (cfg.lr > 0, f"--lr must be positive, got {cfg.lr}"),
         (cfg.optimizer in ("sgd", "adam"), f"--optimizer must be sgd or adam, got {cfg.optimizer!r}"),
-        (cfg.lr_schedule in ("multistep", "step", "cosine", "imagenet-step"), f"--lr-schedule must be multistep, step or cosine, got {cfg.lr_schedule!r}"),
+        (cfg.lr_schedule in ("multistep", "step", "cosine", "constant", "imagenet-step"), f"--lr-schedule must be multistep, step, cosine or constant, got {cfg.lr_schedule!r}"),
         (cfg.decay_frequency >= 1, f"--decay_frequency must be at least 1, got {cfg.decay_frequency}"),
         (0 <= cfg.valid_split < 1, f"--valid_split must be in [0, 1), got {cfg.valid_split}"),
         (cfg.amp in ("none", "bf16", "fp16"), f"--amp must be none, bf16 or fp16, got {cfg.amp!r}"),
@@ -295,7 +336,20 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.iters >= 1, "--iters must be at least 1"),
         (cfg.workers >= 0, f"-j/--workers must be at least 0, got {cfg.workers}"),
         (cfg.processes >= 1, f"processes must be at least 1, got {cfg.processes}"),
-        (cfg.data in list_datasets() + ["imagenet"], f"unknown dataset {cfg.data!r}; choose one of {', '.join(list_datasets() + ['imagenet'])}"),
+        (cfg.data in list_datasets() + ["imagenet"] or is_tabular_path(cfg.data),
+         f"unknown dataset {cfg.data!r}; choose one of {', '.join(list_datasets() + ['imagenet'])}, or a .mat, .npz or .csv file"),
+        (cfg.activation in ("relu", "srelu", "allrelu"), f"--activation must be relu, srelu or allrelu, got {cfg.activation!r}"),
+        (0 <= cfg.dropout < 1, f"--dropout must be in [0, 1), got {cfg.dropout}"),
+        (cfg.init_scale in ("", "sparse", "dense"), f"--init-scale must be sparse or dense, got {cfg.init_scale!r}"),
+        (cfg.epsilon is None or cfg.epsilon > 0, f"--epsilon must be positive, got {cfg.epsilon}"),
+        (cfg.epsilon is None or cfg.sparse, "--epsilon sets the density of sparse layers; add --sparse"),
+        (cfg.update_every in ("", "epoch"), f"--update-every must be 'epoch' or a number of steps, got {cfg.update_every!r}"),
+        (cfg.loss in ("cross-entropy", "mse"), f"--loss must be cross-entropy or mse, got {cfg.loss!r}"),
+        (0 < cfg.test_split < 1, f"--test-split must be in (0, 1), got {cfg.test_split}"),
+        (not cfg.truly_sparse or cfg.sparse, "--truly-sparse trains sparse layers truly sparse; add --sparse"),
+        (not cfg.truly_sparse or "momentum" not in (cfg.growth, cfg.redistribution),
+         "--growth momentum and --redistribution momentum need dense gradient averages, which --truly-sparse never holds; "
+         "use --growth gradient (RigL) or random (SET)"),
     ]
     for ok, message in checks:
         if not ok:
@@ -306,4 +360,5 @@ def validate(cfg: TrainConfig) -> None:
     except ValueError as error:
         raise UsageError(str(error)) from None
     if not cfg.save:
-        cfg.save = f"runs/{cfg.model}-{cfg.data}-{cfg.method.split(' ')[0].lower()}-{time.strftime('%Y%m%d-%H%M%S')}"
+        data = Path(cfg.data).stem if is_tabular_path(cfg.data) else cfg.data
+        cfg.save = f"runs/{cfg.model}-{data}-{cfg.method.split(' ')[0].lower()}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -20,13 +20,14 @@ from tqdm import tqdm
 
 import itop
 from itop.data import DataError, load_dataset, make_loaders
-from itop.models import create_model, get_model_spec
+from itop.data.registry import is_tabular_path
 from itop.sparse import SparseLinear
 
 from .checkpoint import CHECKPOINT, RunError, load_checkpoint, save_checkpoint
 from .config import TrainConfig, UsageError, result_settings
 from .distributed import RankSlice, World, all_sum, barrier
 from .metrics import MetricsLog, NullLog, epoch_line
+from .model_setup import build_model, build_sparsifier, loss_function
 from .optim import build_optimizer, learning_rate, set_learning_rate
 
 class TrainingDiverged(RuntimeError):
@@ -49,21 +50,13 @@ def pick_device(cfg: TrainConfig, world: World) -> torch.device:
     return device
 
 
-def build_sparsifier(cfg: TrainConfig, model: nn.Module, optimizer, total_steps: int) -> itop.Sparsifier | None:
-    if not cfg.sparse:
-        return None
-    return itop.Sparsifier(
-        model, optimizer, density=cfg.density, distribution=cfg.sparse_init.lower(),
-        prune=cfg.death.lower(), grow=cfg.growth, redistribution=cfg.redistribution,
-        prune_rate=cfg.death_rate, update_frequency=None if cfg.fix else cfg.update_frequency,
-        total_steps=total_steps, seed=cfg.seed, prune_options={"threshold": cfg.threshold} if cfg.death.lower() == "threshold" else None,
-        decay_schedule=cfg.decay_schedule,
-    )
-
-
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, device, autocast, world: World = World(), sharded: bool = False) -> tuple[float, float]:
-    """(mean loss, accuracy) over a loader; summed over ranks when each rank holds a shard."""
+def evaluate(model: nn.Module, loader, device, autocast, world: World = World(), sharded: bool = False,
+             loss_sum_fn=None) -> tuple[float, float]:
+    """(mean loss, accuracy) over a loader; summed over ranks when each rank holds a shard.
+    `loss_sum_fn(logits, labels)` gives the summed loss (cross-entropy by default)."""
+    if loss_sum_fn is None:
+        loss_sum_fn = nn.CrossEntropyLoss(reduction="sum")
     model.eval()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
@@ -72,7 +65,7 @@ def evaluate(model: nn.Module, loader, device, autocast, world: World = World(),
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast():
             logits = model(x)
-        loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
+        loss_sum += loss_sum_fn(logits.float(), y)
         correct += (logits.argmax(1) == y).sum()
         count += len(y)
     totals = [float(loss_sum), float(correct), float(count)]
@@ -133,7 +126,8 @@ class Run:
         torch.manual_seed(cfg.seed)
         try:
             self.data = self._load_data()
-            self.model = self._build_model().to(self.device)
+            self.model, self.target_density = self._build_model()
+            self.model = self.model.to(self.device)
         except DataError:
             raise
         except ValueError as error:  # a valid flag that this dataset cannot take (split size, input size)
@@ -147,11 +141,11 @@ class Run:
         self.optimizer = build_optimizer(cfg, self.model)
         self.steps_per_epoch = len(self.train_loader)
         self.total_steps = self.steps_per_epoch * cfg.total_epochs
-        self.sparsifier = build_sparsifier(cfg, self.model, self.optimizer, self.total_steps)
+        self.sparsifier = build_sparsifier(cfg, self.model, self.optimizer, self.total_steps, self.steps_per_epoch, self.target_density)
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
         self.autocast = (lambda: torch.autocast(self.device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
-        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.loss_fn, self.loss_sum_fn = loss_function(cfg), loss_function(cfg, reduction="sum")
         self.epoch, self.step, self.best_val, self.best_epoch = 0, 0, -1.0, 0
         self.best_state = self.model.state_dict()
         self.seconds = 0.0
@@ -180,7 +174,8 @@ class Run:
                 distributed=self.world.size > 1, num_replicas=self.world.size, rank=self.world.rank)
             self.val_loader = self.test_loader  # the ImageNet recipe selects on its validation set
             return None
-        splits = load_dataset(cfg.data, cfg.data_dir, valid_split=cfg.valid_split, seed=cfg.seed)
+        tabular = {"test_split": cfg.test_split} if is_tabular_path(cfg.data) else {}
+        splits = load_dataset(cfg.data, cfg.data_dir, valid_split=cfg.valid_split, seed=cfg.seed, **tabular)
         size, global_batch = self.world.size, cfg.batch_size * cfg.processes
         self.train_loader, self.val_loader, self.test_loader = make_loaders(
             splits, global_batch, generator=self.generator, device=self.device, eval_batch_size=cfg.test_batch_size)
@@ -191,14 +186,12 @@ class Run:
                                   f"per process); a 1-process run would keep them.")
         return splits
 
-    def _build_model(self) -> nn.Module:
-        cfg = self.cfg
-        kwargs = {"init": cfg.model_config} if get_model_spec(cfg.model).name.startswith("imagenet-") else {}
+    def _build_model(self) -> tuple[nn.Module, float]:
+        """(model, the density its sparse layers start at): see `model_setup.build_model`."""
         if self.data is None:  # ImageNet: as many classes as class folders
-            classes = len(self.train_loader.loader.dataset.classes)
-            return create_model(cfg.model, num_classes=classes, **kwargs)
-        return create_model(cfg.model, num_classes=self.data.num_classes, in_channels=self.data.in_channels,
-                            image_size=self.data.image_size, **kwargs)
+            return build_model(self.cfg, num_classes=len(self.train_loader.loader.dataset.classes))
+        return build_model(self.cfg, num_classes=self.data.num_classes, in_channels=self.data.in_channels,
+                           image_size=self.data.image_size)
 
     # ------------------------------------------------------------------------------------ state
     def _state(self) -> dict[str, Any]:
@@ -291,7 +284,8 @@ class Run:
 
     def _evaluate(self, loader) -> tuple[float, float]:
         """Small datasets: every rank evaluates all of it; ImageNet: a shard each, summed."""
-        return evaluate(self.model, loader, self.device, self.autocast, self.world, sharded=self.cfg.imagenet and self.world.size > 1)
+        return evaluate(self.model, loader, self.device, self.autocast, self.world, sharded=self.cfg.imagenet and self.world.size > 1,
+                        loss_sum_fn=self.loss_sum_fn)
 
     def _log_update(self) -> None:
         sp = self.sparsifier
@@ -362,8 +356,9 @@ class Run:
         }
 
     def _file_sizes(self) -> dict[str, int]:
-        """Bytes on disk of best_sparse.pt and best.pt, for a sparse run whose rank 0 wrote them."""
+        """Bytes on disk of best_sparse.pt and best.pt, for a masked sparse run whose rank 0 wrote
+        them (a truly sparse run's best.pt is as small already)."""
         sparse, dense = self.dir / BEST_SPARSE, self.dir / "best.pt"
-        if self.sparsifier is None or not (sparse.is_file() and dense.is_file()):
+        if self.sparsifier is None or self.cfg.truly_sparse or not (sparse.is_file() and dense.is_file()):
             return {}
         return {"best_sparse_bytes": sparse.stat().st_size, "best_dense_bytes": dense.stat().st_size}

@@ -41,6 +41,8 @@ def learning_rate(cfg: TrainConfig, epoch: int, step: int, total_steps: int) -> 
         return base * 0.1 ** sum(epoch >= ms for ms in milestones)
     if cfg.lr_schedule == "step":
         return base * 0.1 ** (step // (cfg.decay_frequency * m))  # decay points scale with the run, like milestones
+    if cfg.lr_schedule == "constant":  # the SET recipes
+        return base
     if cfg.lr_schedule == "cosine":
         return base * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
     if epoch < cfg.warmup:  # imagenet-step

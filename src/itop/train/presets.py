@@ -1,0 +1,104 @@
+"""`itop train --preset NAME`: the seed's SET systems' recipes, one flag each.
+
+Each preset sets the configuration its source script used (read from the scripts, see
+`../shared/reference/SET.md` and the README's table); any flag given beside `--preset` overrides
+the preset's value. Every SET recipe: ER layers from epsilon, SET pruning (the fraction zeta of
+each sign's smallest weights) with random regrowth at zero, once per epoch with a constant zeta,
+weights initialised for their actual fan-in, plain momentum SGD at a constant learning rate, and
+the final epoch's test accuracy (no validation split). They train truly sparse
+(`--no-truly-sparse` runs the same recipe masked, to the same numbers up to rounding).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+SET_RECIPE = dict(
+    model="set-mlp", sparse=True, sparse_init="ER", death="SET", growth="random", redistribution="none",
+    death_rate=0.3, decay_schedule="constant", update_every="epoch", init_scale="sparse",
+    lr_schedule="constant", nesterov=False, valid_split=0.0, optimizer="sgd", momentum=0.9,
+)
+
+
+@dataclass(frozen=True)
+class Preset:
+    source: str  # the script it reproduces
+    values: dict = field(default_factory=dict)  # TrainConfig fields
+    needs_data: str = ""  # what --data must name, when the preset cannot pick a dataset itself
+
+
+PRESETS = {
+    "set-mlp-lung": Preset(
+        "official SET-MLP, truly sparse Python (Mocanu et al. 2018): 3312-3000-3000-3000-5 on lung.mat",
+        dict(SET_RECIPE, hidden=[3000, 3000, 3000], activation="relu", loss="mse", epsilon=20.0, batch_size=2, lr=0.01,
+             weight_decay=2e-4, dropout=0.0, epochs=100, test_split=1 / 3, truly_sparse=True),
+        needs_data="lung.mat from featureselection.asu.edu (arrays X, Y): add --data path/to/lung.mat",
+    ),
+    "set-mlp-fashion": Preset(
+        "SET tutorial (2019): 784-1000-1000-1000-10 on Fashion-MNIST",
+        dict(SET_RECIPE, data="fashion-mnist", hidden=[1000, 1000, 1000], activation="relu", loss="mse", epsilon=13.0,
+             batch_size=40, lr=0.05, weight_decay=2e-4, dropout=0.2, epochs=400, truly_sparse=True),
+    ),
+    "set-mlp-cifar10": Preset(
+        "official SET, Keras (Mocanu et al. 2018): 3072-4000-1000-4000-10 with SReLU on CIFAR-10",
+        dict(SET_RECIPE, data="cifar10", hidden=[4000, 1000, 4000], activation="srelu", loss="cross-entropy", epsilon=20.0,
+             batch_size=100, lr=0.01, weight_decay=0.0, dropout=0.3, epochs=1000, truly_sparse=True),
+    ),
+    "million-neurons": Preset(
+        "truly sparse SET-MLP (Liu, Mocanu et al. 2021) at over a million neurons: 784-333334-333333-333333-10",
+        dict(SET_RECIPE, data="mnist5k", hidden=[333334, 333333, 333333], activation="relu", loss="cross-entropy",
+             epsilon=10.0, batch_size=2, lr=0.01, weight_decay=2e-4, dropout=0.3, epochs=100, truly_sparse=True),
+    ),
+}
+
+
+def preset_names() -> list[str]:
+    return sorted(PRESETS)
+
+
+def chosen_preset(name: str | None, given: dict):
+    """The preset named by --preset (an empty one without it); UsageError for unknown names or a
+    preset that needs a data file none was given for."""
+    from .config import UsageError
+
+    if name is None:
+        return Preset("")
+    if name not in PRESETS:
+        raise UsageError(f"unknown --preset {name!r}; choose one of {', '.join(preset_names())}.")
+    preset = PRESETS[name]
+    if preset.needs_data and "data" not in given:
+        raise UsageError(f"--preset {name} trains on {preset.needs_data}.")
+    return preset
+
+
+def apply_set_rules(cfg: TrainConfig, given: dict) -> None:
+    """The rules between the SET flags, on the configuration resolved from defaults, preset and
+    the flags `given`: set-mlp-only options, --update-every, --epsilon against --density."""
+    from itop.data.registry import is_tabular_path
+    from itop.models import get_model_spec
+
+    from .config import UsageError
+
+    try:
+        family = get_model_spec(cfg.model).name if cfg.model else ""
+    except ValueError:
+        family = ""  # validate() names the unknown model
+    for key in ("hidden", "activation", "dropout", "allrelu_slope"):
+        if key in given and family != "set-mlp":
+            raise UsageError(f"--{key.replace('_', '-')} shapes the SET-MLP; use it with --model set-mlp (this run's model is {cfg.model or 'not set'}).")
+    if isinstance(given.get("update_every"), str) and given["update_every"] != "epoch":
+        if not given["update_every"].isdigit() or int(given["update_every"]) < 1:
+            raise UsageError(f"--update-every must be 'epoch' or a positive number of optimizer steps, got {given['update_every']!r}.")
+        cfg.update_frequency, cfg.update_every = int(given["update_every"]), ""
+    if "update_frequency" in given and "update_every" not in given:
+        cfg.update_every = ""  # an explicit step count beats a preset's once-per-epoch
+    if "test_split" in given and not is_tabular_path(cfg.data):
+        raise UsageError(f"--test-split holds out a share of a .mat/.npz/.csv file; {cfg.data} comes with its own test set.")
+    if "epsilon" in given:
+        if "density" in given:
+            raise UsageError("--epsilon sets every layer's density (and so the global one); give --epsilon or --density, not both.")
+        if "sparse_init" in given and given["sparse_init"].lower() != "er":
+            raise UsageError(f"--epsilon defines ER layer densities; drop --sparse_init {given['sparse_init']} or use --density with it.")
+        cfg.sparse_init = "ER"
+    elif "density" in given or ("sparse_init" in given and given["sparse_init"].lower() != "er"):
+        cfg.epsilon = None  # a preset's epsilon yields to an explicit density or distribution
