@@ -27,7 +27,7 @@ PRESET_TABLE = {
     "set-mlp-cifar10": dict(hidden=[4000, 1000, 4000], activation="srelu", epsilon=20.0, death_rate=0.3, batch_size=100, lr=0.01,
                             momentum=0.9, weight_decay=0.0, dropout=0.3, epochs=1000, loss="cross-entropy", data="cifar10"),
     "million-neurons": dict(hidden=[333334, 333333, 333333], activation="relu", epsilon=10.0, death_rate=0.3, batch_size=2,
-                            lr=0.01, momentum=0.9, weight_decay=2e-4, dropout=0.3, loss="cross-entropy", data="mnist5k",
+                            lr=0.01, momentum=0.9, weight_decay=2e-4, dropout=0.0, loss="cross-entropy", data="mnist5k",
                             truly_sparse=True),
 }
 

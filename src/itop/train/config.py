@@ -173,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(g, "--lr", type=float)
     _flag(g, "--momentum", type=float)
     _flag(g, "--optimizer", help="sgd | adam")
+    g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None,
+                   help="Nesterov momentum (default: on for the CIFAR/MNIST script, off for ImageNet and the SET presets)")
     _flag(g, "--l2", "--weight-decay", "--wd", dest="weight_decay", type=float)
     g.add_argument("--bn-weight-decay", action="store_true", default=None, help="ImageNet: weight decay on BN parameters too")
     _flag(g, "--l1", type=float, help="L1 penalty on the sparse weights")

@@ -318,7 +318,7 @@ class Run:
                 self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
                 if self.world.main:
                     save_checkpoint({"format": 1, "model": self.best_state, "epoch": self.epoch}, self.dir / "best.pt")
-                    if self.sparsifier is not None:  # the masks of this epoch, written with its weights: a resume needs nothing
+                    if self.sparsifier is not None and not self.cfg.truly_sparse:  # truly sparse: best.pt is stored sparse already
                         save_checkpoint(sparse_export_state(self.model, self.sparsifier, self.epoch), self.dir / BEST_SPARSE)
             if self.world.main:
                 save_checkpoint(self._state(), self.dir / "checkpoint.pt")
@@ -356,9 +356,8 @@ class Run:
         }
 
     def _file_sizes(self) -> dict[str, int]:
-        """Bytes on disk of best_sparse.pt and best.pt, for a masked sparse run whose rank 0 wrote
-        them (a truly sparse run's best.pt is as small already)."""
+        """Bytes on disk of best_sparse.pt and best.pt, for a masked sparse run whose rank 0 wrote them."""
         sparse, dense = self.dir / BEST_SPARSE, self.dir / "best.pt"
-        if self.sparsifier is None or self.cfg.truly_sparse or not (sparse.is_file() and dense.is_file()):
+        if self.sparsifier is None or not (sparse.is_file() and dense.is_file()):
             return {}
         return {"best_sparse_bytes": sparse.stat().st_size, "best_dense_bytes": dense.stat().st_size}

@@ -47,7 +47,10 @@ PRESETS = {
     "million-neurons": Preset(
         "truly sparse SET-MLP (Liu, Mocanu et al. 2021) at over a million neurons: 784-333334-333333-333333-10",
         dict(SET_RECIPE, data="mnist5k", hidden=[333334, 333333, 333333], activation="relu", loss="cross-entropy",
-             epsilon=10.0, batch_size=2, lr=0.01, weight_decay=2e-4, dropout=0.3, epochs=100, truly_sparse=True),
+             epsilon=10.0, batch_size=2, lr=0.01, weight_decay=2e-4, epochs=100, truly_sparse=True,
+             # The source used dropout 0.3 (on lung); on this network and data it trained to 79% (train mode) but
+             # tested at 21.5% after 3 epochs, measured 2026-11-29; without dropout it learns (README).
+             dropout=0.0),
     ),
 }
 
