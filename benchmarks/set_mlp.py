@@ -1,6 +1,6 @@
 """SET-MLP against the same MLP dense and static sparse: does SET match or beat both at a few percent of the weights?
 
-Run by hand:  python benchmarks/set_mlp.py [--epochs 150] [--seeds 3] [--out bench-runs/set-mlp] [--quick]
+Run by hand:  python benchmarks/set_mlp.py [--epochs 60] [--seeds 3] [--out bench-runs/set-mlp] [--quick]
 
 The SET papers' claim (Mocanu et al. 2018; SET.md's table): with epsilon 20, an MLP whose
 connections evolve (SET) matches or beats the dense MLP and clearly beats the same sparse graph
@@ -82,7 +82,7 @@ def mean_std(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
 def main() -> None:
     here = Path(__file__).resolve().parent
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=150)
+    parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--hidden", default="1000,1000,1000")
     parser.add_argument("--out", default="bench-runs/set-mlp")

@@ -45,7 +45,7 @@ def test_tiny_run_writes_everything_and_the_table(capsys):
     assert {"config.json", "metrics.jsonl", "checkpoint.pt", "best.pt", "summary.json"} <= files
     summary = json.loads(Path("runs/a/summary.json").read_text())
     assert summary["method"] == "RigL-ITOP" and summary["sparsity"] == pytest.approx(0.95, abs=1e-4)
-    assert summary["density"] < summary["itop_rate"] <= 1 and 0 < summary["test_acc"] <= 1
+    assert summary["density"] < summary["itop_rate"] <= 1 and 0 < summary["test_acc"] <= 1 and 0 < summary["final_test_acc"] <= 1
     assert 0.05 < summary["training_flops"] < 0.2 and summary["test_flops"] == pytest.approx(0.05, abs=0.01)
     assert "| Method | Sparsity | Top-1 Acc | Rs | Training FLOPs | Test FLOPs |" in out
     assert "| RigL-ITOP | 0.95 |" in out

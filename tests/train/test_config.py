@@ -81,3 +81,19 @@ def test_learning_rate_schedules():
     assert [learning_rate(cfg, e, 0, 1) for e in (0, 4, 5, 30, 60, 90)] == pytest.approx([0.1 / 6, 0.5 / 6, 0.1, 0.01, 0.001, 0.0001])
     cfg, _ = parse_args("--model lenet5 --lr-schedule constant --epochs 1000 --lr 0.01".split())
     assert {learning_rate(cfg, e, s, 10**6) for e, s in ((0, 0), (500, 10**5), (999, 10**6))} == {0.01}
+
+
+def test_flags_without_a_model_or_dataset_change_the_demo():
+    cfg, _ = parse_args(["--epochs", "5"])
+    assert (cfg.model, cfg.data, cfg.sparse, cfg.growth, cfg.density, cfg.epochs) == ("lenet300-100", "mnist5k", True, "gradient", 0.05, 5)
+    cfg, _ = parse_args(["--density", "0.02", "--save", "runs/x"])
+    assert cfg.density == 0.02 and cfg.save == "runs/x" and cfg.sparse and cfg.model == "lenet300-100"
+    cfg, _ = parse_args(["--growth", "random", "--fix"])
+    assert cfg.method == "Static" and cfg.data == "mnist5k"
+    assert not parse_args(["--dense", "--epochs", "2"])[0].sparse
+
+
+@pytest.mark.parametrize("argv", [["--model", "lenet5"], ["--model", "lenet5", "--data", "mnist5k"], ["--arch", "resnet18", "--dense", "/d"]])
+def test_naming_a_model_or_dataset_gives_the_originals_semantics(argv):
+    cfg, _ = parse_args(argv)
+    assert not cfg.sparse and cfg.method == "Dense" and cfg.epochs != 100

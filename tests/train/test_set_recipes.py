@@ -138,6 +138,7 @@ def test_a_tabular_file_trains_with_its_own_test_split(capsys):
     assert code == 0, err
     summary = json.loads(Path("tab/summary.json").read_text())
     assert summary["test_acc"] > 0.8 and "15 steps/epoch" in out  # 240 training rows in batches of 16
+    assert summary["final_test_acc"] == summary["test_acc"]  # no validation split: the last epoch is the best
 
 
 def test_the_set_loss_is_half_the_squared_error_of_sigmoid_outputs():

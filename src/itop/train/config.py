@@ -4,7 +4,8 @@ ImageNet script, with the same meanings and defaults, resolved into one plain `T
 The two original scripts disagree on defaults (batch 100 vs 64, density 0.05 vs 0.10, ERK vs
 ER, ...). A run is an ImageNet run when it names `--data imagenet`, `--arch`, or a positional
 data directory; it then takes the ImageNet script's defaults, including training sparse unless
-`--dense` is given. `itop train` with no flags at all runs the demo preset below.
+`--dense` is given. A command line that names no model and no dataset runs the demo below, with
+its flags as changes (`itop train --epochs 5`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .presets import apply_set_rules, chosen_preset, preset_names
+from .flags import build_parser, names_model_or_data
+from .presets import apply_set_rules, chosen_preset
 
 DEMO_ARGS = [
     "--sparse", "--model", "lenet300-100", "--data", "mnist5k", "--density", "0.05",
@@ -126,101 +128,6 @@ def result_settings(values: dict) -> dict:
     return {"processes": 1, **{k: v for k, v in values.items() if k not in RESUME_OVERRIDES and k != "save"}}
 
 
-def _flag(parser, *names, **kw):
-    kw.setdefault("default", None)
-    parser.add_argument(*names, **kw)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="itop train", description="Dynamic sparse training (In-Time Over-Parameterization).")
-    p.add_argument("data_path", nargs="?", default=None, help="ImageNet root with train/ and val/ (ImageNet script's positional)")
-    g = p.add_argument_group("sparse training")
-    g.add_argument("--sparse", action="store_true", default=None, help="train sparse (dense without it)")
-    g.add_argument("--dense", action="store_true", help="ImageNet script: train dense")
-    g.add_argument("--fix", action="store_true", help="static sparse training: no topology updates")
-    _flag(g, "--density", type=float, help="global density of the sparse layers (0.05 = 95%% sparsity)")
-    _flag(g, "--sparse_init", "--sparse-init", dest="sparse_init", help="ERK | ER | uniform")
-    _flag(g, "--growth", help="random (SET) | gradient (RigL) | momentum | none")
-    _flag(g, "--death", "--prune", dest="death", help="magnitude | SET | threshold")
-    _flag(g, "--redistribution", type=_redistribution, help="none | magnitude | nonzeros | momentum")
-    _flag(g, "--death-rate", "--prune-rate", dest="death_rate", type=float, help="initial prune rate")
-    _flag(g, "--update_frequency", "--update-frequency", dest="update_frequency", type=int, help="optimizer steps between topology updates")
-    _flag(g, "--decay-schedule", dest="decay_schedule", help="prune-rate decay: cosine | linear | constant")
-    _flag(g, "--threshold", type=float, help="|w| below which --death threshold prunes (default 1e-3)")
-    g = p.add_argument_group("SET-MLP and truly sparse training")
-    _flag(g, "--preset", help=f"a SET system's recipe in one flag: {' | '.join(preset_names())} (other flags override it)")
-    g.add_argument("--truly-sparse", dest="truly_sparse", action=argparse.BooleanOptionalAction, default=None,
-                   help="store and compute only the active weights of Linear layers (itop.sparse); needs --sparse")
-    _flag(g, "--hidden", type=_hidden, help="set-mlp hidden widths, e.g. 3000,3000,3000")
-    _flag(g, "--activation", help="set-mlp: relu | srelu | allrelu")
-    _flag(g, "--allrelu-slope", dest="allrelu_slope", type=float, help="All-ReLU's slope alpha (layers alternate -alpha, +alpha; default 0.6)")
-    _flag(g, "--dropout", type=float, help="set-mlp: dropout after each hidden layer")
-    _flag(g, "--init-scale", dest="init_scale", help="sparse (for the actual fan-in; set-mlp default) | dense (the original's)")
-    _flag(g, "--epsilon", type=float, help="SET's ER: each layer keeps epsilon * (n_in + n_out) weights (replaces --density)")
-    _flag(g, "--update-every", dest="update_every", help="topology update interval: 'epoch' or a number of optimizer steps")
-    _flag(g, "--loss", help="cross-entropy | mse (sigmoid outputs, as the SET code)")
-    _flag(g, "--test-split", dest="test_split", type=float, help="tabular --data files: share held out for testing (default 1/3)")
-    g = p.add_argument_group("training")
-    _flag(g, "--model", help="network, e.g. lenet300-100, vgg-c, wrn-28-2 (an unknown name lists all)")
-    _flag(g, "--arch", "-a", dest="arch", help="ImageNet network: resnet18/34/50/101/152")
-    _flag(g, "--model-config", "-c", dest="model_config", help="ImageNet conv init: classic | fanin")
-    _flag(g, "--data", help="mnist5k (embedded) | mnist | fashion-mnist | cifar10 | cifar100 | imagenet | a .mat/.npz/.csv file")
-    _flag(g, "--data-dir", dest="data_dir", help="where dataset files are (default ~/.cache/itop/data)")
-    _flag(g, "--multiplier", type=int, help="train m times as long (same update frequency)")
-    _flag(g, "--epochs", type=int)
-    _flag(g, "--batch-size", "-b", dest="batch_size", type=int)
-    _flag(g, "--test-batch-size", dest="test_batch_size", type=int)
-    _flag(g, "--lr", type=float)
-    _flag(g, "--momentum", type=float)
-    _flag(g, "--optimizer", help="sgd | adam")
-    g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None,
-                   help="Nesterov momentum (default: on for the CIFAR/MNIST script, off for ImageNet and the SET presets)")
-    _flag(g, "--l2", "--weight-decay", "--wd", dest="weight_decay", type=float)
-    g.add_argument("--bn-weight-decay", action="store_true", default=None, help="ImageNet: weight decay on BN parameters too")
-    _flag(g, "--l1", type=float, help="L1 penalty on the sparse weights")
-    _flag(g, "--lr-schedule", dest="lr_schedule", help="multistep (1/2, 3/4) | step (every --decay_frequency steps) | cosine | constant")
-    _flag(g, "--decay_frequency", "--decay-frequency", dest="decay_frequency", type=int, help="optimizer steps between x0.1 LR decays (--lr-schedule step; times --multiplier)")
-    _flag(g, "--warmup", type=int, help="warm-up epochs (ImageNet schedule only)")
-    _flag(g, "--label-smoothing", dest="label_smoothing", type=float)
-    _flag(g, "--valid_split", "--valid-split", dest="valid_split", type=float)
-    _flag(g, "--seed", type=int)
-    _flag(g, "--iters", type=int, help="repeat the experiment N times (seeds seed..seed+N-1)")
-    g = p.add_argument_group("system and output")
-    _flag(g, "--amp", help="mixed precision: none | bf16 | fp16")
-    g.add_argument("--fp16", action="store_true", help="same as --amp fp16")
-    g.add_argument("--no-cuda", action="store_true", help="train on the CPU")
-    _flag(g, "--device", help="cpu | cuda | cuda:N (default: cuda when available)")
-    _flag(g, "--workers", "-j", dest="workers", type=int, help="ImageNet loader workers")
-    _flag(g, "--log-interval", "--print-freq", "-p", dest="log_interval", type=int)
-    _flag(g, "--save", help="run directory (default runs/<model>-<data>-<method>-<time>)")
-    _flag(g, "--resume", help="continue the run in this directory")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
-    g.add_argument("--channels-last", action="store_true", help="channels-last memory format for conv nets on GPU")
-    g = p.add_argument_group("accepted for compatibility, no effect")
-    for name in ("--start-epoch", "--max-threads", "--master_port", "--local_rank", "--static-loss-scale",
-                 "--explo-start-epoch", "--pretrained-weights", "--grow-switch", "--bench-iterations", "--bench-warmup"):
-        _flag(g, name, help=argparse.SUPPRESS)
-    for name in ("--save-features", "--bench", "--dynamic-loss-scale", "--verbose", "--gather-checkpoints", "--spp", "--prof"):
-        g.add_argument(name, action="store_true", help=argparse.SUPPRESS)
-    for names in (("-e", "--evaluate"), ("--benchmark-training",), ("--benchmark-inference",)):
-        g.add_argument(*names, action="store_true", help=argparse.SUPPRESS)
-    return p
-
-
-def _hidden(text: str) -> list[int]:
-    from itop.models.set_mlp import parse_hidden
-
-    try:
-        return list(parse_hidden(text))
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def _redistribution(value: str) -> str:
-    """The ImageNet script calls `nonzeros` `nonzero`."""
-    return "nonzeros" if value == "nonzero" else value
-
-
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
         raise UsageError(message)
@@ -230,9 +137,11 @@ def parse_args(argv: list[str]) -> tuple[TrainConfig, str | None]:
     """(configuration, resume directory) from the command line; UsageError on bad input."""
     parser = build_parser()
     parser.__class__ = _Parser
-    args = parser.parse_args(argv if argv else DEMO_ARGS)
+    args = parser.parse_args(argv)
     if args.resume is not None:
         return TrainConfig(), args.resume
+    if not names_model_or_data(args):  # the demo, with the flags given as changes to it
+        args = parser.parse_args([*DEMO_ARGS, *argv])
     return resolve(args), None
 
 

@@ -335,7 +335,9 @@ class Run:
         return 1.0 if self.sparsifier is None else self.sparsifier.itop_rate
 
     def summary(self) -> dict[str, Any]:
-        """Test accuracy of the best checkpoint, Rs, and FLOPs relative to dense."""
+        """Test accuracy of the best checkpoint (the original's rule) and of the final epoch, Rs,
+        and FLOPs relative to dense."""
+        final_loss, final_acc = self._evaluate(self.test_loader)  # the last epoch's model, as it stands
         current = {k: v.clone() for k, v in self.model.state_dict().items()}
         self.model.load_state_dict(self.best_state)
         test_loss, test_acc = self._evaluate(self.test_loader)
@@ -346,6 +348,7 @@ class Run:
         return {
             "method": self.cfg.method, "model": self.cfg.model, "data": self.cfg.data,
             "density": self.density, "sparsity": 1 - self.density, "test_acc": test_acc, "test_loss": test_loss,
+            "final_test_acc": final_acc, "final_test_loss": final_loss,
             "best_val_acc": self.best_val if self.val_loader else None, "best_epoch": self.best_epoch,
             "itop_rate": self.itop_rate,
             "training_flops": 1.0 if sp is None else itop.flops.training_ratio(self.flops, sp, self.total_steps),
