@@ -1,9 +1,10 @@
+import statistics
 import sys
 
 
 from itop.report import main
 
-from .fake import summary, write_run
+from .fake import summary, write_run, write_study
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -21,7 +22,8 @@ def test_report_prints_table_notes_and_writes_files(run_dirs, tmp_path, capsys):
         "| SET-ITOP | 0.9 | 92.05 | 0.71 | 0.10x | 0.10x |",
         "| RigL-ITOP | 0.95 | 93.12 | 0.86 | 0.15x | 0.12x |"]
     assert "note: 1 unfinished run(s) without summary.json, not in the table: crashed" in lines
-    names = ["results.md", "accuracy_vs_sparsity.png", "itop_rate.png",
+    names = ["results.md", "accuracy_vs_sparsity.png", "accuracy_vs_rs.png",
+             "accuracy_vs_training_flops.png", "itop_rate.png",
              "layer_density_rigl-95.png", "layer_density_set-90.png", "layer_density_crashed.png"]
     assert [line for line in lines if line.startswith("wrote ")] == [
         f"wrote {out / name}" for name in names]
@@ -183,3 +185,123 @@ def test_python_dash_m(run_dirs, tmp_path):
     done = subprocess.run([sys.executable, "-m", "itop.report", str(run_dirs[3])],
                           capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 2 and done.stderr.startswith("itop report: error: no finished")
+
+
+GROUPED = [
+    "| Method | Sparsity | Settings | Top-1 Acc (best val) | Final-epoch Acc | Rs "
+    "| Training FLOPs | Test FLOPs | Runs |",
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    "| Dense | 0.0 |  | 95.10 ± 0.14 | 94.60 ± 0.14 | 1.0 | 1x(3.2e18) | 1x(8.2e9) | 2 |",
+    "| SET-ITOP | 0.9 | update_frequency=25 | 93.20 ± 0.20 | 92.70 ± 0.20 | 0.91 ± 0.01 "
+    "| 0.10x | 0.10x | 3 |",
+    "| SET-ITOP | 0.9 | update_frequency=100 | 92.20 ± 0.20 | 91.70 ± 0.20 | 0.61 ± 0.01 "
+    "| 0.10x | 0.10x | 3 |",
+    "| SET-ITOP | 0.9 | update_frequency=400 | 91.20 ± 0.20 | 90.70 ± 0.20 | 0.31 ± 0.01 "
+    "| 0.10x | 0.10x | 3 |",
+    "| Static | 0.9 |  | 90.10 ± 0.14 | 89.60 ± 0.14 | 0.11 ± 0.01 | 0.10x | 0.10x | 2 |"]
+
+
+def test_seeds_get_a_grouped_table_before_the_per_run_table(tmp_path, capsys):
+    dirs = write_study(tmp_path / "runs")
+    out = tmp_path / "out"
+    assert main([*map(str, dirs), "--out", str(out)]) == 0
+    stdout, stderr = capsys.readouterr()
+    assert stderr == ""
+    lines = stdout.splitlines()
+    assert lines[:7] == GROUPED
+    assert lines[7] == ""
+    assert lines[8] == "| Method | Sparsity | Top-1 Acc | Rs | Training FLOPs | Test FLOPs | Run |"
+    assert len([line for line in lines[10:] if line.startswith("| ")]) == len(dirs)
+    assert "| SET-ITOP | 0.9 | 93.20 | 0.91 | 0.10x | 0.10x | set-uf25-s1 |" in lines
+    assert (out / "results.md").read_text().startswith("\n".join(lines[:10 + len(dirs)]) + "\n")
+    sd = statistics.stdev([93.0, 93.2, 93.4])
+    assert f"{sd:.2f}" == "0.20"
+    for name in ("accuracy_vs_rs.png", "accuracy_vs_training_flops.png"):
+        assert f"wrote {out / name}" in lines
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC and (out / name).stat().st_size > 5000
+
+
+def test_old_summaries_without_final_accuracy_show_a_dash(tmp_path, capsys):
+    dirs = write_study(tmp_path / "runs", final=False)
+    assert main([*map(str, dirs), "--out", str(tmp_path / "out")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[3] == ("| SET-ITOP | 0.9 | update_frequency=25 | 93.20 ± 0.20 | - | 0.91 ± 0.01 "
+                        "| 0.10x | 0.10x | 3 |")
+
+
+def test_single_runs_that_differ_in_a_setting_get_the_settings_column(run_dirs, tmp_path, capsys):
+    result = summary("SET-ITOP", 0.1, 0.92, 0.7, 0.1, 0.1)
+    dirs = [write_run(tmp_path, "uf25", 0.1, result, update_frequency=25),
+            write_run(tmp_path, "uf50", 0.1, result, update_frequency=50), run_dirs[0]]
+    assert main([*map(str, dirs), "--out", str(tmp_path / "out")]) == 0
+    stdout = capsys.readouterr().out
+    assert "| Settings |" in stdout and "| update_frequency=25 |" in stdout and "| update_frequency=50 |" in stdout
+    assert "±" not in stdout  # one run per group: plain values
+
+
+def test_runs_of_different_methods_get_no_grouped_table(run_dirs, tmp_path, capsys):
+    assert main([*map(str, run_dirs), "--out", str(tmp_path / "out")]) == 0
+    stdout = capsys.readouterr().out
+    assert "Settings" not in stdout and stdout.startswith("| Method | Sparsity | Top-1 Acc | Rs |")
+
+
+def plot_notes(stdout):
+    return [line for line in stdout.splitlines() if line.startswith("note: ")]
+
+
+def test_accuracy_final_plots_the_final_epoch_and_notes_runs_without_it(tmp_path, capsys):
+    new = write_study(tmp_path / "new")
+    old = write_run(tmp_path, "old", 0.1, summary("SET-ITOP", 0.1, 0.9, 0.5, 0.1, 0.1))
+    out = tmp_path / "out"
+    assert main([*map(str, new), str(old), "--out", str(out), "--accuracy", "final"]) == 0
+    stdout = capsys.readouterr().out
+    assert plot_notes(stdout) == [
+        "note: --accuracy final: 1 run(s) without final_test_acc left out of the accuracy plots: "
+        "old"]
+    for name in ("accuracy_vs_sparsity.png", "accuracy_vs_rs.png",
+                 "accuracy_vs_training_flops.png"):
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC
+    # the table is the same whichever accuracy the plots show
+    assert main([*map(str, new), str(old), "--out", str(tmp_path / "best")]) == 0
+    best = capsys.readouterr().out
+    assert plot_notes(best) == []
+    assert best.split("wrote ")[0] == stdout.split("note: ")[0]
+
+
+def test_accuracy_final_without_any_final_accuracy_skips_the_accuracy_plots(tmp_path, capsys):
+    dirs = write_study(tmp_path / "runs", final=False)
+    out = tmp_path / "out"
+    assert main([*map(str, dirs), "--out", str(out), "--accuracy", "final"]) == 0
+    stdout = capsys.readouterr().out
+    reason = "no finished run has final_test_acc (summaries written before it existed)"
+    assert plot_notes(stdout) == [f"note: skipped {name}: {reason}" for name in (
+        "accuracy_vs_sparsity.png", "accuracy_vs_rs.png", "accuracy_vs_training_flops.png")]
+    assert not (out / "accuracy_vs_rs.png").exists() and (out / "itop_rate.png").is_file()
+
+
+def test_accuracy_plots_without_data_are_skipped_with_a_note(tmp_path, capsys):
+    dense = summary("Dense", 1.0, 0.95, 1.0, 1.0, 1.0)
+    static = summary("Static", 0.1, 0.9, 0.1, 0.1, 0.1)
+    set_without = summary("SET-ITOP", 0.1, 0.92, None, None, 0.1)
+    dirs = [write_run(tmp_path, "dense", 1.0, dense),
+            write_run(tmp_path, "static", 0.1, static, fix=True),
+            write_run(tmp_path, "set", 0.1, set_without)]
+    out = tmp_path / "out"
+    assert main([*map(str, dirs[:2]), "--out", str(out)]) == 0
+    assert plot_notes(capsys.readouterr().out) == [
+        "note: skipped accuracy_vs_rs.png: no sparse run with a changing topology has Rs "
+        "(itop_rate) in its summary"]
+    assert (out / "accuracy_vs_training_flops.png").is_file()
+    assert main([str(dirs[0]), str(dirs[2]), "--out", str(tmp_path / "out2")]) == 0
+    assert plot_notes(capsys.readouterr().out) == [
+        "note: skipped accuracy_vs_rs.png: no sparse run with a changing topology has Rs "
+        "(itop_rate) in its summary",
+        "note: skipped accuracy_vs_training_flops.png: no sparse run has training_flops in its "
+        "summary"]
+
+
+def test_accuracy_flag_takes_best_or_final(run_dirs, capsys):
+    err = error_of([str(run_dirs[0]), "--accuracy", "last"], capsys)
+    assert "argument --accuracy: invalid choice: 'last'" in err
+    assert main(["--help"]) == 0
+    assert "--accuracy {best,final}" in capsys.readouterr().out

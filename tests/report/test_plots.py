@@ -1,10 +1,10 @@
 import pytest
 
-from itop.report import (ReportError, load_run, plot_accuracy_vs_sparsity, plot_itop_rate,
-                         plot_layer_density)
+from itop.report import (ReportError, load_run, plot_accuracy_vs_rs, plot_accuracy_vs_sparsity,
+                         plot_accuracy_vs_training_flops, plot_itop_rate, plot_layer_density)
 from itop.report.plots import rate_curve
 
-from .fake import summary, write_run
+from .fake import summary, write_run, write_study
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -63,6 +63,117 @@ def test_plotting_leaves_pyplot_untouched(runs, tmp_path):
 
     backend = matplotlib.get_backend()
     plot_itop_rate(runs, tmp_path / "rs.png")
+    assert matplotlib.get_backend() == backend
+    plt = __import__("sys").modules.get("matplotlib.pyplot")
+    assert plt is None or plt.get_fignums() == []
+
+
+def drawn(monkeypatch):
+    """Record what each plot put on its axes before it is saved: {file name: facts}."""
+    from itop.report import plots
+
+    seen = {}
+    save = plots._save
+
+    def record(fig, path):
+        ax = fig.axes[0]
+        legend = ax.get_legend()
+        seen[path.name] = {
+            "title": ax.get_title(), "xlabel": ax.get_xlabel(), "ylabel": ax.get_ylabel(),
+            "xscale": ax.get_xscale(),
+            "lines": {**{line.get_label(): (list(line.get_xdata()), list(line.get_ydata()))
+                         for line in ax.get_lines() if not line.get_label().startswith("_")},
+                      **{bars.get_label(): (list(bars.lines[0].get_xdata()),
+                                            list(bars.lines[0].get_ydata()))
+                         for bars in ax.containers}},
+            "legend": [t.get_text() for t in legend.get_texts()],
+            "legend_anchor": legend.get_bbox_to_anchor().transformed(
+                ax.transAxes.inverted()).bounds[:2],
+            "notes": [t.get_text() for t in ax.texts],
+        }
+        return save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", record)
+    return seen
+
+
+@pytest.fixture
+def study(tmp_path):
+    return [load_run(p) for p in write_study(tmp_path / "study")]
+
+
+def test_accuracy_vs_rs_draws_one_line_per_method_and_sparsity_through_group_means(
+        study, tmp_path, monkeypatch):
+    seen = drawn(monkeypatch)
+    assert_png(plot_accuracy_vs_rs(study, tmp_path / "rs.png"))
+    facts = seen["rs.png"]
+    xs, ys = facts["lines"]["SET-ITOP, sparsity 0.9"]
+    # sorted by Rs: every 400, 100, 25 steps; seeds 0-2 add 0.01 to Rs and 0.2 points accuracy
+    assert xs == pytest.approx([0.31, 0.61, 0.91]) and ys == pytest.approx([91.2, 92.2, 93.2])
+    assert facts["lines"]["Dense: 95.10 ± 0.14%"][1] == pytest.approx([95.1, 95.1])
+    assert facts["lines"]["Static, sparsity 0.9: 90.10 ± 0.14%"][1] == pytest.approx([90.1, 90.1])
+    assert facts["notes"] == ["update_frequency=400", "update_frequency=100", "update_frequency=25"]
+    assert "Rs" in facts["title"] and "share of weights ever active" in facts["xlabel"]
+    assert facts["ylabel"] == "Top-1 test accuracy (%), best-validation checkpoint"
+    assert facts["legend_anchor"][0] > 1.0  # outside the data area
+
+
+def test_accuracy_vs_rs_final_uses_the_final_epoch(study, tmp_path, monkeypatch):
+    seen = drawn(monkeypatch)
+    plot_accuracy_vs_rs(study, tmp_path / "rs.png", accuracy="final")
+    assert seen["rs.png"]["lines"]["SET-ITOP, sparsity 0.9"][1] == pytest.approx(
+        [90.7, 91.7, 92.7])
+    assert seen["rs.png"]["ylabel"].endswith("final epoch")
+    del study[0].summary["final_test_acc"]  # an older summary: left out of the mean
+    plot_accuracy_vs_rs(study, tmp_path / "rs.png", accuracy="final")
+    assert seen["rs.png"]["lines"]["SET-ITOP, sparsity 0.9"][1][2] == pytest.approx(92.8)
+    with pytest.raises(ReportError, match="accuracy must be one of best, final"):
+        plot_accuracy_vs_rs(study, tmp_path / "rs.png", accuracy="last")
+
+
+def test_accuracy_vs_rs_without_dynamic_sparse_rs_is_an_error(study, tmp_path):
+    baselines = [r for r in study if r.summary["method"] in ("Dense", "Static")]
+    with pytest.raises(ReportError, match="no sparse run with a changing topology has Rs"):
+        plot_accuracy_vs_rs(baselines, tmp_path / "rs.png")
+    assert not (tmp_path / "rs.png").exists()
+    for run in study:
+        del run.summary["final_test_acc"]
+    with pytest.raises(ReportError, match="no finished run has final_test_acc"):
+        plot_accuracy_vs_rs(study, tmp_path / "rs.png", accuracy="final")
+
+
+def test_accuracy_vs_training_flops(study, tmp_path, monkeypatch):
+    seen = drawn(monkeypatch)
+    assert_png(plot_accuracy_vs_training_flops(study, tmp_path / "flops.png"))
+    facts = seen["flops.png"]
+    assert facts["xscale"] == "log" and "ratio to dense" in facts["xlabel"]
+    xs, ys = facts["lines"]["SET-ITOP"]
+    assert xs == [0.1] * 3 and sorted(ys) == pytest.approx([91.2, 92.2, 93.2])
+    assert facts["lines"]["Static"] == ([0.1], pytest.approx([90.1]))
+    assert facts["lines"]["Dense: 95.10 ± 0.14%"] == ([1.0], pytest.approx([95.1]))
+    assert facts["legend_anchor"][0] > 1.0
+    dense_only = [r for r in study if r.summary["method"] == "Dense"]
+    with pytest.raises(ReportError, match="no sparse run has training_flops"):
+        plot_accuracy_vs_training_flops(dense_only, tmp_path / "none.png")
+
+
+def test_several_models_are_named_in_the_labels(study, tmp_path, monkeypatch):
+    for run in study[:3] + study[9:11]:
+        run.summary["model"] = "lenet5"
+    seen = drawn(monkeypatch)
+    plot_accuracy_vs_rs(study, tmp_path / "rs.png")
+    assert "SET-ITOP, sparsity 0.9 (lenet5, mnist)" in seen["rs.png"]["lines"]
+    assert "Dense (lenet5, mnist): 95.00%" in seen["rs.png"]["legend"]
+    plot_accuracy_vs_training_flops(study, tmp_path / "flops.png")
+    assert "SET-ITOP (lenet300, mnist)" in seen["flops.png"]["lines"]
+
+
+def test_new_plots_leave_pyplot_untouched(study, tmp_path):
+    import matplotlib
+
+    backend = matplotlib.get_backend()
+    plot_accuracy_vs_rs(study, tmp_path / "rs.png")
+    plot_accuracy_vs_training_flops(study, tmp_path / "flops.png")
     assert matplotlib.get_backend() == backend
     plt = __import__("sys").modules.get("matplotlib.pyplot")
     assert plt is None or plt.get_fignums() == []

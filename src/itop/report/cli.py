@@ -1,8 +1,10 @@
-"""`itop report RUN_DIR [RUN_DIR ...] [--out DIR]`: tables and plots from run directories.
+"""`itop report RUN_DIR [RUN_DIR ...] [--out DIR] [--accuracy best|final]`: tables and plots.
 
 Prints the markdown results table, then writes into --out (default ./report):
   results.md                 the same table(s) and notes
   accuracy_vs_sparsity.png   finished runs only
+  accuracy_vs_rs.png         finished runs: does a higher Rs raise accuracy (seeds averaged)?
+  accuracy_vs_training_flops.png  finished runs: accuracy for the training FLOPs spent
   itop_rate.png              every run with Rs records, unfinished ones too (progress so far)
   layer_density_<run>.png    every sparse run with per-layer densities
 Paths that are not usable run directories (a plain file, a directory without config.json, a
@@ -11,6 +13,10 @@ shell globs such as `runs/*` pick them up; it is an error only when no usable ru
 Runs without summary.json are named in a note, not in the table. Runs of several (model, data)
 pairs get one table each under a heading. Where one table holds two runs of the same method
 and sparsity (seeds), it gains a `Run` column so that each row says which directory it is.
+Where runs differ only by seed (groups.py), or runs of one method and sparsity differ in other
+settings, the table is preceded by a grouped one: one row per group, `mean ± std` over its seeds,
+a `Settings` column naming what tells the groups apart. --accuracy picks the accuracy that the plots show: of the
+best-validation checkpoint (the original's rule, default) or of the final epoch.
 """
 
 from __future__ import annotations
@@ -23,8 +29,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from . import plots
+from .groups import ACCURACY_KEYS, group_runs
 from .runs import ReportError, Run, load_run, sparsity_of
-from .table import method_label, results_table, runs_table
+from .table import grouped_table, method_label, results_table, runs_table
 
 __all__ = ["main"]
 
@@ -43,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories of itop train")
     p.add_argument("--out", default="report", metavar="DIR",
                    help="where results.md and the PNG plots go (default: ./report)")
+    p.add_argument("--accuracy", choices=tuple(ACCURACY_KEYS), default="best",
+                   help="test accuracy the plots show: best (the best-validation checkpoint, "
+                        "the original's rule; default) or final (the last epoch's model)")
     return p
 
 
@@ -94,6 +104,10 @@ def _tables(finished: list[Run]) -> str:
         cells = [(method_label(r.summary), sparsity_of(r.summary)) for r in group]
         repeated = len(set(cells)) < len(cells)
         table = runs_table(group) if repeated else results_table(r.summary for r in group)
+        seeds = group_runs(group)
+        alike = len({(g.method, g.sparsity) for g in seeds}) < len(seeds)  # settings tell them apart
+        if alike or any(len(g.runs) > 1 for g in seeds):
+            table = f"{grouped_table(seeds)}\n\n{table}"
         parts.append(f"### {model or '?'} on {data or '?'}\n\n{table}" if len(groups) > 1
                      else table)
     return "\n\n".join(parts)
@@ -107,17 +121,28 @@ def _matplotlib_installed() -> bool:
     return importlib.util.find_spec("matplotlib") is not None
 
 
-def _plots(runs: list[Run], finished: list[Run], out: Path) -> tuple[list[Path], list[str]]:
+def _plots(runs: list[Run], finished: list[Run], out: Path,
+           accuracy: str) -> tuple[list[Path], list[str]]:
     """Draw every plot that has data; a plot without data becomes a note, not an error."""
     if not _matplotlib_installed():
         return [], ["note: no plots: matplotlib is not installed (pip install matplotlib)"]
-    jobs = [(lambda p: plots.plot_accuracy_vs_sparsity(finished, p), "accuracy_vs_sparsity.png"),
+    notes = []
+    key = ACCURACY_KEYS[accuracy]
+    lacking = [r.name for r in finished if r.summary.get(key) is None]
+    if lacking and len(lacking) < len(finished):
+        notes.append(f"note: --accuracy {accuracy}: {len(lacking)} run(s) without {key} left out "
+                     f"of the accuracy plots: {', '.join(lacking)}")
+    jobs = [(lambda p: plots.plot_accuracy_vs_sparsity(finished, p, accuracy),
+             "accuracy_vs_sparsity.png"),
+            (lambda p: plots.plot_accuracy_vs_rs(finished, p, accuracy), "accuracy_vs_rs.png"),
+            (lambda p: plots.plot_accuracy_vs_training_flops(finished, p, accuracy),
+             "accuracy_vs_training_flops.png"),
             (lambda p: plots.plot_itop_rate(runs, p), "itop_rate.png")]
     for run in runs:
         if not run.dense:
             jobs.append((lambda p, r=run: plots.plot_layer_density(r, p),
                          f"layer_density_{_file_name(run.name)}.png"))
-    written, notes = [], []
+    written = []
     for draw, name in jobs:
         try:
             written.append(draw(out / name))
@@ -148,7 +173,7 @@ def _report(args: argparse.Namespace) -> int:
         print(note)
     try:
         results.write_text(text + "\n" + "".join(f"\n{n}\n" for n in notes), encoding="utf-8")
-        written, plot_notes = _plots(runs, finished, out)
+        written, plot_notes = _plots(runs, finished, out, args.accuracy)
     except OSError as e:
         raise ReportError(f"cannot write to {out}: {e.strerror or e}") from None
     for note in plot_notes:

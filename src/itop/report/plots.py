@@ -1,4 +1,5 @@
-"""PNG plots of runs: accuracy against sparsity, the ITOP rate Rs over training, layer density.
+"""PNG plots of runs: accuracy against sparsity, against Rs and against training FLOPs, the ITOP
+rate Rs over training, layer density.
 
 Figures are built as `matplotlib.figure.Figure` on an explicit Agg canvas, never through
 pyplot: no global backend is switched in the caller's process (a notebook keeps its own), no
@@ -12,10 +13,15 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Iterable
 
-from .runs import ReportError, Run, sparsity_of
-from .table import is_dense, method_label
+from .groups import ACCURACY_KEYS, Group, differing_settings, group_runs, settings_label
+from .runs import ReportError, Run, is_dense, method_label, sparsity_of
+from .table import _trim
 
-__all__ = ["plot_accuracy_vs_sparsity", "plot_itop_rate", "plot_layer_density"]
+__all__ = ["plot_accuracy_vs_sparsity", "plot_accuracy_vs_rs", "plot_accuracy_vs_training_flops",
+           "plot_itop_rate", "plot_layer_density"]
+
+# `--accuracy` -> how plots name that accuracy.
+_ACCURACY_NAMES = {"best": "best-validation checkpoint", "final": "final epoch"}
 
 
 def _figure(width: float, height: float):
@@ -42,25 +48,42 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
-def plot_accuracy_vs_sparsity(runs: Iterable[Run], path: str | Path) -> Path:
+def _accuracy_key(accuracy: str) -> str:
+    if accuracy not in ACCURACY_KEYS:
+        raise ReportError(f"accuracy must be one of {', '.join(ACCURACY_KEYS)}, not {accuracy!r}")
+    return ACCURACY_KEYS[accuracy]
+
+
+def _with_accuracy(runs: Iterable[Run], accuracy: str) -> list[Run]:
+    """The finished runs whose summary has the chosen accuracy; an error when none has it."""
+    key = _accuracy_key(accuracy)
+    finished = [r for r in runs if r.summary is not None]
+    if not finished:
+        raise ReportError("no finished runs to plot accuracy for")
+    kept = [r for r in finished if r.summary.get(key) is not None]
+    if not kept:
+        raise ReportError(f"no finished run has {key} (summaries written before it existed)")
+    return kept
+
+
+def plot_accuracy_vs_sparsity(runs: Iterable[Run], path: str | Path,
+                              accuracy: str = "best") -> Path:
     """Top-1 test accuracy against sparsity, one series per method; dense as a reference line.
 
     Repeated runs (seeds) show as separate markers joined through their mean. When the runs
     cover several (model, data) pairs, each series and reference line names its pair.
+    `accuracy` "final" plots the final epoch's accuracy, leaving out runs without it.
     """
+    key = _accuracy_key(accuracy)
     sparse = defaultdict(lambda: defaultdict(list))  # (data, model, method) -> sparsity -> accs
     dense = defaultdict(list)  # (data, model) -> accs
-    for run in runs:
+    for run in _with_accuracy(runs, accuracy):
         s = run.summary
-        if s is None:
-            continue
         group = (str(s.get("data", "")), str(s.get("model", "")))
         if is_dense(s):
-            dense[group].append(100 * float(s["test_acc"]))
+            dense[group].append(100 * float(s[key]))
         else:
-            sparse[(*group, method_label(s))][sparsity_of(s)].append(100 * float(s["test_acc"]))
-    if not sparse and not dense:
-        raise ReportError("no finished runs to plot accuracy for")
+            sparse[(*group, method_label(s))][sparsity_of(s)].append(100 * float(s[key]))
     several = len({k[:2] for k in sparse} | set(dense)) > 1
 
     def label(name, data, model):
@@ -83,9 +106,143 @@ def plot_accuracy_vs_sparsity(runs: Iterable[Run], path: str | Path) -> Path:
     ax.margins(y=0.1)
     ax.set_xlabel("Sparsity (share of weights removed)")
     ax.set_ylabel("Top-1 test accuracy (%)")
-    ax.set_title("Test accuracy against sparsity")
+    ax.set_title("Test accuracy against sparsity"
+                 + (f" ({_ACCURACY_NAMES[accuracy]})" if accuracy != "best" else ""))
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def _pair_label(several: bool, name: str, group: Group) -> str:
+    s = group.summary
+    return f"{name} ({s.get('model', '?')}, {s.get('data', '?')})" if several else name
+
+
+def _pair(group: Group) -> tuple[str, str]:
+    return (str(group.summary.get("data", "")), str(group.summary.get("model", "")))
+
+
+def _mean_text(group: Group, key: str) -> str:
+    std = group.std(key)
+    spread = f" ± {100 * std:.2f}" if std is not None else ""
+    return f"{100 * group.mean(key):.2f}{spread}%"
+
+
+def _legend_outside(ax) -> None:
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0.0)
+
+
+def plot_accuracy_vs_rs(runs: Iterable[Run], path: str | Path, accuracy: str = "best") -> Path:
+    """Does exploring more weights (a higher Rs) buy accuracy? Test accuracy against Rs.
+
+    One line per (method, sparsity) through the means of its groups (the points are the update
+    intervals, batch sizes, ... that the groups differ by, each point labelled with them),
+    with standard deviations over seeds as error bars; dense and static runs, whose Rs says
+    nothing about exploration, are horizontal lines at their mean accuracy.
+    """
+    key = _accuracy_key(accuracy)
+    groups = group_runs(_with_accuracy(runs, accuracy))
+    lines = defaultdict(list)  # (data, model, method, sparsity) -> groups
+    references = [g for g in groups if g.dense or g.static]
+    for g in groups:
+        if g.kind == "dynamic" and g.values("itop_rate"):
+            lines[(*_pair(g), g.method, round(g.sparsity, 4))].append(g)
+    if not lines:
+        raise ReportError("no sparse run with a changing topology has Rs (itop_rate) "
+                          "in its summary")
+    several = len({k[:2] for k in lines} | {_pair(g) for g in references}) > 1
+    fig = _figure(9, 5)
+    ax = fig.add_subplot()
+    color = 0
+    for (data, model, method, sparsity), line in sorted(lines.items()):
+        line.sort(key=lambda g: g.mean("itop_rate"))
+        xs = [g.mean("itop_rate") for g in line]
+        ys = [100 * g.mean(key) for g in line]
+        ax.errorbar(xs, ys, yerr=[100 * (g.std(key) or 0.0) for g in line],
+                    xerr=[g.std("itop_rate") or 0.0 for g in line], marker="o", capsize=3,
+                    color=f"C{color % 10}",
+                    label=_pair_label(several, f"{method}, sparsity {_trim(sparsity)}", line[0]))
+        keys = differing_settings(line)
+        for g, x, y in zip(line, xs, ys):
+            text = settings_label(g, keys)
+            if text:
+                ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, 6),
+                            fontsize="x-small", color=f"C{color % 10}")
+        color += 1
+    keys = differing_settings(references)
+    references.sort(key=lambda g: (_pair(g), not g.dense, g.sparsity, g.method))
+    for g in references:
+        mean = 100 * g.mean(key)
+        name = g.method if g.dense else f"{g.method}, sparsity {_trim(g.sparsity)}"
+        settings = settings_label(g, keys)
+        name += f" [{settings}]" if settings else ""
+        ax.axhline(mean, linestyle="--" if g.dense else ":", color=f"C{color % 10}",
+                   label=_pair_label(several, name, g) + f": {_mean_text(g, key)}")
+        color += 1
+    ax.margins(x=0.1, y=0.1)
+    ax.set_xlabel("ITOP rate Rs (share of weights ever active, 0 to 1)")
+    ax.set_ylabel(f"Top-1 test accuracy (%), {_ACCURACY_NAMES[accuracy]}")
+    ax.set_title("Does exploring more weights (higher Rs) raise test accuracy?")
+    ax.grid(alpha=0.3)
+    _legend_outside(ax)
+    return _save(fig, path)
+
+
+def _ratio_ticks(axis) -> None:
+    """Log-axis ticks as ratios (0.1x, 0.2x, 0.5x, 1x), not powers of ten."""
+    from matplotlib.ticker import FuncFormatter
+
+    def minor(x, _):
+        return f"{x:g}x" if f"{x:.0e}"[0] in "25" else ""
+
+    axis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}x"))
+    axis.set_minor_formatter(FuncFormatter(minor))
+
+
+def plot_accuracy_vs_training_flops(runs: Iterable[Run], path: str | Path,
+                                    accuracy: str = "best") -> Path:
+    """How much accuracy does each method get for its training compute? Test accuracy against
+    training FLOPs (ratio to dense training, log scale), one series per method whose points
+    are its groups (error bars: standard deviation over seeds); dense is the point at 1.0."""
+    key = _accuracy_key(accuracy)
+    groups = group_runs(_with_accuracy(runs, accuracy))
+    series = defaultdict(list)  # (data, model, method) -> groups
+    dense = [g for g in groups if g.dense]
+    for g in groups:
+        flops = g.mean("training_flops")
+        if not g.dense and flops is not None and flops > 0:
+            series[(*_pair(g), g.method)].append(g)
+    if not series:
+        raise ReportError("no sparse run has training_flops in its summary")
+    several = len({k[:2] for k in series} | {_pair(g) for g in dense}) > 1
+    fig = _figure(9, 5)
+    ax = fig.add_subplot()
+    color = 0
+    for (data, model, method), points in sorted(series.items()):
+        points.sort(key=lambda g: g.mean("training_flops"))
+        ax.errorbar([g.mean("training_flops") for g in points],
+                    [100 * g.mean(key) for g in points],
+                    yerr=[100 * (g.std(key) or 0.0) for g in points], marker="o", linestyle="none",
+                    capsize=3, color=f"C{color % 10}",
+                    label=_pair_label(several, method, points[0]))
+        color += 1
+    keys = differing_settings(dense)
+    for g in sorted(dense, key=_pair):
+        settings = settings_label(g, keys)
+        name = g.method + (f" [{settings}]" if settings else "")
+        ax.errorbar([1.0], [100 * g.mean(key)], yerr=[100 * (g.std(key) or 0.0)], marker="*",
+                    markersize=14, linestyle="none", capsize=3,
+                    color="0.2" if len(dense) == 1 else f"C{color % 10}",
+                    label=_pair_label(several, name, g) + f": {_mean_text(g, key)}")
+        color += 1
+    ax.set_xscale("log")
+    _ratio_ticks(ax.xaxis)
+    ax.margins(x=0.15, y=0.1)
+    ax.set_xlabel("Training FLOPs (ratio to dense training, log scale)")
+    ax.set_ylabel(f"Top-1 test accuracy (%), {_ACCURACY_NAMES[accuracy]}")
+    ax.set_title("How much test accuracy does each method get for its training FLOPs?")
+    ax.grid(alpha=0.3, which="both")
+    _legend_outside(ax)
     return _save(fig, path)
 
 

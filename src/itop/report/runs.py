@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["ReportError", "Run", "load_run", "sparsity_of"]
+__all__ = ["ReportError", "Run", "load_run", "sparsity_of", "is_dense", "method_label"]
 
 # Without these a summary cannot make a table row or a point on the accuracy plot.
 _SUMMARY_KEYS = ("method", "test_acc")
@@ -60,6 +60,19 @@ def sparsity_of(summary: dict) -> float:
     if summary.get("sparsity") is not None:
         return float(summary["sparsity"])
     return round(1.0 - float(summary.get("density", 1.0)), 10)
+
+
+def is_dense(summary: dict) -> bool:
+    return str(summary.get("method", "")).lower() == "dense" or sparsity_of(summary) <= 0.0
+
+
+def method_label(summary: dict) -> str:
+    """The method name, with the seed's "(N times)" for extended (multiplier > 1) training."""
+    method = str(summary.get("method", "?"))
+    multiplier = summary.get("multiplier") or 1
+    if isinstance(multiplier, (int, float)) and multiplier > 1 and "times" not in method:
+        method += f" ({multiplier:g} times)"
+    return method
 
 
 def _file_error(file: Path, detail: str) -> ReportError:

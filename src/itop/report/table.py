@@ -6,30 +6,23 @@
 
 FLOPs of sparse runs are ratios to the dense model; the dense row carries the absolute dense
 FLOPs (whole training run; one forward of one example) that those ratios refer to.
+
+Repeated runs (seeds) get `grouped_table`: one row per group with `mean ± std` over its seeds.
 """
 
 from __future__ import annotations
 
 from typing import Iterable
 
-from .runs import ReportError, Run, sparsity_of
+from .groups import Group, differing_settings, settings_label, settings_sort_key
+from .runs import ReportError, Run, is_dense, method_label, sparsity_of
 
-__all__ = ["HEADER", "results_row", "results_table", "runs_table", "method_label", "is_dense"]
+__all__ = ["HEADER", "GROUP_HEADER", "results_row", "results_table", "runs_table", "grouped_table",
+           "method_label", "is_dense"]
 
 HEADER = ("Method", "Sparsity", "Top-1 Acc", "Rs", "Training FLOPs", "Test FLOPs")
-
-
-def is_dense(summary: dict) -> bool:
-    return str(summary.get("method", "")).lower() == "dense" or sparsity_of(summary) <= 0.0
-
-
-def method_label(summary: dict) -> str:
-    """The method name, with the seed's "(N times)" for extended (multiplier > 1) training."""
-    method = str(summary.get("method", "?"))
-    multiplier = summary.get("multiplier") or 1
-    if isinstance(multiplier, (int, float)) and multiplier > 1 and "times" not in method:
-        method += f" ({multiplier:g} times)"
-    return method
+GROUP_HEADER = ("Method", "Sparsity", "Settings", "Top-1 Acc (best val)", "Final-epoch Acc", "Rs",
+                "Training FLOPs", "Test FLOPs", "Runs")
 
 
 def _trim(x: float) -> str:
@@ -110,3 +103,41 @@ def runs_table(runs: Iterable[Run]) -> str:
     rows = [_line(_cells(r.summary) + [r.name.replace("|", "\\|")]) for r in runs]
     header = (*HEADER, "Run")
     return "\n".join([_line(header), _line(["---"] * len(header)), *rows])
+
+
+def _mean_std(group: Group, key: str, scale: float) -> str:
+    """`mean ± std` over the group's runs ('-' when none has `key`; one value alone when one
+    has it), naming how many runs it is over when some lack `key`."""
+    values = group.values(key)
+    if not values:
+        return "-"
+    text = f"{scale * group.mean(key):.2f}"
+    if len(values) > 1:
+        text += f" ± {scale * group.std(key):.2f}"
+    if len(values) < len(group.runs):
+        text += f" ({len(values)} of {len(group.runs)} runs)"
+    return text
+
+
+def grouped_table(groups: Iterable[Group]) -> str:
+    """One row per group of runs that differ only by seed, sorted by (data, model, sparsity,
+    method, settings): accuracies and Rs as `mean ± std` over the seeds, FLOPs as their mean.
+
+    `Settings` names the config values that tell groups apart beyond method and sparsity (an
+    update-frequency sweep reads `update_frequency=25`, `update_frequency=100`, ...).
+    """
+    groups = list(groups)
+    keys = differing_settings(groups)
+    groups.sort(key=lambda g: (*_sort_key(g.summary)[:2], g.sparsity, g.method,
+                               settings_sort_key(g, keys)))
+    rows = []
+    for g in groups:
+        flops = {"method": g.method, **{k: g.mean(k) for k in (
+            "training_flops", "test_flops", "dense_training_flops", "dense_test_flops")}}
+        cells = [g.method, _trim(g.sparsity), settings_label(g, keys),
+                 _mean_std(g, "test_acc", 100), _mean_std(g, "final_test_acc", 100),
+                 "1.0" if g.dense else _mean_std(g, "itop_rate", 1),
+                 _flops(flops, "training_flops", g.dense), _flops(flops, "test_flops", g.dense),
+                 str(len(g.runs))]
+        rows.append(_line(c.replace("|", "\\|") for c in cells))
+    return "\n".join([_line(GROUP_HEADER), _line(["---"] * len(GROUP_HEADER)), *rows])

@@ -1,0 +1,42 @@
+"""Study 2, extended training: does a 98%-sparse LeNet-300-100 close the gap to dense as it trains longer?
+
+    python benchmarks/reproduce/extended.py [--seeds 5] [--quick]
+
+SET-ITOP and RigL-ITOP at density 0.02 trained 1, 2 and 5 times as long (`--multiplier`, the same
+update interval, so more updates and a higher Rs), against the dense network at the original
+length. The goal: the sparse network reaches the dense accuracy within 5x training.
+"""
+
+from __future__ import annotations
+
+import common
+from common import RIGL, SET, Job, longer
+
+MULTIPLIERS = (1, 2, 5)
+METHODS = {"SET-ITOP": (*SET, "--update_frequency", "100"), "RigL-ITOP": (*RIGL, "--update_frequency", "100")}
+
+
+def jobs(seeds: int, quick: bool) -> list[Job]:
+    grid = [Job("Dense", (), seed) for seed in range(seeds)]
+    for method, flags in METHODS.items():
+        for m in ((1, 2) if quick else MULTIPLIERS):
+            grid += [Job(f"{method}, density 0.02, {m}x training", (*flags, "--density", "0.02", *longer(m)), seed)
+                     for seed in range(seeds)]
+    return grid
+
+
+def main() -> None:
+    args = common.parse_args(__doc__.splitlines()[0])
+    results = common.run_grid(jobs(args.seeds, args.quick), args)
+    rows = common.grouped(results)
+    print()
+    print(common.accuracy_table(rows))
+    dense = [s["test_acc"] for s in rows["Dense"]]
+    best = max((k for k in rows if k != "Dense"), key=lambda k: sum(s["test_acc"] for s in rows[k]) / len(rows[k]))
+    gap = 100 * (sum(dense) / len(dense) - sum(s["test_acc"] for s in rows[best]) / len(rows[best]))
+    print(f"\nbest sparse setting: {best}; gap to dense (embedded test, best-validation checkpoint): {gap:+.2f} points")
+    common.report(results, args, "extended")
+
+
+if __name__ == "__main__":
+    main()
