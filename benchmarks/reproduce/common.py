@@ -197,3 +197,17 @@ def report(results: dict[Job, dict], args: argparse.Namespace, name: str) -> Non
     if done.returncode != 0:
         raise SystemExit(f"itop report failed:\n{done.stderr[-2000:]}")
     print(f"itop report: tables and plots in {where}")
+
+
+def run_study(description: str, jobs, name: str, first: str = "setting", print_tables=None) -> None:
+    """A study's command: parse the flags, train its grid (`jobs(seeds, quick)`), print its table
+    (or `print_tables(rows)`), then `itop report` over its runs."""
+    args = parse_args(description)
+    results = run_grid(jobs(args.seeds, args.quick), args)
+    print()
+    rows = grouped(results)
+    if print_tables is None:
+        print(accuracy_table(rows, first=first))
+    else:
+        print_tables(rows)
+    report(results, args, name)

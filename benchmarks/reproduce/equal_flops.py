@@ -29,11 +29,7 @@ def jobs(seeds: int, quick: bool) -> list[Job]:
 
 
 def main() -> None:
-    args = common.parse_args(__doc__.splitlines()[0])
-    results = common.run_grid(jobs(args.seeds, args.quick), args)
-    print()
-    print(common.accuracy_table(common.grouped(results)))
-    common.report(results, args, "equal_flops")
+    common.run_study(__doc__.splitlines()[0], jobs, "equal_flops", first="setting")
 
 
 if __name__ == "__main__":

@@ -25,17 +25,16 @@ def jobs(seeds: int, quick: bool) -> list[Job]:
     return grid
 
 
-def main() -> None:
-    args = common.parse_args(__doc__.splitlines()[0])
-    results = common.run_grid(jobs(args.seeds, args.quick), args)
-    rows = common.grouped(results)
-    print()
+def tables(rows: dict) -> None:
     print(common.accuracy_table(rows))
     dense = [s["test_acc"] for s in rows["Dense"]]
     best = max((k for k in rows if k != "Dense"), key=lambda k: sum(s["test_acc"] for s in rows[k]) / len(rows[k]))
     gap = 100 * (sum(dense) / len(dense) - sum(s["test_acc"] for s in rows[best]) / len(rows[best]))
     print(f"\nbest sparse setting: {best}; gap to dense (embedded test, best-validation checkpoint): {gap:+.2f} points")
-    common.report(results, args, "extended")
+
+
+def main() -> None:
+    common.run_study(__doc__.splitlines()[0], jobs, "extended", print_tables=tables)
 
 
 if __name__ == "__main__":

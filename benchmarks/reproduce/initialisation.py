@@ -26,11 +26,7 @@ def jobs(seeds: int, quick: bool) -> list[Job]:
 
 
 def main() -> None:
-    args = common.parse_args(__doc__.splitlines()[0])
-    results = common.run_grid(jobs(args.seeds, args.quick), args)
-    print()
-    print(common.accuracy_table(common.grouped(results), first="method, distribution"))
-    common.report(results, args, "initialisation")
+    common.run_study(__doc__.splitlines()[0], jobs, "initialisation", first="method, distribution")
 
 
 if __name__ == "__main__":

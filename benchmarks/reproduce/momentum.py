@@ -28,11 +28,7 @@ def jobs(seeds: int, quick: bool) -> list[Job]:
 
 
 def main() -> None:
-    args = common.parse_args(__doc__.splitlines()[0])
-    results = common.run_grid(jobs(args.seeds, args.quick), args)
-    print()
-    print(common.accuracy_table(common.grouped(results), first="method"))
-    common.report(results, args, "momentum")
+    common.run_study(__doc__.splitlines()[0], jobs, "momentum", first="method")
 
 
 if __name__ == "__main__":

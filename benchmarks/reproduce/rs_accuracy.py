@@ -37,18 +37,18 @@ def jobs(seeds: int, quick: bool) -> list[Job]:
     return grid
 
 
-def main() -> None:
-    args = common.parse_args(__doc__.splitlines()[0])
-    results = common.run_grid(jobs(args.seeds, args.quick), args)
-    rows = common.grouped(results)
-    print()
-    for density in sorted({s["density"] for runs in rows.values() for s in runs if s["method"] != "Dense"}, reverse=True):
-        label = f"density {round(density, 2):g}"
-        chosen = {k: v for k, v in rows.items() if k == "Dense" or (f"density {round(density, 2):g}" in k and "batch" not in k)}
-        print(f"### {label}\n\n{common.accuracy_table(chosen)}\n")
+def tables(rows: dict) -> None:
+    """One table per density (interval sweep, with dense and static), then the batch-size table."""
+    densities = sorted({round(s["density"], 2) for runs in rows.values() for s in runs if s["method"] != "Dense"}, reverse=True)
+    for density in densities:
+        chosen = {k: v for k, v in rows.items() if k == "Dense" or (f"density {density:g}," in k + "," and "batch" not in k)}
+        print(f"### density {density:g}\n\n{common.accuracy_table(chosen)}\n")
     batches = {k: v for k, v in rows.items() if "batch" in k}
     print(f"### density 0.05, batch size at 100 epochs\n\n{common.accuracy_table(batches)}\n")
-    common.report(results, args, "rs_accuracy")
+
+
+def main() -> None:
+    common.run_study(__doc__.splitlines()[0], jobs, "rs_accuracy", print_tables=tables)
 
 
 if __name__ == "__main__":
