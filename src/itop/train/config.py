@@ -91,6 +91,7 @@ class TrainConfig:
     loss: str = "cross-entropy"
     test_split: float = 1 / 3  # tabular files: the share held out for testing
     preset: str = ""
+    tensorboard: bool = False  # curves in <run>/tensorboard
     processes: int = 1  # torchrun processes the run started with: the global batch is batch_size * processes
     ignored: list[str] = field(default_factory=list)
 
@@ -119,7 +120,7 @@ class TrainConfig:
 
 # What `--resume` may change: where the data is, which device and how many loader workers, the
 # progress bar. Nothing else: a resumed run continues with the settings it was started with.
-RESUME_OVERRIDES = ("data_dir", "device", "workers", "progress")
+RESUME_OVERRIDES = ("data_dir", "device", "workers", "progress", "tensorboard")
 
 
 def result_settings(values: dict) -> dict:
@@ -152,11 +153,11 @@ def resume_overrides(argv: list[str]) -> dict:
     args = parser.parse_args(argv)
     names = {a.dest: a.option_strings[0] if a.option_strings else "a data directory" for a in parser._actions}
     given = {dest for dest, value in vars(args).items() if value not in (None, False) and dest != "resume"}
-    allowed = {"data_dir", "data_path", "device", "workers", "no_progress", "no_cuda"}
+    allowed = {"data_dir", "data_path", "device", "workers", "no_progress", "no_cuda", "tensorboard"}
     extra = sorted(given - allowed)
     if extra:
         raise UsageError(f"--resume continues a run with the settings it was started with, so {names[extra[0]]} cannot be given with it "
-                         "(only --data-dir, --device, -j and --no-progress can); start a new run with another --save to change it.")
+                         "(only --data-dir, --device, -j, --no-progress and --tensorboard can); start a new run with another --save to change it.")
     overrides = {}
     if args.data_dir or args.data_path:
         overrides["data_dir"] = args.data_path or args.data_dir
@@ -166,6 +167,8 @@ def resume_overrides(argv: list[str]) -> dict:
         overrides["workers"] = args.workers
     if args.no_progress:
         overrides["progress"] = False
+    if args.tensorboard:
+        overrides["tensorboard"] = True
     return overrides
 
 

@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(g, "--workers", "-j", dest="workers", type=int, help="ImageNet loader workers")
     _flag(g, "--log-interval", "--print-freq", "-p", dest="log_interval", type=int, help="steps between progress-bar loss updates")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--tensorboard", action="store_true", default=None,
+                   help="write loss, accuracy, LR, density, Rs, prune rate and per-layer curves to <run>/tensorboard (pip install itop[tensorboard])")
     g.add_argument("--channels-last", action="store_true", help="channels-last memory format for conv nets on GPU")
     g = p.add_argument_group("distributed", "launch with torchrun (torchrun --nproc_per_node N -m itop train ...); "
                              "the process group comes from its environment, no flag is needed")

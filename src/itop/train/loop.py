@@ -27,6 +27,7 @@ from .checkpoint import CHECKPOINT, RunError, load_checkpoint, save_checkpoint
 from .config import TrainConfig, UsageError, result_settings
 from .distributed import RankSlice, World, all_sum, barrier
 from .metrics import MetricsLog, NullLog, epoch_line
+from .tensorboard import Logs, TensorBoardLog
 from .model_setup import build_model, build_sparsifier, loss_function
 from .optim import build_optimizer, learning_rate, set_learning_rate
 
@@ -268,6 +269,7 @@ class Run:
                     raise TrainingDiverged(self._divergence(mean_loss))
                 if logging:
                     bar.set_postfix(loss=f"{mean_loss:.4f}")
+                    self.metrics.running_loss(self.step, mean_loss, self.optimizer.param_groups[0]["lr"])
             if sp is not None and sp.step():
                 self._log_update()
             bar.update()
@@ -300,7 +302,11 @@ class Run:
     def fit(self) -> None:
         cfg = self.cfg
         if self.world.main:
-            self.metrics = MetricsLog(self.dir / "metrics.jsonl", keep_until_step=self.step if self.resumed else None)
+            resumed_at = self.step if self.resumed else None
+            logs = [MetricsLog(self.dir / "metrics.jsonl", keep_until_step=resumed_at)]
+            if cfg.tensorboard:
+                logs.append(TensorBoardLog(self.dir, purge_after=resumed_at))
+            self.metrics = Logs(*logs)
         while self.epoch < cfg.total_epochs:
             start = time.perf_counter()
             record = self.train_epoch()

@@ -43,6 +43,9 @@ class NullLog:
     def write(self, record: dict[str, Any]) -> None:
         pass
 
+    def running_loss(self, step: int, loss: float, lr: float) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
