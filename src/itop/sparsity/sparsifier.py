@@ -28,7 +28,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from .arguments import GROW_ARGUMENTS, PRUNE_ARGUMENTS, checked_options, is_int, is_real
+from .arguments import GROW_ARGUMENTS, PRUNE_ARGUMENTS, check_numbers, checked_options
 from .density import DISTRIBUTIONS, layer_counts
 from .distributed import check_masks_agree, shared_seed
 from . import kernels
@@ -40,6 +40,7 @@ from .params import Selector, sparse_parameters
 from .prune import PRUNE
 from .redistribute import REDISTRIBUTE, allocate, prune_limits
 from .schedule import PruneSchedule
+from .state import load_saved_state, saved_state
 from .select import random_k_mask
 from ..sparse.layer import SparseLinear
 from .truly_sparse import Recorder, all_ranks, model_order, replace_positions, selects_some, truly_sparse_layers, update_seed
@@ -78,19 +79,7 @@ class Sparsifier:
         sparse_linear: bool = True,
         init_scale: str = "dense",
     ):
-        if not is_real(density) or not 0 < density <= 1:
-            raise ValueError(f"density must be a number in (0, 1], got {density!r}.")
-        if not is_real(prune_rate) or not 0 < prune_rate <= 1:
-            raise ValueError(f"prune_rate must be a number in (0, 1], got {prune_rate!r}.")
-        if update_frequency is not None and (not is_int(update_frequency) or update_frequency < 1):
-            raise ValueError(f"update_frequency must be a positive integer or None (static sparse training), got {update_frequency!r}.")
-        if not is_int(total_steps) or total_steps < 1:
-            raise ValueError(f"total_steps must be a positive integer (the run's length in optimizer steps), got {total_steps!r}.")
-        if not is_real(grad_average_beta) or not 0 <= grad_average_beta < 1:
-            raise ValueError(f"grad_average_beta must be a number in [0, 1), got {grad_average_beta!r}.")
-        if init_scale not in ("dense", "sparse"):
-            raise ValueError(f"init_scale must be 'dense' (keep the initial weights, as the original) or 'sparse' (scale the initial "
-                             f"active weights by 1/sqrt(layer density), for the layer's actual fan-in), got {init_scale!r}.")
+        check_numbers(density, prune_rate, update_frequency, total_steps, grad_average_beta, init_scale)
         density, prune_rate = float(density), float(prune_rate)
         update_frequency = None if update_frequency is None else int(update_frequency)
         total_steps = int(total_steps)
@@ -488,65 +477,19 @@ class Sparsifier:
     # ----------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue bit-identically: masks, explored masks, counters, RNG."""
-        return {
-            "masks": {n: m.clone() for n, m in self.masks.items()},
-            "positions": {n: layer.indices.clone() for n, layer in self.layers.items()},
-            "explored": self.exploration.state_dict(),
-            "steps": self.steps,
-            "seed": self.seed,
-            "generator": self._generator.get_state(),
-            "grad_average": {n: t.clone() for n, t in self.grad_average.items()},
-            "history": [dict(h, nnz=dict(h["nnz"])) for h in self.history],
-            "config": self.state_dict_config(),
-        }
+        return saved_state(self)
 
     def state_dict_config(self) -> dict[str, Any]:
         """The settings a saved state depends on (criteria given as callables are left out)."""
         return {k: v for k, v in self.config.items() if isinstance(v, (str, int, float, type(None)))}
 
-    @torch.no_grad()
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a `state_dict()`; the masks must name and shape the same parameters.
 
         To resume, build model, optimizer and Sparsifier first, then load the three states: the
         constructor applies fresh random masks, which would zero weights loaded before it.
         """
-        if self._built_on_trained and self.steps == 0 and self._optimizer_steps == 0 and int(state.get("steps", 0)) > 0:
-            raise ValueError("this Sparsifier was built after a trained sparse model or optimizer state was loaded, so its fresh random "
-                             "masks zeroed some loaded weights; build the Sparsifier first, then load the model, optimizer and sparsifier states.")
-        saved = state.get("config", {})
-        mine = self.state_dict_config()
-        changed = sorted(k for k in saved.keys() & mine.keys() if saved[k] != mine[k])
-        if changed:
-            key = changed[0]
-            raise ValueError(f"the saved state was made with {key}={saved[key]!r} but this sparsifier has {key}={mine[key]!r}; "
-                             "build the Sparsifier with the settings of the run being resumed.")
-        masks = state["masks"]
-        if set(masks) != set(self.params) or set(state.get("positions", {})) != set(self.layers):
-            saved, mine = sorted(masks) + sorted(state.get("positions", {})), sorted(self.params) + sorted(self.layers)
-            raise ValueError(f"the saved state covers layers {saved} but this model's sparse layers are {mine}; load a state saved from the same model.")
-        for name, positions in state.get("positions", {}).items():
-            if not torch.equal(positions.cpu(), self.layers[name].indices.cpu()):
-                raise ValueError(f"the truly sparse layer {name} holds other active positions than the saved state; load the model's "
-                                 "state_dict (which holds them) before the sparsifier's.")
-        for name, mask in masks.items():
-            if tuple(mask.shape) != tuple(self.params[name].shape):
-                raise ValueError(f"the saved mask of {name} has shape {tuple(mask.shape)}, the parameter {tuple(self.params[name].shape)}; load a state saved from the same model.")
-        self.masks = {n: masks[n].to(device=self.params[n].device, dtype=torch.bool).clone() for n in self._names}
-        self._nnz = self._count_active()
-        self.exploration.load_state_dict(state["explored"])
-        self.steps = int(state["steps"])
-        self.seed = int(state["seed"])
-        self._generator.set_state(state["generator"])
-        for name, tensor in state.get("grad_average", {}).items():
-            if name in self.grad_average:
-                self.grad_average[name].copy_(tensor)
-        self.history = [dict(h, nnz=dict(h["nnz"])) for h in state.get("history", [])]
-        self._counted_steps = self._optimizer_steps
-        self._dense_grads = self._sources = None
-        check_masks_agree(self._topology())
-        self._refresh_multipliers()
-        self.apply_masks()
+        load_saved_state(self, state)
 
     def attach(self) -> None:
         """Hook into the optimizer's steps and give the Linear layers where it pays their sparse

@@ -1,0 +1,66 @@
+"""A Sparsifier's saved state: what `state_dict()` holds and how `load_state_dict()` checks and
+restores it (masks, truly sparse positions, explored sets, step, seed, generator, averages)."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+
+from .distributed import check_masks_agree
+
+
+def saved_state(sp) -> dict[str, Any]:
+    """Everything needed to continue bit-identically: masks, explored masks, counters, RNG."""
+    return {
+        "masks": {n: m.clone() for n, m in sp.masks.items()},
+        "positions": {n: layer.indices.clone() for n, layer in sp.layers.items()},
+        "explored": sp.exploration.state_dict(),
+        "steps": sp.steps,
+        "seed": sp.seed,
+        "generator": sp._generator.get_state(),
+        "grad_average": {n: t.clone() for n, t in sp.grad_average.items()},
+        "history": [dict(h, nnz=dict(h["nnz"])) for h in sp.history],
+        "config": sp.state_dict_config(),
+    }
+
+
+@torch.no_grad()
+def load_saved_state(sp, state: Mapping[str, Any]) -> None:
+    """Check `state` against the sparsifier `sp` (one-line ValueErrors naming the mismatch) and restore it."""
+    if sp._built_on_trained and sp.steps == 0 and sp._optimizer_steps == 0 and int(state.get("steps", 0)) > 0:
+        raise ValueError("this Sparsifier was built after a trained sparse model or optimizer state was loaded, so its fresh random "
+                         "masks zeroed some loaded weights; build the Sparsifier first, then load the model, optimizer and sparsifier states.")
+    saved = state.get("config", {})
+    mine = sp.state_dict_config()
+    changed = sorted(k for k in saved.keys() & mine.keys() if saved[k] != mine[k])
+    if changed:
+        key = changed[0]
+        raise ValueError(f"the saved state was made with {key}={saved[key]!r} but this sparsifier has {key}={mine[key]!r}; "
+                         "build the Sparsifier with the settings of the run being resumed.")
+    masks = state["masks"]
+    if set(masks) != set(sp.params) or set(state.get("positions", {})) != set(sp.layers):
+        saved, mine = sorted(masks) + sorted(state.get("positions", {})), sorted(sp.params) + sorted(sp.layers)
+        raise ValueError(f"the saved state covers layers {saved} but this model's sparse layers are {mine}; load a state saved from the same model.")
+    for name, positions in state.get("positions", {}).items():
+        if not torch.equal(positions.cpu(), sp.layers[name].indices.cpu()):
+            raise ValueError(f"the truly sparse layer {name} holds other active positions than the saved state; load the model's "
+                             "state_dict (which holds them) before the sparsifier's.")
+    for name, mask in masks.items():
+        if tuple(mask.shape) != tuple(sp.params[name].shape):
+            raise ValueError(f"the saved mask of {name} has shape {tuple(mask.shape)}, the parameter {tuple(sp.params[name].shape)}; load a state saved from the same model.")
+    sp.masks = {n: masks[n].to(device=sp.params[n].device, dtype=torch.bool).clone() for n in sp._names}
+    sp._nnz = sp._count_active()
+    sp.exploration.load_state_dict(state["explored"])
+    sp.steps = int(state["steps"])
+    sp.seed = int(state["seed"])
+    sp._generator.set_state(state["generator"])
+    for name, tensor in state.get("grad_average", {}).items():
+        if name in sp.grad_average:
+            sp.grad_average[name].copy_(tensor)
+    sp.history = [dict(h, nnz=dict(h["nnz"])) for h in state.get("history", [])]
+    sp._counted_steps = sp._optimizer_steps
+    sp._dense_grads = sp._sources = None
+    check_masks_agree(sp._topology())
+    sp._refresh_multipliers()
+    sp.apply_masks()
