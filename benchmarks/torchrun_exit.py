@@ -31,16 +31,23 @@ dist.destroy_process_group()
 
 
 def torchrun(args: list[str], cwd: str) -> int:
+    """The exit status of one two-process run; a failed run's output is kept in <cwd>/failed-<n>.txt."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600).returncode
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        failed = len(list(Path(cwd).glob("failed-*.txt")))
+        Path(cwd, f"failed-{failed}.txt").write_text(f"{' '.join(args)}\n{done.stdout}\n{done.stderr}")
+    return done.returncode
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--plain", type=int, default=12)
+    parser.add_argument("--keep", default=None, help="a directory for the runs and the output of failed ones (default: a temporary one)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
+        tmp = args.keep or tmp
         Path(tmp, "plain.py").write_text(PLAIN)
         started = time.perf_counter()
         plain = [torchrun(["plain.py"], tmp) for _ in range(args.plain)]
