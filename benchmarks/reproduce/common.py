@@ -189,9 +189,10 @@ def accuracy_table(rows: dict[str, list[dict]], first: str = "setting") -> str:
     return "\n".join(lines)
 
 
-def report(results: dict[Job, dict], args: argparse.Namespace, name: str) -> None:
-    """`itop report` over the study's runs: its tables and PNGs in --plots (or <out>/<name>-report)."""
-    where = args.plots or str(Path(args.out) / f"{name}-report")
+def report(results: dict[Job, dict], args: argparse.Namespace, name: str, subdir: bool = False) -> None:
+    """`itop report` over the study's runs: its tables and PNGs in --plots (in --plots/<name> when
+    the study makes several reports), or <out>/<name>-report."""
+    where = str(Path(args.plots, name) if subdir else Path(args.plots)) if args.plots else str(Path(args.out) / f"{name}-report")
     dirs = [str(Path(args.out) / job.name) for job in results]
     done = subprocess.run([sys.executable, "-m", "itop", "report", *dirs, "--out", where], capture_output=True, text=True)
     if done.returncode != 0:
@@ -199,9 +200,10 @@ def report(results: dict[Job, dict], args: argparse.Namespace, name: str) -> Non
     print(f"itop report: tables and plots in {where}")
 
 
-def run_study(description: str, jobs, name: str, first: str = "setting", print_tables=None) -> None:
+def run_study(description: str, jobs, name: str, first: str = "setting", print_tables=None, reports=None) -> None:
     """A study's command: parse the flags, train its grid (`jobs(seeds, quick)`), print its table
-    (or `print_tables(rows)`), then `itop report` over its runs."""
+    (or `print_tables(rows)`), then `itop report` over its runs (or over each part that
+    `reports(results)` names: {report name: results})."""
     args = parse_args(description)
     results = run_grid(jobs(args.seeds, args.quick), args)
     print()
@@ -210,4 +212,6 @@ def run_study(description: str, jobs, name: str, first: str = "setting", print_t
         print(accuracy_table(rows, first=first))
     else:
         print_tables(rows)
-    report(results, args, name)
+    parts = reports(results) if reports else {name: results}
+    for part, chosen in parts.items():
+        report(chosen, args, part, subdir=len(parts) > 1)

@@ -47,8 +47,14 @@ def tables(rows: dict) -> None:
     print(f"### density 0.05, batch size at 100 epochs\n\n{common.accuracy_table(batches)}\n")
 
 
+def reports(results: dict) -> dict:
+    """Two reports: the update-interval sweep (with dense and static), and the batch-size sweep."""
+    return {"rs_accuracy": {job: s for job, s in results.items() if "batch" not in job.label},
+            "rs_accuracy_batch": {job: s for job, s in results.items() if "batch" in job.label}}
+
+
 def main() -> None:
-    common.run_study(__doc__.splitlines()[0], jobs, "rs_accuracy", print_tables=tables)
+    common.run_study(__doc__.splitlines()[0], jobs, "rs_accuracy", print_tables=tables, reports=reports)
 
 
 if __name__ == "__main__":

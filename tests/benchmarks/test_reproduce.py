@@ -13,7 +13,11 @@ def test_every_study_runs_quick_and_prints_its_tables(tmp_path):
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     for study in ("rs_accuracy", "extended", "equal_flops", "initialisation", "momentum"):
-        assert f"## {study}:" in done.stdout and (tmp_path / "plots" / study / "results.md").is_file()
+        assert f"## {study}:" in done.stdout
+    reports = ["rs_accuracy/rs_accuracy", "rs_accuracy/rs_accuracy_batch", "extended", "equal_flops", "initialisation", "momentum"]
+    for report in reports:
+        assert (tmp_path / "plots" / report / "results.md").is_file(), report
+    assert (tmp_path / "plots" / "rs_accuracy" / "rs_accuracy" / "accuracy_vs_rs.png").is_file()
     assert "| setting | embedded test: best val | final epoch | Rs |" in done.stdout  # no official test set given
     assert "| Dense, 5 epochs (the budget of 0.05 x 1) |" in done.stdout
     runs = list((tmp_path / "runs").iterdir())

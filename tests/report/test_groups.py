@@ -33,7 +33,7 @@ def names(groups):
 
 def test_ignored_keys_are_those_that_name_the_run_or_where_it_ran():
     assert set(IGNORED_KEYS) == {"seed", "save", "data_dir", "device", "workers", "progress",
-                                 "iters", "log_interval", "ignored"}
+                                 "iters", "log_interval", "ignored", "tensorboard"}
 
 
 def test_runs_differing_only_in_ignored_keys_are_one_group():

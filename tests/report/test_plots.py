@@ -112,7 +112,7 @@ def test_accuracy_vs_rs_draws_one_line_per_method_and_sparsity_through_group_mea
     assert xs == pytest.approx([0.31, 0.61, 0.91]) and ys == pytest.approx([91.2, 92.2, 93.2])
     assert facts["lines"]["Dense: 95.10 ± 0.14%"][1] == pytest.approx([95.1, 95.1])
     assert facts["lines"]["Static, sparsity 0.9: 90.10 ± 0.14%"][1] == pytest.approx([90.1, 90.1])
-    assert facts["notes"] == ["update_frequency=400", "update_frequency=100", "update_frequency=25"]
+    assert facts["notes"] == []  # the points are the update intervals; the tables name them
     assert "Rs" in facts["title"] and "share of weights ever active" in facts["xlabel"]
     assert facts["ylabel"] == "Top-1 test accuracy (%), best-validation checkpoint"
     assert facts["legend_anchor"][0] > 1.0  # outside the data area
@@ -177,3 +177,14 @@ def test_new_plots_leave_pyplot_untouched(study, tmp_path):
     assert matplotlib.get_backend() == backend
     plt = __import__("sys").modules.get("matplotlib.pyplot")
     assert plt is None or plt.get_fignums() == []
+
+
+def test_accuracy_vs_rs_gives_runs_of_another_batch_size_a_line_of_their_own(study, tmp_path, monkeypatch):
+    extra = [load_run(write_run(tmp_path, f"b32-{seed}", 0.1, summary("SET-ITOP", 0.1, 0.95, 0.8 + seed / 100, 0.1, 0.1),
+                                batch_size=32, update_frequency=100, seed=seed)) for seed in range(2)]
+    seen = drawn(monkeypatch)
+    plot_accuracy_vs_rs([*study, *extra], tmp_path / "rs.png")
+    lines = seen["rs.png"]["lines"]
+    assert lines["SET-ITOP, sparsity 0.9, batch_size=32"][0] == pytest.approx([0.805])
+    sweep = [name for name in lines if name.startswith("SET-ITOP") and "batch_size=32" not in name]
+    assert len(sweep) == 1 and len(lines[sweep[0]][0]) == 3  # the interval sweep stays one line

@@ -21,7 +21,7 @@ __all__ = ["IGNORED_KEYS", "Group", "group_runs", "kind_of", "differing_settings
 
 # Config keys that name the run or say where and how it ran, not what it computes.
 IGNORED_KEYS = ("seed", "save", "data_dir", "device", "workers", "progress", "iters",
-                "log_interval", "ignored")
+                "log_interval", "ignored", "tensorboard")
 
 # Settings that a kind of run never reads: dense runs build no sparsifier; static (fix=True)
 # runs never update their topology.

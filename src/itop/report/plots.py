@@ -132,11 +132,15 @@ def _legend_outside(ax) -> None:
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0.0)
 
 
+_SWEPT = ("update_frequency", "update_every")  # what the points of one Rs line differ by
+
+
 def plot_accuracy_vs_rs(runs: Iterable[Run], path: str | Path, accuracy: str = "best") -> Path:
     """Does exploring more weights (a higher Rs) buy accuracy? Test accuracy against Rs.
 
-    One line per (method, sparsity) through the means of its groups (the points are the update
-    intervals, batch sizes, ... that the groups differ by, each point labelled with them),
+    One line per (method, sparsity, and any setting other than the update interval that tells
+    groups apart, e.g. the batch size) through the means of its groups: the points of a line are
+    its update intervals, in the order of the Rs they reached (the tables name each),
     with standard deviations over seeds as error bars; dense and static runs, whose Rs says
     nothing about exploration, are horizontal lines at their mean accuracy.
     """
@@ -144,9 +148,10 @@ def plot_accuracy_vs_rs(runs: Iterable[Run], path: str | Path, accuracy: str = "
     groups = group_runs(_with_accuracy(runs, accuracy))
     lines = defaultdict(list)  # (data, model, method, sparsity) -> groups
     references = [g for g in groups if g.dense or g.static]
-    for g in groups:
-        if g.kind == "dynamic" and g.values("itop_rate"):
-            lines[(*_pair(g), g.method, round(g.sparsity, 4))].append(g)
+    dynamic = [g for g in groups if g.kind == "dynamic" and g.values("itop_rate")]
+    apart = [k for k in differing_settings(dynamic) if k not in _SWEPT]  # e.g. batch_size: a line of its own
+    for g in dynamic:
+        lines[(*_pair(g), g.method, round(g.sparsity, 4), settings_label(g, apart))].append(g)
     if not lines:
         raise ReportError("no sparse run with a changing topology has Rs (itop_rate) "
                           "in its summary")
@@ -154,20 +159,14 @@ def plot_accuracy_vs_rs(runs: Iterable[Run], path: str | Path, accuracy: str = "
     fig = _figure(9, 5)
     ax = fig.add_subplot()
     color = 0
-    for (data, model, method, sparsity), line in sorted(lines.items()):
+    for (data, model, method, sparsity, other), line in sorted(lines.items()):
         line.sort(key=lambda g: g.mean("itop_rate"))
         xs = [g.mean("itop_rate") for g in line]
         ys = [100 * g.mean(key) for g in line]
+        name = f"{method}, sparsity {_trim(sparsity)}" + (f", {other}" if other else "")
         ax.errorbar(xs, ys, yerr=[100 * (g.std(key) or 0.0) for g in line],
                     xerr=[g.std("itop_rate") or 0.0 for g in line], marker="o", capsize=3,
-                    color=f"C{color % 10}",
-                    label=_pair_label(several, f"{method}, sparsity {_trim(sparsity)}", line[0]))
-        keys = differing_settings(line)
-        for g, x, y in zip(line, xs, ys):
-            text = settings_label(g, keys)
-            if text:
-                ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, 6),
-                            fontsize="x-small", color=f"C{color % 10}")
+                    color=f"C{color % 10}", label=_pair_label(several, name, line[0]))
         color += 1
     keys = differing_settings(references)
     references.sort(key=lambda g: (_pair(g), not g.dense, g.sparsity, g.method))
