@@ -172,19 +172,22 @@ def grouped(results: dict[Job, dict]) -> dict[str, list[dict]]:
 
 def accuracy_table(rows: dict[str, list[dict]], first: str = "setting") -> str:
     """Markdown: per row, test accuracy (best-validation and final epoch) on the embedded test digits and,
-    when present, on the official test set; Rs; training and test FLOPs; seeds."""
+    when present, on the official test set; Rs; training FLOPs relative to a dense run of the same
+    length (summary.json's convention) and in absolute terms (what equal-compute comparisons need);
+    test FLOPs; seeds."""
     official = all("official_best" in s for runs in rows.values() for s in runs)
     head = [first, "embedded test: best val", "final epoch"]
     if official:
         head += ["official test: best val", "final epoch"]
-    head += ["Rs", "Training FLOPs", "Test FLOPs", "seeds"]
+    head += ["Rs", "Training FLOPs", "training FLOPs, absolute", "Test FLOPs", "seeds"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, runs in rows.items():
         cells = [label, mean_std([s["test_acc"] for s in runs]), mean_std([s["final_test_acc"] for s in runs])]
         if official:
             cells += [mean_std([s["official_best"] for s in runs]), mean_std([s["official_final"] for s in runs])]
+        absolute = statistics.mean(s["training_flops"] * s["dense_training_flops"] for s in runs)
         cells += [mean_std([s["itop_rate"] for s in runs], 1.0, 3), f"{statistics.mean(s['training_flops'] for s in runs):.3f}x",
-                  f"{statistics.mean(s['test_flops'] for s in runs):.3f}x", str(len(runs))]
+                  f"{absolute:.3g}", f"{statistics.mean(s['test_flops'] for s in runs):.3f}x", str(len(runs))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -18,7 +18,7 @@ def test_every_study_runs_quick_and_prints_its_tables(tmp_path):
     for report in reports:
         assert (tmp_path / "plots" / report / "results.md").is_file(), report
     assert (tmp_path / "plots" / "rs_accuracy" / "rs_accuracy" / "accuracy_vs_rs.png").is_file()
-    assert "| setting | embedded test: best val | final epoch | Rs |" in done.stdout  # no official test set given
+    assert "| setting | embedded test: best val | final epoch | Rs | Training FLOPs | training FLOPs, absolute |" in done.stdout  # no official test set
     assert "| Dense, 5 epochs (the budget of 0.05 x 1) |" in done.stdout
     runs = list((tmp_path / "runs").iterdir())
     assert len([r for r in runs if (r / "summary.json").is_file()]) == len(runs) == 17  # runs two studies share are trained once

@@ -146,11 +146,12 @@ def test_accuracy_vs_training_flops(study, tmp_path, monkeypatch):
     seen = drawn(monkeypatch)
     assert_png(plot_accuracy_vs_training_flops(study, tmp_path / "flops.png"))
     facts = seen["flops.png"]
-    assert facts["xscale"] == "log" and "ratio to dense" in facts["xlabel"]
+    # the summaries give dense_training_flops (3.2e18): the axis is the runs' absolute FLOPs
+    assert facts["xscale"] == "log" and facts["xlabel"] == "Training FLOPs of the whole run (log scale)"
     xs, ys = facts["lines"]["SET-ITOP"]
-    assert xs == [0.1] * 3 and sorted(ys) == pytest.approx([91.2, 92.2, 93.2])
-    assert facts["lines"]["Static"] == ([0.1], pytest.approx([90.1]))
-    assert facts["lines"]["Dense: 95.10 ± 0.14%"] == ([1.0], pytest.approx([95.1]))
+    assert xs == pytest.approx([3.2e17] * 3) and sorted(ys) == pytest.approx([91.2, 92.2, 93.2])
+    assert facts["lines"]["Static"] == (pytest.approx([3.2e17]), pytest.approx([90.1]))
+    assert facts["lines"]["Dense: 95.10 ± 0.14%"] == (pytest.approx([3.2e18]), pytest.approx([95.1]))
     assert facts["legend_anchor"][0] > 1.0
     dense_only = [r for r in study if r.summary["method"] == "Dense"]
     with pytest.raises(ReportError, match="no sparse run has training_flops"):
@@ -188,3 +189,12 @@ def test_accuracy_vs_rs_gives_runs_of_another_batch_size_a_line_of_their_own(stu
     assert lines["SET-ITOP, sparsity 0.9, batch_size=32"][0] == pytest.approx([0.805])
     sweep = [name for name in lines if name.startswith("SET-ITOP") and "batch_size=32" not in name]
     assert len(sweep) == 1 and len(lines[sweep[0]][0]) == 3  # the interval sweep stays one line
+
+
+def test_accuracy_vs_training_flops_puts_a_shorter_dense_run_at_its_own_cost(study, tmp_path, monkeypatch):
+    short = summary("Dense", 1.0, 0.93, 1.0, 1.0, 1.0, dense_training_flops=1.6e17)  # a dense run of 1/20 the length
+    runs = [*study, load_run(write_run(tmp_path, "short-dense", 1.0, short, epochs=5))]
+    seen = drawn(monkeypatch)
+    plot_accuracy_vs_training_flops(runs, tmp_path / "flops.png")
+    xs = {label.split(":")[0]: points[0] for label, points in seen["flops.png"]["lines"].items() if label.startswith("Dense")}
+    assert sorted(x for values in xs.values() for x in values) == pytest.approx([1.6e17, 3.2e18])

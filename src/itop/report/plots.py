@@ -198,18 +198,34 @@ def _ratio_ticks(axis) -> None:
     axis.set_minor_formatter(FuncFormatter(minor))
 
 
+def _run_flops(run: Run, absolute: bool) -> float | None:
+    """The run's training FLOPs: absolute (ratio x the dense run's FLOPs) or as the ratio."""
+    ratio = (run.summary or {}).get("training_flops")
+    if run.dense:
+        ratio = 1.0
+    if ratio is None:
+        return None
+    return float(ratio) * float(run.summary["dense_training_flops"]) if absolute else float(ratio)
+
+
 def plot_accuracy_vs_training_flops(runs: Iterable[Run], path: str | Path,
                                     accuracy: str = "best") -> Path:
     """How much accuracy does each method get for its training compute? Test accuracy against
-    training FLOPs (ratio to dense training, log scale), one series per method whose points
-    are its groups (error bars: standard deviation over seeds); dense is the point at 1.0."""
+    the training FLOPs of the whole run (log scale; absolute when every summary gives the dense
+    FLOPs it is relative to, so that runs of different lengths compare), one series per method
+    whose points are its groups (error bars: standard deviation over seeds); dense runs as stars."""
     key = _accuracy_key(accuracy)
     groups = group_runs(_with_accuracy(runs, accuracy))
+    absolute = all((r.summary or {}).get("dense_training_flops") for g in groups for r in g.runs)
+
+    def flops(g) -> float | None:
+        values = [_run_flops(r, absolute) for r in g.runs]
+        return None if None in values else sum(values) / len(values)
+
     series = defaultdict(list)  # (data, model, method) -> groups
     dense = [g for g in groups if g.dense]
     for g in groups:
-        flops = g.mean("training_flops")
-        if not g.dense and flops is not None and flops > 0:
+        if not g.dense and (flops(g) or 0) > 0:
             series[(*_pair(g), g.method)].append(g)
     if not series:
         raise ReportError("no sparse run has training_flops in its summary")
@@ -218,26 +234,27 @@ def plot_accuracy_vs_training_flops(runs: Iterable[Run], path: str | Path,
     ax = fig.add_subplot()
     color = 0
     for (data, model, method), points in sorted(series.items()):
-        points.sort(key=lambda g: g.mean("training_flops"))
-        ax.errorbar([g.mean("training_flops") for g in points],
-                    [100 * g.mean(key) for g in points],
+        points.sort(key=flops)
+        ax.errorbar([flops(g) for g in points], [100 * g.mean(key) for g in points],
                     yerr=[100 * (g.std(key) or 0.0) for g in points], marker="o", linestyle="none",
-                    capsize=3, color=f"C{color % 10}",
-                    label=_pair_label(several, method, points[0]))
+                    capsize=3, color=f"C{color % 10}", label=_pair_label(several, method, points[0]))
         color += 1
     keys = differing_settings(dense)
     for g in sorted(dense, key=_pair):
         settings = settings_label(g, keys)
         name = g.method + (f" [{settings}]" if settings else "")
-        ax.errorbar([1.0], [100 * g.mean(key)], yerr=[100 * (g.std(key) or 0.0)], marker="*",
+        ax.errorbar([flops(g) if absolute else 1.0], [100 * g.mean(key)], yerr=[100 * (g.std(key) or 0.0)], marker="*",
                     markersize=14, linestyle="none", capsize=3,
                     color="0.2" if len(dense) == 1 else f"C{color % 10}",
                     label=_pair_label(several, name, g) + f": {_mean_text(g, key)}")
         color += 1
     ax.set_xscale("log")
-    _ratio_ticks(ax.xaxis)
+    if absolute:
+        ax.set_xlabel("Training FLOPs of the whole run (log scale)")
+    else:
+        _ratio_ticks(ax.xaxis)
+        ax.set_xlabel("Training FLOPs (ratio to dense training, log scale)")
     ax.margins(x=0.15, y=0.1)
-    ax.set_xlabel("Training FLOPs (ratio to dense training, log scale)")
     ax.set_ylabel(f"Top-1 test accuracy (%), {_ACCURACY_NAMES[accuracy]}")
     ax.set_title("How much test accuracy does each method get for its training FLOPs?")
     ax.grid(alpha=0.3, which="both")
