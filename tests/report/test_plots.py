@@ -198,3 +198,18 @@ def test_accuracy_vs_training_flops_puts_a_shorter_dense_run_at_its_own_cost(stu
     plot_accuracy_vs_training_flops(runs, tmp_path / "flops.png")
     xs = {label.split(":")[0]: points[0] for label, points in seen["flops.png"]["lines"].items() if label.startswith("Dense")}
     assert sorted(x for values in xs.values() for x in values) == pytest.approx([1.6e17, 3.2e18])
+
+
+def test_accuracy_vs_multiplier_draws_accuracy_and_rs_per_training_length(tmp_path, monkeypatch):
+    from itop.report.plots import plot_accuracy_vs_multiplier, trained_at_several_lengths
+
+    runs = [load_run(write_run(tmp_path, f"m{m}-s{seed}", 0.02, summary(f"SET-ITOP{' (%d times)' % m if m > 1 else ''}", 0.02,
+                                                                      0.90 + m / 100, 0.1 * m, 0.02, 0.02, multiplier=m),
+                               multiplier=m, seed=seed)) for m in (1, 2, 5) for seed in range(2)]
+    dense = load_run(write_run(tmp_path, "dense", 1.0, summary("Dense", 1.0, 0.95, 1.0, 1.0, 1.0)))
+    assert trained_at_several_lengths(runs) and not trained_at_several_lengths(runs[:2] + [dense])
+    seen = drawn(monkeypatch)
+    assert_png(plot_accuracy_vs_multiplier([*runs, dense], tmp_path / "m.png"))
+    lines = seen["m.png"]["lines"]
+    assert lines["SET-ITOP, sparsity 0.98: accuracy"] == ([1.0, 2.0, 5.0], pytest.approx([91.0, 92.0, 95.0]))
+    assert lines["Dense: 95.00%"][1] == pytest.approx([95.0, 95.0])

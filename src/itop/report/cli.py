@@ -138,6 +138,8 @@ def _plots(runs: list[Run], finished: list[Run], out: Path,
             (lambda p: plots.plot_accuracy_vs_training_flops(finished, p, accuracy),
              "accuracy_vs_training_flops.png"),
             (lambda p: plots.plot_itop_rate(runs, p), "itop_rate.png")]
+    if plots.trained_at_several_lengths(finished):  # only extended-training studies have this question
+        jobs.append((lambda p: plots.plot_accuracy_vs_multiplier(finished, p, accuracy), "accuracy_vs_multiplier.png"))
     for run in runs:
         if not run.dense:
             jobs.append((lambda p, r=run: plots.plot_layer_density(r, p),

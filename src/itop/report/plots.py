@@ -17,7 +17,7 @@ from .groups import ACCURACY_KEYS, Group, differing_settings, group_runs, settin
 from .runs import ReportError, Run, is_dense, method_label, sparsity_of
 from .table import _trim
 
-__all__ = ["plot_accuracy_vs_sparsity", "plot_accuracy_vs_rs", "plot_accuracy_vs_training_flops",
+__all__ = ["plot_accuracy_vs_sparsity", "plot_accuracy_vs_rs", "plot_accuracy_vs_training_flops", "plot_accuracy_vs_multiplier",
            "plot_itop_rate", "plot_layer_density"]
 
 # `--accuracy` -> how plots name that accuracy.
@@ -260,6 +260,58 @@ def plot_accuracy_vs_training_flops(runs: Iterable[Run], path: str | Path,
     ax.grid(alpha=0.3, which="both")
     _legend_outside(ax)
     return _save(fig, path)
+
+
+def plot_accuracy_vs_multiplier(runs: Iterable[Run], path: str | Path, accuracy: str = "best") -> Path:
+    """Does training longer (--multiplier) close the gap to dense? Test accuracy (left) and Rs
+    (right, dashed) against the multiplier, one colour per method and sparsity; dense as a line."""
+    key = _accuracy_key(accuracy)
+    groups = group_runs(_with_accuracy(runs, accuracy))
+    series = defaultdict(list)  # (data, model, method without "(m times)", sparsity) -> groups
+    for g in groups:
+        if g.kind == "dynamic":
+            series[(*_pair(g), g.method.split(" (")[0], round(g.sparsity, 4))].append(g)
+    series = {k: v for k, v in series.items() if len({_multiplier(g) for g in v}) > 1}
+    if not series:
+        raise ReportError("no method was trained at two or more --multiplier values")
+    fig = _figure(9, 5)
+    ax = fig.add_subplot()
+    rates = ax.twinx()
+    for color, ((data, model, method, sparsity), line) in enumerate(sorted(series.items())):
+        line.sort(key=_multiplier)
+        xs = [_multiplier(g) for g in line]
+        ax.errorbar(xs, [100 * g.mean(key) for g in line], yerr=[100 * (g.std(key) or 0.0) for g in line], marker="o",
+                    capsize=3, color=f"C{color % 10}", label=f"{method}, sparsity {_trim(sparsity)}: accuracy")
+        rates.plot(xs, [g.mean("itop_rate") for g in line], linestyle="--", marker="s", color=f"C{color % 10}",
+                   label=f"{method}, sparsity {_trim(sparsity)}: Rs")
+    for g in (g for g in groups if g.dense):
+        ax.axhline(100 * g.mean(key), linestyle=":", color="0.3", label=f"Dense: {_mean_text(g, key)}")
+    ax.set_xscale("log")
+    ticks = sorted({_multiplier(g) for line in series.values() for g in line})
+    ax.set_xticks(ticks, [f"{t:g}x" for t in ticks])
+    ax.set_xticks([], minor=True)  # no 3 x 10^0 between the lengths run
+    ax.set_xlabel("training length (--multiplier, log scale)")
+    ax.set_ylabel(f"Top-1 test accuracy (%), {_ACCURACY_NAMES[accuracy]}")
+    rates.set_ylabel("ITOP rate Rs (dashed)")
+    ax.set_title("Does training longer close the gap to dense?")
+    ax.grid(alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    more, more_labels = rates.get_legend_handles_labels()
+    ax.legend(handles + more, labels + more_labels, loc="upper left", bbox_to_anchor=(1.12, 1), fontsize="small")
+    return _save(fig, path)
+
+
+def trained_at_several_lengths(runs: Iterable[Run]) -> bool:
+    """Was some sparse method trained at two or more --multiplier values (an extended-training study)?"""
+    lengths = defaultdict(set)
+    for run in runs:
+        if run.summary is not None and not run.dense:
+            lengths[(str(run.summary.get("method", "")).split(" (")[0], sparsity_of(run.summary))].add(run.config.get("multiplier", 1))
+    return any(len(v) > 1 for v in lengths.values())
+
+
+def _multiplier(group: Group) -> float:
+    return float(group.runs[0].config.get("multiplier", 1) or 1)
 
 
 def rate_curve(run: Run) -> tuple[list[int], list[float]]:
