@@ -94,20 +94,7 @@ class SetMLP(nn.Module):
 
 
 @register_model("set-mlp", in_channels=1, image_size=28, aliases=("setmlp",))
-def set_mlp(
-    num_classes: int,
-    in_channels: int,
-    image_size: int,
-    hidden: Iterable[int] | str = DEFAULT_HIDDEN,
-    activation: str = "relu",
-    dropout: float = 0.0,
-    allrelu_slope: float = 0.6,
-) -> nn.Module:
-    return SetMLP(
-        in_features=in_channels * image_size * image_size,
-        num_classes=num_classes,
-        hidden=hidden,
-        activation=activation,
-        dropout=dropout,
-        allrelu_slope=allrelu_slope,
-    )
+def set_mlp(num_classes: int, in_channels: int, image_size: int, **options) -> nn.Module:
+    """The registry's factory: the input width from the input shape; `options` are SetMLP's
+    (hidden, activation, dropout, allrelu_slope)."""
+    return SetMLP(in_features=in_channels * image_size * image_size, num_classes=num_classes, **options)
