@@ -172,8 +172,8 @@ def grouped(results: dict[Job, dict]) -> dict[str, list[dict]]:
 
 def accuracy_table(rows: dict[str, list[dict]], first: str = "setting") -> str:
     """Markdown: per row, test accuracy (best-validation and final epoch) on the embedded test digits and,
-    when present, on the official test set; Rs; training FLOPs relative to a dense run of the same
-    length (summary.json's convention) and in absolute terms (what equal-compute comparisons need);
+    when present, on the official test set; Rs; training FLOPs relative to a 1x dense run (the seed
+    README's convention, as in summary.json) and in absolute terms (what equal-compute comparisons need);
     test FLOPs; seeds."""
     official = all("official_best" in s for runs in rows.values() for s in runs)
     head = [first, "embedded test: best val", "final epoch"]

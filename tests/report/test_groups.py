@@ -22,7 +22,8 @@ CONFIG = {"model": "lenet300", "data": "mnist", "sparse": True, "fix": False, "d
 def run(name, method="SET-ITOP", density=0.1, acc=0.9, rs=0.5, finished=True, extra=None,
         **config):
     """A finished run of CONFIG with `config` changed; `extra` adds summary keys."""
-    result = summary(method, density, acc, rs, 0.1, 0.1, **(extra or {})) if finished else None
+    flops = 1.0 if method == "Dense" else 0.1
+    result = summary(method, density, acc, rs, flops, flops, **(extra or {})) if finished else None
     return Run(name=name, path=Path(name), config={**CONFIG, "density": density, **config},
                summary=result)
 

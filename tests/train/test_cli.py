@@ -270,3 +270,19 @@ def test_an_error_raised_in_a_loader_worker_is_reported_on_one_line():
         next(iter(DataLoader(Broken(), num_workers=1)))
     assert "Traceback" in str(caught.value)
     assert _one_line(caught.value) == "photo.JPEG: cannot decode image (truncated)."
+
+
+def test_extended_runs_count_training_flops_against_a_1x_dense_run(capsys):
+    """The seed README's extended rows: "RigL-ITOP (2 times)" costs twice its 1x ratio, and the
+    absolute figure beside dense stays that of a 1x dense run."""
+    base = ["--model", "lenet300-100", "--data", "mnist5k", "--epochs", "1", "--batch-size", "500", "--no-progress"]
+    summaries = {}
+    for name, extra in {"sparse1": ["--sparse", "--fix"], "sparse2": ["--sparse", "--fix", "--multiplier", "2"],
+                        "dense1": [], "dense2": ["--multiplier", "2"]}.items():
+        code, out, err = run([*base, *extra, "--save", name], capsys)
+        assert code == 0, err
+        summaries[name] = json.loads(Path(name, "summary.json").read_text())
+    assert summaries["sparse2"]["training_flops"] == pytest.approx(2 * summaries["sparse1"]["training_flops"], rel=1e-6)
+    assert summaries["dense1"]["training_flops"] == 1.0 and summaries["dense2"]["training_flops"] == 2.0
+    assert len({s["dense_training_flops"] for s in summaries.values()}) == 1
+    assert "| Dense (2 times) | 0.0 |" in out and "| 2x(" in out

@@ -48,9 +48,12 @@ def _number(summary: dict, key: str) -> float | None:
 
 
 def _flops(summary: dict, key: str, dense: bool) -> str:
+    """The seed's cell: a dense run shows its multiple of a 1x dense run with that run's absolute
+    FLOPs ("1x(3.2e18)", "2x(3.2e18)" for --multiplier 2); a sparse run its ratio ("0.42x")."""
     if dense:
         absolute = _number(summary, f"dense_{key}")
-        return "1x" if absolute is None else f"1x({_sci(absolute)})"
+        multiple = _number(summary, key) or 1.0
+        return f"{multiple:g}x" if absolute is None else f"{multiple:g}x({_sci(absolute)})"
     ratio = _number(summary, key)
     return "-" if ratio is None else f"{ratio:.2f}x"
 

@@ -342,7 +342,7 @@ class Run:
 
     def summary(self) -> dict[str, Any]:
         """Test accuracy of the best checkpoint (the original's rule) and of the final epoch, Rs,
-        and FLOPs relative to dense."""
+        and FLOPs relative to dense (training FLOPs: to a dense run of --epochs at --multiplier 1)."""
         final_loss, final_acc = self._evaluate(self.test_loader)  # the last epoch's model, as it stands
         current = {k: v.clone() for k, v in self.model.state_dict().items()}
         self.model.load_state_dict(self.best_state)
@@ -350,16 +350,19 @@ class Run:
         self.model.load_state_dict(current)
         sp = self.sparsifier
         dense_forward = self.flops.total
-        batch_flops = 3 * dense_forward * self.cfg.batch_size * self.cfg.processes * self.total_steps
+        # The seed README's convention for extended runs: training FLOPs relative to a 1x dense run
+        # ("RigL-ITOP (2 times)" 0.84x = 2 x 0.42x), so a run m times as long costs m times its ratio.
+        m = self.cfg.multiplier
+        dense_1x = 3 * dense_forward * self.cfg.batch_size * self.cfg.processes * self.total_steps / m
         return {
             "method": self.cfg.method, "model": self.cfg.model, "data": self.cfg.data,
             "density": self.density, "sparsity": 1 - self.density, "test_acc": test_acc, "test_loss": test_loss,
             "final_test_acc": final_acc, "final_test_loss": final_loss,
             "best_val_acc": self.best_val if self.val_loader else None, "best_epoch": self.best_epoch,
             "itop_rate": self.itop_rate,
-            "training_flops": 1.0 if sp is None else itop.flops.training_ratio(self.flops, sp, self.total_steps),
+            "training_flops": float(m) if sp is None else m * itop.flops.training_ratio(self.flops, sp, self.total_steps),
             "test_flops": 1.0 if sp is None else itop.flops.inference_ratio(self.flops, layer_densities(sp)),
-            "dense_training_flops": float(batch_flops), "dense_test_flops": float(dense_forward),
+            "dense_training_flops": float(dense_1x), "dense_test_flops": float(dense_forward),
             "epochs": self.cfg.epochs, "multiplier": self.cfg.multiplier, "steps": self.step, "seconds": self.seconds,
             **self._file_sizes(),
         }

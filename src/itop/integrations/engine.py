@@ -1,0 +1,99 @@
+"""What the trainer callbacks share: checking the Sparsifier's arguments when the callback is made,
+finding the torch optimizer inside a trainer's wrapper, building the Sparsifier (fresh, or over a
+model and optimizer a trainer has just loaded from a checkpoint), and the figures to log.
+
+The callbacks hold no engine of their own: the `Sparsifier` hooks the optimizer's steps exactly as
+in a hand-written loop, so gradient accumulation (one optimizer step per accumulated batch), steps
+a GradScaler skips (the optimizer's step never runs, so the schedule does not move) and the
+trainers' own clipping, schedulers and weight decay need nothing special here.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from ..sparsity.sparsifier import Sparsifier
+
+SPARSIFIER_FILE = "itop_sparsifier.pt"  # the Sparsifier's state beside a trainer's checkpoint files
+
+# Arguments the callbacks fill in from the trainer; a user may still set total_steps.
+_FROM_TRAINER = ("model", "optimizer")
+
+
+def checked_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """`options` if the Sparsifier accepts them all, else a one-line ValueError naming the first it does
+    not, so a misspelt argument fails when the callback is made rather than when training starts."""
+    accepted = [name for name in inspect.signature(Sparsifier).parameters if name not in _FROM_TRAINER]
+    for name in options:
+        if name in _FROM_TRAINER:
+            raise ValueError(f"SparsityCallback takes the {name} from the trainer; remove {name}= from its arguments.")
+        if name not in accepted:
+            raise ValueError(f"SparsityCallback got an unknown Sparsifier argument {name!r}; accepted: {', '.join(accepted)}.")
+    return dict(options)
+
+
+def torch_optimizer(optimizer: Any) -> torch.optim.Optimizer:
+    """The torch optimizer inside a trainer's wrapper (accelerate's AcceleratedOptimizer keeps it in
+    `.optimizer`, Lightning's LightningOptimizer in `._optimizer`): the one whose steps the hooks see."""
+    for _ in range(8):  # wrappers of wrappers, never a cycle
+        inner = getattr(optimizer, "optimizer", None) or getattr(optimizer, "_optimizer", None)
+        if not isinstance(inner, torch.optim.Optimizer):
+            break
+        optimizer = inner
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"the trainer's optimizer is a {type(optimizer).__name__}, not a torch.optim.Optimizer; "
+                        "SparsityCallback needs a PyTorch optimizer to hook.")
+    return optimizer
+
+
+def build_sparsifier(model: nn.Module, optimizer: torch.optim.Optimizer, options: Mapping[str, Any],
+                     total_steps: int, saved: Mapping[str, Any] | None = None) -> Sparsifier:
+    """A Sparsifier for `model` and `optimizer` over `total_steps` optimizer steps (unless the options
+    set total_steps), continuing from `saved` (a `state_dict()`) when resuming.
+
+    A trainer loads a checkpoint's weights (and, in the Hugging Face Trainer, its optimizer state)
+    before any callback can build a Sparsifier, whose constructor applies fresh random masks. So
+    on resume the loaded tensors of the weights it may touch are kept aside, put back, and then the
+    saved masks applied: the run continues with exactly the weights and masks it saved.
+    """
+    options = {"total_steps": int(total_steps), **options}
+    if saved is None:
+        return Sparsifier(model, optimizer, **options)
+    kept = _loaded_tensors(model, optimizer)
+    sparsifier = Sparsifier(model, optimizer, **options)
+    with torch.no_grad():
+        for tensor, copy in kept:
+            tensor.copy_(copy)
+    sparsifier._built_on_trained = False  # nothing the loaded run holds was lost: the tensors are back
+    sparsifier.load_state_dict(saved)
+    return sparsifier
+
+
+def _loaded_tensors(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(tensor, copy) for every weight the Sparsifier could mask (a parameter with two or more
+    dimensions) and every optimizer state tensor of its shape."""
+    kept = []
+    for param in model.parameters():
+        if param.dim() < 2:
+            continue
+        kept.append((param.data, param.detach().clone()))
+        for value in optimizer.state.get(param, {}).values():
+            if isinstance(value, torch.Tensor) and value.shape == param.shape:
+                kept.append((value, value.detach().clone()))
+    return kept
+
+
+def logged_figures(sparsifier: Sparsifier) -> dict[str, float]:
+    """What the callbacks add to the trainers' logs: density, Rs and the last update's prune rate."""
+    last = sparsifier.history[-1]
+    return {"sparsity/density": float(sparsifier.density), "sparsity/itop_rate": float(sparsifier.itop_rate),
+            "sparsity/prune_rate": float(last["prune_rate"])}
+
+
+def read_state(path) -> dict[str, Any]:
+    """A Sparsifier state written by a callback, loaded without executing code."""
+    return torch.load(path, map_location="cpu", weights_only=True)

@@ -1,0 +1,86 @@
+"""Dynamic sparse training in PyTorch Lightning (`lightning.pytorch.Trainer`).
+
+    from itop.integrations.lightning import SparsityCallback
+    trainer = L.Trainer(max_epochs=10, callbacks=[SparsityCallback(density=0.1, grow="gradient")])
+    trainer.fit(module, data)                       # or trainer.fit(module, data, ckpt_path="last.ckpt")
+
+How it fits the Trainer:
+- `on_fit_start` builds the `Sparsifier` (then `callback.sparsifier`) on the LightningModule and the
+  torch optimizer its `configure_optimizers` returned, over `trainer.estimated_stepping_batches`
+  optimizer steps (accumulation, devices, max_steps and max_epochs counted by Lightning itself).
+- The Sparsifier's hooks on that optimizer see each real step: one per accumulated batch, none when a
+  step is skipped (a GradScaler that found inf, or a module's own `optimizer_step` that did not step).
+  Lightning steps through a closure that runs the backward inside `optimizer.step()`, so weights and
+  optimizer state are masked just after each step; RigL reads that step's accumulated gradients.
+- The Sparsifier's state is the callback's `state_dict()`, saved in every Lightning checkpoint;
+  `Trainer.fit(ckpt_path=...)` restores it, with the module's weights kept as loaded.
+- `on_train_batch_end` logs sparsity/density, sparsity/itop_rate (Rs) and sparsity/prune_rate through
+  the module's `log_dict`, so they reach every logger (TensorBoard, CSV, ...) on the step axis.
+- Under DDP every rank builds the same masks (the seed is shared) and the Sparsifier checks after each
+  update that they agree. DeepSpeed, FSDP and model-parallel strategies shard or flatten the weights
+  the masks cover: the callback refuses them at set-up.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning.pytorch as pl
+
+from .engine import build_sparsifier, checked_options, logged_figures, torch_optimizer
+
+__all__ = ["SparsityCallback"]
+
+
+class SparsityCallback(pl.Callback):
+    """Keeps a LightningModule sparse with a `Sparsifier(**options)`.
+
+    `options` are any `itop.Sparsifier` arguments but the model and optimizer (the module and the
+    optimizer it configures); total_steps defaults to `trainer.estimated_stepping_batches`.
+    """
+
+    def __init__(self, **options: Any):
+        self.options = checked_options(options)
+        self.sparsifier = None
+        self._saved: dict[str, Any] | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        refuse_sharded(trainer.strategy)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if len(trainer.optimizers) != 1:
+            raise ValueError(f"SparsityCallback drives one optimizer, but configure_optimizers returned {len(trainer.optimizers)}; "
+                             "return a single optimizer over all of the module's parameters.")
+        total = self.options.get("total_steps", trainer.estimated_stepping_batches)
+        if not math.isfinite(total):
+            raise ValueError("SparsityCallback needs the length of training for its schedule; set max_steps or max_epochs, "
+                             "or pass total_steps=.")
+        if self.sparsifier is not None:  # a second fit() with the same callback: the old hooks go
+            self.sparsifier.detach()
+        self.sparsifier = build_sparsifier(pl_module, torch_optimizer(trainer.optimizers[0]), self.options, int(total), self._saved)
+        self._saved = None
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:
+        self.sparsifier.step()  # no-op on a batch that only accumulated, or whose step was skipped
+        pl_module.log_dict(logged_figures(self.sparsifier), on_step=True, on_epoch=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self.sparsifier is None else {"sparsifier": self.sparsifier.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Called by Lightning while restoring a checkpoint, before the optimizer exists: the state
+        waits for `on_fit_start`, which builds the Sparsifier over the restored weights."""
+        self._saved = state_dict.get("sparsifier")
+
+
+def refuse_sharded(strategy: Any) -> None:
+    """A one-line ValueError for strategies that shard or flatten the weights the masks cover."""
+    from lightning.pytorch import strategies
+
+    refused = {name: getattr(strategies, name) for name in ("DeepSpeedStrategy", "FSDPStrategy", "ModelParallelStrategy")
+               if hasattr(strategies, name)}
+    for name, kind in refused.items():
+        if isinstance(strategy, kind):
+            raise ValueError(f"SparsityCallback cannot train under {name}: it shards or flattens the weights the masks cover; "
+                             "use strategy='ddp' (or a single device).")
