@@ -65,7 +65,7 @@ def test_counts_optimizer_steps_through_accumulation_and_keeps_inactive_weights_
 
 
 def test_figures_reach_log_history_and_the_reporters(tmp_path):
-    cb = callback()
+    cb = callback(log_layers=True)
     args = arguments(tmp_path, report_to="tensorboard")  # events under output_dir/runs/
     trainer = Trainer(model=tiny_bert(), args=args, train_dataset=examples(), callbacks=[cb])
     assert type(trainer.callback_handler.callbacks[0]) is SparsityCallback  # ahead of TensorBoardCallback
@@ -78,7 +78,9 @@ def test_figures_reach_log_history_and_the_reporters(tmp_path):
 
     events = [EventAccumulator(str(path.parent)).Reload() for path in (tmp_path / "runs").rglob("events.out.tfevents.*")]
     tags = {tag for e in events for tag in e.Tags()["scalars"]}
-    assert "train/sparsity/itop_rate" in tags and "train/sparsity/density" in tags
+    assert {"train/sparsity/itop_rate", "train/sparsity/density", "train/layer_explored/classifier.weight"} <= tags
+    assert logged[-1]["layer_density/bert.encoder.layer.1.output.dense.weight"] == pytest.approx(
+        cb.sparsifier.layer_stats()["bert.encoder.layer.1.output.dense.weight"]["density"])
 
 
 class SkipsOneStep(nn.Module):

@@ -93,11 +93,15 @@ def test_a_step_the_grad_scaler_skips_moves_neither_masks_nor_schedule(tmp_path)
 def test_figures_reach_the_loggers(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    cb = callback()
+    cb = callback(log_layers=True)
     logger = TensorBoardLogger(str(tmp_path), name="tb")
     trainer(tmp_path, [cb], logger=logger, log_every_n_steps=1).fit(Classifier(), loader())
-    events = EventAccumulator(logger.log_dir).Reload()
-    assert {"sparsity/density", "sparsity/itop_rate", "sparsity/prune_rate"} <= set(events.Tags()["scalars"])
+    events = EventAccumulator(logger.log_dir, size_guidance={"histograms": 0, "scalars": 0}).Reload()
+    assert {"sparsity/density", "sparsity/itop_rate", "sparsity/prune_rate", "layer_density/net.0.weight",
+            "layer_explored/net.2.weight"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Histograms("sparsity/layer_densities")] == [4, 8, 12, 16]  # at each update
+    explored = events.Scalars("layer_explored/net.0.weight")
+    assert explored[-1].value == pytest.approx(cb.sparsifier.layer_stats()["net.0.weight"]["explored"], rel=1e-6)
     rates = events.Scalars("sparsity/itop_rate")
     assert rates[-1].value == pytest.approx(cb.sparsifier.itop_rate, rel=1e-6) and rates[0].value < rates[-1].value
 

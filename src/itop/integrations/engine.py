@@ -87,11 +87,22 @@ def _loaded_tensors(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[
     return kept
 
 
-def logged_figures(sparsifier: Sparsifier) -> dict[str, float]:
-    """What the callbacks add to the trainers' logs: density, Rs and the last update's prune rate."""
+def logged_figures(sparsifier: Sparsifier, layers: bool = False) -> dict[str, float]:
+    """What the callbacks add to the trainers' logs: density, Rs and the last update's prune rate;
+    with `layers`, every sparse layer's density and explored share too (as `itop train --tensorboard`)."""
     last = sparsifier.history[-1]
-    return {"sparsity/density": float(sparsifier.density), "sparsity/itop_rate": float(sparsifier.itop_rate),
-            "sparsity/prune_rate": float(last["prune_rate"])}
+    figures = {"sparsity/density": float(sparsifier.density), "sparsity/itop_rate": float(sparsifier.itop_rate),
+               "sparsity/prune_rate": float(last["prune_rate"])}
+    if layers:
+        for name, stats in sparsifier.layer_stats().items():
+            figures[f"layer_density/{name}"] = float(stats["density"])
+            figures[f"layer_explored/{name}"] = float(stats["explored"])
+    return figures
+
+
+def layer_densities(sparsifier: Sparsifier) -> torch.Tensor:
+    """Every sparse layer's density, for a histogram."""
+    return torch.tensor([stats["density"] for stats in sparsifier.layer_stats().values()])
 
 
 def read_state(path) -> dict[str, Any]:

@@ -42,11 +42,12 @@ class SparsityCallback(TrainerCallback):
     `options` are any `itop.Sparsifier` arguments but the model and optimizer (the Trainer's);
     total_steps defaults to the Trainer's `max_steps`. `resume_from` names a checkpoint folder (or an
     `itop_sparsifier.pt`) when the one being resumed is not `<output_dir>/checkpoint-<step>`.
+    `log_layers=True` adds each sparse layer's density and explored share to the logs.
     """
 
-    def __init__(self, *, resume_from: str | Path | None = None, **options: Any):
+    def __init__(self, *, resume_from: str | Path | None = None, log_layers: bool = False, **options: Any):
         self.options = checked_options(options)
-        self.resume_from = resume_from
+        self.resume_from, self.log_layers = resume_from, log_layers
         self.sparsifier = None
 
     # ------------------------------------------------------------------ set-up
@@ -96,7 +97,7 @@ class SparsityCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self.sparsifier is None or logs is None or not any(k == "loss" or k.startswith("train_") for k in logs):
             return  # evaluation logs keep their own keys
-        figures = logged_figures(self.sparsifier)
+        figures = logged_figures(self.sparsifier, self.log_layers)
         logs.update(figures)
         if state.log_history and state.log_history[-1].get("step") == state.global_step:
             state.log_history[-1].update(figures)  # the Trainer stored a copy before calling on_log

@@ -28,7 +28,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 
-from .engine import build_sparsifier, checked_options, logged_figures, torch_optimizer
+from .engine import build_sparsifier, checked_options, layer_densities, logged_figures, torch_optimizer
 
 __all__ = ["SparsityCallback"]
 
@@ -38,12 +38,16 @@ class SparsityCallback(pl.Callback):
 
     `options` are any `itop.Sparsifier` arguments but the model and optimizer (the module and the
     optimizer it configures); total_steps defaults to `trainer.estimated_stepping_batches`.
+    `log_layers=True` adds each sparse layer's density and explored share to the logs and, for a
+    TensorBoardLogger, a histogram of the layer densities at each topology update.
     """
 
-    def __init__(self, **options: Any):
+    def __init__(self, *, log_layers: bool = False, **options: Any):
         self.options = checked_options(options)
+        self.log_layers = log_layers
         self.sparsifier = None
         self._saved: dict[str, Any] | None = None
+        self._figures: dict[str, float] = {}
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         refuse_sharded(trainer.strategy)
@@ -60,10 +64,21 @@ class SparsityCallback(pl.Callback):
             self.sparsifier.detach()
         self.sparsifier = build_sparsifier(pl_module, torch_optimizer(trainer.optimizers[0]), self.options, int(total), self._saved)
         self._saved = None
+        self._figures = logged_figures(self.sparsifier, self.log_layers)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:
-        self.sparsifier.step()  # no-op on a batch that only accumulated, or whose step was skipped
-        pl_module.log_dict(logged_figures(self.sparsifier), on_step=True, on_epoch=False)
+        if self.sparsifier.step():  # False on a batch that only accumulated, or whose step was skipped
+            self._figures = logged_figures(self.sparsifier, self.log_layers)  # they change at updates only
+            if self.log_layers:
+                self._histogram(trainer)
+        pl_module.log_dict(self._figures, on_step=True, on_epoch=False)
+
+    def _histogram(self, trainer: pl.Trainer) -> None:
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_histogram("sparsity/layer_densities", layer_densities(self.sparsifier), trainer.global_step)
 
     def state_dict(self) -> dict[str, Any]:
         return {} if self.sparsifier is None else {"sparsifier": self.sparsifier.state_dict()}
