@@ -208,3 +208,14 @@ def torchrun_ranks(tmp_path, kind):
 def test_two_ddp_ranks_hold_the_same_masks(tmp_path):
     ranks = torchrun_ranks(tmp_path, "huggingface")
     assert ranks[0]["steps"] == ranks[1]["steps"] == 8
+
+
+def test_the_callback_goes_ahead_of_the_reporters_even_when_subclassed(tmp_path):
+    class Mine(SparsityCallback):
+        def on_init_end(self, args, state, control, **kwargs):
+            return super().on_init_end(args, state, control, **kwargs)
+
+    mine = Mine(density=0.2)
+    trainer = Trainer(model=tiny_bert(), args=arguments(tmp_path, report_to="tensorboard"), train_dataset=examples(), callbacks=[mine])
+    names = [type(c).__name__ for c in trainer.callback_handler.callbacks]
+    assert names[0] == "Mine" and "TensorBoardCallback" in names and names.count("Mine") == 1

@@ -58,11 +58,18 @@ class SparsityCallback(TrainerCallback):
     def _go_first(self) -> None:
         """Move to the front of the Trainer's callbacks, so that reporters added before this callback
         (TensorBoard, W&B: the Trainer puts them first) log the sparsity figures `on_log` adds. The
-        handler is the caller of this event; if the Trainer ever calls otherwise, nothing moves."""
-        handler = sys._getframe(2).f_locals.get("self")
-        if isinstance(handler, CallbackHandler) and self in handler.callbacks:
-            handler.callbacks.remove(self)  # call_event's loop goes on at the right place: those before shift by one
-            handler.callbacks.insert(0, self)
+        handler is the caller of this event (a subclass's on_init_end may add a frame); if the Trainer
+        ever calls otherwise, nothing moves and the figures reach only the reporters after this callback."""
+        frame = sys._getframe(1)
+        for _ in range(4):
+            frame = frame.f_back
+            if frame is None:
+                return
+            handler = frame.f_locals.get("self")
+            if isinstance(handler, CallbackHandler) and self in handler.callbacks:
+                handler.callbacks.remove(self)  # call_event's loop goes on at the right place: those before shift by one
+                handler.callbacks.insert(0, self)
+                return
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         refuse_sharded(args)
