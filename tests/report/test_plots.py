@@ -213,3 +213,16 @@ def test_accuracy_vs_multiplier_draws_accuracy_and_rs_per_training_length(tmp_pa
     lines = seen["m.png"]["lines"]
     assert lines["SET-ITOP, sparsity 0.98: accuracy"] == ([1.0, 2.0, 5.0], pytest.approx([91.0, 92.0, 95.0]))
     assert lines["Dense: 95.00%"][1] == pytest.approx([95.0, 95.0])
+
+
+def test_accuracy_vs_multiplier_keeps_another_setting_on_its_own_line(tmp_path, monkeypatch):
+    from itop.report.plots import plot_accuracy_vs_multiplier
+
+    runs = [load_run(write_run(tmp_path, f"b{batch}-m{m}", 0.02, summary(f"SET-ITOP{' (%d times)' % m if m > 1 else ''}", 0.02,
+                                                                       0.90 + m / 100 + batch / 10_000, 0.1 * m, 0.02, 0.02, multiplier=m),
+                               multiplier=m, batch_size=batch)) for m in (1, 5) for batch in (32, 100)]
+    seen = drawn(monkeypatch)
+    plot_accuracy_vs_multiplier(runs, tmp_path / "m.png")
+    lines = seen["m.png"]["lines"]
+    assert lines["SET-ITOP, sparsity 0.98, batch_size=32: accuracy"] == ([1.0, 5.0], pytest.approx([91.32, 95.32]))
+    assert lines["SET-ITOP, sparsity 0.98, batch_size=100: accuracy"] == ([1.0, 5.0], pytest.approx([92.0, 96.0]))

@@ -267,23 +267,25 @@ def plot_accuracy_vs_multiplier(runs: Iterable[Run], path: str | Path, accuracy:
     (right, dashed) against the multiplier, one colour per method and sparsity; dense as a line."""
     key = _accuracy_key(accuracy)
     groups = group_runs(_with_accuracy(runs, accuracy))
-    series = defaultdict(list)  # (data, model, method without "(m times)", sparsity) -> groups
-    for g in groups:
-        if g.kind == "dynamic":
-            series[(*_pair(g), g.method.split(" (")[0], round(g.sparsity, 4))].append(g)
+    dynamic = [g for g in groups if g.kind == "dynamic"]
+    apart = differing_settings(dynamic)  # e.g. batch_size: a line of its own (--multiplier is the x axis)
+    series = defaultdict(list)  # (data, model, method without "(m times)", sparsity, other settings) -> groups
+    for g in dynamic:
+        series[(*_pair(g), g.method.split(" (")[0], round(g.sparsity, 4), settings_label(g, apart))].append(g)
     series = {k: v for k, v in series.items() if len({_multiplier(g) for g in v}) > 1}
     if not series:
         raise ReportError("no method was trained at two or more --multiplier values")
     fig = _figure(9, 5)
     ax = fig.add_subplot()
     rates = ax.twinx()
-    for color, ((data, model, method, sparsity), line) in enumerate(sorted(series.items())):
+    for color, ((data, model, method, sparsity, settings), line) in enumerate(sorted(series.items())):
         line.sort(key=_multiplier)
         xs = [_multiplier(g) for g in line]
+        name = f"{method}, sparsity {_trim(sparsity)}" + (f", {settings}" if settings else "")
         ax.errorbar(xs, [100 * g.mean(key) for g in line], yerr=[100 * (g.std(key) or 0.0) for g in line], marker="o",
-                    capsize=3, color=f"C{color % 10}", label=f"{method}, sparsity {_trim(sparsity)}: accuracy")
+                    capsize=3, color=f"C{color % 10}", label=f"{name}: accuracy")
         rates.plot(xs, [g.mean("itop_rate") for g in line], linestyle="--", marker="s", color=f"C{color % 10}",
-                   label=f"{method}, sparsity {_trim(sparsity)}: Rs")
+                   label=f"{name}: Rs")
     for g in (g for g in groups if g.dense):
         ax.axhline(100 * g.mean(key), linestyle=":", color="0.3", label=f"Dense: {_mean_text(g, key)}")
     ax.set_xscale("log")
