@@ -76,8 +76,12 @@ def test_figures_reach_log_history_and_the_reporters(tmp_path):
     assert logged[0]["sparsity/density"] == pytest.approx(0.2, abs=0.01) and logged[1]["sparsity/prune_rate"] > 0
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = [EventAccumulator(str(path.parent)).Reload() for path in (tmp_path / "runs").rglob("events.out.tfevents.*")]
+    events = [EventAccumulator(str(path.parent), size_guidance={"histograms": 0}).Reload()
+              for path in (tmp_path / "runs").rglob("events.out.tfevents.*")]
     tags = {tag for e in events for tag in e.Tags()["scalars"]}
+    histograms = [h.step for e in events if "train/sparsity/layer_densities" in e.Tags()["histograms"]
+                  for h in e.Histograms("train/sparsity/layer_densities")]
+    assert histograms == [3, 6, 9, 12]  # at each topology update
     assert {"train/sparsity/itop_rate", "train/sparsity/density", "train/layer_explored/classifier.weight"} <= tags
     assert logged[-1]["layer_density/bert.encoder.layer.1.output.dense.weight"] == pytest.approx(
         cb.sparsifier.layer_stats()["bert.encoder.layer.1.output.dense.weight"]["density"])

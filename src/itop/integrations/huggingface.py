@@ -31,7 +31,8 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import CallbackHandler
 
 from ..train.checkpoint import save_checkpoint
-from .engine import SPARSIFIER_FILE, build_sparsifier, checked_options, logged_figures, read_state, torch_optimizer
+from .engine import (SPARSIFIER_FILE, build_sparsifier, checked_options, layer_densities, logged_figures, read_state,
+                     torch_optimizer)
 
 __all__ = ["SparsityCallback"]
 
@@ -42,13 +43,16 @@ class SparsityCallback(TrainerCallback):
     `options` are any `itop.Sparsifier` arguments but the model and optimizer (the Trainer's);
     total_steps defaults to the Trainer's `max_steps`. `resume_from` names a checkpoint folder (or an
     `itop_sparsifier.pt`) when the one being resumed is not `<output_dir>/checkpoint-<step>`.
-    `log_layers=True` adds each sparse layer's density and explored share to the logs.
+    `log_layers=True` adds each sparse layer's density and explored share to the logs and, with
+    report_to="tensorboard", a histogram of the layer densities at each topology update.
     """
 
     def __init__(self, *, resume_from: str | Path | None = None, log_layers: bool = False, **options: Any):
         self.options = checked_options(options)
         self.resume_from, self.log_layers = resume_from, log_layers
         self.sparsifier = None
+        self._handler: CallbackHandler | None = None
+        self._updated = False
 
     # ------------------------------------------------------------------ set-up
     def on_init_end(self, args, state, control, **kwargs):
@@ -69,6 +73,7 @@ class SparsityCallback(TrainerCallback):
             if isinstance(handler, CallbackHandler) and self in handler.callbacks:
                 handler.callbacks.remove(self)  # call_event's loop goes on at the right place: those before shift by one
                 handler.callbacks.insert(0, self)
+                self._handler = handler
                 return
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
@@ -99,7 +104,17 @@ class SparsityCallback(TrainerCallback):
 
     # ------------------------------------------------------------------ training
     def on_optimizer_step(self, args, state, control, **kwargs):
-        self.sparsifier.step()  # no-op when the GradScaler skipped the step: the hooks saw none
+        self._updated = self.sparsifier.step()  # no-op when the GradScaler skipped the step: the hooks saw none
+
+    def on_step_end(self, args, state, control, **kwargs):
+        """With log_layers, a histogram of the layer densities after each update, in the event file of
+        the Trainer's TensorBoardCallback (at global_step, which the Trainer advances after the step)."""
+        if self._updated and self.log_layers and state.is_world_process_zero and self._handler is not None:
+            for reporter in self._handler.callbacks:
+                writer = getattr(reporter, "tb_writer", None) if type(reporter).__name__ == "TensorBoardCallback" else None
+                if writer is not None:
+                    writer.add_histogram("train/sparsity/layer_densities", layer_densities(self.sparsifier), state.global_step)
+        self._updated = False
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self.sparsifier is None or logs is None or not any(k == "loss" or k.startswith("train_") for k in logs):
