@@ -226,3 +226,12 @@ def test_accuracy_vs_multiplier_keeps_another_setting_on_its_own_line(tmp_path, 
     lines = seen["m.png"]["lines"]
     assert lines["SET-ITOP, sparsity 0.98, batch_size=32: accuracy"] == ([1.0, 5.0], pytest.approx([91.32, 95.32]))
     assert lines["SET-ITOP, sparsity 0.98, batch_size=100: accuracy"] == ([1.0, 5.0], pytest.approx([92.0, 96.0]))
+
+
+def test_accuracy_vs_training_flops_names_distributions_and_sparsities_apart(tmp_path, monkeypatch):
+    runs = [load_run(write_run(tmp_path, f"{init}-{density}", density, summary("SET-ITOP", density, 0.9 + density, 0.3, density, density),
+                               sparse_init=init)) for init, density in (("ERK", 0.05), ("ER", 0.05), ("ER", 0.01))]
+    seen = drawn(monkeypatch)
+    plot_accuracy_vs_training_flops(runs, tmp_path / "flops.png")
+    assert set(seen["flops.png"]["lines"]) == {"SET-ITOP, sparsity 0.95, sparse_init=ERK", "SET-ITOP, sparsity 0.95, sparse_init=ER",
+                                               "SET-ITOP, sparsity 0.99, sparse_init=ER"}

@@ -222,11 +222,15 @@ def plot_accuracy_vs_training_flops(runs: Iterable[Run], path: str | Path,
         values = [_run_flops(r, absolute) for r in g.runs]
         return None if None in values else sum(values) / len(values)
 
-    series = defaultdict(list)  # (data, model, method) -> groups
+    series = defaultdict(list)  # (data, model, method [, sparsity] [, other settings]) -> groups
     dense = [g for g in groups if g.dense]
-    for g in groups:
-        if not g.dense and (flops(g) or 0) > 0:
-            series[(*_pair(g), g.method)].append(g)
+    sparse = [g for g in groups if not g.dense and (flops(g) or 0) > 0]
+    apart = [k for k in differing_settings(sparse) if k not in _SWEPT]  # e.g. sparse_init=ER: a series of its own
+    several_sparsities = len({round(g.sparsity, 4) for g in sparse}) > 1
+    for g in sparse:
+        name = g.method + (f", sparsity {_trim(g.sparsity)}" if several_sparsities else "")
+        settings = settings_label(g, apart)
+        series[(*_pair(g), name + (f", {settings}" if settings else ""))].append(g)
     if not series:
         raise ReportError("no sparse run has training_flops in its summary")
     several = len({k[:2] for k in series} | {_pair(g) for g in dense}) > 1
@@ -250,6 +254,9 @@ def plot_accuracy_vs_training_flops(runs: Iterable[Run], path: str | Path,
         color += 1
     ax.set_xscale("log")
     if absolute:
+        from matplotlib.ticker import NullFormatter
+
+        ax.xaxis.set_minor_formatter(NullFormatter())  # 2 x 10^11, 3 x 10^11 ... would overlap
         ax.set_xlabel("Training FLOPs of the whole run (log scale)")
     else:
         _ratio_ticks(ax.xaxis)
