@@ -18,7 +18,7 @@ def example(heading: str) -> str:
 
 
 @pytest.mark.parametrize("heading, shorter", [
-    ("Hugging Face Trainer", {"num_train_epochs=4": "max_steps=6"}),
+    ("Hugging Face Trainer", {"num_train_epochs=10": "max_steps=6"}),
     ("PyTorch Lightning", {"max_epochs=10": "max_epochs=1, limit_train_batches=6, limit_val_batches=2"}),
 ])
 def test_readme_example_runs(tmp_path, heading, shorter):
