@@ -235,3 +235,15 @@ def test_accuracy_vs_training_flops_names_distributions_and_sparsities_apart(tmp
     plot_accuracy_vs_training_flops(runs, tmp_path / "flops.png")
     assert set(seen["flops.png"]["lines"]) == {"SET-ITOP, sparsity 0.95, sparse_init=ERK", "SET-ITOP, sparsity 0.95, sparse_init=ER",
                                                "SET-ITOP, sparsity 0.99, sparse_init=ER"}
+
+
+def test_accuracy_vs_multiplier_names_each_dense_baseline(tmp_path, monkeypatch):
+    from itop.report.plots import plot_accuracy_vs_multiplier
+
+    runs = [load_run(write_run(tmp_path, f"m{m}", 0.02, summary(f"SET-ITOP{' (%d times)' % m if m > 1 else ''}", 0.02, 0.9, 0.1 * m,
+                                                               0.02, 0.02, multiplier=m), multiplier=m)) for m in (1, 2)]
+    runs += [load_run(write_run(tmp_path, f"dense{b}", 1.0, summary("Dense", 1.0, 0.94 + b / 10_000, 1.0, 1.0, 1.0), batch_size=b))
+             for b in (32, 100)]
+    seen = drawn(monkeypatch)
+    plot_accuracy_vs_multiplier(runs, tmp_path / "m.png")
+    assert {"Dense [batch_size=32]: 94.32%", "Dense [batch_size=100]: 95.00%"} <= set(seen["m.png"]["lines"])

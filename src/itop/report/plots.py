@@ -293,8 +293,12 @@ def plot_accuracy_vs_multiplier(runs: Iterable[Run], path: str | Path, accuracy:
                     capsize=3, color=f"C{color % 10}", label=f"{name}: accuracy")
         rates.plot(xs, [g.mean("itop_rate") for g in line], linestyle="--", marker="s", color=f"C{color % 10}",
                    label=f"{name}: Rs")
-    for g in (g for g in groups if g.dense):
-        ax.axhline(100 * g.mean(key), linestyle=":", color="0.3", label=f"Dense: {_mean_text(g, key)}")
+    dense = [g for g in groups if g.dense]
+    keys = differing_settings(dense)  # e.g. dense runs at two batch sizes: each line says which
+    for shade, g in enumerate(dense):
+        settings = settings_label(g, keys)
+        ax.axhline(100 * g.mean(key), linestyle=":", color=str(0.2 + 0.25 * (shade % 3)),
+                   label="Dense" + (f" [{settings}]" if settings else "") + f": {_mean_text(g, key)}")
     ax.set_xscale("log")
     ticks = sorted({_multiplier(g) for line in series.values() for g in line})
     ax.set_xticks(ticks, [f"{t:g}x" for t in ticks])
