@@ -86,9 +86,15 @@ def parse_args(description: str) -> argparse.Namespace:
     return args
 
 
-def train(job: Job, out: Path, quick: bool, threads: int) -> dict:
-    """The run's summary (training or resuming it unless it finished), with the official test accuracies."""
+DIVERGED = "diverged.txt"  # beside a run whose loss became NaN: its result is that it diverged
+
+
+def train(job: Job, out: Path, quick: bool, threads: int) -> dict | None:
+    """The run's summary (training or resuming it unless it finished), or None for a run that
+    diverged (itop train stopped it on a NaN loss; kept in <run>/diverged.txt, not retried)."""
     run_dir = out / job.name
+    if (run_dir / DIVERGED).is_file():
+        return None
     if not (run_dir / "summary.json").is_file():
         if (run_dir / "checkpoint.pt").is_file():
             argv = ["--resume", str(run_dir), "--no-progress"]
@@ -96,6 +102,9 @@ def train(job: Job, out: Path, quick: bool, threads: int) -> dict:
             argv = [*RECIPE, *(QUICK if quick else []), *job.flags, "--seed", str(job.seed), "--save", str(run_dir)]
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         done = subprocess.run([sys.executable, "-m", "itop", "train", *argv], capture_output=True, text=True, env=env)
+        if done.returncode != 0 and "the loss became nan" in done.stderr:
+            (run_dir / DIVERGED).write_text(done.stderr.strip().splitlines()[-1] + "\n")
+            return None
         if done.returncode != 0:
             raise SystemExit(f"itop train {' '.join(argv)} failed (status {done.returncode}):\n{done.stderr[-2000:]}")
     return json.loads((run_dir / "summary.json").read_text())
@@ -115,6 +124,10 @@ def run_grid(jobs: list[Job], args: argparse.Namespace) -> dict[Job, dict]:
             done += 1
             print(f"\r  {done}/{len(jobs)} runs ({time.perf_counter() - started:.0f} s)", end="", flush=True)
     print(f"\r  {len(jobs)} runs in {time.perf_counter() - started:.0f} s wall time")
+    for job in [job for job, summary in results.items() if summary is None]:
+        print(f"  diverged, left out of the table: {job.label}, seed {job.seed} "
+              f"({(out / job.name / DIVERGED).read_text().strip()})")
+        del results[job]
     official = official_test_set(Path(args.test_dir))
     for job, summary in results.items():
         if official is not None:
