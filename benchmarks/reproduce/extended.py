@@ -42,8 +42,14 @@ def tables(rows: dict) -> None:
     print(f"\nbest sparse setting: {best}; gap to dense (embedded test, best-validation checkpoint): {gap:+.2f} points")
 
 
+def reports(results: dict) -> dict:
+    """The runs `itop report` plots: all but the dense network at batch 32 with the recipe's LR, which
+    collapses to chance (its row in the table says so) and would squash the plot's accuracy axis."""
+    return {"extended": {job: s for job, s in results.items() if job.label != "Dense, batch 32"}}
+
+
 def main() -> None:
-    common.run_study(__doc__.splitlines()[0], jobs, "extended", print_tables=tables)
+    common.run_study(__doc__.splitlines()[0], jobs, "extended", print_tables=tables, reports=reports)
 
 
 if __name__ == "__main__":
