@@ -22,3 +22,31 @@ def test_every_study_runs_quick_and_prints_its_tables(tmp_path):
     assert "| Dense, 5 epochs (the budget of 0.05 x 1) |" in done.stdout and "| LeNet-5, SET-ITOP, uniform, density 0.05 |" in done.stdout
     runs = list((tmp_path / "runs").iterdir())
     assert len([r for r in runs if (r / "summary.json").is_file()]) == len(runs) == 19  # runs two studies share are trained once
+
+
+def test_a_run_that_diverges_is_reported_and_left_out(tmp_path, monkeypatch, capsys):
+    import argparse
+
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    import common
+
+    calls = []
+
+    def fake_run(command, **kwargs):
+        calls.append(command)
+        run_dir = Path(command[command.index("--save") + 1])
+        run_dir.mkdir(parents=True)
+        if "--seed" in command and command[command.index("--seed") + 1] == "1":
+            message = "itop train: stopped: the loss became nan in epoch 11 (step 1230); lower --lr."
+            return subprocess.CompletedProcess(command, 1, "", message + "\n")
+        (run_dir / "summary.json").write_text('{"test_acc": 0.9}')
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(common.subprocess, "run", fake_run)
+    args = argparse.Namespace(out=str(tmp_path / "runs"), workers=1, quick=True, test_dir=str(tmp_path / "none"))
+    jobs = [common.Job("Dense", (), seed) for seed in (0, 1)]
+    results = common.run_grid(jobs, args)
+    assert list(results) == [jobs[0]] and results[jobs[0]]["test_acc"] == 0.9
+    assert "diverged, left out of the table: Dense, seed 1 (itop train: stopped: the loss became nan" in capsys.readouterr().out
+    assert (tmp_path / "runs" / jobs[1].name / common.DIVERGED).is_file()
+    assert common.train(jobs[1], tmp_path / "runs", True, 1) is None and len(calls) == 2  # not retried
