@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..sparsity.sparsifier import Sparsifier
+from ..sparsity.state import built_over_loaded
 
 SPARSIFIER_FILE = "itop_sparsifier.pt"  # the Sparsifier's state beside a trainer's checkpoint files
 
@@ -56,35 +57,14 @@ def build_sparsifier(model: nn.Module, optimizer: torch.optim.Optimizer, options
     set total_steps), continuing from `saved` (a `state_dict()`) when resuming.
 
     A trainer loads a checkpoint's weights (and, in the Hugging Face Trainer, its optimizer state)
-    before any callback can build a Sparsifier, whose constructor applies fresh random masks. So
-    on resume the loaded tensors of the weights it may touch are kept aside, put back, and then the
-    saved masks applied: the run continues with exactly the weights and masks it saved.
+    before any callback can build a Sparsifier, whose constructor applies fresh random masks; on
+    resume `built_over_loaded` keeps those tensors: the run continues with exactly the weights and
+    masks it saved.
     """
     options = {"total_steps": int(total_steps), **options}
     if saved is None:
         return Sparsifier(model, optimizer, **options)
-    kept = _loaded_tensors(model, optimizer)
-    sparsifier = Sparsifier(model, optimizer, **options)
-    with torch.no_grad():
-        for tensor, copy in kept:
-            tensor.copy_(copy)
-    sparsifier._built_on_trained = False  # nothing the loaded run holds was lost: the tensors are back
-    sparsifier.load_state_dict(saved)
-    return sparsifier
-
-
-def _loaded_tensors(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(tensor, copy) for every weight the Sparsifier could mask (a parameter with two or more
-    dimensions) and every optimizer state tensor of its shape."""
-    kept = []
-    for param in model.parameters():
-        if param.dim() < 2:
-            continue
-        kept.append((param.data, param.detach().clone()))
-        for value in optimizer.state.get(param, {}).values():
-            if isinstance(value, torch.Tensor) and value.shape == param.shape:
-                kept.append((value, value.detach().clone()))
-    return kept
+    return built_over_loaded(lambda: Sparsifier(model, optimizer, **options), model, optimizer, saved)
 
 
 def logged_figures(sparsifier: Sparsifier, layers: bool = False) -> dict[str, float]:

@@ -132,6 +132,19 @@ def _legend_outside(ax) -> None:
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0.0)
 
 
+def _series_name(method: str, sparsity: float | None, settings: str) -> str:
+    """A line's legend name: "SET-ITOP, sparsity 0.95, batch_size=32" (parts left out when empty)."""
+    name = method if sparsity is None else f"{method}, sparsity {_trim(sparsity)}"
+    return name + (f", {settings}" if settings else "")
+
+
+def _reference_name(group: Group, keys: Iterable[str]) -> str:
+    """A dense or static baseline's legend name, with the settings in `keys` that tell it apart."""
+    name = group.method if group.dense else f"{group.method}, sparsity {_trim(group.sparsity)}"
+    settings = settings_label(group, keys)
+    return name + (f" [{settings}]" if settings else "")
+
+
 _SWEPT = ("update_frequency", "update_every")  # what the points of one Rs line differ by
 
 
@@ -146,7 +159,7 @@ def plot_accuracy_vs_rs(runs: Iterable[Run], path: str | Path, accuracy: str = "
     """
     key = _accuracy_key(accuracy)
     groups = group_runs(_with_accuracy(runs, accuracy))
-    lines = defaultdict(list)  # (data, model, method, sparsity) -> groups
+    lines = defaultdict(list)  # (data, model, method, sparsity, other settings) -> groups
     references = [g for g in groups if g.dense or g.static]
     dynamic = [g for g in groups if g.kind == "dynamic" and g.values("itop_rate")]
     apart = [k for k in differing_settings(dynamic) if k not in _SWEPT]  # e.g. batch_size: a line of its own
@@ -163,7 +176,7 @@ def plot_accuracy_vs_rs(runs: Iterable[Run], path: str | Path, accuracy: str = "
         line.sort(key=lambda g: g.mean("itop_rate"))
         xs = [g.mean("itop_rate") for g in line]
         ys = [100 * g.mean(key) for g in line]
-        name = f"{method}, sparsity {_trim(sparsity)}" + (f", {other}" if other else "")
+        name = _series_name(method, sparsity, other)
         ax.errorbar(xs, ys, yerr=[100 * (g.std(key) or 0.0) for g in line],
                     xerr=[g.std("itop_rate") or 0.0 for g in line], marker="o", capsize=3,
                     color=f"C{color % 10}", label=_pair_label(several, name, line[0]))
@@ -171,12 +184,8 @@ def plot_accuracy_vs_rs(runs: Iterable[Run], path: str | Path, accuracy: str = "
     keys = differing_settings(references)
     references.sort(key=lambda g: (_pair(g), not g.dense, g.sparsity, g.method))
     for g in references:
-        mean = 100 * g.mean(key)
-        name = g.method if g.dense else f"{g.method}, sparsity {_trim(g.sparsity)}"
-        settings = settings_label(g, keys)
-        name += f" [{settings}]" if settings else ""
-        ax.axhline(mean, linestyle="--" if g.dense else ":", color=f"C{color % 10}",
-                   label=_pair_label(several, name, g) + f": {_mean_text(g, key)}")
+        ax.axhline(100 * g.mean(key), linestyle="--" if g.dense else ":", color=f"C{color % 10}",
+                   label=_pair_label(several, _reference_name(g, keys), g) + f": {_mean_text(g, key)}")
         color += 1
     ax.margins(x=0.1, y=0.1)
     ax.set_xlabel("ITOP rate Rs (share of weights ever active, 0 to 1)")
@@ -228,9 +237,7 @@ def plot_accuracy_vs_training_flops(runs: Iterable[Run], path: str | Path,
     apart = [k for k in differing_settings(sparse) if k not in _SWEPT]  # e.g. sparse_init=ER: a series of its own
     several_sparsities = len({round(g.sparsity, 4) for g in sparse}) > 1
     for g in sparse:
-        name = g.method + (f", sparsity {_trim(g.sparsity)}" if several_sparsities else "")
-        settings = settings_label(g, apart)
-        series[(*_pair(g), name + (f", {settings}" if settings else ""))].append(g)
+        series[(*_pair(g), _series_name(g.method, g.sparsity if several_sparsities else None, settings_label(g, apart)))].append(g)
     if not series:
         raise ReportError("no sparse run has training_flops in its summary")
     several = len({k[:2] for k in series} | {_pair(g) for g in dense}) > 1
@@ -245,8 +252,7 @@ def plot_accuracy_vs_training_flops(runs: Iterable[Run], path: str | Path,
         color += 1
     keys = differing_settings(dense)
     for g in sorted(dense, key=_pair):
-        settings = settings_label(g, keys)
-        name = g.method + (f" [{settings}]" if settings else "")
+        name = _reference_name(g, keys)
         ax.errorbar([flops(g) if absolute else 1.0], [100 * g.mean(key)], yerr=[100 * (g.std(key) or 0.0)], marker="*",
                     markersize=14, linestyle="none", capsize=3,
                     color="0.2" if len(dense) == 1 else f"C{color % 10}",
@@ -288,7 +294,7 @@ def plot_accuracy_vs_multiplier(runs: Iterable[Run], path: str | Path, accuracy:
     for color, ((data, model, method, sparsity, settings), line) in enumerate(sorted(series.items())):
         line.sort(key=_multiplier)
         xs = [_multiplier(g) for g in line]
-        name = f"{method}, sparsity {_trim(sparsity)}" + (f", {settings}" if settings else "")
+        name = _series_name(method, sparsity, settings)
         ax.errorbar(xs, [100 * g.mean(key) for g in line], yerr=[100 * (g.std(key) or 0.0) for g in line], marker="o",
                     capsize=3, color=f"C{color % 10}", label=f"{name}: accuracy")
         rates.plot(xs, [g.mean("itop_rate") for g in line], linestyle="--", marker="s", color=f"C{color % 10}",
@@ -296,9 +302,8 @@ def plot_accuracy_vs_multiplier(runs: Iterable[Run], path: str | Path, accuracy:
     dense = [g for g in groups if g.dense]
     keys = differing_settings(dense)  # e.g. dense runs at two batch sizes: each line says which
     for shade, g in enumerate(dense):
-        settings = settings_label(g, keys)
         ax.axhline(100 * g.mean(key), linestyle=":", color=str(0.2 + 0.25 * (shade % 3)),
-                   label="Dense" + (f" [{settings}]" if settings else "") + f": {_mean_text(g, key)}")
+                   label=f"{_reference_name(g, keys)}: {_mean_text(g, key)}")
     ax.set_xscale("log")
     ticks = sorted({_multiplier(g) for line in series.values() for g in line})
     ax.set_xticks(ticks, [f"{t:g}x" for t in ticks])

@@ -3,9 +3,10 @@ restores it (masks, truly sparse positions, explored sets, step, seed, generator
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
+from torch import nn
 
 from .distributed import check_masks_agree
 
@@ -64,3 +65,24 @@ def load_saved_state(sp, state: Mapping[str, Any]) -> None:
     check_masks_agree(sp._topology())
     sp._refresh_multipliers()
     sp.apply_masks()
+
+
+def built_over_loaded(build: Callable[[], Any], model: nn.Module, optimizer: torch.optim.Optimizer,
+                      state: Mapping[str, Any]):
+    """`build()` (a Sparsifier of `model` and `optimizer`) continuing from `state`, when the model and
+    optimizer already hold the resumed run's weights and optimizer state (a trainer loaded them
+    before the Sparsifier could be built). The constructor's fresh random masks would zero some of
+    them, so every tensor it may touch (weights of two or more dimensions and optimizer state of
+    their shape) is kept aside and put back before the saved masks are applied."""
+    kept = []
+    for param in model.parameters():
+        if param.dim() >= 2:
+            state_tensors = [v for v in optimizer.state.get(param, {}).values() if isinstance(v, torch.Tensor) and v.shape == param.shape]
+            kept += [(t, t.detach().clone()) for t in (param.data, *state_tensors)]
+    sp = build()
+    with torch.no_grad():
+        for tensor, copy in kept:
+            tensor.copy_(copy)
+    sp._built_on_trained = False  # nothing the loaded run holds was lost: the tensors are back
+    load_saved_state(sp, state)
+    return sp
