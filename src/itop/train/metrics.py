@@ -30,6 +30,9 @@ class MetricsLog:
         self._handle.write(json.dumps(record) + "\n")
         self._handle.flush()
 
+    def running_loss(self, step: int, loss: float, lr: float) -> None:
+        """metrics.jsonl keeps epochs and updates only; the running loss is TensorBoard's."""
+
     def close(self) -> None:
         self._handle.close()
 

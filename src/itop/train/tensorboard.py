@@ -74,8 +74,7 @@ class Logs:
 
     def running_loss(self, step: int, loss: float, lr: float) -> None:
         for log in self.logs:
-            if hasattr(log, "running_loss"):
-                log.running_loss(step, loss, lr)
+            log.running_loss(step, loss, lr)
 
     def close(self) -> None:
         for log in self.logs:
