@@ -223,3 +223,74 @@ def test_the_callback_goes_ahead_of_the_reporters_even_when_subclassed(tmp_path)
     trainer = Trainer(model=tiny_bert(), args=arguments(tmp_path, report_to="tensorboard"), train_dataset=examples(), callbacks=[mine])
     names = [type(c).__name__ for c in trainer.callback_handler.callbacks]
     assert names[0] == "Mine" and "TensorBoardCallback" in names and names.count("Mine") == 1
+
+
+def readme_vit_trainer(out, callbacks, epochs):
+    """The README's Hugging Face example (its ViT, its data, its settings), over fewer epochs and digits."""
+    from transformers import ViTConfig, ViTForImageClassification, set_seed
+
+    from itop.data import load_dataset
+
+    digits = load_dataset("mnist5k")
+
+    def examples_of(split, n):
+        return [{"pixel_values": (x.float() / 255 - 0.1307) / 0.3081, "labels": int(y)}
+                for x, y in zip(split.images[:n], split.labels[:n])]
+
+    set_seed(0)
+    config = ViTConfig(image_size=28, patch_size=7, num_channels=1, hidden_size=64, num_hidden_layers=2,
+                       num_attention_heads=4, intermediate_size=128, num_labels=10)
+    args = TrainingArguments(str(out), num_train_epochs=epochs, per_device_train_batch_size=64, per_device_eval_batch_size=500,
+                             learning_rate=3e-3, eval_strategy="epoch", save_strategy="epoch", logging_steps=10,
+                             report_to="none", use_cpu=True, disable_tqdm=True)
+    return Trainer(model=ViTForImageClassification(config), args=args, callbacks=callbacks,
+                   train_dataset=examples_of(digits.train, 1280), eval_dataset=examples_of(digits.test, 500),
+                   compute_metrics=lambda p: {"accuracy": (p.predictions.argmax(-1) == p.label_ids).mean()})
+
+
+def test_the_readme_vit_resumed_ends_where_the_whole_run_does(tmp_path):
+    whole = SparsityCallback(density=0.2, grow="gradient", update_frequency=20)
+    trainer = readme_vit_trainer(tmp_path, [whole], epochs=2)
+    trainer.train()
+    expected = trainer.evaluate()["eval_accuracy"]
+    weights = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    import shutil
+
+    shutil.rmtree(tmp_path / "checkpoint-40")  # stopped after the first epoch
+    resumed = SparsityCallback(density=0.2, grow="gradient", update_frequency=20)
+    trainer = readme_vit_trainer(tmp_path, [resumed], epochs=2)  # transformers 5 cannot load ViT's renamed weights itself
+    trainer.train(resume_from_checkpoint=True)
+    assert trainer.evaluate()["eval_accuracy"] == pytest.approx(expected, abs=1e-9)
+    for name, weight in trainer.model.named_parameters():
+        assert torch.allclose(weight, weights[name], atol=1e-6), name
+    assert_same_state(resumed.sparsifier.state_dict(), whole.sparsifier.state_dict())
+
+
+def test_resuming_onto_other_weights_is_refused_in_one_line(tmp_path):
+    args = arguments(tmp_path, save_strategy="steps", save_steps=6)
+    Trainer(model=tiny_bert(), args=args, train_dataset=examples(), callbacks=[callback()]).train()
+    from safetensors.torch import load_file, save_file
+
+    path = tmp_path / "checkpoint-6" / "model.safetensors"
+    untrained = {n: t.contiguous() for n, t in tiny_bert(seed=3).state_dict().items() if n in load_file(path)}
+    save_file(untrained, path, metadata={"format": "pt"})  # a checkpoint whose weights are not the run's
+    trainer = Trainer(model=tiny_bert(), args=args, train_dataset=examples(), callbacks=[callback()])
+    with pytest.raises(ValueError, match=r"the Trainer did not restore the model's weights from .*checkpoint-6 \(\d+ weights of") as error:
+        trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-6"))
+    assert "\n" not in str(error.value)
+
+
+def test_a_run_extended_on_resume_stretches_or_keeps_the_decay(tmp_path, caplog):
+    args = arguments(tmp_path, save_strategy="steps", save_steps=12)
+    Trainer(model=tiny_bert(), args=args, train_dataset=examples(), callbacks=[callback()]).train()
+    longer = arguments(tmp_path, save_strategy="no", max_steps=18)
+    for horizon, decay_end in (("stretch", 18), ("keep", 12)):
+        cb = callback(horizon=horizon)
+        trainer = Trainer(model=tiny_bert(), args=longer, train_dataset=examples(), callbacks=[cb])
+        with caplog.at_level("WARNING", logger="itop"):
+            trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-12"))
+        assert cb.sparsifier.steps == 18 and cb.sparsifier.schedule.total_steps == decay_end
+        assert [h["step"] for h in cb.sparsifier.history][-2:] == [15, 18]
+        assert f"the prune-rate decay now ends at step {decay_end}" in caplog.text
+    with pytest.raises(ValueError, match="horizon='sideways'"):
+        SparsityCallback(horizon="sideways")

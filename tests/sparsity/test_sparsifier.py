@@ -239,8 +239,9 @@ def test_sparsifier_built_after_loading_trained_states_is_refused(optimizer):
     _, _, sp2 = make(model2, optimizer=lambda _: opt2, density=0.1, update_frequency=2, total_steps=8)
     with pytest.raises(ValueError, match="build the Sparsifier first"):
         sp2.load_state_dict(saved["sp"])
-    _, _, sp3 = make(lenet300(1), optimizer=optimizer, density=0.1, update_frequency=2, total_steps=8)
-    sp3.load_state_dict(saved["sp"])  # the right order (sparsifier state before model state) is accepted
+    model3, _, sp3 = make(lenet300(1), optimizer=optimizer, density=0.1, update_frequency=2, total_steps=8)
+    model3.load_state_dict(saved["model"])
+    sp3.load_state_dict(saved["sp"])  # the right order (Sparsifier built before the model's state is loaded) is accepted
 
 
 def test_state_dict_survives_weights_only_load(tmp_path):
@@ -248,16 +249,73 @@ def test_state_dict_survives_weights_only_load(tmp_path):
     train(model, opt, sp, batches(2, (784,), 10))
     torch.save(sp.state_dict(), tmp_path / "sp.pt")
     state = torch.load(tmp_path / "sp.pt", weights_only=True)
-    _, _, fresh = make(update_frequency=2, total_steps=4, seed=11)
+    fresh_model, _, fresh = make(update_frequency=2, total_steps=4, seed=11)
+    fresh_model.load_state_dict(model.state_dict())
     fresh.load_state_dict(state)
     assert fresh.itop_rate == sp.itop_rate and fresh.steps == 2
 
 
 def test_load_state_dict_from_other_settings_is_refused():
-    _, _, sp = make(update_frequency=2, total_steps=4)
-    _, _, other = make(update_frequency=2, total_steps=8)
-    with pytest.raises(ValueError, match="total_steps=4 but this sparsifier has total_steps=8"):
-        other.load_state_dict(sp.state_dict())
+    model, _, sp = make(update_frequency=2, total_steps=4)
+    other_model, _, other = make(update_frequency=2, total_steps=8, prune_rate=0.3)
+    other_model.load_state_dict(model.state_dict())
+    with pytest.raises(ValueError, match="prune_rate=0.5 but this sparsifier has prune_rate=0.3"):
+        other.load_state_dict(sp.state_dict(), horizon="stretch")  # a horizon excuses the length, nothing else
+
+
+def resumed_at(horizon, total_steps=24):
+    """A run of 12 steps saved after 6, resumed as a run of `total_steps` with `horizon`."""
+    data = batches(6, (784,), 10)
+    model, opt, sp = make(density=0.1, update_frequency=2, total_steps=12)
+    train(model, opt, sp, data)
+    model2, opt2, sp2 = make(density=0.1, update_frequency=2, total_steps=total_steps)
+    model2.load_state_dict(model.state_dict())
+    opt2.load_state_dict(opt.state_dict())
+    sp2.load_state_dict(sp.state_dict(), horizon=horizon)
+    return sp2
+
+
+def test_a_run_of_another_length_needs_a_horizon():
+    with pytest.raises(ValueError, match=r"total_steps=12 but this sparsifier has total_steps=24; .*horizon='stretch'.*'keep'"):
+        resumed_at(None)
+    stretched, kept = resumed_at("stretch"), resumed_at("keep")
+    assert stretched.schedule.total_steps == stretched.config["total_steps"] == 24
+    assert kept.schedule.total_steps == kept.config["total_steps"] == 12
+    assert kept.schedule.rate(12) == pytest.approx(0.005) and stretched.schedule.rate(12) == pytest.approx(0.2525)
+    with pytest.raises(ValueError, match="horizon must be None, 'stretch' or 'keep'"):
+        resumed_at("longer")
+
+
+def saved_run():
+    data = batches(6, (784,), 10)
+    model, opt, sp = make(density=0.1, update_frequency=2, total_steps=12)
+    train(model, opt, sp, data)
+    return model, opt, sp
+
+
+def test_resuming_onto_weights_that_were_not_loaded_is_refused():
+    model, opt, sp = saved_run()
+    _, _, fresh = make(density=0.1, update_frequency=2, total_steps=12)  # the model's weights never loaded
+    with pytest.raises(ValueError, match=r"not the ones this sparse state was saved with \(\d+ weights of .* outside its saved mask "
+                                         r"are nonzero\): the model's trained weights were not restored"):
+        fresh.load_state_dict(sp.state_dict())
+    fresh.load_state_dict(sp.state_dict(), check_weights=False)  # on purpose
+    assert fresh.steps == 6
+
+
+def test_resuming_onto_other_trained_weights_with_the_same_masks_is_refused():
+    model, opt, sp = saved_run()
+    earlier = copy.deepcopy(model.state_dict())  # the same masks (no update since), other values
+    state = sp.state_dict()
+    train(model, opt, sp, batches(1, (784,), 10, seed=5))
+    assert sp.steps == 7 and all(torch.equal(state["masks"][n], sp.masks[n]) for n in sp.masks)
+    model2, _, sp2 = make(density=0.1, update_frequency=2, total_steps=12)
+    model2.load_state_dict(model.state_dict())  # one step later than the sparsifier's state
+    with pytest.raises(ValueError, match=r"the active weights of .* differ from the saved ones"):
+        sp2.load_state_dict(state)
+    model2.load_state_dict(earlier)
+    sp2.load_state_dict(state)
+    assert "fingerprint" in state and set(state["fingerprint"]) == set(sp.masks)
 
 
 def test_load_state_dict_from_other_model_is_refused():

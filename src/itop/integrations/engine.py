@@ -11,13 +11,16 @@ trainers' own clipping, schedulers and weight decay need nothing special here.
 from __future__ import annotations
 
 import inspect
+import logging
 from typing import Any, Mapping
 
 import torch
 from torch import nn
 
 from ..sparsity.sparsifier import Sparsifier
-from ..sparsity.state import built_over_loaded
+from ..sparsity.state import HORIZONS, built_over_loaded
+
+logger = logging.getLogger("itop")
 
 SPARSIFIER_FILE = "itop_sparsifier.pt"  # the Sparsifier's state beside a trainer's checkpoint files
 
@@ -51,20 +54,36 @@ def torch_optimizer(optimizer: Any) -> torch.optim.Optimizer:
     return optimizer
 
 
+def checked_horizon(horizon: str) -> str:
+    """`horizon` if it is one the Sparsifier knows, else a one-line ValueError when the callback is made."""
+    if horizon not in HORIZONS:
+        raise ValueError(f"SparsityCallback(horizon={horizon!r}): choose 'stretch' (a resumed run of another length decays "
+                         "the prune rate over the new length) or 'keep' (over the saved run's).")
+    return horizon
+
+
 def build_sparsifier(model: nn.Module, optimizer: torch.optim.Optimizer, options: Mapping[str, Any],
-                     total_steps: int, saved: Mapping[str, Any] | None = None) -> Sparsifier:
+                     total_steps: int, saved: Mapping[str, Any] | None = None, horizon: str = "stretch") -> Sparsifier:
     """A Sparsifier for `model` and `optimizer` over `total_steps` optimizer steps (unless the options
     set total_steps), continuing from `saved` (a `state_dict()`) when resuming.
 
     A trainer loads a checkpoint's weights (and, in the Hugging Face Trainer, its optimizer state)
     before any callback can build a Sparsifier, whose constructor applies fresh random masks; on
     resume `built_over_loaded` keeps those tensors: the run continues with exactly the weights and
-    masks it saved.
+    masks it saved, after checking that they are the ones the state was saved with. A run resumed
+    with another length (more epochs) follows `horizon`, and says so in one logged line.
     """
     options = {"total_steps": int(total_steps), **options}
     if saved is None:
         return Sparsifier(model, optimizer, **options)
-    return built_over_loaded(lambda: Sparsifier(model, optimizer, **options), model, optimizer, saved)
+    before = saved.get("config", {}).get("total_steps")
+    if before is not None and before != options["total_steps"]:
+        decay = options["total_steps"] if horizon == "stretch" else before
+        logger.warning(f"itop: resuming a run of {before} optimizer steps as one of {options['total_steps']}; the prune-rate "
+                       f"decay now ends at step {decay} (SparsityCallback(horizon={horizon!r}); "
+                       f"horizon={'keep' if horizon == 'stretch' else 'stretch'!r} would end it at step "
+                       f"{before if horizon == 'stretch' else options['total_steps']}).")
+    return built_over_loaded(lambda: Sparsifier(model, optimizer, **options), model, optimizer, saved, horizon=horizon)
 
 
 def logged_figures(sparsifier: Sparsifier, layers: bool = False) -> dict[str, float]:

@@ -10,6 +10,14 @@ How it fits the Trainer:
   torch optimizer inside accelerate's wrapper, over `state.max_steps` optimizer steps. The model and
   optimizer are loaded from the checkpoint by then when resuming; the Sparsifier takes its saved state
   from `itop_sparsifier.pt` beside them and continues with the same masks, Rs, schedule and generator.
+- Before continuing, it checks that the model holds the checkpoint's weights (weights outside the
+  saved masks exactly zero, the active weights' fingerprint as saved). transformers 5 saves some
+  models (ViT among them) under other parameter names than the model's, and its Trainer's resume
+  does not rename them back, so it leaves the model at its initial weights with only a warning; the
+  callback then reloads the folder with the model class's `from_pretrained`, which does rename them,
+  and refuses in one line when the weights still do not match.
+- A run resumed with another length (num_train_epochs or max_steps raised) decays the prune rate
+  over the new length (`horizon="stretch"`, the default) or over the saved run's (`"keep"`).
 - The Sparsifier's hooks on the optimizer see each real step: one per accumulated batch, none for a
   step the fp16 GradScaler skips. RigL reads the accumulated gradients, unscaled, before the step.
 - `on_save` writes `itop_sparsifier.pt` (atomically, on the main process) into the checkpoint folder.
@@ -27,12 +35,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from transformers import TrainerCallback
 from transformers.trainer_callback import CallbackHandler
 
+from ..sparsity.fingerprint import weights_in_model, weights_problem
 from ..train.checkpoint import save_checkpoint
-from .engine import (SPARSIFIER_FILE, build_sparsifier, checked_options, layer_densities, logged_figures, read_state,
-                     torch_optimizer)
+from .engine import (SPARSIFIER_FILE, build_sparsifier, checked_horizon, checked_options, layer_densities, logged_figures,
+                     logger, read_state, torch_optimizer)
 
 __all__ = ["SparsityCallback"]
 
@@ -45,11 +56,14 @@ class SparsityCallback(TrainerCallback):
     `itop_sparsifier.pt`) when the one being resumed is not `<output_dir>/checkpoint-<step>`.
     `log_layers=True` adds each sparse layer's density and explored share to the logs and, with
     report_to="tensorboard", a histogram of the layer densities at each topology update.
+    `horizon` applies when a run is resumed with another length (num_train_epochs raised): "stretch"
+    decays the prune rate over the new length, "keep" over the saved run's.
     """
 
-    def __init__(self, *, resume_from: str | Path | None = None, log_layers: bool = False, **options: Any):
+    def __init__(self, *, resume_from: str | Path | None = None, log_layers: bool = False, horizon: str = "stretch",
+                 **options: Any):
         self.options = checked_options(options)
-        self.resume_from, self.log_layers = resume_from, log_layers
+        self.resume_from, self.log_layers, self.horizon = resume_from, log_layers, checked_horizon(horizon)
         self.sparsifier = None
         self._handler: CallbackHandler | None = None
         self._updated = False
@@ -80,11 +94,14 @@ class SparsityCallback(TrainerCallback):
         refuse_sharded(args)
         if self.sparsifier is not None:  # a second train() on the same Trainer: the old hooks go
             self.sparsifier.detach()
-        saved = self._saved_state(args, state) if state.global_step > 0 else None
-        self.sparsifier = build_sparsifier(model, torch_optimizer(optimizer), self.options, state.max_steps, saved)
+        saved = None
+        if state.global_step > 0:
+            folder, saved = self._saved_state(args, state)
+            restore_weights(model, saved, folder)
+        self.sparsifier = build_sparsifier(model, torch_optimizer(optimizer), self.options, state.max_steps, saved, self.horizon)
 
-    def _saved_state(self, args, state) -> dict[str, Any]:
-        """The Sparsifier state saved with the checkpoint being resumed (at `state.global_step`)."""
+    def _saved_state(self, args, state) -> tuple[Path, dict[str, Any]]:
+        """The checkpoint folder being resumed (at `state.global_step`) and the Sparsifier state saved in it."""
         step = state.global_step
         candidates = [Path(self.resume_from)] if self.resume_from else []
         if isinstance(getattr(args, "resume_from_checkpoint", None), str):
@@ -97,7 +114,7 @@ class SparsityCallback(TrainerCallback):
                 if saved.get("global_step") != step:
                     raise ValueError(f"{path} was saved at step {saved.get('global_step')} but the Trainer resumes at step {step}; "
                                      "pass SparsityCallback(resume_from=...) the checkpoint folder being resumed.")
-                return saved["sparsifier"]
+                return path.parent, saved["sparsifier"]
         raise ValueError(f"the Trainer resumes at step {step} but no {SPARSIFIER_FILE} was found in "
                          f"{', '.join(str(c) for c in candidates)}; pass SparsityCallback(resume_from=...) the checkpoint "
                          "folder being resumed (one saved by a run with SparsityCallback).")
@@ -129,6 +146,30 @@ class SparsityCallback(TrainerCallback):
             return
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         save_checkpoint({"global_step": state.global_step, "sparsifier": self.sparsifier.state_dict()}, folder / SPARSIFIER_FILE)
+
+
+@torch.no_grad()
+def restore_weights(model, saved: dict[str, Any], folder: Path) -> None:
+    """Make sure `model` holds the weights the saved sparse state belongs to. When the Trainer's resume
+    left other weights (transformers 5 saves some models under renamed parameters and its resume
+    skips the renaming back), reload `folder` with the model class's `from_pretrained`; a one-line
+    ValueError when that is impossible or does not help."""
+    problem = weights_problem(weights_in_model(model, saved), saved)
+    if problem is None:
+        return
+    if callable(getattr(model, "from_pretrained", None)) and (folder / "config.json").is_file():
+        reloaded = type(model).from_pretrained(folder)
+        model.load_state_dict(reloaded.state_dict())
+        del reloaded
+        problem = weights_problem(weights_in_model(model, saved), saved)
+        if problem is None:
+            logger.warning(f"itop: the Trainer did not restore the model's weights from {folder} (its resume does not undo "
+                           f"the parameter renaming of save_pretrained); SparsityCallback reloaded them with "
+                           f"{type(model).__name__}.from_pretrained.")
+            return
+    raise ValueError(f"the Trainer did not restore the model's weights from {folder} ({problem}), so the run would continue "
+                     "from other weights than the saved run's; check that the folder holds this model's checkpoint, or "
+                     "load its weights into the model before trainer.train(resume_from_checkpoint=...).")
 
 
 def refuse_sharded(args) -> None:

@@ -1,8 +1,9 @@
 """Dynamic sparse training in PyTorch Lightning (`lightning.pytorch.Trainer`).
 
     from itop.integrations.lightning import SparsityCallback
-    trainer = L.Trainer(max_epochs=10, callbacks=[SparsityCallback(density=0.1, grow="gradient")])
-    trainer.fit(module, data)                       # or trainer.fit(module, data, ckpt_path="last.ckpt")
+    trainer = L.Trainer(max_epochs=10, callbacks=[SparsityCallback(density=0.1, grow="gradient"),
+                                                  ModelCheckpoint(save_last=True)])  # writes last.ckpt
+    trainer.fit(module, data)                       # or trainer.fit(module, data, ckpt_path="last")
 
 How it fits the Trainer:
 - `on_fit_start` builds the `Sparsifier` (then `callback.sparsifier`) on the LightningModule and the
@@ -13,7 +14,9 @@ How it fits the Trainer:
   Lightning steps through a closure that runs the backward inside `optimizer.step()`, so weights and
   optimizer state are masked just after each step; RigL reads that step's accumulated gradients.
 - The Sparsifier's state is the callback's `state_dict()`, saved in every Lightning checkpoint;
-  `Trainer.fit(ckpt_path=...)` restores it, with the module's weights kept as loaded.
+  `Trainer.fit(ckpt_path=...)` restores it, with the module's weights kept as loaded (and checked to
+  be the ones the state was saved with). A run resumed with a raised max_epochs decays the prune rate
+  over the new length (`horizon="stretch"`, the default) or over the saved run's (`"keep"`).
 - `on_train_batch_end` logs sparsity/density, sparsity/itop_rate (Rs) and sparsity/prune_rate through
   the module's `log_dict`, so they reach every logger (TensorBoard, CSV, ...) on the step axis.
 - Under DDP every rank builds the same masks (the seed is shared) and the Sparsifier checks after each
@@ -28,7 +31,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 
-from .engine import build_sparsifier, checked_options, layer_densities, logged_figures, torch_optimizer
+from .engine import build_sparsifier, checked_horizon, checked_options, layer_densities, logged_figures, torch_optimizer
 
 __all__ = ["SparsityCallback"]
 
@@ -40,11 +43,13 @@ class SparsityCallback(pl.Callback):
     optimizer it configures); total_steps defaults to `trainer.estimated_stepping_batches`.
     `log_layers=True` adds each sparse layer's density and explored share to the logs and, for a
     TensorBoardLogger, a histogram of the layer densities at each topology update.
+    `horizon` applies when a run is resumed with another length (max_epochs raised): "stretch" decays
+    the prune rate over the new length, "keep" over the saved run's.
     """
 
-    def __init__(self, *, log_layers: bool = False, **options: Any):
+    def __init__(self, *, log_layers: bool = False, horizon: str = "stretch", **options: Any):
         self.options = checked_options(options)
-        self.log_layers = log_layers
+        self.log_layers, self.horizon = log_layers, checked_horizon(horizon)
         self.sparsifier = None
         self._saved: dict[str, Any] | None = None
         self._figures: dict[str, float] = {}
@@ -62,7 +67,8 @@ class SparsityCallback(pl.Callback):
                              "or pass total_steps=.")
         if self.sparsifier is not None:  # a second fit() with the same callback: the old hooks go
             self.sparsifier.detach()
-        self.sparsifier = build_sparsifier(pl_module, torch_optimizer(trainer.optimizers[0]), self.options, int(total), self._saved)
+        self.sparsifier = build_sparsifier(pl_module, torch_optimizer(trainer.optimizers[0]), self.options, int(total), self._saved,
+                                           self.horizon)
         self._saved = None
         self._figures = logged_figures(self.sparsifier, self.log_layers)
 

@@ -483,13 +483,25 @@ class Sparsifier:
         """The settings a saved state depends on (criteria given as callables are left out)."""
         return {k: v for k, v in self.config.items() if isinstance(v, (str, int, float, type(None)))}
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+    def load_state_dict(self, state: Mapping[str, Any], *, check_weights: bool = True, horizon: str | None = None) -> None:
         """Restore a `state_dict()`; the masks must name and shape the same parameters.
 
-        To resume, build model, optimizer and Sparsifier first, then load the three states: the
-        constructor applies fresh random masks, which would zero weights loaded before it.
+        To resume, build model, optimizer and Sparsifier first, then load the three states in that
+        order: the constructor applies fresh random masks, which would zero weights loaded before it.
+
+        Args:
+            state: a `state_dict()` of a Sparsifier with the same settings over the same model.
+            check_weights: refuse (ValueError) when the model's weights are not those the state was
+                saved with: a weight outside the saved masks is nonzero, or the active weights'
+                fingerprint (count, sum of magnitudes, sum of squares) differs. A model whose
+                trained weights were not loaded would otherwise continue from random weights.
+            horizon: for a state saved by a run of another `total_steps` (training extended or
+                cut short): `None` refuses, `"stretch"` decays the prune rate over this
+                Sparsifier's `total_steps`, `"keep"` over the saved run's (the rate then stays at
+                its floor after the saved run's end). Updates continue every `update_frequency`
+                steps either way.
         """
-        load_saved_state(self, state)
+        load_saved_state(self, state, check_weights=check_weights, horizon=horizon)
 
     def attach(self) -> None:
         """Hook into the optimizer's steps and give the Linear layers where it pays their sparse

@@ -1,14 +1,19 @@
 """A Sparsifier's saved state: what `state_dict()` holds and how `load_state_dict()` checks and
-restores it (masks, truly sparse positions, explored sets, step, seed, generator, averages)."""
+restores it (masks, truly sparse positions, explored sets, step, seed, generator, averages, and a
+fingerprint of the active weights the state belongs to)."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 
 from .distributed import check_masks_agree
+from .fingerprint import fingerprints, weights_problem
+
+HORIZONS = ("stretch", "keep")  # what a resumed run of another length does with the prune-rate decay
 
 
 def saved_state(sp) -> dict[str, Any]:
@@ -23,18 +28,38 @@ def saved_state(sp) -> dict[str, Any]:
         "grad_average": {n: t.clone() for n, t in sp.grad_average.items()},
         "history": [dict(h, nnz=dict(h["nnz"])) for h in sp.history],
         "config": sp.state_dict_config(),
+        "fingerprint": fingerprints(current_weights(sp), sp.masks),
     }
 
 
+def current_weights(sp) -> dict[str, torch.Tensor]:
+    """Each sparse layer's weight tensor by name: masked layers' parameters, truly sparse layers' values."""
+    return {**sp.params, **{name: layer.values for name, layer in sp.layers.items()}}
+
+
 @torch.no_grad()
-def load_saved_state(sp, state: Mapping[str, Any]) -> None:
-    """Check `state` against the sparsifier `sp` (one-line ValueErrors naming the mismatch) and restore it."""
+def load_saved_state(sp, state: Mapping[str, Any], check_weights: bool = True, horizon: str | None = None) -> None:
+    """Check `state` against the sparsifier `sp` (one-line ValueErrors naming the mismatch) and restore it.
+
+    `check_weights`: refuse when the model's weights are not the ones the state was saved with
+    (`fingerprint.weights_problem`). `horizon`: what to do when the state was saved by a run of
+    another total_steps (a trainer's run extended or shortened): None refuses, "stretch" decays the
+    prune rate over this Sparsifier's total_steps, "keep" over the saved run's.
+    """
+    if horizon not in (None, *HORIZONS):
+        raise ValueError(f"horizon must be None, 'stretch' or 'keep', got {horizon!r}.")
     if sp._built_on_trained and sp.steps == 0 and sp._optimizer_steps == 0 and int(state.get("steps", 0)) > 0:
         raise ValueError("this Sparsifier was built after a trained sparse model or optimizer state was loaded, so its fresh random "
                          "masks zeroed some loaded weights; build the Sparsifier first, then load the model, optimizer and sparsifier states.")
     saved = state.get("config", {})
     mine = sp.state_dict_config()
     changed = sorted(k for k in saved.keys() & mine.keys() if saved[k] != mine[k])
+    if changed == ["total_steps"] and horizon is None:
+        raise ValueError(f"the saved state was made for a run of total_steps={saved['total_steps']} but this sparsifier has "
+                         f"total_steps={mine['total_steps']}; to change the run's length pass horizon='stretch' (the prune-rate "
+                         "decay spans the new length) or horizon='keep' (it ends where the saved run's did).")
+    if horizon is not None:
+        changed = [k for k in changed if k != "total_steps"]
     if changed:
         key = changed[0]
         raise ValueError(f"the saved state was made with {key}={saved[key]!r} but this sparsifier has {key}={mine[key]!r}; "
@@ -50,6 +75,15 @@ def load_saved_state(sp, state: Mapping[str, Any]) -> None:
     for name, mask in masks.items():
         if tuple(mask.shape) != tuple(sp.params[name].shape):
             raise ValueError(f"the saved mask of {name} has shape {tuple(mask.shape)}, the parameter {tuple(sp.params[name].shape)}; load a state saved from the same model.")
+    if check_weights:
+        problem = weights_problem(current_weights(sp), state)
+        if problem:
+            raise ValueError(f"the model's weights are not the ones this sparse state was saved with ({problem}): the model's "
+                             "trained weights were not restored; load the model's state_dict (the same checkpoint) before the "
+                             "Sparsifier's, or pass check_weights=False to keep these weights on purpose.")
+    if horizon == "keep" and "total_steps" in saved:
+        sp.config["total_steps"] = int(saved["total_steps"])
+        sp.schedule = dataclasses.replace(sp.schedule, total_steps=int(saved["total_steps"]))
     sp.masks = {n: masks[n].to(device=sp.params[n].device, dtype=torch.bool).clone() for n in sp._names}
     sp._nnz = sp._count_active()
     sp.exploration.load_state_dict(state["explored"])
@@ -68,7 +102,7 @@ def load_saved_state(sp, state: Mapping[str, Any]) -> None:
 
 
 def built_over_loaded(build: Callable[[], Any], model: nn.Module, optimizer: torch.optim.Optimizer,
-                      state: Mapping[str, Any]):
+                      state: Mapping[str, Any], horizon: str | None = None):
     """`build()` (a Sparsifier of `model` and `optimizer`) continuing from `state`, when the model and
     optimizer already hold the resumed run's weights and optimizer state (a trainer loaded them
     before the Sparsifier could be built). The constructor's fresh random masks would zero some of
@@ -84,5 +118,5 @@ def built_over_loaded(build: Callable[[], Any], model: nn.Module, optimizer: tor
         for tensor, copy in kept:
             tensor.copy_(copy)
     sp._built_on_trained = False  # nothing the loaded run holds was lost: the tensors are back
-    load_saved_state(sp, state)
+    load_saved_state(sp, state, horizon=horizon)
     return sp
