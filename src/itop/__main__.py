@@ -4,7 +4,21 @@ from __future__ import annotations
 
 import sys
 
-USAGE = "usage: itop {train,report} [options]   (itop train --help, itop report --help)"
+USAGE = "usage: itop {train,report} [options]   (itop train --help, itop report --help, itop --version)"
+
+
+def version() -> str:
+    """The installed distribution's version; a source checkout that is not installed falls back to
+    `itop.__version__`."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed_version
+
+    try:
+        return installed_version("itop")
+    except PackageNotFoundError:
+        import itop
+
+        return getattr(itop, "__version__", "unknown")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -12,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE, file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        print(f"itop {version()}")
+        return 0
     command, rest = argv[0], argv[1:]
     if command == "train":
         from itop.train.cli import train_main

@@ -62,3 +62,12 @@ def test_public_names_exported():
     for name in ("ArrayDataset", "DataError", "DatasetSplits", "DeviceLoader", "default_data_dir",
                  "list_datasets", "load_dataset", "make_loaders", "register_dataset"):
         assert name in data.__all__ and hasattr(data, name)
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion-mnist", "cifar10", "cifar100", "absent.csv"])
+def test_missing_data_names_the_embedded_digits(name, tmp_path, monkeypatch, no_network):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(data.DataError) as info:
+        load_dataset(name, tmp_path / "empty")
+    message = str(info.value)
+    assert "\n" not in message and message.endswith("or train on the 5,000 MNIST digits that come with itop: --data mnist5k.")

@@ -64,11 +64,12 @@ def test_dense_run(capsys):
     assert code == 0 and "| Dense | 0.0 |" in out and "1x(" in out
 
 
-def test_resume_equals_uninterrupted(capsys, monkeypatch):
-    assert run([*TINY, "--save", "full"], capsys)[0] == 0
+@pytest.mark.parametrize("epochs", ["3", "2"])  # LR milestones by epochs (3) and by steps (2: too short for epoch milestones)
+def test_resume_equals_uninterrupted(epochs, capsys, monkeypatch):
+    assert run([*TINY, "--epochs", epochs, "--save", "full"], capsys)[0] == 0
 
-    restore = interrupt_in_epoch(monkeypatch, 3)
-    code, _, err = run([*TINY, "--save", "cut"], capsys)
+    restore = interrupt_in_epoch(monkeypatch, int(epochs))
+    code, _, err = run([*TINY, "--epochs", epochs, "--save", "cut"], capsys)
     assert code == 130 and "--resume" in err
     restore()
     code, _, err = run(["--resume", "cut", "--no-progress"], capsys)
@@ -286,3 +287,41 @@ def test_extended_runs_count_training_flops_against_a_1x_dense_run(capsys):
     assert summaries["dense1"]["training_flops"] == 1.0 and summaries["dense2"]["training_flops"] == 2.0
     assert len({s["dense_training_flops"] for s in summaries.values()}) == 1
     assert "| Dense (2 times) | 0.0 |" in out and "| 2x(" in out
+
+
+def test_the_first_line_gives_the_lr_schedule_and_a_one_epoch_demo_learns(capsys):
+    """One epoch decays by steps (the original's milestones would both be epoch 0: lr / 100 throughout, 10% accuracy)."""
+    code, out, err = run(["--epochs", "1", "--no-progress", "--save", "demo1"], capsys)
+    assert code == 0, err
+    assert out.splitlines()[0].startswith("run directory: demo1") and "lr 0.1, x0.1 after steps 18 and 27" in out.splitlines()[0]
+    assert json.loads(Path("demo1/summary.json").read_text())["test_acc"] > 0.2  # 37.6% measured; 10.0% before
+
+
+@pytest.mark.parametrize("argv", [["--model", "lenet5", "--sparse"], ["--model", "lenet5", "--data", "fashion-mnist"],
+                                  ["--model", "lenet5", "--data", "cifar100"], ["--model", "lenet5", "--data", "absent.csv"],
+                                  ["--arch", "resnet18", "no-imagenet-here"], ["--model", "lenet5", "--data", "imagenet"]])
+def test_missing_data_offline_names_the_embedded_digits(argv, capsys, monkeypatch):
+    from itop.data import download
+
+    def offline(url, dest, **kwargs):
+        raise OSError("<urlopen error [Errno -3] Temporary failure in name resolution>")
+
+    monkeypatch.setattr(download, "download_url", offline)
+    code, out, err = run([*argv, "--epochs", "1", "--save", "nodata"], capsys)
+    assert code == 2 and err.count("\n") == 1 and err.startswith("itop train: error: ") and "Traceback" not in err
+    assert "5,000 MNIST digits that come with itop" in err and "--data mnist5k" in err, err
+
+
+def test_set_mlp_without_data_trains_on_the_embedded_digits(capsys):
+    code, out, err = run(["--model", "set-mlp", "--hidden", "32", "--sparse", "--epochs", "1", "--no-progress", "--save", "s"], capsys)
+    assert code == 0, err
+    assert "set-mlp on mnist5k" in out.splitlines()[0]
+
+
+@pytest.mark.parametrize("flag", ["--epochs", "--multiplier"])
+def test_resume_refuses_a_new_length_and_says_how_to_train_longer(flag, capsys):
+    assert run([*TINY, "--epochs", "1", "--save", "r2"], capsys)[0] == 0
+    code, _, err = run(["--resume", "r2", flag, "10"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert f"{flag} cannot be given with it" in err and "LR milestones" in err and "prune-rate decay" in err
+    assert f"to train longer, start a new run with a larger {flag} and another --save" in err

@@ -97,3 +97,13 @@ def test_flags_without_a_model_or_dataset_change_the_demo():
 def test_naming_a_model_or_dataset_gives_the_originals_semantics(argv):
     cfg, _ = parse_args(argv)
     assert not cfg.sparse and cfg.method == "Dense" and cfg.epochs != 100
+
+
+@pytest.mark.parametrize("argv, data", [
+    (["--model", "set-mlp", "--sparse"], "mnist5k"),  # the SET-MLP, not a model of the original main.py: the embedded digits
+    (["--model", "set-mlp", "--data", "mnist"], "mnist"),
+    (["--preset", "set-mlp-fashion"], "fashion-mnist"),
+    (["--model", "lenet5"], "mnist"),  # the original main.py's default
+])
+def test_the_default_dataset_of_a_command_line_that_names_a_model(argv, data):
+    assert parse_args(argv)[0].data == data

@@ -16,7 +16,7 @@ import tarfile
 import urllib.request
 from pathlib import Path
 
-from .errors import DataError
+from .errors import EMBEDDED_DATA_HINT, DataError
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -119,10 +119,11 @@ def fetch_archive(url: str, directory: Path, md5: str | None = None) -> str | No
 
 def missing_files_error(what: str, names: list[str], directory: Path,
                         reason: str | None = None) -> DataError:
-    """The one-line error for files that are absent and could not be downloaded."""
+    """The one-line error for files that are absent and could not be downloaded; it ends by
+    naming the embedded digits, which need no files (the way forward offline)."""
     tried = f" (download failed: {' '.join(reason.split())})" if reason else " (download not attempted)"
     return DataError(
-        f"{what} files missing: {', '.join(names)}; put them in {directory}{tried}."
+        f"{what} files missing: {', '.join(names)}; put them in {directory}{tried}; {EMBEDDED_DATA_HINT}."
     )
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from .download import resolve_data_dir
+from .errors import EMBEDDED_DATA_HINT, DataError
 from .splits import DatasetSplits, check_valid_split
 from .tabular import DEFAULT_TEST_SPLIT, TABULAR_SUFFIXES, load_tabular
 
@@ -54,7 +55,7 @@ def load_dataset(name: str | os.PathLike, data_dir: str | os.PathLike | None = N
     The last round(valid_split * N) samples of a permutation seeded by `seed` become
     the validation set (None when valid_split is 0). Missing files are downloaded when
     `download` is true and the network allows; otherwise a one-line `DataError` says
-    which files to put where.
+    which files to put where, and that the embedded `mnist5k` needs none.
 
     A `name` ending in .mat, .npz or .csv is the path of a tabular file (relative to the
     working directory; `data_dir` and `download` do not apply): its samples are split
@@ -63,8 +64,10 @@ def load_dataset(name: str | os.PathLike, data_dir: str | os.PathLike | None = N
     """
     share = check_valid_split(valid_split)
     if is_tabular_path(name):
-        splits = load_tabular(Path(name).expanduser(), valid_split=share, seed=int(seed),
-                              test_split=test_split)
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise DataError(f"{path}: file not found; {EMBEDDED_DATA_HINT}.")
+        splits = load_tabular(path, valid_split=share, seed=int(seed), test_split=test_split)
         return splits.to(device)
     key = str(name).lower()
     if key not in _REGISTRY:

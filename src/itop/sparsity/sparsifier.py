@@ -53,7 +53,62 @@ def _criterion(registry, value):
 class Sparsifier:
     """Dynamic sparse training for `model`, driven by `optimizer`'s steps.
 
-    In the loop: `loss.backward(); optimizer.step(); sparsifier.step()`.
+    Build it after the model and optimizer (on the unwrapped model under DDP, before
+    `torch.compile`), then call `step()` after every `optimizer.step()`:
+
+        sparsifier = itop.Sparsifier(model, optimizer, density=0.05, grow="gradient",  # RigL
+                                     update_frequency=100, total_steps=epochs * len(loader))
+        for x, y in loader:
+            optimizer.zero_grad()
+            loss_fn(model(x), y).backward()
+            optimizer.step()
+            sparsifier.step()      # schedule, topology updates
+        print(sparsifier.density, sparsifier.itop_rate)   # 0.05, Rs
+
+    Args:
+        model: any `nn.Module`; its Linear and Conv weights (and `itop.sparse.SparseLinear` layers)
+            are sparse unless `include` / `exclude` say otherwise.
+        optimizer: the `torch.optim.Optimizer` over the model's parameters; hooks on its steps keep
+            inactive weights and their optimizer state exactly zero.
+        density: share of the sparse weights that are active, over all sparse layers, in (0, 1].
+        distribution: how the density is split over layers: "erk" (default), "er", "uniform", or a
+            registered name; ERK and ER are capped (a layer that would exceed 1 is dense).
+        prune: which active weights an update removes: "magnitude" (default), "set" (SET's rule:
+            the same share of each sign, the weights closest to zero), "threshold" (every weight
+            with |w| < `prune_options["threshold"]`), a registered name, or a function.
+        grow: which inactive weights an update adds back: "random" (SET, default), "gradient"
+            (RigL: the largest dense-gradient magnitudes), "momentum" (sparse momentum: a running
+            average of the dense gradients), "none" (prune only), a registered name, or a function.
+        redistribution: how many weights each layer gets back: "none" (default: its own losses),
+            "magnitude", "nonzeros", "momentum", a registered name, or a function.
+        prune_rate: share of each layer's active weights replaced by the first update; later
+            updates use it decayed by `decay_schedule` over `total_steps`, down to
+            min(0.005, prune_rate).
+        update_frequency: optimizer steps between topology updates; None trains static sparse.
+        total_steps: the run's length in optimizer steps (the decay horizon).
+        seed: the same seed gives the same masks and update draws (None: a random seed, shared
+            across ranks under torch.distributed).
+        include: module types or parameter-name patterns that are sparse (default: Linear and Conv
+            weights, first and last layers included; frozen parameters never are).
+        exclude: module types or name patterns left dense.
+        prune_options: options of the prune criterion, e.g. {"threshold": 1e-3}.
+        grow_options: options of the grow criterion.
+        grad_average_beta: decay of the running gradient average the momentum criteria read (0.9).
+        decay_schedule: "cosine" (default, as the original ITOP code), "linear" or "constant".
+        sparse_linear: on the CPU in float32, let large low-density Linear layers multiply by
+            their active weights only (results equal to rounding); False keeps plain masking.
+        init_scale: "dense" (default) keeps the initial weights; "sparse" scales each layer's
+            active weights by 1/sqrt(its density), the initialisation for the actual fan-in.
+
+    After construction: `masks` (name -> bool tensor), `layers` (truly sparse layers by name),
+    `density`, `itop_rate` (Rs: the share of weights ever active), `layer_stats()`, `history`
+    (one entry per update), `update_topology()`, `state_dict()` / `load_state_dict()` (exact
+    resume; the load checks that the model holds the weights the state was saved with),
+    `detach()` / `attach()`.
+
+    Raises:
+        ValueError: in one line, for an argument out of range, an unknown criterion name, or a
+            model with no sparse parameter or with parameters the optimizer does not hold.
     """
 
     def __init__(

@@ -16,6 +16,7 @@ from .checkpoint import CHECKPOINT, RunError, load_json, save_json
 from .config import TrainConfig, UsageError, parse_args, resume_overrides, validate
 from .distributed import World, barrier, broadcast_value, init_distributed
 from .model_setup import describe_density
+from .optim import describe_schedule
 
 
 def _check_new(cfg: TrainConfig, world: World) -> Path:
@@ -106,7 +107,7 @@ def _end_process(status: int) -> None:
 def _train(argv: list[str], started: list[World]) -> int:
     from itop.report.table import results_table
 
-    from .loop import Run, TrainingDiverged, sparse_size_line
+    from .loop import Run, TrainingDiverged, reported_model, sparse_size_line
 
     world, current = World(), None
     try:
@@ -127,15 +128,19 @@ def _train(argv: list[str], started: list[World]) -> int:
                 _write_config(this, run_dir, world)
             density = describe_density(run.target_density, this) if this.sparse else "dense"
             say(f"run directory: {run.dir}  ({this.method}{', truly sparse' if this.truly_sparse else ''}, {this.model} on {this.data}, {density}, "
-                f"{run.steps_per_epoch} steps/epoch x {this.total_epochs} epochs, device {run.device}, {world.size} process(es))", flush=True)
+                f"{run.steps_per_epoch} steps/epoch x {this.total_epochs} epochs, {describe_schedule(this, run.total_steps)}, "
+                f"device {run.device}, {world.size} process(es))", flush=True)
             for note in run.notes:
                 say(f"note: {note}", flush=True)
+            for warning in run.warnings:
+                if world.main:
+                    print(f"itop train: warning: {warning}", file=sys.stderr, flush=True)
             run.fit()
             summary = run.summary()
             if world.main:
                 save_json(summary, run.dir / "summary.json")
             summaries.append(summary)
-            say(f"test accuracy {100 * summary['test_acc']:.2f}% (best epoch {summary['best_epoch']}), Rs {summary['itop_rate']:.4f}")
+            say(f"test accuracy {100 * summary['test_acc']:.2f}% ({reported_model(summary)}), Rs {summary['itop_rate']:.4f}")
             if sparse_size_line(summary):
                 say(sparse_size_line(summary))
         say()

@@ -155,6 +155,12 @@ def resume_overrides(argv: list[str]) -> dict:
     given = {dest for dest, value in vars(args).items() if value not in (None, False) and dest != "resume"}
     allowed = {"data_dir", "data_path", "device", "workers", "no_progress", "no_cuda", "tensorboard"}
     extra = sorted(given - allowed)
+    lengths = [dest for dest in ("epochs", "multiplier") if dest in extra]
+    if lengths:
+        flag = names[lengths[0]]
+        raise UsageError(f"--resume continues a run with the settings it was started with, so {flag} cannot be given with it: the run's "
+                         "length set its LR milestones and the sparsifier's prune-rate decay; to train longer, start a new run "
+                         f"with a larger {flag} and another --save.")
     if extra:
         raise UsageError(f"--resume continues a run with the settings it was started with, so {names[extra[0]]} cannot be given with it "
                          "(only --data-dir, --device, -j, --no-progress and --tensorboard can); start a new run with another --save to change it.")
@@ -199,6 +205,8 @@ def resolve(args: argparse.Namespace) -> TrainConfig:
         cfg.lr_schedule = values.get("lr_schedule", "imagenet-step")
     else:
         cfg.sparse = (bool(args.sparse) or bool(preset.values.get("sparse"))) and not args.dense
+    if "data" not in values and "data" not in preset.values and not imagenet:
+        cfg.data = default_data(cfg.model)
     apply_set_rules(cfg, values)
     if args.fp16:
         cfg.amp = "fp16"
@@ -209,6 +217,19 @@ def resolve(args: argparse.Namespace) -> TrainConfig:
     cfg.ignored = [k for k in ("start_epoch", "max_threads", "save_features", "bench") if getattr(args, k, None)]
     validate(cfg)
     return cfg
+
+
+def default_data(model: str) -> str:
+    """The dataset of a command line that names a model but no --data: the original main.py's
+    MNIST, except for the SET-MLP, which main.py does not have: it trains on the embedded digits,
+    so that `--model set-mlp` runs on a machine without a download."""
+    from itop.models import get_model_spec
+
+    try:
+        family = get_model_spec(model).name if model else ""
+    except ValueError:
+        family = ""  # validate() names the unknown model
+    return "mnist5k" if family == "set-mlp" else "mnist"
 
 
 def _imagenet_model(name: str) -> str:

@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(g, "--activation", help="set-mlp: relu | srelu | allrelu")
     _flag(g, "--allrelu-slope", dest="allrelu_slope", type=float, help="All-ReLU's slope alpha (layers alternate -alpha, +alpha; default 0.6)")
     _flag(g, "--dropout", type=float, help="set-mlp: dropout after each hidden layer")
-    _flag(g, "--data", help="mnist5k (embedded) | mnist | fashion-mnist | cifar10 | cifar100 | imagenet | a .mat/.npz/.csv file")
+    _flag(g, "--data", help="mnist5k (embedded) | mnist | fashion-mnist | cifar10 | cifar100 | imagenet | a .mat/.npz/.csv file "
+          "(default: mnist; mnist5k for set-mlp)")
     _flag(g, "--data-dir", dest="data_dir", help="where dataset files are (default $ITOP_DATA_DIR or ~/.cache/itop/data)")
     p.add_argument("data_path", nargs="?", default=None, help="ImageNet root with train/ and val/ (the ImageNet script's positional)")
     _flag(g, "--valid_split", "--valid-split", dest="valid_split", type=float, help="share of the training set held out for validation")

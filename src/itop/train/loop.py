@@ -31,6 +31,14 @@ from .tensorboard import Logs, TensorBoardLog
 from .model_setup import build_model, build_sparsifier, loss_function
 from .optim import build_optimizer, learning_rate, set_learning_rate
 
+# ImageNet runs (--arch, a data directory) cannot switch data with --data alone: name a whole command.
+IMAGENET_HINT = "or train on the 5,000 MNIST digits that come with itop: itop train --model lenet5 --data mnist5k"
+
+# Fewer validation examples than this cannot rank epochs (one example moves the accuracy by 1% or
+# more), so a run with a smaller validation split reports its final epoch, as runs without one do.
+MIN_VALIDATION = 100
+
+
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
@@ -104,6 +112,34 @@ def load_sparse_model(path: Path, model: nn.Module) -> nn.Module:
     return model
 
 
+def no_update_warning(cfg: TrainConfig, steps_per_epoch: int, total_steps: int, update_frequency: int | None) -> str | None:
+    """Why a dynamic sparse run will train one fixed topology, or None when its schedule updates it.
+
+    An update counts only if training continues after it, so one at the very last step (the only
+    update of a one-epoch --update-every epoch run) does not. Such a run is labelled SET-ITOP or
+    RigL-ITOP but is static sparse training (Rs stays at, or next to, the density).
+    """
+    if update_frequency is None or (total_steps - 1) // update_frequency > 0:
+        return None
+    if cfg.update_every == "epoch":
+        interval = f"one after each epoch of {steps_per_epoch} steps"
+        fix = f"train more than {cfg.total_epochs} epoch(s), or use --update_frequency N with N below {total_steps}"
+    else:
+        interval = f"one every {update_frequency} steps"
+        fix = f"--update_frequency N with N below {total_steps}" + (" or --update-every epoch" if cfg.total_epochs > 1 else "")
+    return (f"this run's {total_steps} optimizer steps hold no topology update before its last step ({interval}), so it trains "
+            f"one fixed topology: static sparse training, not {cfg.method}; use {fix}.")
+
+
+def reported_model(summary: dict[str, Any]) -> str:
+    """Which model a summary's test accuracy is of, for the headline: "best epoch 4 of 5 by
+    validation accuracy" or "final epoch 20" (no validation split, or one too small to pick)."""
+    epochs = summary["epochs"] * summary["multiplier"]
+    if summary.get("reported", "best") == "best":
+        return f"best epoch {summary['best_epoch']} of {epochs} by validation accuracy"
+    return f"final epoch {summary['best_epoch']}"
+
+
 def sparse_size_line(summary: dict[str, Any]) -> str | None:
     """One line comparing best_sparse.pt with best.pt on disk, or None for a run without one."""
     sparse, dense = summary.get("best_sparse_bytes"), summary.get("best_dense_bytes")
@@ -120,6 +156,7 @@ class Run:
         self.cfg, self.dir, self.world = cfg, Path(run_dir), world
         self.device = pick_device(cfg, world)
         self.notes: list[str] = []  # things the user should know about this run, printed at its start
+        self.warnings: list[str] = []  # settings that defeat the run's purpose, printed to stderr at its start
         if (cfg.batch_size * cfg.processes) % world.size:
             raise RunError(f"the run's global batch of {cfg.batch_size * cfg.processes} ({cfg.processes} process(es) x {cfg.batch_size}) "
                            f"cannot be split over {world.size} processes; resume it with a process count that divides it.")
@@ -143,6 +180,12 @@ class Run:
         self.steps_per_epoch = len(self.train_loader)
         self.total_steps = self.steps_per_epoch * cfg.total_epochs
         self.sparsifier = build_sparsifier(cfg, self.model, self.optimizer, self.total_steps, self.steps_per_epoch, self.target_density)
+        if self.sparsifier is not None:
+            warning = no_update_warning(cfg, self.steps_per_epoch, self.total_steps, self.sparsifier.schedule.update_frequency)
+            self.warnings += [warning] if warning else []
+        self.selects_best = self._validation_size() >= MIN_VALIDATION  # else the final epoch is reported
+        if self.val_loader is not None and not self.selects_best:
+            self.notes.append(self._small_validation_note())
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
         self.autocast = (lambda: torch.autocast(self.device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
@@ -166,7 +209,11 @@ class Run:
             from itop.data.imagenet import make_imagenet_loader
 
             if not cfg.data_dir:
-                raise RunError("ImageNet needs its directory: itop train ... /path/to/imagenet (with train/ and val/ inside).")
+                raise RunError(f"ImageNet needs its directory: itop train ... /path/to/imagenet (with train/ and val/ inside); {IMAGENET_HINT}.")
+            for split in ("train", "val"):
+                if not (Path(cfg.data_dir) / split).is_dir():
+                    raise DataError(f"ImageNet directory {Path(cfg.data_dir) / split} not found: pass the ImageNet root, which holds "
+                                    f"train/ and val/ with one folder of images per class; {IMAGENET_HINT}.")
             self.train_loader = make_imagenet_loader(
                 cfg.data_dir, "train", self.batch_size, workers=cfg.workers, device=self.device, seed=cfg.seed,
                 distributed=self.world.size > 1, num_replicas=self.world.size, rank=self.world.rank)
@@ -186,6 +233,23 @@ class Run:
                 self.notes.append(f"each epoch drops its last {len(splits.train) % global_batch} training examples (fewer than two "
                                   f"per process); a 1-process run would keep them.")
         return splits
+
+    def _validation_size(self) -> int:
+        """Examples the best epoch is picked on (0 without a validation split)."""
+        if self.val_loader is None:
+            return 0
+        if self.data is None:  # ImageNet: its val directory (all of it, under DDP too)
+            dataset = self.val_loader.loader.dataset
+            return len(getattr(dataset, "dataset", dataset))
+        return 0 if self.data.val is None else len(self.data.val)
+
+    def _small_validation_note(self) -> str:
+        size = self._validation_size()
+        if self.cfg.imagenet:
+            return (f"the val directory's {size} images are too few (under {MIN_VALIDATION}) to pick the best epoch; "
+                    "reporting the final epoch.")
+        return (f"validation split of {size} examples is too small (under {MIN_VALIDATION}) to pick the best epoch; "
+                "reporting the final epoch (use --valid_split to enlarge it).")
 
     def _build_model(self) -> tuple[nn.Module, float]:
         """(model, the density its sparse layers start at): see `model_setup.build_model`."""
@@ -211,10 +275,13 @@ class Run:
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
-            if self.sparsifier is not None:
-                self.sparsifier.load_state_dict(state["sparsifier"])
         except (RuntimeError, ValueError, KeyError, TypeError) as error:
             raise RunError(f"checkpoint in {self.dir} does not fit this model ({str(error).splitlines()[0][:120]}); start a new run.") from None
+        if self.sparsifier is not None:
+            try:  # also checks that the weights just loaded are the ones the sparse state was saved with
+                self.sparsifier.load_state_dict(state["sparsifier"])
+            except (ValueError, KeyError, TypeError) as error:
+                raise RunError(f"checkpoint in {self.dir} cannot be resumed: {str(error).splitlines()[0]}") from None
         self.scaler.load_state_dict(state["scaler"])
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
@@ -319,7 +386,7 @@ class Run:
             self.metrics.write(record)
             if self.world.main:
                 print(epoch_line(record, cfg.total_epochs), flush=True)
-            if val_acc is None or val_acc > self.best_val:  # no validation split: the last epoch is the best
+            if not self.selects_best or val_acc > self.best_val:  # no usable validation split: the last epoch is reported
                 self.best_val, self.best_epoch = (-1.0 if val_acc is None else val_acc), self.epoch
                 self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
                 if self.world.main:
@@ -341,8 +408,10 @@ class Run:
         return 1.0 if self.sparsifier is None else self.sparsifier.itop_rate
 
     def summary(self) -> dict[str, Any]:
-        """Test accuracy of the best checkpoint (the original's rule) and of the final epoch, Rs,
-        and FLOPs relative to dense (training FLOPs: to a dense run of --epochs at --multiplier 1)."""
+        """Test accuracy of the reported model (the best epoch by validation, the original's rule, or
+        the final epoch without a validation split of MIN_VALIDATION examples; `reported` says which)
+        and of the final epoch, Rs, and FLOPs relative to dense (training FLOPs: to a dense run of
+        --epochs at --multiplier 1)."""
         final_loss, final_acc = self._evaluate(self.test_loader)  # the last epoch's model, as it stands
         current = {k: v.clone() for k, v in self.model.state_dict().items()}
         self.model.load_state_dict(self.best_state)
@@ -359,6 +428,7 @@ class Run:
             "density": self.density, "sparsity": 1 - self.density, "test_acc": test_acc, "test_loss": test_loss,
             "final_test_acc": final_acc, "final_test_loss": final_loss,
             "best_val_acc": self.best_val if self.val_loader else None, "best_epoch": self.best_epoch,
+            "reported": "best" if self.selects_best else "final",
             "itop_rate": self.itop_rate,
             "training_flops": float(m) if sp is None else m * itop.flops.training_ratio(self.flops, sp, self.total_steps),
             "test_flops": 1.0 if sp is None else itop.flops.inference_ratio(self.flops, layer_densities(sp)),
