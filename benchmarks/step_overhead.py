@@ -9,9 +9,10 @@ least 200k weights at density <= 0.06 multiply by their active weights only) and
 The multiply that applies the masks is also timed inside real steps, beside a pass over the same
 gradients that reads no mask (x 1.0): the floor for any per-step pass on this machine.
 Then one topology update is timed for SET (magnitude prune + random growth) and RigL
-(magnitude prune + gradient growth). Reference figures for the original ITOP masking on this
-2-core CPU (shared/reference/REFERENCE.md): step 1.21x (LeNet-300-100, batch 100) and 1.10x
-(3072-1024-512-10 MLP, batch 128); one update on that MLP 153 ms (SET) / 409 ms (RigL).
+(magnitude prune + gradient growth). Reference figures for the original ITOP code's masking,
+measured separately on a 2-core AMD EPYC (AVX2) virtual machine, 2026-11: step 1.21x
+(LeNet-300-100, batch 100) and 1.10x (3072-1024-512-10 MLP, batch 128); one update on that MLP
+153 ms (SET) / 409 ms (RigL).
 """
 
 from __future__ import annotations

@@ -7,7 +7,10 @@ with `--resume`), and two studies asking for the same run share it. Runs go two 
 on one thread (`--workers 2`): LeNet-300-100's small matrices gain little from a second thread.
 Test accuracy on the official 10,000 MNIST test images (never in the embedded training digits) is
 computed from each run's `best.pt` (the best-validation checkpoint, the original's rule) and
-`checkpoint.pt` (the final epoch) and kept in the run directory as `official_test.json`.
+`checkpoint.pt` (the final epoch) and kept in the run directory as `official_test.json`. The test
+files (t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz) are read from --test-dir, by default
+the itop data directory, where `itop train --data mnist` reads MNIST ($ITOP_DATA_DIR, else
+~/.cache/itop/data); without them the tables leave those columns out and say which files to put where.
 """
 
 from __future__ import annotations
@@ -26,12 +29,14 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 
-# The original main.py recipe for MNIST (seed README): 100 epochs, batch 100, SGD 0.1 with Nesterov
+# The original ITOP code's main.py recipe for MNIST (its README): 100 epochs, batch 100, SGD 0.1 with Nesterov
 # momentum 0.9, weight decay 5e-4, LR / 10 at 1/2 and 3/4 of training (itop train's defaults for
 # these flags), ERK; on the embedded digits: 3,600 training / 400 validation / 1,000 test.
 RECIPE = ["--model", "lenet300-100", "--data", "mnist5k", "--epochs", "100", "--batch-size", "100", "--lr", "0.1",
           "--momentum", "0.9", "--weight-decay", "5e-4", "--sparse_init", "ERK", "--no-progress"]
-QUICK = ["--epochs", "2", "--batch-size", "250"]  # 2 epochs: the first at the full LR (the milestones fall at epoch 1)
+# 2 epochs: runs of 1 or 2 epochs divide the LR by 10 after 1/2 and 3/4 of their optimizer steps
+# (itop.train.optim.multistep_milestones), so a quick run still passes through all three rates
+QUICK = ["--epochs", "2", "--batch-size", "250"]
 
 SET = ["--sparse", "--growth", "random", "--death", "magnitude"]  # SET-ITOP: magnitude pruning, random growth
 RIGL = ["--sparse", "--growth", "gradient", "--death", "magnitude"]  # RigL-ITOP
@@ -39,7 +44,7 @@ STATIC = ["--sparse", "--fix"]
 
 # The original ITOP code (`.cuda()` removed, otherwise unchanged) on these 5,000 digits with a seeded
 # 4,500 / 500 split, tested on the official 10,000, 3 seeds, density 0.05: best-validation (final epoch)
-# test accuracy, Rs. Figures given in issue 11; not measured by these scripts.
+# test accuracy, Rs. Measured earlier, not by these scripts.
 ORIGINAL = {
     "Dense": ("94.49 ± 0.42", "94.91", "-"),
     "Static": ("91.95 ± 0.51", "92.49", "-"),
@@ -77,10 +82,20 @@ def parse_args(description: str) -> argparse.Namespace:
     parser.add_argument("--out", default=str(ROOT / "bench-runs" / "reproduce"), help="where the run directories go")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--workers", type=int, default=2, help="runs at a time (each on 2 / workers threads)")
-    parser.add_argument("--test-dir", default=str(ROOT.parent / "shared" / "data" / "mnist-test"))
+    parser.add_argument("--test-dir", default=None,
+                        help="folder with the official MNIST t10k IDX files (default: the itop data directory, "
+                             "where `itop train --data mnist` reads MNIST); without them those columns are left out")
     parser.add_argument("--plots", default=None, help="where `itop report` writes this study's tables and PNGs")
     parser.add_argument("--quick", action="store_true", help="2 epochs, 1 seed, a reduced grid: checks the script runs")
     args = parser.parse_args()
+    if args.test_dir is None:
+        from itop.data.download import default_data_dir
+
+        args.test_dir = str(default_data_dir())
+    missing = missing_test_files(Path(args.test_dir))
+    if missing:
+        print(f"official MNIST test set not found: put {' and '.join(missing)} in {args.test_dir} or pass --test-dir; "
+              "the tables leave its columns out", flush=True)
     if args.quick:
         args.seeds = 1
     return args
@@ -135,6 +150,13 @@ def run_grid(jobs: list[Job], args: argparse.Namespace) -> dict[Job, dict]:
     return results
 
 
+def missing_test_files(directory: Path) -> list[str]:
+    """Which of the official MNIST test files `directory` lacks."""
+    from itop.data.mnist import MNIST_FILES
+
+    return [name for name in MNIST_FILES["test"] if not (directory / name).is_file()]
+
+
 def official_test_set(directory: Path):
     """The official 10,000 MNIST test images, normalised as in training, or None when absent."""
     import torch
@@ -185,8 +207,8 @@ def grouped(results: dict[Job, dict]) -> dict[str, list[dict]]:
 
 def accuracy_table(rows: dict[str, list[dict]], first: str = "setting") -> str:
     """Markdown: per row, test accuracy (best-validation and final epoch) on the embedded test digits and,
-    when present, on the official test set; Rs; training FLOPs relative to a 1x dense run (the seed
-    README's convention, as in summary.json) and in absolute terms (what equal-compute comparisons need);
+    when present, on the official test set; Rs; training FLOPs relative to a 1x dense run (the original
+    ITOP code's README convention, as in summary.json) and in absolute terms (what equal-compute comparisons need);
     test FLOPs; seeds."""
     official = all("official_best" in s for runs in rows.values() for s in runs)
     head = [first, "embedded test: best val", "final epoch"]

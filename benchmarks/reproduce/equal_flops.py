@@ -4,8 +4,9 @@
 
 At density 0.05 a sparse run of 100 epochs costs about 5% of a dense run's training FLOPs (RigL a
 little more: a dense gradient at each update). The dense network gets the same budget by training
-5 epochs (and 10 for sparse runs at 2x); the table shows the seed README's Training FLOPs and
-Test FLOPs columns beside the accuracies, and `itop report` plots accuracy against training FLOPs.
+5 epochs (and 10 for sparse runs at 2x); the table shows the Training FLOPs and Test FLOPs columns
+of the original ITOP code's README beside the accuracies, and `itop report` plots accuracy against
+training FLOPs.
 """
 
 from __future__ import annotations

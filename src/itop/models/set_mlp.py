@@ -1,8 +1,9 @@
 """The multilayer perceptron of the SET papers: any number of hidden layers, ReLU, SReLU or All-ReLU.
 
-Their recipes (../shared/reference/SET.md) are 784-1000-1000-1000-10 (SET tutorial, Curci et al.),
-3312-3000-3000-3000-5 (lung) and 3072-4000-1000-4000-10 with SReLU (SET Keras); the default here is
-the first. Layer names are stable and readable, so the sparsity engine can pick weights by name:
+Their recipes are 784-1000-1000-1000-10 (the SET tutorial; Curci et al. 2021), 3312-3000-3000-3000-5
+(lung) and 3072-4000-1000-4000-10 with SReLU (Keras), both in the SET code of Mocanu et al. 2018
+(github.com/dcmocanu/sparse-evolutionary-artificial-neural-networks); the default here is the first.
+Layer names are stable and readable, so the sparsity engine can pick weights by name:
 `fc1 .. fc{L+1}` are the Linear layers (fc1 the first, fc{L+1} the classifier, as in LeNet-300-100),
 `act1 .. actL` their activations, `drop1 .. dropL` the dropouts (present only when dropout > 0).
 They are registered in forward order, so `named_parameters()` goes layer by layer. The input is

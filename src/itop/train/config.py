@@ -101,7 +101,7 @@ class TrainConfig:
 
     @property
     def method(self) -> str:
-        """The seed README's method name: Dense, SET-ITOP, RigL-ITOP, ... with '(m times)'."""
+        """The method name of the original ITOP code's README: Dense, SET-ITOP, RigL-ITOP, ... with '(m times)'."""
         if not self.sparse:
             return "Dense"
         if self.fix:

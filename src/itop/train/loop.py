@@ -419,8 +419,9 @@ class Run:
         self.model.load_state_dict(current)
         sp = self.sparsifier
         dense_forward = self.flops.total
-        # The seed README's convention for extended runs: training FLOPs relative to a 1x dense run
-        # ("RigL-ITOP (2 times)" 0.84x = 2 x 0.42x), so a run m times as long costs m times its ratio.
+        # The convention of the original ITOP code's README for extended runs: training FLOPs relative
+        # to a 1x dense run ("RigL-ITOP (2 times)" 0.84x = 2 x 0.42x), so a run m times as long costs
+        # m times its ratio.
         m = self.cfg.multiplier
         dense_1x = 3 * dense_forward * self.cfg.batch_size * self.cfg.processes * self.total_steps / m
         return {
