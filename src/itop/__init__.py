@@ -2,9 +2,17 @@
 
     sparsifier = itop.Sparsifier(model, optimizer, density=0.05, grow="gradient")
     ...  loss.backward(); optimizer.step(); sparsifier.step()
+
+`import itop` also reaches the subpackages: `itop.data`, `itop.models`, `itop.report`,
+`itop.train` and `itop.integrations` are imported on first use, so `import itop` stays fast;
+`itop.integrations` imports no trainer (import `itop.integrations.huggingface` or
+`itop.integrations.lightning` for those).
 """
 
-from . import sparse
+from importlib import import_module as _import_module
+from importlib import metadata as _metadata
+
+from . import sparse, sparsity
 from .sparsity import flops
 from .sparsity.density import DISTRIBUTIONS
 from .sparsity.grow import GROW
@@ -12,14 +20,37 @@ from .sparsity.prune import PRUNE
 from .sparsity.redistribute import REDISTRIBUTE
 from .sparsity.sparsifier import Sparsifier
 
-__version__ = "0.1.0"
+
+def _version() -> str:
+    """The installed distribution's version; "0+unknown" for a source tree that is not installed."""
+    try:
+        return _metadata.version("itop")
+    except _metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+__version__ = _version()
 
 register_prune = PRUNE.register
 register_grow = GROW.register
 register_redistribution = REDISTRIBUTE.register
 register_distribution = DISTRIBUTIONS.register
 
+# Imported on first access (PEP 562): together they would add about a third to `import itop`.
+_LAZY_SUBPACKAGES = ("data", "models", "report", "train", "integrations")
+
+
+def __getattr__(name: str):
+    if name in _LAZY_SUBPACKAGES:
+        return _import_module(f".{name}", __name__)  # the import also sets it on this module
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY_SUBPACKAGES))
+
+
 __all__ = [
-    "Sparsifier", "sparse", "flops", "register_prune", "register_grow",
-    "register_redistribution", "register_distribution", "__version__",
+    "Sparsifier", "sparse", "sparsity", "flops", "register_prune", "register_grow",
+    "register_redistribution", "register_distribution", "__version__", *_LAZY_SUBPACKAGES,
 ]

@@ -84,3 +84,20 @@ def test_dataset_splits_to_device_keeps_metadata():
     splits = DatasetSplits(dataset(4), None, dataset(2), 10, 1, 2, (0.5,), (0.25,), "none", "x")
     moved = splits.to("cpu")
     assert moved.val is None and moved.mean == (0.5,) and moved.name == "x"
+
+
+def test_dataset_splits_repr_is_a_one_line_summary():
+    images = ArrayDataset(torch.zeros(4000, 1, 28, 28, dtype=torch.uint8), torch.zeros(4000, dtype=torch.int64))
+    test = images.subset(torch.arange(1000))
+    text = repr(DatasetSplits(images, None, test, 10, 1, 28, (0.13,), (0.31,), "none", "mnist5k"))
+    assert text == "DatasetSplits(mnist5k: train 4000, val 0, test 1000 examples, 1x28x28 uint8 images, 10 classes)"
+    with_val = DatasetSplits(images, test, test, 10, 1, 28, (0.13,), (0.31,), "crop-flip-reflect")
+    assert repr(with_val) == ("DatasetSplits(train 4000, val 1000, test 1000 examples, 1x28x28 uint8 images, "
+                              "10 classes, augment crop-flip-reflect)")
+
+
+def test_array_dataset_repr_names_count_and_example_shape():
+    features = ArrayDataset(torch.zeros(500, 3312, 1, 1), torch.zeros(500, dtype=torch.int64))
+    assert repr(features) == "ArrayDataset(500 examples, 3312 float32 features)"
+    assert repr(dataset(7)) == "ArrayDataset(7 examples, 1x2x2 uint8 images)"
+    assert len(repr(DatasetSplits(features, features, features, 2, 3312, 1, (0.0,), (1.0,)))) < 120

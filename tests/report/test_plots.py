@@ -1,3 +1,5 @@
+import struct
+
 import pytest
 
 from itop.report import (ReportError, load_run, plot_accuracy_vs_rs, plot_accuracy_vs_sparsity,
@@ -76,6 +78,7 @@ def drawn(monkeypatch):
     save = plots._save
 
     def record(fig, path):
+        fig.tight_layout()  # as saved
         ax = fig.axes[0]
         legend = ax.get_legend()
         seen[path.name] = {
@@ -90,6 +93,7 @@ def drawn(monkeypatch):
             "legend_anchor": legend.get_bbox_to_anchor().transformed(
                 ax.transAxes.inverted()).bounds[:2],
             "notes": [t.get_text() for t in ax.texts],
+            "axes_width": ax.get_window_extent().width,  # pixels, as in the PNG (same dpi)
         }
         return save(fig, path)
 
@@ -115,7 +119,7 @@ def test_accuracy_vs_rs_draws_one_line_per_method_and_sparsity_through_group_mea
     assert facts["notes"] == []  # the points are the update intervals; the tables name them
     assert "Rs" in facts["title"] and "share of weights ever active" in facts["xlabel"]
     assert facts["ylabel"] == "Top-1 test accuracy (%), best-validation checkpoint"
-    assert facts["legend_anchor"][0] > 1.0  # outside the data area
+    assert facts["legend_anchor"][1] < 0.0  # below the data area
 
 
 def test_accuracy_vs_rs_final_uses_the_final_epoch(study, tmp_path, monkeypatch):
@@ -152,7 +156,7 @@ def test_accuracy_vs_training_flops(study, tmp_path, monkeypatch):
     assert xs == pytest.approx([3.2e17] * 3) and sorted(ys) == pytest.approx([91.2, 92.2, 93.2])
     assert facts["lines"]["Static"] == (pytest.approx([3.2e17]), pytest.approx([90.1]))
     assert facts["lines"]["Dense: 95.10 ± 0.14%"] == (pytest.approx([3.2e18]), pytest.approx([95.1]))
-    assert facts["legend_anchor"][0] > 1.0
+    assert facts["legend_anchor"][1] < 0.0
     dense_only = [r for r in study if r.summary["method"] == "Dense"]
     with pytest.raises(ReportError, match="no sparse run has training_flops"):
         plot_accuracy_vs_training_flops(dense_only, tmp_path / "none.png")
@@ -247,3 +251,48 @@ def test_accuracy_vs_multiplier_names_each_dense_baseline(tmp_path, monkeypatch)
     seen = drawn(monkeypatch)
     plot_accuracy_vs_multiplier(runs, tmp_path / "m.png")
     assert {"Dense [batch_size=32]: 94.32%", "Dense [batch_size=100]: 95.00%"} <= set(seen["m.png"]["lines"])
+
+
+def png_width(path) -> int:
+    return struct.unpack(">I", path.read_bytes()[16:20])[0]  # the IHDR chunk's width
+
+
+def test_accuracy_vs_sparsity_keeps_runs_of_another_length_apart(tmp_path, monkeypatch):
+    runs = [load_run(write_run(tmp_path, f"e{epochs}-s{seed}", 0.1, summary("SET-ITOP", 0.1, acc + seed / 100, 0.5, 0.1, 0.1),
+                               epochs=epochs, seed=seed)) for epochs, acc in ((3, 0.80), (10, 0.90)) for seed in range(2)]
+    seen = drawn(monkeypatch)
+    plot_accuracy_vs_sparsity(runs, tmp_path / "acc.png")
+    lines = seen["acc.png"]["lines"]
+    assert lines["SET-ITOP, epochs=3"] == (pytest.approx([0.9]), pytest.approx([80.5]))  # the mean over seeds only
+    assert lines["SET-ITOP, epochs=10"] == (pytest.approx([0.9]), pytest.approx([90.5]))
+
+
+def test_accuracy_vs_sparsity_names_each_dense_baseline(tmp_path, monkeypatch):
+    runs = [load_run(write_run(tmp_path, f"dense{b}", 1.0, summary("Dense", 1.0, 0.94 + b / 10_000, 1.0, 1.0, 1.0), batch_size=b))
+            for b in (32, 100)]
+    runs.append(load_run(write_run(tmp_path, "set", 0.1, summary("SET-ITOP", 0.1, 0.9, 0.5, 0.1, 0.1), batch_size=32)))
+    seen = drawn(monkeypatch)
+    plot_accuracy_vs_sparsity(runs, tmp_path / "acc.png")
+    assert {"Dense [batch_size=32]: 94.32%", "Dense [batch_size=100]: 95.00%"} <= set(seen["acc.png"]["lines"])
+
+
+@pytest.fixture
+def many_series(study, tmp_path):
+    """The study plus RigL-ITOP at 3 sparsities x 4 batch sizes: 9 to 17 series with long names."""
+    extra = [load_run(write_run(tmp_path, f"rigl-{density}-{batch}", density,
+                                summary("RigL-ITOP", density, 0.9 + batch / 10_000, 0.5 + density, density, density),
+                                batch_size=batch, update_frequency=100))
+             for density in (0.05, 0.02, 0.01) for batch in (16, 32, 64, 128)]
+    return [*study, *extra]
+
+
+@pytest.mark.parametrize("plot", [plot_accuracy_vs_rs, plot_accuracy_vs_training_flops, plot_accuracy_vs_sparsity],
+                         ids=lambda f: f.__name__)
+def test_a_long_legend_leaves_the_axes_their_width(plot, many_series, tmp_path, monkeypatch):
+    seen = drawn(monkeypatch)
+    path = plot(many_series, tmp_path / "plot.png")
+    facts = seen["plot.png"]
+    assert len(facts["legend"]) >= 9
+    assert facts["axes_width"] >= 0.6 * png_width(path)
+    assert facts["legend_anchor"][1] < 0.0  # below the axes, kept in the saved image
+    assert_png(path)

@@ -215,3 +215,22 @@ def test_pattern_is_the_csr_structure_of_the_mask():
     pattern, csr = kernels.SparsePattern(mask, torch.zeros(mask.shape)), mask.to_sparse_csr()
     assert torch.equal(pattern.structure.crow.long(), csr.crow_indices()) and torch.equal(pattern.structure.col.long(), csr.col_indices())
     assert torch.equal(pattern.flat, mask.flatten().nonzero().flatten())
+
+
+@pytest.mark.parametrize("pattern", ["relu", "dropout", "residual"])
+def test_inplace_activations_after_a_sparse_kernel_layer(pattern):
+    """The kernel's output is a tensor of its own, so inplace ReLU, dropout and residual additions work."""
+    torch.manual_seed(0)
+    after = {"relu": nn.ReLU(inplace=True), "dropout": nn.Dropout(0.2, inplace=True), "residual": None}[pattern]
+    model = nn.Sequential(nn.Linear(1024, 1024), *([after] if after else []), nn.Linear(1024, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    sp = itop.Sparsifier(model, opt, density=0.05, include=["0.weight"], seed=0)
+    assert sp.layer_stats()["0.weight"]["sparse_kernel"]
+    x = torch.randn(128, 1024)
+    hidden = model[0](x)
+    if pattern == "residual":
+        hidden += x
+    else:
+        hidden = model[1](hidden)
+    model[-1](hidden).sum().backward()
+    assert model[0].weight.grad is not None and torch.isfinite(model[0].weight.grad).all()

@@ -5,7 +5,7 @@ as plain tensors rather than per-sample objects. Tabular datasets (a feature mat
 the SET experiments on lung or madelon) use the same containers: their already
 standardised float32 features are stored as N x F x 1 x 1, so F plays the part of the
 channels and every model that flattens its input takes them unchanged. The validation split lives here, in one
-place, because the original code got it wrong in three ways: MNIST took the *last*
+place, because the original ITOP code got it wrong in three ways: MNIST took the *last*
 10% without shuffling, CIFAR-10 validated on augmented images, and CIFAR-100 picked its
 checkpoint on the test set. Here every dataset is split by a seeded permutation, and the
 split only ever holds raw images: augmentation is decided by the loader, for train only.
@@ -66,6 +66,16 @@ class ArrayDataset:
     def to(self, device: torch.device | str) -> "ArrayDataset":
         return ArrayDataset(self.images.to(device), self.labels.to(device))
 
+    def example_kind(self) -> str:
+        """What one example is, e.g. "1x28x28 uint8 images" or "3312 float32 features"."""
+        if self.is_features:
+            return f"{self.images.shape[1]} float32 features"
+        return "x".join(str(size) for size in self.images.shape[1:]) + " uint8 images"
+
+    def __repr__(self) -> str:  # a summary: the default would print every tensor
+        device = "" if self.images.device.type == "cpu" else f", on {self.images.device}"
+        return f"ArrayDataset({len(self)} examples, {self.example_kind()}{device})"
+
 
 @dataclass
 class DatasetSplits:
@@ -88,6 +98,14 @@ class DatasetSplits:
     std: tuple[float, ...]
     augment: str = "none"
     name: str = ""
+
+    def __repr__(self) -> str:  # a summary: the default would print every tensor
+        name = f"{self.name}: " if self.name else ""
+        val = 0 if self.val is None else len(self.val)
+        augment = "" if self.augment == "none" else f", augment {self.augment}"
+        device = "" if self.train.images.device.type == "cpu" else f", on {self.train.images.device}"
+        return (f"DatasetSplits({name}train {len(self.train)}, val {val}, test {len(self.test)} examples, "
+                f"{self.train.example_kind()}, {self.num_classes} classes{augment}{device})")
 
     def to(self, device: torch.device | str) -> "DatasetSplits":
         """A copy with every tensor on `device`."""

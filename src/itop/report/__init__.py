@@ -1,6 +1,7 @@
-"""Reports from `itop train` run directories: markdown tables in the seed README's layout (and
-`mean ± std` over seeds for groups of runs that differ only by seed) and PNG plots (accuracy
-against sparsity, Rs and training FLOPs, ITOP rate Rs over training, per-layer density).
+"""Reports from `itop train` run directories: markdown tables in the layout of the original ITOP
+code's README (and `mean ± std` over seeds for groups of runs that differ only by seed) and PNG
+plots (accuracy against sparsity, Rs and training FLOPs, ITOP rate Rs over training, per-layer
+density).
 
     runs = [itop.report.load_run(p) for p in paths]
     print(itop.report.results_table(r.summary for r in runs if r.finished))

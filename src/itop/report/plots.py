@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterable
 
 from .groups import ACCURACY_KEYS, Group, differing_settings, group_runs, settings_label
-from .runs import ReportError, Run, is_dense, method_label, sparsity_of
+from .runs import ReportError, Run, sparsity_of
 from .table import _trim
 
 __all__ = ["plot_accuracy_vs_sparsity", "plot_accuracy_vs_rs", "plot_accuracy_vs_training_flops", "plot_accuracy_vs_multiplier",
@@ -39,13 +39,11 @@ def _figure(width: float, height: float):
 def _save(fig, path: str | Path) -> Path:
     path = Path(path)
     fig.tight_layout()
-    fig.savefig(path, format="png", bbox_inches="tight")
+    # A legend below the axes (`_legend_below`) is outside the layout, so name it to be kept.
+    hanging = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None and not ax.get_legend().get_in_layout()]
+    fig.savefig(path, format="png", bbox_inches="tight", bbox_extra_artists=fig.get_default_bbox_extra_artists() + hanging)
     fig.clear()
     return path
-
-
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values)
 
 
 def _accuracy_key(accuracy: str) -> str:
@@ -70,38 +68,33 @@ def plot_accuracy_vs_sparsity(runs: Iterable[Run], path: str | Path,
                               accuracy: str = "best") -> Path:
     """Top-1 test accuracy against sparsity, one series per method; dense as a reference line.
 
-    Repeated runs (seeds) show as separate markers joined through their mean. When the runs
-    cover several (model, data) pairs, each series and reference line names its pair.
+    Runs are grouped as the tables group them (`group_runs`: only runs that differ by seed share
+    a point); each point is a group's mean, its seeds shown as small markers around it. A setting
+    that tells groups apart (e.g. epochs) gives a series of its own, named in the legend. When the
+    runs cover several (model, data) pairs, each series and reference line names its pair.
     `accuracy` "final" plots the final epoch's accuracy, leaving out runs without it.
     """
     key = _accuracy_key(accuracy)
-    sparse = defaultdict(lambda: defaultdict(list))  # (data, model, method) -> sparsity -> accs
-    dense = defaultdict(list)  # (data, model) -> accs
-    for run in _with_accuracy(runs, accuracy):
-        s = run.summary
-        group = (str(s.get("data", "")), str(s.get("model", "")))
-        if is_dense(s):
-            dense[group].append(100 * float(s[key]))
-        else:
-            sparse[(*group, method_label(s))][sparsity_of(s)].append(100 * float(s[key]))
-    several = len({k[:2] for k in sparse} | set(dense)) > 1
-
-    def label(name, data, model):
-        return f"{name} ({model}, {data})" if several else name
+    groups = group_runs(_with_accuracy(runs, accuracy))
+    dense = [g for g in groups if g.dense]
+    series = _sparsity_series([g for g in groups if not g.dense])
+    several = len({k[:2] for k in series} | {_pair(g) for g in dense}) > 1
 
     fig = _figure(7, 4.5)
     ax = fig.add_subplot()
-    for i, ((data, model, method), points) in enumerate(sorted(sparse.items())):
-        xs = sorted(points)
-        ax.plot(xs, [_mean(points[x]) for x in xs], marker="o", color=f"C{i % 10}",
-                label=label(method, data, model))
-        for x in xs:
-            if len(points[x]) > 1:
-                ax.scatter([x] * len(points[x]), points[x], s=12, color=f"C{i % 10}", alpha=0.5)
-    for j, ((data, model), accs) in enumerate(sorted(dense.items()), start=len(sparse)):
-        ax.axhline(_mean(accs), linestyle="--", color=f"C{j % 10}" if several else "0.3",
-                   label=label("Dense", data, model) + f" {_mean(accs):.2f}%")
-    if not sparse:
+    for i, ((data, model, name), points) in enumerate(sorted(series.items())):
+        color = f"C{i % 10}"
+        ax.plot([g.sparsity for g in points], [100 * g.mean(key) for g in points], marker="o", color=color,
+                label=_pair_label(several, name, points[0]))
+        for g in points:
+            if len(g.runs) > 1:
+                seeds = g.values(key)
+                ax.scatter([g.sparsity] * len(seeds), [100 * v for v in seeds], s=12, color=color, alpha=0.5)
+    keys = differing_settings(dense)
+    for j, g in enumerate(sorted(dense, key=_pair), start=len(series)):
+        ax.axhline(100 * g.mean(key), linestyle="--", color="0.3" if len(dense) == 1 else f"C{j % 10}",
+                   label=_pair_label(several, _reference_name(g, keys), g) + f": {_mean_text(g, key)}")
+    if not series:
         ax.set_xlim(0.0, 1.0)
     ax.margins(y=0.1)
     ax.set_xlabel("Sparsity (share of weights removed)")
@@ -109,8 +102,20 @@ def plot_accuracy_vs_sparsity(runs: Iterable[Run], path: str | Path,
     ax.set_title("Test accuracy against sparsity"
                  + (f" ({_ACCURACY_NAMES[accuracy]})" if accuracy != "best" else ""))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    _legend_below(ax)
     return _save(fig, path)
+
+
+def _sparsity_series(sparse: list[Group]) -> dict[tuple[str, str, str], list[Group]]:
+    """(data, model, legend name) -> the groups of one line, in order of sparsity. The name is
+    the method plus the settings that tell groups apart besides the sparsity (e.g. epochs=3)."""
+    apart = differing_settings(sparse)
+    series = defaultdict(list)
+    for g in sparse:
+        series[(*_pair(g), _series_name(g.method, None, settings_label(g, apart)))].append(g)
+    for points in series.values():
+        points.sort(key=lambda g: g.sparsity)
+    return series
 
 
 def _pair_label(several: bool, name: str, group: Group) -> str:
@@ -128,8 +133,30 @@ def _mean_text(group: Group, key: str) -> str:
     return f"{100 * group.mean(key):.2f}{spread}%"
 
 
-def _legend_outside(ax) -> None:
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0.0)
+_LEGEND_GAP = 8  # points between the x-axis label and a legend below the axes
+_MAX_LEGEND_COLUMNS = 4
+
+
+def _legend_below(ax, handles=None, labels=None) -> None:
+    """The legend under the axes, in as many columns as fit within their width.
+
+    Beside the axes, a legend of long names takes its width from the plot; below them, the saved
+    image grows downwards instead (`_save` keeps everything drawn). Call it last before `_save`.
+    """
+    if handles is None:
+        handles, labels = ax.get_legend_handles_labels()
+    if not labels:
+        return
+    fig = ax.figure
+    fig.tight_layout()  # the axes' final size: the legend is left out of the layout below
+    renderer = fig.canvas.get_renderer()
+    for columns in range(min(_MAX_LEGEND_COLUMNS, len(labels)), 0, -1):
+        legend = ax.legend(handles, labels, fontsize="small", loc="upper center", frameon=False, ncol=columns)
+        legend.set_in_layout(False)
+        if legend.get_window_extent(renderer).width <= ax.get_window_extent(renderer).width:
+            break
+    bottom = ax.get_tightbbox(renderer).y0 - _LEGEND_GAP * fig.dpi / 72  # under the tick labels and x label
+    legend.set_bbox_to_anchor((0.5, ax.transAxes.inverted().transform((0, bottom))[1]), transform=ax.transAxes)
 
 
 def _series_name(method: str, sparsity: float | None, settings: str) -> str:
@@ -192,7 +219,7 @@ def plot_accuracy_vs_rs(runs: Iterable[Run], path: str | Path, accuracy: str = "
     ax.set_ylabel(f"Top-1 test accuracy (%), {_ACCURACY_NAMES[accuracy]}")
     ax.set_title("Does exploring more weights (higher Rs) raise test accuracy?")
     ax.grid(alpha=0.3)
-    _legend_outside(ax)
+    _legend_below(ax)
     return _save(fig, path)
 
 
@@ -271,7 +298,7 @@ def plot_accuracy_vs_training_flops(runs: Iterable[Run], path: str | Path,
     ax.set_ylabel(f"Top-1 test accuracy (%), {_ACCURACY_NAMES[accuracy]}")
     ax.set_title("How much test accuracy does each method get for its training FLOPs?")
     ax.grid(alpha=0.3, which="both")
-    _legend_outside(ax)
+    _legend_below(ax)
     return _save(fig, path)
 
 
@@ -315,7 +342,7 @@ def plot_accuracy_vs_multiplier(runs: Iterable[Run], path: str | Path, accuracy:
     ax.grid(alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
     more, more_labels = rates.get_legend_handles_labels()
-    ax.legend(handles + more, labels + more_labels, loc="upper left", bbox_to_anchor=(1.12, 1), fontsize="small")
+    _legend_below(ax, handles + more, labels + more_labels)
     return _save(fig, path)
 
 
@@ -361,7 +388,7 @@ def plot_itop_rate(runs: Iterable[Run], path: str | Path) -> Path:
     ax.set_ylabel("ITOP rate Rs (share of weights ever active)")
     ax.set_title("In-time over-parameterization during training")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    _legend_below(ax)
     return _save(fig, path)
 
 

@@ -67,7 +67,7 @@ def is_dense(summary: dict) -> bool:
 
 
 def method_label(summary: dict) -> str:
-    """The method name, with the seed's "(N times)" for extended (multiplier > 1) training."""
+    """The method name, with the original ITOP code's "(N times)" for extended (multiplier > 1) training."""
     method = str(summary.get("method", "?"))
     multiplier = summary.get("multiplier") or 1
     if isinstance(multiplier, (int, float)) and multiplier > 1 and "times" not in method:

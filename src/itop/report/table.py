@@ -32,7 +32,7 @@ def _trim(x: float) -> str:
 
 
 def _sci(x: float) -> str:
-    """3.2e18 -> "3.2e18", 8.2e9 -> "8.2e9": the seed's compact scientific notation."""
+    """3.2e18 -> "3.2e18", 8.2e9 -> "8.2e9": the original ITOP code's compact scientific notation."""
     mantissa, exponent = f"{x:.1e}".split("e")
     return f"{mantissa}e{int(exponent)}"
 
@@ -48,8 +48,9 @@ def _number(summary: dict, key: str) -> float | None:
 
 
 def _flops(summary: dict, key: str, dense: bool) -> str:
-    """The seed's cell: a dense run shows its multiple of a 1x dense run with that run's absolute
-    FLOPs ("1x(3.2e18)", "2x(3.2e18)" for --multiplier 2); a sparse run its ratio ("0.42x")."""
+    """The original ITOP code's cell: a dense run shows its multiple of a 1x dense run with that
+    run's absolute FLOPs ("1x(3.2e18)", "2x(3.2e18)" for --multiplier 2); a sparse run its ratio
+    ("0.42x")."""
     if dense:
         absolute = _number(summary, f"dense_{key}")
         multiple = _number(summary, key) or 1.0
@@ -96,7 +97,8 @@ def runs_table(runs: Iterable[Run]) -> str:
     """Like results_table, one row per run, with a last `Run` column naming its directory.
 
     For repeated runs (seeds) of one method and sparsity: each run keeps its own row, and the
-    first six columns stay exactly the seed README's, so the rows still read like it.
+    first six columns stay exactly those of the original ITOP code's README, so the rows still
+    read like it.
     """
     runs = list(runs)
     for run in runs:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 from typing import Sequence
 
 import torch
@@ -41,6 +42,30 @@ def _plain_linears(model: nn.Module, include, exclude) -> dict[str, tuple[str, n
     return {p: (names[id(m)], m) for p, m in owners.items() if _convertible(m)}
 
 
+def _kind(value) -> str:
+    """How a wrong argument is named in a message: "None", or its type ("str", "Sparsifier")."""
+    return "None" if value is None else type(value).__name__
+
+
+def _check_model(call: str, model) -> None:
+    """A one-line TypeError for a `model` argument that is not a module (None, swapped arguments)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{call}: model must be a torch.nn.Module, got {_kind(model)}.")
+
+
+def _check_sparsifier(model: nn.Module, sparsifier) -> None:
+    """`sparsifier` must be the itop.Sparsifier built on `model`: its masks say what to keep."""
+    from ..sparsity.sparsifier import Sparsifier  # here: itop.sparsity.sparsifier imports this package
+
+    if not isinstance(sparsifier, Sparsifier):
+        raise TypeError("export(model, sparsifier): sparsifier must be the itop.Sparsifier that trained the model, "
+                        f"got {_kind(sparsifier)}.")
+    held = {id(p) for p in model.parameters()}
+    if any(id(p) not in held for p in sparsifier.params.values()):
+        raise ValueError("export(model, sparsifier): the sparsifier was built on another model; "
+                         "pass the model it trained (not a copy of it).")
+
+
 def _replace(model: nn.Module, module_name: str, new: nn.Module) -> None:
     parent_name, _, child = module_name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
@@ -62,10 +87,17 @@ def sparsify(model: nn.Module, density: float, distribution: str = "erk", seed: 
     (default) scales the kept weights by 1/sqrt(d_i), nn.Linear's initialisation for the actual
     fan-in; `"dense"` keeps them as they are. Build the optimizer after this call.
     """
+    _check_model("sparsify(model, density)", model)
     if not isinstance(density, (int, float)) or isinstance(density, bool) or not 0 < density <= 1:
         raise ValueError(f"density must be a number in (0, 1], got {density!r}.")
     if init_scale not in ("dense", "sparse"):
         raise ValueError(f"init_scale must be 'sparse' or 'dense', got {init_scale!r}.")
+    if seed is not None and (not isinstance(seed, numbers.Integral) or isinstance(seed, bool)):
+        raise TypeError(f"sparsify(..., seed): seed must be an int or None, got {_kind(seed)}.")
+    for name, selectors in (("include", include), ("exclude", exclude)):
+        if isinstance(selectors, str):
+            raise TypeError(f"sparsify(..., {name}): {name} must be a list of selectors, "
+                            f"e.g. {name}=[{selectors!r}], got {_kind(selectors)}.")
     linears = _plain_linears(model, include, exclude)
     if not linears:
         raise ValueError("the model has no Linear layer to make truly sparse (include/exclude left none); Conv layers stay masked.")
@@ -73,7 +105,7 @@ def sparsify(model: nn.Module, density: float, distribution: str = "erk", seed: 
     counts = layer_counts(shapes, DISTRIBUTIONS.get(distribution)(shapes, float(density)))
     if seed is None:
         seed = int(torch.randint(0, 2**62, (1,)))
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(int(seed))
     empty = torch.zeros(0, dtype=torch.int64)
     for name, (module_name, module) in linears.items():
         numel = math.prod(shapes[name])
@@ -102,6 +134,8 @@ def _unallocated(linear: nn.Linear, positions: torch.Tensor) -> SparseLinear:
 def export(model: nn.Module, sparsifier) -> nn.Module:
     """A copy of `model` whose masked Linear layers (of `sparsifier`, built on `model`) are
     SparseLinear layers with the active weights; dense layers and Conv layers stay as they are."""
+    _check_model("export(model, sparsifier)", model)
+    _check_sparsifier(model, sparsifier)
     names = {id(m): n for n, m in model.named_modules()}
     owners = kernels.linear_owners(model, sparsifier.params)
     chosen = {names[id(m)]: sparsifier.masks[p] for p, m in owners.items()
@@ -114,6 +148,7 @@ def export(model: nn.Module, sparsifier) -> nn.Module:
 
 def densify(model: nn.Module) -> nn.Module:
     """A copy of `model` whose SparseLinear layers are nn.Linear layers (zeros off the active positions)."""
+    _check_model("densify(model)", model)
     copied = copy.deepcopy(model)
     for module_name, module in list(copied.named_modules()):
         if isinstance(module, SparseLinear):

@@ -50,6 +50,15 @@ def transposed(matrix: Tensor) -> Tensor:
     return flipped.contiguous()
 
 
+def own_tensor(view: Tensor) -> Tensor:
+    """`view`'s elements, shape and strides as a tensor of its own (not a view), without a copy.
+
+    Autograd forbids in-place changes (an inplace ReLU or dropout, `out += x`) to a view made
+    inside a custom Function; copying the output would instead cost the forward a pass over it.
+    """
+    return view.new_empty(0).set_(view)
+
+
 def forward_t(structure: SparseStructure, values: Tensor, rows_t: Tensor, bias: Tensor | None = None) -> Tensor:
     """W @ rows_t + bias for a contiguous (in, batch) matrix: (out, batch), with the fastest
     product for the batch: a CSR matrix-vector product for one row, MKL's CSR product for a few,
@@ -97,10 +106,11 @@ def weight_grad(structure: SparseStructure, grads_t: Tensor, rows_t: Tensor) -> 
 class SparseLinearFunction(torch.autograd.Function):
     """y = x @ W^T + b with W given by (structure, values).
 
-    The output is handed on as the transposed view of an (out, batch) result, so the next sparse
-    layer reads its input without a copy. `recorder`, when not None, is called in the backward
-    with the (inputs, output gradients) of the call: what gradient growth needs to score the
-    inactive positions of the layer (`itop.sparsity.index_growth`).
+    The output holds an (out, batch) result in transposed order, so the next sparse layer reads
+    its input without a copy; it is a tensor of its own, not a view, so inplace activations and
+    residual additions may change it. `recorder`, when not None, is called in the backward with
+    the (inputs, output gradients) of the call: what gradient growth needs to score the inactive
+    positions of the layer (`itop.sparsity.index_growth`).
     """
 
     @staticmethod
@@ -109,7 +119,8 @@ class SparseLinearFunction(torch.autograd.Function):
         out_t = forward_t(structure, values, rows_t, bias)
         ctx.save_for_backward(rows_t, values)
         ctx.structure, ctx.recorder, ctx.input_shape, ctx.has_bias = structure, recorder, x.shape, bias is not None
-        return out_t.t().reshape(*x.shape[:-1], structure.shape[0])
+        out = out_t.t() if x.dim() == 2 else out_t.t().reshape(*x.shape[:-1], structure.shape[0])
+        return own_tensor(out)
 
     @staticmethod
     @once_differentiable

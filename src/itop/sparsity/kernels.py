@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
-from ..sparse.ops import autocast_on, csr_forward, transposed, weight_grad
+from ..sparse.ops import autocast_on, csr_forward, own_tensor, transposed, weight_grad
 from ..sparse.structure import SparseStructure
 
 MAX_DENSITY = 0.06
@@ -84,7 +84,7 @@ class _MaskedCSRLinearFunction(torch.autograd.Function):
         out = out + bias if bias is not None else out.contiguous()
         ctx.save_for_backward(rows, weight)
         ctx.pattern, ctx.input_shape, ctx.has_bias = pattern, x.shape, bias is not None
-        return out.reshape(*x.shape[:-1], weight.shape[0])
+        return own_tensor(out.reshape(*x.shape[:-1], weight.shape[0]))  # not a view: inplace activations may follow
 
     @staticmethod
     @once_differentiable
