@@ -3,9 +3,34 @@
     model = itop.sparse.sparsify(model, density=0.01)     # Linear layers -> SparseLinear
     optimizer = torch.optim.SGD(model.parameters(), ...)
     sparsifier = itop.Sparsifier(model, optimizer, ...)    # SET / RigL updates in index space
+
+This package is the storage layer: `SparseLinear`, its index structures, products and sampler.
+It imports nothing of the engine (`itop.sparsity`), which builds on it. The conversions
+`sparsify`, `export` and `densify` read the engine's selection rules and masks, so they live above
+both (`itop/convert.py`) and are imported from there on first use.
 """
 
-from .convert import densify, export, sparsify
+from typing import TYPE_CHECKING
+
 from .layer import SparseLinear
 
+if TYPE_CHECKING:  # for type checkers and the API documentation; at run time, __getattr__ below
+    from ..convert import densify, export, sparsify
+
 __all__ = ["SparseLinear", "sparsify", "export", "densify"]
+
+_CONVERSIONS = ("sparsify", "export", "densify")
+
+
+def __getattr__(name: str):
+    if name in _CONVERSIONS:
+        from .. import convert  # above this package: imports the engine
+
+        value = getattr(convert, name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_CONVERSIONS))

@@ -13,8 +13,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..sparsity.select import random_k_positions
 from .ops import SparseLinearFunction, autocast_on, forward_t, transposed
+from .sampling import random_k_positions
 from .structure import SparseStructure
 
 

@@ -20,7 +20,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .select import contains, random_k_positions, top_k_mask
+from ..sparse.sampling import contains, random_k_positions
+from .select import top_k_mask
 
 BLOCK_ENTRIES = 1 << 22  # gradient entries scored at once (16 MB in float32)
 EXACT_GRADIENT_LIMIT = 10**10  # above this many positions, gradient growth scores a random candidate subset

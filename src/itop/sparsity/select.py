@@ -5,13 +5,19 @@ sort); ties at that score are resolved by position, so the result is determinist
 is exact however many scores are equal (the original's thresholding removed every tied entry).
 When only some positions may be chosen (`allowed`) and they are few, the selection runs on those
 alone: pruning then looks at the active weights only, a few percent of a sparse tensor.
-Random choices (`random_k_mask`) draw only about k positions, not one number per weight.
+Random choices (`random_k_mask`) draw only about k positions, not one number per weight, with
+the index-space sampler of the truly sparse storage (`itop.sparse.sampling.random_k_positions`,
+re-exported here with its helpers `contains` and `complement`).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from ..sparse.sampling import complement, contains, random_k_positions
+
+__all__ = ["top_k_mask", "bottom_k_mask", "random_k_mask", "random_k_positions", "contains", "complement"]
 
 
 def _kth_largest(scores: Tensor, k: int) -> Tensor:
@@ -76,65 +82,6 @@ def top_k_mask(scores: Tensor, k: int, allowed: Tensor | None = None) -> Tensor:
 def bottom_k_mask(scores: Tensor, k: int, allowed: Tensor | None = None) -> Tensor:
     """Bool mask True at exactly `k` positions of smallest score (ties to the lowest index)."""
     return top_k_mask(-scores.float(), k, allowed)
-
-
-def _first_distinct(values: Tensor) -> Tensor:
-    """The distinct entries of `values` in order of first appearance."""
-    unique, inverse = torch.unique(values, return_inverse=True)
-    order = torch.arange(values.numel(), device=values.device)
-    first = torch.full_like(unique, values.numel()).scatter_reduce_(0, inverse, order, "amin")
-    return unique[torch.argsort(first)]
-
-
-def contains(sorted_set: Tensor, values: Tensor) -> Tensor:
-    """Bool tensor like `values`: which entries are in the sorted 1-D tensor `sorted_set`."""
-    if sorted_set.numel() == 0:
-        return torch.zeros(values.shape, dtype=torch.bool, device=values.device)
-    where = torch.searchsorted(sorted_set, values).clamp_(max=sorted_set.numel() - 1)
-    return sorted_set[where] == values
-
-
-def complement(n: int, excluded: Tensor) -> Tensor:
-    """The sorted positions of [0, n) that are not in the sorted, distinct `excluded`, built from
-    the gaps between excluded positions (no tensor of n entries)."""
-    bounds = torch.cat([excluded.new_tensor([-1]), excluded, excluded.new_tensor([n])])
-    gaps = bounds.diff() - 1
-    total = n - excluded.numel()
-    offsets = torch.arange(total, dtype=torch.int64, device=excluded.device)
-    starts = torch.repeat_interleave(bounds[:-1] + 1, gaps, output_size=total)
-    before = torch.repeat_interleave(gaps.cumsum(0) - gaps, gaps, output_size=total)
-    return starts + offsets - before
-
-
-def random_k_positions(n: int, excluded: Tensor, k: int, generator: torch.Generator) -> Tensor:
-    """`k` distinct positions of [0, n) outside the sorted, distinct `excluded`, uniform without
-    replacement, as a sorted int64 tensor (on the CPU, like the generator).
-
-    Positions are drawn over all of [0, n) and the first k distinct allowed ones kept (a uniform
-    k-subset), which costs about k draws and memory that grows with k and `excluded`, never with
-    n: this serves layers of 10^11 positions. When allowed positions are scarce (under a quarter of
-    n) they are listed and permuted instead, and when k is more than half of them the complement is
-    drawn. `random_k_mask` is this on a bool mask, so both storages make the same draws.
-    """
-    excluded = excluded.reshape(-1).to("cpu", torch.int64)
-    n_allowed = n - excluded.numel()
-    if not 0 <= k <= n_allowed:
-        raise ValueError(f"cannot select {k} of {n_allowed} allowed positions.")
-    if 2 * k > n_allowed:
-        left_out = random_k_positions(n, excluded, n_allowed - k, generator)
-        return complement(n, torch.cat([excluded, left_out]).sort().values)
-    if k == 0:
-        return torch.zeros(0, dtype=torch.int64)
-    if 4 * n_allowed < n:
-        pick = torch.randperm(n_allowed, generator=generator)[:k]
-        return complement(n, excluded)[pick].sort().values
-    chosen = torch.zeros(0, dtype=torch.int64)
-    while chosen.numel() < k:
-        found = chosen.numel()
-        draws = torch.randint(n, (int((k - found) * 1.25 * n / n_allowed) + 64,), generator=generator)
-        draws = draws[~contains(excluded, draws) & ~contains(chosen, draws)]
-        chosen = torch.cat([chosen, _first_distinct(draws)[: k - found]]).sort().values
-    return chosen
 
 
 def random_k_mask(allowed: Tensor, k: int, generator: torch.Generator) -> Tensor:

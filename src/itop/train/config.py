@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .flags import build_parser, names_model_or_data
-from .presets import apply_set_rules, chosen_preset
+from .presets import PRESETS, Preset, preset_names
 
 DEMO_ARGS = [
     "--sparse", "--model", "lenet300-100", "--data", "mnist5k", "--density", "0.05",
@@ -176,6 +176,50 @@ def resume_overrides(argv: list[str]) -> dict:
     if args.tensorboard:
         overrides["tensorboard"] = True
     return overrides
+
+
+def chosen_preset(name: str | None, given: dict) -> Preset:
+    """The preset named by --preset (an empty one without it); UsageError for unknown names or a
+    preset that needs a data file none was given for."""
+    if name is None:
+        return Preset("")
+    if name not in PRESETS:
+        raise UsageError(f"unknown --preset {name!r}; choose one of {', '.join(preset_names())}.")
+    preset = PRESETS[name]
+    if preset.needs_data and "data" not in given:
+        raise UsageError(f"--preset {name} trains on {preset.needs_data}.")
+    return preset
+
+
+def apply_set_rules(cfg: TrainConfig, given: dict) -> None:
+    """The rules between the SET flags, on the configuration resolved from defaults, preset and
+    the flags `given`: set-mlp-only options, --update-every, --epsilon against --density."""
+    from itop.data.registry import is_tabular_path
+    from itop.models import get_model_spec
+
+    try:
+        family = get_model_spec(cfg.model).name if cfg.model else ""
+    except ValueError:
+        family = ""  # validate() names the unknown model
+    for key in ("hidden", "activation", "dropout", "allrelu_slope"):
+        if key in given and family != "set-mlp":
+            raise UsageError(f"--{key.replace('_', '-')} shapes the SET-MLP; use it with --model set-mlp (this run's model is {cfg.model or 'not set'}).")
+    if isinstance(given.get("update_every"), str) and given["update_every"] != "epoch":
+        if not given["update_every"].isdigit() or int(given["update_every"]) < 1:
+            raise UsageError(f"--update-every must be 'epoch' or a positive number of optimizer steps, got {given['update_every']!r}.")
+        cfg.update_frequency, cfg.update_every = int(given["update_every"]), ""
+    if "update_frequency" in given and "update_every" not in given:
+        cfg.update_every = ""  # an explicit step count beats a preset's once-per-epoch
+    if "test_split" in given and not is_tabular_path(cfg.data):
+        raise UsageError(f"--test-split holds out a share of a .mat/.npz/.csv file; {cfg.data} comes with its own test set.")
+    if "epsilon" in given:
+        if "density" in given:
+            raise UsageError("--epsilon sets every layer's density (and so the global one); give --epsilon or --density, not both.")
+        if "sparse_init" in given and given["sparse_init"].lower() != "er":
+            raise UsageError(f"--epsilon defines ER layer densities; drop --sparse_init {given['sparse_init']} or use --density with it.")
+        cfg.sparse_init = "ER"
+    elif "density" in given or ("sparse_init" in given and given["sparse_init"].lower() != "er"):
+        cfg.epsilon = None  # a preset's epsilon yields to an explicit density or distribution
 
 
 def resolve(args: argparse.Namespace) -> TrainConfig:

@@ -10,6 +10,11 @@
 
 Only layers of type nn.Linear itself are converted: subclasses such as MultiheadAttention's
 out_proj are read as weights by their owners and stay as they are.
+
+This module sits above both storages and the engine (it reads the engine's selection rules,
+distributions and masks, and builds truly sparse layers); its functions are public as
+`itop.sparse.sparsify`, `itop.sparse.export` and `itop.sparse.densify`, which `itop.sparse`
+imports from here on first use, so the storage itself imports nothing of the engine.
 """
 
 from __future__ import annotations
@@ -22,11 +27,14 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..sparsity import kernels
-from ..sparsity.density import DISTRIBUTIONS, layer_counts
-from ..sparsity.params import Selector, sparse_parameters
-from ..sparsity.select import random_k_positions
-from .layer import SparseLinear
+from .sparse.layer import SparseLinear
+from .sparse.sampling import random_k_positions
+from .sparsity import kernels
+from .sparsity.density import DISTRIBUTIONS, layer_counts
+from .sparsity.params import Selector, sparse_parameters
+from .sparsity.sparsifier import Sparsifier
+
+__all__ = ["sparsify", "export", "densify"]
 
 
 def _convertible(module: nn.Module) -> bool:
@@ -55,8 +63,6 @@ def _check_model(call: str, model) -> None:
 
 def _check_sparsifier(model: nn.Module, sparsifier) -> None:
     """`sparsifier` must be the itop.Sparsifier built on `model`: its masks say what to keep."""
-    from ..sparsity.sparsifier import Sparsifier  # here: itop.sparsity.sparsifier imports this package
-
     if not isinstance(sparsifier, Sparsifier):
         raise TypeError("export(model, sparsifier): sparsifier must be the itop.Sparsifier that trained the model, "
                         f"got {_kind(sparsifier)}.")
