@@ -13,6 +13,7 @@ from importlib import import_module as _import_module
 from importlib import metadata as _metadata
 
 from . import sparse, sparsity
+from .saving import load, save
 from .sparsity import flops
 from .sparsity.density import DISTRIBUTIONS
 from .sparsity.grow import GROW
@@ -51,6 +52,6 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "Sparsifier", "sparse", "sparsity", "flops", "register_prune", "register_grow",
+    "Sparsifier", "save", "load", "sparse", "sparsity", "flops", "register_prune", "register_grow",
     "register_redistribution", "register_distribution", "__version__", *_LAZY_SUBPACKAGES,
 ]

@@ -149,13 +149,29 @@ def export(model: nn.Module, sparsifier) -> nn.Module:
     copied = copy.deepcopy(model)
     for module_name, mask in chosen.items():
         _replace(copied, module_name, SparseLinear.from_dense(copied.get_submodule(module_name), mask))
+    if chosen and callable(getattr(copied, "save_pretrained", None)):
+        copied.save_pretrained = RefusedSavePretrained()  # this copy only; the trained model saves as before
     return copied
+
+
+class RefusedSavePretrained:
+    """`save_pretrained` of an exported Hugging Face model. transformers' `from_pretrained` builds
+    nn.Linear layers, reports the SparseLinear layers' values and indices as unexpected keys and
+    leaves those layers at random weights, without an error; so the exported copy refuses to write
+    a checkpoint that would load that way. (A class, not a closure, so the model still pickles.)"""
+
+    def __call__(self, *args, **kwargs):
+        raise ValueError("this exported model holds itop.sparse.SparseLinear layers, which from_pretrained cannot load "
+                         "(it would leave them at random weights); save it with itop.save(model, path) and load it with "
+                         "itop.load(path, model), or save itop.sparse.densify(model) with save_pretrained.")
 
 
 def densify(model: nn.Module) -> nn.Module:
     """A copy of `model` whose SparseLinear layers are nn.Linear layers (zeros off the active positions)."""
     _check_model("densify(model)", model)
     copied = copy.deepcopy(model)
+    if isinstance(copied.__dict__.get("save_pretrained"), RefusedSavePretrained):
+        del copied.save_pretrained  # dense again: the class's save_pretrained works
     for module_name, module in list(copied.named_modules()):
         if isinstance(module, SparseLinear):
             if not module_name:

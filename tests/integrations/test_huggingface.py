@@ -226,7 +226,7 @@ def test_the_callback_goes_ahead_of_the_reporters_even_when_subclassed(tmp_path)
 
 
 def readme_vit_trainer(out, callbacks, epochs):
-    """The README's Hugging Face example (its ViT, its data, its settings), over fewer epochs and digits."""
+    """The Hugging Face example of docs/trainers.md (its ViT, its data, its settings), over fewer epochs and digits."""
     from transformers import ViTConfig, ViTForImageClassification, set_seed
 
     from itop.data import load_dataset

@@ -1,5 +1,6 @@
-"""The README's trainer examples, run as a user runs them (their own models, data and resume lines),
-over fewer epochs: interrupted and resumed, each ends where the uninterrupted run does or trains on."""
+"""The documentation's trainer examples (docs/trainers.md), run as a user runs them (their own models,
+data and resume lines), over fewer epochs: interrupted and resumed, each ends where the uninterrupted
+run does or trains on."""
 
 import re
 import shutil
@@ -9,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+TRAINERS = Path(__file__).resolve().parents[2] / "docs" / "trainers.md"
 
 
 def readme_block(heading: str) -> str:
-    """The first ```python block after the README's `## heading`."""
-    text = README.read_text()
+    """The first ```python block after docs/trainers.md's `## heading`."""
+    text = TRAINERS.read_text(encoding="utf-8")
     section = text[text.index(f"## {heading}\n"):]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
@@ -26,7 +27,7 @@ def run(code: str, cwd: Path) -> str:
 
 
 def changed(code: str, old: str, new: str) -> str:
-    assert code.count(old) == 1, f"the README example no longer holds {old!r}"
+    assert code.count(old) == 1, f"the docs/trainers.md example no longer holds {old!r}"
     return code.replace(old, new)
 
 

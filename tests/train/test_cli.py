@@ -274,7 +274,7 @@ def test_an_error_raised_in_a_loader_worker_is_reported_on_one_line():
 
 
 def test_extended_runs_count_training_flops_against_a_1x_dense_run(capsys):
-    """The seed README's extended rows: "RigL-ITOP (2 times)" costs twice its 1x ratio, and the
+    """The extended rows of the original ITOP code's README: "RigL-ITOP (2 times)" costs twice its 1x ratio, and the
     absolute figure beside dense stays that of a 1x dense run."""
     base = ["--model", "lenet300-100", "--data", "mnist5k", "--epochs", "1", "--batch-size", "500", "--no-progress"]
     summaries = {}

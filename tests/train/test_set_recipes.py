@@ -18,7 +18,7 @@ SET_TINY = ["--model", "set-mlp", "--data", "mnist5k", "--hidden", "64,48", "--s
             "--batch-size", "64", "--lr", "0.05", "--lr-schedule", "constant", "--no-progress", "--seed", "5"]
 
 
-# Each preset against its source script's recipe (the README's table); lr and weight decay are the
+# Each preset against its source script's recipe (the table in docs/set-systems.md); lr and weight decay are the
 # ones that take the script's step in torch's SGD (tests/train/test_presets.py).
 PRESET_TABLE = {
     "set-mlp-lung": dict(hidden=[3000, 3000, 3000], activation="relu", epsilon=20.0, death_rate=0.3, batch_size=2, lr=0.01,

@@ -51,13 +51,23 @@ __all__ = ["SparsityCallback"]
 class SparsityCallback(TrainerCallback):
     """Keeps a `transformers.Trainer`'s model sparse with a `Sparsifier(**options)`.
 
-    `options` are any `itop.Sparsifier` arguments but the model and optimizer (the Trainer's);
-    total_steps defaults to the Trainer's `max_steps`. `resume_from` names a checkpoint folder (or an
-    `itop_sparsifier.pt`) when the one being resumed is not `<output_dir>/checkpoint-<step>`.
-    `log_layers=True` adds each sparse layer's density and explored share to the logs and, with
-    report_to="tensorboard", a histogram of the layer densities at each topology update.
-    `horizon` applies when a run is resumed with another length (num_train_epochs raised): "stretch"
-    decays the prune rate over the new length, "keep" over the saved run's.
+        sparsity = SparsityCallback(density=0.2, grow="gradient", update_frequency=20)  # RigL
+        trainer = Trainer(model=model, args=args, callbacks=[sparsity], ...)
+        trainer.train()
+        print(sparsity.sparsifier.density, sparsity.sparsifier.itop_rate)
+
+    Args:
+        resume_from: a checkpoint folder (or an `itop_sparsifier.pt`) to resume the sparse state
+            from, when the one being resumed is not `<output_dir>/checkpoint-<step>`.
+        log_layers: True adds each sparse layer's density and explored share to the logs and, with
+            report_to="tensorboard", a histogram of the layer densities at each topology update.
+        horizon: applies when a run is resumed with another length (num_train_epochs raised):
+            "stretch" decays the prune rate over the new length, "keep" over the saved run's.
+        **options: any `itop.Sparsifier` arguments but the model and optimizer (the Trainer's);
+            total_steps defaults to the Trainer's `max_steps`.
+
+    Attributes:
+        sparsifier: the `itop.Sparsifier`, built when training begins (None before).
     """
 
     def __init__(self, *, resume_from: str | Path | None = None, log_layers: bool = False, horizon: str = "stretch",

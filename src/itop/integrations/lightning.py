@@ -39,12 +39,22 @@ __all__ = ["SparsityCallback"]
 class SparsityCallback(pl.Callback):
     """Keeps a LightningModule sparse with a `Sparsifier(**options)`.
 
-    `options` are any `itop.Sparsifier` arguments but the model and optimizer (the module and the
-    optimizer it configures); total_steps defaults to `trainer.estimated_stepping_batches`.
-    `log_layers=True` adds each sparse layer's density and explored share to the logs and, for a
-    TensorBoardLogger, a histogram of the layer densities at each topology update.
-    `horizon` applies when a run is resumed with another length (max_epochs raised): "stretch" decays
-    the prune rate over the new length, "keep" over the saved run's.
+        sparsity = SparsityCallback(density=0.05, grow="gradient", update_frequency=50)  # RigL
+        trainer = pl.Trainer(max_epochs=10, callbacks=[sparsity])
+        trainer.fit(module, train_loader, val_loader)
+        print(sparsity.sparsifier.density, sparsity.sparsifier.itop_rate)
+
+    Args:
+        log_layers: True adds each sparse layer's density and explored share to the logs and, for
+            a TensorBoardLogger, a histogram of the layer densities at each topology update.
+        horizon: applies when a run is resumed with another length (max_epochs raised): "stretch"
+            decays the prune rate over the new length, "keep" over the saved run's.
+        **options: any `itop.Sparsifier` arguments but the model and optimizer (the module and
+            the optimizer it configures); total_steps defaults to
+            `trainer.estimated_stepping_batches`.
+
+    Attributes:
+        sparsifier: the `itop.Sparsifier`, built when fitting begins (None before).
     """
 
     def __init__(self, *, log_layers: bool = False, horizon: str = "stretch", **options: Any):

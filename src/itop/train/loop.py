@@ -21,6 +21,7 @@ from tqdm import tqdm
 import itop
 from itop.data import DataError, load_dataset, make_loaders
 from itop.data.registry import is_tabular_path
+from itop.saving import best_sparse_as_save, restore
 from itop.sparse import SparseLinear
 
 from .checkpoint import CHECKPOINT, RunError, load_checkpoint, save_checkpoint
@@ -102,14 +103,10 @@ def sparse_export_state(model: nn.Module, sparsifier, epoch: int) -> dict[str, A
 
 def load_sparse_model(path: Path, model: nn.Module) -> nn.Module:
     """`model` (a fresh one of the run's architecture) with the named Linear layers of the
-    best_sparse.pt at `path` replaced by SparseLinear layers of the saved sizes, and its weights loaded."""
+    best_sparse.pt at `path` replaced by SparseLinear layers of the saved sizes, and its weights
+    loaded (`itop.load(path, model)` reads the file too)."""
     state = load_checkpoint(path, "pass a best_sparse.pt written by itop train")
-    for name, (in_features, out_features, nnz) in state["truly_sparse_layers"].items():
-        layer = SparseLinear(in_features, out_features, nnz, bias=f"{name}.bias" in state["model"], generator=torch.Generator())
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, layer)
-    model.load_state_dict(state["model"])
-    return model
+    return restore(best_sparse_as_save(state), model, layout="sparse", source=str(path))
 
 
 def no_update_warning(cfg: TrainConfig, steps_per_epoch: int, total_steps: int, update_frequency: int | None) -> str | None:

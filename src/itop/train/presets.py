@@ -1,6 +1,6 @@
 """`itop train --preset NAME`: the SET systems' recipes, one flag each.
 
-Each preset sets the configuration its source script used (read from the scripts; the README's
+Each preset sets the configuration its source script used (read from the scripts; docs/set-systems.md's
 table lists them); any flag given beside `--preset` overrides the preset's value. Every SET recipe:
 ER layers from epsilon, SET pruning (the fraction zeta of each sign's smallest weights) with random
 regrowth at zero, once per epoch with a constant zeta, weights initialised for their actual fan-in,
@@ -58,7 +58,7 @@ SET_RECIPE = dict(
 # Measured (benchmarks/set_mlp.py --reference-dir: 784-1000-1000-1000-10, the same 4,000 digits, 5
 # epochs, seeds 1-3): at lr 0.005 and wd 4e-3 itop's training loss per epoch, 0.967 0.432 0.371 0.331
 # 0.301, follows the truly sparse SET-MLP's, 1.073 0.471 0.390 0.357 0.320 (at wd 2e-4 it falls to
-# 0.132), and its official test accuracy is 88.78 +- 0.43% against 88.29 +- 1.63% (README).
+# 0.132), and its official test accuracy is 88.78 +- 0.43% against 88.29 +- 1.63% (docs/set-systems.md).
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ PRESETS = {
              epsilon=10.0, batch_size=2, lr=0.005, weight_decay=4e-3, epochs=100, truly_sparse=True,
              # The source used dropout 0.3 (on lung); on this network and data it trained to 79% (train mode) but
              # tested at 21.5% after 3 epochs (at lr 0.01, weight decay 2e-4), measured 2026-11-29; without dropout it
-             # learns (README).
+             # learns (docs/performance.md).
              dropout=0.0),
     ),
 }

@@ -1,0 +1,495 @@
+"""One file for a trained sparse model: `itop.save(model, path, sparsifier)` and `itop.load(path, model)`.
+
+    itop.save(model, "model.pt", sparsifier)              # after training (masked or truly sparse)
+    model = itop.load("model.pt", build_model())           # elsewhere: a fresh model of the same architecture
+
+The file is a `torch.save` dict of tensors, numbers, strings, lists and dicts only, so
+`torch.load(path, weights_only=True)` reads it without itop:
+
+- `"itop_save"`: the header: `version` (of this layout, 1), `itop_version`, `format`, and `layers`:
+  for each sparse layer, by the name of its weight (`"fc1.weight"`, as `Sparsifier.masks` names it),
+  its `shape`, `nnz` (active weights), `density` and how it is `stored` ("values" or "dense").
+- `"state_dict"`: the model's state dict. `format="sparse"` (default): each masked Linear layer
+  (of type nn.Linear) is stored as a truly sparse layer stores itself, `<module>.values` (the
+  active weights) and `<module>.indices` (their sorted flat row-major positions, int64), exactly
+  the state dict of `itop.sparse.export(model, sparsifier)`; truly sparse layers as they are; every
+  other tensor dense (Conv weights keep their zeros). `format="masked"`: the dense state dict, as
+  the model itself would give it (truly sparse layers written as dense `<module>.weight`).
+- `"positions"` (format "sparse"): the sorted flat positions of the active weights of each sparse
+  layer stored dense (Conv) with inactive weights; or `"masks"` (format "masked"): a bool mask per
+  sparse layer, as `torch.nn.utils.prune` keeps them.
+
+`load` rebuilds the layers in a freshly built model of the same architecture: `layout="sparse"`
+gives `itop.sparse.SparseLinear` layers, `"dense"` plain layers with zeros off the masks, `"masked"`
+dense layers with `torch.nn.utils.prune` masks (`weight_orig` and `weight_mask` in the state dict).
+A model pruned with `torch.nn.utils.prune` saves without a sparsifier: its masks are read from it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import prune as torch_prune
+
+from .sparse import SparseLinear
+from .sparsity.kernels import MaskedCSRLinear
+from .sparsity.sparsifier import Sparsifier
+
+__all__ = ["load", "save"]
+
+HEADER = "itop_save"  # the key that makes a file an itop save
+VERSION = 1  # of the file's layout; a reader refuses a newer one
+FORMATS = ("sparse", "masked")
+LAYOUTS = ("sparse", "dense", "masked")
+ADVICE = "save the model again with itop.save(model, path, sparsifier)"
+ARCHITECTURE = "load into a freshly built model of the architecture that was saved"
+
+
+# ------------------------------------------------------------------------------------------ save
+def save(model: nn.Module, path: str | os.PathLike, sparsifier: Sparsifier | None = None, *, format: str = "sparse") -> None:
+    """Write `model` with its sparse layers to one file at `path`, atomically.
+
+    Args:
+        model: the trained model: masked by `sparsifier`, holding `itop.sparse.SparseLinear`
+            layers, or pruned with `torch.nn.utils.prune` (all three may mix); a DDP, DataParallel
+            or torch.compile wrapper is saved as the model inside it.
+        path: the file to write (its directory is created); a crash leaves the old file or the new
+            one, never half of one.
+        sparsifier: the `itop.Sparsifier` that trained `model` (its masks say which weights are
+            active); None for a model whose sparse layers are SparseLinear or pruned modules.
+        format: "sparse" (default): masked Linear layers stored as active values and positions,
+            as `itop.sparse.export` holds them; "masked": the dense state dict plus a bool mask per
+            sparse layer.
+
+    Raises:
+        TypeError: in one line, for an argument of the wrong type (the path and the sparsifier
+            swapped, for one).
+        ValueError: in one line, for an unknown format, a sparsifier built on another model, or
+            nonzero weights outside the sparsifier's masks (trained after `sparsifier.detach()`).
+    """
+    from .train.checkpoint import save_checkpoint  # the atomic writer; here, as `import itop` leaves itop.train unimported
+
+    call = "itop.save(model, path, sparsifier=None, *, format='sparse')"
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{call}: model must be a torch.nn.Module, got {_kind(model)}.")
+    if not isinstance(path, (str, os.PathLike)):
+        hint = "; the path comes second: itop.save(model, path, sparsifier)" if isinstance(path, Sparsifier) else ""
+        raise TypeError(f"{call}: path must be a file path (str or os.PathLike), got {_kind(path)}{hint}.")
+    if sparsifier is not None and not isinstance(sparsifier, Sparsifier):
+        raise TypeError(f"{call}: sparsifier must be the itop.Sparsifier that trained the model or None, got {_kind(sparsifier)}.")
+    if format not in FORMATS:
+        raise ValueError(f"{call}: format must be 'sparse' or 'masked', got {format!r}.")
+    from . import __version__
+
+    state, header_layers, topology = _saved_tensors(_unwrapped(model), sparsifier, format)
+    header = {"version": VERSION, "itop_version": str(__version__), "torch_version": str(torch.__version__),
+              "format": format, "layers": header_layers}
+    saved = {HEADER: header, "state_dict": state, ("positions" if format == "sparse" else "masks"): topology}
+    save_checkpoint(saved, Path(path))
+
+
+def _unwrapped(model: nn.Module) -> nn.Module:
+    """The model inside DistributedDataParallel / DataParallel and torch.compile wrappers, whose
+    names (`module.`, `_orig_mod.`) a freshly built model does not have."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def _kind(value) -> str:
+    return "None" if value is None else type(value).__name__
+
+
+def _split(name: str) -> tuple[str, str]:
+    """'block.fc1.weight' -> ('block.fc1', 'weight'); the root module's 'weight' -> ('', 'weight')."""
+    module_name, _, attr = name.rpartition(".")
+    return module_name, attr
+
+
+def _prefix(module_name: str) -> str:
+    return f"{module_name}." if module_name else ""
+
+
+def _pruned(module: nn.Module) -> list[str]:
+    """The tensors of `module` that torch.nn.utils.prune reparametrises (`<name>_orig` * `<name>_mask`)."""
+    return [hook._tensor_name for hook in module._forward_pre_hooks.values() if isinstance(hook, torch_prune.BasePruningMethod)]
+
+
+def _tied(model: nn.Module) -> set[int]:
+    """Ids of the parameters held under more than one name (tied weights): they stay dense."""
+    seen: dict[int, int] = {}
+    for _, param in model.named_parameters(remove_duplicate=False):
+        seen[id(param)] = seen.get(id(param), 0) + 1
+    return {key for key, count in seen.items() if count > 1}
+
+
+def _storable_sparse(module: nn.Module, attr: str, weight: Tensor, tied: set[int]) -> bool:
+    """Can this weight be written as values + indices (and rebuilt as a SparseLinear)? The weight of
+    an nn.Linear itself (not a subclass its owner reads as a tensor, such as attention's out_proj),
+    held by that layer alone."""
+    if isinstance(module, SparseLinear):
+        return attr == "weight"
+    return attr == "weight" and type(module) in (nn.Linear, MaskedCSRLinear) and id(weight) not in tied
+
+
+@torch.no_grad()
+def _masked_layers(model: nn.Module, sparsifier) -> dict[str, tuple[nn.Module, Tensor, Tensor]]:
+    """Every masked weight of `model`, by its name in `model`: (owning module, weight, bool mask),
+    from the sparsifier's masks and from torch.nn.utils.prune's reparametrisations."""
+    modules = dict(model.named_modules())
+    layers: dict[str, tuple[nn.Module, Tensor, Tensor]] = {}
+    if sparsifier is not None:
+        names = {id(p): n for n, p in model.named_parameters()}
+        for sp_name, param in sparsifier.params.items():
+            if id(param) not in names:
+                raise ValueError(f"itop.save: the sparsifier was built on another model (it masks {sp_name!r}, which this model "
+                                 "does not hold); pass the model it trained (an exported copy needs no sparsifier).")
+            name = names[id(param)]
+            layers[name] = (modules[_split(name)[0]], param, sparsifier.masks[sp_name].to(param.device))
+        held = {id(m) for m in modules.values()}
+        if any(id(layer) not in held for layer in sparsifier.layers.values()):
+            raise ValueError("itop.save: the sparsifier was built on another model (its truly sparse layers are not this model's); "
+                             "pass the model it trained (an exported copy needs no sparsifier).")
+    for module_name, module in modules.items():
+        for attr in _pruned(module):
+            name = _prefix(module_name) + attr
+            if name not in layers:
+                layers[name] = (module, getattr(module, attr), getattr(module, attr + "_mask") != 0)
+    return layers
+
+
+@torch.no_grad()
+def _saved_tensors(model: nn.Module, sparsifier, format: str):
+    """(state dict, header layers, positions or masks) of the file, all on the CPU."""
+    masked = _masked_layers(model, sparsifier)
+    tied = _tied(model)
+    replaced: dict[str, dict[str, Tensor]] = {}  # a key of model.state_dict() -> what the file holds instead
+    layers: dict[str, tuple[int, dict[str, Any]]] = {}  # name -> (order, header entry)
+    topology: dict[str, Tensor] = {}
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+
+    for name, (module, weight, mask) in masked.items():
+        module_name, attr = _split(name)
+        prefix, shape, numel = _prefix(module_name), tuple(weight.shape), weight.numel()
+        if tuple(mask.shape) != shape:
+            raise ValueError(f"itop.save: the mask of {name} has shape {tuple(mask.shape)}, its weight {shape}.")
+        stray = int(torch.count_nonzero(weight.detach()[~mask]))
+        if stray:
+            raise ValueError(f"itop.save: {stray} weights of {name} outside its mask are nonzero, so the mask no longer describes "
+                             "the model (trained after sparsifier.detach()?); call sparsifier.apply_masks() to zero them, or save "
+                             "without the sparsifier to keep every weight.")
+        nnz = int(torch.count_nonzero(mask))
+        positions = mask.reshape(-1).nonzero().squeeze(1)
+        # a pruned module's state dict holds <attr>_orig and <attr>_mask: the file holds <attr> (= orig * mask)
+        keys = [prefix + attr + "_orig", prefix + attr + "_mask"] if attr in _pruned(module) else [prefix + attr]
+        if format == "sparse" and nnz < numel and _storable_sparse(module, attr, weight, tied):
+            new = {prefix + "values": weight.reshape(-1)[positions], prefix + "indices": positions}
+            stored = "values"
+        else:
+            new, stored = {prefix + attr: weight.detach()}, "dense"
+            if format == "masked":
+                topology[name] = mask
+            elif nnz < numel:
+                topology[name] = positions
+        replaced[keys[0]] = new
+        for key in keys[1:]:
+            replaced[key] = {}
+        layers[name] = (order[module_name], _entry(shape, nnz, stored))
+
+    for module_name, module in model.named_modules():
+        if not isinstance(module, SparseLinear):
+            continue
+        prefix, name = _prefix(module_name), _prefix(module_name) + "weight"
+        if format == "masked":
+            dense = torch.zeros(module.in_features * module.out_features, dtype=module.values.dtype, device=module.values.device)
+            dense[module.indices] = module.values.detach()
+            mask = torch.zeros(dense.shape, dtype=torch.bool, device=dense.device)
+            mask[module.indices] = True
+            replaced[prefix + "values"] = {name: dense.reshape(module.shape)}
+            replaced[prefix + "indices"] = {}
+            topology[name] = mask.reshape(module.shape)
+        layers[name] = (order[module_name], _entry(module.shape, module.nnz, "values" if format == "sparse" else "dense"))
+
+    state: dict[str, Tensor] = {}
+    for key, tensor in model.state_dict().items():
+        for new_key, new_tensor in replaced.get(key, {key: tensor}).items():
+            state[new_key] = new_tensor.detach().to("cpu")
+    header_layers = {name: entry for name, (_, entry) in sorted(layers.items(), key=lambda item: item[1][0])}
+    return state, header_layers, {name: t.to("cpu") for name, t in topology.items()}
+
+
+def _entry(shape: tuple[int, ...], nnz: int, stored: str) -> dict[str, Any]:
+    numel = math.prod(shape)
+    return {"shape": [int(s) for s in shape], "nnz": int(nnz), "density": nnz / numel, "stored": stored}
+
+
+# ------------------------------------------------------------------------------------------ load
+def load(path: str | os.PathLike, model: nn.Module, *, layout: str | None = None) -> nn.Module:
+    """Load a file of `itop.save` into `model`, a freshly built model of the saved architecture.
+
+    Args:
+        path: a file written by `itop.save` (or a best_sparse.pt of `itop train`).
+        model: a new instance of the saved model (its weights are replaced; on the meta device,
+            `with torch.device("meta")`, the file's tensors are taken as they are, on the CPU).
+        layout: what the sparse layers become: "sparse" (truly sparse `itop.sparse.SparseLinear`
+            for every sparse nn.Linear layer; Conv layers dense with zeros), "dense" (plain
+            layers, zeros off the masks), "masked" (dense, with `torch.nn.utils.prune` masks:
+            `weight_orig` and `weight_mask` in the state dict). None: "sparse" for a file saved
+            with format="sparse", "masked" for format="masked".
+
+    Returns:
+        The model with the file's weights (the same object, unless the model itself is a single
+        Linear layer that had to be replaced).
+
+    Raises:
+        FileNotFoundError: no file at `path`.
+        ValueError: in one line, for a file that is not an itop save (with the way to load it) or
+            is corrupt, or a model whose layers do not match the file's (the first one is named).
+    """
+    call = "itop.load(path, model, *, layout=None)"
+    if not isinstance(model, nn.Module):
+        swapped = "; the path comes first: itop.load(path, model)" if isinstance(path, nn.Module) else ""
+        raise TypeError(f"{call}: model must be a torch.nn.Module, got {_kind(model)}{swapped}.")
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{call}: path must be a file path (str or os.PathLike), got {_kind(path)}.")
+    if layout is not None and layout not in LAYOUTS:
+        raise ValueError(f"{call}: layout must be 'sparse', 'dense', 'masked' or None, got {layout!r}.")
+    return restore(read(path), model, layout=layout, source=str(path))
+
+
+def read(path: str | os.PathLike) -> dict[str, Any]:
+    """The saved dict of an `itop.save` file (a best_sparse.pt of `itop train` is translated), with
+    one-line errors for a missing, corrupt or foreign file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"itop.load: no file at {path}.")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a damaged file
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()
+        if isinstance(error, pickle.UnpicklingError) and "Unsupported global" in text:
+            raise ValueError(f"itop.load: {path} is not an itop save: it holds Python objects (a torch.save(model) file?), "
+                             f"which weights_only=True loading refuses; {ADVICE}.") from None
+        first_line = text.splitlines()[0] if text else type(error).__name__
+        raise ValueError(f"itop.load: {path} is corrupt or not a PyTorch file ({first_line[:120]}); {ADVICE}.") from None
+    if isinstance(saved, dict) and HEADER not in saved and isinstance(saved.get("truly_sparse_layers"), dict):
+        saved = best_sparse_as_save(saved)
+    if not isinstance(saved, dict) or HEADER not in saved:
+        raise ValueError(_foreign(path, saved))
+    header = saved[HEADER]
+    version = header.get("version") if isinstance(header, dict) else None
+    if isinstance(version, int) and version > VERSION:
+        raise ValueError(f"itop.load: {path} was written by a newer itop ({header.get('itop_version')}, file layout {version}; "
+                         f"this one reads {VERSION}); upgrade itop.")
+    if not _well_formed(saved):
+        raise ValueError(f"itop.load: {path} is corrupt (its itop header or tensors are malformed); {ADVICE}.")
+    return saved
+
+
+def _foreign(path: Path, saved) -> str:
+    """The one-line error for a file torch reads that is not an itop save, with the way to load it."""
+    if isinstance(saved, dict) and saved and all(isinstance(v, Tensor) for v in saved.values()):
+        return (f"itop.load: {path} is a plain state dict, not an itop save; load it with "
+                "model.load_state_dict(torch.load(path, weights_only=True)).")
+    if isinstance(saved, dict) and saved.get("format") == 1 and isinstance(saved.get("model"), dict):
+        return (f"itop.load: {path} is a checkpoint of itop train, not an itop save; its dense weights load with "
+                "model.load_state_dict(torch.load(path, weights_only=True)['model']).")
+    return f"itop.load: {path} is not an itop save (it holds a {type(saved).__name__} without an {HEADER!r} header); {ADVICE}."
+
+
+def _well_formed(saved: dict) -> bool:
+    header, state = saved[HEADER], saved.get("state_dict")
+    if not isinstance(header, dict) or header.get("version") != VERSION or header.get("format") not in FORMATS:
+        return False
+    layers = header.get("layers")
+    if not isinstance(layers, dict) or not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        return False
+    topology = saved.get("positions" if header["format"] == "sparse" else "masks", {})
+    if not isinstance(topology, dict) or not all(isinstance(v, Tensor) for v in topology.values()):
+        return False
+    for entry in layers.values():
+        if not (isinstance(entry, dict) and isinstance(entry.get("shape"), list) and isinstance(entry.get("nnz"), int)
+                and entry.get("stored") in ("values", "dense")):
+            return False
+    return True
+
+
+def best_sparse_as_save(state: dict) -> dict[str, Any]:
+    """A best_sparse.pt of `itop train` ({"format": 1, "model", "truly_sparse_layers": module ->
+    [in_features, out_features, nnz]}) as the dict of an itop save (format "sparse")."""
+    layers = {}
+    for module_name, sizes in state.get("truly_sparse_layers", {}).items():
+        in_features, out_features, nnz = (int(s) for s in sizes)
+        layers[_prefix(module_name) + "weight"] = _entry((out_features, in_features), nnz, "values")
+    header = {"version": VERSION, "itop_version": "itop train", "format": "sparse", "layers": layers}
+    return {HEADER: header, "state_dict": state.get("model"), "positions": {}}
+
+
+def restore(saved: Mapping[str, Any], model: nn.Module, *, layout: str | None = None, source: str = "the file") -> nn.Module:
+    """Load the dict `read` gives into `model` (see `load`)."""
+    header = saved[HEADER]
+    layout = layout or ("sparse" if header["format"] == "sparse" else "masked")
+    state = dict(saved["state_dict"])
+    topology = saved.get("positions" if header["format"] == "sparse" else "masks", {})
+    assign = any(t.is_meta for t in model.state_dict().values())
+    tied = _tied(model)
+    targets: dict[str, str] = {}  # module name -> "sparse" or "dense": the Linear layers whose class changes or stays
+    masks: dict[str, Tensor] = {}
+
+    def mismatch(detail: str) -> ValueError:
+        return ValueError(f"itop.load: the model does not match {source}: {detail}; {ARCHITECTURE}.")
+
+    for name, entry in header["layers"].items():
+        module_name, attr = _split(name)
+        prefix, shape = _prefix(module_name), tuple(entry["shape"])
+        try:
+            module = model.get_submodule(module_name)
+        except AttributeError:
+            raise mismatch(f"it has no layer {module_name!r} (the file's sparse layer {name})") from None
+        mine = _shape_in_model(module, attr)
+        if mine is None:
+            raise mismatch(f"layer {module_name!r} ({type(module).__name__}) has no tensor {attr!r}")
+        if mine != shape:
+            raise mismatch(f"layer {module_name!r}: {attr} is {_dims(shape)} in the file, {_dims(mine)} in the model")
+        stored_sparse = entry["stored"] == "values"
+        if stored_sparse and (prefix + "values" not in state or prefix + "indices" not in state):
+            raise ValueError(f"itop.load: {source} is corrupt (layer {name} has no values or indices); {ADVICE}.")
+        positions = _positions(state, topology, prefix, name, entry)
+        if len(positions) != entry["nnz"]:
+            raise ValueError(f"itop.load: {source} is corrupt (layer {name} holds {len(positions)} positions, its header "
+                             f"says {entry['nnz']}); {ADVICE}.")
+        sparse_here = layout == "sparse" and entry["nnz"] < math.prod(shape) and (
+            stored_sparse or (isinstance(module, (nn.Linear, SparseLinear))
+                              and _storable_sparse(module, attr, getattr(module, attr, None), tied)))
+        if stored_sparse and not sparse_here:  # values + indices -> a dense weight with zeros off the positions
+            values = state.pop(prefix + "values")
+            state.pop(prefix + "indices")
+            dense = torch.zeros(math.prod(shape), dtype=values.dtype)
+            dense[positions] = values
+            state[name] = dense.reshape(shape)
+        elif sparse_here and not stored_sparse:  # a dense weight -> its active values + positions
+            weight = state.pop(name)
+            state[prefix + "values"], state[prefix + "indices"] = weight.reshape(-1)[positions], positions
+        if isinstance(module, SparseLinear) or sparse_here:
+            targets[module_name] = "sparse" if sparse_here else "dense"
+        if layout == "masked":
+            mask = torch.zeros(math.prod(shape), dtype=torch.bool)
+            mask[positions] = True
+            masks[name] = mask.reshape(shape)
+
+    _check_keys(model, state, targets, mismatch)
+    for module_name, target in targets.items():
+        module = model.get_submodule(module_name)
+        entry = header["layers"][_prefix(module_name) + "weight"]
+        new = _empty_layer(module, target, entry, _prefix(module_name), state)
+        if new is not module:
+            model = _replace(model, module_name, new)
+    try:
+        model.load_state_dict(state, strict=True, assign=assign)
+    except RuntimeError as error:  # the checks above should leave nothing here; keep it to one line all the same
+        text = " ".join(str(error).split())
+        raise ValueError(f"itop.load: {source} does not load into the model ({text[:200]}); {ARCHITECTURE}.") from None
+    for name, mask in masks.items():
+        module_name, attr = _split(name)
+        module = model.get_submodule(module_name)
+        torch_prune.custom_from_mask(module, attr, mask.to(getattr(module, attr).device))
+    return model
+
+
+def _dims(shape) -> str:
+    return "x".join(str(s) for s in shape) if len(shape) else "a scalar"
+
+
+def _shape_in_model(module: nn.Module, attr: str) -> tuple[int, ...] | None:
+    if isinstance(module, SparseLinear) and attr == "weight":
+        return module.shape
+    tensor = getattr(module, attr, None)
+    return tuple(tensor.shape) if isinstance(tensor, Tensor) else None
+
+
+def _positions(state: Mapping[str, Tensor], topology: Mapping[str, Tensor], prefix: str, name: str, entry: Mapping) -> Tensor:
+    """The sorted flat positions of a saved layer's active weights, whichever way it was stored."""
+    numel = math.prod(entry["shape"])
+    if entry["stored"] == "values":
+        return state[prefix + "indices"]
+    if name in topology:
+        mask_or_positions = topology[name]
+        return mask_or_positions.reshape(-1).nonzero().squeeze(1) if mask_or_positions.dtype == torch.bool else mask_or_positions
+    if entry["nnz"] == numel:
+        return torch.arange(numel)
+    raise ValueError(f"itop.load: the file is corrupt (no positions for {name}, {entry['nnz']} of {numel} weights active); {ADVICE}.")
+
+
+def _check_keys(model: nn.Module, state: Mapping[str, Tensor], targets: Mapping[str, str], mismatch) -> None:
+    """Every tensor of the model (after the planned layer changes) is in `state` with its shape, and
+    nothing else is; the first difference in model order is raised."""
+    expected: dict[str, tuple[int, ...] | None] = {}
+    changed = {_prefix(m): t for m, t in targets.items()}
+    for key, tensor in model.state_dict().items():
+        prefix, _, attr = key.rpartition(".")
+        prefix = _prefix(prefix)
+        target = changed.get(prefix)
+        if target == "sparse" and attr in ("weight", "values", "indices"):
+            expected.setdefault(prefix + "values", None)  # any number of active weights
+            expected.setdefault(prefix + "indices", None)
+        elif target == "dense" and attr in ("values", "indices"):
+            module = model.get_submodule(prefix[:-1]) if prefix else model
+            expected.setdefault(prefix + "weight", module.shape)
+        else:
+            expected[key] = tuple(tensor.shape)
+    for key, shape in expected.items():
+        layer = key.rpartition(".")[0] or "(the model itself)"
+        if key not in state:
+            raise mismatch(f"the file has no {key} (layer {layer!r})")
+        if shape is not None and tuple(state[key].shape) != shape:
+            raise mismatch(f"layer {layer!r}: {key.rpartition('.')[2]} is {_dims(tuple(state[key].shape))} in the file, "
+                           f"{_dims(shape)} in the model")
+    for key in state:
+        if key not in expected:
+            raise mismatch(f"the file holds {key}, which the model has no place for (layer {key.rpartition('.')[0]!r})")
+
+
+def _empty_layer(module: nn.Module, target: str, entry: Mapping, prefix: str, state: Mapping[str, Tensor]) -> nn.Module:
+    """The layer to load into: `module` when it has the target type already, else a new SparseLinear
+    or nn.Linear with the module's dtype, device and trainability, holding uninitialised tensors."""
+    out_features, in_features = entry["shape"]
+    if target == "sparse" and isinstance(module, SparseLinear):
+        return module
+    if target == "dense" and not isinstance(module, SparseLinear):
+        return module
+    weight = module.values if isinstance(module, SparseLinear) else module.weight
+    dtype, device = weight.dtype, weight.device
+    has_bias = prefix + "bias" in state
+    if target == "sparse":
+        nnz = state[prefix + "indices"].numel()
+        bias = torch.empty(out_features, dtype=dtype, device=device) if has_bias else None
+        new = SparseLinear.from_values(in_features, out_features, torch.empty(nnz, dtype=torch.int64, device=device),
+                                       torch.empty(nnz, dtype=dtype, device=device), bias)
+        new.values.requires_grad_(weight.requires_grad)
+    else:
+        new = nn.Linear(in_features, out_features, bias=has_bias, device=device, dtype=dtype)
+        new.weight.requires_grad_(weight.requires_grad)
+    if has_bias and getattr(module, "bias", None) is not None:
+        new.bias.requires_grad_(module.bias.requires_grad)
+    return new
+
+
+def _replace(model: nn.Module, module_name: str, new: nn.Module) -> nn.Module:
+    """Put `new` at `module_name` in `model`; the root itself is replaced by returning `new`."""
+    if not module_name:
+        return new
+    parent_name, _, child = module_name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+    return model
