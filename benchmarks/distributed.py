@@ -82,8 +82,20 @@ def main() -> None:
         return
     torch.set_num_threads(2)
     one = measure(args.steps, args.batch)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               __file__, "--worker", "--steps", str(args.steps), "--batch", str(args.batch)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        __file__,
+        "--worker",
+        "--steps",
+        str(args.steps),
+        "--batch",
+        str(args.batch),
+    ]
     out = subprocess.run(command, capture_output=True, text=True, check=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
     two = json.loads(out.stdout.strip().splitlines()[-1])
     print(f"torch {torch.__version__}, MLP {'-'.join(map(str, SIZES))}, RigL density 0.05, batch {args.batch} per process")
@@ -92,8 +104,10 @@ def main() -> None:
     print(f"| 1 | 2 | {one['step_s'] * 1e3:.1f} | {one['examples_per_s']:.0f} |")
     print(f"| 2 (gloo) | 1 | {two['step_s'] * 1e3:.1f} | {two['examples_per_s']:.0f} |")
     print(f"throughput ratio 2 processes / 1 process: {two['examples_per_s'] / one['examples_per_s']:.2f}x")
-    print(f"mask agreement check: {two['check_s'] * 1e3:.2f} ms per topology update "
-          f"= {two['check_s'] / two['step_s']:.1%} of one training step")
+    print(
+        f"mask agreement check: {two['check_s'] * 1e3:.2f} ms per topology update "
+        f"= {two['check_s'] / two['step_s']:.1%} of one training step"
+    )
 
 
 if __name__ == "__main__":

@@ -28,8 +28,12 @@ def build(grow: str):
 
 
 def state_bytes(sparsifier) -> int:
-    tensors = [*sparsifier.masks.values(), *sparsifier._multipliers, *sparsifier.exploration.explored.values(),
-               *sparsifier.grad_average.values()]
+    tensors = [
+        *sparsifier.masks.values(),
+        *sparsifier._multipliers,
+        *sparsifier.exploration.explored.values(),
+        *sparsifier.grad_average.values(),
+    ]
     return sum(t.numel() * t.element_size() for t in tensors)
 
 

@@ -57,15 +57,21 @@ def main() -> None:
     parser.add_argument("--density", type=float, default=0.05)
     parser.add_argument("--update-frequency", type=int, default=100)
     parser.add_argument("--out", default="bench-runs")
-    parser.add_argument("--test-dir", default=None,
-                        help="folder with the official MNIST t10k IDX files (default: the itop data directory, "
-                             "where `itop train --data mnist` reads MNIST)")
+    parser.add_argument(
+        "--test-dir",
+        default=None,
+        help="folder with the official MNIST t10k IDX files (default: the itop data directory, "
+        "where `itop train --data mnist` reads MNIST)",
+    )
     args = parser.parse_args()
     test_dir = Path(args.test_dir) if args.test_dir else default_data_dir()
     missing = [name for name in MNIST_FILES["test"] if not (test_dir / name).is_file()]
     if missing:
-        print(f"mnist_accuracy.py: official MNIST test set missing: put {' and '.join(missing)} in {test_dir}, "
-              "or pass --test-dir with the folder that holds them.", file=sys.stderr)
+        print(
+            f"mnist_accuracy.py: official MNIST test set missing: put {' and '.join(missing)} in {test_dir}, "
+            "or pass --test-dir with the folder that holds them.",
+            file=sys.stderr,
+        )
         raise SystemExit(2)
     try:
         x, y = official_test_set(test_dir)
@@ -75,9 +81,27 @@ def main() -> None:
     rows = []
     for method, flags in METHODS.items():
         run_dir = Path(args.out) / method.lower()
-        argv = ["train", "--model", "lenet300-100", "--data", "mnist5k", "--epochs", str(args.epochs), "--batch-size", "100",
-                "--density", str(args.density), "--update_frequency", str(args.update_frequency), "--seed", "18",
-                "--no-progress", "--save", str(run_dir), *flags]
+        argv = [
+            "train",
+            "--model",
+            "lenet300-100",
+            "--data",
+            "mnist5k",
+            "--epochs",
+            str(args.epochs),
+            "--batch-size",
+            "100",
+            "--density",
+            str(args.density),
+            "--update_frequency",
+            str(args.update_frequency),
+            "--seed",
+            "18",
+            "--no-progress",
+            "--save",
+            str(run_dir),
+            *flags,
+        ]
         if not (run_dir / "summary.json").exists() and itop_main(argv) != 0:
             raise SystemExit(f"{method} run failed")
         summary = json.loads((run_dir / "summary.json").read_text())
@@ -86,8 +110,10 @@ def main() -> None:
     print("| Method | Sparsity | Top-1 Acc (t10k) | Top-1 Acc (mnist5k test) | Rs | Training FLOPs | Test FLOPs |")
     print("|---|---|---|---|---|---|---|")
     for method, s, acc in rows:
-        print(f"| {method} | {s['sparsity']:.2f} | {100 * acc:.2f} | {100 * s['test_acc']:.2f} | {s['itop_rate']:.3f} | "
-              f"{s['training_flops']:.3f}x | {s['test_flops']:.3f}x |")
+        print(
+            f"| {method} | {s['sparsity']:.2f} | {100 * acc:.2f} | {100 * s['test_acc']:.2f} | {s['itop_rate']:.3f} | "
+            f"{s['training_flops']:.3f}x | {s['test_flops']:.3f}x |"
+        )
 
 
 if __name__ == "__main__":

@@ -41,15 +41,47 @@ from pathlib import Path
 import numpy as np
 import torch
 
-RECIPE = ["--model", "set-mlp", "--data", "mnist5k", "--valid_split", "0", "--activation", "relu", "--dropout", "0.3",
-          "--batch-size", "32", "--lr", "0.01", "--momentum", "0.9", "--no-nesterov", "--weight-decay", "2e-4",
-          "--lr-schedule", "constant", "--no-progress"]
+RECIPE = [
+    "--model",
+    "set-mlp",
+    "--data",
+    "mnist5k",
+    "--valid_split",
+    "0",
+    "--activation",
+    "relu",
+    "--dropout",
+    "0.3",
+    "--batch-size",
+    "32",
+    "--lr",
+    "0.01",
+    "--momentum",
+    "0.9",
+    "--no-nesterov",
+    "--weight-decay",
+    "2e-4",
+    "--lr-schedule",
+    "constant",
+    "--no-progress",
+]
 SPARSE = ["--sparse", "--epsilon", "20", "--truly-sparse", "--init-scale", "sparse"]
 METHODS = {
     "Dense": [],
     "Static (epsilon 20)": [*SPARSE, "--fix"],
-    "SET (epsilon 20, zeta 0.3)": [*SPARSE, "--death", "SET", "--death-rate", "0.3", "--decay-schedule", "constant",
-                                   "--growth", "random", "--update-every", "epoch"],
+    "SET (epsilon 20, zeta 0.3)": [
+        *SPARSE,
+        "--death",
+        "SET",
+        "--death-rate",
+        "0.3",
+        "--decay-schedule",
+        "constant",
+        "--growth",
+        "random",
+        "--update-every",
+        "epoch",
+    ],
 }
 
 
@@ -103,7 +135,7 @@ def final_accuracy(run_dir: Path, x: torch.Tensor, y: torch.Tensor) -> float:
     model, _ = build_model(cfg, num_classes=10, in_channels=1, image_size=28)
     model.load_state_dict(torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"])
     model.eval()
-    correct = sum(int((model(x[i:i + 1000]).argmax(1) == y[i:i + 1000]).sum()) for i in range(0, len(y), 1000))
+    correct = sum(int((model(x[i : i + 1000]).argmax(1) == y[i : i + 1000]).sum()) for i in range(0, len(y), 1000))
     return correct / len(y)
 
 
@@ -143,20 +175,41 @@ def comparison_data(path: Path, official: tuple[torch.Tensor, torch.Tensor]) -> 
         train = load_dataset("mnist5k", valid_split=0.0).train
         x_train = (train.images.float() / 255 - MEAN[0]) / STD[0]
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, x_train=x_train.reshape(len(x_train), -1).numpy(), y_train=train.labels.numpy(),
-                 x_test=official[0].reshape(len(official[0]), -1).numpy(), y_test=official[1].numpy())
+        np.savez(
+            path,
+            x_train=x_train.reshape(len(x_train), -1).numpy(),
+            y_train=train.labels.numpy(),
+            x_test=official[0].reshape(len(official[0]), -1).numpy(),
+            y_test=official[1].numpy(),
+        )
     return path
 
 
 def run_reference(args, data: Path, seed: int) -> dict:
     """The reference's result for `seed` (set_reference.py's JSON), running it first unless it is there."""
     r = REFERENCE_RECIPE
-    out = Path(args.out) / (f"reference-e{args.epochs}-h{args.hidden.replace(',', 'x')}-eps{r['epsilon']}-b{r['batch_size']}"
-                            f"-lr{short(r['lr'])}-wd{short(r['weight_decay'])}-s{seed}.json")
+    out = Path(args.out) / (
+        f"reference-e{args.epochs}-h{args.hidden.replace(',', 'x')}-eps{r['epsilon']}-b{r['batch_size']}"
+        f"-lr{short(r['lr'])}-wd{short(r['weight_decay'])}-s{seed}.json"
+    )
     if not out.is_file():
-        argv = [args.reference_python, str(Path(__file__).resolve().parent / "set_reference.py"), "--reference-dir", args.reference_dir,
-                "--data", str(data), "--out", str(out), "--seed", str(seed), "--epochs", str(args.epochs), "--hidden", args.hidden,
-                *(x for key, value in r.items() for x in (f"--{key.replace('_', '-')}", str(value)))]
+        argv = [
+            args.reference_python,
+            str(Path(__file__).resolve().parent / "set_reference.py"),
+            "--reference-dir",
+            args.reference_dir,
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--seed",
+            str(seed),
+            "--epochs",
+            str(args.epochs),
+            "--hidden",
+            args.hidden,
+            *(x for key, value in r.items() for x in (f"--{key.replace('_', '-')}", str(value))),
+        ]
         done = subprocess.run(argv, capture_output=True, text=True)
         if done.returncode != 0:
             raise SystemExit(f"the reference run failed ({' '.join(argv)}):\n{done.stderr[-2000:]}")
@@ -171,39 +224,70 @@ def compare_with_reference(args, official) -> None:
     data = comparison_data(Path(args.out) / "mnist5k-train-and-official-test.npz", official)
     r = REFERENCE_RECIPE
     print(f"same data for both: itop's mnist5k training split (4,000 digits), tested on the official 10,000 (written to {data})")
-    print(f"reference: {args.reference_dir} under {args.reference_python}; its recipe: epsilon {r['epsilon']}, zeta {r['zeta']}, batch "
-          f"{r['batch_size']}, lr {r['lr']:g} (its gradient divided by the batch twice: a step of {r['lr'] / r['batch_size']:g} on the "
-          f"mean gradient), momentum {r['momentum']}, weight decay {short(r['weight_decay'])} per step outside lr and momentum, no dropout")
+    print(
+        f"reference: {args.reference_dir} under {args.reference_python}; its recipe: epsilon {r['epsilon']}, zeta {r['zeta']}, batch "
+        f"{r['batch_size']}, lr {r['lr']:g} (its gradient divided by the batch twice: a step of {r['lr'] / r['batch_size']:g} on the "
+        f"mean gradient), momentum {r['momentum']}, weight decay {short(r['weight_decay'])} per step outside lr and momentum, no dropout"
+    )
     rows, started = [], time.perf_counter()
     results = [run_reference(args, data, seed) for seed in range(1, args.seeds + 1)]
-    print(f"  reference: done ({time.perf_counter() - started:.0f} s so far); its workarounds: "
-          f"{'; '.join(results[0]['workarounds']) or 'none needed'}", flush=True)
-    rows.append(("truly sparse SET-MLP (Liu, Mocanu et al. 2021)", f"lr {r['lr']:g}, gradient / batch twice: {r['lr'] / r['batch_size']:g}",
-                 f"{short(r['weight_decay'])} per step", [x["test_acc"] for x in results], [x["train_loss"] for x in results],
-                 [x["seconds"] for x in results]))
+    print(
+        f"  reference: done ({time.perf_counter() - started:.0f} s so far); its workarounds: "
+        f"{'; '.join(results[0]['workarounds']) or 'none needed'}",
+        flush=True,
+    )
+    rows.append(
+        (
+            "truly sparse SET-MLP (Liu, Mocanu et al. 2021)",
+            f"lr {r['lr']:g}, gradient / batch twice: {r['lr'] / r['batch_size']:g}",
+            f"{short(r['weight_decay'])} per step",
+            [x["test_acc"] for x in results],
+            [x["train_loss"] for x in results],
+            [x["seconds"] for x in results],
+        )
+    )
     systems = {f"itop --preset million-neurons (lr {short(preset['lr'])}, weight decay {short(preset['weight_decay'])})": {}}
     systems.update({f"itop, {label}": values for label, values in ITOP_CONTRASTS.items()})
     for label, values in systems.items():
         lr, wd = values.get("lr", preset["lr"]), values.get("weight_decay", preset["weight_decay"])
         accs, losses, seconds = [], [], []
         for seed in range(1, args.seeds + 1):
-            run_dir = Path(args.out) / f"itop-million-neurons-lr{short(lr)}-wd{short(wd)}-e{args.epochs}-h{args.hidden.replace(',', 'x')}-s{seed}"
+            run_dir = (
+                Path(args.out) / f"itop-million-neurons-lr{short(lr)}-wd{short(wd)}-e{args.epochs}-h{args.hidden.replace(',', 'x')}-s{seed}"
+            )
             overrides = [x for key, value in values.items() for x in (f"--{key.replace('_', '-')}", f"{value:g}")]
-            summary = train(run_dir, ["--preset", "million-neurons", "--hidden", args.hidden, "--epochs", str(args.epochs),
-                                      "--seed", str(seed), "--no-progress", *overrides])
+            summary = train(
+                run_dir,
+                [
+                    "--preset",
+                    "million-neurons",
+                    "--hidden",
+                    args.hidden,
+                    "--epochs",
+                    str(args.epochs),
+                    "--seed",
+                    str(seed),
+                    "--no-progress",
+                    *overrides,
+                ],
+            )
             accs.append(final_accuracy(run_dir, *official))
             losses.append(epoch_losses(run_dir))
             seconds.append(summary["seconds"])
         rows.append((label, short(lr), f"{short(wd)} (torch SGD)", accs, losses, seconds))
         print(f"  {label}: done ({time.perf_counter() - started:.0f} s so far)", flush=True)
     print()
-    print("| system | step on the mean gradient | weight decay | official MNIST test (10,000), % | per seed (1, 2, 3 ...) | "
-          "training loss per epoch (mean over seeds) | s per run |")
+    print(
+        "| system | step on the mean gradient | weight decay | official MNIST test (10,000), % | per seed (1, 2, 3 ...) | "
+        "training loss per epoch (mean over seeds) | s per run |"
+    )
     print("|---|---|---|---|---|---|---|")
     for label, step, wd, accs, losses, seconds in rows:
         per_epoch = [statistics.mean(run[e] for run in losses) for e in range(len(losses[0]))]
-        print(f"| {label} | {step} | {wd} | {mean_std(accs, 100)} | {', '.join(f'{100 * a:.2f}' for a in accs)} | "
-              f"{', '.join(f'{v:.3f}' for v in per_epoch)} | {mean_std(seconds, 1, 0)} |")
+        print(
+            f"| {label} | {step} | {wd} | {mean_std(accs, 100)} | {', '.join(f'{100 * a:.2f}' for a in accs)} | "
+            f"{', '.join(f'{v:.3f}' for v in per_epoch)} | {mean_std(seconds, 1, 0)} |"
+        )
     print()
     reference = statistics.mean(rows[0][3])
     for label, *_, accs, _losses, _seconds in rows[1:]:
@@ -217,14 +301,23 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--hidden", default="1000,1000,1000")
     parser.add_argument("--out", default=None, help="default bench-runs/set-mlp; bench-runs/set-mlp-reference with --reference-dir")
-    parser.add_argument("--test-dir", default=None,
-                        help="where t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz are (default: itop's data directory, "
-                             "$ITOP_DATA_DIR or ~/.cache/itop/data)")
-    parser.add_argument("--reference-dir", default=None,
-                        help="a checkout of the truly sparse SET-MLP (github.com/Shiweiliuiiiiiii/SET-MLP-ONE-MILLION-NEURONS), "
-                             "its Cython module built: compare accuracy with it instead of the dense/static/SET study")
-    parser.add_argument("--reference-python", default=sys.executable,
-                        help="the Python that runs the reference (NumPy, SciPy, its built module); default this one")
+    parser.add_argument(
+        "--test-dir",
+        default=None,
+        help="where t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz are (default: itop's data directory, "
+        "$ITOP_DATA_DIR or ~/.cache/itop/data)",
+    )
+    parser.add_argument(
+        "--reference-dir",
+        default=None,
+        help="a checkout of the truly sparse SET-MLP (github.com/Shiweiliuiiiiiii/SET-MLP-ONE-MILLION-NEURONS), "
+        "its Cython module built: compare accuracy with it instead of the dense/static/SET study",
+    )
+    parser.add_argument(
+        "--reference-python",
+        default=sys.executable,
+        help="the Python that runs the reference (NumPy, SciPy, its built module); default this one",
+    )
     parser.add_argument("--quick", action="store_true", help="1-2 epochs, 1 seed, hidden 100,100: checks the script runs")
     args = parser.parse_args()
     reference = args.reference_dir is not None
@@ -255,19 +348,27 @@ def main() -> None:
         rows.append((method, summaries, official_accs))
         print(f"  {method}: done ({time.perf_counter() - started:.0f} s so far)", flush=True)
     print()
-    print("| method | density | embedded test digits (1,000), % | official MNIST test (10,000), % | Rs | training FLOPs | test FLOPs | s per run |")
+    print(
+        "| method | density | embedded test digits (1,000), % | official MNIST test (10,000), % | Rs | training FLOPs | test FLOPs | s per run |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for method, summaries, official_accs in rows:
-        print(f"| {method} | {summaries[0]['density']:.4f} | {mean_std([s['test_acc'] for s in summaries], 100)} | "
-              f"{mean_std(official_accs, 100) if official_accs else '-'} | {mean_std([s['itop_rate'] for s in summaries], 1, 3)} | "
-              f"{summaries[0]['training_flops']:.3f}x | {summaries[0]['test_flops']:.3f}x | {mean_std([s['seconds'] for s in summaries], 1, 0)} |")
+        print(
+            f"| {method} | {summaries[0]['density']:.4f} | {mean_std([s['test_acc'] for s in summaries], 100)} | "
+            f"{mean_std(official_accs, 100) if official_accs else '-'} | {mean_std([s['itop_rate'] for s in summaries], 1, 3)} | "
+            f"{summaries[0]['training_flops']:.3f}x | {summaries[0]['test_flops']:.3f}x | {mean_std([s['seconds'] for s in summaries], 1, 0)} |"
+        )
     dense, static, evolving = ([s["test_acc"] for s in r[1]] for r in rows)
     print()
-    print(f"SET - dense: {100 * (statistics.mean(evolving) - statistics.mean(dense)):+.2f} points; "
-          f"SET - static: {100 * (statistics.mean(evolving) - statistics.mean(static)):+.2f} points (embedded test digits, mean over seeds)")
+    print(
+        f"SET - dense: {100 * (statistics.mean(evolving) - statistics.mean(dense)):+.2f} points; "
+        f"SET - static: {100 * (statistics.mean(evolving) - statistics.mean(static)):+.2f} points (embedded test digits, mean over seeds)"
+    )
     if rows[0][2]:
         means = [statistics.mean(r[2]) for r in rows]
-        print(f"official test set: SET - dense {100 * (means[2] - means[0]):+.2f} points, SET - static {100 * (means[2] - means[1]):+.2f} points")
+        print(
+            f"official test set: SET - dense {100 * (means[2] - means[0]):+.2f} points, SET - static {100 * (means[2] - means[1]):+.2f} points"
+        )
     print(f"(total {time.perf_counter() - started:.0f} s)")
 
 

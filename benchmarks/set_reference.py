@@ -45,23 +45,29 @@ MODULE = "set_mlp_sparse_data_structures"
 def load_reference(directory: Path):
     """The reference module imported from `directory`, with the workarounds it needs here."""
     if not (directory / f"{MODULE}.py").is_file():
-        raise SystemExit(f"{directory}: no {MODULE}.py; --reference-dir must be a checkout of the truly sparse SET-MLP "
-                         "(github.com/Shiweiliuiiiiiii/SET-MLP-ONE-MILLION-NEURONS).")
+        raise SystemExit(
+            f"{directory}: no {MODULE}.py; --reference-dir must be a checkout of the truly sparse SET-MLP "
+            "(github.com/Shiweiliuiiiiiii/SET-MLP-ONE-MILLION-NEURONS)."
+        )
     sys.path.insert(0, str(directory))
     try:
         import sparseoperations  # noqa: F401  (the reference's Cython kernel)
     except ImportError as exc:
-        raise SystemExit(f"{directory}: its Cython module sparseoperations does not import under {sys.executable} "
-                         f"(Python {sys.version_info.major}.{sys.version_info.minor}: {exc}); build it there as its "
-                         "sparseoperations.pyx says, or name a Python with NumPy, SciPy and that module built "
-                         "with --reference-python.") from None
+        raise SystemExit(
+            f"{directory}: its Cython module sparseoperations does not import under {sys.executable} "
+            f"(Python {sys.version_info.major}.{sys.version_info.minor}: {exc}); build it there as its "
+            "sparseoperations.pyx says, or name a Python with NumPy, SciPy and that module built "
+            "with --reference-python."
+        ) from None
     with contextlib.redirect_stdout(io.StringIO()):
         module = importlib.import_module(MODULE)
     missing = [name for name in ("SET_MLP", "CrossEntropy", "SoftMax", "Relu") if not hasattr(module, name)]
     if missing:
-        raise SystemExit(f"{directory / MODULE}.py has no {', '.join(missing)}: this is not the truly sparse SET-MLP of "
-                         "Liu, Mocanu et al. 2021 (the official SET-MLP of Mocanu et al. 2018 trains with MSE and has no "
-                         "CrossEntropy); use a checkout of github.com/Shiweiliuiiiiiii/SET-MLP-ONE-MILLION-NEURONS.")
+        raise SystemExit(
+            f"{directory / MODULE}.py has no {', '.join(missing)}: this is not the truly sparse SET-MLP of "
+            "Liu, Mocanu et al. 2021 (the official SET-MLP of Mocanu et al. 2018 trains with MSE and has no "
+            "CrossEntropy); use a checkout of github.com/Shiweiliuiiiiiii/SET-MLP-ONE-MILLION-NEURONS."
+        )
     return module, apply_workarounds(module)
 
 
@@ -73,6 +79,7 @@ def apply_workarounds(module) -> list[str]:
     applied = []
     probe = csr_matrix(np.eye(2))
     if np.shares_memory(coo_matrix(probe).data, probe.data):
+
         def copying_coo_matrix(arg, *args, **kwargs):
             kwargs["copy"] = True
             return coo_matrix(arg, *args, **kwargs)
@@ -113,15 +120,33 @@ def main() -> None:
     started = time.perf_counter()
     with contextlib.redirect_stdout(log):
         model = ref.SET_MLP((x_train.shape[1], *hidden, classes), (*[ref.Relu] * len(hidden), ref.SoftMax), epsilon=args.epsilon)
-        metrics = model.fit(x_train, y_train, x_test, y_test, loss=ref.CrossEntropy, epochs=args.epochs, batch_size=args.batch_size,
-                            learning_rate=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, zeta=args.zeta,
-                            dropoutrate=0, testing=False)
+        metrics = model.fit(
+            x_train,
+            y_train,
+            x_test,
+            y_test,
+            loss=ref.CrossEntropy,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            learning_rate=args.lr,
+            momentum=args.momentum,
+            weight_decay=args.weight_decay,
+            zeta=args.zeta,
+            dropoutrate=0,
+            testing=False,
+        )
         trained = time.perf_counter() - started
         batch = max(b for b in range(1, 1001) if len(x_test) % b == 0)  # predict() skips a last partial batch
         accuracy, _ = model.predict(x_test, y_test, batch_size=batch)  # no dropout: the same outputs as batch 1
-    result = dict(train_loss=[float(v) for v in metrics[:, 0]], test_acc=float(accuracy), seconds=trained,
-                  nnz=[int(model.w[i].nnz) for i in sorted(model.w)], workarounds=workarounds,
-                  numpy=np.__version__, python=sys.version.split()[0])
+    result = dict(
+        train_loss=[float(v) for v in metrics[:, 0]],
+        test_acc=float(accuracy),
+        seconds=trained,
+        nnz=[int(model.w[i].nnz) for i in sorted(model.w)],
+        workarounds=workarounds,
+        numpy=np.__version__,
+        python=sys.version.split()[0],
+    )
     Path(args.out).write_text(json.dumps(result, indent=1))
 
 

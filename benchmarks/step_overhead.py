@@ -38,8 +38,11 @@ def make_run(sizes, batch, sparse: bool, grow: str = "gradient", sparse_linear: 
     torch.manual_seed(0)
     model = mlp(sizes)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    sparsifier = itop.Sparsifier(model, optimizer, density=0.05, grow=grow, update_frequency=None, seed=0,
-                                 sparse_linear=sparse_linear) if sparse else None
+    sparsifier = (
+        itop.Sparsifier(model, optimizer, density=0.05, grow=grow, update_frequency=None, seed=0, sparse_linear=sparse_linear)
+        if sparse
+        else None
+    )
     x, y = torch.randn(batch, sizes[0]), torch.randint(0, sizes[-1], (batch,))
 
     def step(use_sparsifier: bool = True):

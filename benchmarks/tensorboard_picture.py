@@ -33,8 +33,11 @@ def main() -> None:
     args = parser.parse_args()
     run = Path(args.run)
     if not (run / "summary.json").is_file():
-        done = subprocess.run([sys.executable, "-m", "itop", "train", "--tensorboard", "--epochs", str(args.epochs),
-                               "--no-progress", "--save", str(run)], capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, "-m", "itop", "train", "--tensorboard", "--epochs", str(args.epochs), "--no-progress", "--save", str(run)],
+            capture_output=True,
+            text=True,
+        )
         if done.returncode != 0:
             raise SystemExit(done.stderr[-2000:])
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -57,7 +60,9 @@ def main() -> None:
         ax.grid(alpha=0.3)
         if len(chosen) > 1:
             ax.legend(fontsize="small")
-    fig.suptitle(f"itop train --tensorboard --epochs {args.epochs} (the demo): the curves in <run>/tensorboard, read back with TensorBoard's EventAccumulator")
+    fig.suptitle(
+        f"itop train --tensorboard --epochs {args.epochs} (the demo): the curves in <run>/tensorboard, read back with TensorBoard's EventAccumulator"
+    )
     fig.tight_layout()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out)

@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-PLAIN = '''
+PLAIN = """
 import torch, torch.distributed as dist
 dist.init_process_group("gloo")
 model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(64, 10))
@@ -27,7 +27,7 @@ for _ in range(20):
     opt.zero_grad(); model(torch.randn(32, 64)).sum().backward(); opt.step()
 dist.barrier()
 dist.destroy_process_group()
-'''
+"""
 
 
 def torchrun(args: list[str], cwd: str) -> int:
@@ -54,11 +54,14 @@ def main() -> None:
         print(f"plain DDP script, {args.plain} runs: exit statuses {dict(Counter(plain))} ({time.perf_counter() - started:.0f} s)")
         started, statuses = time.perf_counter(), []
         for i in range(args.runs):
-            statuses.append(torchrun(["-m", "itop", "train", "--epochs", "1", "--batch-size", "500", "--no-progress",
-                                      "--save", f"run{i}"], tmp))
+            statuses.append(
+                torchrun(["-m", "itop", "train", "--epochs", "1", "--batch-size", "500", "--no-progress", "--save", f"run{i}"], tmp)
+            )
             print(f"\r  itop train run {i + 1}/{args.runs}: status {statuses[-1]}", end="", flush=True)
-        print(f"\ritop train (demo, 1 epoch), {args.runs} two-process runs in a row: exit statuses {dict(Counter(statuses))} "
-              f"({time.perf_counter() - started:.0f} s)")
+        print(
+            f"\ritop train (demo, 1 epoch), {args.runs} two-process runs in a row: exit statuses {dict(Counter(statuses))} "
+            f"({time.perf_counter() - started:.0f} s)"
+        )
 
 
 if __name__ == "__main__":

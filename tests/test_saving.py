@@ -15,8 +15,9 @@ def mlp(width=300):
 
 
 def convnet():
-    return nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 16, 3), nn.ReLU(), nn.Flatten(),
-                         nn.Linear(16 * 4 * 4, 64), nn.ReLU(), nn.Linear(64, 10))
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 16, 3), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 4 * 4, 64), nn.ReLU(), nn.Linear(64, 10)
+    )
 
 
 def train(model, x, density=0.05, steps=5, **options):
@@ -82,8 +83,7 @@ def test_a_masked_mlp_saves_as_its_export_and_loads_back_truly_sparse_dense_or_p
     assert list(header["layers"]) == ["0.weight", "2.weight", "4.weight"]
     for name, entry in header["layers"].items():
         mask = sparsifier.masks[name]
-        assert entry == {"shape": list(mask.shape), "nnz": int(mask.sum()), "density": int(mask.sum()) / mask.numel(),
-                         "stored": "values"}
+        assert entry == {"shape": list(mask.shape), "nnz": int(mask.sum()), "density": int(mask.sum()) / mask.numel(), "stored": "values"}
 
     truly_sparse = itop.load(path, mlp())
     assert sparse_layers(truly_sparse) == {"0", "2", "4"}
@@ -313,7 +313,8 @@ def test_a_model_of_another_architecture_is_refused_naming_the_first_layer_that_
     wider_bias = mlp()
     wider_bias[2].bias = nn.Parameter(torch.zeros(101))
     assert "layer '2': bias is 100 in the file, 101 in the model" in one_line_error(
-        ValueError, lambda: itop.load(tmp_path / "model.pt", wider_bias))
+        ValueError, lambda: itop.load(tmp_path / "model.pt", wider_bias)
+    )
     conv_in_place = mlp()
     conv_in_place[2] = nn.Conv2d(300, 100, 1)
     assert "layer '2'" in one_line_error(ValueError, lambda: itop.load(tmp_path / "model.pt", conv_in_place))
@@ -387,16 +388,32 @@ def trained_bert(tmp_path_factory):
     from itop.integrations.huggingface import SparsityCallback
 
     torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                     intermediate_size=64, max_position_embeddings=32, num_labels=2)
+    config = transformers.BertConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=32,
+        num_labels=2,
+    )
     g = torch.Generator().manual_seed(1)
     data = [{"input_ids": torch.randint(0, 64, (12,), generator=g), "labels": i % 2} for i in range(32)]
-    args = transformers.TrainingArguments(output_dir=str(tmp_path_factory.mktemp("bert")), per_device_train_batch_size=4,
-                                          max_steps=4, use_cpu=True, save_strategy="no", report_to="none",
-                                          disable_tqdm=True, learning_rate=1e-2, seed=0)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path_factory.mktemp("bert")),
+        per_device_train_batch_size=4,
+        max_steps=4,
+        use_cpu=True,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        learning_rate=1e-2,
+        seed=0,
+    )
     callback = SparsityCallback(density=0.2, update_frequency=2, seed=0)
-    trainer = transformers.Trainer(model=transformers.BertForSequenceClassification(config), args=args, train_dataset=data,
-                                   callbacks=[callback])
+    trainer = transformers.Trainer(
+        model=transformers.BertForSequenceClassification(config), args=args, train_dataset=data, callbacks=[callback]
+    )
     trainer.train()
     ids = torch.randint(0, 64, (4, 12), generator=g)
     return transformers, config, trainer.model.eval(), callback.sparsifier, ids

@@ -32,8 +32,25 @@ ROOT = HERE.parent.parent
 # The original ITOP code's main.py recipe for MNIST (its README): 100 epochs, batch 100, SGD 0.1 with Nesterov
 # momentum 0.9, weight decay 5e-4, LR / 10 at 1/2 and 3/4 of training (itop train's defaults for
 # these flags), ERK; on the embedded digits: 3,600 training / 400 validation / 1,000 test.
-RECIPE = ["--model", "lenet300-100", "--data", "mnist5k", "--epochs", "100", "--batch-size", "100", "--lr", "0.1",
-          "--momentum", "0.9", "--weight-decay", "5e-4", "--sparse_init", "ERK", "--no-progress"]
+RECIPE = [
+    "--model",
+    "lenet300-100",
+    "--data",
+    "mnist5k",
+    "--epochs",
+    "100",
+    "--batch-size",
+    "100",
+    "--lr",
+    "0.1",
+    "--momentum",
+    "0.9",
+    "--weight-decay",
+    "5e-4",
+    "--sparse_init",
+    "ERK",
+    "--no-progress",
+]
 # 2 epochs: runs of 1 or 2 epochs divide the LR by 10 after 1/2 and 3/4 of their optimizer steps
 # (itop.train.optim.multistep_milestones), so a quick run still passes through all three rates
 QUICK = ["--epochs", "2", "--batch-size", "250"]
@@ -82,9 +99,12 @@ def parse_args(description: str) -> argparse.Namespace:
     parser.add_argument("--out", default=str(ROOT / "bench-runs" / "reproduce"), help="where the run directories go")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--workers", type=int, default=2, help="runs at a time (each on 2 / workers threads)")
-    parser.add_argument("--test-dir", default=None,
-                        help="folder with the official MNIST t10k IDX files (default: the itop data directory, "
-                             "where `itop train --data mnist` reads MNIST); without them those columns are left out")
+    parser.add_argument(
+        "--test-dir",
+        default=None,
+        help="folder with the official MNIST t10k IDX files (default: the itop data directory, "
+        "where `itop train --data mnist` reads MNIST); without them those columns are left out",
+    )
     parser.add_argument("--plots", default=None, help="where `itop report` writes this study's tables and PNGs")
     parser.add_argument("--quick", action="store_true", help="2 epochs, 1 seed, a reduced grid: checks the script runs")
     args = parser.parse_args()
@@ -94,8 +114,11 @@ def parse_args(description: str) -> argparse.Namespace:
         args.test_dir = str(default_data_dir())
     missing = missing_test_files(Path(args.test_dir))
     if missing:
-        print(f"official MNIST test set not found: put {' and '.join(missing)} in {args.test_dir} or pass --test-dir; "
-              "the tables leave its columns out", flush=True)
+        print(
+            f"official MNIST test set not found: put {' and '.join(missing)} in {args.test_dir} or pass --test-dir; "
+            "the tables leave its columns out",
+            flush=True,
+        )
     if args.quick:
         args.seeds = 1
     return args
@@ -140,8 +163,7 @@ def run_grid(jobs: list[Job], args: argparse.Namespace) -> dict[Job, dict]:
             print(f"\r  {done}/{len(jobs)} runs ({time.perf_counter() - started:.0f} s)", end="", flush=True)
     print(f"\r  {len(jobs)} runs in {time.perf_counter() - started:.0f} s wall time")
     for job in [job for job, summary in results.items() if summary is None]:
-        print(f"  diverged, left out of the table: {job.label}, seed {job.seed} "
-              f"({(out / job.name / DIVERGED).read_text().strip()})")
+        print(f"  diverged, left out of the table: {job.label}, seed {job.seed} ({(out / job.name / DIVERGED).read_text().strip()})")
         del results[job]
     official = official_test_set(Path(args.test_dir))
     for job, summary in results.items():
@@ -221,8 +243,13 @@ def accuracy_table(rows: dict[str, list[dict]], first: str = "setting") -> str:
         if official:
             cells += [mean_std([s["official_best"] for s in runs]), mean_std([s["official_final"] for s in runs])]
         absolute = statistics.mean(s["training_flops"] * s["dense_training_flops"] for s in runs)
-        cells += [mean_std([s["itop_rate"] for s in runs], 1.0, 3), f"{statistics.mean(s['training_flops'] for s in runs):.3f}x",
-                  f"{absolute:.3g}", f"{statistics.mean(s['test_flops'] for s in runs):.3f}x", str(len(runs))]
+        cells += [
+            mean_std([s["itop_rate"] for s in runs], 1.0, 3),
+            f"{statistics.mean(s['training_flops'] for s in runs):.3f}x",
+            f"{absolute:.3g}",
+            f"{statistics.mean(s['test_flops'] for s in runs):.3f}x",
+            str(len(runs)),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -24,8 +24,9 @@ def jobs(seeds: int, quick: bool) -> list[Job]:
         epochs = 5 * m
         grid += [Job(f"Dense, {epochs} epochs (the budget of 0.05 x {m})", ("--epochs", str(epochs)), seed) for seed in range(seeds)]
         for method, flags in SPARSE.items():
-            grid += [Job(f"{method}, density 0.05, {m}x training", (*flags, "--density", "0.05", *longer(m)), seed)
-                     for seed in range(seeds)]
+            grid += [
+                Job(f"{method}, density 0.05, {m}x training", (*flags, "--density", "0.05", *longer(m)), seed) for seed in range(seeds)
+            ]
     return grid
 
 

@@ -21,14 +21,15 @@ METHODS = {"SET-ITOP": (*SET, "--update_frequency", "100"), "RigL-ITOP": (*RIGL,
 def jobs(seeds: int, quick: bool) -> list[Job]:
     grid = [Job("Dense", (), seed) for seed in range(seeds)]
     for method, flags in METHODS.items():
-        for m in ((1, 2) if quick else MULTIPLIERS):
-            grid += [Job(f"{method}, density 0.02, {m}x training", (*flags, "--density", "0.02", *longer(m)), seed)
-                     for seed in range(seeds)]
+        for m in (1, 2) if quick else MULTIPLIERS:
+            grid += [
+                Job(f"{method}, density 0.02, {m}x training", (*flags, "--density", "0.02", *longer(m)), seed) for seed in range(seeds)
+            ]
     if not quick:  # the dense network at batch 32 too, so that the batch size is not what closes the gap:
         # at the recipe's LR and with it scaled to the batch (0.1 x 32 / 100, the linear scaling rule)
         grid += [Job("Dense, batch 32", ("--batch-size", "32"), seed) for seed in range(seeds)]
         grid += [Job("Dense, batch 32, LR 0.032", ("--batch-size", "32", "--lr", "0.032"), seed) for seed in range(seeds)]
-    for m in (() if quick else MULTIPLIERS):
+    for m in () if quick else MULTIPLIERS:
         flags = (*METHODS["SET-ITOP"], "--density", "0.02", "--batch-size", "32", *longer(m))
         grid += [Job(f"SET-ITOP, density 0.02, batch 32, {m}x training", flags, seed) for seed in range(seeds)]
     return grid

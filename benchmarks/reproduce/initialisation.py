@@ -32,8 +32,9 @@ def test_flops(model_name: str, distribution: str, density: float) -> float:
     from itop.models import create_model
 
     model = create_model(model_name, num_classes=10, in_channels=1, image_size=28)
-    sparsifier = itop.Sparsifier(model, torch.optim.SGD(model.parameters(), lr=0.1), density=density,
-                                 distribution=distribution.lower(), seed=0)
+    sparsifier = itop.Sparsifier(
+        model, torch.optim.SGD(model.parameters(), lr=0.1), density=density, distribution=distribution.lower(), seed=0
+    )
     counts = itop.flops.count_flops(model, torch.zeros(1, 1, 28, 28))
     return itop.flops.inference_ratio(counts, {n: s["density"] for n, s in sparsifier.layer_stats().items()})
 
@@ -52,21 +53,29 @@ def lenet5_jobs(seeds: int, quick: bool) -> list[Job]:
     seeds, flags = min(seeds, LENET5_SEEDS), METHODS["SET-ITOP"]
     grid = [] if quick else [Job("LeNet-5, Dense", LENET5, seed) for seed in range(seeds)]
     erk_flops = test_flops("lenet5", "ERK", 0.05)
-    for distribution in (("uniform", "ERK") if quick else DISTRIBUTIONS):
+    for distribution in ("uniform", "ERK") if quick else DISTRIBUTIONS:
         extra = () if distribution == "ERK" else ("--sparse_init", distribution)
-        grid += [Job(f"LeNet-5, SET-ITOP, {distribution}, density 0.05", (*LENET5, *flags, "--density", "0.05", *extra), seed)
-                 for seed in range(seeds)]
+        grid += [
+            Job(f"LeNet-5, SET-ITOP, {distribution}, density 0.05", (*LENET5, *flags, "--density", "0.05", *extra), seed)
+            for seed in range(seeds)
+        ]
         if distribution != "ERK" and not quick:
             density = density_for_flops("lenet5", distribution, erk_flops)
-            grid += [Job(f"LeNet-5, SET-ITOP, {distribution}, density {density:g} (ERK's FLOPs)",
-                         (*LENET5, *flags, "--density", f"{density:g}", *extra), seed) for seed in range(seeds)]
+            grid += [
+                Job(
+                    f"LeNet-5, SET-ITOP, {distribution}, density {density:g} (ERK's FLOPs)",
+                    (*LENET5, *flags, "--density", f"{density:g}", *extra),
+                    seed,
+                )
+                for seed in range(seeds)
+            ]
     return grid
 
 
 def jobs(seeds: int, quick: bool) -> list[Job]:
     grid = []
     for method, flags in METHODS.items():
-        for distribution in (("uniform", "ERK") if quick else DISTRIBUTIONS):
+        for distribution in ("uniform", "ERK") if quick else DISTRIBUTIONS:
             extra = () if distribution == "ERK" else ("--sparse_init", distribution)  # ERK: the recipe's own flag
             grid += [Job(f"{method}, {distribution}", (*flags, "--density", "0.05", *extra), seed) for seed in range(seeds)]
     return grid + lenet5_jobs(seeds, quick)

@@ -17,14 +17,24 @@ METHODS = {
     "SET-ITOP": SET,
     "RigL-ITOP": RIGL,
     "momentum growth": ("--sparse", "--growth", "momentum", "--death", "magnitude"),
-    "momentum growth + momentum redistribution": ("--sparse", "--growth", "momentum", "--death", "magnitude",
-                                                  "--redistribution", "momentum"),
+    "momentum growth + momentum redistribution": (
+        "--sparse",
+        "--growth",
+        "momentum",
+        "--death",
+        "magnitude",
+        "--redistribution",
+        "momentum",
+    ),
 }
 
 
 def jobs(seeds: int, quick: bool) -> list[Job]:
-    return [Job(method, (*flags, "--density", "0.05", "--update_frequency", "100"), seed)
-            for method, flags in METHODS.items() for seed in range(seeds)]
+    return [
+        Job(method, (*flags, "--density", "0.05", "--update_frequency", "100"), seed)
+        for method, flags in METHODS.items()
+        for seed in range(seeds)
+    ]
 
 
 def main() -> None:

@@ -27,13 +27,24 @@ def jobs(seeds: int, quick: bool) -> list[Job]:
         grid += [Job(f"Static, density {density}", (*STATIC, "--density", str(density)), seed) for seed in range(seeds)]
         for method, flags in METHODS.items():
             for every in intervals:
-                grid += [Job(f"{method}, density {density}, every {every} steps",
-                             (*flags, "--density", str(density), "--update_frequency", str(every)), seed) for seed in range(seeds)]
+                grid += [
+                    Job(
+                        f"{method}, density {density}, every {every} steps",
+                        (*flags, "--density", str(density), "--update_frequency", str(every)),
+                        seed,
+                    )
+                    for seed in range(seeds)
+                ]
     for method, flags in METHODS.items():
         for batch in batches:
-            grid += [Job(f"{method}, density 0.05, every 100 steps, batch {batch}",
-                         (*flags, "--density", "0.05", "--update_frequency", "100", "--batch-size", str(batch)), seed)
-                     for seed in range(seeds)]
+            grid += [
+                Job(
+                    f"{method}, density 0.05, every 100 steps, batch {batch}",
+                    (*flags, "--density", "0.05", "--update_frequency", "100", "--batch-size", str(batch)),
+                    seed,
+                )
+                for seed in range(seeds)
+            ]
     return grid
 
 
@@ -49,8 +60,10 @@ def tables(rows: dict) -> None:
 
 def reports(results: dict) -> dict:
     """Two reports: the update-interval sweep (with dense and static), and the batch-size sweep."""
-    return {"rs_accuracy": {job: s for job, s in results.items() if "batch" not in job.label},
-            "rs_accuracy_batch": {job: s for job, s in results.items() if "batch" in job.label}}
+    return {
+        "rs_accuracy": {job: s for job, s in results.items() if "batch" not in job.label},
+        "rs_accuracy_batch": {job: s for job, s in results.items() if "batch" in job.label},
+    }
 
 
 def main() -> None:

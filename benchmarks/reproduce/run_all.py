@@ -24,7 +24,7 @@ def main() -> None:
     if "--plots" in argv:
         at = argv.index("--plots")
         plots = argv[at + 1]
-        argv = argv[:at] + argv[at + 2:]
+        argv = argv[:at] + argv[at + 2 :]
     here = Path(__file__).resolve().parent
     total = time.perf_counter()
     for study in STUDIES:

@@ -52,6 +52,16 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "Sparsifier", "save", "load", "sparse", "sparsity", "flops", "register_prune", "register_grow",
-    "register_redistribution", "register_distribution", "__version__", *_LAZY_SUBPACKAGES,
+    "Sparsifier",
+    "save",
+    "load",
+    "sparse",
+    "sparsity",
+    "flops",
+    "register_prune",
+    "register_grow",
+    "register_redistribution",
+    "register_distribution",
+    "__version__",
+    *_LAZY_SUBPACKAGES,
 ]

@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import math
 import numbers
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -64,12 +64,14 @@ def _check_model(call: str, model) -> None:
 def _check_sparsifier(model: nn.Module, sparsifier) -> None:
     """`sparsifier` must be the itop.Sparsifier built on `model`: its masks say what to keep."""
     if not isinstance(sparsifier, Sparsifier):
-        raise TypeError("export(model, sparsifier): sparsifier must be the itop.Sparsifier that trained the model, "
-                        f"got {_kind(sparsifier)}.")
+        raise TypeError(
+            f"export(model, sparsifier): sparsifier must be the itop.Sparsifier that trained the model, got {_kind(sparsifier)}."
+        )
     held = {id(p) for p in model.parameters()}
     if any(id(p) not in held for p in sparsifier.params.values()):
-        raise ValueError("export(model, sparsifier): the sparsifier was built on another model; "
-                         "pass the model it trained (not a copy of it).")
+        raise ValueError(
+            "export(model, sparsifier): the sparsifier was built on another model; pass the model it trained (not a copy of it)."
+        )
 
 
 def _replace(model: nn.Module, module_name: str, new: nn.Module) -> None:
@@ -78,9 +80,16 @@ def _replace(model: nn.Module, module_name: str, new: nn.Module) -> None:
 
 
 @torch.no_grad()
-def sparsify(model: nn.Module, density: float, distribution: str = "erk", seed: int | None = None, *,
-             include: Sequence[Selector] | None = None, exclude: Sequence[Selector] = (),
-             init_scale: str = "sparse") -> nn.Module:
+def sparsify(
+    model: nn.Module,
+    density: float,
+    distribution: str = "erk",
+    seed: int | None = None,
+    *,
+    include: Sequence[Selector] | None = None,
+    exclude: Sequence[Selector] = (),
+    init_scale: str = "sparse",
+) -> nn.Module:
     """Replace `model`'s sparse Linear layers by SparseLinear layers in place, and return `model`.
 
     Each layer keeps `round(d_i * N_i)` of its weights (at least one), at positions drawn uniformly
@@ -102,8 +111,9 @@ def sparsify(model: nn.Module, density: float, distribution: str = "erk", seed: 
         raise TypeError(f"sparsify(..., seed): seed must be an int or None, got {_kind(seed)}.")
     for name, selectors in (("include", include), ("exclude", exclude)):
         if isinstance(selectors, str):
-            raise TypeError(f"sparsify(..., {name}): {name} must be a list of selectors, "
-                            f"e.g. {name}=[{selectors!r}], got {_kind(selectors)}.")
+            raise TypeError(
+                f"sparsify(..., {name}): {name} must be a list of selectors, e.g. {name}=[{selectors!r}], got {_kind(selectors)}."
+            )
     linears = _plain_linears(model, include, exclude)
     if not linears:
         raise ValueError("the model has no Linear layer to make truly sparse (include/exclude left none); Conv layers stay masked.")
@@ -144,8 +154,7 @@ def export(model: nn.Module, sparsifier) -> nn.Module:
     _check_sparsifier(model, sparsifier)
     names = {id(m): n for n, m in model.named_modules()}
     owners = kernels.linear_owners(model, sparsifier.params)
-    chosen = {names[id(m)]: sparsifier.masks[p] for p, m in owners.items()
-              if _convertible(m) and not bool(sparsifier.masks[p].all())}
+    chosen = {names[id(m)]: sparsifier.masks[p] for p, m in owners.items() if _convertible(m) and not bool(sparsifier.masks[p].all())}
     copied = copy.deepcopy(model)
     for module_name, mask in chosen.items():
         _replace(copied, module_name, SparseLinear.from_dense(copied.get_submodule(module_name), mask))
@@ -161,9 +170,11 @@ class RefusedSavePretrained:
     a checkpoint that would load that way. (A class, not a closure, so the model still pickles.)"""
 
     def __call__(self, *args, **kwargs):
-        raise ValueError("this exported model holds itop.sparse.SparseLinear layers, which from_pretrained cannot load "
-                         "(it would leave them at random weights); save it with itop.save(model, path) and load it with "
-                         "itop.load(path, model), or save itop.sparse.densify(model) with save_pretrained.")
+        raise ValueError(
+            "this exported model holds itop.sparse.SparseLinear layers, which from_pretrained cannot load "
+            "(it would leave them at random weights); save it with itop.save(model, path) and load it with "
+            "itop.load(path, model), or save itop.sparse.densify(model) with save_pretrained."
+        )
 
 
 def densify(model: nn.Module) -> nn.Module:

@@ -90,8 +90,13 @@ def save(model: nn.Module, path: str | os.PathLike, sparsifier: Sparsifier | Non
     from . import __version__
 
     state, header_layers, topology = _saved_tensors(_unwrapped(model), sparsifier, format)
-    header = {"version": VERSION, "itop_version": str(__version__), "torch_version": str(torch.__version__),
-              "format": format, "layers": header_layers}
+    header = {
+        "version": VERSION,
+        "itop_version": str(__version__),
+        "torch_version": str(torch.__version__),
+        "format": format,
+        "layers": header_layers,
+    }
     saved = {HEADER: header, "state_dict": state, ("positions" if format == "sparse" else "masks"): topology}
     save_checkpoint(saved, Path(path))
 
@@ -154,14 +159,18 @@ def _masked_layers(model: nn.Module, sparsifier) -> dict[str, tuple[nn.Module, T
         names = {id(p): n for n, p in model.named_parameters()}
         for sp_name, param in sparsifier.params.items():
             if id(param) not in names:
-                raise ValueError(f"itop.save: the sparsifier was built on another model (it masks {sp_name!r}, which this model "
-                                 "does not hold); pass the model it trained (an exported copy needs no sparsifier).")
+                raise ValueError(
+                    f"itop.save: the sparsifier was built on another model (it masks {sp_name!r}, which this model "
+                    "does not hold); pass the model it trained (an exported copy needs no sparsifier)."
+                )
             name = names[id(param)]
             layers[name] = (modules[_split(name)[0]], param, sparsifier.masks[sp_name].to(param.device))
         held = {id(m) for m in modules.values()}
         if any(id(layer) not in held for layer in sparsifier.layers.values()):
-            raise ValueError("itop.save: the sparsifier was built on another model (its truly sparse layers are not this model's); "
-                             "pass the model it trained (an exported copy needs no sparsifier).")
+            raise ValueError(
+                "itop.save: the sparsifier was built on another model (its truly sparse layers are not this model's); "
+                "pass the model it trained (an exported copy needs no sparsifier)."
+            )
     for module_name, module in modules.items():
         for attr in _pruned(module):
             name = _prefix(module_name) + attr
@@ -187,9 +196,11 @@ def _saved_tensors(model: nn.Module, sparsifier, format: str):
             raise ValueError(f"itop.save: the mask of {name} has shape {tuple(mask.shape)}, its weight {shape}.")
         stray = int(torch.count_nonzero(weight.detach()[~mask]))
         if stray:
-            raise ValueError(f"itop.save: {stray} weights of {name} outside its mask are nonzero, so the mask no longer describes "
-                             "the model (trained after sparsifier.detach()?); call sparsifier.apply_masks() to zero them, or save "
-                             "without the sparsifier to keep every weight.")
+            raise ValueError(
+                f"itop.save: {stray} weights of {name} outside its mask are nonzero, so the mask no longer describes "
+                "the model (trained after sparsifier.detach()?); call sparsifier.apply_masks() to zero them, or save "
+                "without the sparsifier to keep every weight."
+            )
         nnz = int(torch.count_nonzero(mask))
         positions = mask.reshape(-1).nonzero().squeeze(1)
         # a pruned module's state dict holds <attr>_orig and <attr>_mask: the file holds <attr> (= orig * mask)
@@ -280,8 +291,10 @@ def read(path: str | os.PathLike) -> dict[str, Any]:
     except Exception as error:  # torch raises many types for a damaged file
         text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()
         if isinstance(error, pickle.UnpicklingError) and "Unsupported global" in text:
-            raise ValueError(f"itop.load: {path} is not an itop save: it holds Python objects (a torch.save(model) file?), "
-                             f"which weights_only=True loading refuses; {ADVICE}.") from None
+            raise ValueError(
+                f"itop.load: {path} is not an itop save: it holds Python objects (a torch.save(model) file?), "
+                f"which weights_only=True loading refuses; {ADVICE}."
+            ) from None
         first_line = text.splitlines()[0] if text else type(error).__name__
         raise ValueError(f"itop.load: {path} is corrupt or not a PyTorch file ({first_line[:120]}); {ADVICE}.") from None
     if isinstance(saved, dict) and HEADER not in saved and isinstance(saved.get("truly_sparse_layers"), dict):
@@ -291,8 +304,10 @@ def read(path: str | os.PathLike) -> dict[str, Any]:
     header = saved[HEADER]
     version = header.get("version") if isinstance(header, dict) else None
     if isinstance(version, int) and version > VERSION:
-        raise ValueError(f"itop.load: {path} was written by a newer itop ({header.get('itop_version')}, file layout {version}; "
-                         f"this one reads {VERSION}); upgrade itop.")
+        raise ValueError(
+            f"itop.load: {path} was written by a newer itop ({header.get('itop_version')}, file layout {version}; "
+            f"this one reads {VERSION}); upgrade itop."
+        )
     if not _well_formed(saved):
         raise ValueError(f"itop.load: {path} is corrupt (its itop header or tensors are malformed); {ADVICE}.")
     return saved
@@ -301,11 +316,15 @@ def read(path: str | os.PathLike) -> dict[str, Any]:
 def _foreign(path: Path, saved) -> str:
     """The one-line error for a file torch reads that is not an itop save, with the way to load it."""
     if isinstance(saved, dict) and saved and all(isinstance(v, Tensor) for v in saved.values()):
-        return (f"itop.load: {path} is a plain state dict, not an itop save; load it with "
-                "model.load_state_dict(torch.load(path, weights_only=True)).")
+        return (
+            f"itop.load: {path} is a plain state dict, not an itop save; load it with "
+            "model.load_state_dict(torch.load(path, weights_only=True))."
+        )
     if isinstance(saved, dict) and saved.get("format") == 1 and isinstance(saved.get("model"), dict):
-        return (f"itop.load: {path} is a checkpoint of itop train, not an itop save; its dense weights load with "
-                "model.load_state_dict(torch.load(path, weights_only=True)['model']).")
+        return (
+            f"itop.load: {path} is a checkpoint of itop train, not an itop save; its dense weights load with "
+            "model.load_state_dict(torch.load(path, weights_only=True)['model'])."
+        )
     return f"itop.load: {path} is not an itop save (it holds a {type(saved).__name__} without an {HEADER!r} header); {ADVICE}."
 
 
@@ -320,8 +339,12 @@ def _well_formed(saved: dict) -> bool:
     if not isinstance(topology, dict) or not all(isinstance(v, Tensor) for v in topology.values()):
         return False
     for entry in layers.values():
-        if not (isinstance(entry, dict) and isinstance(entry.get("shape"), list) and isinstance(entry.get("nnz"), int)
-                and entry.get("stored") in ("values", "dense")):
+        if not (
+            isinstance(entry, dict)
+            and isinstance(entry.get("shape"), list)
+            and isinstance(entry.get("nnz"), int)
+            and entry.get("stored") in ("values", "dense")
+        ):
             return False
     return True
 
@@ -368,11 +391,17 @@ def restore(saved: Mapping[str, Any], model: nn.Module, *, layout: str | None = 
             raise ValueError(f"itop.load: {source} is corrupt (layer {name} has no values or indices); {ADVICE}.")
         positions = _positions(state, topology, prefix, name, entry)
         if len(positions) != entry["nnz"]:
-            raise ValueError(f"itop.load: {source} is corrupt (layer {name} holds {len(positions)} positions, its header "
-                             f"says {entry['nnz']}); {ADVICE}.")
-        sparse_here = layout == "sparse" and entry["nnz"] < math.prod(shape) and (
-            stored_sparse or (isinstance(module, (nn.Linear, SparseLinear))
-                              and _storable_sparse(module, attr, getattr(module, attr, None), tied)))
+            raise ValueError(
+                f"itop.load: {source} is corrupt (layer {name} holds {len(positions)} positions, its header says {entry['nnz']}); {ADVICE}."
+            )
+        sparse_here = (
+            layout == "sparse"
+            and entry["nnz"] < math.prod(shape)
+            and (
+                stored_sparse
+                or (isinstance(module, (nn.Linear, SparseLinear)) and _storable_sparse(module, attr, getattr(module, attr, None), tied))
+            )
+        )
         if stored_sparse and not sparse_here:  # values + indices -> a dense weight with zeros off the positions
             values = state.pop(prefix + "values")
             state.pop(prefix + "indices")
@@ -454,8 +483,9 @@ def _check_keys(model: nn.Module, state: Mapping[str, Tensor], targets: Mapping[
         if key not in state:
             raise mismatch(f"the file has no {key} (layer {layer!r})")
         if shape is not None and tuple(state[key].shape) != shape:
-            raise mismatch(f"layer {layer!r}: {key.rpartition('.')[2]} is {_dims(tuple(state[key].shape))} in the file, "
-                           f"{_dims(shape)} in the model")
+            raise mismatch(
+                f"layer {layer!r}: {key.rpartition('.')[2]} is {_dims(tuple(state[key].shape))} in the file, {_dims(shape)} in the model"
+            )
     for key in state:
         if key not in expected:
             raise mismatch(f"the file holds {key}, which the model has no place for (layer {key.rpartition('.')[0]!r})")
@@ -475,8 +505,13 @@ def _empty_layer(module: nn.Module, target: str, entry: Mapping, prefix: str, st
     if target == "sparse":
         nnz = state[prefix + "indices"].numel()
         bias = torch.empty(out_features, dtype=dtype, device=device) if has_bias else None
-        new = SparseLinear.from_values(in_features, out_features, torch.empty(nnz, dtype=torch.int64, device=device),
-                                       torch.empty(nnz, dtype=dtype, device=device), bias)
+        new = SparseLinear.from_values(
+            in_features,
+            out_features,
+            torch.empty(nnz, dtype=torch.int64, device=device),
+            torch.empty(nnz, dtype=dtype, device=device),
+            bias,
+        )
         new.values.requires_grad_(weight.requires_grad)
     else:
         new = nn.Linear(in_features, out_features, bias=has_bias, device=device, dtype=dtype)

@@ -66,16 +66,14 @@ def write_cifar10_dir(root: Path, per_batch: int = 6, n_test: int = 8) -> dict:
 def write_cifar100_dir(root: Path, n_train: int = 30, n_test: int = 10) -> dict:
     """`root/cifar-100-python/` with train and test holding fine and coarse labels."""
     folder = root / "cifar-100-python"
-    batches = {"train": cifar_batch(n_train, 100, b"fine_labels", 1),
-               "test": cifar_batch(n_test, 100, b"fine_labels", 2)}
+    batches = {"train": cifar_batch(n_train, 100, b"fine_labels", 1), "test": cifar_batch(n_test, 100, b"fine_labels", 2)}
     for name, batch in batches.items():
         batch[b"coarse_labels"] = [label // 5 for label in batch[b"fine_labels"]]
         write_pickle(folder / name, batch)
     return batches
 
 
-def write_image_tree(root: Path, classes=("n01", "n02"), per_class: int = 3,
-                     size=(40, 30), ext: str = ".JPEG") -> None:
+def write_image_tree(root: Path, classes=("n01", "n02"), per_class: int = 3, size=(40, 30), ext: str = ".JPEG") -> None:
     """`root/<class>/img_k.JPEG` with random-colour images of `size` (width, height)."""
     from PIL import Image
 

@@ -110,13 +110,16 @@ def test_truncated_pickle(tmp_path):
         read_cifar_batch(path, "labels", 10)
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda b: b.update({b"data": b[b"data"][:, :100]}), "N x 3072"),
-    (lambda b: b.update({b"data": b[b"data"].astype(np.float32)}), "uint8"),
-    (lambda b: b.pop(b"labels"), "'labels' is missing"),
-    (lambda b: b.update({b"labels": b[b"labels"][:2]}), "4 images but 2 labels"),
-    (lambda b: b.update({b"labels": [10, 0, 0, 0]}), "labels outside 0..9"),
-])
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda b: b.update({b"data": b[b"data"][:, :100]}), "N x 3072"),
+        (lambda b: b.update({b"data": b[b"data"].astype(np.float32)}), "uint8"),
+        (lambda b: b.pop(b"labels"), "'labels' is missing"),
+        (lambda b: b.update({b"labels": b[b"labels"][:2]}), "4 images but 2 labels"),
+        (lambda b: b.update({b"labels": [10, 0, 0, 0]}), "labels outside 0..9"),
+    ],
+)
 def test_malformed_batches(tmp_path, mutate, message):
     batch = cifar_batch(4, 10, b"labels", 0)
     mutate(batch)

@@ -98,4 +98,6 @@ def test_missing_files_error_is_one_line(tmp_path):
 
 def test_missing_files_error_names_the_embedded_digits(tmp_path):
     text = str(download.missing_files_error("MNIST", ["a"], tmp_path, "<urlopen error offline>"))
-    assert text.endswith("(download failed: <urlopen error offline>); or train on the 5,000 MNIST digits that come with itop: --data mnist5k.")
+    assert text.endswith(
+        "(download failed: <urlopen error offline>); or train on the 5,000 MNIST digits that come with itop: --data mnist5k."
+    )

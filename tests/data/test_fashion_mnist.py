@@ -7,8 +7,7 @@ from itop.data.fashion_mnist import fashion_mnist_dir, load_fashion_mnist_split
 
 from .formats import write_idx, write_mnist_dir
 
-ALL_FILES = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-             "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
+ALL_FILES = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
 
 
 def test_registered_under_both_names():

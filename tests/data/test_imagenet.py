@@ -2,8 +2,15 @@ import pytest
 import torch
 
 from itop.data import DataError
-from itop.data.imagenet import (IMAGENET_MEAN, IMAGENET_STD, DeviceNormalizer, ImageFolder,
-                                make_imagenet_loader, random_resized_crop, resize_center_crop)
+from itop.data.imagenet import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DeviceNormalizer,
+    ImageFolder,
+    make_imagenet_loader,
+    random_resized_crop,
+    resize_center_crop,
+)
 
 from .formats import write_image_tree
 
@@ -85,8 +92,7 @@ def test_loader_with_worker_process(root):
 
 
 def test_distributed_sampler_shards(root):
-    loader = make_imagenet_loader(root, "train", 2, workers=0, image_size=16,
-                                  distributed=True, num_replicas=2, rank=1)
+    loader = make_imagenet_loader(root, "train", 2, workers=0, image_size=16, distributed=True, num_replicas=2, rank=1)
     assert len(loader) == 2  # 4 of 8 images on this rank
     loader.set_epoch(1)
     assert loader.loader.sampler.epoch == 1
@@ -124,8 +130,8 @@ def test_unknown_split(tmp_path):
 
 
 def test_set_epoch_makes_each_epoch_reproducible(tmp_path):
-    from tests.data.formats import write_image_tree
     from itop.data.imagenet import make_imagenet_loader
+    from tests.data.formats import write_image_tree
 
     write_image_tree(tmp_path / "train", per_class=4)
 
@@ -138,7 +144,7 @@ def test_set_epoch_makes_each_epoch_reproducible(tmp_path):
     later = make_imagenet_loader(tmp_path, "train", 2, workers=1, seed=3)
     a0, a1 = epoch(first, 0), epoch(first, 1)
     b1 = epoch(later, 1)  # a "resumed" loader starting at epoch 1
-    assert all(torch.equal(x, y) and torch.equal(l, m) for (x, l), (y, m) in zip(a1, b1))
+    assert all(torch.equal(x, y) and torch.equal(k, m) for (x, k), (y, m) in zip(a1, b1))
     assert not all(torch.equal(x, y) for (x, _), (y, _) in zip(a0, a1))
 
 
@@ -151,8 +157,9 @@ def test_ranks_draw_different_crops_of_the_same_image(tmp_path, workers):
         image.save(tmp_path / "train" / "n01" / f"{i}.png")  # identical images: only the crops differ
 
     def first_epoch(rank, seed=3):
-        loader = make_imagenet_loader(tmp_path, "train", 2, workers=workers, image_size=16, seed=seed,
-                                      distributed=True, num_replicas=2, rank=rank)
+        loader = make_imagenet_loader(
+            tmp_path, "train", 2, workers=workers, image_size=16, seed=seed, distributed=True, num_replicas=2, rank=rank
+        )
         loader.set_epoch(0)
         return torch.cat([x for x, _ in loader])
 

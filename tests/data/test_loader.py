@@ -15,8 +15,17 @@ def data(n: int = 10, size: int = 32, seed: int = 0):
 
 def loader(augment="none", shuffle=True, seed=0, batch_size=4, n=10, **kwargs) -> DeviceLoader:
     images, labels = data(n)
-    return DeviceLoader(images, labels, batch_size, shuffle=shuffle, mean=MEAN, std=STD,
-                        augment=augment, generator=torch.Generator().manual_seed(seed), **kwargs)
+    return DeviceLoader(
+        images,
+        labels,
+        batch_size,
+        shuffle=shuffle,
+        mean=MEAN,
+        std=STD,
+        augment=augment,
+        generator=torch.Generator().manual_seed(seed),
+        **kwargs,
+    )
 
 
 def normalise(x: torch.Tensor) -> torch.Tensor:
@@ -74,7 +83,7 @@ def test_resume_from_generator_state(augment):
 
 def reference_crop_flip(image, top, left, flip, mode):
     padded = F.pad(image[None].float() / 255, (4, 4, 4, 4), mode=mode)[0]
-    crop = padded[:, top:top + 32, left:left + 32]
+    crop = padded[:, top : top + 32, left : left + 32]
     return crop.flip(2) if flip else crop
 
 
@@ -86,8 +95,9 @@ def test_augmentation_matches_per_image_reference(augment, mode):
     order = torch.randperm(12, generator=gen)
     offsets = torch.randint(0, 9, (12, 2), generator=gen)
     flips = torch.rand(12, generator=gen) < 0.5
-    expected = torch.stack([reference_crop_flip(images[i], *offsets[k].tolist(), bool(flips[k]), mode)
-                            for k, i in enumerate(order.tolist())])
+    expected = torch.stack(
+        [reference_crop_flip(images[i], *offsets[k].tolist(), bool(flips[k]), mode) for k, i in enumerate(order.tolist())]
+    )
     batches = epoch(dl)
     assert torch.allclose(torch.cat([x for x, _ in batches]), normalise(expected * 255), atol=1e-5)
     assert torch.equal(torch.cat([y for _, y in batches]), labels[order])
@@ -100,8 +110,7 @@ def test_extreme_offsets_match_padding(augment, mode):
     offsets = torch.tensor([[0, 0], [8, 8], [0, 8], [8, 0], [4, 4], [0, 0]])
     flips = torch.tensor([False, True, False, True, True, True])
     got = loader(augment, n=6)._crop_flip(images, offsets, flips)
-    expected = torch.stack([reference_crop_flip(images[i], *offsets[i].tolist(), bool(flips[i]), mode)
-                            for i in range(6)])
+    expected = torch.stack([reference_crop_flip(images[i], *offsets[i].tolist(), bool(flips[i]), mode) for i in range(6)])
     assert got.dtype == torch.uint8 and torch.equal(got.float() / 255, expected)
 
 
@@ -117,20 +126,35 @@ def test_augmented_shapes_and_range(augment):
 
 def test_zero_padding_shows_black_borders():
     images = torch.full((64, 3, 32, 32), 255, dtype=torch.uint8)
-    dl = DeviceLoader(images, torch.zeros(64, dtype=torch.int64), 64, shuffle=False, mean=(0,), std=(1,),
-                      augment="crop-flip-zero", generator=torch.Generator().manual_seed(0))
+    dl = DeviceLoader(
+        images,
+        torch.zeros(64, dtype=torch.int64),
+        64,
+        shuffle=False,
+        mean=(0,),
+        std=(1,),
+        augment="crop-flip-zero",
+        generator=torch.Generator().manual_seed(0),
+    )
     x, _ = next(iter(dl))
     assert (x == 0).any() and (x == 1).any()
-    reflect = DeviceLoader(images, torch.zeros(64, dtype=torch.int64), 64, shuffle=False, mean=(0,),
-                           std=(1,), augment="crop-flip-reflect", generator=torch.Generator().manual_seed(0))
+    reflect = DeviceLoader(
+        images,
+        torch.zeros(64, dtype=torch.int64),
+        64,
+        shuffle=False,
+        mean=(0,),
+        std=(1,),
+        augment="crop-flip-reflect",
+        generator=torch.Generator().manual_seed(0),
+    )
     assert torch.all(next(iter(reflect))[0] == 1)
 
 
 def splits_for_test(augment="crop-flip-reflect") -> DatasetSplits:
     images, labels = data(n=20)
     part = ArrayDataset(images, labels)
-    return DatasetSplits(part, ArrayDataset(images[:6], labels[:6]), ArrayDataset(images[6:], labels[6:]),
-                         10, 3, 32, MEAN, STD, augment)
+    return DatasetSplits(part, ArrayDataset(images[:6], labels[:6]), ArrayDataset(images[6:], labels[6:]), 10, 3, 32, MEAN, STD, augment)
 
 
 def test_validation_and_test_are_never_augmented():
@@ -149,16 +173,18 @@ def test_make_loaders_without_validation():
     assert make_loaders(splits, 4, generator=torch.Generator())[1] is None
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(augment="jitter"), "Unknown augmentation"),
-    (dict(generator=None), "Generator is needed"),
-    (dict(batch_size=0), "batch_size"),
-    (dict(mean=(0.1, 0.2)), "mean needs 1 or 3"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(augment="jitter"), "Unknown augmentation"),
+        (dict(generator=None), "Generator is needed"),
+        (dict(batch_size=0), "batch_size"),
+        (dict(mean=(0.1, 0.2)), "mean needs 1 or 3"),
+    ],
+)
 def test_bad_arguments(kwargs, message):
     images, labels = data(4)
-    args = dict(batch_size=2, shuffle=True, mean=MEAN, std=STD, augment="none",
-                generator=torch.Generator())
+    args = dict(batch_size=2, shuffle=True, mean=MEAN, std=STD, augment="none", generator=torch.Generator())
     args.update(kwargs)
     with pytest.raises(ValueError, match=message):
         DeviceLoader(images, labels, **args)

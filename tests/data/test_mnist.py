@@ -11,8 +11,7 @@ from itop.data.mnist import load_mnist_split, read_idx_images, read_idx_labels
 from .formats import write_idx, write_mnist_dir
 
 SHARED_TEST = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist-test"
-ALL_FILES = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-             "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
+ALL_FILES = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
 
 
 def test_read_round_trip(tmp_path):
@@ -130,8 +129,9 @@ def test_unknown_split(tmp_path):
         load_mnist_split(tmp_path, "valid")
 
 
-@pytest.mark.skipif(not (SHARED_TEST / "t10k-images-idx3-ubyte.gz").is_file(),
-                    reason="the real MNIST test set exists only beside the checkout")
+@pytest.mark.skipif(
+    not (SHARED_TEST / "t10k-images-idx3-ubyte.gz").is_file(), reason="the real MNIST test set exists only beside the checkout"
+)
 def test_real_mnist_test_set():
     data = load_mnist_split(SHARED_TEST, "test", allow_download=False)
     assert data.images.shape == (10_000, 1, 28, 28)

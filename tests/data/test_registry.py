@@ -2,8 +2,7 @@ import pytest
 import torch
 
 import itop.data as data
-from itop.data import (ArrayDataset, DatasetSplits, list_datasets, load_dataset, register_dataset,
-                       registry)
+from itop.data import ArrayDataset, DatasetSplits, list_datasets, load_dataset, register_dataset, registry
 
 
 @pytest.fixture
@@ -59,8 +58,17 @@ def test_bad_valid_split(share):
 
 
 def test_public_names_exported():
-    for name in ("ArrayDataset", "DataError", "DatasetSplits", "DeviceLoader", "default_data_dir",
-                 "list_datasets", "load_dataset", "make_loaders", "register_dataset"):
+    for name in (
+        "ArrayDataset",
+        "DataError",
+        "DatasetSplits",
+        "DeviceLoader",
+        "default_data_dir",
+        "list_datasets",
+        "load_dataset",
+        "make_loaders",
+        "register_dataset",
+    ):
         assert name in data.__all__ and hasattr(data, name)
 
 

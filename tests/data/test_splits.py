@@ -1,6 +1,7 @@
 import pytest
 import torch
-from hypothesis import assume, given, settings, strategies as st
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from itop.data import ArrayDataset, DataError, DatasetSplits, split_validation
 
@@ -14,12 +15,15 @@ def test_data_error_is_a_value_error():
     assert issubclass(DataError, ValueError)
 
 
-@pytest.mark.parametrize("images, labels", [
-    (torch.zeros(3, 1, 2, 2), torch.zeros(3, dtype=torch.int64)),  # float images
-    (torch.zeros(3, 2, 2, dtype=torch.uint8), torch.zeros(3, dtype=torch.int64)),  # 3-D
-    (torch.zeros(3, 1, 2, 2, dtype=torch.uint8), torch.zeros(3, dtype=torch.int32)),
-    (torch.zeros(3, 1, 2, 2, dtype=torch.uint8), torch.zeros(4, dtype=torch.int64)),
-])
+@pytest.mark.parametrize(
+    "images, labels",
+    [
+        (torch.zeros(3, 1, 2, 2), torch.zeros(3, dtype=torch.int64)),  # float images
+        (torch.zeros(3, 2, 2, dtype=torch.uint8), torch.zeros(3, dtype=torch.int64)),  # 3-D
+        (torch.zeros(3, 1, 2, 2, dtype=torch.uint8), torch.zeros(3, dtype=torch.int32)),
+        (torch.zeros(3, 1, 2, 2, dtype=torch.uint8), torch.zeros(4, dtype=torch.int64)),
+    ],
+)
 def test_array_dataset_rejects_bad_tensors(images, labels):
     with pytest.raises(ValueError):
         ArrayDataset(images, labels)
@@ -92,8 +96,9 @@ def test_dataset_splits_repr_is_a_one_line_summary():
     text = repr(DatasetSplits(images, None, test, 10, 1, 28, (0.13,), (0.31,), "none", "mnist5k"))
     assert text == "DatasetSplits(mnist5k: train 4000, val 0, test 1000 examples, 1x28x28 uint8 images, 10 classes)"
     with_val = DatasetSplits(images, test, test, 10, 1, 28, (0.13,), (0.31,), "crop-flip-reflect")
-    assert repr(with_val) == ("DatasetSplits(train 4000, val 1000, test 1000 examples, 1x28x28 uint8 images, "
-                              "10 classes, augment crop-flip-reflect)")
+    assert repr(with_val) == (
+        "DatasetSplits(train 4000, val 1000, test 1000 examples, 1x28x28 uint8 images, 10 classes, augment crop-flip-reflect)"
+    )
 
 
 def test_array_dataset_repr_names_count_and_example_shape():

@@ -6,8 +6,7 @@ import pytest
 import scipy.io
 import torch
 
-from itop.data import (ArrayDataset, DataError, DeviceLoader, is_tabular_path, load_dataset,
-                       load_tabular, make_loaders)
+from itop.data import ArrayDataset, DataError, DeviceLoader, is_tabular_path, load_dataset, load_tabular, make_loaders
 from itop.data.tabular import read_tabular
 
 
@@ -53,15 +52,14 @@ def expected_parts(x: np.ndarray, splits) -> list[np.ndarray]:
     return [(x[part.labels.numpy()] - mean) / std for part in (splits.train, splits.val, splits.test)]
 
 
-@pytest.mark.parametrize("name, header", [("lung.mat", False), ("lung.npz", False),
-                                          ("lung.csv", False), ("lung.csv", True),
-                                          ("LUNG.CSV", True)])
+@pytest.mark.parametrize(
+    "name, header", [("lung.mat", False), ("lung.npz", False), ("lung.csv", False), ("lung.csv", True), ("LUNG.CSV", True)]
+)
 def test_every_format_gives_the_same_splits(tmp_path, name, header):
     x, y = table()
     splits = load_tabular(write(tmp_path / name, x, y, header), valid_split=0.25, seed=3)
     reference = load_tabular(write(tmp_path / "ref.npz", x, y), valid_split=0.25, seed=3)
-    for part, ref in zip((splits.train, splits.val, splits.test),
-                         (reference.train, reference.val, reference.test)):
+    for part, ref in zip((splits.train, splits.val, splits.test), (reference.train, reference.val, reference.test)):
         assert torch.allclose(part.images, ref.images, atol=1e-6)
         assert torch.equal(part.labels, ref.labels)
     assert splits.name == Path(name).stem
@@ -99,8 +97,7 @@ def test_npz_lower_case_names(tmp_path):
 def test_one_hot_labels(tmp_path, suffix):
     x, y = table(n=24)
     classes = np.arange(24) % 4
-    splits = load_tabular(write(tmp_path / f"d{suffix}", x, np.eye(4)[classes]), valid_split=0,
-                          seed=2)
+    splits = load_tabular(write(tmp_path / f"d{suffix}", x, np.eye(4)[classes]), valid_split=0, seed=2)
     reference = load_tabular(write(tmp_path / "r.npz", x, classes), valid_split=0, seed=2)
     assert splits.num_classes == 4
     assert torch.equal(splits.train.labels, reference.train.labels)
@@ -169,6 +166,7 @@ def test_read_tabular_returns_the_raw_arrays(tmp_path):
 
 # --- bad input: one line naming the file ---------------------------------------------------
 
+
 def test_missing_file(tmp_path):
     one_line_error(tmp_path / "absent.mat", "file not found")
 
@@ -182,8 +180,7 @@ def test_unknown_suffix(tmp_path):
 
 def test_matlab_v73_file(tmp_path):
     path = tmp_path / "lung.mat"
-    path.write_bytes(b"MATLAB 7.3 MAT-file, Platform: GLNXA64, HDF5 schema 1.00 ."
-                     + bytes(200) + b"\x89HDF\r\n\x1a\n garbage" * 40)
+    path.write_bytes(b"MATLAB 7.3 MAT-file, Platform: GLNXA64, HDF5 schema 1.00 ." + bytes(200) + b"\x89HDF\r\n\x1a\n garbage" * 40)
     message = one_line_error(path, "v7.3")
     assert "-v7" in message and ".npz" in message
 
@@ -328,12 +325,12 @@ def test_test_split_rounding_to_nothing(tmp_path):
 
 # --- the registry -------------------------------------------------------------------------
 
+
 def test_registry_routes_tabular_names(tmp_path, monkeypatch):
     x, y = table()
     write(tmp_path / "Lung.npz", x, y).rename(tmp_path / "Lung.NPZ")
     monkeypatch.chdir(tmp_path)
-    splits = load_dataset("Lung.NPZ", "/unused", valid_split=0.2, seed=0, test_split=0.5,
-                          download=False)
+    splits = load_dataset("Lung.NPZ", "/unused", valid_split=0.2, seed=0, test_split=0.5, download=False)
     assert (len(splits.train), len(splits.val), len(splits.test)) == (12, 3, 15)
     assert splits.name == "Lung"
     with pytest.raises(DataError, match="absent.csv: file not found"):
@@ -348,6 +345,7 @@ def test_is_tabular_path():
 
 
 # --- float features in the containers and the loader -----------------------------------------
+
 
 def features(n: int = 10, f: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(n, f, 1, 1, generator=torch.Generator().manual_seed(0)), torch.arange(n) % 3
@@ -375,8 +373,7 @@ def test_loader_yields_features_unchanged_and_never_writes_the_data():
 
 def test_shuffled_feature_batches_are_rows_of_the_data():
     x, y = features(n=12)
-    dl = DeviceLoader(x, y, 5, shuffle=True, mean=(0.0,), std=(1.0,),
-                      generator=torch.Generator().manual_seed(1))
+    dl = DeviceLoader(x, y, 5, shuffle=True, mean=(0.0,), std=(1.0,), generator=torch.Generator().manual_seed(1))
     for batch, labels in dl:
         rows = [int(torch.nonzero((x == row).all(dim=(1, 2, 3)))[0]) for row in batch]
         assert torch.equal(y[rows], labels)
@@ -386,8 +383,7 @@ def test_shuffled_feature_batches_are_rows_of_the_data():
 def test_augmenting_features_refused(augment):
     x, y = features()
     with pytest.raises(ValueError, match="float32 features take augment='none'"):
-        DeviceLoader(x, y, 4, shuffle=True, mean=(0.0,), std=(1.0,), augment=augment,
-                     generator=torch.Generator())
+        DeviceLoader(x, y, 4, shuffle=True, mean=(0.0,), std=(1.0,), augment=augment, generator=torch.Generator())
 
 
 def test_make_loaders_on_a_tabular_file(tmp_path):

@@ -15,15 +15,15 @@ import torch.distributed as dist
 
 
 def huggingface(out: Path):
-    from transformers import Trainer
-
     from test_huggingface import arguments, examples, tiny_bert
+    from transformers import Trainer
 
     from itop.integrations.huggingface import SparsityCallback
 
     cb = SparsityCallback(density=0.2, grow="gradient", update_frequency=2)
-    trainer = Trainer(model=tiny_bert(), args=arguments(out, bf16=False, max_steps=8, ddp_backend="gloo"),
-                      train_dataset=examples(), callbacks=[cb])
+    trainer = Trainer(
+        model=tiny_bert(), args=arguments(out, bf16=False, max_steps=8, ddp_backend="gloo"), train_dataset=examples(), callbacks=[cb]
+    )
     trainer.train()
     return cb.sparsifier, trainer.model
 
@@ -43,9 +43,16 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     sparsifier, model = {"huggingface": huggingface, "lightning": lightning}[kind](out)
     rank = dist.get_rank()
-    torch.save({"masks": sparsifier.masks, "itop_rate": sparsifier.itop_rate, "steps": sparsifier.steps,
-                "seed": sparsifier.seed, "model": {k: v.detach().cpu() for k, v in model.state_dict().items()}},
-               out / f"rank{rank}.pt")
+    torch.save(
+        {
+            "masks": sparsifier.masks,
+            "itop_rate": sparsifier.itop_rate,
+            "steps": sparsifier.steps,
+            "seed": sparsifier.seed,
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        },
+        out / f"rank{rank}.pt",
+    )
     dist.barrier()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -1,7 +1,6 @@
 """SparsityCallback in a real transformers.Trainer: a tiny BERT built from a config (no download),
 on the CPU, with accumulation, mixed precision, clipping, weight decay, checkpoints and resume."""
 
-import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,8 +15,15 @@ from itop.integrations.huggingface import SparsityCallback, refuse_sharded
 
 def tiny_bert(seed=0):
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                        max_position_embeddings=32, num_labels=2)
+    config = BertConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=32,
+        num_labels=2,
+    )
     return BertForSequenceClassification(config)
 
 
@@ -27,9 +33,23 @@ def examples(n=64):
 
 
 def arguments(out, **changes):
-    settings = dict(output_dir=str(out), per_device_train_batch_size=4, gradient_accumulation_steps=2, max_steps=12,
-                    use_cpu=True, bf16=True, logging_steps=2, save_strategy="no", report_to="none", max_grad_norm=1.0,
-                    weight_decay=0.1, learning_rate=1e-3, disable_tqdm=True, seed=0, data_seed=0)
+    settings = dict(
+        output_dir=str(out),
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,
+        max_steps=12,
+        use_cpu=True,
+        bf16=True,
+        logging_steps=2,
+        save_strategy="no",
+        report_to="none",
+        max_grad_norm=1.0,
+        weight_decay=0.1,
+        learning_rate=1e-3,
+        disable_tqdm=True,
+        seed=0,
+        data_seed=0,
+    )
     return TrainingArguments(**{**settings, **changes})
 
 
@@ -76,15 +96,22 @@ def test_figures_reach_log_history_and_the_reporters(tmp_path):
     assert logged[0]["sparsity/density"] == pytest.approx(0.2, abs=0.01) and logged[1]["sparsity/prune_rate"] > 0
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = [EventAccumulator(str(path.parent), size_guidance={"histograms": 0}).Reload()
-              for path in (tmp_path / "runs").rglob("events.out.tfevents.*")]
+    events = [
+        EventAccumulator(str(path.parent), size_guidance={"histograms": 0}).Reload()
+        for path in (tmp_path / "runs").rglob("events.out.tfevents.*")
+    ]
     tags = {tag for e in events for tag in e.Tags()["scalars"]}
-    histograms = [h.step for e in events if "train/sparsity/layer_densities" in e.Tags()["histograms"]
-                  for h in e.Histograms("train/sparsity/layer_densities")]
+    histograms = [
+        h.step
+        for e in events
+        if "train/sparsity/layer_densities" in e.Tags()["histograms"]
+        for h in e.Histograms("train/sparsity/layer_densities")
+    ]
     assert histograms == [3, 6, 9, 12]  # at each topology update
     assert {"train/sparsity/itop_rate", "train/sparsity/density", "train/layer_explored/classifier.weight"} <= tags
     assert logged[-1]["layer_density/bert.encoder.layer.1.output.dense.weight"] == pytest.approx(
-        cb.sparsifier.layer_stats()["bert.encoder.layer.1.output.dense.weight"]["density"])
+        cb.sparsifier.layer_stats()["bert.encoder.layer.1.output.dense.weight"]["density"]
+    )
 
 
 class SkipsOneStep(nn.Module):
@@ -185,8 +212,10 @@ def test_bad_arguments_and_sharded_strategies_are_refused_up_front():
         SparsityCallback(densty=0.1)
     with pytest.raises(ValueError, match="takes the optimizer from the trainer"):
         SparsityCallback(optimizer=None)
-    for args, name in ((SimpleNamespace(deepspeed="ds.json", fsdp=None), "DeepSpeed"),
-                       (SimpleNamespace(deepspeed=None, fsdp="full_shard"), "FSDP")):
+    for args, name in (
+        (SimpleNamespace(deepspeed="ds.json", fsdp=None), "DeepSpeed"),
+        (SimpleNamespace(deepspeed=None, fsdp="full_shard"), "FSDP"),
+    ):
         with pytest.raises(ValueError, match=f"cannot train under {name}"):
             refuse_sharded(args)
 
@@ -234,18 +263,40 @@ def readme_vit_trainer(out, callbacks, epochs):
     digits = load_dataset("mnist5k")
 
     def examples_of(split, n):
-        return [{"pixel_values": (x.float() / 255 - 0.1307) / 0.3081, "labels": int(y)}
-                for x, y in zip(split.images[:n], split.labels[:n])]
+        return [{"pixel_values": (x.float() / 255 - 0.1307) / 0.3081, "labels": int(y)} for x, y in zip(split.images[:n], split.labels[:n])]
 
     set_seed(0)
-    config = ViTConfig(image_size=28, patch_size=7, num_channels=1, hidden_size=64, num_hidden_layers=2,
-                       num_attention_heads=4, intermediate_size=128, num_labels=10)
-    args = TrainingArguments(str(out), num_train_epochs=epochs, per_device_train_batch_size=64, per_device_eval_batch_size=500,
-                             learning_rate=3e-3, eval_strategy="epoch", save_strategy="epoch", logging_steps=10,
-                             report_to="none", use_cpu=True, disable_tqdm=True)
-    return Trainer(model=ViTForImageClassification(config), args=args, callbacks=callbacks,
-                   train_dataset=examples_of(digits.train, 1280), eval_dataset=examples_of(digits.test, 500),
-                   compute_metrics=lambda p: {"accuracy": (p.predictions.argmax(-1) == p.label_ids).mean()})
+    config = ViTConfig(
+        image_size=28,
+        patch_size=7,
+        num_channels=1,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        num_labels=10,
+    )
+    args = TrainingArguments(
+        str(out),
+        num_train_epochs=epochs,
+        per_device_train_batch_size=64,
+        per_device_eval_batch_size=500,
+        learning_rate=3e-3,
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        logging_steps=10,
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    return Trainer(
+        model=ViTForImageClassification(config),
+        args=args,
+        callbacks=callbacks,
+        train_dataset=examples_of(digits.train, 1280),
+        eval_dataset=examples_of(digits.test, 500),
+        compute_metrics=lambda p: {"accuracy": (p.predictions.argmax(-1) == p.label_ids).mean()},
+    )
 
 
 def test_the_readme_vit_resumed_ends_where_the_whole_run_does(tmp_path):

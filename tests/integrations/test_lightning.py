@@ -46,9 +46,20 @@ def loader(n=64):
 
 
 def trainer(tmp_path, callbacks, **changes):
-    settings = dict(accelerator="cpu", devices=1, max_epochs=2, accumulate_grad_batches=2, precision="bf16-mixed",
-                    gradient_clip_val=1.0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                    enable_model_summary=False, default_root_dir=str(tmp_path), deterministic=True)
+    settings = dict(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=2,
+        accumulate_grad_batches=2,
+        precision="bf16-mixed",
+        gradient_clip_val=1.0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+        deterministic=True,
+    )
     return pl.Trainer(callbacks=callbacks, **{**settings, **changes})
 
 
@@ -97,8 +108,13 @@ def test_figures_reach_the_loggers(tmp_path):
     logger = TensorBoardLogger(str(tmp_path), name="tb")
     trainer(tmp_path, [cb], logger=logger, log_every_n_steps=1).fit(Classifier(), loader())
     events = EventAccumulator(logger.log_dir, size_guidance={"histograms": 0, "scalars": 0}).Reload()
-    assert {"sparsity/density", "sparsity/itop_rate", "sparsity/prune_rate", "layer_density/net.0.weight",
-            "layer_explored/net.2.weight"} <= set(events.Tags()["scalars"])
+    assert {
+        "sparsity/density",
+        "sparsity/itop_rate",
+        "sparsity/prune_rate",
+        "layer_density/net.0.weight",
+        "layer_explored/net.2.weight",
+    } <= set(events.Tags()["scalars"])
     assert [e.step for e in events.Histograms("sparsity/layer_densities")] == [4, 8, 12, 16]  # at each update
     explored = events.Scalars("layer_explored/net.0.weight")
     assert explored[-1].value == pytest.approx(cb.sparsifier.layer_stats()["net.0.weight"]["explored"], rel=1e-6)

@@ -16,7 +16,7 @@ TRAINERS = Path(__file__).resolve().parents[2] / "docs" / "trainers.md"
 def readme_block(heading: str) -> str:
     """The first ```python block after docs/trainers.md's `## heading`."""
     text = TRAINERS.read_text(encoding="utf-8")
-    section = text[text.index(f"## {heading}\n"):]
+    section = text[text.index(f"## {heading}\n") :]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 

@@ -83,9 +83,7 @@ def linear_conv_weight_numel(model: nn.Module) -> int:
 
 def reference_masked_names(model: nn.Module) -> list[str]:
     """Masked names by the original's rule: every parameter except biases and BatchNorm weights."""
-    bn_weights = {
-        f"{name}.weight" for name, m in model.named_modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))
-    }
+    bn_weights = {f"{name}.weight" for name, m in model.named_modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))}
     return [name for name, _ in model.named_parameters() if "bias" not in name and name not in bn_weights]
 
 

@@ -28,11 +28,7 @@ def test_masked_set_is_the_same_by_module_type_and_by_the_original_name_rule(nam
     model = build_reference(name)
     params = dict(model.named_parameters())
     by_name = reference_masked_names(model)
-    by_module = [
-        f"{module_name}.weight"
-        for module_name, m in model.named_modules()
-        if isinstance(m, (nn.Linear, nn.Conv2d))
-    ]
+    by_module = [f"{module_name}.weight" for module_name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
     assert sorted(by_name) == sorted(by_module)
     assert sum(params[n].numel() for n in by_name) == linear_conv_weight_numel(model)
 

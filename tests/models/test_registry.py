@@ -6,8 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from itop.models import create_model, default_input_shape, get_model_spec, list_models, register_model
-from itop.models import registry
+from itop.models import create_model, default_input_shape, get_model_spec, list_models, register_model, registry
 from itop.models.resnet_cifar import CifarResNet
 from itop.models.resnet_imagenet import ImageNetResNet
 

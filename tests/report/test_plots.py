@@ -2,8 +2,15 @@ import struct
 
 import pytest
 
-from itop.report import (ReportError, load_run, plot_accuracy_vs_rs, plot_accuracy_vs_sparsity,
-                         plot_accuracy_vs_training_flops, plot_itop_rate, plot_layer_density)
+from itop.report import (
+    ReportError,
+    load_run,
+    plot_accuracy_vs_rs,
+    plot_accuracy_vs_sparsity,
+    plot_accuracy_vs_training_flops,
+    plot_itop_rate,
+    plot_layer_density,
+)
 from itop.report.plots import rate_curve
 
 from .fake import summary, write_run, write_study
@@ -82,16 +89,20 @@ def drawn(monkeypatch):
         ax = fig.axes[0]
         legend = ax.get_legend()
         seen[path.name] = {
-            "title": ax.get_title(), "xlabel": ax.get_xlabel(), "ylabel": ax.get_ylabel(),
+            "title": ax.get_title(),
+            "xlabel": ax.get_xlabel(),
+            "ylabel": ax.get_ylabel(),
             "xscale": ax.get_xscale(),
-            "lines": {**{line.get_label(): (list(line.get_xdata()), list(line.get_ydata()))
-                         for line in ax.get_lines() if not line.get_label().startswith("_")},
-                      **{bars.get_label(): (list(bars.lines[0].get_xdata()),
-                                            list(bars.lines[0].get_ydata()))
-                         for bars in ax.containers}},
+            "lines": {
+                **{
+                    line.get_label(): (list(line.get_xdata()), list(line.get_ydata()))
+                    for line in ax.get_lines()
+                    if not line.get_label().startswith("_")
+                },
+                **{bars.get_label(): (list(bars.lines[0].get_xdata()), list(bars.lines[0].get_ydata())) for bars in ax.containers},
+            },
             "legend": [t.get_text() for t in legend.get_texts()],
-            "legend_anchor": legend.get_bbox_to_anchor().transformed(
-                ax.transAxes.inverted()).bounds[:2],
+            "legend_anchor": legend.get_bbox_to_anchor().transformed(ax.transAxes.inverted()).bounds[:2],
             "notes": [t.get_text() for t in ax.texts],
             "axes_width": ax.get_window_extent().width,  # pixels, as in the PNG (same dpi)
         }
@@ -106,8 +117,7 @@ def study(tmp_path):
     return [load_run(p) for p in write_study(tmp_path / "study")]
 
 
-def test_accuracy_vs_rs_draws_one_line_per_method_and_sparsity_through_group_means(
-        study, tmp_path, monkeypatch):
+def test_accuracy_vs_rs_draws_one_line_per_method_and_sparsity_through_group_means(study, tmp_path, monkeypatch):
     seen = drawn(monkeypatch)
     assert_png(plot_accuracy_vs_rs(study, tmp_path / "rs.png"))
     facts = seen["rs.png"]
@@ -125,8 +135,7 @@ def test_accuracy_vs_rs_draws_one_line_per_method_and_sparsity_through_group_mea
 def test_accuracy_vs_rs_final_uses_the_final_epoch(study, tmp_path, monkeypatch):
     seen = drawn(monkeypatch)
     plot_accuracy_vs_rs(study, tmp_path / "rs.png", accuracy="final")
-    assert seen["rs.png"]["lines"]["SET-ITOP, sparsity 0.9"][1] == pytest.approx(
-        [90.7, 91.7, 92.7])
+    assert seen["rs.png"]["lines"]["SET-ITOP, sparsity 0.9"][1] == pytest.approx([90.7, 91.7, 92.7])
     assert seen["rs.png"]["ylabel"].endswith("final epoch")
     del study[0].summary["final_test_acc"]  # an older summary: left out of the mean
     plot_accuracy_vs_rs(study, tmp_path / "rs.png", accuracy="final")
@@ -185,8 +194,20 @@ def test_new_plots_leave_pyplot_untouched(study, tmp_path):
 
 
 def test_accuracy_vs_rs_gives_runs_of_another_batch_size_a_line_of_their_own(study, tmp_path, monkeypatch):
-    extra = [load_run(write_run(tmp_path, f"b32-{seed}", 0.1, summary("SET-ITOP", 0.1, 0.95, 0.8 + seed / 100, 0.1, 0.1),
-                                batch_size=32, update_frequency=100, seed=seed)) for seed in range(2)]
+    extra = [
+        load_run(
+            write_run(
+                tmp_path,
+                f"b32-{seed}",
+                0.1,
+                summary("SET-ITOP", 0.1, 0.95, 0.8 + seed / 100, 0.1, 0.1),
+                batch_size=32,
+                update_frequency=100,
+                seed=seed,
+            )
+        )
+        for seed in range(2)
+    ]
     seen = drawn(monkeypatch)
     plot_accuracy_vs_rs([*study, *extra], tmp_path / "rs.png")
     lines = seen["rs.png"]["lines"]
@@ -207,9 +228,20 @@ def test_accuracy_vs_training_flops_puts_a_shorter_dense_run_at_its_own_cost(stu
 def test_accuracy_vs_multiplier_draws_accuracy_and_rs_per_training_length(tmp_path, monkeypatch):
     from itop.report.plots import plot_accuracy_vs_multiplier, trained_at_several_lengths
 
-    runs = [load_run(write_run(tmp_path, f"m{m}-s{seed}", 0.02, summary(f"SET-ITOP{' (%d times)' % m if m > 1 else ''}", 0.02,
-                                                                      0.90 + m / 100, 0.1 * m, 0.02, 0.02, multiplier=m),
-                               multiplier=m, seed=seed)) for m in (1, 2, 5) for seed in range(2)]
+    runs = [
+        load_run(
+            write_run(
+                tmp_path,
+                f"m{m}-s{seed}",
+                0.02,
+                summary(method_name(m), 0.02, 0.90 + m / 100, 0.1 * m, 0.02, 0.02, multiplier=m),
+                multiplier=m,
+                seed=seed,
+            )
+        )
+        for m in (1, 2, 5)
+        for seed in range(2)
+    ]
     dense = load_run(write_run(tmp_path, "dense", 1.0, summary("Dense", 1.0, 0.95, 1.0, 1.0, 1.0)))
     assert trained_at_several_lengths(runs) and not trained_at_several_lengths(runs[:2] + [dense])
     seen = drawn(monkeypatch)
@@ -219,12 +251,27 @@ def test_accuracy_vs_multiplier_draws_accuracy_and_rs_per_training_length(tmp_pa
     assert lines["Dense: 95.00%"][1] == pytest.approx([95.0, 95.0])
 
 
+def method_name(multiplier):
+    return "SET-ITOP" + (f" ({multiplier} times)" if multiplier > 1 else "")
+
+
 def test_accuracy_vs_multiplier_keeps_another_setting_on_its_own_line(tmp_path, monkeypatch):
     from itop.report.plots import plot_accuracy_vs_multiplier
 
-    runs = [load_run(write_run(tmp_path, f"b{batch}-m{m}", 0.02, summary(f"SET-ITOP{' (%d times)' % m if m > 1 else ''}", 0.02,
-                                                                       0.90 + m / 100 + batch / 10_000, 0.1 * m, 0.02, 0.02, multiplier=m),
-                               multiplier=m, batch_size=batch)) for m in (1, 5) for batch in (32, 100)]
+    runs = [
+        load_run(
+            write_run(
+                tmp_path,
+                f"b{batch}-m{m}",
+                0.02,
+                summary(method_name(m), 0.02, 0.90 + m / 100 + batch / 10_000, 0.1 * m, 0.02, 0.02, multiplier=m),
+                multiplier=m,
+                batch_size=batch,
+            )
+        )
+        for m in (1, 5)
+        for batch in (32, 100)
+    ]
     seen = drawn(monkeypatch)
     plot_accuracy_vs_multiplier(runs, tmp_path / "m.png")
     lines = seen["m.png"]["lines"]
@@ -233,21 +280,34 @@ def test_accuracy_vs_multiplier_keeps_another_setting_on_its_own_line(tmp_path, 
 
 
 def test_accuracy_vs_training_flops_names_distributions_and_sparsities_apart(tmp_path, monkeypatch):
-    runs = [load_run(write_run(tmp_path, f"{init}-{density}", density, summary("SET-ITOP", density, 0.9 + density, 0.3, density, density),
-                               sparse_init=init)) for init, density in (("ERK", 0.05), ("ER", 0.05), ("ER", 0.01))]
+    runs = [
+        load_run(
+            write_run(
+                tmp_path, f"{init}-{density}", density, summary("SET-ITOP", density, 0.9 + density, 0.3, density, density), sparse_init=init
+            )
+        )
+        for init, density in (("ERK", 0.05), ("ER", 0.05), ("ER", 0.01))
+    ]
     seen = drawn(monkeypatch)
     plot_accuracy_vs_training_flops(runs, tmp_path / "flops.png")
-    assert set(seen["flops.png"]["lines"]) == {"SET-ITOP, sparsity 0.95, sparse_init=ERK", "SET-ITOP, sparsity 0.95, sparse_init=ER",
-                                               "SET-ITOP, sparsity 0.99, sparse_init=ER"}
+    assert set(seen["flops.png"]["lines"]) == {
+        "SET-ITOP, sparsity 0.95, sparse_init=ERK",
+        "SET-ITOP, sparsity 0.95, sparse_init=ER",
+        "SET-ITOP, sparsity 0.99, sparse_init=ER",
+    }
 
 
 def test_accuracy_vs_multiplier_names_each_dense_baseline(tmp_path, monkeypatch):
     from itop.report.plots import plot_accuracy_vs_multiplier
 
-    runs = [load_run(write_run(tmp_path, f"m{m}", 0.02, summary(f"SET-ITOP{' (%d times)' % m if m > 1 else ''}", 0.02, 0.9, 0.1 * m,
-                                                               0.02, 0.02, multiplier=m), multiplier=m)) for m in (1, 2)]
-    runs += [load_run(write_run(tmp_path, f"dense{b}", 1.0, summary("Dense", 1.0, 0.94 + b / 10_000, 1.0, 1.0, 1.0), batch_size=b))
-             for b in (32, 100)]
+    runs = [
+        load_run(write_run(tmp_path, f"m{m}", 0.02, summary(method_name(m), 0.02, 0.9, 0.1 * m, 0.02, 0.02, multiplier=m), multiplier=m))
+        for m in (1, 2)
+    ]
+    runs += [
+        load_run(write_run(tmp_path, f"dense{b}", 1.0, summary("Dense", 1.0, 0.94 + b / 10_000, 1.0, 1.0, 1.0), batch_size=b))
+        for b in (32, 100)
+    ]
     seen = drawn(monkeypatch)
     plot_accuracy_vs_multiplier(runs, tmp_path / "m.png")
     assert {"Dense [batch_size=32]: 94.32%", "Dense [batch_size=100]: 95.00%"} <= set(seen["m.png"]["lines"])
@@ -258,8 +318,15 @@ def png_width(path) -> int:
 
 
 def test_accuracy_vs_sparsity_keeps_runs_of_another_length_apart(tmp_path, monkeypatch):
-    runs = [load_run(write_run(tmp_path, f"e{epochs}-s{seed}", 0.1, summary("SET-ITOP", 0.1, acc + seed / 100, 0.5, 0.1, 0.1),
-                               epochs=epochs, seed=seed)) for epochs, acc in ((3, 0.80), (10, 0.90)) for seed in range(2)]
+    runs = [
+        load_run(
+            write_run(
+                tmp_path, f"e{epochs}-s{seed}", 0.1, summary("SET-ITOP", 0.1, acc + seed / 100, 0.5, 0.1, 0.1), epochs=epochs, seed=seed
+            )
+        )
+        for epochs, acc in ((3, 0.80), (10, 0.90))
+        for seed in range(2)
+    ]
     seen = drawn(monkeypatch)
     plot_accuracy_vs_sparsity(runs, tmp_path / "acc.png")
     lines = seen["acc.png"]["lines"]
@@ -268,8 +335,10 @@ def test_accuracy_vs_sparsity_keeps_runs_of_another_length_apart(tmp_path, monke
 
 
 def test_accuracy_vs_sparsity_names_each_dense_baseline(tmp_path, monkeypatch):
-    runs = [load_run(write_run(tmp_path, f"dense{b}", 1.0, summary("Dense", 1.0, 0.94 + b / 10_000, 1.0, 1.0, 1.0), batch_size=b))
-            for b in (32, 100)]
+    runs = [
+        load_run(write_run(tmp_path, f"dense{b}", 1.0, summary("Dense", 1.0, 0.94 + b / 10_000, 1.0, 1.0, 1.0), batch_size=b))
+        for b in (32, 100)
+    ]
     runs.append(load_run(write_run(tmp_path, "set", 0.1, summary("SET-ITOP", 0.1, 0.9, 0.5, 0.1, 0.1), batch_size=32)))
     seen = drawn(monkeypatch)
     plot_accuracy_vs_sparsity(runs, tmp_path / "acc.png")
@@ -279,15 +348,26 @@ def test_accuracy_vs_sparsity_names_each_dense_baseline(tmp_path, monkeypatch):
 @pytest.fixture
 def many_series(study, tmp_path):
     """The study plus RigL-ITOP at 3 sparsities x 4 batch sizes: 9 to 17 series with long names."""
-    extra = [load_run(write_run(tmp_path, f"rigl-{density}-{batch}", density,
-                                summary("RigL-ITOP", density, 0.9 + batch / 10_000, 0.5 + density, density, density),
-                                batch_size=batch, update_frequency=100))
-             for density in (0.05, 0.02, 0.01) for batch in (16, 32, 64, 128)]
+    extra = [
+        load_run(
+            write_run(
+                tmp_path,
+                f"rigl-{density}-{batch}",
+                density,
+                summary("RigL-ITOP", density, 0.9 + batch / 10_000, 0.5 + density, density, density),
+                batch_size=batch,
+                update_frequency=100,
+            )
+        )
+        for density in (0.05, 0.02, 0.01)
+        for batch in (16, 32, 64, 128)
+    ]
     return [*study, *extra]
 
 
-@pytest.mark.parametrize("plot", [plot_accuracy_vs_rs, plot_accuracy_vs_training_flops, plot_accuracy_vs_sparsity],
-                         ids=lambda f: f.__name__)
+@pytest.mark.parametrize(
+    "plot", [plot_accuracy_vs_rs, plot_accuracy_vs_training_flops, plot_accuracy_vs_sparsity], ids=lambda f: f.__name__
+)
 def test_a_long_legend_leaves_the_axes_their_width(plot, many_series, tmp_path, monkeypatch):
     seen = drawn(monkeypatch)
     path = plot(many_series, tmp_path / "plot.png")

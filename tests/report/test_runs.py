@@ -60,13 +60,16 @@ def test_missing_path_is_reported(tmp_path):
     assert str(info.value) == f"{tmp_path / 'file'}: not a directory"
 
 
-@pytest.mark.parametrize("name, text, reason", [
-    (None, None, "not an itop run directory (it has no config.json)"),
-    ("config.json", '{"model": ', "config.json: corrupt JSON at line 1: Expecting value"),
-    ("summary.json", "[]", "summary.json: expected a JSON object, found list"),
-    ("summary.json", b"\xff", "summary.json: not UTF-8 text"),
-    ("metrics.jsonl", '1\n{"kind": "epoch"}\n', "metrics.jsonl: line 1 is not a JSON object"),
-])
+@pytest.mark.parametrize(
+    "name, text, reason",
+    [
+        (None, None, "not an itop run directory (it has no config.json)"),
+        ("config.json", '{"model": ', "config.json: corrupt JSON at line 1: Expecting value"),
+        ("summary.json", "[]", "summary.json: expected a JSON object, found list"),
+        ("summary.json", b"\xff", "summary.json: not UTF-8 text"),
+        ("metrics.jsonl", '1\n{"kind": "epoch"}\n', "metrics.jsonl: line 1 is not a JSON object"),
+    ],
+)
 def test_reason_leaves_out_the_run_directory(tmp_path, name, text, reason):
     """Callers that skip a path name it themselves and add `reason`."""
     path = write_run(tmp_path, "r", 0.1, summary("SET", 0.1, 0.9, 0.5, 0.1, 0.1))

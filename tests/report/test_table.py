@@ -18,8 +18,7 @@ def test_dense_row_carries_absolute_flops():
 def test_missing_optional_numbers_print_as_dash():
     result = {"method": "RigL", "density": 0.2, "test_acc": 0.751}
     assert results_row(result) == "| RigL | 0.8 | 75.10 | - | - | - |"
-    assert results_row({"method": "Dense", "sparsity": 0.0, "test_acc": 0.5}).endswith(
-        "| 1.0 | 1x | 1x |")
+    assert results_row({"method": "Dense", "sparsity": 0.0, "test_acc": 0.5}).endswith("| 1.0 | 1x | 1x |")
 
 
 def test_extended_training_is_labelled_like_the_seed():
@@ -28,17 +27,23 @@ def test_extended_training_is_labelled_like_the_seed():
 
 
 def test_table_is_sorted_by_data_model_sparsity_method():
-    rows = [summary("SET-ITOP", 0.05, 0.91, 0.9, 0.1, 0.1),
-            summary("Dense", 1.0, 0.95, 1.0, 1.0, 1.0),
-            summary("RigL-ITOP", 0.05, 0.93, 0.86, 0.15, 0.12),
-            summary("RigL-ITOP", 0.1, 0.94, 0.8, 0.2, 0.2)]
+    rows = [
+        summary("SET-ITOP", 0.05, 0.91, 0.9, 0.1, 0.1),
+        summary("Dense", 1.0, 0.95, 1.0, 1.0, 1.0),
+        summary("RigL-ITOP", 0.05, 0.93, 0.86, 0.15, 0.12),
+        summary("RigL-ITOP", 0.1, 0.94, 0.8, 0.2, 0.2),
+    ]
     rows.append({**rows[0], "data": "cifar10"})
     lines = results_table(rows).splitlines()
     assert lines[0] == HEADER
     assert lines[1] == "| --- | --- | --- | --- | --- | --- |"
     assert [line.split(" | ")[0:2] for line in lines[2:]] == [
         ["| SET-ITOP", "0.95"],  # cifar10 sorts before mnist
-        ["| Dense", "0.0"], ["| RigL-ITOP", "0.9"], ["| RigL-ITOP", "0.95"], ["| SET-ITOP", "0.95"]]
+        ["| Dense", "0.0"],
+        ["| RigL-ITOP", "0.9"],
+        ["| RigL-ITOP", "0.95"],
+        ["| SET-ITOP", "0.95"],
+    ]
 
 
 def test_runs_table_keeps_one_row_per_seed_with_a_run_column(run_dirs, tmp_path):
@@ -58,9 +63,7 @@ def test_runs_table_orders_seeds_by_name_and_refuses_unfinished_runs(tmp_path):
     from .fake import write_run
 
     result = summary("SET-ITOP", 0.1, 0.92, 0.7, 0.1, 0.1)
-    runs = [load_run(write_run(tmp_path, f"seed{i}", 0.1, {**result, "test_acc": 0.9 + i / 100}))
-            for i in (1, 0)]
-    assert [line.split(" | ")[-1] for line in runs_table(runs).splitlines()[2:]] == [
-        "seed0 |", "seed1 |"]
+    runs = [load_run(write_run(tmp_path, f"seed{i}", 0.1, {**result, "test_acc": 0.9 + i / 100})) for i in (1, 0)]
+    assert [line.split(" | ")[-1] for line in runs_table(runs).splitlines()[2:]] == ["seed0 |", "seed1 |"]
     with pytest.raises(ReportError, match="unfinished run"):
         runs_table([load_run(write_run(tmp_path, "open", 0.1, None))])

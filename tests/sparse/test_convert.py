@@ -18,11 +18,15 @@ def masked(model: nn.Module) -> itop.Sparsifier:
     return itop.Sparsifier(model, torch.optim.SGD(model.parameters(), lr=0.1), density=0.3, seed=0)
 
 
-@pytest.mark.parametrize("sparsifier", [None, "sparsifier", torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)],
-                         ids=["None", "str", "optimizer"])
+@pytest.mark.parametrize(
+    "sparsifier", [None, "sparsifier", torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)], ids=["None", "str", "optimizer"]
+)
 def test_export_needs_the_sparsifier(sparsifier):
-    with pytest.raises(TypeError, match=r"^export\(model, sparsifier\): sparsifier must be the itop.Sparsifier "
-                                        r"that trained the model, got (None|str|SGD)\.$"):
+    with pytest.raises(
+        TypeError,
+        match=r"^export\(model, sparsifier\): sparsifier must be the itop.Sparsifier "
+        r"that trained the model, got (None|str|SGD)\.$",
+    ):
         export(mlp(), sparsifier)
 
 
@@ -40,14 +44,21 @@ def test_export_of_another_model_than_the_sparsifiers():
     assert isinstance(export(model, sparsifier)[0], itop.sparse.SparseLinear)
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda: sparsify(None, 0.1), r"^sparsify\(model, density\): model must be a torch.nn.Module, got None\.$"),
-    (lambda: densify(None), r"^densify\(model\): model must be a torch.nn.Module, got None\.$"),
-    (lambda: sparsify(mlp(), 0.1, seed="0"), r"^sparsify\(\.\.\., seed\): seed must be an int or None, got str\.$"),
-    (lambda: sparsify(mlp(), 0.1, seed=1.5), r"seed must be an int or None, got float"),
-    (lambda: sparsify(mlp(), 0.1, include="0.weight"), r"^sparsify\(\.\.\., include\): include must be a list of selectors, "
-                                                       r"e\.g\. include=\['0\.weight'\], got str\.$"),
-], ids=["sparsify-model", "densify-model", "sparsify-seed-str", "sparsify-seed-float", "sparsify-include-str"])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: sparsify(None, 0.1), r"^sparsify\(model, density\): model must be a torch.nn.Module, got None\.$"),
+        (lambda: densify(None), r"^densify\(model\): model must be a torch.nn.Module, got None\.$"),
+        (lambda: sparsify(mlp(), 0.1, seed="0"), r"^sparsify\(\.\.\., seed\): seed must be an int or None, got str\.$"),
+        (lambda: sparsify(mlp(), 0.1, seed=1.5), r"seed must be an int or None, got float"),
+        (
+            lambda: sparsify(mlp(), 0.1, include="0.weight"),
+            r"^sparsify\(\.\.\., include\): include must be a list of selectors, "
+            r"e\.g\. include=\['0\.weight'\], got str\.$",
+        ),
+    ],
+    ids=["sparsify-model", "densify-model", "sparsify-seed-str", "sparsify-seed-float", "sparsify-include-str"],
+)
 def test_wrong_argument_types_are_named(call, message):
     with pytest.raises(TypeError, match=message):
         call()

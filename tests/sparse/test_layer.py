@@ -4,7 +4,8 @@ import pickle
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from itop.sparse import SparseLinear, native, ops
@@ -28,8 +29,14 @@ def masked_reference(layer: SparseLinear):
 
 @settings(max_examples=25)
 @pytest.mark.parametrize("kernels", BACKENDS)
-@given(in_f=st.integers(1, 40), out_f=st.integers(1, 40), share=st.floats(0.01, 1.0), batch=st.sampled_from([(1,), (2,), (5,), (3, 4), (2, 1, 3), (40,), (4, 9)]),
-       bias=st.booleans(), seed=st.integers(0, 2**31))
+@given(
+    in_f=st.integers(1, 40),
+    out_f=st.integers(1, 40),
+    share=st.floats(0.01, 1.0),
+    batch=st.sampled_from([(1,), (2,), (5,), (3, 4), (2, 1, 3), (40,), (4, 9)]),
+    bias=st.booleans(),
+    seed=st.integers(0, 2**31),
+)
 def test_forward_and_both_gradients_equal_masked_dense_autograd(kernels, in_f, out_f, share, batch, bias, seed):
     native.AVAILABLE, saved = kernels == "numba", native.AVAILABLE
     try:

@@ -39,8 +39,16 @@ def train(grow, steps, rank=0, world=1, sparsifier_seed=7, wide=False, truly=Fal
         itop.sparse.sparsify(model, density, seed=sparsifier_seed)
     forward = DistributedDataParallel(model) if world > 1 else model
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    sp = itop.Sparsifier(model, opt, density=density, distribution="uniform" if wide else "erk", grow=grow,
-                         update_frequency=3, total_steps=steps, seed=sparsifier_seed)
+    sp = itop.Sparsifier(
+        model,
+        opt,
+        density=density,
+        distribution="uniform" if wide else "erk",
+        grow=grow,
+        update_frequency=3,
+        total_steps=steps,
+        seed=sparsifier_seed,
+    )
     assert sp.layer_stats()["0.weight"]["sparse_kernel"] == wide and sp.layer_stats()["0.weight"]["truly_sparse"] == truly
     for x, y in global_batches(steps, per_rank * 2, features):
         part = slice(rank * len(x) // world, (rank + 1) * len(x) // world)

@@ -56,8 +56,16 @@ def test_unknown_distribution_lists_choices():
         DISTRIBUTIONS.get("ERK-typo")
 
 
-@pytest.mark.parametrize("sizes,epsilon", [([784, 1000, 1000, 1000, 10], 20), ([784, 333334, 333333, 333333, 10], 10),
-                                           ([3312, 3000, 3000, 3000, 5], 20), ([3072, 4000, 1000, 4000, 10], 20), ([20, 30, 5], 3)])
+@pytest.mark.parametrize(
+    "sizes,epsilon",
+    [
+        ([784, 1000, 1000, 1000, 10], 20),
+        ([784, 333334, 333333, 333333, 10], 10),
+        ([3312, 3000, 3000, 3000, 5], 20),
+        ([3072, 4000, 1000, 4000, 10], 20),
+        ([20, 30, 5], 3),
+    ],
+)
 def test_er_at_the_epsilon_density_gives_sets_layer_counts(sizes, epsilon):
     """SET's layers keep epsilon * (n_in + n_out) weights, capped at dense, and ER at the global
     density er_epsilon_density gives back exactly those counts (dense where SET caps)."""

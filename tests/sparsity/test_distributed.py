@@ -15,13 +15,22 @@ WORKER = Path(__file__).with_name("ddp_worker.py")
 
 
 def torchrun(tmp_path, *args):
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(WORKER), str(tmp_path), *args]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(WORKER), str(tmp_path), *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=240)
 
 
-@pytest.mark.parametrize("grow, kind", [("random", ""), ("gradient", ""), ("momentum", ""), ("random", "wide"), ("gradient", "wide"),
-                                        ("random", "truly"), ("gradient", "truly")])
+@pytest.mark.parametrize(
+    "grow, kind",
+    [
+        ("random", ""),
+        ("gradient", ""),
+        ("momentum", ""),
+        ("random", "wide"),
+        ("gradient", "wide"),
+        ("random", "truly"),
+        ("gradient", "truly"),
+    ],
+)
 def test_two_ranks_agree_and_match_one_process_with_double_batch(tmp_path, grow, kind):
     wide, truly = kind == "wide", kind == "truly"
     result = torchrun(tmp_path, grow, "12", *([f"--{kind}"] if kind else []))
@@ -60,6 +69,7 @@ def test_checksum_sees_a_single_moved_weight():
 
 def test_checksum_sees_structured_changes_that_cancel_in_a_linear_sum():
     """Two moves whose word differences cancel, and a move of 256 words within the same byte lane."""
+
     def pair(on_a, on_b):
         a, b = torch.zeros(64 * 64, dtype=torch.bool), torch.zeros(64 * 64, dtype=torch.bool)
         a[on_a], b[on_b] = True, True

@@ -10,8 +10,9 @@ from .helpers import batches, lenet300, train
 def make(grow, update_frequency=10, total_steps=100, density=0.1):
     model = lenet300()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    sp = itop.Sparsifier(model, opt, density=density, distribution="uniform", grow=grow,
-                         update_frequency=update_frequency, total_steps=total_steps, seed=0)
+    sp = itop.Sparsifier(
+        model, opt, density=density, distribution="uniform", grow=grow, update_frequency=update_frequency, total_steps=total_steps, seed=0
+    )
     return model, opt, sp
 
 

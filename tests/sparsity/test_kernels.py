@@ -79,7 +79,6 @@ def test_sparsifier_gives_kernels_where_they_pay_and_takes_them_back():
     assert type(model[0]) is nn.Linear
     sp.attach()
     assert type(model[0]) is kernels.MaskedCSRLinear
-    x = torch.randn(3, 1000)
     plain = wide_mlp()
     itop.Sparsifier(plain, torch.optim.SGD(plain.parameters(), lr=0.05), density=0.05, distribution="uniform", seed=0, sparse_linear=False)
     assert type(plain[0]) is nn.Linear
@@ -91,8 +90,17 @@ def test_training_with_kernels_takes_the_same_decisions_as_without(grow):
     for sparse_linear in (True, False):
         model = wide_mlp()
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
-        sp = itop.Sparsifier(model, opt, density=0.05, distribution="uniform", grow=grow, update_frequency=3, total_steps=9,
-                             seed=1, sparse_linear=sparse_linear)
+        sp = itop.Sparsifier(
+            model,
+            opt,
+            density=0.05,
+            distribution="uniform",
+            grow=grow,
+            update_frequency=3,
+            total_steps=9,
+            seed=1,
+            sparse_linear=sparse_linear,
+        )
         train(model, opt, sp, batches(8, (1000,), 10, batch=200), check=assert_zero_off_mask)
         runs.append((model, sp))
     (model, sp), (plain_model, plain) = runs
@@ -199,6 +207,7 @@ def test_closure_steps_compute_densely_as_without_kernels():
             loss = nn.functional.cross_entropy(model(x), y)
             loss.backward()
             return loss
+
         for _ in range(2):
             opt.step(closure)
             sp.step()

@@ -19,7 +19,12 @@ def test_default_is_linear_and_conv_weights_including_first_and_last():
 
 def test_include_types_and_patterns_exclude():
     net = Net()
-    assert list(sparse_parameters(net, include=[nn.Embedding, "head.*.weight"])) == ["head.0.weight", "head.1.weight", "head.2.weight", "embed.weight"]
+    assert list(sparse_parameters(net, include=[nn.Embedding, "head.*.weight"])) == [
+        "head.0.weight",
+        "head.1.weight",
+        "head.2.weight",
+        "embed.weight",
+    ]
     assert list(sparse_parameters(net, exclude=["head.2.*", nn.Conv2d])) == ["head.0.weight"]
 
 

@@ -1,7 +1,8 @@
 """Property-based tests: random layer shapes, densities, criteria and step sequences."""
 
 import torch
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import itop
@@ -33,12 +34,19 @@ def test_invariants_hold_after_every_step(run):
     torch.manual_seed(run["seed"])
     widths = run["widths"]
     model = nn.Sequential(*[nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:])])
-    opt = (torch.optim.Adam(model.parameters(), lr=0.01) if run["adam"]
-           else torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
+    opt = torch.optim.Adam(model.parameters(), lr=0.01) if run["adam"] else torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     sp = itop.Sparsifier(
-        model, opt, density=run["density"], distribution=run["distribution"], prune=run["prune"],
-        grow=run["grow"], redistribution=run["redistribution"], prune_rate=run["prune_rate"],
-        update_frequency=run["update_frequency"], total_steps=run["steps"], seed=run["seed"],
+        model,
+        opt,
+        density=run["density"],
+        distribution=run["distribution"],
+        prune=run["prune"],
+        grow=run["grow"],
+        redistribution=run["redistribution"],
+        prune_rate=run["prune_rate"],
+        update_frequency=run["update_frequency"],
+        total_steps=run["steps"],
+        seed=run["seed"],
     )
     total = sum(int(m.sum()) for m in sp.masks.values())
     per_layer = {n: int(m.sum()) for n, m in sp.masks.items()}

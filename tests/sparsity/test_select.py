@@ -1,6 +1,7 @@
-import torch
 import pytest
-from hypothesis import given, settings, strategies as st
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from itop.sparsity.select import bottom_k_mask, random_k_mask, top_k_mask
 

@@ -2,7 +2,6 @@ import copy
 import math
 
 import numpy as np
-
 import pytest
 import torch
 from torch import nn
@@ -38,14 +37,17 @@ def test_public_state_after_init():
     assert model[0].bias.count_nonzero() == 300  # biases stay dense
 
 
-@pytest.mark.parametrize("optimizer", [
-    "sgd",
-    lambda p: torch.optim.Adam(p, lr=1e-3, weight_decay=1e-4),
-    lambda p: torch.optim.AdamW(p, lr=1e-3),
-    lambda p: torch.optim.RMSprop(p, lr=1e-3, momentum=0.9, centered=True),
-    lambda p: torch.optim.Adamax(p, lr=1e-3),  # not zero-preserving: masked after every step
-    lambda p: torch.optim.Rprop(p),
-])
+@pytest.mark.parametrize(
+    "optimizer",
+    [
+        "sgd",
+        lambda p: torch.optim.Adam(p, lr=1e-3, weight_decay=1e-4),
+        lambda p: torch.optim.AdamW(p, lr=1e-3),
+        lambda p: torch.optim.RMSprop(p, lr=1e-3, momentum=0.9, centered=True),
+        lambda p: torch.optim.Adamax(p, lr=1e-3),  # not zero-preserving: masked after every step
+        lambda p: torch.optim.Rprop(p),
+    ],
+)
 @pytest.mark.parametrize("grow", ["random", "gradient", "momentum"])
 def test_zero_off_mask_in_weights_and_optimizer_state(optimizer, grow):
     model, opt, sp = make(small_convnet(), optimizer=optimizer, density=0.2, grow=grow, update_frequency=3, total_steps=12)
@@ -61,11 +63,13 @@ def test_step_with_closure_keeps_masks_exact_and_matches_the_plain_loop(grow, ke
     train(plain_model, plain_opt, plain, data)
     model, opt, sp = make(density=0.1, grow=grow, update_frequency=3, total_steps=8)
     for x, y in data:
+
         def closure():
             opt.zero_grad()
             loss = nn.functional.cross_entropy(model(x), y)
             loss.backward()
             return loss
+
         opt.step(closure=closure) if keyword else opt.step(closure)
         sp.step()
         assert_zero_off_mask(sp)
@@ -205,8 +209,7 @@ def test_same_seed_same_masks_other_seed_other_masks():
 @pytest.mark.parametrize("grow", ["random", "gradient", "momentum"])
 def test_resume_is_bit_identical(grow):
     data = batches(12, (1, 12, 12), 4)
-    kw = dict(density=0.3, grow=grow, redistribution="momentum" if grow == "momentum" else "none",
-              update_frequency=3, total_steps=12)
+    kw = dict(density=0.3, grow=grow, redistribution="momentum" if grow == "momentum" else "none", update_frequency=3, total_steps=12)
     model, opt, sp = make(small_convnet(0), **kw)
     train(model, opt, sp, data[:7])
     saved = copy.deepcopy({"model": model.state_dict(), "opt": opt.state_dict(), "sp": sp.state_dict()})
@@ -234,7 +237,11 @@ def test_sparsifier_built_after_loading_trained_states_is_refused(optimizer):
     saved = copy.deepcopy({"model": model.state_dict(), "opt": opt.state_dict(), "sp": sp.state_dict()})
     model2 = lenet300(1)
     model2.load_state_dict(saved["model"])
-    opt2 = torch.optim.SGD(model2.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4) if optimizer == "sgd" else optimizer(model2.parameters())
+    opt2 = (
+        torch.optim.SGD(model2.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+        if optimizer == "sgd"
+        else optimizer(model2.parameters())
+    )
     opt2.load_state_dict(saved["opt"])
     _, _, sp2 = make(model2, optimizer=lambda _: opt2, density=0.1, update_frequency=2, total_steps=8)
     with pytest.raises(ValueError, match="build the Sparsifier first"):
@@ -296,8 +303,11 @@ def saved_run():
 def test_resuming_onto_weights_that_were_not_loaded_is_refused():
     model, opt, sp = saved_run()
     _, _, fresh = make(density=0.1, update_frequency=2, total_steps=12)  # the model's weights never loaded
-    with pytest.raises(ValueError, match=r"not the ones this sparse state was saved with \(\d+ weights of .* outside its saved mask "
-                                         r"are nonzero\): the model's trained weights were not restored"):
+    with pytest.raises(
+        ValueError,
+        match=r"not the ones this sparse state was saved with \(\d+ weights of .* outside its saved mask "
+        r"are nonzero\): the model's trained weights were not restored",
+    ):
         fresh.load_state_dict(sp.state_dict())
     fresh.load_state_dict(sp.state_dict(), check_weights=False)  # on purpose
     assert fresh.steps == 6
@@ -374,10 +384,14 @@ def test_fused_optimizer_under_grad_scaler_sees_unscaled_gradients():
         assert torch.equal(scaled.masks[name], plain.masks[name])
 
 
-@pytest.mark.parametrize("move", [
-    lambda model: model.double(),
-    pytest.param(lambda model: model.cuda(), marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")),
-], ids=["double", "cuda"])
+@pytest.mark.parametrize(
+    "move",
+    [
+        lambda model: model.double(),
+        pytest.param(lambda model: model.cuda(), marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")),
+    ],
+    ids=["double", "cuda"],
+)
 def test_model_moved_after_the_sparsifier_was_built(move):
     """model.to(...) keeps the Parameter objects: the engine's tensors follow them."""
     model, opt, sp = make(density=0.1, grow="momentum", update_frequency=2, total_steps=6)
@@ -462,21 +476,24 @@ def test_misbehaving_criterion_is_caught():
         train(model, opt, sp, batches(2, (784,), 10))
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(density=0), "density must be"),
-    (dict(density=1.5), "density must be"),
-    (dict(density="0.1"), "density must be"),
-    (dict(distribution="ERK2"), "unknown distribution .ERK2.; choose one of er, erk, uniform"),
-    (dict(prune="biggest"), "unknown prune criterion 'biggest'; choose one of magnitude, set, threshold"),
-    (dict(grow="rigl"), "unknown grow criterion 'rigl'; choose one of gradient, momentum, none, random"),
-    (dict(redistribution="nonzero"), "unknown redistribution criterion 'nonzero'"),
-    (dict(prune_rate=0), "prune_rate"),
-    (dict(update_frequency=0), "update_frequency"),
-    (dict(total_steps=0), "total_steps"),
-    (dict(prune_rate=None), "prune_rate"),
-    (dict(update_frequency=True), "update_frequency"),
-    (dict(density=float("nan")), "density must be"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(density=0), "density must be"),
+        (dict(density=1.5), "density must be"),
+        (dict(density="0.1"), "density must be"),
+        (dict(distribution="ERK2"), "unknown distribution .ERK2.; choose one of er, erk, uniform"),
+        (dict(prune="biggest"), "unknown prune criterion 'biggest'; choose one of magnitude, set, threshold"),
+        (dict(grow="rigl"), "unknown grow criterion 'rigl'; choose one of gradient, momentum, none, random"),
+        (dict(redistribution="nonzero"), "unknown redistribution criterion 'nonzero'"),
+        (dict(prune_rate=0), "prune_rate"),
+        (dict(update_frequency=0), "update_frequency"),
+        (dict(total_steps=0), "total_steps"),
+        (dict(prune_rate=None), "prune_rate"),
+        (dict(update_frequency=True), "update_frequency"),
+        (dict(density=float("nan")), "density must be"),
+    ],
+)
 def test_bad_arguments_raise_value_error(kwargs, message):
     with pytest.raises(ValueError, match=message):
         make(**kwargs)

@@ -35,8 +35,10 @@ def train_step(model, optimizer, sparsifier, x, y):
     return sparsifier.step()
 
 
-@pytest.mark.parametrize("prune,grow,opt", [("magnitude", "random", "sgd"), ("set", "random", "adam"),
-                                            ("magnitude", "gradient", "sgd"), ("magnitude", "gradient", "adam")])
+@pytest.mark.parametrize(
+    "prune,grow,opt",
+    [("magnitude", "random", "sgd"), ("set", "random", "adam"), ("magnitude", "gradient", "sgd"), ("magnitude", "gradient", "adam")],
+)
 def test_truly_sparse_and_masked_runs_take_the_same_decisions(prune, grow, opt):
     torch.manual_seed(0)
     base = mlp().double()
@@ -82,11 +84,14 @@ def test_counts_exact_and_optimizer_state_follows_each_surviving_weight(opt):
         optimizer.zero_grad()
         nn.functional.cross_entropy(model(x[rows]), y[rows]).backward()
         update_next = sparsifier.update_due
-        before = {n: (layer.indices.clone(), {k: t.clone() for k, t in optimizer.state[layer.values].items() if t.dim() == 1})
-                  for n, layer in sparsifier.layers.items()}
+        before = {
+            n: (layer.indices.clone(), {k: t.clone() for k, t in optimizer.state[layer.values].items() if t.dim() == 1})
+            for n, layer in sparsifier.layers.items()
+        }
         optimizer.step()
-        after_step = {n: {k: t.clone() for k, t in optimizer.state[layer.values].items() if t.dim() == 1}
-                      for n, layer in sparsifier.layers.items()}
+        after_step = {
+            n: {k: t.clone() for k, t in optimizer.state[layer.values].items() if t.dim() == 1} for n, layer in sparsifier.layers.items()
+        }
         assert sparsifier.step() == update_next
         for name, layer in sparsifier.layers.items():
             assert layer.nnz == counts[name] and layer.values.numel() == counts[name]
@@ -110,8 +115,10 @@ def test_blockwise_gradient_growth_equals_the_dense_top_k(monkeypatch):
     gen = torch.Generator().manual_seed(5)
     out_f, in_f, k = 30, 20, 25
     excluded = torch.randperm(out_f * in_f, generator=gen)[:90].sort().values
-    sources = [(torch.randn(4, in_f, generator=gen, dtype=torch.float64), torch.randn(4, out_f, generator=gen, dtype=torch.float64))
-               for _ in range(2)]  # two backward calls in one step (gradient accumulation)
+    sources = [
+        (torch.randn(4, in_f, generator=gen, dtype=torch.float64), torch.randn(4, out_f, generator=gen, dtype=torch.float64))
+        for _ in range(2)
+    ]  # two backward calls in one step (gradient accumulation)
     dense = sum(g.t() @ x for x, g in sources)
     candidates = torch.ones(out_f * in_f, dtype=torch.bool)
     candidates[excluded] = False
@@ -145,8 +152,9 @@ def test_sparsify_counts_equal_the_masked_engine_for_every_distribution():
         torch.manual_seed(3)
         dense = mlp()
         masked_model = copy.deepcopy(dense)
-        masked = itop.Sparsifier(masked_model, torch.optim.SGD(masked_model.parameters(), lr=0.1), density=0.2,
-                                 distribution=distribution, seed=4)
+        masked = itop.Sparsifier(
+            masked_model, torch.optim.SGD(masked_model.parameters(), lr=0.1), density=0.2, distribution=distribution, seed=4
+        )
         truly = itop.sparse.sparsify(copy.deepcopy(dense), 0.2, distribution=distribution, seed=4)
         for name, mask in masked.masks.items():
             module = truly.get_submodule(name.rsplit(".", 1)[0])
@@ -186,12 +194,17 @@ def test_bit_identical_resume_with_weights_only_state():
         torch.manual_seed(6)
         model = itop.sparse.sparsify(mlp(), 0.1, seed=2)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-        return model, optimizer, itop.Sparsifier(model, optimizer, density=0.1, grow="random", update_frequency=3,
-                                                 total_steps=50, seed=2, redistribution="magnitude")
+        return (
+            model,
+            optimizer,
+            itop.Sparsifier(
+                model, optimizer, density=0.1, grow="random", update_frequency=3, total_steps=50, seed=2, redistribution="magnitude"
+            ),
+        )
 
     x, y = data()
     x = x.float()
-    batches = [(x[i:i + 8], y[i:i + 8]) for i in range(0, 64, 8)] * 3
+    batches = [(x[i : i + 8], y[i : i + 8]) for i in range(0, 64, 8)] * 3
     whole = build()
     for xb, yb in batches:
         train_step(*whole, xb, yb)

@@ -1,6 +1,6 @@
 """`itop train` that is interrupted at the start of epoch N (a stand-in for a crash).
 
-    torchrun ... interrupted_train.py N <itop train arguments>
+torchrun ... interrupted_train.py N <itop train arguments>
 """
 
 import sys

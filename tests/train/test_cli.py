@@ -9,8 +9,24 @@ import torch
 from itop.__main__ import main
 from itop.train import loop
 
-TINY = ["--sparse", "--model", "lenet300-100", "--data", "mnist5k", "--epochs", "3", "--batch-size", "200",
-        "--growth", "gradient", "--update_frequency", "7", "--no-progress", "--seed", "3"]
+TINY = [
+    "--sparse",
+    "--model",
+    "lenet300-100",
+    "--data",
+    "mnist5k",
+    "--epochs",
+    "3",
+    "--batch-size",
+    "200",
+    "--growth",
+    "gradient",
+    "--update_frequency",
+    "7",
+    "--no-progress",
+    "--seed",
+    "3",
+]
 
 
 def run(argv, capsys):
@@ -60,7 +76,9 @@ def test_tiny_run_writes_everything_and_the_table(capsys):
 
 
 def test_dense_run(capsys):
-    code, out, _ = run(["--model", "lenet5", "--data", "mnist5k", "--epochs", "1", "--batch-size", "500", "--no-progress", "--save", "d"], capsys)
+    code, out, _ = run(
+        ["--model", "lenet5", "--data", "mnist5k", "--epochs", "1", "--batch-size", "500", "--no-progress", "--save", "d"], capsys
+    )
     assert code == 0 and "| Dense | 0.0 |" in out and "1x(" in out
 
 
@@ -80,7 +98,10 @@ def test_resume_equals_uninterrupted(epochs, capsys, monkeypatch):
         assert torch.equal(value, cut["model"][key]), key
     for name, mask in full["sparsifier"]["masks"].items():
         assert torch.equal(mask, cut["sparsifier"]["masks"][name])
-    strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]
+
+    def strip(rs):
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in rs]
+
     for kind in ("epoch", "update"):
         assert strip(records("full", kind)) == strip(records("cut", kind))
     assert json.loads(Path("full/summary.json").read_text())["test_acc"] == json.loads(Path("cut/summary.json").read_text())["test_acc"]
@@ -101,17 +122,20 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(capsys, monkeypatch):
     assert torch.load("nan/checkpoint.pt", weights_only=True)["epoch"] == 1
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--model", "vgg-z", "--data", "mnist5k"], "unknown model 'vgg-z'"),
-    (["--model", "lenet5", "--data", "svhn"], "unknown dataset 'svhn'"),
-    (["--model", "lenet5", "--growth", "rigl"], "--growth must be"),
-    (["--model", "lenet5", "--death", "largest"], "--death must be"),
-    (["--model", "lenet5", "--density", "1.5"], "--density must be in (0, 1]"),
-    (["--model", "lenet5", "--bogus-flag"], "unrecognized arguments: --bogus-flag"),
-    (["--model", "lenet5", "--data", "mnist"], "train-images-idx3-ubyte.gz"),
-    (["--model", "lenet5", "--data", "cifar10"], "cifar-10"),
-    (["--resume", "nowhere"], "no such directory"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--model", "vgg-z", "--data", "mnist5k"], "unknown model 'vgg-z'"),
+        (["--model", "lenet5", "--data", "svhn"], "unknown dataset 'svhn'"),
+        (["--model", "lenet5", "--growth", "rigl"], "--growth must be"),
+        (["--model", "lenet5", "--death", "largest"], "--death must be"),
+        (["--model", "lenet5", "--density", "1.5"], "--density must be in (0, 1]"),
+        (["--model", "lenet5", "--bogus-flag"], "unrecognized arguments: --bogus-flag"),
+        (["--model", "lenet5", "--data", "mnist"], "train-images-idx3-ubyte.gz"),
+        (["--model", "lenet5", "--data", "cifar10"], "cifar-10"),
+        (["--resume", "nowhere"], "no such directory"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
     code, out, err = run(argv, capsys)
     assert code == 2
@@ -186,9 +210,30 @@ def test_imagenet_folder_run(capsys, tmp_path):
 
     write_image_tree(tmp_path / "imnet" / "train", per_class=3)
     write_image_tree(tmp_path / "imnet" / "val", per_class=1)
-    argv = ["--arch", "resnet18", "-c", "fanin", "-b", "2", "--test-batch-size", "2", "--epochs", "1", "-j", "0",
-            "--update_frequency", "2", "--growth", "gradient", "--density", "0.2", "--no-progress", "--save", "im",
-            str(tmp_path / "imnet")]
+    argv = [
+        "--arch",
+        "resnet18",
+        "-c",
+        "fanin",
+        "-b",
+        "2",
+        "--test-batch-size",
+        "2",
+        "--epochs",
+        "1",
+        "-j",
+        "0",
+        "--update_frequency",
+        "2",
+        "--growth",
+        "gradient",
+        "--density",
+        "0.2",
+        "--no-progress",
+        "--save",
+        "im",
+        str(tmp_path / "imnet"),
+    ]
     code, out, err = run(argv, capsys)
     assert code == 0, err
     summary = json.loads(Path("im/summary.json").read_text())
@@ -197,8 +242,23 @@ def test_imagenet_folder_run(capsys, tmp_path):
 
 
 def test_valid_split_zero_and_threshold_death_and_amp(capsys):
-    argv = [*TINY, "--epochs", "2", "--valid_split", "0", "--death", "threshold", "--threshold", "0.01",
-            "--redistribution", "magnitude", "--amp", "bf16", "--save", "v0"]
+    argv = [
+        *TINY,
+        "--epochs",
+        "2",
+        "--valid_split",
+        "0",
+        "--death",
+        "threshold",
+        "--threshold",
+        "0.01",
+        "--redistribution",
+        "magnitude",
+        "--amp",
+        "bf16",
+        "--save",
+        "v0",
+    ]
     code, out, err = run(argv, capsys)
     assert code == 0, err
     summary = json.loads(Path("v0/summary.json").read_text())
@@ -206,13 +266,16 @@ def test_valid_split_zero_and_threshold_death_and_amp(capsys):
     assert summary["density"] == pytest.approx(0.05, abs=1e-4)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--model", "vgg-d", "--data", "mnist5k"], "too small"),
-    (["--model", "lenet5", "--data", "mnist5k", "--valid_split", "0.9999"], "valid"),
-    (["--model", "lenet5", "--device", "tpu"], "--device must be cpu, cuda or cuda:N"),
-    (["--model", "lenet5", "--evaluate"], "--evaluate"),
-    (["--model", "lenet5", "--growth", "random_unfired"], "--growth must be"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--model", "vgg-d", "--data", "mnist5k"], "too small"),
+        (["--model", "lenet5", "--data", "mnist5k", "--valid_split", "0.9999"], "valid"),
+        (["--model", "lenet5", "--device", "tpu"], "--device must be cpu, cuda or cuda:N"),
+        (["--model", "lenet5", "--evaluate"], "--evaluate"),
+        (["--model", "lenet5", "--growth", "random_unfired"], "--growth must be"),
+    ],
+)
 def test_flags_this_dataset_or_machine_cannot_take_are_one_line_and_exit_2(argv, message, capsys):
     code, _, err = run([*argv, "--epochs", "1", "--save", "bad"], capsys)
     assert code == 2 and err.count("\n") == 1 and message in err, err
@@ -278,8 +341,12 @@ def test_extended_runs_count_training_flops_against_a_1x_dense_run(capsys):
     absolute figure beside dense stays that of a 1x dense run."""
     base = ["--model", "lenet300-100", "--data", "mnist5k", "--epochs", "1", "--batch-size", "500", "--no-progress"]
     summaries = {}
-    for name, extra in {"sparse1": ["--sparse", "--fix"], "sparse2": ["--sparse", "--fix", "--multiplier", "2"],
-                        "dense1": [], "dense2": ["--multiplier", "2"]}.items():
+    for name, extra in {
+        "sparse1": ["--sparse", "--fix"],
+        "sparse2": ["--sparse", "--fix", "--multiplier", "2"],
+        "dense1": [],
+        "dense2": ["--multiplier", "2"],
+    }.items():
         code, out, err = run([*base, *extra, "--save", name], capsys)
         assert code == 0, err
         summaries[name] = json.loads(Path(name, "summary.json").read_text())
@@ -297,9 +364,17 @@ def test_the_first_line_gives_the_lr_schedule_and_a_one_epoch_demo_learns(capsys
     assert json.loads(Path("demo1/summary.json").read_text())["test_acc"] > 0.2  # 37.6% measured; 10.0% before
 
 
-@pytest.mark.parametrize("argv", [["--model", "lenet5", "--sparse"], ["--model", "lenet5", "--data", "fashion-mnist"],
-                                  ["--model", "lenet5", "--data", "cifar100"], ["--model", "lenet5", "--data", "absent.csv"],
-                                  ["--arch", "resnet18", "no-imagenet-here"], ["--model", "lenet5", "--data", "imagenet"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--model", "lenet5", "--sparse"],
+        ["--model", "lenet5", "--data", "fashion-mnist"],
+        ["--model", "lenet5", "--data", "cifar100"],
+        ["--model", "lenet5", "--data", "absent.csv"],
+        ["--arch", "resnet18", "no-imagenet-here"],
+        ["--model", "lenet5", "--data", "imagenet"],
+    ],
+)
 def test_missing_data_offline_names_the_embedded_digits(argv, capsys, monkeypatch):
     from itop.data import download
 

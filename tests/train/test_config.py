@@ -3,8 +3,10 @@ import pytest
 from itop.train.config import UsageError, parse_args
 from itop.train.optim import learning_rate
 
-SEED_COMMON = ("--seed 18 --sparse_init ERK --lr 0.1 --density 0.05 --epochs 250 --model vgg-c --data cifar10 "
-               "--decay_frequency 30000 --batch-size 128 --death magnitude --redistribution none")
+SEED_COMMON = (
+    "--seed 18 --sparse_init ERK --lr 0.1 --density 0.05 --epochs 250 --model vgg-c --data cifar10 "
+    "--decay_frequency 30000 --batch-size 128 --death magnitude --redistribution none"
+)
 SEED_COMMANDS = {
     "Dense": f"{SEED_COMMON} --multiplier 1 --update_frequency 1500 --growth random",
     "SET-ITOP": f"--sparse {SEED_COMMON} --multiplier 1 --update_frequency 1500 --growth random",
@@ -32,37 +34,71 @@ def test_both_spellings_of_sparse_init():
 
 def test_no_flags_is_the_demo_preset():
     cfg, _ = parse_args([])
-    assert (cfg.model, cfg.data, cfg.sparse, cfg.growth, cfg.density, cfg.method) == ("lenet300-100", "mnist5k", True, "gradient", 0.05, "RigL-ITOP")
+    assert (cfg.model, cfg.data, cfg.sparse, cfg.growth, cfg.density, cfg.method) == (
+        "lenet300-100",
+        "mnist5k",
+        True,
+        "gradient",
+        0.05,
+        "RigL-ITOP",
+    )
 
 
 def test_original_defaults_when_flags_are_given():
     cfg, _ = parse_args(["--model", "lenet5"])
-    assert (cfg.data, cfg.sparse, cfg.epochs, cfg.batch_size, cfg.density, cfg.update_frequency, cfg.seed, cfg.valid_split) == \
-        ("mnist", False, 250, 100, 0.05, 100, 17, 0.1)
+    assert (cfg.data, cfg.sparse, cfg.epochs, cfg.batch_size, cfg.density, cfg.update_frequency, cfg.seed, cfg.valid_split) == (
+        "mnist",
+        False,
+        250,
+        100,
+        0.05,
+        100,
+        17,
+        0.1,
+    )
 
 
 def test_seed_imagenet_command_parses():
-    argv = ("--multiplier 1 --growth gradient --master_port 4545 -j5 -p 500 --arch resnet50 -c fanin --update_frequency 4000 "
-            "--label-smoothing 0.1 -b 64 --lr 0.1 --warmup 5 --epochs 100 --density 0.2 /data/imagenet --save save/ITOP/").split()
+    argv = (
+        "--multiplier 1 --growth gradient --master_port 4545 -j5 -p 500 --arch resnet50 -c fanin --update_frequency 4000 "
+        "--label-smoothing 0.1 -b 64 --lr 0.1 --warmup 5 --epochs 100 --density 0.2 /data/imagenet --save save/ITOP/"
+    ).split()
     cfg, _ = parse_args(argv)
     assert cfg.imagenet and cfg.sparse and cfg.data == "imagenet" and cfg.data_dir == "/data/imagenet"
-    assert (cfg.model, cfg.model_config, cfg.workers, cfg.log_interval, cfg.batch_size, cfg.warmup) == ("imagenet-resnet50", "fanin", 5, 500, 64, 5)
-    assert (cfg.density, cfg.sparse_init, cfg.nesterov, cfg.weight_decay, cfg.bn_weight_decay, cfg.label_smoothing) == (0.2, "ER", False, 1e-4, False, 0.1)
+    assert (cfg.model, cfg.model_config, cfg.workers, cfg.log_interval, cfg.batch_size, cfg.warmup) == (
+        "imagenet-resnet50",
+        "fanin",
+        5,
+        500,
+        64,
+        5,
+    )
+    assert (cfg.density, cfg.sparse_init, cfg.nesterov, cfg.weight_decay, cfg.bn_weight_decay, cfg.label_smoothing) == (
+        0.2,
+        "ER",
+        False,
+        1e-4,
+        False,
+        0.1,
+    )
     assert cfg.method == "RigL-ITOP" and cfg.lr_schedule == "imagenet-step"
     assert parse_args(["--dense"] + argv)[0].sparse is False
 
 
-@pytest.mark.parametrize("argv, message", [
-    ("--model vgg-z", "unknown model 'vgg-z'"),
-    ("--model lenet5 --data svhn", "unknown dataset 'svhn'"),
-    ("--model lenet5 --growth rigl", "--growth must be random, gradient, momentum or none"),
-    ("--model lenet5 --death biggest", "--death must be magnitude, SET or threshold"),
-    ("--model lenet5 --density 0", "--density must be in (0, 1]"),
-    ("--model lenet5 --density 1.5", "--density must be in (0, 1]"),
-    ("--model lenet5 --frobnicate", "unrecognized arguments: --frobnicate"),
-    ("--model lenet5 --epochs ten", "invalid int value"),
-    ("--data mnist", "--model is required"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ("--model vgg-z", "unknown model 'vgg-z'"),
+        ("--model lenet5 --data svhn", "unknown dataset 'svhn'"),
+        ("--model lenet5 --growth rigl", "--growth must be random, gradient, momentum or none"),
+        ("--model lenet5 --death biggest", "--death must be magnitude, SET or threshold"),
+        ("--model lenet5 --density 0", "--density must be in (0, 1]"),
+        ("--model lenet5 --density 1.5", "--density must be in (0, 1]"),
+        ("--model lenet5 --frobnicate", "unrecognized arguments: --frobnicate"),
+        ("--model lenet5 --epochs ten", "invalid int value"),
+        ("--data mnist", "--model is required"),
+    ],
+)
 def test_bad_flags(argv, message):
     with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
         parse_args(argv.split())
@@ -93,17 +129,22 @@ def test_flags_without_a_model_or_dataset_change_the_demo():
     assert not parse_args(["--dense", "--epochs", "2"])[0].sparse
 
 
-@pytest.mark.parametrize("argv", [["--model", "lenet5"], ["--model", "lenet5", "--data", "mnist5k"], ["--arch", "resnet18", "--dense", "/d"]])
+@pytest.mark.parametrize(
+    "argv", [["--model", "lenet5"], ["--model", "lenet5", "--data", "mnist5k"], ["--arch", "resnet18", "--dense", "/d"]]
+)
 def test_naming_a_model_or_dataset_gives_the_originals_semantics(argv):
     cfg, _ = parse_args(argv)
     assert not cfg.sparse and cfg.method == "Dense" and cfg.epochs != 100
 
 
-@pytest.mark.parametrize("argv, data", [
-    (["--model", "set-mlp", "--sparse"], "mnist5k"),  # the SET-MLP, not a model of the original main.py: the embedded digits
-    (["--model", "set-mlp", "--data", "mnist"], "mnist"),
-    (["--preset", "set-mlp-fashion"], "fashion-mnist"),
-    (["--model", "lenet5"], "mnist"),  # the original main.py's default
-])
+@pytest.mark.parametrize(
+    "argv, data",
+    [
+        (["--model", "set-mlp", "--sparse"], "mnist5k"),  # the SET-MLP, not a model of the original main.py: the embedded digits
+        (["--model", "set-mlp", "--data", "mnist"], "mnist"),
+        (["--preset", "set-mlp-fashion"], "fashion-mnist"),
+        (["--model", "lenet5"], "mnist"),  # the original main.py's default
+    ],
+)
 def test_the_default_dataset_of_a_command_line_that_names_a_model(argv, data):
     assert parse_args(argv)[0].data == data

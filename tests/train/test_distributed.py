@@ -12,8 +12,24 @@ import torch
 from itop.__main__ import main
 
 # 3,599 training digits: each epoch ends with a global batch of 199, split 99 / 100 over the ranks
-ARGS = ["--sparse", "--model", "lenet300-100", "--data", "mnist5k", "--epochs", "3", "--growth", "gradient",
-        "--update_frequency", "5", "--no-progress", "--seed", "5", "--valid_split", "0.10025"]
+ARGS = [
+    "--sparse",
+    "--model",
+    "lenet300-100",
+    "--data",
+    "mnist5k",
+    "--epochs",
+    "3",
+    "--growth",
+    "gradient",
+    "--update_frequency",
+    "5",
+    "--no-progress",
+    "--seed",
+    "5",
+    "--valid_split",
+    "0.10025",
+]
 
 
 def torchrun(*args, cwd):
@@ -71,9 +87,32 @@ def test_imagenet_folder_on_two_processes_reduces_validation_exactly(tmp_path):
 
     write_image_tree(tmp_path / "imnet" / "train", classes=("a", "b", "c"), per_class=4)
     write_image_tree(tmp_path / "imnet" / "val", classes=("a", "b", "c"), per_class=1)
-    argv = ["--arch", "resnet18", "-b", "2", "--test-batch-size", "2", "--epochs", "1", "-j", "0", "--label-smoothing", "0.1",
-            "--warmup", "1", "--update_frequency", "2", "--growth", "gradient", "--density", "0.2", "--no-progress",
-            "--save", "im", str(tmp_path / "imnet")]
+    argv = [
+        "--arch",
+        "resnet18",
+        "-b",
+        "2",
+        "--test-batch-size",
+        "2",
+        "--epochs",
+        "1",
+        "-j",
+        "0",
+        "--label-smoothing",
+        "0.1",
+        "--warmup",
+        "1",
+        "--update_frequency",
+        "2",
+        "--growth",
+        "gradient",
+        "--density",
+        "0.2",
+        "--no-progress",
+        "--save",
+        "im",
+        str(tmp_path / "imnet"),
+    ]
     result = torchrun("-m", "itop", "train", *argv, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[:3000] + "\n...\n" + result.stderr[-1500:]
     summary = json.loads((tmp_path / "im" / "summary.json").read_text())
@@ -83,6 +122,7 @@ def test_imagenet_folder_on_two_processes_reduces_validation_exactly(tmp_path):
     model.load_state_dict(torch.load(tmp_path / "im" / "best.pt", weights_only=True)["model"])
     loader = make_imagenet_loader(tmp_path / "imnet", "val", 2, workers=0)
     import contextlib
+
     assert evaluate(model, loader, torch.device("cpu"), contextlib.nullcontext)[1] == summary["test_acc"]
 
 

@@ -17,13 +17,24 @@ def cfg_of(*flags):
     return parse_args(["--model", "lenet5", "--sparse", *flags])[0]
 
 
-@pytest.mark.parametrize("flags, steps_per_epoch, total_steps, frequency, expected", [
-    ([], 2, 40, 100, ["40 optimizer steps", "one every 100 steps", "--update_frequency N with N below 40", "--update-every epoch", "SET-ITOP"]),
-    (["--epochs", "1"], 36, 36, 100, ["36 optimizer steps", "--update_frequency N with N below 36"]),
-    (["--update-every", "epoch", "--epochs", "1"], 36, 36, 36, ["one after each epoch of 36 steps", "train more than 1 epoch(s)"]),
-    ([], 50, 100, 100, ["100 optimizer steps"]),  # the only update would come after the last step
-])
-def test_a_schedule_without_a_topology_update_is_named_with_its_numbers_and_the_flag(flags, steps_per_epoch, total_steps, frequency, expected):
+@pytest.mark.parametrize(
+    "flags, steps_per_epoch, total_steps, frequency, expected",
+    [
+        (
+            [],
+            2,
+            40,
+            100,
+            ["40 optimizer steps", "one every 100 steps", "--update_frequency N with N below 40", "--update-every epoch", "SET-ITOP"],
+        ),
+        (["--epochs", "1"], 36, 36, 100, ["36 optimizer steps", "--update_frequency N with N below 36"]),
+        (["--update-every", "epoch", "--epochs", "1"], 36, 36, 36, ["one after each epoch of 36 steps", "train more than 1 epoch(s)"]),
+        ([], 50, 100, 100, ["100 optimizer steps"]),  # the only update would come after the last step
+    ],
+)
+def test_a_schedule_without_a_topology_update_is_named_with_its_numbers_and_the_flag(
+    flags, steps_per_epoch, total_steps, frequency, expected
+):
     warning = no_update_warning(cfg_of(*flags), steps_per_epoch, total_steps, frequency)
     assert warning is not None and "\n" not in warning
     assert all(part in warning for part in expected), warning
@@ -31,11 +42,14 @@ def test_a_schedule_without_a_topology_update_is_named_with_its_numbers_and_the_
         assert "--update-every epoch" not in warning  # one epoch: an update after it would come too late too
 
 
-@pytest.mark.parametrize("flags, steps_per_epoch, total_steps, frequency", [
-    ([], 36, 101, 100),  # one update, then a step on the new topology
-    (["--update-every", "epoch", "--epochs", "2"], 36, 72, 36),
-    (["--fix"], 36, 36, None),  # static sparse training on purpose
-])
+@pytest.mark.parametrize(
+    "flags, steps_per_epoch, total_steps, frequency",
+    [
+        ([], 36, 101, 100),  # one update, then a step on the new topology
+        (["--update-every", "epoch", "--epochs", "2"], 36, 72, 36),
+        (["--fix"], 36, 36, None),  # static sparse training on purpose
+    ],
+)
 def test_schedules_that_update_the_topology_give_no_warning(flags, steps_per_epoch, total_steps, frequency):
     assert no_update_warning(cfg_of(*flags), steps_per_epoch, total_steps, frequency) is None
 
@@ -57,8 +71,23 @@ def write_wine_like_csv(path, rows=178, features=13, classes=3, seed=0):
 
 def test_a_small_set_run_warns_that_its_topology_never_changes_and_reports_its_final_epoch(capsys):
     write_wine_like_csv("wine.csv")
-    argv = ["--model", "set-mlp", "--hidden", "200,200", "--sparse", "--epsilon", "10", "--data", "wine.csv", "--epochs", "20",
-            "--truly-sparse", "--no-progress", "--save", "wine"]
+    argv = [
+        "--model",
+        "set-mlp",
+        "--hidden",
+        "200,200",
+        "--sparse",
+        "--epsilon",
+        "10",
+        "--data",
+        "wine.csv",
+        "--epochs",
+        "20",
+        "--truly-sparse",
+        "--no-progress",
+        "--save",
+        "wine",
+    ]
     code, out, err = run(argv, capsys)
     assert code == 0, err
     warnings = [line for line in err.splitlines() if "warning" in line]

@@ -33,10 +33,18 @@ def test_short_runs_start_at_the_base_rate_and_decay_twice_late_enough(epochs):
         assert first_decay >= STEPS_PER_EPOCH  # never within the first epoch
 
 
-@pytest.mark.parametrize("epochs, multiplier, expected", [
-    (1, 1, ("steps", (18, 27))), (2, 1, ("steps", (36, 54))), (1, 3, ("steps", (54, 81))), (2, 2, ("steps", (72, 108))),
-    (3, 1, ("epochs", (1, 2))), (4, 1, ("epochs", (2, 3))), (3, 2, ("epochs", (2, 4))),
-])
+@pytest.mark.parametrize(
+    "epochs, multiplier, expected",
+    [
+        (1, 1, ("steps", (18, 27))),
+        (2, 1, ("steps", (36, 54))),
+        (1, 3, ("steps", (54, 81))),
+        (2, 2, ("steps", (72, 108))),
+        (3, 1, ("epochs", (1, 2))),
+        (4, 1, ("epochs", (2, 3))),
+        (3, 2, ("epochs", (2, 4))),
+    ],
+)
 def test_milestones_by_steps_only_where_epoch_milestones_fall_in_the_first_epoch_or_coincide(epochs, multiplier, expected):
     cfg = demo("--epochs", str(epochs), "--multiplier", str(multiplier))
     assert multistep_milestones(cfg, STEPS_PER_EPOCH * cfg.total_epochs) == expected
@@ -53,13 +61,20 @@ def test_long_runs_keep_the_original_milestones(multiplier):
     assert lrs == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
 
 
-@pytest.mark.parametrize("flags, total_steps, text", [
-    (["--epochs", "10"], 360, "lr 0.1, x0.1 after epochs 5 and 7"),
-    (["--epochs", "1"], 36, "lr 0.1, x0.1 after steps 18 and 27"),
-    (["--epochs", "1", "--lr-schedule", "constant", "--lr", "0.05"], 36, "lr 0.05 constant"),
-    (["--epochs", "1", "--lr-schedule", "cosine"], 36, "lr 0.1, cosine to 0 over 36 steps"),
-    (["--epochs", "1", "--lr-schedule", "step", "--decay_frequency", "30000", "--multiplier", "2"], 72, "lr 0.1, x0.1 every 60000 steps"),
-    (["--arch", "resnet50", "--warmup", "5", "/data"], 10**5, "lr 0.1 after 5 warm-up epochs, x0.1 after epochs 30, 60 and 90"),
-])
+@pytest.mark.parametrize(
+    "flags, total_steps, text",
+    [
+        (["--epochs", "10"], 360, "lr 0.1, x0.1 after epochs 5 and 7"),
+        (["--epochs", "1"], 36, "lr 0.1, x0.1 after steps 18 and 27"),
+        (["--epochs", "1", "--lr-schedule", "constant", "--lr", "0.05"], 36, "lr 0.05 constant"),
+        (["--epochs", "1", "--lr-schedule", "cosine"], 36, "lr 0.1, cosine to 0 over 36 steps"),
+        (
+            ["--epochs", "1", "--lr-schedule", "step", "--decay_frequency", "30000", "--multiplier", "2"],
+            72,
+            "lr 0.1, x0.1 every 60000 steps",
+        ),
+        (["--arch", "resnet50", "--warmup", "5", "/data"], 10**5, "lr 0.1 after 5 warm-up epochs, x0.1 after epochs 30, 60 and 90"),
+    ],
+)
 def test_the_schedule_described_for_the_first_line(flags, total_steps, text):
     assert describe_schedule(demo(*flags), total_steps) == text

@@ -7,8 +7,22 @@ import torch
 
 from itop.__main__ import main
 
-TINY = ["--sparse", "--model", "lenet300-100", "--data", "mnist5k", "--epochs", "2", "--batch-size", "500",
-        "--update_frequency", "4", "--no-progress", "--seed", "3"]
+TINY = [
+    "--sparse",
+    "--model",
+    "lenet300-100",
+    "--data",
+    "mnist5k",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "500",
+    "--update_frequency",
+    "4",
+    "--no-progress",
+    "--seed",
+    "3",
+]
 
 
 def test_a_checkpoint_with_other_weights_is_refused_in_one_line(capsys, tmp_path, monkeypatch):

@@ -8,28 +8,101 @@ import pytest
 import torch
 
 from itop.sparse import SparseLinear
-from itop.train.config import UsageError, parse_args
+from itop.train.config import parse_args
 from itop.train.model_setup import SigmoidMSE, build_model
 
 from .test_cli import interrupt_in_epoch, records, run
 
-SET_TINY = ["--model", "set-mlp", "--data", "mnist5k", "--hidden", "64,48", "--sparse", "--epsilon", "4", "--death", "SET",
-            "--death-rate", "0.3", "--decay-schedule", "constant", "--update-every", "epoch", "--epochs", "3",
-            "--batch-size", "64", "--lr", "0.05", "--lr-schedule", "constant", "--no-progress", "--seed", "5"]
+SET_TINY = [
+    "--model",
+    "set-mlp",
+    "--data",
+    "mnist5k",
+    "--hidden",
+    "64,48",
+    "--sparse",
+    "--epsilon",
+    "4",
+    "--death",
+    "SET",
+    "--death-rate",
+    "0.3",
+    "--decay-schedule",
+    "constant",
+    "--update-every",
+    "epoch",
+    "--epochs",
+    "3",
+    "--batch-size",
+    "64",
+    "--lr",
+    "0.05",
+    "--lr-schedule",
+    "constant",
+    "--no-progress",
+    "--seed",
+    "5",
+]
 
 
 # Each preset against its source script's recipe (the table in docs/set-systems.md); lr and weight decay are the
 # ones that take the script's step in torch's SGD (tests/train/test_presets.py).
 PRESET_TABLE = {
-    "set-mlp-lung": dict(hidden=[3000, 3000, 3000], activation="relu", epsilon=20.0, death_rate=0.3, batch_size=2, lr=0.01,
-                         momentum=0.9, weight_decay=2e-3, dropout=0.0, epochs=100, loss="mse"),
-    "set-mlp-fashion": dict(hidden=[1000, 1000, 1000], activation="relu", epsilon=13.0, death_rate=0.3, batch_size=40, lr=0.05,
-                            momentum=0.9, weight_decay=4e-4, dropout=0.2, epochs=400, loss="mse", data="fashion-mnist"),
-    "set-mlp-cifar10": dict(hidden=[4000, 1000, 4000], activation="srelu", epsilon=20.0, death_rate=0.3, batch_size=100, lr=0.01,
-                            momentum=0.9, weight_decay=0.0, dropout=0.3, epochs=1000, loss="cross-entropy", data="cifar10"),
-    "million-neurons": dict(hidden=[333334, 333333, 333333], activation="relu", epsilon=10.0, death_rate=0.3, batch_size=2,
-                            lr=0.005, momentum=0.9, weight_decay=4e-3, dropout=0.0, loss="cross-entropy", data="mnist5k",
-                            truly_sparse=True),
+    "set-mlp-lung": dict(
+        hidden=[3000, 3000, 3000],
+        activation="relu",
+        epsilon=20.0,
+        death_rate=0.3,
+        batch_size=2,
+        lr=0.01,
+        momentum=0.9,
+        weight_decay=2e-3,
+        dropout=0.0,
+        epochs=100,
+        loss="mse",
+    ),
+    "set-mlp-fashion": dict(
+        hidden=[1000, 1000, 1000],
+        activation="relu",
+        epsilon=13.0,
+        death_rate=0.3,
+        batch_size=40,
+        lr=0.05,
+        momentum=0.9,
+        weight_decay=4e-4,
+        dropout=0.2,
+        epochs=400,
+        loss="mse",
+        data="fashion-mnist",
+    ),
+    "set-mlp-cifar10": dict(
+        hidden=[4000, 1000, 4000],
+        activation="srelu",
+        epsilon=20.0,
+        death_rate=0.3,
+        batch_size=100,
+        lr=0.01,
+        momentum=0.9,
+        weight_decay=0.0,
+        dropout=0.3,
+        epochs=1000,
+        loss="cross-entropy",
+        data="cifar10",
+    ),
+    "million-neurons": dict(
+        hidden=[333334, 333333, 333333],
+        activation="relu",
+        epsilon=10.0,
+        death_rate=0.3,
+        batch_size=2,
+        lr=0.005,
+        momentum=0.9,
+        weight_decay=4e-3,
+        dropout=0.0,
+        loss="cross-entropy",
+        data="mnist5k",
+        truly_sparse=True,
+    ),
 }
 
 
@@ -52,21 +125,24 @@ def test_flags_beside_a_preset_override_it():
     assert cfg.epsilon is None and cfg.density == 0.05 and cfg.sparse_init == "erk"
 
 
-@pytest.mark.parametrize("argv,fragment", [
-    (["--preset", "nope"], "unknown --preset 'nope'"),
-    (["--preset", "set-mlp-lung"], "add --data path/to/lung.mat"),
-    (["--model", "lenet5", "--hidden", "10,10"], "--hidden shapes the SET-MLP"),
-    (["--model", "set-mlp", "--sparse", "--epsilon", "5", "--density", "0.1"], "give --epsilon or --density, not both"),
-    (["--model", "set-mlp", "--sparse", "--epsilon", "5", "--sparse_init", "ERK"], "--epsilon defines ER layer densities"),
-    (["--model", "set-mlp", "--epsilon", "5"], "add --sparse"),
-    (["--model", "set-mlp", "--truly-sparse"], "add --sparse"),
-    (["--model", "set-mlp", "--sparse", "--truly-sparse", "--growth", "momentum"], "dense gradient averages"),
-    (["--model", "set-mlp", "--hidden", "10,x"], "positive integers separated by commas"),
-    (["--model", "set-mlp", "--activation", "tanh"], "--activation must be relu, srelu or allrelu"),
-    (["--model", "set-mlp", "--update-every", "week"], "'epoch' or a positive number"),
-    (["--model", "set-mlp", "--test-split", "0.2"], "--test-split holds out a share of a .mat/.npz/.csv file"),
-    (["--model", "set-mlp", "--loss", "hinge"], "--loss must be cross-entropy or mse"),
-])
+@pytest.mark.parametrize(
+    "argv,fragment",
+    [
+        (["--preset", "nope"], "unknown --preset 'nope'"),
+        (["--preset", "set-mlp-lung"], "add --data path/to/lung.mat"),
+        (["--model", "lenet5", "--hidden", "10,10"], "--hidden shapes the SET-MLP"),
+        (["--model", "set-mlp", "--sparse", "--epsilon", "5", "--density", "0.1"], "give --epsilon or --density, not both"),
+        (["--model", "set-mlp", "--sparse", "--epsilon", "5", "--sparse_init", "ERK"], "--epsilon defines ER layer densities"),
+        (["--model", "set-mlp", "--epsilon", "5"], "add --sparse"),
+        (["--model", "set-mlp", "--truly-sparse"], "add --sparse"),
+        (["--model", "set-mlp", "--sparse", "--truly-sparse", "--growth", "momentum"], "dense gradient averages"),
+        (["--model", "set-mlp", "--hidden", "10,x"], "positive integers separated by commas"),
+        (["--model", "set-mlp", "--activation", "tanh"], "--activation must be relu, srelu or allrelu"),
+        (["--model", "set-mlp", "--update-every", "week"], "'epoch' or a positive number"),
+        (["--model", "set-mlp", "--test-split", "0.2"], "--test-split holds out a share of a .mat/.npz/.csv file"),
+        (["--model", "set-mlp", "--loss", "hinge"], "--loss must be cross-entropy or mse"),
+    ],
+)
 def test_bad_set_flags_are_one_line_errors(argv, fragment, capsys):
     code, out, err = run([*argv, "--no-progress"], capsys)
     assert code == 2 and fragment in err and len(err.strip().splitlines()) == 1, err
@@ -74,14 +150,30 @@ def test_bad_set_flags_are_one_line_errors(argv, fragment, capsys):
 
 
 def test_a_model_too_large_to_exist_densely_is_refused_masked_before_anything_is_allocated(capsys):
-    code, _, err = run(["--model", "set-mlp", "--data", "mnist5k", "--hidden", "333334,333333,333333", "--sparse", "--epsilon", "10",
-                        "--no-progress", "--save", "m"], capsys)
+    code, _, err = run(
+        [
+            "--model",
+            "set-mlp",
+            "--data",
+            "mnist5k",
+            "--hidden",
+            "333334,333333,333333",
+            "--sparse",
+            "--epsilon",
+            "10",
+            "--no-progress",
+            "--save",
+            "m",
+        ],
+        capsys,
+    )
     assert code == 2 and "--truly-sparse" in err and "GiB" in err and not Path("m").exists()
 
 
 def test_truly_sparse_build_of_a_model_too_large_to_exist_densely():
-    cfg, _ = parse_args(["--model", "set-mlp", "--hidden", "200000,30", "--sparse", "--epsilon", "2", "--truly-sparse",
-                         "--activation", "srelu"])
+    cfg, _ = parse_args(
+        ["--model", "set-mlp", "--hidden", "200000,30", "--sparse", "--epsilon", "2", "--truly-sparse", "--activation", "srelu"]
+    )
     torch.manual_seed(0)
     model, density = build_model(cfg, num_classes=10, in_channels=1, image_size=28)
     sparse = [m for m in model.modules() if isinstance(m, SparseLinear)]
@@ -133,9 +225,35 @@ def test_a_tabular_file_trains_with_its_own_test_split(capsys):
     labels = np.repeat([1, 2, 3], 100)  # classes 1..3, as lung.mat numbers its classes from 1
     features = generator.normal(size=(300, 12)) + 3.0 * np.eye(3)[labels - 1].repeat(4, axis=1)
     np.savez("table.npz", X=features * 50 + 7, Y=labels)  # far from standardised: the reader z-scores it
-    code, out, err = run(["--model", "set-mlp", "--data", "table.npz", "--test-split", "0.2", "--valid_split", "0", "--hidden", "32",
-                          "--sparse", "--epsilon", "3", "--epochs", "4", "--batch-size", "16", "--lr", "0.05", "--loss", "mse",
-                          "--no-progress", "--save", "tab"], capsys)
+    code, out, err = run(
+        [
+            "--model",
+            "set-mlp",
+            "--data",
+            "table.npz",
+            "--test-split",
+            "0.2",
+            "--valid_split",
+            "0",
+            "--hidden",
+            "32",
+            "--sparse",
+            "--epsilon",
+            "3",
+            "--epochs",
+            "4",
+            "--batch-size",
+            "16",
+            "--lr",
+            "0.05",
+            "--loss",
+            "mse",
+            "--no-progress",
+            "--save",
+            "tab",
+        ],
+        capsys,
+    )
     assert code == 0, err
     summary = json.loads(Path("tab/summary.json").read_text())
     assert summary["test_acc"] > 0.8 and "15 steps/epoch" in out  # 240 training rows in batches of 16

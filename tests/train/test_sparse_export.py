@@ -10,9 +10,10 @@ from itop.models import create_model
 from itop.sparse import SparseLinear
 from itop.train import loop
 
-from .test_cli import TINY as CLI_TINY, run
+from .test_cli import TINY as CLI_TINY
+from .test_cli import run
 
-TINY = CLI_TINY[:CLI_TINY.index("--epochs")] + ["--epochs", "2"] + CLI_TINY[CLI_TINY.index("--epochs") + 2:]
+TINY = CLI_TINY[: CLI_TINY.index("--epochs")] + ["--epochs", "2"] + CLI_TINY[CLI_TINY.index("--epochs") + 2 :]
 
 
 @pytest.fixture
@@ -94,8 +95,9 @@ def test_a_run_resumed_after_its_best_epoch_keeps_that_epochs_export(capsys, mon
 
 
 def test_a_dense_run_writes_no_sparse_export(capsys):
-    code, out, err = run(["--model", "lenet300-100", "--data", "mnist5k", "--epochs", "1", "--batch-size", "500",
-                          "--no-progress", "--save", "d"], capsys)
+    code, out, err = run(
+        ["--model", "lenet300-100", "--data", "mnist5k", "--epochs", "1", "--batch-size", "500", "--no-progress", "--save", "d"], capsys
+    )
     assert code == 0, err
     assert Path("d/best.pt").is_file() and not Path("d/best_sparse.pt").exists()
     assert "best_sparse.pt" not in out and "best_sparse_bytes" not in json.loads(Path("d/summary.json").read_text())

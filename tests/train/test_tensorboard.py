@@ -19,8 +19,18 @@ def curves(run_dir):
 def test_a_run_writes_its_curves_on_the_optimizer_step_axis(tmp_path, capsys):
     assert run([*TINY, "--tensorboard", "--save", str(tmp_path / "a")], capsys)[0] == 0
     scalars, histograms, acc = curves(tmp_path / "a")
-    for tag in ("train/loss", "train/accuracy", "val/accuracy", "train/lr", "train/loss_running", "sparsity/density",
-                "sparsity/itop_rate", "sparsity/prune_rate", "layer_density/fc1.weight", "layer_explored/fc3.weight"):
+    for tag in (
+        "train/loss",
+        "train/accuracy",
+        "val/accuracy",
+        "train/lr",
+        "train/loss_running",
+        "sparsity/density",
+        "sparsity/itop_rate",
+        "sparsity/prune_rate",
+        "layer_density/fc1.weight",
+        "layer_explored/fc3.weight",
+    ):
         assert tag in scalars, tag
     assert [step for step, _ in scalars["train/loss"]] == [18, 36, 54]  # 18 steps an epoch
     assert [step for step, _ in scalars["sparsity/prune_rate"]] == list(range(7, 55, 7))  # every update

@@ -9,13 +9,13 @@ Importing this package registers the built-in datasets: mnist, mnist5k, fashion-
 tabular file of features and labels (`load_tabular`), stored as float32 N x F x 1 x 1.
 """
 
-from .errors import DataError
-from .splits import ArrayDataset, DatasetSplits, split_validation
-from .download import default_data_dir
-from .registry import is_tabular_path, list_datasets, load_dataset, register_dataset
-from .tabular import load_tabular
 from . import cifar, embedded, fashion_mnist, mnist  # noqa: F401  (register the built-in datasets)
+from .download import default_data_dir
+from .errors import DataError
 from .loader import AUGMENTATIONS, DeviceLoader, make_loaders
+from .registry import is_tabular_path, list_datasets, load_dataset, register_dataset
+from .splits import ArrayDataset, DatasetSplits, split_validation
+from .tabular import load_tabular
 
 __all__ = [
     "AUGMENTATIONS",

@@ -90,8 +90,7 @@ def read_cifar_batch(path: str | Path, label_key: str, num_classes: int) -> Arra
     if not isinstance(batch, dict):
         raise DataError(f"{path}: expected a dict, found {type(batch).__name__}.")
     data, labels = _get(batch, "data"), _get(batch, label_key)
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
-            or data.shape[1] != 3 * 32 * 32:
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise DataError(f"{path}: 'data' is not a uint8 array of shape N x 3072.")
     try:
         labels = np.asarray(labels, dtype=np.int64).reshape(-1)
@@ -121,15 +120,30 @@ class _CifarSpec:
 
 
 CIFAR10 = _CifarSpec(
-    "cifar10", "cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)),
-    ("test_batch",), "labels", 10, "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-    "c58f30108f718f92721af3b95e74349a", (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010),
+    "cifar10",
+    "cifar-10-batches-py",
+    tuple(f"data_batch_{i}" for i in range(1, 6)),
+    ("test_batch",),
+    "labels",
+    10,
+    "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+    "c58f30108f718f92721af3b95e74349a",
+    (0.4914, 0.4822, 0.4465),
+    (0.2023, 0.1994, 0.2010),
     "crop-flip-reflect",
 )
 CIFAR100 = _CifarSpec(
-    "cifar100", "cifar-100-python", ("train",), ("test",), "fine_labels", 100,
-    "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85",
-    (0.50708, 0.48655, 0.44092), (0.26733, 0.25644, 0.27615), "crop-flip-zero",
+    "cifar100",
+    "cifar-100-python",
+    ("train",),
+    ("test",),
+    "fine_labels",
+    100,
+    "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+    "eb9058c3a382ffc7106e4002c42a8d85",
+    (0.50708, 0.48655, 0.44092),
+    (0.26733, 0.25644, 0.27615),
+    "crop-flip-zero",
 )
 
 
@@ -151,26 +165,32 @@ def _read_all(folder: Path, names: tuple[str, ...], spec: _CifarSpec) -> ArrayDa
     return ArrayDataset(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]))
 
 
-def _load(spec: _CifarSpec, data_dir, valid_split: float, seed: int,
-          allow_download: bool) -> DatasetSplits:
+def _load(spec: _CifarSpec, data_dir, valid_split: float, seed: int, allow_download: bool) -> DatasetSplits:
     folder = _ensure_files(spec, download.resolve_data_dir(data_dir), allow_download)
     train = _read_all(folder, spec.train_files, spec)
     test = _read_all(folder, spec.test_files, spec)
     train, val = split_validation(train, valid_split, seed)
-    return DatasetSplits(train, val, test, num_classes=spec.num_classes, in_channels=3,
-                         image_size=32, mean=spec.mean, std=spec.std, augment=spec.augment,
-                         name=spec.name)
+    return DatasetSplits(
+        train,
+        val,
+        test,
+        num_classes=spec.num_classes,
+        in_channels=3,
+        image_size=32,
+        mean=spec.mean,
+        std=spec.std,
+        augment=spec.augment,
+        name=spec.name,
+    )
 
 
 @register_dataset("cifar10")
-def load_cifar10(data_dir, *, valid_split: float = 0.1, seed: int = 0,
-                 allow_download: bool = True) -> DatasetSplits:
+def load_cifar10(data_dir, *, valid_split: float = 0.1, seed: int = 0, allow_download: bool = True) -> DatasetSplits:
     """CIFAR-10: 50,000 train (minus the validation share) and 10,000 test images."""
     return _load(CIFAR10, data_dir, valid_split, seed, allow_download)
 
 
 @register_dataset("cifar100")
-def load_cifar100(data_dir, *, valid_split: float = 0.1, seed: int = 0,
-                  allow_download: bool = True) -> DatasetSplits:
+def load_cifar100(data_dir, *, valid_split: float = 0.1, seed: int = 0, allow_download: bool = True) -> DatasetSplits:
     """CIFAR-100 (fine labels), with a validation split unlike the original."""
     return _load(CIFAR100, data_dir, valid_split, seed, allow_download)

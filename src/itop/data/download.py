@@ -50,8 +50,7 @@ def _md5(path: Path) -> str:
     return digest.hexdigest()
 
 
-def download_url(url: str, dest: Path, *, md5: str | None = None,
-                 timeout: float = DEFAULT_TIMEOUT) -> None:
+def download_url(url: str, dest: Path, *, md5: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> None:
     """Download `url` to `dest` atomically; raises OSError or DataError on failure."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -93,8 +92,7 @@ def extract_tar(archive_path: Path, dest: Path) -> None:
         raise DataError(f"{archive_path}: cannot extract archive ({_one_line(exc)}).") from None
 
 
-def fetch_files(base_url: str, names: list[str], directory: Path,
-                md5s: dict[str, str] | None = None) -> str | None:
+def fetch_files(base_url: str, names: list[str], directory: Path, md5s: dict[str, str] | None = None) -> str | None:
     """Try to download each of `names` from `base_url`; return why it failed, or None."""
     try:
         for name in names:
@@ -117,14 +115,11 @@ def fetch_archive(url: str, directory: Path, md5: str | None = None) -> str | No
     return None
 
 
-def missing_files_error(what: str, names: list[str], directory: Path,
-                        reason: str | None = None) -> DataError:
+def missing_files_error(what: str, names: list[str], directory: Path, reason: str | None = None) -> DataError:
     """The one-line error for files that are absent and could not be downloaded; it ends by
     naming the embedded digits, which need no files (the way forward offline)."""
     tried = f" (download failed: {' '.join(reason.split())})" if reason else " (download not attempted)"
-    return DataError(
-        f"{what} files missing: {', '.join(names)}; put them in {directory}{tried}; {EMBEDDED_DATA_HINT}."
-    )
+    return DataError(f"{what} files missing: {', '.join(names)}; put them in {directory}{tried}; {EMBEDDED_DATA_HINT}.")
 
 
 def _one_line(exc: BaseException) -> str:

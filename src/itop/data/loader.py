@@ -14,7 +14,7 @@ for pixels, is refused for them.
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -36,14 +36,22 @@ class DeviceLoader:
     `std` are not applied) and take only augment "none".
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *,
-                 shuffle: bool, drop_last: bool = False, mean: Sequence[float],
-                 std: Sequence[float], augment: str = "none",
-                 generator: torch.Generator | None = None, device="cpu") -> None:
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        drop_last: bool = False,
+        mean: Sequence[float],
+        std: Sequence[float],
+        augment: str = "none",
+        generator: torch.Generator | None = None,
+        device="cpu",
+    ) -> None:
         if augment not in AUGMENTATIONS:
-            raise ValueError(
-                f"Unknown augmentation {augment!r}; valid choices: {', '.join(AUGMENTATIONS)}."
-            )
+            raise ValueError(f"Unknown augmentation {augment!r}; valid choices: {', '.join(AUGMENTATIONS)}.")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
         if generator is None and (shuffle or augment != "none"):
@@ -52,10 +60,7 @@ class DeviceLoader:
             raise ValueError("The generator must be a CPU generator (draws are made on the CPU).")
         data = ArrayDataset(images, labels)  # validates dtypes and shapes
         if data.is_features and augment != "none":
-            raise ValueError(
-                f"Augmentation {augment!r} applies to uint8 images only; float32 features "
-                "take augment='none'."
-            )
+            raise ValueError(f"Augmentation {augment!r} applies to uint8 images only; float32 features take augment='none'.")
         self.device = torch.device(device)
         self.images = data.images.to(self.device)
         self.labels = data.labels.to(self.device)
@@ -129,19 +134,35 @@ def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
     return torch.where(index > size - 1, 2 * (size - 1) - index, index)
 
 
-def make_loaders(splits: DatasetSplits, batch_size: int, *, generator: torch.Generator,
-                 device="cpu", eval_batch_size: int | None = None,
-                 drop_last: bool = False) -> tuple[DeviceLoader, DeviceLoader | None, DeviceLoader]:
+def make_loaders(
+    splits: DatasetSplits,
+    batch_size: int,
+    *,
+    generator: torch.Generator,
+    device="cpu",
+    eval_batch_size: int | None = None,
+    drop_last: bool = False,
+) -> tuple[DeviceLoader, DeviceLoader | None, DeviceLoader]:
     """(train, val, test) loaders: only train is shuffled and augmented."""
     eval_size = eval_batch_size or batch_size
 
     def plain(part: ArrayDataset | None) -> DeviceLoader | None:
         if part is None:
             return None
-        return DeviceLoader(part.images, part.labels, eval_size, shuffle=False, mean=splits.mean,
-                            std=splits.std, augment="none", device=device)
+        return DeviceLoader(
+            part.images, part.labels, eval_size, shuffle=False, mean=splits.mean, std=splits.std, augment="none", device=device
+        )
 
-    train = DeviceLoader(splits.train.images, splits.train.labels, batch_size, shuffle=True,
-                         drop_last=drop_last, mean=splits.mean, std=splits.std,
-                         augment=splits.augment, generator=generator, device=device)
+    train = DeviceLoader(
+        splits.train.images,
+        splits.train.labels,
+        batch_size,
+        shuffle=True,
+        drop_last=drop_last,
+        mean=splits.mean,
+        std=splits.std,
+        augment=splits.augment,
+        generator=generator,
+        device=device,
+    )
     return train, plain(splits.val), plain(splits.test)

@@ -58,10 +58,7 @@ def _parse_idx(path: Path, raw: bytes, magic: int, ndim: int) -> tuple[tuple[int
         raise DataError(f"{path}: bad magic number 0x{found:08x}, expected 0x{magic:08x}.")
     expected = int(np.prod(dims))
     if len(raw) - header != expected:
-        raise DataError(
-            f"{path}: header declares {'x'.join(map(str, dims))} = {expected} bytes "
-            f"but the file holds {len(raw) - header}."
-        )
+        raise DataError(f"{path}: header declares {'x'.join(map(str, dims))} = {expected} bytes but the file holds {len(raw) - header}.")
     return tuple(dims), raw[header:]
 
 
@@ -125,35 +122,39 @@ def load_idx_split(directory: Path, split: str, *, allow_download: bool = True, 
     images = read_idx_images(directory / images_name)
     labels = read_idx_labels(directory / labels_name)
     if len(images) != len(labels):
-        raise DataError(
-            f"{directory}: {images_name} holds {len(images)} images but "
-            f"{labels_name} holds {len(labels)} labels."
-        )
+        raise DataError(f"{directory}: {images_name} holds {len(images)} images but {labels_name} holds {len(labels)} labels.")
     return ArrayDataset(images, labels)
 
 
-def load_idx_dataset(directory: Path, *, valid_split: float, seed: int, allow_download: bool,
-                     source: IdxSource | None = None) -> DatasetSplits:
+def load_idx_dataset(
+    directory: Path, *, valid_split: float, seed: int, allow_download: bool, source: IdxSource | None = None
+) -> DatasetSplits:
     """Train (less a seeded validation share) and test of an IDX dataset in `directory`."""
     source = source or mnist_source()
     ensure_idx_files(directory, [name for pair in MNIST_FILES.values() for name in pair], allow_download, source)
     train = load_idx_split(directory, "train", allow_download=False, source=source)
     test = load_idx_split(directory, "test", allow_download=False, source=source)
     train, val = split_validation(train, valid_split, seed)
-    return DatasetSplits(train, val, test, num_classes=10, in_channels=1,
-                         image_size=train.images.shape[-1], mean=source.mean, std=source.std,
-                         augment="none", name=source.name)
+    return DatasetSplits(
+        train,
+        val,
+        test,
+        num_classes=10,
+        in_channels=1,
+        image_size=train.images.shape[-1],
+        mean=source.mean,
+        std=source.std,
+        augment="none",
+        name=source.name,
+    )
 
 
-def load_mnist_split(data_dir: str | Path | None, split: str, *,
-                     allow_download: bool = True) -> ArrayDataset:
+def load_mnist_split(data_dir: str | Path | None, split: str, *, allow_download: bool = True) -> ArrayDataset:
     """The MNIST "train" (60,000) or "test" (10,000) set from `data_dir`."""
     return load_idx_split(download.resolve_data_dir(data_dir), split, allow_download=allow_download)
 
 
 @register_dataset("mnist")
-def load_mnist(data_dir: str | Path | None, *, valid_split: float = 0.1, seed: int = 0,
-               allow_download: bool = True) -> DatasetSplits:
+def load_mnist(data_dir: str | Path | None, *, valid_split: float = 0.1, seed: int = 0, allow_download: bool = True) -> DatasetSplits:
     """Full MNIST; the validation share is a seeded random subset of the 60,000."""
-    return load_idx_dataset(download.resolve_data_dir(data_dir), valid_split=valid_split, seed=seed,
-                            allow_download=allow_download)
+    return load_idx_dataset(download.resolve_data_dir(data_dir), valid_split=valid_split, seed=seed, allow_download=allow_download)

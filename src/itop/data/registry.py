@@ -10,8 +10,8 @@ A name ending in .mat, .npz or .csv is not a registered dataset but a tabular fi
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .download import resolve_data_dir
 from .errors import EMBEDDED_DATA_HINT, DataError
@@ -47,9 +47,16 @@ def is_tabular_path(name: str | os.PathLike) -> bool:
     return str(name).lower().endswith(TABULAR_SUFFIXES)
 
 
-def load_dataset(name: str | os.PathLike, data_dir: str | os.PathLike | None = None, *,
-                 valid_split: float = 0.1, seed: int = 0, device="cpu",
-                 download: bool = True, test_split: float = DEFAULT_TEST_SPLIT) -> DatasetSplits:
+def load_dataset(
+    name: str | os.PathLike,
+    data_dir: str | os.PathLike | None = None,
+    *,
+    valid_split: float = 0.1,
+    seed: int = 0,
+    device="cpu",
+    download: bool = True,
+    test_split: float = DEFAULT_TEST_SPLIT,
+) -> DatasetSplits:
     """Load dataset `name` from `data_dir` (None: `default_data_dir()`).
 
     The last round(valid_split * N) samples of a permutation seeded by `seed` become
@@ -72,9 +79,7 @@ def load_dataset(name: str | os.PathLike, data_dir: str | os.PathLike | None = N
     key = str(name).lower()
     if key not in _REGISTRY:
         raise ValueError(
-            f"Unknown dataset {name!r}; valid choices: {', '.join(list_datasets())}, "
-            f"or the path of a {', '.join(TABULAR_SUFFIXES)} file."
+            f"Unknown dataset {name!r}; valid choices: {', '.join(list_datasets())}, or the path of a {', '.join(TABULAR_SUFFIXES)} file."
         )
-    splits = _REGISTRY[key](resolve_data_dir(data_dir), valid_split=share, seed=int(seed),
-                            allow_download=download)
+    splits = _REGISTRY[key](resolve_data_dir(data_dir), valid_split=share, seed=int(seed), allow_download=download)
     return splits.to(device)

@@ -37,15 +37,12 @@ class ArrayDataset:
         features = self.images.dtype == torch.float32 and len(shape) == 4 and shape[2:] == (1, 1)
         if not (pixels or features):
             raise ValueError(
-                f"images must be uint8 N x C x H x W or float32 features N x F x 1 x 1, got "
-                f"{self.images.dtype} with shape {shape}."
+                f"images must be uint8 N x C x H x W or float32 features N x F x 1 x 1, got {self.images.dtype} with shape {shape}."
             )
         if self.labels.dtype != torch.int64 or self.labels.dim() != 1:
             raise ValueError(f"labels must be an int64 vector, got {self.labels.dtype}.")
         if len(self.images) != len(self.labels):
-            raise ValueError(
-                f"{len(self.images)} images but {len(self.labels)} labels; they must match."
-            )
+            raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels; they must match.")
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -58,12 +55,12 @@ class ArrayDataset:
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.images[index], self.labels[index]
 
-    def subset(self, indices: torch.Tensor) -> "ArrayDataset":
+    def subset(self, indices: torch.Tensor) -> ArrayDataset:
         """The samples at `indices`, in that order."""
         indices = indices.to(self.labels.device)
         return ArrayDataset(self.images[indices], self.labels[indices])
 
-    def to(self, device: torch.device | str) -> "ArrayDataset":
+    def to(self, device: torch.device | str) -> ArrayDataset:
         return ArrayDataset(self.images.to(device), self.labels.to(device))
 
     def example_kind(self) -> str:
@@ -104,15 +101,25 @@ class DatasetSplits:
         val = 0 if self.val is None else len(self.val)
         augment = "" if self.augment == "none" else f", augment {self.augment}"
         device = "" if self.train.images.device.type == "cpu" else f", on {self.train.images.device}"
-        return (f"DatasetSplits({name}train {len(self.train)}, val {val}, test {len(self.test)} examples, "
-                f"{self.train.example_kind()}, {self.num_classes} classes{augment}{device})")
+        return (
+            f"DatasetSplits({name}train {len(self.train)}, val {val}, test {len(self.test)} examples, "
+            f"{self.train.example_kind()}, {self.num_classes} classes{augment}{device})"
+        )
 
-    def to(self, device: torch.device | str) -> "DatasetSplits":
+    def to(self, device: torch.device | str) -> DatasetSplits:
         """A copy with every tensor on `device`."""
         val = None if self.val is None else self.val.to(device)
         return DatasetSplits(
-            self.train.to(device), val, self.test.to(device), self.num_classes,
-            self.in_channels, self.image_size, self.mean, self.std, self.augment, self.name,
+            self.train.to(device),
+            val,
+            self.test.to(device),
+            self.num_classes,
+            self.in_channels,
+            self.image_size,
+            self.mean,
+            self.std,
+            self.augment,
+            self.name,
         )
 
 
@@ -124,9 +131,7 @@ def check_valid_split(valid_split: float) -> float:
     return share
 
 
-def split_validation(
-    data: ArrayDataset, valid_split: float, seed: int
-) -> tuple[ArrayDataset, ArrayDataset | None]:
+def split_validation(data: ArrayDataset, valid_split: float, seed: int) -> tuple[ArrayDataset, ArrayDataset | None]:
     """Split `data` into (train, val) by a permutation seeded with `seed`.
 
     The last round(valid_split * N) positions of the permutation form the validation

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import csv
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -41,9 +41,7 @@ def _pick(path: Path, names) -> tuple[str, str]:
         found = [name for name in options if name in names]
         if not found:
             held = ", ".join(sorted(names)) or "none"
-            raise DataError(
-                f"{path}: no array {options[0]!r} (features X, labels Y); the file holds: {held}."
-            )
+            raise DataError(f"{path}: no array {options[0]!r} (features X, labels Y); the file holds: {held}.")
         chosen.append(found[0])
     return chosen[0], chosen[1]
 
@@ -59,8 +57,10 @@ def _read_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
             head = handle.read(520)
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({_one_line(exc)}).") from None
-    resave = (f"{path}: a MATLAB v7.3 (HDF5) file, which scipy cannot read; re-save it with "
-              "save(..., '-v7') or convert it to .npz with arrays X and Y.")
+    resave = (
+        f"{path}: a MATLAB v7.3 (HDF5) file, which scipy cannot read; re-save it with "
+        "save(..., '-v7') or convert it to .npz with arrays X and Y."
+    )
     if head.startswith(b"MATLAB 7.3") or head[512:520] == HDF5_SIGNATURE:
         raise DataError(resave)
     try:
@@ -84,9 +84,7 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise DataError(f"{path}: not a readable .npz file ({_one_line(exc)}).") from None
     if not hasattr(contents, "files"):
-        raise DataError(
-            f"{path}: a single .npy array, not an .npz archive; save X and Y with np.savez."
-        )
+        raise DataError(f"{path}: a single .npy array, not an .npz archive; save X and Y with np.savez.")
     with contents:
         x_name, y_name = _pick(path, contents.files)
         try:
@@ -107,8 +105,9 @@ def _read_csv(path: Path) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """Features, labels and the file's line number of each data row."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
-            rows = [(number, row) for number, row in enumerate(csv.reader(handle), start=1)
-                    if any(field.strip() for field in row)]  # blank lines carry nothing
+            rows = [
+                (number, row) for number, row in enumerate(csv.reader(handle), start=1) if any(field.strip() for field in row)
+            ]  # blank lines carry nothing
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"{path}: not a readable CSV text file ({_one_line(exc)}).") from None
     if rows and not any(_is_number(field) for field in rows[0][1]):
@@ -117,9 +116,7 @@ def _read_csv(path: Path) -> tuple[np.ndarray, np.ndarray, list[int]]:
         raise DataError(f"{path}: no data rows; expected numbers with the label in the last column.")
     width = len(rows[0][1])
     if width < 2:
-        raise DataError(
-            f"{path}: one column per row; expected features then the label, comma-separated."
-        )
+        raise DataError(f"{path}: one column per row; expected features then the label, comma-separated.")
     table = np.empty((len(rows), width), dtype=np.float64)
     for k, (number, row) in enumerate(rows):
         if len(row) != width:
@@ -130,9 +127,7 @@ def _read_csv(path: Path) -> tuple[np.ndarray, np.ndarray, list[int]]:
             for column, field in enumerate(row):
                 field = field.strip()
                 if field and not _is_number(field):
-                    raise DataError(
-                        f"{path}: line {number}, column {column + 1}: {field!r} is not a number."
-                    ) from None
+                    raise DataError(f"{path}: line {number}, column {column + 1}: {field!r} is not a number.") from None
                 table[k, column] = float(field) if field else np.nan
     return table[:, :-1], table[:, -1], [number for number, _ in rows]
 
@@ -146,10 +141,7 @@ def read_tabular(path: str | Path) -> tuple[np.ndarray, np.ndarray, Callable[[in
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in TABULAR_SUFFIXES:
-        raise DataError(
-            f"{path}: unknown tabular format {path.suffix or '(no suffix)'!r}; "
-            f"use one of {', '.join(TABULAR_SUFFIXES)}."
-        )
+        raise DataError(f"{path}: unknown tabular format {path.suffix or '(no suffix)'!r}; use one of {', '.join(TABULAR_SUFFIXES)}.")
     if not path.is_file():
         raise DataError(f"{path}: file not found.")
     if suffix == ".csv":
@@ -192,9 +184,7 @@ def _class_labels(path: Path, y: np.ndarray, n: int) -> tuple[np.ndarray, int]:
             )
         values, labels = np.unique(y, return_inverse=True)
         if len(values) < 2:
-            raise DataError(
-                f"{path}: every label is {values[0]:g}; classification needs at least 2 classes."
-            )
+            raise DataError(f"{path}: every label is {values[0]:g}; classification needs at least 2 classes.")
         return labels.reshape(-1).astype(np.int64), len(values)
     if len(y) != n:
         raise DataError(f"{path}: X has {n} rows but Y has {len(y)}; they must match.")
@@ -230,8 +220,7 @@ def _features(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).reshape(*array.shape, 1, 1)
 
 
-def load_tabular(path: str | Path, *, valid_split: float = 0.1, seed: int = 0,
-                 test_split: float = DEFAULT_TEST_SPLIT) -> DatasetSplits:
+def load_tabular(path: str | Path, *, valid_split: float = 0.1, seed: int = 0, test_split: float = DEFAULT_TEST_SPLIT) -> DatasetSplits:
     """Train / validation / test splits of the samples in a .mat, .npz or .csv file.
 
     The file holds features X (N x F) and labels Y (.mat, .npz: arrays `X` and `Y`, or
@@ -256,9 +245,7 @@ def load_tabular(path: str | Path, *, valid_split: float = 0.1, seed: int = 0,
     n = len(x)
     n_test = int(round(share * n))
     if not 0 < n_test < n:
-        raise DataError(
-            f"{path}: test_split={share:g} of {n} samples leaves an empty test or training set."
-        )
+        raise DataError(f"{path}: test_split={share:g} of {n} samples leaves an empty test or training set.")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
     test_idx, rest_idx = perm[n - n_test :].sort().values, perm[: n - n_test].sort().values
     # Split positions, not data, so the validation split is exactly the one every dataset uses.
@@ -266,12 +253,21 @@ def load_tabular(path: str | Path, *, valid_split: float = 0.1, seed: int = 0,
     train_pos, val_pos = split_validation(positions, valid_split, seed)
     index_sets = [train_pos.labels, test_idx] + ([] if val_pos is None else [val_pos.labels])
     parts = _standardise(*(x[idx.numpy()] for idx in index_sets))
-    made = [ArrayDataset(_features(part), torch.from_numpy(labels[idx.numpy()]))
-            for part, idx in zip(parts, index_sets)]
+    made = [ArrayDataset(_features(part), torch.from_numpy(labels[idx.numpy()])) for part, idx in zip(parts, index_sets)]
     train, test = made[0], made[1]
     val = made[2] if val_pos is not None else None
-    return DatasetSplits(train, val, test, num_classes=num_classes, in_channels=x.shape[1],
-                         image_size=1, mean=(0.0,), std=(1.0,), augment="none", name=path.stem)
+    return DatasetSplits(
+        train,
+        val,
+        test,
+        num_classes=num_classes,
+        in_channels=x.shape[1],
+        image_size=1,
+        mean=(0.0,),
+        std=(1.0,),
+        augment="none",
+        name=path.stem,
+    )
 
 
 def _one_line(exc: BaseException) -> str:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import inspect
 import logging
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -49,21 +50,31 @@ def torch_optimizer(optimizer: Any) -> torch.optim.Optimizer:
             break
         optimizer = inner
     if not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(f"the trainer's optimizer is a {type(optimizer).__name__}, not a torch.optim.Optimizer; "
-                        "SparsityCallback needs a PyTorch optimizer to hook.")
+        raise TypeError(
+            f"the trainer's optimizer is a {type(optimizer).__name__}, not a torch.optim.Optimizer; "
+            "SparsityCallback needs a PyTorch optimizer to hook."
+        )
     return optimizer
 
 
 def checked_horizon(horizon: str) -> str:
     """`horizon` if it is one the Sparsifier knows, else a one-line ValueError when the callback is made."""
     if horizon not in HORIZONS:
-        raise ValueError(f"SparsityCallback(horizon={horizon!r}): choose 'stretch' (a resumed run of another length decays "
-                         "the prune rate over the new length) or 'keep' (over the saved run's).")
+        raise ValueError(
+            f"SparsityCallback(horizon={horizon!r}): choose 'stretch' (a resumed run of another length decays "
+            "the prune rate over the new length) or 'keep' (over the saved run's)."
+        )
     return horizon
 
 
-def build_sparsifier(model: nn.Module, optimizer: torch.optim.Optimizer, options: Mapping[str, Any],
-                     total_steps: int, saved: Mapping[str, Any] | None = None, horizon: str = "stretch") -> Sparsifier:
+def build_sparsifier(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    options: Mapping[str, Any],
+    total_steps: int,
+    saved: Mapping[str, Any] | None = None,
+    horizon: str = "stretch",
+) -> Sparsifier:
     """A Sparsifier for `model` and `optimizer` over `total_steps` optimizer steps (unless the options
     set total_steps), continuing from `saved` (a `state_dict()`) when resuming.
 
@@ -79,10 +90,12 @@ def build_sparsifier(model: nn.Module, optimizer: torch.optim.Optimizer, options
     before = saved.get("config", {}).get("total_steps")
     if before is not None and before != options["total_steps"]:
         decay = options["total_steps"] if horizon == "stretch" else before
-        logger.warning(f"itop: resuming a run of {before} optimizer steps as one of {options['total_steps']}; the prune-rate "
-                       f"decay now ends at step {decay} (SparsityCallback(horizon={horizon!r}); "
-                       f"horizon={'keep' if horizon == 'stretch' else 'stretch'!r} would end it at step "
-                       f"{before if horizon == 'stretch' else options['total_steps']}).")
+        logger.warning(
+            f"itop: resuming a run of {before} optimizer steps as one of {options['total_steps']}; the prune-rate "
+            f"decay now ends at step {decay} (SparsityCallback(horizon={horizon!r}); "
+            f"horizon={'keep' if horizon == 'stretch' else 'stretch'!r} would end it at step "
+            f"{before if horizon == 'stretch' else options['total_steps']})."
+        )
     return built_over_loaded(lambda: Sparsifier(model, optimizer, **options), model, optimizer, saved, horizon=horizon)
 
 
@@ -90,8 +103,11 @@ def logged_figures(sparsifier: Sparsifier, layers: bool = False) -> dict[str, fl
     """What the callbacks add to the trainers' logs: density, Rs and the last update's prune rate;
     with `layers`, every sparse layer's density and explored share too (as `itop train --tensorboard`)."""
     last = sparsifier.history[-1]
-    figures = {"sparsity/density": float(sparsifier.density), "sparsity/itop_rate": float(sparsifier.itop_rate),
-               "sparsity/prune_rate": float(last["prune_rate"])}
+    figures = {
+        "sparsity/density": float(sparsifier.density),
+        "sparsity/itop_rate": float(sparsifier.itop_rate),
+        "sparsity/prune_rate": float(last["prune_rate"]),
+    }
     if layers:
         for name, stats in sparsifier.layer_stats().items():
             figures[f"layer_density/{name}"] = float(stats["density"])

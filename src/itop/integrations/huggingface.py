@@ -36,14 +36,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from transformers import TrainerCallback
 from transformers.trainer_callback import CallbackHandler
 
 from ..sparsity.fingerprint import weights_in_model, weights_problem
 from ..train.checkpoint import save_checkpoint
-from .engine import (SPARSIFIER_FILE, build_sparsifier, checked_horizon, checked_options, layer_densities, logged_figures,
-                     logger, read_state, torch_optimizer)
+from .engine import (
+    SPARSIFIER_FILE,
+    build_sparsifier,
+    checked_horizon,
+    checked_options,
+    layer_densities,
+    logged_figures,
+    logger,
+    read_state,
+    torch_optimizer,
+)
 
 __all__ = ["SparsityCallback"]
 
@@ -70,8 +78,7 @@ class SparsityCallback(TrainerCallback):
         sparsifier: the `itop.Sparsifier`, built when training begins (None before).
     """
 
-    def __init__(self, *, resume_from: str | Path | None = None, log_layers: bool = False, horizon: str = "stretch",
-                 **options: Any):
+    def __init__(self, *, resume_from: str | Path | None = None, log_layers: bool = False, horizon: str = "stretch", **options: Any):
         self.options = checked_options(options)
         self.resume_from, self.log_layers, self.horizon = resume_from, log_layers, checked_horizon(horizon)
         self.sparsifier = None
@@ -122,12 +129,16 @@ class SparsityCallback(TrainerCallback):
             if path.is_file():
                 saved = read_state(path)
                 if saved.get("global_step") != step:
-                    raise ValueError(f"{path} was saved at step {saved.get('global_step')} but the Trainer resumes at step {step}; "
-                                     "pass SparsityCallback(resume_from=...) the checkpoint folder being resumed.")
+                    raise ValueError(
+                        f"{path} was saved at step {saved.get('global_step')} but the Trainer resumes at step {step}; "
+                        "pass SparsityCallback(resume_from=...) the checkpoint folder being resumed."
+                    )
                 return path.parent, saved["sparsifier"]
-        raise ValueError(f"the Trainer resumes at step {step} but no {SPARSIFIER_FILE} was found in "
-                         f"{', '.join(str(c) for c in candidates)}; pass SparsityCallback(resume_from=...) the checkpoint "
-                         "folder being resumed (one saved by a run with SparsityCallback).")
+        raise ValueError(
+            f"the Trainer resumes at step {step} but no {SPARSIFIER_FILE} was found in "
+            f"{', '.join(str(c) for c in candidates)}; pass SparsityCallback(resume_from=...) the checkpoint "
+            "folder being resumed (one saved by a run with SparsityCallback)."
+        )
 
     # ------------------------------------------------------------------ training
     def on_optimizer_step(self, args, state, control, **kwargs):
@@ -173,13 +184,17 @@ def restore_weights(model, saved: dict[str, Any], folder: Path) -> None:
         del reloaded
         problem = weights_problem(weights_in_model(model, saved), saved)
         if problem is None:
-            logger.warning(f"itop: the Trainer did not restore the model's weights from {folder} (its resume does not undo "
-                           f"the parameter renaming of save_pretrained); SparsityCallback reloaded them with "
-                           f"{type(model).__name__}.from_pretrained.")
+            logger.warning(
+                f"itop: the Trainer did not restore the model's weights from {folder} (its resume does not undo "
+                f"the parameter renaming of save_pretrained); SparsityCallback reloaded them with "
+                f"{type(model).__name__}.from_pretrained."
+            )
             return
-    raise ValueError(f"the Trainer did not restore the model's weights from {folder} ({problem}), so the run would continue "
-                     "from other weights than the saved run's; check that the folder holds this model's checkpoint, or "
-                     "load its weights into the model before trainer.train(resume_from_checkpoint=...).")
+    raise ValueError(
+        f"the Trainer did not restore the model's weights from {folder} ({problem}), so the run would continue "
+        "from other weights than the saved run's; check that the folder holds this model's checkpoint, or "
+        "load its weights into the model before trainer.train(resume_from_checkpoint=...)."
+    )
 
 
 def refuse_sharded(args) -> None:
@@ -202,5 +217,7 @@ def refuse_sharded(args) -> None:
         except ImportError:  # accelerate is a dependency of the Trainer; without it no sharding either
             pass
     if strategy:
-        raise ValueError(f"SparsityCallback cannot train under {strategy}: it shards or flattens the weights the masks cover; "
-                         "use plain DDP (torchrun without --deepspeed / --fsdp).")
+        raise ValueError(
+            f"SparsityCallback cannot train under {strategy}: it shards or flattens the weights the masks cover; "
+            "use plain DDP (torchrun without --deepspeed / --fsdp)."
+        )

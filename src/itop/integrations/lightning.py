@@ -69,16 +69,20 @@ class SparsityCallback(pl.Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if len(trainer.optimizers) != 1:
-            raise ValueError(f"SparsityCallback drives one optimizer, but configure_optimizers returned {len(trainer.optimizers)}; "
-                             "return a single optimizer over all of the module's parameters.")
+            raise ValueError(
+                f"SparsityCallback drives one optimizer, but configure_optimizers returned {len(trainer.optimizers)}; "
+                "return a single optimizer over all of the module's parameters."
+            )
         total = self.options.get("total_steps", trainer.estimated_stepping_batches)
         if not math.isfinite(total):
-            raise ValueError("SparsityCallback needs the length of training for its schedule; set max_steps or max_epochs, "
-                             "or pass total_steps=.")
+            raise ValueError(
+                "SparsityCallback needs the length of training for its schedule; set max_steps or max_epochs, or pass total_steps=."
+            )
         if self.sparsifier is not None:  # a second fit() with the same callback: the old hooks go
             self.sparsifier.detach()
-        self.sparsifier = build_sparsifier(pl_module, torch_optimizer(trainer.optimizers[0]), self.options, int(total), self._saved,
-                                           self.horizon)
+        self.sparsifier = build_sparsifier(
+            pl_module, torch_optimizer(trainer.optimizers[0]), self.options, int(total), self._saved, self.horizon
+        )
         self._saved = None
         self._figures = logged_figures(self.sparsifier, self.log_layers)
 
@@ -109,9 +113,14 @@ def refuse_sharded(strategy: Any) -> None:
     """A one-line ValueError for strategies that shard or flatten the weights the masks cover."""
     from lightning.pytorch import strategies
 
-    refused = {name: getattr(strategies, name) for name in ("DeepSpeedStrategy", "FSDPStrategy", "ModelParallelStrategy")
-               if hasattr(strategies, name)}
+    refused = {
+        name: getattr(strategies, name)
+        for name in ("DeepSpeedStrategy", "FSDPStrategy", "ModelParallelStrategy")
+        if hasattr(strategies, name)
+    }
     for name, kind in refused.items():
         if isinstance(strategy, kind):
-            raise ValueError(f"SparsityCallback cannot train under {name}: it shards or flattens the weights the masks cover; "
-                             "use strategy='ddp' (or a single device).")
+            raise ValueError(
+                f"SparsityCallback cannot train under {name}: it shards or flattens the weights the masks cover; "
+                "use strategy='ddp' (or a single device)."
+            )

@@ -9,8 +9,8 @@ original code's keys (`ResNet18`, `ResNet-34`, `MLPCIFAR10`, `resnet50`) working
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 from torch import nn
 

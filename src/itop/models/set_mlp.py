@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import operator
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -30,9 +30,7 @@ def parse_hidden(text: str) -> tuple[int, ...]:
     """Hidden widths from the command line: "3000,3000,3000" (spaces allowed) -> (3000, 3000, 3000)."""
     parts = [part.strip() for part in text.split(",")]
     if not all(re.fullmatch(r"[0-9]+", part) for part in parts) or any(int(part) < 1 for part in parts):
-        raise ValueError(
-            f"hidden widths must be positive integers separated by commas, like '1000,1000,1000'; got {text!r}."
-        )
+        raise ValueError(f"hidden widths must be positive integers separated by commas, like '1000,1000,1000'; got {text!r}.")
     return tuple(int(part) for part in parts)
 
 

@@ -9,7 +9,7 @@ computed from the image size.
 
 from __future__ import annotations
 
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -18,7 +18,7 @@ from ._shapes import check_positive, conv_output_size
 from .registry import register_model
 
 # An int is a 3x3 conv with that many channels, (k, c) a kxk conv, "M" a 2x2 max-pool.
-Layer = Union[int, tuple[int, int], str]
+Layer = int | tuple[int, int] | str
 VGG_D = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 VGG_C = (
     64, 64, "M", 128, 128, "M", 256, 256, (1, 256), "M",

@@ -55,8 +55,7 @@ class NetworkBlock(nn.Module):
     def __init__(self, num_blocks: int, in_planes: int, out_planes: int, stride: int, drop_rate: float):
         super().__init__()
         blocks = [
-            WideBasicBlock(in_planes if i == 0 else out_planes, out_planes, stride if i == 0 else 1, drop_rate)
-            for i in range(num_blocks)
+            WideBasicBlock(in_planes if i == 0 else out_planes, out_planes, stride if i == 0 else 1, drop_rate) for i in range(num_blocks)
         ]
         self.layer = nn.Sequential(*blocks)
 

@@ -9,16 +9,25 @@ density).
 
 from .cli import main
 from .groups import IGNORED_KEYS, Group, group_runs
-from .plots import (plot_accuracy_vs_rs, plot_accuracy_vs_sparsity, plot_accuracy_vs_training_flops,
-                    plot_itop_rate, plot_layer_density)
+from .plots import plot_accuracy_vs_rs, plot_accuracy_vs_sparsity, plot_accuracy_vs_training_flops, plot_itop_rate, plot_layer_density
 from .runs import ReportError, Run, load_run
 from .table import grouped_table, results_row, results_table, runs_table
 
 __all__ = [
-    "ReportError", "Run", "load_run",
-    "IGNORED_KEYS", "Group", "group_runs",
-    "results_row", "results_table", "runs_table", "grouped_table",
-    "plot_accuracy_vs_sparsity", "plot_accuracy_vs_rs", "plot_accuracy_vs_training_flops",
-    "plot_itop_rate", "plot_layer_density",
+    "ReportError",
+    "Run",
+    "load_run",
+    "IGNORED_KEYS",
+    "Group",
+    "group_runs",
+    "results_row",
+    "results_table",
+    "runs_table",
+    "grouped_table",
+    "plot_accuracy_vs_sparsity",
+    "plot_accuracy_vs_rs",
+    "plot_accuracy_vs_training_flops",
+    "plot_itop_rate",
+    "plot_layer_density",
     "main",
 ]

@@ -48,11 +48,14 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Tables and plots from itop training run directories.")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories of itop train")
-    p.add_argument("--out", default="report", metavar="DIR",
-                   help="where results.md and the PNG plots go (default: ./report)")
-    p.add_argument("--accuracy", choices=tuple(ACCURACY_KEYS), default="best",
-                   help="test accuracy the plots show: best (the best-validation checkpoint, "
-                        "the original's rule; default) or final (the last epoch's model)")
+    p.add_argument("--out", default="report", metavar="DIR", help="where results.md and the PNG plots go (default: ./report)")
+    p.add_argument(
+        "--accuracy",
+        choices=tuple(ACCURACY_KEYS),
+        default="best",
+        help="test accuracy the plots show: best (the best-validation checkpoint, "
+        "the original's rule; default) or final (the last epoch's model)",
+    )
     return p
 
 
@@ -82,15 +85,18 @@ def _load(paths: list[str]) -> list[Run]:
             raise next(iter(skipped.values()))
         shown = [f"{path}: {e.reason}" for path, e in list(skipped.items())[:_SHOWN_SKIPS]]
         more = len(skipped) - len(shown)
-        raise ReportError(f"none of the {len(skipped)} paths given is a usable run directory ("
-                          + "; ".join(shown) + (f"; and {more} more" if more else "") + ")")
+        raise ReportError(
+            f"none of the {len(skipped)} paths given is a usable run directory ("
+            + "; ".join(shown)
+            + (f"; and {more} more" if more else "")
+            + ")"
+        )
     for path, e in skipped.items():
         print(f"{PROG}: skipping {path}: {e.reason}", file=sys.stderr)
     counts = {}
     for run in runs:
         counts[run.name] = counts.get(run.name, 0) + 1
-    runs = [replace(r, name=f"{r.path.resolve().parent.name}/{r.name}") if counts[r.name] > 1
-            else r for r in runs]
+    runs = [replace(r, name=f"{r.path.resolve().parent.name}/{r.name}") if counts[r.name] > 1 else r for r in runs]
     return runs
 
 
@@ -108,8 +114,7 @@ def _tables(finished: list[Run]) -> str:
         alike = len({(g.method, g.sparsity) for g in seeds}) < len(seeds)  # settings tell them apart
         if alike or any(len(g.runs) > 1 for g in seeds):
             table = f"{grouped_table(seeds)}\n\n{table}"
-        parts.append(f"### {model or '?'} on {data or '?'}\n\n{table}" if len(groups) > 1
-                     else table)
+        parts.append(f"### {model or '?'} on {data or '?'}\n\n{table}" if len(groups) > 1 else table)
     return "\n\n".join(parts)
 
 
@@ -121,8 +126,7 @@ def _matplotlib_installed() -> bool:
     return importlib.util.find_spec("matplotlib") is not None
 
 
-def _plots(runs: list[Run], finished: list[Run], out: Path,
-           accuracy: str) -> tuple[list[Path], list[str]]:
+def _plots(runs: list[Run], finished: list[Run], out: Path, accuracy: str) -> tuple[list[Path], list[str]]:
     """Draw every plot that has data; a plot without data becomes a note, not an error."""
     if not _matplotlib_installed():
         return [], ["note: no plots: matplotlib is not installed (pip install matplotlib)"]
@@ -130,20 +134,20 @@ def _plots(runs: list[Run], finished: list[Run], out: Path,
     key = ACCURACY_KEYS[accuracy]
     lacking = [r.name for r in finished if r.summary.get(key) is None]
     if lacking and len(lacking) < len(finished):
-        notes.append(f"note: --accuracy {accuracy}: {len(lacking)} run(s) without {key} left out "
-                     f"of the accuracy plots: {', '.join(lacking)}")
-    jobs = [(lambda p: plots.plot_accuracy_vs_sparsity(finished, p, accuracy),
-             "accuracy_vs_sparsity.png"),
-            (lambda p: plots.plot_accuracy_vs_rs(finished, p, accuracy), "accuracy_vs_rs.png"),
-            (lambda p: plots.plot_accuracy_vs_training_flops(finished, p, accuracy),
-             "accuracy_vs_training_flops.png"),
-            (lambda p: plots.plot_itop_rate(runs, p), "itop_rate.png")]
+        notes.append(
+            f"note: --accuracy {accuracy}: {len(lacking)} run(s) without {key} left out of the accuracy plots: {', '.join(lacking)}"
+        )
+    jobs = [
+        (lambda p: plots.plot_accuracy_vs_sparsity(finished, p, accuracy), "accuracy_vs_sparsity.png"),
+        (lambda p: plots.plot_accuracy_vs_rs(finished, p, accuracy), "accuracy_vs_rs.png"),
+        (lambda p: plots.plot_accuracy_vs_training_flops(finished, p, accuracy), "accuracy_vs_training_flops.png"),
+        (lambda p: plots.plot_itop_rate(runs, p), "itop_rate.png"),
+    ]
     if plots.trained_at_several_lengths(finished):  # only extended-training studies have this question
         jobs.append((lambda p: plots.plot_accuracy_vs_multiplier(finished, p, accuracy), "accuracy_vs_multiplier.png"))
     for run in runs:
         if not run.dense:
-            jobs.append((lambda p, r=run: plots.plot_layer_density(r, p),
-                         f"layer_density_{_file_name(run.name)}.png"))
+            jobs.append((lambda p, r=run: plots.plot_layer_density(r, p), f"layer_density_{_file_name(run.name)}.png"))
     written = []
     for draw, name in jobs:
         try:
@@ -161,8 +165,7 @@ def _report(args: argparse.Namespace) -> int:
         raise ReportError("no finished runs (none has summary.json): " + ", ".join(unfinished))
     notes = []
     if unfinished:
-        notes.append(f"note: {len(unfinished)} unfinished run(s) without summary.json, "
-                     f"not in the table: {', '.join(unfinished)}")
+        notes.append(f"note: {len(unfinished)} unfinished run(s) without summary.json, not in the table: {', '.join(unfinished)}")
     text = _tables(finished)
     out = Path(args.out)
     results = out / "results.md"

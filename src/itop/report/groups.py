@@ -11,22 +11,19 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from .runs import ReportError, Run, method_label, sparsity_of
 
-__all__ = ["IGNORED_KEYS", "Group", "group_runs", "kind_of", "differing_settings",
-           "settings_label", "settings_sort_key", "ACCURACY_KEYS"]
+__all__ = ["IGNORED_KEYS", "Group", "group_runs", "kind_of", "differing_settings", "settings_label", "settings_sort_key", "ACCURACY_KEYS"]
 
 # Config keys that name the run or say where and how it ran, not what it computes.
-IGNORED_KEYS = ("seed", "save", "data_dir", "device", "workers", "progress", "iters",
-                "log_interval", "ignored", "tensorboard")
+IGNORED_KEYS = ("seed", "save", "data_dir", "device", "workers", "progress", "iters", "log_interval", "ignored", "tensorboard")
 
 # Settings that a kind of run never reads: dense runs build no sparsifier; static (fix=True)
 # runs never update their topology.
-_UPDATE_KEYS = ("growth", "death", "redistribution", "death_rate", "update_frequency",
-                "update_every", "decay_schedule", "threshold")
+_UPDATE_KEYS = ("growth", "death", "redistribution", "death_rate", "update_frequency", "update_every", "decay_schedule", "threshold")
 UNUSED_KEYS = {
     "dense": ("fix", "density", "sparse_init", "epsilon", "truly_sparse", *_UPDATE_KEYS),
     "static": _UPDATE_KEYS,
@@ -46,7 +43,7 @@ _MISSING = object()
 
 
 def kind_of(run: Run) -> str:
-    """"dense", "static" (sparse with a fixed topology) or "dynamic" (sparse, updated)."""
+    """ "dense", "static" (sparse with a fixed topology) or "dynamic" (sparse, updated)."""
     if run.dense:
         return "dense"
     method = str((run.summary or {}).get("method", ""))
@@ -161,8 +158,7 @@ def _text(value) -> str:
 
 def settings_label(group: Group, keys: Iterable[str]) -> str:
     """`key=value, ...` for those of `keys` that the group's kind reads ('' when none)."""
-    return ", ".join(f"{k}={_text(group.settings.get(k, _MISSING))}" for k in keys
-                     if k not in UNUSED_KEYS[group.kind])
+    return ", ".join(f"{k}={_text(group.settings.get(k, _MISSING))}" for k in keys if k not in UNUSED_KEYS[group.kind])
 
 
 def settings_sort_key(group: Group, keys: Iterable[str]) -> tuple:

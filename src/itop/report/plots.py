@@ -10,15 +10,21 @@ only when a plot is drawn, so tables and run loading work without it.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from .groups import ACCURACY_KEYS, Group, differing_settings, group_runs, settings_label
 from .runs import ReportError, Run, sparsity_of
 from .table import _trim
 
-__all__ = ["plot_accuracy_vs_sparsity", "plot_accuracy_vs_rs", "plot_accuracy_vs_training_flops", "plot_accuracy_vs_multiplier",
-           "plot_itop_rate", "plot_layer_density"]
+__all__ = [
+    "plot_accuracy_vs_sparsity",
+    "plot_accuracy_vs_rs",
+    "plot_accuracy_vs_training_flops",
+    "plot_accuracy_vs_multiplier",
+    "plot_itop_rate",
+    "plot_layer_density",
+]
 
 # `--accuracy` -> how plots name that accuracy.
 _ACCURACY_NAMES = {"best": "best-validation checkpoint", "final": "final epoch"}
@@ -29,8 +35,7 @@ def _figure(width: float, height: float):
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
-        raise ReportError("plots need matplotlib, which is not installed "
-                          "(pip install matplotlib)") from None
+        raise ReportError("plots need matplotlib, which is not installed (pip install matplotlib)") from None
     fig = Figure(figsize=(width, height), dpi=100)
     FigureCanvasAgg(fig)
     return fig
@@ -64,8 +69,7 @@ def _with_accuracy(runs: Iterable[Run], accuracy: str) -> list[Run]:
     return kept
 
 
-def plot_accuracy_vs_sparsity(runs: Iterable[Run], path: str | Path,
-                              accuracy: str = "best") -> Path:
+def plot_accuracy_vs_sparsity(runs: Iterable[Run], path: str | Path, accuracy: str = "best") -> Path:
     """Top-1 test accuracy against sparsity, one series per method; dense as a reference line.
 
     Runs are grouped as the tables group them (`group_runs`: only runs that differ by seed share
@@ -82,25 +86,33 @@ def plot_accuracy_vs_sparsity(runs: Iterable[Run], path: str | Path,
 
     fig = _figure(7, 4.5)
     ax = fig.add_subplot()
-    for i, ((data, model, name), points) in enumerate(sorted(series.items())):
+    for i, ((_data, _model, name), points) in enumerate(sorted(series.items())):
         color = f"C{i % 10}"
-        ax.plot([g.sparsity for g in points], [100 * g.mean(key) for g in points], marker="o", color=color,
-                label=_pair_label(several, name, points[0]))
+        ax.plot(
+            [g.sparsity for g in points],
+            [100 * g.mean(key) for g in points],
+            marker="o",
+            color=color,
+            label=_pair_label(several, name, points[0]),
+        )
         for g in points:
             if len(g.runs) > 1:
                 seeds = g.values(key)
                 ax.scatter([g.sparsity] * len(seeds), [100 * v for v in seeds], s=12, color=color, alpha=0.5)
     keys = differing_settings(dense)
     for j, g in enumerate(sorted(dense, key=_pair), start=len(series)):
-        ax.axhline(100 * g.mean(key), linestyle="--", color="0.3" if len(dense) == 1 else f"C{j % 10}",
-                   label=_pair_label(several, _reference_name(g, keys), g) + f": {_mean_text(g, key)}")
+        ax.axhline(
+            100 * g.mean(key),
+            linestyle="--",
+            color="0.3" if len(dense) == 1 else f"C{j % 10}",
+            label=_pair_label(several, _reference_name(g, keys), g) + f": {_mean_text(g, key)}",
+        )
     if not series:
         ax.set_xlim(0.0, 1.0)
     ax.margins(y=0.1)
     ax.set_xlabel("Sparsity (share of weights removed)")
     ax.set_ylabel("Top-1 test accuracy (%)")
-    ax.set_title("Test accuracy against sparsity"
-                 + (f" ({_ACCURACY_NAMES[accuracy]})" if accuracy != "best" else ""))
+    ax.set_title("Test accuracy against sparsity" + (f" ({_ACCURACY_NAMES[accuracy]})" if accuracy != "best" else ""))
     ax.grid(alpha=0.3)
     _legend_below(ax)
     return _save(fig, path)
@@ -193,26 +205,36 @@ def plot_accuracy_vs_rs(runs: Iterable[Run], path: str | Path, accuracy: str = "
     for g in dynamic:
         lines[(*_pair(g), g.method, round(g.sparsity, 4), settings_label(g, apart))].append(g)
     if not lines:
-        raise ReportError("no sparse run with a changing topology has Rs (itop_rate) "
-                          "in its summary")
+        raise ReportError("no sparse run with a changing topology has Rs (itop_rate) in its summary")
     several = len({k[:2] for k in lines} | {_pair(g) for g in references}) > 1
     fig = _figure(9, 5)
     ax = fig.add_subplot()
     color = 0
-    for (data, model, method, sparsity, other), line in sorted(lines.items()):
+    for (_data, _model, method, sparsity, other), line in sorted(lines.items()):
         line.sort(key=lambda g: g.mean("itop_rate"))
         xs = [g.mean("itop_rate") for g in line]
         ys = [100 * g.mean(key) for g in line]
         name = _series_name(method, sparsity, other)
-        ax.errorbar(xs, ys, yerr=[100 * (g.std(key) or 0.0) for g in line],
-                    xerr=[g.std("itop_rate") or 0.0 for g in line], marker="o", capsize=3,
-                    color=f"C{color % 10}", label=_pair_label(several, name, line[0]))
+        ax.errorbar(
+            xs,
+            ys,
+            yerr=[100 * (g.std(key) or 0.0) for g in line],
+            xerr=[g.std("itop_rate") or 0.0 for g in line],
+            marker="o",
+            capsize=3,
+            color=f"C{color % 10}",
+            label=_pair_label(several, name, line[0]),
+        )
         color += 1
     keys = differing_settings(references)
     references.sort(key=lambda g: (_pair(g), not g.dense, g.sparsity, g.method))
     for g in references:
-        ax.axhline(100 * g.mean(key), linestyle="--" if g.dense else ":", color=f"C{color % 10}",
-                   label=_pair_label(several, _reference_name(g, keys), g) + f": {_mean_text(g, key)}")
+        ax.axhline(
+            100 * g.mean(key),
+            linestyle="--" if g.dense else ":",
+            color=f"C{color % 10}",
+            label=_pair_label(several, _reference_name(g, keys), g) + f": {_mean_text(g, key)}",
+        )
         color += 1
     ax.margins(x=0.1, y=0.1)
     ax.set_xlabel("ITOP rate Rs (share of weights ever active, 0 to 1)")
@@ -244,8 +266,7 @@ def _run_flops(run: Run, absolute: bool) -> float | None:
     return float(ratio) * float(run.summary["dense_training_flops"]) if absolute else float(ratio)
 
 
-def plot_accuracy_vs_training_flops(runs: Iterable[Run], path: str | Path,
-                                    accuracy: str = "best") -> Path:
+def plot_accuracy_vs_training_flops(runs: Iterable[Run], path: str | Path, accuracy: str = "best") -> Path:
     """How much accuracy does each method get for its training compute? Test accuracy against
     the training FLOPs of the whole run (log scale; absolute when every summary gives the dense
     FLOPs it is relative to, so that runs of different lengths compare), one series per method
@@ -271,19 +292,33 @@ def plot_accuracy_vs_training_flops(runs: Iterable[Run], path: str | Path,
     fig = _figure(9, 5)
     ax = fig.add_subplot()
     color = 0
-    for (data, model, method), points in sorted(series.items()):
+    for (_data, _model, method), points in sorted(series.items()):
         points.sort(key=flops)
-        ax.errorbar([flops(g) for g in points], [100 * g.mean(key) for g in points],
-                    yerr=[100 * (g.std(key) or 0.0) for g in points], marker="o", linestyle="none",
-                    capsize=3, color=f"C{color % 10}", label=_pair_label(several, method, points[0]))
+        ax.errorbar(
+            [flops(g) for g in points],
+            [100 * g.mean(key) for g in points],
+            yerr=[100 * (g.std(key) or 0.0) for g in points],
+            marker="o",
+            linestyle="none",
+            capsize=3,
+            color=f"C{color % 10}",
+            label=_pair_label(several, method, points[0]),
+        )
         color += 1
     keys = differing_settings(dense)
     for g in sorted(dense, key=_pair):
         name = _reference_name(g, keys)
-        ax.errorbar([flops(g) if absolute else 1.0], [100 * g.mean(key)], yerr=[100 * (g.std(key) or 0.0)], marker="*",
-                    markersize=14, linestyle="none", capsize=3,
-                    color="0.2" if len(dense) == 1 else f"C{color % 10}",
-                    label=_pair_label(several, name, g) + f": {_mean_text(g, key)}")
+        ax.errorbar(
+            [flops(g) if absolute else 1.0],
+            [100 * g.mean(key)],
+            yerr=[100 * (g.std(key) or 0.0)],
+            marker="*",
+            markersize=14,
+            linestyle="none",
+            capsize=3,
+            color="0.2" if len(dense) == 1 else f"C{color % 10}",
+            label=_pair_label(several, name, g) + f": {_mean_text(g, key)}",
+        )
         color += 1
     ax.set_xscale("log")
     if absolute:
@@ -318,19 +353,26 @@ def plot_accuracy_vs_multiplier(runs: Iterable[Run], path: str | Path, accuracy:
     fig = _figure(9, 5)
     ax = fig.add_subplot()
     rates = ax.twinx()
-    for color, ((data, model, method, sparsity, settings), line) in enumerate(sorted(series.items())):
+    for color, ((_data, _model, method, sparsity, settings), line) in enumerate(sorted(series.items())):
         line.sort(key=_multiplier)
         xs = [_multiplier(g) for g in line]
         name = _series_name(method, sparsity, settings)
-        ax.errorbar(xs, [100 * g.mean(key) for g in line], yerr=[100 * (g.std(key) or 0.0) for g in line], marker="o",
-                    capsize=3, color=f"C{color % 10}", label=f"{name}: accuracy")
-        rates.plot(xs, [g.mean("itop_rate") for g in line], linestyle="--", marker="s", color=f"C{color % 10}",
-                   label=f"{name}: Rs")
+        ax.errorbar(
+            xs,
+            [100 * g.mean(key) for g in line],
+            yerr=[100 * (g.std(key) or 0.0) for g in line],
+            marker="o",
+            capsize=3,
+            color=f"C{color % 10}",
+            label=f"{name}: accuracy",
+        )
+        rates.plot(xs, [g.mean("itop_rate") for g in line], linestyle="--", marker="s", color=f"C{color % 10}", label=f"{name}: Rs")
     dense = [g for g in groups if g.dense]
     keys = differing_settings(dense)  # e.g. dense runs at two batch sizes: each line says which
     for shade, g in enumerate(dense):
-        ax.axhline(100 * g.mean(key), linestyle=":", color=str(0.2 + 0.25 * (shade % 3)),
-                   label=f"{_reference_name(g, keys)}: {_mean_text(g, key)}")
+        ax.axhline(
+            100 * g.mean(key), linestyle=":", color=str(0.2 + 0.25 * (shade % 3)), label=f"{_reference_name(g, keys)}: {_mean_text(g, key)}"
+        )
     ax.set_xscale("log")
     ticks = sorted({_multiplier(g) for line in series.values() for g in line})
     ax.set_xticks(ticks, [f"{t:g}x" for t in ticks])
@@ -381,8 +423,7 @@ def plot_itop_rate(runs: Iterable[Run], path: str | Path) -> Path:
     for run, steps, rates in curves:
         dense = run.dense
         label = run.name + (" (dense)" if dense and "dense" not in run.name.lower() else "")
-        ax.plot(steps, rates, linestyle="--" if dense else "-",
-                marker=None if len(steps) > 1 else "o", label=label)
+        ax.plot(steps, rates, linestyle="--" if dense else "-", marker=None if len(steps) > 1 else "o", label=label)
     ax.set_ylim(0.0, 1.05)
     ax.set_xlabel("Training step")
     ax.set_ylabel("ITOP rate Rs (share of weights ever active)")
@@ -411,23 +452,24 @@ def plot_layer_density(run: Run, path: str | Path) -> Path:
     rows = range(len(names))
     height = 0.4 if explored else 0.8
     offset = height / 2 if explored else 0.0
-    ax.barh([r - offset for r in rows], [float(density[n]) for n in names], height=height,
-            label="density (share active at the end)")
+    ax.barh([r - offset for r in rows], [float(density[n]) for n in names], height=height, label="density (share active at the end)")
     if explored:
-        ax.barh([r + offset for r in rows], [float(explored.get(n, 0.0)) for n in names],
-                height=height, label="explored (share ever active)")
+        ax.barh(
+            [r + offset for r in rows], [float(explored.get(n, 0.0)) for n in names], height=height, label="explored (share ever active)"
+        )
     ax.set_yticks(list(rows), names, fontsize="small")
     ax.invert_yaxis()
     ax.set_xlim(0.0, 1.05)
     ax.set_xlabel("Share of the layer's weights")
     step = record.get("step")
     overall = record.get("density")
-    detail = ", ".join(x for x in (f"step {step}" if step is not None else "",
-                                   f"overall density {overall:g}"
-                                   if isinstance(overall, (int, float)) else "") if x)
+    detail = ", ".join(
+        x
+        for x in (f"step {step}" if step is not None else "", f"overall density {overall:g}" if isinstance(overall, (int, float)) else "")
+        if x
+    )
     ax.set_title(f"Per-layer density of {run.name}" + (f" ({detail})" if detail else ""), pad=24)
     ax.grid(axis="x", alpha=0.3)
     # Above the plot, under the title: bars may reach 1.0 anywhere, so no corner is free.
-    ax.legend(fontsize="small", loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2,
-              frameon=False)
+    ax.legend(fontsize="small", loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
     return _save(fig, path)

@@ -146,5 +146,4 @@ def load_run(path: str | Path) -> Run:
     summary = None
     if summary_file.is_file():
         summary = _check_summary(summary_file, _read_object(summary_file))
-    return Run(name=path.resolve().name, path=path, config=config, metrics=metrics,
-               summary=summary)
+    return Run(name=path.resolve().name, path=path, config=config, metrics=metrics, summary=summary)

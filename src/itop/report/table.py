@@ -12,17 +12,15 @@ Repeated runs (seeds) get `grouped_table`: one row per group with `mean ± std` 
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from .groups import Group, differing_settings, settings_label, settings_sort_key
 from .runs import ReportError, Run, is_dense, method_label, sparsity_of
 
-__all__ = ["HEADER", "GROUP_HEADER", "results_row", "results_table", "runs_table", "grouped_table",
-           "method_label", "is_dense"]
+__all__ = ["HEADER", "GROUP_HEADER", "results_row", "results_table", "runs_table", "grouped_table", "method_label", "is_dense"]
 
 HEADER = ("Method", "Sparsity", "Top-1 Acc", "Rs", "Training FLOPs", "Test FLOPs")
-GROUP_HEADER = ("Method", "Sparsity", "Settings", "Top-1 Acc (best val)", "Final-epoch Acc", "Rs",
-                "Training FLOPs", "Test FLOPs", "Runs")
+GROUP_HEADER = ("Method", "Sparsity", "Settings", "Top-1 Acc (best val)", "Final-epoch Acc", "Rs", "Training FLOPs", "Test FLOPs", "Runs")
 
 
 def _trim(x: float) -> str:
@@ -44,7 +42,7 @@ def _number(summary: dict, key: str) -> float | None:
     try:
         return float(value)
     except (TypeError, ValueError):
-        raise ReportError(f"summary of {method_label(summary)}: {key}={value!r} is not a number")
+        raise ReportError(f"summary of {method_label(summary)}: {key}={value!r} is not a number") from None
 
 
 def _flops(summary: dict, key: str, dense: bool) -> str:
@@ -78,8 +76,7 @@ def _line(cells: Iterable[str]) -> str:
 
 
 def _sort_key(summary: dict) -> tuple:
-    return (str(summary.get("data", "")), str(summary.get("model", "")),
-            sparsity_of(summary), method_label(summary))
+    return (str(summary.get("data", "")), str(summary.get("model", "")), sparsity_of(summary), method_label(summary))
 
 
 def results_row(summary: dict) -> str:
@@ -133,16 +130,20 @@ def grouped_table(groups: Iterable[Group]) -> str:
     """
     groups = list(groups)
     keys = differing_settings(groups)
-    groups.sort(key=lambda g: (*_sort_key(g.summary)[:2], g.sparsity, g.method,
-                               settings_sort_key(g, keys)))
+    groups.sort(key=lambda g: (*_sort_key(g.summary)[:2], g.sparsity, g.method, settings_sort_key(g, keys)))
     rows = []
     for g in groups:
-        flops = {"method": g.method, **{k: g.mean(k) for k in (
-            "training_flops", "test_flops", "dense_training_flops", "dense_test_flops")}}
-        cells = [g.method, _trim(g.sparsity), settings_label(g, keys),
-                 _mean_std(g, "test_acc", 100), _mean_std(g, "final_test_acc", 100),
-                 "1.0" if g.dense else _mean_std(g, "itop_rate", 1),
-                 _flops(flops, "training_flops", g.dense), _flops(flops, "test_flops", g.dense),
-                 str(len(g.runs))]
+        flops = {"method": g.method, **{k: g.mean(k) for k in ("training_flops", "test_flops", "dense_training_flops", "dense_test_flops")}}
+        cells = [
+            g.method,
+            _trim(g.sparsity),
+            settings_label(g, keys),
+            _mean_std(g, "test_acc", 100),
+            _mean_std(g, "final_test_acc", 100),
+            "1.0" if g.dense else _mean_std(g, "itop_rate", 1),
+            _flops(flops, "training_flops", g.dense),
+            _flops(flops, "test_flops", g.dense),
+            str(len(g.runs)),
+        ]
         rows.append(_line(c.replace("|", "\\|") for c in cells))
     return "\n".join([_line(GROUP_HEADER), _line(["---"] * len(GROUP_HEADER)), *rows])

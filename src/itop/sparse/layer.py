@@ -37,8 +37,17 @@ class SparseLinear(nn.Module):
     1/sqrt(fan_in) with fan_in = k / out_features); the bias keeps nn.Linear's initialisation.
     """
 
-    def __init__(self, in_features: int, out_features: int, nnz: int, bias: bool = True, *,
-                 generator: torch.Generator | None = None, device=None, dtype=None):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        nnz: int,
+        bias: bool = True,
+        *,
+        generator: torch.Generator | None = None,
+        device=None,
+        dtype=None,
+    ):
         super().__init__()
         numel = in_features * out_features
         if not isinstance(nnz, int) or not 1 <= nnz <= numel:
@@ -115,7 +124,7 @@ class SparseLinear(nn.Module):
 
     # ----------------------------------------------------------------------------- conversion
     @classmethod
-    def from_dense(cls, linear: nn.Linear, mask: Tensor) -> "SparseLinear":
+    def from_dense(cls, linear: nn.Linear, mask: Tensor) -> SparseLinear:
         """A SparseLinear holding `linear`'s weights where `mask` is True (its bias too)."""
         if tuple(mask.shape) != tuple(linear.weight.shape):
             raise ValueError(f"mask of shape {tuple(mask.shape)} does not match the weight's {tuple(linear.weight.shape)}.")
@@ -123,7 +132,7 @@ class SparseLinear(nn.Module):
 
     @classmethod
     @torch.no_grad()
-    def from_positions(cls, linear: nn.Linear, positions: Tensor) -> "SparseLinear":
+    def from_positions(cls, linear: nn.Linear, positions: Tensor) -> SparseLinear:
         """A SparseLinear holding `linear`'s weights at the sorted flat `positions` (its bias too)."""
         positions = positions.to(device=linear.weight.device, dtype=torch.int64)
         bias = None if linear.bias is None else linear.bias.detach().clone()
@@ -134,8 +143,9 @@ class SparseLinear(nn.Module):
         return layer
 
     @classmethod
-    def from_values(cls, in_features: int, out_features: int, positions: Tensor, values: Tensor,
-                    bias: Tensor | None = None) -> "SparseLinear":
+    def from_values(
+        cls, in_features: int, out_features: int, positions: Tensor, values: Tensor, bias: Tensor | None = None
+    ) -> SparseLinear:
         """A SparseLinear holding `values` at the sorted, distinct flat `positions` (and `bias`),
         as trainable parameters: no tensor of the layer's dense shape is involved."""
         if positions.numel() == 0:
@@ -154,8 +164,9 @@ class SparseLinear(nn.Module):
     @torch.no_grad()
     def to_dense(self) -> nn.Linear:
         """An nn.Linear with these weights and zeros elsewhere."""
-        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
-                           device=self.values.device, dtype=self.values.dtype)
+        linear = nn.Linear(
+            self.in_features, self.out_features, bias=self.bias is not None, device=self.values.device, dtype=self.values.dtype
+        )
         linear.weight.zero_().view(-1)[self.indices] = self.values
         if self.bias is not None:
             linear.bias.copy_(self.bias)
@@ -185,5 +196,7 @@ class SparseLinear(nn.Module):
         return state
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, nnz={self.nnz}, "
-                f"density={self.density:.4g}, bias={self.bias is not None}")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, nnz={self.nnz}, "
+            f"density={self.density:.4g}, bias={self.bias is not None}"
+        )

@@ -36,6 +36,7 @@ def kernels():
     if _kernels is None and AVAILABLE:
         try:
             from . import native_kernels
+
             _kernels = native_kernels
         except Exception:  # noqa: BLE001 - a broken numba install leaves PyTorch's products, which always work
             AVAILABLE = False
@@ -44,8 +45,9 @@ def kernels():
 
 def usable(*tensors: Tensor) -> bool:
     """The kernels serve contiguous CPU float32/float64 tensors, outside autograd transforms."""
-    return (AVAILABLE and all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) for t in tensors)
-            and kernels() is not None)
+    return (
+        AVAILABLE and all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) for t in tensors) and kernels() is not None
+    )
 
 
 def _follow_torch_threads() -> None:

@@ -4,6 +4,7 @@
 import numba
 from numba import prange
 
+
 @numba.njit(parallel=True, cache=True, fastmath=True, nogil=True)
 def weight_grad(crow, col, grads_t, inputs_t, out):  # pragma: no cover - compiled
     batch = inputs_t.shape[1]
@@ -14,6 +15,7 @@ def weight_grad(crow, col, grads_t, inputs_t, out):  # pragma: no cover - compil
             for b in range(batch):
                 acc += grads_t[i, b] * inputs_t[c, b]
             out[j] = acc
+
 
 @numba.njit(parallel=True, cache=True, fastmath=True, nogil=True)
 def input_grad(crow, col, values, grads_t, parts):  # pragma: no cover - compiled

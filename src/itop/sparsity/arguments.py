@@ -5,7 +5,8 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 
 def is_real(value) -> bool:
@@ -52,5 +53,7 @@ def check_numbers(density, prune_rate, update_frequency, total_steps, grad_avera
     if not is_real(grad_average_beta) or not 0 <= grad_average_beta < 1:
         raise ValueError(f"grad_average_beta must be a number in [0, 1), got {grad_average_beta!r}.")
     if init_scale not in ("dense", "sparse"):
-        raise ValueError(f"init_scale must be 'dense' (keep the initial weights, as the original) or 'sparse' (scale the initial "
-                         f"active weights by 1/sqrt(layer density), for the layer's actual fan-in), got {init_scale!r}.")
+        raise ValueError(
+            f"init_scale must be 'dense' (keep the initial weights, as the original) or 'sparse' (scale the initial "
+            f"active weights by 1/sqrt(layer density), for the layer's actual fan-in), got {init_scale!r}."
+        )

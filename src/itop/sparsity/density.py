@@ -10,7 +10,7 @@ again for the rest, so that sum_i d_i N_i = D * sum_i N_i holds exactly.
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from .registry import Registry
 

@@ -9,7 +9,7 @@ of their negatives), and fails loudly if any rank differs.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 import torch.distributed as dist
@@ -85,7 +85,7 @@ def check_masks_agree(masks: Mapping[str, Tensor]) -> None:
     local = mask_checksum(masks)  # non-negative (62 bits), so -local cannot overflow
     extremes = torch.cat([local, -local])
     dist.all_reduce(extremes, op=dist.ReduceOp.MAX)  # max and -min in one call
-    high, low = extremes[: len(local)], -extremes[len(local):]
+    high, low = extremes[: len(local)], -extremes[len(local) :]
     differs = low != high
     if bool(differs.any()):
         name = list(masks)[int(torch.nonzero(differs)[0])]

@@ -11,7 +11,7 @@ the layer (a 333,000 x 333,000 layer has 1.1e11 positions).
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor

@@ -14,7 +14,7 @@ So a saved state carries a fingerprint of its active weights, and a load checks 
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor
@@ -28,8 +28,9 @@ def fingerprint(weight: Tensor, mask: Tensor | None = None) -> Tensor:
     `mask` selects them in a masked layer; a truly sparse layer's values are all active."""
     active = weight.detach() if mask is None else weight.detach()[mask.to(weight.device)]
     values = active.double()
-    return torch.stack([torch.tensor(float(values.numel()), dtype=torch.float64, device=values.device),
-                        values.abs().sum(), values.square().sum()]).cpu()
+    return torch.stack(
+        [torch.tensor(float(values.numel()), dtype=torch.float64, device=values.device), values.abs().sum(), values.square().sum()]
+    ).cpu()
 
 
 def fingerprints(weights: Mapping[str, Tensor], masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -51,8 +52,10 @@ def weights_problem(weights: Mapping[str, Tensor], state: Mapping) -> str | None
     for name, saved in state.get("fingerprint", {}).items():
         mine = fingerprint(weights[name], state["masks"].get(name))
         if not torch.allclose(mine, saved.to(torch.float64), rtol=RELATIVE_TOLERANCE, atol=0.0):
-            return (f"the active weights of {name} differ from the saved ones (sum of squares "
-                    f"{float(mine[2]):.6g}, saved {float(saved[2]):.6g})")
+            return (
+                f"the active weights of {name} differ from the saved ones (sum of squares "
+                f"{float(mine[2]):.6g}, saved {float(saved[2]):.6g})"
+            )
     return None
 
 
@@ -64,13 +67,15 @@ def weights_in_model(model: torch.nn.Module, state: Mapping) -> dict[str, Tensor
     weights = {}
     for name in state["masks"]:
         if name not in params:
-            raise ValueError(f"the saved sparse state names a parameter {name!r} that this model lacks; "
-                             "load a state saved from the same model.")
+            raise ValueError(
+                f"the saved sparse state names a parameter {name!r} that this model lacks; load a state saved from the same model."
+            )
         weights[name] = params[name]
     for name in state.get("positions", {}):
         values = getattr(modules.get(name), "values", None)
         if not isinstance(values, Tensor):
-            raise ValueError(f"the saved sparse state names a truly sparse layer {name!r} that this model lacks; "
-                             "load a state saved from the same model.")
+            raise ValueError(
+                f"the saved sparse state names a truly sparse layer {name!r} that this model lacks; load a state saved from the same model."
+            )
         weights[name] = values
     return weights

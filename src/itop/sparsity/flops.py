@@ -10,8 +10,8 @@ every topology update for gradient growth (RigL) and every step for momentum-bas
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import torch
 from torch import nn
@@ -52,6 +52,7 @@ def count_flops(model: nn.Module, *example_inputs, **example_kwargs) -> LayerFlo
         def hook(module, inputs, output):
             rows = inputs[0].numel() // module.in_features
             sparse_flops[name] = sparse_flops.get(name, 0) + 2 * rows * module.in_features * module.out_features
+
         return hook
 
     hooks = [m.register_forward_hook(counted(n)) for n, m in model.named_modules() if isinstance(m, SparseLinear)]

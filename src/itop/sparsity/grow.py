@@ -9,13 +9,13 @@ it) and returning a bool mask of exactly k of them. Register your own with
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-from .registry import Registry
 from . import index_growth
+from .registry import Registry
 from .select import random_k_mask, top_k_mask
 
 GrowFn = Callable[..., Tensor]

@@ -15,7 +15,7 @@ block of output rows, so memory is bounded by one block whatever the layer's siz
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -39,14 +39,17 @@ def no_positions(shape, k: int, **_) -> Tensor:
 
 def _stacked(sources: Sequence[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
     if not sources:
-        raise RuntimeError("gradient growth on a truly sparse layer needs the inputs and output gradients of the update step, and "
-                           "none were recorded: updates must come from sparsifier.step() after loss.backward() and optimizer.step().")
+        raise RuntimeError(
+            "gradient growth on a truly sparse layer needs the inputs and output gradients of the update step, and "
+            "none were recorded: updates must come from sparsifier.step() after loss.backward() and optimizer.step()."
+        )
     dtype = torch.float64 if sources[0][0].dtype == torch.float64 else torch.float32
     return torch.cat([x for x, _ in sources]).to(dtype), torch.cat([g for _, g in sources]).to(dtype)
 
 
-def gradient_positions(shape, k: int, *, excluded: Tensor, generator: torch.Generator,
-                       sources: Sequence[tuple[Tensor, Tensor]] = (), **_) -> Tensor:
+def gradient_positions(
+    shape, k: int, *, excluded: Tensor, generator: torch.Generator, sources: Sequence[tuple[Tensor, Tensor]] = (), **_
+) -> Tensor:
     """RigL: the k inactive positions of largest |dense gradient| (ties to the lowest position),
     exact up to rounding; on layers of more than `EXACT_GRADIENT_LIMIT` positions, the best k of a
     uniform random subset of max(`CANDIDATES`, 8k) inactive positions, each scored exactly."""
@@ -64,7 +67,7 @@ def gradient_positions(shape, k: int, *, excluded: Tensor, generator: torch.Gene
         last = min(out_features, first + rows_per_block)
         scores = (grads[:, first:last].t() @ inputs).abs().reshape(-1).cpu()
         low, high = first * in_features, last * in_features
-        inside = excluded[torch.searchsorted(excluded, low):torch.searchsorted(excluded, high)] - low
+        inside = excluded[torch.searchsorted(excluded, low) : torch.searchsorted(excluded, high)] - low
         allowed = torch.ones(scores.numel(), dtype=torch.bool)
         allowed[inside] = False
         chosen = torch.nonzero(top_k_mask(scores, min(k, scores.numel() - inside.numel()), allowed)).squeeze(1)
@@ -90,8 +93,10 @@ def _sampled_gradient_positions(shape, k, excluded, generator, inputs, grads) ->
 
 
 def momentum_positions(shape, k: int, **_) -> Tensor:
-    raise ValueError("momentum growth needs a dense running average of the gradients, which a truly sparse layer never holds; "
-                     "use grow='gradient' (RigL) or grow='random' (SET) with truly sparse layers.")
+    raise ValueError(
+        "momentum growth needs a dense running average of the gradients, which a truly sparse layer never holds; "
+        "use grow='gradient' (RigL) or grow='random' (SET) with truly sparse layers."
+    )
 
 
 def outside(positions: Tensor, excluded: Tensor) -> bool:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
@@ -69,10 +69,18 @@ def _transformed(x: Tensor) -> bool:
 
 
 def _sparse_path(x: Tensor, weight: Tensor, pattern: SparsePattern) -> bool:
-    return (pattern.enabled and weight is pattern.weight and weight.device.type == "cpu" and weight.dtype == torch.float32
-            and x.dtype == torch.float32 and x.numel() * weight.shape[0] >= MIN_WORK
-            and not autocast_on("cpu") and not torch.compiler.is_compiling()
-            and not getattr(_dense_only, "on", False) and not _transformed(x))
+    return (
+        pattern.enabled
+        and weight is pattern.weight
+        and weight.device.type == "cpu"
+        and weight.dtype == torch.float32
+        and x.dtype == torch.float32
+        and x.numel() * weight.shape[0] >= MIN_WORK
+        and not autocast_on("cpu")
+        and not torch.compiler.is_compiling()
+        and not getattr(_dense_only, "on", False)
+        and not _transformed(x)
+    )
 
 
 class _MaskedCSRLinearFunction(torch.autograd.Function):
@@ -133,8 +141,14 @@ def pays_off(module: nn.Module, mask: Tensor, nnz: int) -> bool:
     """Whether this layer gets the sparse kernels: a plain nn.Linear weight on the CPU in float32,
     sparse and large enough for the measured gain."""
     weight = getattr(module, "weight", None)
-    return (type(module) in (nn.Linear, MaskedCSRLinear) and weight is not None and weight.device.type == "cpu"
-            and weight.dtype == torch.float32 and mask.numel() >= MIN_WEIGHTS and nnz <= MAX_DENSITY * mask.numel())
+    return (
+        type(module) in (nn.Linear, MaskedCSRLinear)
+        and weight is not None
+        and weight.device.type == "cpu"
+        and weight.dtype == torch.float32
+        and mask.numel() >= MIN_WEIGHTS
+        and nnz <= MAX_DENSITY * mask.numel()
+    )
 
 
 def use_sparse(module: nn.Linear, mask: Tensor) -> SparsePattern:

@@ -16,12 +16,12 @@ weights that a topology update regrows.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from fnmatch import fnmatchcase
-from typing import Callable, Sequence, Union
 
 from torch import nn
 
-Selector = Union[str, type]
+Selector = str | type
 DEFAULT_TYPES: tuple[type, ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
@@ -77,6 +77,8 @@ def sparse_parameters(
             chosen[name] = param
     missed = [sel for i, sel in enumerate(wanted) if i not in matched and not matched_elsewhere(sel)]
     if include is not None and missed:
-        raise ValueError(f"include entry {missed[0]!r} matches no parameter of the model; "
-                         "give a module type the model uses or a pattern of names from model.named_parameters().")
+        raise ValueError(
+            f"include entry {missed[0]!r} matches no parameter of the model; "
+            "give a module type the model uses or a pattern of names from model.named_parameters()."
+        )
     return chosen

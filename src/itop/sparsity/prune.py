@@ -10,7 +10,7 @@ remove, and removes at most that. Register your own with `itop.register_prune("n
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

@@ -12,7 +12,7 @@ exceed a layer's room and always sum to the total. Register your own with
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -50,7 +50,9 @@ def nonzeros(weight: Tensor, mask: Tensor, **_) -> float:
 def momentum(weight: Tensor, mask: Tensor, *, grad_average: Tensor | None = None, **_) -> float:
     """Share proportional to the mean |running gradient average| over the active weights."""
     if grad_average is None:
-        raise ValueError("momentum redistribution needs a running gradient average; it is kept automatically when redistribution='momentum'.")
+        raise ValueError(
+            "momentum redistribution needs a running gradient average; it is kept automatically when redistribution='momentum'."
+        )
     return _mean_over(grad_average.abs(), mask)
 
 
@@ -85,7 +87,7 @@ def allocate(total: int, shares: Sequence[float], room: Sequence[int]) -> list[i
             given += add
         if given == 0:
             order = sorted(ideal, key=lambda i: (-(ideal[i] - math.floor(ideal[i])), i))
-            for i in order[: remaining]:
+            for i in order[:remaining]:
                 if counts[i] < room[i] and weights[i] > 0:
                     counts[i] += 1
                     given += 1
@@ -93,8 +95,9 @@ def allocate(total: int, shares: Sequence[float], room: Sequence[int]) -> list[i
     return counts
 
 
-def prune_limits(nnz: Sequence[int], sizes: Sequence[int], rate: float, *, own_count: bool, grows: bool,
-                 per_layer: bool) -> tuple[list[int], list[int]]:
+def prune_limits(
+    nnz: Sequence[int], sizes: Sequence[int], rate: float, *, own_count: bool, grows: bool, per_layer: bool
+) -> tuple[list[int], list[int]]:
     """How many active weights each layer may lose now, and its room to grow (inactive count).
 
     k_i = ceil(rate * nnz_i), or every active weight for a criterion that sets its own count

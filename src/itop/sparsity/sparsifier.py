@@ -23,27 +23,28 @@ update that all ranks hold the same masks.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from ..sparse.layer import SparseLinear
+from . import index_growth, kernels
 from .arguments import GROW_ARGUMENTS, PRUNE_ARGUMENTS, check_numbers, checked_options
 from .density import DISTRIBUTIONS, layer_counts
 from .distributed import check_masks_agree, shared_seed
-from . import kernels
 from .exploration import Exploration
-from . import index_growth
 from .grow import GROW
 from .optimizer import closure_of, grad_scale, multiply_all, skipped_by_grad_scaler, zero_preserving
 from .params import Selector, sparse_parameters
 from .prune import PRUNE
 from .redistribute import REDISTRIBUTE, allocate, prune_limits
 from .schedule import PruneSchedule
-from .state import load_saved_state, saved_state
 from .select import random_k_mask
-from ..sparse.layer import SparseLinear
+from .state import load_saved_state, saved_state
 from .truly_sparse import Recorder, all_ranks, model_order, replace_positions, selects_some, truly_sparse_layers, update_seed
+
 
 def _criterion(registry, value):
     """A registered name (looked up) or a user's callable (used as is)."""
@@ -139,9 +140,15 @@ class Sparsifier:
         update_frequency = None if update_frequency is None else int(update_frequency)
         total_steps = int(total_steps)
         self.config = dict(
-            density=float(density), distribution=distribution, prune=prune, grow=grow,
-            redistribution=redistribution, prune_rate=prune_rate,
-            update_frequency=update_frequency, total_steps=total_steps, decay_schedule=decay_schedule,
+            density=float(density),
+            distribution=distribution,
+            prune=prune,
+            grow=grow,
+            redistribution=redistribution,
+            prune_rate=prune_rate,
+            update_frequency=update_frequency,
+            total_steps=total_steps,
+            decay_schedule=decay_schedule,
         )
         self._density_fn = _criterion(DISTRIBUTIONS, distribution)
         self._prune = _criterion(PRUNE, prune)
@@ -158,12 +165,16 @@ class Sparsifier:
         chosen = sparse_parameters(model, include, exclude, matched_elsewhere=lambda sel: selects_some(sel, model))
         self.params = {n: p for n, p in chosen.items() if id(p) not in values}
         if not self.params and not self.layers:
-            raise ValueError("the model has no sparse parameter (no trainable Linear/Conv weight, or include/exclude left none); pass include= to choose some.")
+            raise ValueError(
+                "the model has no sparse parameter (no trainable Linear/Conv weight, or include/exclude left none); pass include= to choose some."
+            )
         held = {id(p) for group in optimizer.param_groups for p in group["params"]}
         missing = [n for n, p in self.params.items() if id(p) not in held]
         missing += [n for n, layer in self.layers.items() if id(layer.values) not in held]
         if missing:
-            raise ValueError(f"the optimizer does not hold the model's parameter {missing[0]!r}; build the optimizer from model.parameters().")
+            raise ValueError(
+                f"the optimizer does not hold the model's parameter {missing[0]!r}; build the optimizer from model.parameters()."
+            )
         self.model, self.optimizer = model, optimizer
         self._names = list(self.params)  # masked layers; self._weights and the mask lists follow this order
         self._weights = [self.params[n] for n in self._names]
@@ -183,9 +194,11 @@ class Sparsifier:
         self._grad_average_beta = grad_average_beta
         self.grad_average = {n: torch.zeros_like(p) for n, p in self.params.items()} if self._keep_grad_average else {}
         self._mask_every_step = not zero_preserving(optimizer)
-        no_grad_criteria = ((PRUNE.get("magnitude"), PRUNE.get("set"), PRUNE.get("threshold")),
-                            (GROW.get("random"), GROW.get("none")),
-                            (REDISTRIBUTE.get("none"), REDISTRIBUTE.get("magnitude"), REDISTRIBUTE.get("nonzeros")))
+        no_grad_criteria = (
+            (PRUNE.get("magnitude"), PRUNE.get("set"), PRUNE.get("threshold")),
+            (GROW.get("random"), GROW.get("none")),
+            (REDISTRIBUTE.get("none"), REDISTRIBUTE.get("magnitude"), REDISTRIBUTE.get("nonzeros")),
+        )
         self._uses_grads = any(fn not in allowed for fn, allowed in zip((self._prune, self._grow, self._redistribute), no_grad_criteria))
         self._check_truly_sparse_criteria()
         self._linears = kernels.linear_owners(model, self.params)
@@ -237,12 +250,16 @@ class Sparsifier:
         if not self.layers:
             return
         if self._keep_grad_average:
-            raise ValueError("momentum growth and momentum redistribution need a dense running average of the gradients, which truly "
-                             "sparse layers never hold; use grow='gradient' (RigL) or 'random' (SET), and redistribution 'none', "
-                             "'magnitude' or 'nonzeros'.")
+            raise ValueError(
+                "momentum growth and momentum redistribution need a dense running average of the gradients, which truly "
+                "sparse layers never hold; use grow='gradient' (RigL) or 'random' (SET), and redistribution 'none', "
+                "'magnitude' or 'nonzeros'."
+            )
         if not callable(getattr(self._grow, "positions", None)):
-            raise ValueError(f"grow criterion {self.config['grow']!r} works on dense masks only; give it an index-space form "
-                             "(fn.positions, see itop/sparsity/index_growth.py) to use it with truly sparse layers.")
+            raise ValueError(
+                f"grow criterion {self.config['grow']!r} works on dense masks only; give it an index-space form "
+                "(fn.positions, see itop/sparsity/index_growth.py) to use it with truly sparse layers."
+            )
 
     def _count_active(self) -> dict[str, int]:
         return {n: int(torch.count_nonzero(self.masks[n])) if n in self.masks else self.layers[n].nnz for n in self._order}
@@ -406,18 +423,28 @@ class Sparsifier:
             grads = {n: p.grad for n, p in self.params.items()}
             sampled = [n for n, pattern in self._patterns.items() if pattern.sampled_last]
             if self._uses_grads and sampled:
-                raise RuntimeError(f"the sparse Linear kernels computed the gradient of {sampled[0]} at its active weights only (only "
-                                   "scheduled updates get dense gradients); build the Sparsifier with sparse_linear=False to call "
-                                   "update_topology() by hand with a gradient-based criterion.")
+                raise RuntimeError(
+                    f"the sparse Linear kernels computed the gradient of {sampled[0]} at its active weights only (only "
+                    "scheduled updates get dense gradients); build the Sparsifier with sparse_linear=False to call "
+                    "update_topology() by hand with a gradient-based criterion."
+                )
             if self._grow is GROW.get("gradient") and self._gradients_look_masked(grads):
-                raise RuntimeError("gradient growth needs the dense gradient, but the gradients are already masked by optimizer.step(); "
-                                   "call update_topology() after loss.backward() and before optimizer.step().")
+                raise RuntimeError(
+                    "gradient growth needs the dense gradient, but the gradients are already masked by optimizer.step(); "
+                    "call update_topology() after loss.backward() and before optimizer.step()."
+                )
         self._dense_grads = None
         sources, self._sources = self._sources, None
         rate = self.schedule.rate(self.steps)
         nnz = [self._nnz[n] for n in self._order]
-        limits, room = prune_limits(nnz, [self._numel(n) for n in self._order], rate,
-                                    own_count=getattr(self._prune, "own_count", False), grows=self._grows, per_layer=self._per_layer)
+        limits, room = prune_limits(
+            nnz,
+            [self._numel(n) for n in self._order],
+            rate,
+            own_count=getattr(self._prune, "own_count", False),
+            grows=self._grows,
+            per_layer=self._per_layer,
+        )
         kept, removed = {}, []
         for name, k in zip(self._order, limits):
             kept[name] = self._prune_layer(name, k, grads.get(name))
@@ -428,8 +455,10 @@ class Sparsifier:
         elif self._per_layer:
             grown_counts = removed
         else:
-            shares = [self._redistribute(self._weight_of(n), kept[n], removed=r, grad_average=self.grad_average.get(n))
-                      for n, r in zip(self._order, removed)]
+            shares = [
+                self._redistribute(self._weight_of(n), kept[n], removed=r, grad_average=self.grad_average.get(n))
+                for n, r in zip(self._order, removed)
+            ]
             grown_counts = allocate(total, shares, room)
         masks, positions = {}, {}
         for name, count in zip(self._order, grown_counts):
@@ -466,14 +495,23 @@ class Sparsifier:
         new = self._prune(weight, active, k, grad=grad, **self._prune_options)
         count = self._nnz[name] - int(torch.count_nonzero(new))
         if new.shape != weight.shape or bool((new & ~active).any()) or not 0 <= count <= k:
-            raise RuntimeError(f"prune criterion {self.config['prune']!r} must switch off at most {k} active weights of {name}; it changed {count}.")
+            raise RuntimeError(
+                f"prune criterion {self.config['prune']!r} must switch off at most {k} active weights of {name}; it changed {count}."
+            )
         return new
 
     def _grow_mask(self, name: str, count: int, grad: Tensor | None) -> Tensor:
         """`count` new positions of a masked layer, among those inactive before the update."""
         param, candidates = self.params[name], ~self.masks[name]
-        grown = self._grow(candidates, count, weight=param, grad=grad, grad_average=self.grad_average.get(name),
-                           generator=self._generator, **self._grow_options)
+        grown = self._grow(
+            candidates,
+            count,
+            weight=param,
+            grad=grad,
+            grad_average=self.grad_average.get(name),
+            generator=self._generator,
+            **self._grow_options,
+        )
         if int(torch.count_nonzero(grown)) != count or bool((grown & ~candidates).any()):
             raise RuntimeError(f"grow criterion {self.config['grow']!r} must switch on exactly {count} inactive weights of {name}.")
         return grown
@@ -482,10 +520,13 @@ class Sparsifier:
         """`count` new sorted positions of a truly sparse layer, outside its active ones."""
         layer = self.layers[name]
         excluded = layer.indices.cpu()
-        grown = self._grow.positions(layer.shape, count, excluded=excluded, generator=self._generator,
-                                     sources=sources, **self._grow_options)
+        grown = self._grow.positions(
+            layer.shape, count, excluded=excluded, generator=self._generator, sources=sources, **self._grow_options
+        )
         if grown.numel() != count or (count and (bool((grown.diff() <= 0).any()) or not index_growth.outside(grown, excluded))):
-            raise RuntimeError(f"grow criterion {self.config['grow']!r} must give exactly {count} distinct inactive positions of {name}, sorted.")
+            raise RuntimeError(
+                f"grow criterion {self.config['grow']!r} must give exactly {count} distinct inactive positions of {name}, sorted."
+            )
         return grown
 
     def _gradients_look_masked(self, grads: Mapping[str, Tensor | None]) -> bool:
@@ -502,10 +543,16 @@ class Sparsifier:
         return seen_inactive
 
     def _record(self, removed: int, rate: float) -> None:
-        self.history.append({
-            "step": self.steps, "prune_rate": rate, "removed": removed,
-            "density": self.density, "itop_rate": self.itop_rate, "nnz": dict(self._nnz),
-        })
+        self.history.append(
+            {
+                "step": self.steps,
+                "prune_rate": rate,
+                "removed": removed,
+                "density": self.density,
+                "itop_rate": self.itop_rate,
+                "nnz": dict(self._nnz),
+            }
+        )
 
     # ----------------------------------------------------------------------------- statistics
     @property
@@ -522,9 +569,13 @@ class Sparsifier:
         """Per sparse parameter: shape, numel, active count, density, explored share."""
         return {
             name: {
-                "shape": self._shape(name), "numel": self._numel(name), "active": self._nnz[name],
-                "density": self._nnz[name] / self._numel(name), "explored": self.exploration.layer_rate(name),
-                "sparse_kernel": name in self._patterns, "truly_sparse": name in self.layers,
+                "shape": self._shape(name),
+                "numel": self._numel(name),
+                "active": self._nnz[name],
+                "density": self._nnz[name] / self._numel(name),
+                "explored": self.exploration.layer_rate(name),
+                "sparse_kernel": name in self._patterns,
+                "truly_sparse": name in self.layers,
             }
             for name in self._order
         }
@@ -577,5 +628,7 @@ class Sparsifier:
         self._refresh_kernels()  # also stops the truly sparse layers' recording
 
     def __repr__(self) -> str:
-        return (f"Sparsifier(layers={len(self.params)}, density={self.density:.4f}, itop_rate={self.itop_rate:.4f}, "
-                f"steps={self.steps}, prune={self.config['prune']!r}, grow={self.config['grow']!r})")
+        return (
+            f"Sparsifier(layers={len(self.params)}, density={self.density:.4f}, itop_rate={self.itop_rate:.4f}, "
+            f"steps={self.steps}, prune={self.config['prune']!r}, grow={self.config['grow']!r})"
+        )

@@ -5,7 +5,8 @@ fingerprint of the active weights the state belongs to)."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -49,38 +50,52 @@ def load_saved_state(sp, state: Mapping[str, Any], check_weights: bool = True, h
     if horizon not in (None, *HORIZONS):
         raise ValueError(f"horizon must be None, 'stretch' or 'keep', got {horizon!r}.")
     if sp._built_on_trained and sp.steps == 0 and sp._optimizer_steps == 0 and int(state.get("steps", 0)) > 0:
-        raise ValueError("this Sparsifier was built after a trained sparse model or optimizer state was loaded, so its fresh random "
-                         "masks zeroed some loaded weights; build the Sparsifier first, then load the model, optimizer and sparsifier states.")
+        raise ValueError(
+            "this Sparsifier was built after a trained sparse model or optimizer state was loaded, so its fresh random "
+            "masks zeroed some loaded weights; build the Sparsifier first, then load the model, optimizer and sparsifier states."
+        )
     saved = state.get("config", {})
     mine = sp.state_dict_config()
     changed = sorted(k for k in saved.keys() & mine.keys() if saved[k] != mine[k])
     if changed == ["total_steps"] and horizon is None:
-        raise ValueError(f"the saved state was made for a run of total_steps={saved['total_steps']} but this sparsifier has "
-                         f"total_steps={mine['total_steps']}; to change the run's length pass horizon='stretch' (the prune-rate "
-                         "decay spans the new length) or horizon='keep' (it ends where the saved run's did).")
+        raise ValueError(
+            f"the saved state was made for a run of total_steps={saved['total_steps']} but this sparsifier has "
+            f"total_steps={mine['total_steps']}; to change the run's length pass horizon='stretch' (the prune-rate "
+            "decay spans the new length) or horizon='keep' (it ends where the saved run's did)."
+        )
     if horizon is not None:
         changed = [k for k in changed if k != "total_steps"]
     if changed:
         key = changed[0]
-        raise ValueError(f"the saved state was made with {key}={saved[key]!r} but this sparsifier has {key}={mine[key]!r}; "
-                         "build the Sparsifier with the settings of the run being resumed.")
+        raise ValueError(
+            f"the saved state was made with {key}={saved[key]!r} but this sparsifier has {key}={mine[key]!r}; "
+            "build the Sparsifier with the settings of the run being resumed."
+        )
     masks = state["masks"]
     if set(masks) != set(sp.params) or set(state.get("positions", {})) != set(sp.layers):
         saved, mine = sorted(masks) + sorted(state.get("positions", {})), sorted(sp.params) + sorted(sp.layers)
-        raise ValueError(f"the saved state covers layers {saved} but this model's sparse layers are {mine}; load a state saved from the same model.")
+        raise ValueError(
+            f"the saved state covers layers {saved} but this model's sparse layers are {mine}; load a state saved from the same model."
+        )
     for name, positions in state.get("positions", {}).items():
         if not torch.equal(positions.cpu(), sp.layers[name].indices.cpu()):
-            raise ValueError(f"the truly sparse layer {name} holds other active positions than the saved state; load the model's "
-                             "state_dict (which holds them) before the sparsifier's.")
+            raise ValueError(
+                f"the truly sparse layer {name} holds other active positions than the saved state; load the model's "
+                "state_dict (which holds them) before the sparsifier's."
+            )
     for name, mask in masks.items():
         if tuple(mask.shape) != tuple(sp.params[name].shape):
-            raise ValueError(f"the saved mask of {name} has shape {tuple(mask.shape)}, the parameter {tuple(sp.params[name].shape)}; load a state saved from the same model.")
+            raise ValueError(
+                f"the saved mask of {name} has shape {tuple(mask.shape)}, the parameter {tuple(sp.params[name].shape)}; load a state saved from the same model."
+            )
     if check_weights:
         problem = weights_problem(current_weights(sp), state)
         if problem:
-            raise ValueError(f"the model's weights are not the ones this sparse state was saved with ({problem}): the model's "
-                             "trained weights were not restored; load the model's state_dict (the same checkpoint) before the "
-                             "Sparsifier's, or pass check_weights=False to keep these weights on purpose.")
+            raise ValueError(
+                f"the model's weights are not the ones this sparse state was saved with ({problem}): the model's "
+                "trained weights were not restored; load the model's state_dict (the same checkpoint) before the "
+                "Sparsifier's, or pass check_weights=False to keep these weights on purpose."
+            )
     if horizon == "keep" and "total_steps" in saved:
         sp.config["total_steps"] = int(saved["total_steps"])
         sp.schedule = dataclasses.replace(sp.schedule, total_steps=int(saved["total_steps"]))
@@ -101,8 +116,9 @@ def load_saved_state(sp, state: Mapping[str, Any], check_weights: bool = True, h
     sp.apply_masks()
 
 
-def built_over_loaded(build: Callable[[], Any], model: nn.Module, optimizer: torch.optim.Optimizer,
-                      state: Mapping[str, Any], horizon: str | None = None):
+def built_over_loaded(
+    build: Callable[[], Any], model: nn.Module, optimizer: torch.optim.Optimizer, state: Mapping[str, Any], horizon: str | None = None
+):
     """`build()` (a Sparsifier of `model` and `optimizer`) continuing from `state`, when the model and
     optimizer already hold the resumed run's weights and optimizer state (a trainer loaded them
     before the Sparsifier could be built). The constructor's fresh random masks would zero some of

@@ -8,8 +8,8 @@ built with nn.Linear, so masked and truly sparse runs report the same layer name
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from fnmatch import fnmatchcase
-from typing import Mapping, Sequence
 
 import torch
 import torch.distributed as dist

@@ -16,7 +16,6 @@ from typing import Any
 
 import torch
 
-
 CHECKPOINT = "checkpoint.pt"  # the last finished epoch's state, in a run directory
 RESUME_ADVICE = "start the run again without --resume"
 

@@ -53,7 +53,9 @@ def _config_of(run_dir: Path, overrides: dict) -> TrainConfig:
         cfg = dataclasses.replace(TrainConfig(**data), **overrides)
         validate(cfg)
     except (TypeError, ValueError) as error:
-        raise RunError(f"{run_dir / 'config.json'} holds an invalid configuration ({_one_line(error)}); the run cannot be resumed.") from None
+        raise RunError(
+            f"{run_dir / 'config.json'} holds an invalid configuration ({_one_line(error)}); the run cannot be resumed."
+        ) from None
     return cfg
 
 
@@ -127,9 +129,12 @@ def _train(argv: list[str], started: list[World]) -> int:
             if not resuming:
                 _write_config(this, run_dir, world)
             density = describe_density(run.target_density, this) if this.sparse else "dense"
-            say(f"run directory: {run.dir}  ({this.method}{', truly sparse' if this.truly_sparse else ''}, {this.model} on {this.data}, {density}, "
+            say(
+                f"run directory: {run.dir}  ({this.method}{', truly sparse' if this.truly_sparse else ''}, {this.model} on {this.data}, {density}, "
                 f"{run.steps_per_epoch} steps/epoch x {this.total_epochs} epochs, {describe_schedule(this, run.total_steps)}, "
-                f"device {run.device}, {world.size} process(es))", flush=True)
+                f"device {run.device}, {world.size} process(es))",
+                flush=True,
+            )
             for note in run.notes:
                 say(f"note: {note}", flush=True)
             for warning in run.warnings:

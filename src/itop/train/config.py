@@ -20,15 +20,51 @@ from .flags import build_parser, names_model_or_data
 from .presets import PRESETS, Preset, preset_names
 
 DEMO_ARGS = [
-    "--sparse", "--model", "lenet300-100", "--data", "mnist5k", "--density", "0.05",
-    "--growth", "gradient", "--death", "magnitude", "--update_frequency", "100",
-    "--epochs", "100", "--batch-size", "100", "--lr", "0.1", "--seed", "18",
+    "--sparse",
+    "--model",
+    "lenet300-100",
+    "--data",
+    "mnist5k",
+    "--density",
+    "0.05",
+    "--growth",
+    "gradient",
+    "--death",
+    "magnitude",
+    "--update_frequency",
+    "100",
+    "--epochs",
+    "100",
+    "--batch-size",
+    "100",
+    "--lr",
+    "0.1",
+    "--seed",
+    "18",
 ]
 
-CIFAR_DEFAULTS = dict(batch_size=100, epochs=250, density=0.05, sparse_init="ERK", update_frequency=100,
-                      weight_decay=5e-4, death="magnitude", death_rate=0.5, nesterov=True)
-IMAGENET_DEFAULTS = dict(batch_size=64, epochs=90, density=0.10, sparse_init="ER", update_frequency=2000,
-                         weight_decay=1e-4, death="magnitude", death_rate=0.5, nesterov=False)
+CIFAR_DEFAULTS = dict(
+    batch_size=100,
+    epochs=250,
+    density=0.05,
+    sparse_init="ERK",
+    update_frequency=100,
+    weight_decay=5e-4,
+    death="magnitude",
+    death_rate=0.5,
+    nesterov=True,
+)
+IMAGENET_DEFAULTS = dict(
+    batch_size=64,
+    epochs=90,
+    density=0.10,
+    sparse_init="ER",
+    update_frequency=2000,
+    weight_decay=1e-4,
+    death="magnitude",
+    death_rate=0.5,
+    nesterov=False,
+)
 
 
 class UsageError(ValueError):
@@ -158,12 +194,16 @@ def resume_overrides(argv: list[str]) -> dict:
     lengths = [dest for dest in ("epochs", "multiplier") if dest in extra]
     if lengths:
         flag = names[lengths[0]]
-        raise UsageError(f"--resume continues a run with the settings it was started with, so {flag} cannot be given with it: the run's "
-                         "length set its LR milestones and the sparsifier's prune-rate decay; to train longer, start a new run "
-                         f"with a larger {flag} and another --save.")
+        raise UsageError(
+            f"--resume continues a run with the settings it was started with, so {flag} cannot be given with it: the run's "
+            "length set its LR milestones and the sparsifier's prune-rate decay; to train longer, start a new run "
+            f"with a larger {flag} and another --save."
+        )
     if extra:
-        raise UsageError(f"--resume continues a run with the settings it was started with, so {names[extra[0]]} cannot be given with it "
-                         "(only --data-dir, --device, -j, --no-progress and --tensorboard can); start a new run with another --save to change it.")
+        raise UsageError(
+            f"--resume continues a run with the settings it was started with, so {names[extra[0]]} cannot be given with it "
+            "(only --data-dir, --device, -j, --no-progress and --tensorboard can); start a new run with another --save to change it."
+        )
     overrides = {}
     if args.data_dir or args.data_path:
         overrides["data_dir"] = args.data_path or args.data_dir
@@ -203,7 +243,9 @@ def apply_set_rules(cfg: TrainConfig, given: dict) -> None:
         family = ""  # validate() names the unknown model
     for key in ("hidden", "activation", "dropout", "allrelu_slope"):
         if key in given and family != "set-mlp":
-            raise UsageError(f"--{key.replace('_', '-')} shapes the SET-MLP; use it with --model set-mlp (this run's model is {cfg.model or 'not set'}).")
+            raise UsageError(
+                f"--{key.replace('_', '-')} shapes the SET-MLP; use it with --model set-mlp (this run's model is {cfg.model or 'not set'})."
+            )
     if isinstance(given.get("update_every"), str) and given["update_every"] != "epoch":
         if not given["update_every"].isdigit() or int(given["update_every"]) < 1:
             raise UsageError(f"--update-every must be 'epoch' or a positive number of optimizer steps, got {given['update_every']!r}.")
@@ -225,8 +267,10 @@ def apply_set_rules(cfg: TrainConfig, given: dict) -> None:
 def resolve(args: argparse.Namespace) -> TrainConfig:
     for flag in ("evaluate", "benchmark_training", "benchmark_inference"):
         if getattr(args, flag):
-            raise UsageError(f"--{flag.replace('_', '-')} (the ImageNet script's evaluation and benchmark modes) is not part of itop train: "
-                             "every run ends by testing its best model; time steps with benchmarks/step_overhead.py.")
+            raise UsageError(
+                f"--{flag.replace('_', '-')} (the ImageNet script's evaluation and benchmark modes) is not part of itop train: "
+                "every run ends by testing its best model; time steps with benchmarks/step_overhead.py."
+            )
     imagenet = args.data == "imagenet" or args.arch is not None or args.data_path is not None
     defaults = IMAGENET_DEFAULTS if imagenet else CIFAR_DEFAULTS
     values = {k: v for k, v in vars(args).items() if v is not None}
@@ -285,9 +329,9 @@ def _imagenet_model(name: str) -> str:
 
 def validate(cfg: TrainConfig) -> None:
     """Refuse values no run can use, naming the flag and the valid choices."""
-    from itop.models import list_models
     from itop.data import list_datasets
     from itop.data.registry import is_tabular_path
+    from itop.models import list_models
 
     if not cfg.model:
         raise UsageError(f"--model is required; choose one of {', '.join(list_models())}.")
@@ -296,17 +340,29 @@ def validate(cfg: TrainConfig) -> None:
     checks = [
         (0 < cfg.density <= 1, f"--density must be in (0, 1], got {cfg.density}"),
         (cfg.sparse_init.lower() in ("erk", "er", "uniform"), f"--sparse_init must be ERK, ER or uniform, got {cfg.sparse_init!r}"),
-        (cfg.growth in ("random", "gradient", "momentum", "none"), f"--growth must be random, gradient, momentum or none, got {cfg.growth!r}"),
+        (
+            cfg.growth in ("random", "gradient", "momentum", "none"),
+            f"--growth must be random, gradient, momentum or none, got {cfg.growth!r}",
+        ),
         (cfg.death.lower() in ("magnitude", "set", "threshold"), f"--death must be magnitude, SET or threshold, got {cfg.death!r}"),
-        (cfg.redistribution in ("none", "magnitude", "nonzeros", "momentum"), f"--redistribution must be none, magnitude, nonzeros or momentum, got {cfg.redistribution!r}"),
+        (
+            cfg.redistribution in ("none", "magnitude", "nonzeros", "momentum"),
+            f"--redistribution must be none, magnitude, nonzeros or momentum, got {cfg.redistribution!r}",
+        ),
         (0 < cfg.death_rate <= 1, f"--death-rate must be in (0, 1], got {cfg.death_rate}"),
         (cfg.update_frequency >= 1, f"--update_frequency must be at least 1, got {cfg.update_frequency}"),
-        (cfg.decay_schedule in ("cosine", "linear", "constant"), f"--decay-schedule must be cosine, linear or constant, got {cfg.decay_schedule!r}"),
+        (
+            cfg.decay_schedule in ("cosine", "linear", "constant"),
+            f"--decay-schedule must be cosine, linear or constant, got {cfg.decay_schedule!r}",
+        ),
         (cfg.multiplier >= 1 and cfg.epochs >= 1, "--epochs and --multiplier must be at least 1"),
         (cfg.batch_size >= 1 and cfg.test_batch_size >= 1, "--batch-size and --test-batch-size must be at least 1"),
         (cfg.lr > 0, f"--lr must be positive, got {cfg.lr}"),
         (cfg.optimizer in ("sgd", "adam"), f"--optimizer must be sgd or adam, got {cfg.optimizer!r}"),
-        (cfg.lr_schedule in ("multistep", "step", "cosine", "constant", "imagenet-step"), f"--lr-schedule must be multistep, step, cosine or constant, got {cfg.lr_schedule!r}"),
+        (
+            cfg.lr_schedule in ("multistep", "step", "cosine", "constant", "imagenet-step"),
+            f"--lr-schedule must be multistep, step, cosine or constant, got {cfg.lr_schedule!r}",
+        ),
         (cfg.decay_frequency >= 1, f"--decay_frequency must be at least 1, got {cfg.decay_frequency}"),
         (0 <= cfg.valid_split < 1, f"--valid_split must be in [0, 1), got {cfg.valid_split}"),
         (cfg.amp in ("none", "bf16", "fp16"), f"--amp must be none, bf16 or fp16, got {cfg.amp!r}"),
@@ -315,8 +371,10 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.iters >= 1, "--iters must be at least 1"),
         (cfg.workers >= 0, f"-j/--workers must be at least 0, got {cfg.workers}"),
         (cfg.processes >= 1, f"processes must be at least 1, got {cfg.processes}"),
-        (cfg.data in list_datasets() + ["imagenet"] or is_tabular_path(cfg.data),
-         f"unknown dataset {cfg.data!r}; choose one of {', '.join(list_datasets() + ['imagenet'])}, or a .mat, .npz or .csv file"),
+        (
+            cfg.data in list_datasets() + ["imagenet"] or is_tabular_path(cfg.data),
+            f"unknown dataset {cfg.data!r}; choose one of {', '.join(list_datasets() + ['imagenet'])}, or a .mat, .npz or .csv file",
+        ),
         (cfg.activation in ("relu", "srelu", "allrelu"), f"--activation must be relu, srelu or allrelu, got {cfg.activation!r}"),
         (0 <= cfg.dropout < 1, f"--dropout must be in [0, 1), got {cfg.dropout}"),
         (cfg.init_scale in ("", "sparse", "dense"), f"--init-scale must be sparse or dense, got {cfg.init_scale!r}"),
@@ -326,15 +384,18 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.loss in ("cross-entropy", "mse"), f"--loss must be cross-entropy or mse, got {cfg.loss!r}"),
         (0 < cfg.test_split < 1, f"--test-split must be in (0, 1), got {cfg.test_split}"),
         (not cfg.truly_sparse or cfg.sparse, "--truly-sparse trains sparse layers truly sparse; add --sparse"),
-        (not cfg.truly_sparse or "momentum" not in (cfg.growth, cfg.redistribution),
-         "--growth momentum and --redistribution momentum need dense gradient averages, which --truly-sparse never holds; "
-         "use --growth gradient (RigL) or random (SET)"),
+        (
+            not cfg.truly_sparse or "momentum" not in (cfg.growth, cfg.redistribution),
+            "--growth momentum and --redistribution momentum need dense gradient averages, which --truly-sparse never holds; "
+            "use --growth gradient (RigL) or random (SET)",
+        ),
     ]
     for ok, message in checks:
         if not ok:
             raise UsageError(message + ".")
     try:
         from itop.models import get_model_spec
+
         get_model_spec(cfg.model)
     except ValueError as error:
         raise UsageError(str(error)) from None

@@ -31,10 +31,16 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(g, "--preset", help=f"a SET system's recipe in one flag: {' | '.join(preset_names())} (other flags override it)")
     _flag(g, "--hidden", type=_hidden, help="set-mlp hidden widths, e.g. 3000,3000,3000")
     _flag(g, "--activation", help="set-mlp: relu | srelu | allrelu")
-    _flag(g, "--allrelu-slope", dest="allrelu_slope", type=float, help="All-ReLU's slope alpha (layers alternate -alpha, +alpha; default 0.6)")
+    _flag(
+        g, "--allrelu-slope", dest="allrelu_slope", type=float, help="All-ReLU's slope alpha (layers alternate -alpha, +alpha; default 0.6)"
+    )
     _flag(g, "--dropout", type=float, help="set-mlp: dropout after each hidden layer")
-    _flag(g, "--data", help="mnist5k (embedded) | mnist | fashion-mnist | cifar10 | cifar100 | imagenet | a .mat/.npz/.csv file "
-          "(default: mnist; mnist5k for set-mlp)")
+    _flag(
+        g,
+        "--data",
+        help="mnist5k (embedded) | mnist | fashion-mnist | cifar10 | cifar100 | imagenet | a .mat/.npz/.csv file "
+        "(default: mnist; mnist5k for set-mlp)",
+    )
     _flag(g, "--data-dir", dest="data_dir", help="where dataset files are (default $ITOP_DATA_DIR or ~/.cache/itop/data)")
     p.add_argument("data_path", nargs="?", default=None, help="ImageNet root with train/ and val/ (the ImageNet script's positional)")
     _flag(g, "--valid_split", "--valid-split", dest="valid_split", type=float, help="share of the training set held out for validation")
@@ -55,8 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(g, "--decay-schedule", dest="decay_schedule", help="prune-rate decay: cosine | linear | constant")
     _flag(g, "--threshold", type=float, help="|w| below which --death threshold prunes (default 1e-3)")
     _flag(g, "--init-scale", dest="init_scale", help="sparse (for the actual fan-in; set-mlp default) | dense (the original's)")
-    g.add_argument("--truly-sparse", dest="truly_sparse", action=argparse.BooleanOptionalAction, default=None,
-                   help="store and compute only the active weights of Linear layers (itop.sparse); needs --sparse")
+    g.add_argument(
+        "--truly-sparse",
+        dest="truly_sparse",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="store and compute only the active weights of Linear layers (itop.sparse); needs --sparse",
+    )
     g = p.add_argument_group("optimisation")
     _flag(g, "--epochs", type=int)
     _flag(g, "--multiplier", type=int, help="train m times as long (same update frequency)")
@@ -65,11 +76,22 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(g, "--optimizer", help="sgd | adam")
     _flag(g, "--lr", type=float)
     _flag(g, "--lr-schedule", dest="lr_schedule", help="multistep (1/2, 3/4) | step (every --decay_frequency steps) | cosine | constant")
-    _flag(g, "--decay_frequency", "--decay-frequency", dest="decay_frequency", type=int, help="optimizer steps between x0.1 LR decays (--lr-schedule step; times --multiplier)")
+    _flag(
+        g,
+        "--decay_frequency",
+        "--decay-frequency",
+        dest="decay_frequency",
+        type=int,
+        help="optimizer steps between x0.1 LR decays (--lr-schedule step; times --multiplier)",
+    )
     _flag(g, "--warmup", type=int, help="warm-up epochs (ImageNet schedule only)")
     _flag(g, "--momentum", type=float)
-    g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None,
-                   help="Nesterov momentum (default: on for the CIFAR/MNIST script, off for ImageNet and the SET presets)")
+    g.add_argument(
+        "--nesterov",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Nesterov momentum (default: on for the CIFAR/MNIST script, off for ImageNet and the SET presets)",
+    )
     _flag(g, "--l2", "--weight-decay", "--wd", dest="weight_decay", type=float)
     g.add_argument("--bn-weight-decay", action="store_true", default=None, help="ImageNet: weight decay on BN parameters too")
     _flag(g, "--l1", type=float, help="L1 penalty on the sparse weights")
@@ -87,16 +109,31 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(g, "--workers", "-j", dest="workers", type=int, help="ImageNet loader workers")
     _flag(g, "--log-interval", "--print-freq", "-p", dest="log_interval", type=int, help="steps between progress-bar loss updates")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
-    g.add_argument("--tensorboard", action="store_true", default=None,
-                   help="write loss, accuracy, LR, density, Rs, prune rate and per-layer curves to <run>/tensorboard (pip install itop[tensorboard])")
+    g.add_argument(
+        "--tensorboard",
+        action="store_true",
+        default=None,
+        help="write loss, accuracy, LR, density, Rs, prune rate and per-layer curves to <run>/tensorboard (pip install itop[tensorboard])",
+    )
     g.add_argument("--channels-last", action="store_true", help="channels-last memory format for conv nets on GPU")
-    g = p.add_argument_group("distributed", "launch with torchrun (torchrun --nproc_per_node N -m itop train ...); "
-                             "the process group comes from its environment, no flag is needed")
+    g = p.add_argument_group(
+        "distributed",
+        "launch with torchrun (torchrun --nproc_per_node N -m itop train ...); "
+        "the process group comes from its environment, no flag is needed",
+    )
     _flag(g, "--local_rank", "--local-rank", dest="local_rank", help="accepted for compatibility (torchrun sets LOCAL_RANK)")
     _flag(g, "--master_port", help="accepted for compatibility (torchrun's --master-port)")
     g = p.add_argument_group("accepted for compatibility with the original scripts, no effect")
-    for name in ("--start-epoch", "--max-threads", "--static-loss-scale", "--explo-start-epoch", "--pretrained-weights",
-                 "--grow-switch", "--bench-iterations", "--bench-warmup"):
+    for name in (
+        "--start-epoch",
+        "--max-threads",
+        "--static-loss-scale",
+        "--explo-start-epoch",
+        "--pretrained-weights",
+        "--grow-switch",
+        "--bench-iterations",
+        "--bench-warmup",
+    ):
         _flag(g, name, metavar="X", help="ignored")
     for name in ("--save-features", "--bench", "--dynamic-loss-scale", "--verbose", "--gather-checkpoints", "--spp", "--prof"):
         g.add_argument(name, action="store_true", help="ignored")

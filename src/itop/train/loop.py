@@ -28,9 +28,9 @@ from .checkpoint import CHECKPOINT, RunError, load_checkpoint, save_checkpoint
 from .config import TrainConfig, UsageError, result_settings
 from .distributed import RankSlice, World, all_sum, barrier
 from .metrics import MetricsLog, NullLog, epoch_line
-from .tensorboard import Logs, TensorBoardLog
 from .model_setup import build_model, build_sparsifier, loss_function
 from .optim import build_optimizer, learning_rate, set_learning_rate
+from .tensorboard import Logs, TensorBoardLog
 
 # ImageNet runs (--arch, a data directory) cannot switch data with --data alone: name a whole command.
 IMAGENET_HINT = "or train on the 5,000 MNIST digits that come with itop: itop train --model lenet5 --data mnist5k"
@@ -49,20 +49,25 @@ def pick_device(cfg: TrainConfig, world: World) -> torch.device:
         return torch.device(f"cuda:{world.local_rank}" if torch.cuda.is_available() else "cpu")
     device = torch.device(cfg.device)
     if device.type == "cuda" and device.index is not None and world.size > 1:
-        raise RunError(f"--device {cfg.device} would put every process on one GPU; under torchrun pass --device cuda "
-                       "(each process takes the GPU of its LOCAL_RANK) and choose GPUs with CUDA_VISIBLE_DEVICES.")
+        raise RunError(
+            f"--device {cfg.device} would put every process on one GPU; under torchrun pass --device cuda "
+            "(each process takes the GPU of its LOCAL_RANK) and choose GPUs with CUDA_VISIBLE_DEVICES."
+        )
     if device.type == "cuda" and device.index is None:
         device = torch.device(f"cuda:{world.local_rank}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RunError("--device cuda was asked for but no CUDA GPU is available; use --device cpu.")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise RunError(f"--device {cfg.device}: this machine has {torch.cuda.device_count()} CUDA device(s); pick one of cuda:0..cuda:{torch.cuda.device_count() - 1}.")
+        raise RunError(
+            f"--device {cfg.device}: this machine has {torch.cuda.device_count()} CUDA device(s); pick one of cuda:0..cuda:{torch.cuda.device_count() - 1}."
+        )
     return device
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, device, autocast, world: World = World(), sharded: bool = False,
-             loss_sum_fn=None) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module, loader, device, autocast, world: World = World(), sharded: bool = False, loss_sum_fn=None
+) -> tuple[float, float]:
     """(mean loss, accuracy) over a loader; summed over ranks when each rank holds a shard.
     `loss_sum_fn(logits, labels)` gives the summed loss (cross-entropy by default)."""
     if loss_sum_fn is None:
@@ -124,8 +129,10 @@ def no_update_warning(cfg: TrainConfig, steps_per_epoch: int, total_steps: int, 
     else:
         interval = f"one every {update_frequency} steps"
         fix = f"--update_frequency N with N below {total_steps}" + (" or --update-every epoch" if cfg.total_epochs > 1 else "")
-    return (f"this run's {total_steps} optimizer steps hold no topology update before its last step ({interval}), so it trains "
-            f"one fixed topology: static sparse training, not {cfg.method}; use {fix}.")
+    return (
+        f"this run's {total_steps} optimizer steps hold no topology update before its last step ({interval}), so it trains "
+        f"one fixed topology: static sparse training, not {cfg.method}; use {fix}."
+    )
 
 
 def reported_model(summary: dict[str, Any]) -> str:
@@ -142,8 +149,7 @@ def sparse_size_line(summary: dict[str, Any]) -> str | None:
     sparse, dense = summary.get("best_sparse_bytes"), summary.get("best_dense_bytes")
     if not sparse or not dense:
         return None
-    return (f"{BEST_SPARSE}: {sparse / 1e6:.2f} MB, against {dense / 1e6:.2f} MB dense (best.pt model) "
-            f"— {dense / sparse:.1f}x smaller")
+    return f"{BEST_SPARSE}: {sparse / 1e6:.2f} MB, against {dense / 1e6:.2f} MB dense (best.pt model) — {dense / sparse:.1f}x smaller"
 
 
 class Run:
@@ -155,8 +161,10 @@ class Run:
         self.notes: list[str] = []  # things the user should know about this run, printed at its start
         self.warnings: list[str] = []  # settings that defeat the run's purpose, printed to stderr at its start
         if (cfg.batch_size * cfg.processes) % world.size:
-            raise RunError(f"the run's global batch of {cfg.batch_size * cfg.processes} ({cfg.processes} process(es) x {cfg.batch_size}) "
-                           f"cannot be split over {world.size} processes; resume it with a process count that divides it.")
+            raise RunError(
+                f"the run's global batch of {cfg.batch_size * cfg.processes} ({cfg.processes} process(es) x {cfg.batch_size}) "
+                f"cannot be split over {world.size} processes; resume it with a process count that divides it."
+            )
         self.batch_size = cfg.batch_size * cfg.processes // world.size  # per process: the global batch stays the same
         torch.manual_seed(cfg.seed)
         try:
@@ -206,29 +214,52 @@ class Run:
             from itop.data.imagenet import make_imagenet_loader
 
             if not cfg.data_dir:
-                raise RunError(f"ImageNet needs its directory: itop train ... /path/to/imagenet (with train/ and val/ inside); {IMAGENET_HINT}.")
+                raise RunError(
+                    f"ImageNet needs its directory: itop train ... /path/to/imagenet (with train/ and val/ inside); {IMAGENET_HINT}."
+                )
             for split in ("train", "val"):
                 if not (Path(cfg.data_dir) / split).is_dir():
-                    raise DataError(f"ImageNet directory {Path(cfg.data_dir) / split} not found: pass the ImageNet root, which holds "
-                                    f"train/ and val/ with one folder of images per class; {IMAGENET_HINT}.")
+                    raise DataError(
+                        f"ImageNet directory {Path(cfg.data_dir) / split} not found: pass the ImageNet root, which holds "
+                        f"train/ and val/ with one folder of images per class; {IMAGENET_HINT}."
+                    )
             self.train_loader = make_imagenet_loader(
-                cfg.data_dir, "train", self.batch_size, workers=cfg.workers, device=self.device, seed=cfg.seed,
-                distributed=self.world.size > 1, num_replicas=self.world.size, rank=self.world.rank)
+                cfg.data_dir,
+                "train",
+                self.batch_size,
+                workers=cfg.workers,
+                device=self.device,
+                seed=cfg.seed,
+                distributed=self.world.size > 1,
+                num_replicas=self.world.size,
+                rank=self.world.rank,
+            )
             self.test_loader = make_imagenet_loader(
-                cfg.data_dir, "val", cfg.test_batch_size, workers=cfg.workers, device=self.device, seed=cfg.seed,
-                distributed=self.world.size > 1, num_replicas=self.world.size, rank=self.world.rank)
+                cfg.data_dir,
+                "val",
+                cfg.test_batch_size,
+                workers=cfg.workers,
+                device=self.device,
+                seed=cfg.seed,
+                distributed=self.world.size > 1,
+                num_replicas=self.world.size,
+                rank=self.world.rank,
+            )
             self.val_loader = self.test_loader  # the ImageNet recipe selects on its validation set
             return None
         tabular = {"test_split": cfg.test_split} if is_tabular_path(cfg.data) else {}
         splits = load_dataset(cfg.data, cfg.data_dir, valid_split=cfg.valid_split, seed=cfg.seed, **tabular)
         size, global_batch = self.world.size, cfg.batch_size * cfg.processes
         self.train_loader, self.val_loader, self.test_loader = make_loaders(
-            splits, global_batch, generator=self.generator, device=self.device, eval_batch_size=cfg.test_batch_size)
+            splits, global_batch, generator=self.generator, device=self.device, eval_batch_size=cfg.test_batch_size
+        )
         if size > 1:
             self.train_loader = RankSlice(self.train_loader, self.world)
             if self.train_loader.dropped_last:
-                self.notes.append(f"each epoch drops its last {len(splits.train) % global_batch} training examples (fewer than two "
-                                  f"per process); a 1-process run would keep them.")
+                self.notes.append(
+                    f"each epoch drops its last {len(splits.train) % global_batch} training examples (fewer than two "
+                    f"per process); a 1-process run would keep them."
+                )
         return splits
 
     def _validation_size(self) -> int:
@@ -243,26 +274,35 @@ class Run:
     def _small_validation_note(self) -> str:
         size = self._validation_size()
         if self.cfg.imagenet:
-            return (f"the val directory's {size} images are too few (under {MIN_VALIDATION}) to pick the best epoch; "
-                    "reporting the final epoch.")
-        return (f"validation split of {size} examples is too small (under {MIN_VALIDATION}) to pick the best epoch; "
-                "reporting the final epoch (use --valid_split to enlarge it).")
+            return (
+                f"the val directory's {size} images are too few (under {MIN_VALIDATION}) to pick the best epoch; reporting the final epoch."
+            )
+        return (
+            f"validation split of {size} examples is too small (under {MIN_VALIDATION}) to pick the best epoch; "
+            "reporting the final epoch (use --valid_split to enlarge it)."
+        )
 
     def _build_model(self) -> tuple[nn.Module, float]:
         """(model, the density its sparse layers start at): see `model_setup.build_model`."""
         if self.data is None:  # ImageNet: as many classes as class folders
             return build_model(self.cfg, num_classes=len(self.train_loader.loader.dataset.classes))
-        return build_model(self.cfg, num_classes=self.data.num_classes, in_channels=self.data.in_channels,
-                           image_size=self.data.image_size)
+        return build_model(self.cfg, num_classes=self.data.num_classes, in_channels=self.data.in_channels, image_size=self.data.image_size)
 
     # ------------------------------------------------------------------------------------ state
     def _state(self) -> dict[str, Any]:
         return {
-            "format": 1, "config": self.cfg.to_dict(), "epoch": self.epoch, "step": self.step,
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "format": 1,
+            "config": self.cfg.to_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
             "sparsifier": None if self.sparsifier is None else self.sparsifier.state_dict(),
-            "scaler": self.scaler.state_dict(), "generator": self.generator.get_state(),
-            "torch_rng": torch.get_rng_state(), "best_val": self.best_val, "best_epoch": self.best_epoch,
+            "scaler": self.scaler.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "best_val": self.best_val,
+            "best_epoch": self.best_epoch,
             "seconds": self.seconds,
         }
 
@@ -273,7 +313,9 @@ class Run:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError, KeyError, TypeError) as error:
-            raise RunError(f"checkpoint in {self.dir} does not fit this model ({str(error).splitlines()[0][:120]}); start a new run.") from None
+            raise RunError(
+                f"checkpoint in {self.dir} does not fit this model ({str(error).splitlines()[0][:120]}); start a new run."
+            ) from None
         if self.sparsifier is not None:
             try:  # also checks that the weights just loaded are the ones the sparse state was saved with
                 self.sparsifier.load_state_dict(state["sparsifier"])
@@ -298,9 +340,14 @@ class Run:
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
-        bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{cfg.total_epochs}",
-                   # None: shown on a terminal only, so logs piped to a file stay one line per epoch
-                   disable=None if cfg.progress and self.world.main else True, leave=False, dynamic_ncols=True)
+        bar = tqdm(
+            total=self.steps_per_epoch,
+            desc=f"epoch {self.epoch + 1}/{cfg.total_epochs}",
+            # None: shown on a terminal only, so logs piped to a file stay one line per epoch
+            disable=None if cfg.progress and self.world.main else True,
+            leave=False,
+            dynamic_ncols=True,
+        )
         for batch, (x, y) in enumerate(self.train_loader):
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             set_learning_rate(self.optimizer, learning_rate(cfg, self.epoch, self.step, self.total_steps))
@@ -343,25 +390,41 @@ class Run:
 
     def _divergence(self, loss: float) -> str:
         """What happened and what to do, for a loss that is no longer finite."""
-        kept = (f"the last good checkpoint {self.dir / CHECKPOINT} (epoch {self.epoch}) is kept" if self.epoch
-                else "no epoch had finished, so there is no checkpoint")
+        kept = (
+            f"the last good checkpoint {self.dir / CHECKPOINT} (epoch {self.epoch}) is kept"
+            if self.epoch
+            else "no epoch had finished, so there is no checkpoint"
+        )
         fix = "lower --lr" + (" or train without --amp" if self.cfg.amp != "none" else "")
         return f"the loss became {loss} in epoch {self.epoch + 1} (step {self.step}); {kept}; {fix}."
 
     def _evaluate(self, loader) -> tuple[float, float]:
         """Small datasets: every rank evaluates all of it; ImageNet: a shard each, summed."""
-        return evaluate(self.model, loader, self.device, self.autocast, self.world, sharded=self.cfg.imagenet and self.world.size > 1,
-                        loss_sum_fn=self.loss_sum_fn)
+        return evaluate(
+            self.model,
+            loader,
+            self.device,
+            self.autocast,
+            self.world,
+            sharded=self.cfg.imagenet and self.world.size > 1,
+            loss_sum_fn=self.loss_sum_fn,
+        )
 
     def _log_update(self) -> None:
         sp = self.sparsifier
         last, stats = sp.history[-1], sp.layer_stats()
-        self.metrics.write({
-            "kind": "update", "step": self.step, "density": sp.density, "itop_rate": sp.itop_rate,
-            "prune_rate": last["prune_rate"], "removed": last["removed"],
-            "layer_density": {n: s["density"] for n, s in stats.items()},
-            "layer_explored": {n: s["explored"] for n, s in stats.items()},
-        })
+        self.metrics.write(
+            {
+                "kind": "update",
+                "step": self.step,
+                "density": sp.density,
+                "itop_rate": sp.itop_rate,
+                "prune_rate": last["prune_rate"],
+                "removed": last["removed"],
+                "layer_density": {n: s["density"] for n, s in stats.items()},
+                "layer_explored": {n: s["explored"] for n, s in stats.items()},
+            }
+        )
 
     def fit(self) -> None:
         cfg = self.cfg
@@ -377,9 +440,18 @@ class Run:
             val_acc = self._evaluate(self.val_loader)[1] if self.val_loader else None
             self.epoch += 1
             self.seconds += time.perf_counter() - start
-            record = {"kind": "epoch", "epoch": self.epoch, "step": self.step, **record, "val_acc": val_acc,
-                      "lr": self.optimizer.param_groups[0]["lr"], "density": self.density, "itop_rate": self.itop_rate,
-                      "seconds": time.perf_counter() - start, "layer_density": layer_densities(self.sparsifier)}
+            record = {
+                "kind": "epoch",
+                "epoch": self.epoch,
+                "step": self.step,
+                **record,
+                "val_acc": val_acc,
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "density": self.density,
+                "itop_rate": self.itop_rate,
+                "seconds": time.perf_counter() - start,
+                "layer_density": layer_densities(self.sparsifier),
+            }
             self.metrics.write(record)
             if self.world.main:
                 print(epoch_line(record, cfg.total_epochs), flush=True)
@@ -422,16 +494,27 @@ class Run:
         m = self.cfg.multiplier
         dense_1x = 3 * dense_forward * self.cfg.batch_size * self.cfg.processes * self.total_steps / m
         return {
-            "method": self.cfg.method, "model": self.cfg.model, "data": self.cfg.data,
-            "density": self.density, "sparsity": 1 - self.density, "test_acc": test_acc, "test_loss": test_loss,
-            "final_test_acc": final_acc, "final_test_loss": final_loss,
-            "best_val_acc": self.best_val if self.val_loader else None, "best_epoch": self.best_epoch,
+            "method": self.cfg.method,
+            "model": self.cfg.model,
+            "data": self.cfg.data,
+            "density": self.density,
+            "sparsity": 1 - self.density,
+            "test_acc": test_acc,
+            "test_loss": test_loss,
+            "final_test_acc": final_acc,
+            "final_test_loss": final_loss,
+            "best_val_acc": self.best_val if self.val_loader else None,
+            "best_epoch": self.best_epoch,
             "reported": "best" if self.selects_best else "final",
             "itop_rate": self.itop_rate,
             "training_flops": float(m) if sp is None else m * itop.flops.training_ratio(self.flops, sp, self.total_steps),
             "test_flops": 1.0 if sp is None else itop.flops.inference_ratio(self.flops, layer_densities(sp)),
-            "dense_training_flops": float(dense_1x), "dense_test_flops": float(dense_forward),
-            "epochs": self.cfg.epochs, "multiplier": self.cfg.multiplier, "steps": self.step, "seconds": self.seconds,
+            "dense_training_flops": float(dense_1x),
+            "dense_test_flops": float(dense_forward),
+            "epochs": self.cfg.epochs,
+            "multiplier": self.cfg.multiplier,
+            "steps": self.step,
+            "seconds": self.seconds,
             **self._file_sizes(),
         }
 

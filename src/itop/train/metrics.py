@@ -55,6 +55,8 @@ class NullLog:
 
 def epoch_line(record: dict[str, Any], total_epochs: int) -> str:
     val = "   -   " if record["val_acc"] is None else f"{100 * record['val_acc']:6.2f}%"
-    return (f"epoch {record['epoch']:>{len(str(total_epochs))}}/{total_epochs} | loss {record['train_loss']:.4f} "
-            f"| train {100 * record['train_acc']:6.2f}% | val {val} | lr {record['lr']:.4g} "
-            f"| density {record['density']:.4f} | Rs {record['itop_rate']:.4f} | {record['seconds']:.1f} s")
+    return (
+        f"epoch {record['epoch']:>{len(str(total_epochs))}}/{total_epochs} | loss {record['train_loss']:.4f} "
+        f"| train {100 * record['train_acc']:6.2f}% | val {val} | lr {record['lr']:.4g} "
+        f"| density {record['density']:.4f} | Rs {record['itop_rate']:.4f} | {record['seconds']:.1f} s"
+    )

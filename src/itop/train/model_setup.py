@@ -35,8 +35,7 @@ def model_kwargs(cfg: TrainConfig) -> dict:
     if name.startswith("imagenet-"):
         return {"init": cfg.model_config}
     if name == "set-mlp":
-        return {"hidden": tuple(cfg.hidden), "activation": cfg.activation, "dropout": cfg.dropout,
-                "allrelu_slope": cfg.allrelu_slope}
+        return {"hidden": tuple(cfg.hidden), "activation": cfg.activation, "dropout": cfg.dropout, "allrelu_slope": cfg.allrelu_slope}
     return {}
 
 
@@ -67,8 +66,10 @@ def build_model(cfg: TrainConfig, **shape) -> tuple[nn.Module, float]:
         memory = physical_memory()
         needed = 4 * weights * (3 if cfg.sparse else 2)  # weights, gradients, momentum (and masks) in float32
         if memory is not None and needed > memory:
-            raise RunError(f"the dense form of this model holds {weights:,} weights ({needed / 2**30:,.0f} GiB to train, this machine has "
-                           f"{memory / 2**30:,.0f} GiB); train it with --sparse --truly-sparse, which stores only the active weights.")
+            raise RunError(
+                f"the dense form of this model holds {weights:,} weights ({needed / 2**30:,.0f} GiB to train, this machine has "
+                f"{memory / 2**30:,.0f} GiB); train it with --sparse --truly-sparse, which stores only the active weights."
+            )
         return create_model(cfg.model, **kwargs), density
     if weights <= DENSE_BUILD_LIMIT:
         model = create_model(cfg.model, **kwargs)
@@ -109,17 +110,27 @@ def target_density(cfg: TrainConfig, model: nn.Module) -> float:
     return er_epsilon_density(shapes, cfg.epsilon)
 
 
-def build_sparsifier(cfg: TrainConfig, model: nn.Module, optimizer, total_steps: int, steps_per_epoch: int,
-                     density: float) -> itop.Sparsifier | None:
+def build_sparsifier(
+    cfg: TrainConfig, model: nn.Module, optimizer, total_steps: int, steps_per_epoch: int, density: float
+) -> itop.Sparsifier | None:
     if not cfg.sparse:
         return None
     every = steps_per_epoch if cfg.update_every == "epoch" else cfg.update_frequency
     return itop.Sparsifier(
-        model, optimizer, density=density, distribution=cfg.sparse_init.lower(),
-        prune=cfg.death.lower(), grow=cfg.growth, redistribution=cfg.redistribution,
-        prune_rate=cfg.death_rate, update_frequency=None if cfg.fix else every,
-        total_steps=total_steps, seed=cfg.seed, prune_options={"threshold": cfg.threshold} if cfg.death.lower() == "threshold" else None,
-        decay_schedule=cfg.decay_schedule, init_scale=init_scale(cfg),
+        model,
+        optimizer,
+        density=density,
+        distribution=cfg.sparse_init.lower(),
+        prune=cfg.death.lower(),
+        grow=cfg.growth,
+        redistribution=cfg.redistribution,
+        prune_rate=cfg.death_rate,
+        update_frequency=None if cfg.fix else every,
+        total_steps=total_steps,
+        seed=cfg.seed,
+        prune_options={"threshold": cfg.threshold} if cfg.death.lower() == "threshold" else None,
+        decay_schedule=cfg.decay_schedule,
+        init_scale=init_scale(cfg),
     )
 
 

@@ -20,9 +20,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 SET_RECIPE = dict(
-    model="set-mlp", sparse=True, sparse_init="ER", death="SET", growth="random", redistribution="none",
-    death_rate=0.3, decay_schedule="constant", update_every="epoch", init_scale="sparse",
-    lr_schedule="constant", nesterov=False, valid_split=0.0, optimizer="sgd", momentum=0.9,
+    model="set-mlp",
+    sparse=True,
+    sparse_init="ER",
+    death="SET",
+    growth="random",
+    redistribution="none",
+    death_rate=0.3,
+    decay_schedule="constant",
+    update_every="epoch",
+    init_scale="sparse",
+    lr_schedule="constant",
+    nesterov=False,
+    valid_split=0.0,
+    optimizer="sgd",
+    momentum=0.9,
 )
 
 
@@ -71,28 +83,75 @@ class Preset:
 PRESETS = {
     "set-mlp-lung": Preset(
         "official SET-MLP, truly sparse Python (Mocanu et al. 2018): 3312-3000-3000-3000-5 on lung.mat",
-        dict(SET_RECIPE, hidden=[3000, 3000, 3000], activation="relu", loss="mse", epsilon=20.0, batch_size=2, lr=0.01,
-             weight_decay=2e-3, dropout=0.0, epochs=100, test_split=1 / 3, truly_sparse=True),
+        dict(
+            SET_RECIPE,
+            hidden=[3000, 3000, 3000],
+            activation="relu",
+            loss="mse",
+            epsilon=20.0,
+            batch_size=2,
+            lr=0.01,
+            weight_decay=2e-3,
+            dropout=0.0,
+            epochs=100,
+            test_split=1 / 3,
+            truly_sparse=True,
+        ),
         needs_data="lung.mat from featureselection.asu.edu (arrays X, Y): add --data path/to/lung.mat",
     ),
     "set-mlp-fashion": Preset(
         "SET tutorial (2019): 784-1000-1000-1000-10 on Fashion-MNIST",
-        dict(SET_RECIPE, data="fashion-mnist", hidden=[1000, 1000, 1000], activation="relu", loss="mse", epsilon=13.0,
-             batch_size=40, lr=0.05, weight_decay=4e-4, dropout=0.2, epochs=400, truly_sparse=True),
+        dict(
+            SET_RECIPE,
+            data="fashion-mnist",
+            hidden=[1000, 1000, 1000],
+            activation="relu",
+            loss="mse",
+            epsilon=13.0,
+            batch_size=40,
+            lr=0.05,
+            weight_decay=4e-4,
+            dropout=0.2,
+            epochs=400,
+            truly_sparse=True,
+        ),
     ),
     "set-mlp-cifar10": Preset(
         "official SET, Keras (Mocanu et al. 2018): 3072-4000-1000-4000-10 with SReLU on CIFAR-10",
-        dict(SET_RECIPE, data="cifar10", hidden=[4000, 1000, 4000], activation="srelu", loss="cross-entropy", epsilon=20.0,
-             batch_size=100, lr=0.01, weight_decay=0.0, dropout=0.3, epochs=1000, truly_sparse=True),
+        dict(
+            SET_RECIPE,
+            data="cifar10",
+            hidden=[4000, 1000, 4000],
+            activation="srelu",
+            loss="cross-entropy",
+            epsilon=20.0,
+            batch_size=100,
+            lr=0.01,
+            weight_decay=0.0,
+            dropout=0.3,
+            epochs=1000,
+            truly_sparse=True,
+        ),
     ),
     "million-neurons": Preset(
         "truly sparse SET-MLP (Liu, Mocanu et al. 2021) at over a million neurons: 784-333334-333333-333333-10",
-        dict(SET_RECIPE, data="mnist5k", hidden=[333334, 333333, 333333], activation="relu", loss="cross-entropy",
-             epsilon=10.0, batch_size=2, lr=0.005, weight_decay=4e-3, epochs=100, truly_sparse=True,
-             # The source used dropout 0.3 (on lung); on this network and data it trained to 79% (train mode) but
-             # tested at 21.5% after 3 epochs (at lr 0.01, weight decay 2e-4), measured 2026-11-29; without dropout it
-             # learns (docs/performance.md).
-             dropout=0.0),
+        dict(
+            SET_RECIPE,
+            data="mnist5k",
+            hidden=[333334, 333333, 333333],
+            activation="relu",
+            loss="cross-entropy",
+            epsilon=10.0,
+            batch_size=2,
+            lr=0.005,
+            weight_decay=4e-3,
+            epochs=100,
+            truly_sparse=True,
+            # The source used dropout 0.3 (on lung); on this network and data it trained to 79% (train mode) but
+            # tested at 21.5% after 3 epochs (at lr 0.01, weight decay 2e-4), measured 2026-11-29; without dropout it
+            # learns (docs/performance.md).
+            dropout=0.0,
+        ),
     ),
 }
 

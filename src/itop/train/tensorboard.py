@@ -24,8 +24,9 @@ class TensorBoardLog:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise RunError("--tensorboard needs the tensorboard package: pip install 'itop[tensorboard]' "
-                           "(or pip install tensorboard).") from None
+            raise RunError(
+                "--tensorboard needs the tensorboard package: pip install 'itop[tensorboard]' (or pip install tensorboard)."
+            ) from None
         purge = None if purge_after is None else purge_after + 1
         self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=purge)
         self._update_step = None  # an epoch ending with an update: density and Rs are written once
@@ -37,14 +38,22 @@ class TensorBoardLog:
     def write(self, record: dict[str, Any]) -> None:
         step = record["step"]
         if record["kind"] == "epoch":
-            scalars = {"train/loss": record["train_loss"], "train/accuracy": record["train_acc"],
-                       "val/accuracy": record["val_acc"], "train/epoch": record["epoch"]}
+            scalars = {
+                "train/loss": record["train_loss"],
+                "train/accuracy": record["train_acc"],
+                "val/accuracy": record["val_acc"],
+                "train/epoch": record["epoch"],
+            }
             if step != self._update_step:
                 scalars.update({"sparsity/density": record["density"], "sparsity/itop_rate": record["itop_rate"]})
         else:  # a topology update
             self._update_step = step
-            scalars = {"sparsity/density": record["density"], "sparsity/itop_rate": record["itop_rate"],
-                       "sparsity/prune_rate": record["prune_rate"], "sparsity/removed": record["removed"]}
+            scalars = {
+                "sparsity/density": record["density"],
+                "sparsity/itop_rate": record["itop_rate"],
+                "sparsity/prune_rate": record["prune_rate"],
+                "sparsity/removed": record["removed"],
+            }
             for name, value in record["layer_density"].items():
                 scalars[f"layer_density/{name}"] = value
             for name, value in record["layer_explored"].items():
