@@ -98,9 +98,26 @@ def sparsify(
     Linear layers. Layers the distribution makes dense stay nn.Linear. A Linear built on the meta
     device (`with torch.device("meta")`: a layer too large to exist densely) gets its values drawn
     from nn.Linear's distribution at the chosen positions only; a meta layer that stays dense is
-    left for the caller to materialise. `init_scale="sparse"`
-    (default) scales the kept weights by 1/sqrt(d_i), nn.Linear's initialisation for the actual
-    fan-in; `"dense"` keeps them as they are. Build the optimizer after this call.
+    left for the caller to materialise. Build the optimizer after this call.
+
+    Args:
+        model: the model whose Linear layers become truly sparse (changed in place).
+        density: share of the sparse layers' weights kept, over all of them, in (0, 1].
+        distribution: how the density is split over layers: "erk", "er" or "uniform".
+        seed: the seed of the positions (None: a random one).
+        include: which layers are sparse, as for `itop.Sparsifier` (default: every Linear).
+        exclude: layers left dense (types or name patterns).
+        init_scale: "sparse" (default) scales the kept weights by 1/sqrt(d_i), nn.Linear's
+            initialisation for the actual fan-in; "dense" keeps them as they are.
+
+    Returns:
+        `model`, with SparseLinear layers.
+
+    Example:
+        ```python
+        model = itop.sparse.sparsify(model, density=0.01, distribution="er", seed=0)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        ```
     """
     _check_model("sparsify(model, density)", model)
     if not isinstance(density, (int, float)) or isinstance(density, bool) or not 0 < density <= 1:
@@ -149,7 +166,22 @@ def _unallocated(linear: nn.Linear, positions: torch.Tensor) -> SparseLinear:
 
 def export(model: nn.Module, sparsifier) -> nn.Module:
     """A copy of `model` whose masked Linear layers (of `sparsifier`, built on `model`) are
-    SparseLinear layers with the active weights; dense layers and Conv layers stay as they are."""
+    SparseLinear layers with the active weights; dense layers and Conv layers stay as they are.
+
+    Args:
+        model: the masked model `sparsifier` trained (left unchanged).
+        sparsifier: the `itop.Sparsifier` built on `model`; its masks say what to keep.
+
+    Returns:
+        The truly sparse copy (train masked on a GPU, run truly sparse on a CPU). Its
+        `save_pretrained`, for a Hugging Face model, refuses: save it with `itop.save`.
+
+    Example:
+        ```python
+        sparse_model = itop.sparse.export(model, sparsifier)
+        itop.save(sparse_model, "model.pt")
+        ```
+    """
     _check_model("export(model, sparsifier)", model)
     _check_sparsifier(model, sparsifier)
     names = {id(m): n for n, m in model.named_modules()}
@@ -178,7 +210,15 @@ class RefusedSavePretrained:
 
 
 def densify(model: nn.Module) -> nn.Module:
-    """A copy of `model` whose SparseLinear layers are nn.Linear layers (zeros off the active positions)."""
+    """A copy of `model` whose SparseLinear layers are nn.Linear layers, with zeros off the
+    active positions (the reverse of `export`).
+
+    Args:
+        model: a model holding SparseLinear layers (left unchanged).
+
+    Returns:
+        The dense copy, e.g. for `save_pretrained` or tools that expect nn.Linear.
+    """
     _check_model("densify(model)", model)
     copied = copy.deepcopy(model)
     if isinstance(copied.__dict__.get("save_pretrained"), RefusedSavePretrained):

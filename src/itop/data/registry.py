@@ -68,6 +68,30 @@ def load_dataset(
     working directory; `data_dir` and `download` do not apply): its samples are split
     into test (the share `test_split`, used by tabular files only), then train and
     validation; see `load_tabular`.
+
+    Args:
+        name: "mnist5k" (embedded, no download), "mnist", "fashion-mnist", "cifar10",
+            "cifar100", or the path of a .mat / .npz / .csv file.
+        data_dir: where the dataset files are (default `$ITOP_DATA_DIR` or `~/.cache/itop/data`).
+        valid_split: share of the training set held out for validation, in [0, 1).
+        seed: the seed of the validation (and, for tabular files, test) split.
+        device: where the tensors go (small datasets live on the device).
+        download: download missing files when the network allows.
+        test_split: share of a tabular file held out for testing.
+
+    Returns:
+        `DatasetSplits` with `train`, `val` (or None) and `test` splits, the image shape and the
+        number of classes.
+
+    Raises:
+        DataError: in one line, for missing or corrupt files (naming the files and where to put
+            them) or an unknown name.
+
+    Example:
+        ```python
+        digits = itop.data.load_dataset("mnist5k")
+        print(digits)  # DatasetSplits(mnist5k: train 3600, val 400, test 1000 examples, ...)
+        ```
     """
     share = check_valid_split(valid_split)
     if is_tabular_path(name):

@@ -35,6 +35,27 @@ class SparseLinear(nn.Module):
     `SparseLinear(in_features, out_features, nnz=k)` draws k positions uniformly without
     replacement and initialises the values for the actual fan-in (nn.Linear's bound
     1/sqrt(fan_in) with fan_in = k / out_features); the bias keeps nn.Linear's initialisation.
+    No tensor of the weight's dense shape is made while training, evaluating or updating.
+
+    Args:
+        in_features: size of each input row.
+        out_features: size of each output row.
+        nnz: number of active weights, in [1, in_features * out_features].
+        bias: learn an additive bias, as nn.Linear.
+        generator: the generator of the positions and values (default: a fresh random one).
+        device: where the values, positions and bias live.
+        dtype: the values' dtype (float32 or float64 on the CPU).
+
+    Attributes:
+        values: the active weights, in position order (the parameter the optimizer sees).
+        indices: the sorted flat row-major positions of the active weights (a buffer).
+
+    Example:
+        ```python
+        layer = itop.sparse.SparseLinear(784, 300, nnz=12_000)
+        y = layer(torch.randn(32, 784))       # (32, 300)
+        layer.to_dense()                      # the equivalent nn.Linear, zeros off the positions
+        ```
     """
 
     def __init__(

@@ -45,7 +45,23 @@ def count_flops(model: nn.Module, *example_inputs, **example_kwargs) -> LayerFlo
 
     Truly sparse layers (`itop.sparse.SparseLinear`), whose sparse products the counter does not
     see, are counted as the dense Linear layer they stand for (2 x rows x in x out), so that
-    densities scale them like masked layers."""
+    densities scale them like masked layers.
+
+    Args:
+        model: the model, masked or truly sparse; it is run once, without gradients.
+        *example_inputs: positional inputs of one forward call (e.g. one batch).
+        **example_kwargs: keyword inputs of that call.
+
+    Returns:
+        The FLOPs per module name (`per_module`) and in all (`total`), for `inference_ratio` and
+        `training_ratio`.
+
+    Example:
+        ```python
+        f = itop.flops.count_flops(model, torch.randn(1, 784))
+        itop.flops.inference_ratio(f, {n: s["density"] for n, s in sparsifier.layer_stats().items()})
+        ```
+    """
     sparse_flops: dict[str, int] = {}
 
     def counted(name):
@@ -73,12 +89,22 @@ def count_flops(model: nn.Module, *example_inputs, **example_kwargs) -> LayerFlo
 
 
 def inference_ratio(flops: LayerFlops, densities: Mapping[str, float]) -> float:
-    """Test FLOPs of the sparse model as a fraction of the dense model's."""
+    """Test FLOPs of the sparse model as a fraction of the dense model's.
+
+    Args:
+        flops: the dense model's FLOPs from `count_flops`.
+        densities: parameter name -> density of each sparse weight (the others count as dense),
+            e.g. `{n: s["density"] for n, s in sparsifier.layer_stats().items()}`.
+
+    Returns:
+        The ratio, 1.0 for a dense model (the original ITOP code's "Test FLOPs" column).
+    """
     return flops.sparse_forward(densities) / flops.total if flops.total else 1.0
 
 
 def dense_gradient_every(sparsifier) -> str:
-    """When a run computes dense weight gradients: 'never', 'update' (RigL) or 'step'."""
+    """When a run computes dense weight gradients: "never", "update" (RigL: on each topology
+    update) or "step" (momentum criteria: on every step), from the sparsifier's settings."""
     config = sparsifier.config
     if config["grow"] == "momentum" or config["redistribution"] == "momentum":
         return "step"
@@ -88,10 +114,18 @@ def dense_gradient_every(sparsifier) -> str:
 
 
 def training_ratio(flops: LayerFlops, sparsifier, total_steps: int | None = None) -> float:
-    """Training FLOPs of a whole run of `total_steps` (default: the sparsifier's) relative to dense.
+    """Training FLOPs of a whole run of `total_steps` relative to a dense run of as many steps.
 
     Integrates the sparsifier's history of per-layer active counts, so densities that change with
     redistribution count for the steps they held; steps not run yet keep the latest densities.
+
+    Args:
+        flops: the dense model's FLOPs from `count_flops`.
+        sparsifier: the `itop.Sparsifier` of the run (its history, criteria and schedule).
+        total_steps: the run's length in optimizer steps; default the sparsifier's `total_steps`.
+
+    Returns:
+        The ratio (the original ITOP code's "Training FLOPs" column, for a run at multiplier 1).
     """
     steps = sparsifier.config["total_steps"] if total_steps is None else total_steps
     sizes = {n: stats["numel"] for n, stats in sparsifier.layer_stats().items()}
