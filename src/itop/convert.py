@@ -164,7 +164,7 @@ def _unallocated(linear: nn.Linear, positions: torch.Tensor) -> SparseLinear:
     return SparseLinear.from_values(linear.in_features, linear.out_features, positions, values, bias)
 
 
-def export(model: nn.Module, sparsifier) -> nn.Module:
+def export(model: nn.Module, sparsifier: Sparsifier) -> nn.Module:
     """A copy of `model` whose masked Linear layers (of `sparsifier`, built on `model`) are
     SparseLinear layers with the active weights; dense layers and Conv layers stay as they are.
 

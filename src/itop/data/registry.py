@@ -13,6 +13,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 from .download import resolve_data_dir
 from .errors import EMBEDDED_DATA_HINT, DataError
 from .splits import DatasetSplits, check_valid_split
@@ -53,7 +55,7 @@ def load_dataset(
     *,
     valid_split: float = 0.1,
     seed: int = 0,
-    device="cpu",
+    device: str | torch.device = "cpu",
     download: bool = True,
     test_split: float = DEFAULT_TEST_SPLIT,
 ) -> DatasetSplits:

@@ -66,8 +66,8 @@ class SparseLinear(nn.Module):
         bias: bool = True,
         *,
         generator: torch.Generator | None = None,
-        device=None,
-        dtype=None,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
     ):
         super().__init__()
         numel = in_features * out_features

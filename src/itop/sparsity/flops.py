@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -19,6 +20,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..sparse.layer import SparseLinear
 from .kernels import dense_compute
+
+if TYPE_CHECKING:  # the Sparsifier imports nothing of this module; the type is for readers and the docs
+    from .sparsifier import Sparsifier
 
 
 @dataclass(frozen=True)
@@ -40,7 +44,7 @@ class LayerFlops:
         return self.total - saved
 
 
-def count_flops(model: nn.Module, *example_inputs, **example_kwargs) -> LayerFlops:
+def count_flops(model: nn.Module, *example_inputs: Any, **example_kwargs: Any) -> LayerFlops:
     """Dense forward FLOPs of `model` on one example batch, per module name.
 
     Truly sparse layers (`itop.sparse.SparseLinear`), whose sparse products the counter does not
@@ -113,7 +117,7 @@ def dense_gradient_every(sparsifier) -> str:
     return "never"
 
 
-def training_ratio(flops: LayerFlops, sparsifier, total_steps: int | None = None) -> float:
+def training_ratio(flops: LayerFlops, sparsifier: Sparsifier, total_steps: int | None = None) -> float:
     """Training FLOPs of a whole run of `total_steps` relative to a dense run of as many steps.
 
     Integrates the sparsifier's history of per-layer active counts, so densities that change with
