@@ -39,6 +39,18 @@ def current_weights(sp) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
+def looks_trained(optimizer: torch.optim.Optimizer, weights: list[torch.Tensor], layers) -> bool:
+    """True when, before the constructor applies its random masks, the optimizer already holds
+    state for a sparse weight or most masked weights are exactly zero: the model and optimizer
+    were loaded from a sparse run. `load_state_dict` then refuses, as the random masks have
+    just zeroed some of the loaded weights."""
+    if any(optimizer.state.get(p) for p in weights + [layer.values for layer in layers]):
+        return True
+    zeros = sum(int(p.numel() - torch.count_nonzero(p)) for p in weights)
+    return zeros > 0.5 * sum(p.numel() for p in weights)
+
+
+@torch.no_grad()
 def load_saved_state(sp, state: Mapping[str, Any], check_weights: bool = True, horizon: str | None = None) -> None:
     """Check `state` against the sparsifier `sp` (one-line ValueErrors naming the mismatch) and restore it.
 
@@ -100,7 +112,6 @@ def load_saved_state(sp, state: Mapping[str, Any], check_weights: bool = True, h
         sp.config["total_steps"] = int(saved["total_steps"])
         sp.schedule = dataclasses.replace(sp.schedule, total_steps=int(saved["total_steps"]))
     sp.masks = {n: masks[n].to(device=sp.params[n].device, dtype=torch.bool).clone() for n in sp._names}
-    sp._nnz = sp._count_active()
     sp.exploration.load_state_dict(state["explored"])
     sp.steps = int(state["steps"])
     sp.seed = int(state["seed"])

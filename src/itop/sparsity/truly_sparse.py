@@ -92,6 +92,23 @@ def replace_positions(layer: SparseLinear, optimizer: torch.optim.Optimizer, sur
         optimizer.state[values][key] = tensor
 
 
+def check_truly_sparse_criteria(layers: Mapping[str, SparseLinear], grow, keeps_grad_average: bool, label) -> None:
+    """Truly sparse layers (if `layers` has any) need grow criteria in index space and no dense running averages."""
+    if not layers:
+        return
+    if keeps_grad_average:
+        raise ValueError(
+            "momentum growth and momentum redistribution need a dense running average of the gradients, which truly "
+            "sparse layers never hold; use grow='gradient' (RigL) or 'random' (SET), and redistribution 'none', "
+            "'magnitude' or 'nonzeros'."
+        )
+    if not callable(getattr(grow, "positions", None)):
+        raise ValueError(
+            f"grow criterion {label!r} works on dense masks only; give it an index-space form "
+            "(fn.positions, see itop/sparsity/index_growth.py) to use it with truly sparse layers."
+        )
+
+
 def update_seed(seed: int) -> int:
     """The seed of the generator behind topology updates: another stream than the initial masks'
     (seeded with `seed` itself), so that a truly sparse model whose positions were drawn by
