@@ -4,6 +4,7 @@ tests/integrations/test_readme_examples.py); fragments that continue a user's ow
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -46,3 +47,18 @@ def test_loading_a_saved_run_as_getting_started_shows(tmp_path):
     printed = run(code, tmp_path)
     assert re.search(r"SparseLinear\(in_features=784, out_features=300", printed)
     assert re.search(r"tensor\(0\.\d+\)", printed)
+
+
+def docstring_examples(obj) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", textwrap.dedent(obj.__doc__ or ""), re.S)
+
+
+@pytest.mark.parametrize("name", ["itop.sparse.SparseLinear", "itop.data.load_dataset"])
+def test_self_contained_docstring_examples_run(tmp_path, name):
+    import importlib
+
+    module, _, attr = name.rpartition(".")
+    examples = docstring_examples(getattr(importlib.import_module(module), attr))
+    assert examples, f"{name} lost its example"
+    for example in examples:
+        run("import torch\nimport itop\n" + textwrap.dedent(example), tmp_path)
