@@ -74,9 +74,13 @@ def _check_sparsifier(model: nn.Module, sparsifier) -> None:
         )
 
 
-def _replace(model: nn.Module, module_name: str, new: nn.Module) -> None:
+def _replace(model: nn.Module, module_name: str, new: nn.Module) -> nn.Module:
+    """Put `new` at `module_name` in `model` and return the model (`new` itself for the root)."""
+    if not module_name:
+        return new
     parent_name, _, child = module_name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+    return model
 
 
 @torch.no_grad()
@@ -104,7 +108,7 @@ def sparsify(
         model: the model whose Linear layers become truly sparse (changed in place).
         density: share of the sparse layers' weights kept, over all of them, in (0, 1].
         distribution: how the density is split over layers: "erk", "er" or "uniform".
-        seed: the seed of the positions (None: a random one).
+        seed: the random seed that draws the positions (None: a random one).
         include: which layers are sparse, as for `itop.Sparsifier` (default: every Linear).
         exclude: layers left dense (types or name patterns).
         init_scale: "sparse" (default) scales the kept weights by 1/sqrt(d_i), nn.Linear's

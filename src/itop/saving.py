@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import prune as torch_prune
 
+from .convert import _kind, _replace
 from .sparse import SparseLinear
 from .sparsity.kernels import MaskedCSRLinear
 from .sparsity.sparsifier import Sparsifier
@@ -111,10 +112,6 @@ def _unwrapped(model: nn.Module) -> nn.Module:
             model = model._orig_mod
         else:
             return model
-
-
-def _kind(value) -> str:
-    return "None" if value is None else type(value).__name__
 
 
 def _split(name: str) -> tuple[str, str]:
@@ -224,11 +221,9 @@ def _saved_tensors(model: nn.Module, sparsifier, format: str):
             continue
         prefix, name = _prefix(module_name), _prefix(module_name) + "weight"
         if format == "masked":
-            dense = torch.zeros(module.in_features * module.out_features, dtype=module.values.dtype, device=module.values.device)
-            dense[module.indices] = module.values.detach()
-            mask = torch.zeros(dense.shape, dtype=torch.bool, device=dense.device)
+            mask = torch.zeros(module.in_features * module.out_features, dtype=torch.bool, device=module.values.device)
             mask[module.indices] = True
-            replaced[prefix + "values"] = {name: dense.reshape(module.shape)}
+            replaced[prefix + "values"] = {name: module.to_dense().weight.detach()}
             replaced[prefix + "indices"] = {}
             topology[name] = mask.reshape(module.shape)
         layers[name] = (order[module_name], _entry(module.shape, module.nnz, "values" if format == "sparse" else "dense"))
@@ -519,12 +514,3 @@ def _empty_layer(module: nn.Module, target: str, entry: Mapping, prefix: str, st
     if has_bias and getattr(module, "bias", None) is not None:
         new.bias.requires_grad_(module.bias.requires_grad)
     return new
-
-
-def _replace(model: nn.Module, module_name: str, new: nn.Module) -> nn.Module:
-    """Put `new` at `module_name` in `model`; the root itself is replaced by returning `new`."""
-    if not module_name:
-        return new
-    parent_name, _, child = module_name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
-    return model

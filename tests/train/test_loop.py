@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from itop.train.config import parse_args
-from itop.train.loop import no_update_warning, reported_model
+from itop.train.notices import no_update_warning, reported_model
 
 from .test_cli import TINY, run
 

@@ -87,14 +87,12 @@ def build_sparsifier(
     options = {"total_steps": int(total_steps), **options}
     if saved is None:
         return Sparsifier(model, optimizer, **options)
-    before = saved.get("config", {}).get("total_steps")
-    if before is not None and before != options["total_steps"]:
-        decay = options["total_steps"] if horizon == "stretch" else before
+    ends = {"stretch": options["total_steps"], "keep": saved.get("config", {}).get("total_steps")}  # decay end by horizon
+    if ends["keep"] is not None and ends["keep"] != ends["stretch"]:
+        other = "keep" if horizon == "stretch" else "stretch"
         logger.warning(
-            f"itop: resuming a run of {before} optimizer steps as one of {options['total_steps']}; the prune-rate "
-            f"decay now ends at step {decay} (SparsityCallback(horizon={horizon!r}); "
-            f"horizon={'keep' if horizon == 'stretch' else 'stretch'!r} would end it at step "
-            f"{before if horizon == 'stretch' else options['total_steps']})."
+            f"itop: resuming a run of {ends['keep']} optimizer steps as one of {ends['stretch']}; the prune-rate decay now "
+            f"ends at step {ends[horizon]} (SparsityCallback(horizon={horizon!r}); horizon={other!r} would end it at step {ends[other]})."
         )
     return built_over_loaded(lambda: Sparsifier(model, optimizer, **options), model, optimizer, saved, horizon=horizon)
 

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 CHECKPOINT = "checkpoint.pt"  # the last finished epoch's state, in a run directory
+BEST_SPARSE = "best_sparse.pt"  # the best model with its sparse Linear layers stored as SparseLinear, beside best.pt
 RESUME_ADVICE = "start the run again without --resume"
 
 

@@ -109,7 +109,8 @@ def _end_process(status: int) -> None:
 def _train(argv: list[str], started: list[World]) -> int:
     from itop.report.table import results_table
 
-    from .loop import Run, TrainingDiverged, reported_model, sparse_size_line
+    from .loop import Run, TrainingDiverged
+    from .notices import reported_model, sparse_size_line
 
     world, current = World(), None
     try:

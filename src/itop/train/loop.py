@@ -24,20 +24,17 @@ from itop.data.registry import is_tabular_path
 from itop.saving import best_sparse_as_save, restore
 from itop.sparse import SparseLinear
 
-from .checkpoint import CHECKPOINT, RunError, load_checkpoint, save_checkpoint
+from .checkpoint import BEST_SPARSE, CHECKPOINT, RunError, load_checkpoint, save_checkpoint
 from .config import TrainConfig, UsageError, result_settings
 from .distributed import RankSlice, World, all_sum, barrier
 from .metrics import MetricsLog, NullLog, epoch_line
 from .model_setup import build_model, build_sparsifier, loss_function
+from .notices import MIN_VALIDATION, no_update_warning
 from .optim import build_optimizer, learning_rate, set_learning_rate
 from .tensorboard import Logs, TensorBoardLog
 
 # ImageNet runs (--arch, a data directory) cannot switch data with --data alone: name a whole command.
 IMAGENET_HINT = "or train on the 5,000 MNIST digits that come with itop: itop train --model lenet5 --data mnist5k"
-
-# Fewer validation examples than this cannot rank epochs (one example moves the accuracy by 1% or
-# more), so a run with a smaller validation split reports its final epoch, as runs without one do.
-MIN_VALIDATION = 100
 
 
 class TrainingDiverged(RuntimeError):
@@ -93,9 +90,6 @@ def layer_densities(sparsifier) -> dict[str, float]:
     return {} if sparsifier is None else {n: s["density"] for n, s in sparsifier.layer_stats().items()}
 
 
-BEST_SPARSE = "best_sparse.pt"  # the best model with its sparse Linear layers stored as SparseLinear, beside best.pt
-
-
 def sparse_export_state(model: nn.Module, sparsifier, epoch: int) -> dict[str, Any]:
     """A checkpoint of `itop.sparse.export(model, sparsifier)` (the model's current weights under
     the sparsifier's current masks): its state dict on the CPU, and the sizes of its SparseLinear
@@ -112,44 +106,6 @@ def load_sparse_model(path: Path, model: nn.Module) -> nn.Module:
     loaded (`itop.load(path, model)` reads the file too)."""
     state = load_checkpoint(path, "pass a best_sparse.pt written by itop train")
     return restore(best_sparse_as_save(state), model, layout="sparse", source=str(path))
-
-
-def no_update_warning(cfg: TrainConfig, steps_per_epoch: int, total_steps: int, update_frequency: int | None) -> str | None:
-    """Why a dynamic sparse run will train one fixed topology, or None when its schedule updates it.
-
-    An update counts only if training continues after it, so one at the very last step (the only
-    update of a one-epoch --update-every epoch run) does not. Such a run is labelled SET-ITOP or
-    RigL-ITOP but is static sparse training (Rs stays at, or next to, the density).
-    """
-    if update_frequency is None or (total_steps - 1) // update_frequency > 0:
-        return None
-    if cfg.update_every == "epoch":
-        interval = f"one after each epoch of {steps_per_epoch} steps"
-        fix = f"train more than {cfg.total_epochs} epoch(s), or use --update_frequency N with N below {total_steps}"
-    else:
-        interval = f"one every {update_frequency} steps"
-        fix = f"--update_frequency N with N below {total_steps}" + (" or --update-every epoch" if cfg.total_epochs > 1 else "")
-    return (
-        f"this run's {total_steps} optimizer steps hold no topology update before its last step ({interval}), so it trains "
-        f"one fixed topology: static sparse training, not {cfg.method}; use {fix}."
-    )
-
-
-def reported_model(summary: dict[str, Any]) -> str:
-    """Which model a summary's test accuracy is of, for the headline: "best epoch 4 of 5 by
-    validation accuracy" or "final epoch 20" (no validation split, or one too small to pick)."""
-    epochs = summary["epochs"] * summary["multiplier"]
-    if summary.get("reported", "best") == "best":
-        return f"best epoch {summary['best_epoch']} of {epochs} by validation accuracy"
-    return f"final epoch {summary['best_epoch']}"
-
-
-def sparse_size_line(summary: dict[str, Any]) -> str | None:
-    """One line comparing best_sparse.pt with best.pt on disk, or None for a run without one."""
-    sparse, dense = summary.get("best_sparse_bytes"), summary.get("best_dense_bytes")
-    if not sparse or not dense:
-        return None
-    return f"{BEST_SPARSE}: {sparse / 1e6:.2f} MB, against {dense / 1e6:.2f} MB dense (best.pt model) — {dense / sparse:.1f}x smaller"
 
 
 class Run:
@@ -223,10 +179,7 @@ class Run:
                         f"ImageNet directory {Path(cfg.data_dir) / split} not found: pass the ImageNet root, which holds "
                         f"train/ and val/ with one folder of images per class; {IMAGENET_HINT}."
                     )
-            self.train_loader = make_imagenet_loader(
-                cfg.data_dir,
-                "train",
-                self.batch_size,
+            shared = dict(
                 workers=cfg.workers,
                 device=self.device,
                 seed=cfg.seed,
@@ -234,17 +187,8 @@ class Run:
                 num_replicas=self.world.size,
                 rank=self.world.rank,
             )
-            self.test_loader = make_imagenet_loader(
-                cfg.data_dir,
-                "val",
-                cfg.test_batch_size,
-                workers=cfg.workers,
-                device=self.device,
-                seed=cfg.seed,
-                distributed=self.world.size > 1,
-                num_replicas=self.world.size,
-                rank=self.world.rank,
-            )
+            self.train_loader = make_imagenet_loader(cfg.data_dir, "train", self.batch_size, **shared)
+            self.test_loader = make_imagenet_loader(cfg.data_dir, "val", cfg.test_batch_size, **shared)
             self.val_loader = self.test_loader  # the ImageNet recipe selects on its validation set
             return None
         tabular = {"test_split": cfg.test_split} if is_tabular_path(cfg.data) else {}
