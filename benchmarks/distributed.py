@@ -21,6 +21,7 @@ import time
 
 import torch
 import torch.distributed as dist
+from machine import print_header
 from torch import nn
 
 import itop
@@ -98,7 +99,7 @@ def main() -> None:
     ]
     out = subprocess.run(command, capture_output=True, text=True, check=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
     two = json.loads(out.stdout.strip().splitlines()[-1])
-    print(f"torch {torch.__version__}, MLP {'-'.join(map(str, SIZES))}, RigL density 0.05, batch {args.batch} per process")
+    print_header(f"MLP {'-'.join(map(str, SIZES))}, RigL density 0.05, batch {args.batch} per process (threads: see the table)")
     print("| processes | threads each | step ms | examples/s |")
     print("|---|---|---|---|")
     print(f"| 1 | 2 | {one['step_s'] * 1e3:.1f} | {one['examples_per_s']:.0f} |")

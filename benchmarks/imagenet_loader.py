@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import print_header
 
 from itop.data.imagenet import make_imagenet_loader
 
@@ -55,7 +56,7 @@ def main() -> None:
         root = Path(tmp)
         write_tree(root, args.images)
         size_kb = np.mean([p.stat().st_size for p in root.rglob("*.JPEG")]) / 1024
-        print(f"{args.images} train / {args.images // 2} val JPEGs of 500x375, {size_kb:.0f} kB on average")
+        print_header(f"{args.images} train / {args.images // 2} val JPEGs of 500x375, {size_kb:.0f} kB on average")
         print("| workers | train images/s | per worker | val images/s | per worker |")
         print("|---|---|---|---|---|")
         for workers in args.workers:

@@ -13,6 +13,7 @@ import statistics
 import time
 
 import torch
+from machine import print_header
 
 import itop
 from itop.models import create_model
@@ -42,7 +43,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     x, y = torch.randn(4, 3, 64, 64), torch.randint(0, 1000, (4,))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, ImageNet ResNet-50, density 0.2 (ER)")
+    print_header("ImageNet ResNet-50, density 0.2 (ER)")
     print("| grow | construction s | one update s | engine bytes per sparse weight |")
     print("|---|---|---|---|")
     for grow in ("random", "gradient", "momentum"):

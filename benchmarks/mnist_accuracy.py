@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import torch
+from machine import print_header
 
 from itop.__main__ import main as itop_main
 from itop.data import DataError
@@ -106,7 +107,7 @@ def main() -> None:
             raise SystemExit(f"{method} run failed")
         summary = json.loads((run_dir / "summary.json").read_text())
         rows.append((method, summary, accuracy(run_dir, x, y)))
-    print(f"\nLeNet-300-100, trained on mnist5k ({args.epochs} epochs), tested on the official MNIST t10k set")
+    print_header(f"\nLeNet-300-100, trained on mnist5k ({args.epochs} epochs), tested on the official MNIST t10k set")
     print("| Method | Sparsity | Top-1 Acc (t10k) | Top-1 Acc (mnist5k test) | Rs | Training FLOPs | Test FLOPs |")
     print("|---|---|---|---|---|---|---|")
     for method, s, acc in rows:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import machine_line, print_header
 
 RECIPE = [
     "--model",
@@ -148,16 +148,6 @@ def mean_std(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
 def short(x: float) -> str:
     """0.0002 as 2e-4, 0.005 as 0.005."""
     return f"{x:.0e}".replace("e-0", "e-") if 0 < x < 1e-3 else f"{x:g}"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def epoch_losses(run_dir: Path) -> list[float]:
@@ -277,6 +267,7 @@ def compare_with_reference(args, official) -> None:
         rows.append((label, short(lr), f"{short(wd)} (torch SGD)", accs, losses, seconds))
         print(f"  {label}: done ({time.perf_counter() - started:.0f} s so far)", flush=True)
     print()
+    print_header()
     print(
         "| system | step on the mean gradient | weight decay | official MNIST test (10,000), % | per seed (1, 2, 3 ...) | "
         "training loss per epoch (mean over seeds) | s per run |"
@@ -327,7 +318,7 @@ def main() -> None:
         args.epochs, args.seeds, args.hidden = (1 if reference else 2), 1, "100,100"
     test_dir = Path(args.test_dir).expanduser() if args.test_dir else default_test_dir()
     official = official_test_set(test_dir)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; CPU {cpu_model()}, ISA {torch.backends.cpu.get_cpu_capability()}")
+    print(machine_line())
     print(f"784-{args.hidden.replace(',', '-')}-10, {args.epochs} epochs, seeds 1..{args.seeds}; runs in {args.out}")
     missing = f"official MNIST test set: t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz not found in {test_dir} (give --test-dir)"
     if reference:
@@ -348,6 +339,7 @@ def main() -> None:
         rows.append((method, summaries, official_accs))
         print(f"  {method}: done ({time.perf_counter() - started:.0f} s so far)", flush=True)
     print()
+    print_header()
     print(
         "| method | density | embedded test digits (1,000), % | official MNIST test (10,000), % | Rs | training FLOPs | test FLOPs | s per run |"
     )

@@ -22,9 +22,12 @@ import statistics
 import time
 
 import torch
+from machine import print_header
 from torch import nn
 
 import itop
+
+ORIGINAL_MACHINE = "a 2-core AMD EPYC (AVX2) VM, 2026-11"  # where the original ITOP code's figures were measured
 
 
 def mlp(sizes: list[int]) -> nn.Sequential:
@@ -134,8 +137,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # denormal slow-downs would otherwise swamp the comparison
-    print(f"torch {torch.__version__}, {args.threads} threads, {args.rounds} interleaved rounds of {args.steps} steps")
-    print("| model | batch | sparse Linear kernels | dense step ms | sparse step ms | ratio | original's ratio |")
+    print_header(f"{args.threads} threads, {args.rounds} interleaved rounds of {args.steps} steps")
+    print(
+        f"| model | batch | sparse Linear kernels | dense step ms | sparse step ms | ratio | original's ratio (for information, measured on {ORIGINAL_MACHINE}) |"
+    )
     print("|---|---|---|---|---|---|---|")
     costs = []
     for label, sizes, batch, original in (
@@ -148,12 +153,17 @@ def main() -> None:
             print(f"| {label} | {batch} | {kernels} | {d * 1e3:.3f} | {s * 1e3:.3f} | {r:.3f}x | {original:.2f}x |")
         costs.append((label, d * 1e3, *mask_cost(sizes, batch, steps=400)))
     print()
+    print_header()
     print("| inside the step | mask multiply ms | share of dense step | any pass over the gradients (x 1.0) ms | share |")
     print("|---|---|---|---|---|")
     for label, dense_ms, mask_ms, pass_ms in costs:
         print(f"| {label} | {mask_ms:.3f} | {mask_ms / dense_ms:.1%} | {pass_ms:.3f} | {pass_ms / dense_ms:.1%} |")
     print()
-    print("| update on MLP 3072-1024-512-10 | ms | original ms | speed-up |")
+    print_header()
+    print(
+        f"| update on MLP 3072-1024-512-10 | ms | original ms (for information, measured on {ORIGINAL_MACHINE}) | "
+        "original ms / ours (for information: another machine) |"
+    )
     print("|---|---|---|---|")
     for label, grow, original in (("SET (random growth)", "random", 153), ("RigL (gradient growth)", "gradient", 409)):
         t = update_time([3072, 1024, 512, 10], 128, grow, repeats=7) * 1e3

@@ -18,6 +18,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from machine import print_header
+
 PLAIN = """
 import torch, torch.distributed as dist
 dist.init_process_group("gloo")
@@ -49,6 +51,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = args.keep or tmp
         Path(tmp, "plain.py").write_text(PLAIN)
+        print_header(f"two-process torchrun (gloo) exit statuses: {args.plain} plain DDP runs, {args.runs} itop train runs")
         started = time.perf_counter()
         plain = [torchrun(["plain.py"], tmp) for _ in range(args.plain)]
         print(f"plain DDP script, {args.plain} runs: exit statuses {dict(Counter(plain))} ({time.perf_counter() - started:.0f} s)")

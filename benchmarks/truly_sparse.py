@@ -6,7 +6,7 @@ other truly sparse CPU libraries.
 
 Run by hand (never by the test suite):
 
-    python benchmarks/truly_sparse.py                  # every section but `huge` (about 10-15 min on 2 cores)
+    python benchmarks/truly_sparse.py                  # every section but `huge` (about 11-16 min on 2 cores)
     python benchmarks/truly_sparse.py --quick          # smoke run: fewer steps and rounds (1-2 min)
     python benchmarks/truly_sparse.py --only epoch --only versus
     python benchmarks/truly_sparse.py --huge [--huge-steps 300]   # adds the 20M-weight SET-MLP
@@ -23,8 +23,15 @@ Sections (`--only NAME`, repeatable):
              subprocess so its peak RSS is its own; beside the targets and the truly sparse SET-MLP's figures.
   versus     H = 10k, batch 2: truly sparse step vs dense PyTorch step vs the masked engine step.
   update     one SET topology update (itop.Sparsifier on the SparseLinear model) as a share of an epoch.
-  batch      3072-1024-512-10 at batch 128, densities 0.2..0.01: truly sparse vs dense training step.
+  batch      3072-1024-512-10 at batch 128: truly sparse vs dense training step at uniform densities
+             0.2..0.01 and at ERK (itop.Sparsifier's masks, exported) at overall density 0.05; then
+             each sparse product of the uniform 0.05 model alone (GFLOP/s, GB/s) beside the dense
+             GEMM of the same shapes and the machine's memory bandwidth (a triad), all measured here.
   inference  the same MLP at density 0.05, eval + no_grad, batch 128 and 1: truly sparse vs dense.
+  contention training-step time with one other busy process on the machine over without it (busy /
+             idle): a busy loop started here, stopped and continued (SIGSTOP / SIGCONT) so that
+             timed blocks alternate idle / busy, killed at the end; for the SET-MLP at H = 1k and
+             10k (batch 2), the 3072-1024-512-10 MLP at density 0.05 (batch 128), and its dense step.
   peers      sparselab / sparseprop (if installed) on the SET-MLP beside itop, same weights.
   huge       (only with --huge) 784-333334-333333-333333-10 (about 20M weights): one epoch,
              peak RSS, MNIST test accuracy, one SET update. Tested on the official MNIST test set
@@ -36,8 +43,12 @@ Speed comparisons are RATIOS measured in this run: both sides are built once, th
 alternating blocks (A B A B ..., the first side swapped every round) and the median of the
 per-round ratios is printed with its quartiles [q1, q3]. Absolute figures of other systems
 (the truly sparse SET-MLP, sparselab's and sparseprop's own runs) are labelled constants, measured
-separately on a 2-core AMD EPYC (AVX2) virtual machine, 2026-11; they are printed beside, never used
-as a baseline.
+separately on a 2-core AMD EPYC (AVX2) virtual machine, 2026-11; they are printed beside, for
+information only: no ratio against them gets a PASS/MISS (the epoch and huge sections' targets are
+absolute times, which hold on the machine named above each table).
+Every table begins with a `machine:` line (benchmarks/machine.py): CPU, the ISA PyTorch dispatches
+to, cores, threads, versions and the kernel/thread environment variables, so a pasted table says
+where it was measured.
 Ends with a markdown table of every figure, its target and PASS/MISS.
 """
 
@@ -48,6 +59,7 @@ import gc
 import json
 import os
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -56,6 +68,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from machine import machine_line, print_header
 from torch import nn
 from torch.nn import functional as F
 
@@ -64,7 +77,9 @@ from itop.sparse import SparseLinear
 
 # ----------------------------------------------------------------------------- reference figures
 # Measured separately on a 2-core AMD EPYC (AVX2) virtual machine, 2026-11, on the workload above
-# (100k: extrapolated from 60 batches); printed beside our figures, never used as a baseline.
+# (100k: extrapolated from 60 batches); printed beside our figures "for information, measured on
+# REFERENCE_MACHINE", never used as a baseline and never in a PASS/MISS ratio.
+REFERENCE_MACHINE = "a 2-core AMD EPYC (AVX2) VM, 2026-11"
 SET_MLP_EPOCH_S = {1_000: 15.0, 10_000: 98.1, 100_000: 1044.0}  # the truly sparse SET-MLP (SciPy + Cython)
 SET_MLP_UPDATE_S = {1_000: 0.3, 10_000: 2.85, 100_000: 35.6}  # its one SET update
 PROTOTYPE_EPOCH_S = {1_000: 3.5, 10_000: 18.2, 100_000: 169.0}  # a PyTorch prototype (values + CSR indices)
@@ -84,7 +99,7 @@ STEPS_PER_EPOCH = EPOCH_DIGITS // BATCH
 HIDDEN = (1_000, 10_000, 100_000)
 HUGE_SIZES = [784, 333_334, 333_333, 333_333, 10]
 CIFAR_MLP = [3072, 1024, 512, 10]
-SECTIONS = ("epoch", "versus", "update", "batch", "inference", "peers", "huge")
+SECTIONS = ("epoch", "versus", "update", "batch", "inference", "contention", "peers", "huge")
 
 SUMMARY: list[tuple[str, str, str, str, str]] = []  # section, figure, value, target, verdict
 
@@ -314,9 +329,11 @@ def section_epoch(args, results: dict) -> None:
         if not args.quick
         else {1_000: (1, 3, 30), 10_000: (1, 3, 20), 100_000: (1, 3, 4)}
     )
+    print_header()
     print(
-        "| H | active weights | ms/step median [q1, q3] | per-process medians | s/epoch | target | truly sparse SET-MLP (measured separately, AMD EPYC) | "
-        "speed-up vs truly sparse SET-MLP | PyTorch prototype (measured separately, AMD EPYC) | peak RSS MB | build s |"
+        "| H | active weights | ms/step median [q1, q3] | per-process medians | s/epoch | target (absolute) | "
+        f"truly sparse SET-MLP s/epoch (for information, measured on {REFERENCE_MACHINE}) | its s/epoch / ours (for information: "
+        f"another machine) | PyTorch prototype s/epoch (for information, measured on {REFERENCE_MACHINE}) | peak RSS MB | build s |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for hidden in HIDDEN:
@@ -346,7 +363,7 @@ def section_epoch(args, results: dict) -> None:
             "epoch",
             f"s/epoch H={hidden:,} ({processes} processes x {blocks} blocks x {steps} steps)",
             f"{epoch_s:.2f} s",
-            f"<= {TARGET_EPOCH_S[hidden]} s (truly sparse SET-MLP {SET_MLP_EPOCH_S[hidden]})",
+            f"<= {TARGET_EPOCH_S[hidden]} s (absolute; the truly sparse SET-MLP's {SET_MLP_EPOCH_S[hidden]} s for information, measured on {REFERENCE_MACHINE})",
             epoch_s <= TARGET_EPOCH_S[hidden],
         )
         if hidden == 100_000:
@@ -385,6 +402,7 @@ def section_versus(args, results: dict) -> None:
     }
     times = interleave(sides, rounds)
     print(f"{rounds} interleaved rounds: blocks of {fast_steps} truly sparse steps, {slow_steps} dense / masked steps")
+    print_header()
     print("| side | ms/step median [q1, q3] | truly sparse faster by, median [q1, q3] | target |")
     print("|---|---|---|---|")
     print(f"| truly sparse | {fmt_q(quartiles(times['truly sparse']), 1e3, 3)} | - | - |")
@@ -392,7 +410,7 @@ def section_versus(args, results: dict) -> None:
         r = ratios(times[name], times["truly sparse"])
         print(f"| {name} | {fmt_q(quartiles(times[name]), 1e3, 1)} | {fmt_q(r, digits=1, unit='x')} | >= 150x |")
         record("versus", f"step, truly sparse vs {name} (H=10k, batch 2)", f"{r[0]:.1f}x [{r[1]:.1f}, {r[2]:.1f}]", ">= 150x", r[0] >= 150)
-    print(f"(dense PyTorch, measured separately on a 2-core AMD EPYC: {DENSE_EPOCH_S[hidden]} s/epoch extrapolated)")
+    print(f"(dense PyTorch s/epoch, for information, measured on {REFERENCE_MACHINE}: {DENSE_EPOCH_S[hidden]} s extrapolated)")
     del sides, dense, masked, masked_opt, sparsifier
     gc.collect()
 
@@ -446,8 +464,9 @@ def section_update(args, results: dict) -> None:
     print("\n## update: one SET topology update (itop.Sparsifier, prune='set', grow='random', zeta 0.3) on the truly sparse SET-MLP")
     x, y, _ = load_digits()
     data = batches(x, y, BATCH)
+    print_header()
     print(
-        "| H | update s (median) | positions moved | epoch s used | share of an epoch | target | truly sparse SET-MLP's update (measured separately, AMD EPYC) |"
+        f"| H | update s (median) | positions moved | epoch s used | share of an epoch | target | truly sparse SET-MLP's update (for information, measured on {REFERENCE_MACHINE}) |"
     )
     print("|---|---|---|---|---|---|---|")
     for hidden in HIDDEN:
@@ -478,7 +497,7 @@ def section_update(args, results: dict) -> None:
             "update",
             f"SET update H={hidden:,}",
             f"{update_s:.3f} s = {share:.2%} of an epoch",
-            f"<= 5% (truly sparse SET-MLP {SET_MLP_UPDATE_S[hidden]} s)",
+            f"<= 5% (truly sparse SET-MLP's update {SET_MLP_UPDATE_S[hidden]} s, for information, measured on {REFERENCE_MACHINE})",
             share <= 0.05,
         )
         results.setdefault("update_s", {})[hidden] = update_s
@@ -487,13 +506,39 @@ def section_update(args, results: dict) -> None:
 
 
 # ----------------------------------------------------------------------------- section: batch
+BATCH_TARGETS = {0.1: 1.5, 0.05: 3.0, 0.01: 6.0}  # uniform density: truly sparse step at least this many times faster than dense
+ERK_DENSITY, ERK_TARGET = 0.05, 2.5  # ERK at this overall density: at least this many times faster
+
+
 def uniform_counts(sizes: list[int], density: float) -> list[int]:
     return [max(1, round(density * a * b)) for a, b in zip(sizes[:-1], sizes[1:])]
 
 
-def batch_ratio(density: float, rounds: int, steps: int, data) -> tuple[tuple, tuple, tuple]:
-    """Per-step times of the truly sparse and the dense CIFAR MLP at batch 128, and dense / sparse."""
-    sparse = mlp_from_counts(CIFAR_MLP, uniform_counts(CIFAR_MLP, density))
+def erk_mlp(sizes: list[int], density: float, seed: int = 0) -> nn.Sequential:
+    """The MLP at ERK's layer densities as itop chooses them: a dense MLP, the masks of
+    itop.Sparsifier(distribution="erk") on it, then `itop.sparse.export(model, sparsifier)`, which
+    makes each masked Linear a SparseLinear with the active weights; a layer ERK leaves at
+    density 1 stays an nn.Linear."""
+    dense = dense_mlp(sizes, seed)
+    sparsifier = itop.Sparsifier(
+        dense, sgd(dense), density=density, distribution="erk", update_frequency=None, seed=seed, sparse_linear=False
+    )
+    return itop.sparse.export(dense, sparsifier)
+
+
+def layer_densities(model: nn.Module) -> str:
+    """Each Linear layer's shape (out x in) and density, in model order."""
+    parts = []
+    for module in model.modules():
+        if isinstance(module, SparseLinear):
+            parts.append(f"{module.out_features}x{module.in_features} {module.density:.4f} (SparseLinear, {module.nnz:,} weights)")
+        elif isinstance(module, nn.Linear):
+            parts.append(f"{module.out_features}x{module.in_features} 1 (nn.Linear)")
+    return ", ".join(parts)
+
+
+def step_ratio(sparse: nn.Module, rounds: int, steps: int, data) -> tuple[tuple, tuple, tuple]:
+    """Per-step times of `sparse` and the dense CIFAR MLP, interleaved, and dense / sparse."""
     dense = dense_mlp(CIFAR_MLP)
     times = interleave(
         {"sparse": (train_step(sparse, sgd(sparse), data), steps), "dense": (train_step(dense, sgd(dense), data), steps)}, rounds
@@ -501,45 +546,171 @@ def batch_ratio(density: float, rounds: int, steps: int, data) -> tuple[tuple, t
     return quartiles(times["sparse"]), quartiles(times["dense"]), ratios(times["dense"], times["sparse"])
 
 
+def batch_ratio(density: float, rounds: int, steps: int, data) -> tuple[tuple, tuple, tuple]:
+    """The truly sparse CIFAR MLP at a uniform density against the dense one, batch 128."""
+    return step_ratio(mlp_from_counts(CIFAR_MLP, uniform_counts(CIFAR_MLP, density)), rounds, steps, data)
+
+
 def section_batch(args, results: dict) -> None:
     print(
-        "\n## batch: CIFAR-10 MLP 3072-1024-512-10 (Nerva's), batch 128, uniform density per layer (last layer too), "
-        "random inputs with 10 classes: truly sparse vs dense training step"
+        "\n## batch: CIFAR-10 MLP 3072-1024-512-10 (Nerva's), batch 128, random inputs with 10 classes: truly sparse vs "
+        "dense training step; uniform density per layer (last layer too), and ERK at overall density 0.05"
     )
     rounds, steps = (12, 15) if not args.quick else (3, 5)
     data = random_batches(3072, 10, 128)
-    targets = {0.05: 3.0, 0.01: 5.0}
     print(f"{rounds} interleaved rounds of {steps} steps each side")
+    print_header()
     print(
-        "| density | sparse ms/step | dense ms/step | sparse faster by, median [q1, q3] | target | Nerva vs masked PyTorch (4 threads, separately) |"
+        "| layer densities | sparse ms/step | dense ms/step | sparse faster by, median [q1, q3] | target | "
+        "Nerva vs masked PyTorch (for information: 4 threads, measured separately) |"
     )
     print("|---|---|---|---|---|---|")
     ratio_at = {}
     for density in (0.2, 0.1, 0.05, 0.02, 0.01):
         s, d, r = batch_ratio(density, rounds, steps, data)
         ratio_at[density] = r[0]
-        target = f">= {targets[density]:.0f}x" if density in targets else "-"
+        target = f">= {BATCH_TARGETS[density]:g}x" if density in BATCH_TARGETS else "-"
         nerva = f"{NERVA_RATIOS[density]}x" if density in NERVA_RATIOS else "-"
-        print(f"| {density} | {fmt_q(s, 1e3)} | {fmt_q(d, 1e3)} | {fmt_q(r, unit='x')} | {target} | {nerva} |")
+        print(f"| uniform {density} | {fmt_q(s, 1e3)} | {fmt_q(d, 1e3)} | {fmt_q(r, unit='x')} | {target} | {nerva} |")
         record(
             "batch",
-            f"train step vs dense, density {density} (batch 128)",
+            f"train step vs dense, uniform density {density} (batch 128)",
             f"{r[0]:.2f}x [{r[1]:.2f}, {r[2]:.2f}]",
             target,
-            r[0] >= targets[density] if density in targets else None,
+            r[0] >= BATCH_TARGETS[density] if density in BATCH_TARGETS else None,
         )
     losing = [d for d, r in ratio_at.items() if r < 1]
     crossover = min(losing) if losing else None  # the sparsest tested density at which dense is faster
     if crossover is None:  # sparse still wins at 0.2: look further up, fewer rounds
         for density in (0.3, 0.5, 0.7):
             s, d, r = batch_ratio(density, max(3, rounds // 2), steps, data)
-            print(f"| {density} | {fmt_q(s, 1e3)} | {fmt_q(d, 1e3)} | {fmt_q(r, unit='x')} | (probe) | - |")
+            print(f"| uniform {density} | {fmt_q(s, 1e3)} | {fmt_q(d, 1e3)} | {fmt_q(r, unit='x')} | (probe) | - |")
             if r[0] < 1:
                 crossover = density
                 break
+    erk = erk_mlp(CIFAR_MLP, ERK_DENSITY)
+    active, total = weight_counts(erk)
+    s, d, r = step_ratio(erk, rounds, steps, data)
+    print(f"| ERK, overall {active / total:.4f} | {fmt_q(s, 1e3)} | {fmt_q(d, 1e3)} | {fmt_q(r, unit='x')} | >= {ERK_TARGET:g}x | - |")
+    record(
+        "batch",
+        f"train step vs dense, ERK at overall density {ERK_DENSITY} (batch 128)",
+        f"{r[0]:.2f}x [{r[1]:.2f}, {r[2]:.2f}]",
+        f">= {ERK_TARGET:g}x",
+        r[0] >= ERK_TARGET,
+    )
+    print(f"ERK layers (itop.Sparsifier's masks, exported): {layer_densities(erk)}")
     text = f"from density {crossover} (first tested with ratio < 1)" if crossover else "not up to density 0.7"
-    print(f"dense wins again: {text}")
+    print(f"dense wins again (uniform): {text}")
     record("batch", "dense wins again (ratio < 1)", text, "report", None)
+    del erk
+    gc.collect()
+    product_limits(args, data[0][0].shape[0])
+
+
+def triad_gb_s(repeats: int, megabytes: int = 64) -> float:
+    """The machine's memory bandwidth as PyTorch reaches it: a = b + s * c over three float32 arrays
+    of `megabytes` each (far larger than the caches), best of `repeats`; 3 arrays' bytes per pass
+    (read b and c, write a; the write-allocate read of a is not counted, as STREAM does)."""
+    n = megabytes * 2**20 // 4
+    a, b, c = torch.empty(n), torch.rand(n), torch.rand(n)
+    torch.add(b, c, alpha=3.0, out=a)  # first touch of a's pages
+    best = min(time_block(lambda: torch.add(b, c, alpha=3.0, out=a), 1) for _ in range(repeats))
+    return 3 * n * 4 / best / 1e9
+
+
+def layer_products(
+    structure, values: torch.Tensor, bias: torch.Tensor, rows_t: torch.Tensor, grads_t: torch.Tensor, weight: torch.Tensor
+) -> dict:
+    """{product: (the sparse call, the dense torch.mm of the same shapes, bytes the sparse product moves)}
+    for one layer: the three products of itop.sparse.ops a training step runs, on contiguous
+    (in, batch) inputs and (out, batch) output gradients, as SparseLinearFunction calls them."""
+    from itop.sparse.ops import forward_t, input_grad_t, weight_grad
+
+    (in_f, batch), out_f, nnz = rows_t.shape, grads_t.shape[0], structure.nnz
+    idx = structure.col.element_size()
+    csr_index = nnz * idx + (out_f + 1) * idx  # column indices + row pointers
+    dense_in, dense_out = in_f * batch * 4, out_f * batch * 4  # the (in, batch) and (out, batch) float32 operands
+    return {
+        "forward W x": (
+            lambda: forward_t(structure, values, rows_t, bias),
+            lambda: torch.mm(weight, rows_t),
+            nnz * 4 + csr_index + dense_in + dense_out + out_f * 4,  # values, indices, input read, output written, bias read
+        ),
+        "input gradient W^T g": (
+            lambda: input_grad_t(structure, values, grads_t),
+            lambda: torch.mm(weight.t(), grads_t),
+            nnz * 4 + csr_index + dense_out + dense_in,  # values, indices, output gradient read, input gradient written
+        ),
+        "weight gradient g x^T at the active positions": (
+            lambda: weight_grad(structure, grads_t, rows_t),
+            lambda: torch.mm(grads_t, rows_t.t()),
+            csr_index + dense_out + dense_in + nnz * 4,  # indices, both operands read, the nnz gradients written (no values read)
+        ),
+    }
+
+
+def product_limits(args, batch: int) -> None:
+    """Each sparse product of the uniform density-0.05 model alone, against the machine's limits
+    measured in this run: achieved GFLOP/s beside the dense GEMM of the same shapes (torch.mm),
+    and achieved GB/s beside the triad's bandwidth. The six calls of a layer are timed in
+    interleaved blocks (`interleave`), their medians used."""
+    density = 0.05
+    model = mlp_from_counts(CIFAR_MLP, uniform_counts(CIFAR_MLP, density))
+    rounds, block_s = (7, 0.05) if not args.quick else (3, 0.02)
+    triad = triad_gb_s(5 if not args.quick else 3)
+    print(
+        f"\n### batch: the sparse products of the uniform density-{density} model alone (batch {batch}), against this machine's limits "
+        f"measured now: dense GEMM (torch.mm, same shapes) and memory bandwidth (triad a = b + s*c, 3 x 64 MB float32, best of a few: "
+        f"{triad:.1f} GB/s)"
+    )
+    print(
+        "bytes counted once each: the CSR (values except for the weight gradient, which writes them; column indices; row pointers), "
+        "the dense operands read and the output written; not counted: a dense operand read again from memory, the output's "
+        "write-allocate read, a product's own temporaries (PyTorch's input gradient gathers the values into transposed order and "
+        "reads the transposed CSR): so GB/s is a lower bound on the traffic the product caused."
+    )
+    print_header()
+    print(
+        "| layer (out x in) | product | nnz | sparse ms | sparse GFLOP/s | sparse GB/s | share of triad GB/s | dense torch.mm ms | "
+        "dense GFLOP/s | dense ms / sparse ms |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    generator = torch.Generator().manual_seed(0)
+    for layer in (m for m in model.modules() if isinstance(m, SparseLinear)):
+        out_f, in_f, nnz = layer.out_features, layer.in_features, layer.nnz
+        structure, values, bias = layer.structure, layer.values.detach(), layer.bias.detach()
+        rows_t = torch.randn(in_f, batch, generator=generator)  # (in, batch), contiguous: the layer's input, transposed
+        grads_t = torch.randn(out_f, batch, generator=generator)  # (out, batch), contiguous: the output gradient, transposed
+        weight = torch.randn(out_f, in_f, generator=generator)  # the dense GEMMs' weight
+        products = layer_products(structure, values, bias, rows_t, grads_t, weight)
+        sides = {}
+        for name, (sparse_call, dense_call, _) in products.items():
+            for side, call in (("sparse", sparse_call), ("dense", dense_call)):
+                call()  # warm: kernels compiled, transposed indices built
+                once = time_block(call, 3)
+                sides[(name, side)] = (call, max(1, min(5_000, int(block_s / max(once, 1e-7)))))
+        with torch.no_grad():
+            times = interleave(sides, rounds)
+        flops_sparse, flops_dense = 2 * nnz * batch, 2 * out_f * in_f * batch
+        for name, (_, _, nbytes) in products.items():
+            sparse_s, dense_s = statistics.median(times[(name, "sparse")]), statistics.median(times[(name, "dense")])
+            gb_s = nbytes / sparse_s / 1e9
+            speed = ratios(times[(name, "dense")], times[(name, "sparse")])
+            print(
+                f"| {out_f}x{in_f} | {name} | {nnz:,} | {sparse_s * 1e3:.4f} | {flops_sparse / sparse_s / 1e9:.1f} | {gb_s:.1f} | "
+                f"{gb_s / triad:.0%} | {dense_s * 1e3:.3f} | {flops_dense / dense_s / 1e9:.1f} | {fmt_q(speed, unit='x')} |"
+            )
+            if layer is model[0]:
+                record(
+                    "batch",
+                    f"{name}, {out_f}x{in_f} at {density}, batch {batch}",
+                    f"{flops_sparse / sparse_s / 1e9:.1f} GFLOP/s (dense GEMM {flops_dense / dense_s / 1e9:.1f}); {gb_s:.1f} GB/s = {gb_s / triad:.0%} of the triad",
+                    "report",
+                    None,
+                )
+    print("(a share of the triad above 100%: the product's operands fit in the caches, so memory bandwidth does not bound it)")
+    record("batch", "memory bandwidth (triad, 3 x 64 MB float32)", f"{triad:.1f} GB/s", "report", None)
 
 
 # ----------------------------------------------------------------------------- section: inference
@@ -549,7 +720,10 @@ def section_inference(args, results: dict) -> None:
     sparse = mlp_from_counts(CIFAR_MLP, uniform_counts(CIFAR_MLP, density)).eval()
     dense = dense_mlp(CIFAR_MLP).eval()
     rounds = 15 if not args.quick else 3
-    print("| batch | sparse ms | dense ms | sparse faster by, median [q1, q3] | target | Nerva at batch 1, density 0.01 (separately) |")
+    print_header()
+    print(
+        "| batch | sparse ms | dense ms | sparse faster by, median [q1, q3] | target | Nerva at batch 1, density 0.01 (for information, measured separately) |"
+    )
     print("|---|---|---|---|---|---|")
     for batch, steps, target in ((128, 40, 4.0), (1, 400, 3.0)):
         steps = steps if not args.quick else steps // 4
@@ -567,6 +741,172 @@ def section_inference(args, results: dict) -> None:
             f">= {target:.0f}x",
             r[0] >= target,
         )
+
+
+# ----------------------------------------------------------------------------- section: contention
+CONTENTION_TARGET = 2.5  # busy / idle step time of the truly sparse models: at most this
+# The busy loop's CPU share in the busy blocks is printed: about 2/3 of a core when it shares 2 cores
+# with the benchmark's 2 threads, less when other processes run too; below this it was not running
+# (the toggling failed) and the row measures nothing.
+MIN_BUSY_CORES = 0.1
+
+# The other process: a busy loop, in any core (nothing is pinned). It first asks Linux to kill it
+# when this benchmark dies (PR_SET_PDEATHSIG), so not even a SIGKILL of the benchmark leaves it
+# spinning; the section itself kills it in a `finally`.
+BUSY_LOOP = """
+import ctypes, os, signal, sys
+try:
+    ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+except (AttributeError, OSError):
+    pass
+if os.getppid() != {parent}:
+    sys.exit()
+while True: pass
+"""
+
+
+class BusyLoop:
+    """A busy-loop process (`python -c 'while True: pass'`, see BUSY_LOOP), stopped with SIGSTOP
+    and continued with SIGCONT between timed blocks; `close()` kills it. Stopped on return."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen([sys.executable, "-c", BUSY_LOOP.format(parent=os.getpid())])
+        try:
+            deadline = time.perf_counter() + 10
+            while self.cpu_seconds() < 0.2 and time.perf_counter() < deadline:  # started and spinning
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"the busy loop exited at once (status {self.process.returncode})")
+                time.sleep(0.05)
+            self.pause()
+        except BaseException:
+            self.close()
+            raise
+
+    def _state(self) -> str:
+        try:
+            with open(f"/proc/{self.process.pid}/stat") as handle:
+                return handle.read().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return "?"
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds the busy loop has used (/proc; NaN where there is none)."""
+        try:
+            with open(f"/proc/{self.process.pid}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            return float("nan")
+
+    def pause(self) -> None:
+        self.process.send_signal(signal.SIGSTOP)
+        deadline = time.perf_counter() + 1
+        while self._state() not in ("T", "t", "?") and time.perf_counter() < deadline:  # stopped before the idle block starts
+            time.sleep(0.001)
+
+    def resume(self) -> None:
+        self.process.send_signal(signal.SIGCONT)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()  # SIGKILL ends a stopped process too
+        self.process.wait()
+
+
+def busy_idle(step: Callable[[], None], busy: BusyLoop, rounds: int, block_s: float) -> tuple[list[float], list[float], float]:
+    """Per-step seconds of `step` in idle and busy blocks (alternating, the first swapped every
+    round), and the cores the busy loop used during the busy blocks (see MIN_BUSY_CORES)."""
+    time_block(step, 3)  # warm-up
+    steps = max(2, int(block_s / time_block(step, 3)))
+    busy.resume()
+    time_block(step, max(1, steps // 3))  # warm-up beside the busy loop too
+    busy.pause()
+    idle, loaded, used, wall = [], [], 0.0, 0.0
+    for r in range(rounds):
+        for state in ("idle", "busy") if r % 2 == 0 else ("busy", "idle"):
+            if state == "idle":
+                idle.append(time_block(step, steps))
+                continue
+            busy.resume()
+            cpu, start = busy.cpu_seconds(), time.perf_counter()
+            loaded.append(time_block(step, steps))
+            wall += time.perf_counter() - start
+            used += busy.cpu_seconds() - cpu
+            busy.pause()
+    return idle, loaded, used / wall if wall > 0 else float("nan")
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def section_contention(args, results: dict) -> None:
+    print(
+        "\n## contention: training-step time with one other busy process on the machine over without it (busy / idle), "
+        "a busy loop started here and stopped / continued between alternating blocks (nothing pinned)"
+    )
+    if not hasattr(signal, "SIGSTOP"):
+        print("contention: no SIGSTOP on this system; skipped")
+        record("contention", "section", "skipped (no SIGSTOP)", "-", None)
+        return
+    rounds, block_s = (10, 0.3) if not args.quick else (4, 0.1)
+    x, y, source = load_digits()
+    digits = batches(x, y, BATCH)
+    cifar = random_batches(3072, 10, 128)
+    models = {}  # label: (model, data, batch, target or None)
+    for hidden in (1_000, 10_000):
+        models[f"SET-MLP 784-{hidden}-{hidden}-{hidden}-10, truly sparse"] = (
+            set_mlp([784, hidden, hidden, hidden, 10]),
+            digits,
+            BATCH,
+            True,
+        )
+    models["3072-1024-512-10 uniform density 0.05, truly sparse"] = (
+        mlp_from_counts(CIFAR_MLP, uniform_counts(CIFAR_MLP, 0.05)),
+        cifar,
+        128,
+        True,
+    )
+    models["3072-1024-512-10 dense (reference)"] = (dense_mlp(CIFAR_MLP), cifar, 128, False)
+    print(f"{rounds} rounds of an idle and a busy block (about {block_s:g} s idle) per model; SET-MLP data: {source}")
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # a `kill` of the benchmark still reaches the finally
+    busy = None
+    try:
+        busy = BusyLoop()
+        print_header()
+        print(
+            "| model | batch | idle ms/step median [q1, q3] | busy ms/step median [q1, q3] | busy / idle, median [q1, q3] | target | busy loop's cores in busy blocks |"
+        )
+        print("|---|---|---|---|---|---|---|")
+        for label, (model, data, batch, targeted) in models.items():
+            if busy.process.poll() is not None:  # killed from outside during the last row: a new one for this row
+                busy.close()
+                busy = None
+                busy = BusyLoop()
+            idle, loaded, used = busy_idle(train_step(model, sgd(model), data), busy, rounds, block_s)
+            r = ratios(loaded, idle)
+            target = f"<= {CONTENTION_TARGET:g}x" if targeted else "-"
+            ran = used >= MIN_BUSY_CORES
+            note = "" if ran else " (the busy loop did not run: no contention measured)"
+            if busy.process.poll() is not None:
+                note = f" (the busy loop died, status {busy.process.returncode}: no contention measured)"
+            print(
+                f"| {label} | {batch} | {fmt_q(quartiles(idle), 1e3, 3)} | {fmt_q(quartiles(loaded), 1e3, 3)} | {fmt_q(r, unit='x')} | "
+                f"{target} | {used:.2f}{note} |"
+            )
+            record(
+                "contention",
+                f"busy / idle step, {label}, batch {batch}",
+                f"{r[0]:.2f}x [{r[1]:.2f}, {r[2]:.2f}]",
+                target,
+                (r[0] <= CONTENTION_TARGET and ran) if targeted else None,
+            )
+    finally:
+        if busy is not None:
+            busy.close()
+        signal.signal(signal.SIGTERM, previous)
+    del models
+    gc.collect()
 
 
 # ----------------------------------------------------------------------------- section: peers
@@ -634,7 +974,10 @@ def section_peers(args, results: dict) -> None:
             record("peers", f"{name}", "not installed", "-", None)
         return
     x, y, _ = load_digits()
-    print("| H | batch | system | ms/step median [q1, q3] | itop faster by, median [q1, q3] | their figure (separately) |")
+    print_header()
+    print(
+        f"| H | batch | system | ms/step median [q1, q3] | itop faster by, median [q1, q3] | their figure (for information, measured on {REFERENCE_MACHINE}) |"
+    )
     print("|---|---|---|---|---|---|")
     for hidden, batch in ((10_000, 2), (10_000, 128), (100_000, 2)):
         sizes = [784, hidden, hidden, hidden, 10]
@@ -674,9 +1017,18 @@ def sparselab_update(x, y) -> None:
     start = time.perf_counter()
     algo.update()
     seconds = time.perf_counter() - start
-    print(f"sparselab SET update at H=10,000: {seconds:.2f} s once (their figure, separately: {SPARSELAB_SET_UPDATE_S} s)")
+    print_header()
+    print(
+        f"sparselab SET update at H=10,000: {seconds:.2f} s once (their figure, for information, measured on {REFERENCE_MACHINE}: {SPARSELAB_SET_UPDATE_S} s)"
+    )
     print("  (itop's SET update at H=10,000 is in the update section)")
-    record("peers", "sparselab SET update H=10,000", f"{seconds:.2f} s", f"(their figure {SPARSELAB_SET_UPDATE_S} s)", None)
+    record(
+        "peers",
+        "sparselab SET update H=10,000",
+        f"{seconds:.2f} s",
+        f"(their figure {SPARSELAB_SET_UPDATE_S} s, for information, measured on {REFERENCE_MACHINE})",
+        None,
+    )
 
 
 # ----------------------------------------------------------------------------- section: huge
@@ -765,6 +1117,7 @@ def section_huge(args, results: dict) -> None:
         f"\n## huge: SET-MLP {'-'.join(map(str, HUGE_SIZES))}, epsilon 10, batch 2, {steps:,} steps"
         + ("" if steps == STEPS_PER_EPOCH else f" (of an epoch's {STEPS_PER_EPOCH:,}; s/epoch extrapolated)")
     )
+    print_header()
     try:
         out = run_worker(args, "huge", ["--huge-steps", str(steps), "--mnist-test", str(args.mnist_test)])
     except Exception as exc:  # noqa: BLE001
@@ -818,7 +1171,7 @@ def kernel_path() -> str:
 
 def print_summary(busy: dict[str, float]) -> None:
     """Every figure with its target; the last column is the CPU other processes used meanwhile."""
-    print("\n## summary")
+    print_header("\n## summary")
     print("| section | figure | value | target | verdict | other processes' load (cores) |")
     print("|---|---|---|---|---|---|")
     for row in SUMMARY:
@@ -862,7 +1215,8 @@ def main() -> None:
     chosen = args.only or [s for s in SECTIONS if s != "huge" or args.huge]
     if args.huge and "huge" not in chosen:
         chosen.append("huge")
-    print(f"torch {torch.__version__}, {args.threads} threads, sections: {', '.join(chosen)}" + (" (quick)" if args.quick else ""))
+    print(f"{args.threads} threads, sections: {', '.join(chosen)}" + (" (quick)" if args.quick else ""))
+    print(machine_line())
     print(f"data: {load_digits()[2]}")
     print(f"itop sparse kernels: {kernel_path()}")
     if "huge" in chosen and missing_test_files(args.mnist_test):
@@ -877,6 +1231,7 @@ def main() -> None:
         "update": section_update,
         "batch": section_batch,
         "inference": section_inference,
+        "contention": section_contention,
         "peers": section_peers,
         "huge": section_huge,
     }

@@ -12,6 +12,7 @@
 from importlib import import_module as _import_module
 from importlib import metadata as _metadata
 
+from . import openmp as openmp  # first: sets OpenMP's spin defaults before torch loads OpenMP
 from . import sparse, sparsity
 from .saving import load, save
 from .sparsity import flops

@@ -13,6 +13,10 @@ plain loop that adds value * input row into the output row. Here:
 - `transpose`: the contiguous transpose of a layer's input, in 16 x 16 blocks on both threads (half
   the time of `.t().contiguous()` for a batch of 128 CIFAR images, a quarter of the inference time).
 
+Products too small to gain from threads run on the calling thread alone (`threads_for`): waking a
+thread pool costs more than they take, and on a core shared with another busy process a woken
+thread may wait a whole time slice.
+
 numba is optional: `AVAILABLE` is False when it is not installed (or fails to import), and
 `itop.sparse.ops` then uses the pure-PyTorch products. numba is imported when a truly sparse layer
 first computes (`native_kernels.py`), not by `import itop`; kernels compile then and are cached on disk.
@@ -50,47 +54,83 @@ def usable(*tensors: Tensor) -> bool:
     )
 
 
-def _follow_torch_threads() -> None:
-    """Run the kernels on as many threads as PyTorch's CPU ops (`torch.set_num_threads`, or the
-    OMP_NUM_THREADS=1 torchrun gives each process), never on more than numba started."""
+PARALLEL_MIN_WORK = 1 << 17  # multiply-adds of one product below which waking the thread pool costs more than it saves
+
+
+def configured_threads() -> int:
+    """The threads a product may use: PyTorch's (`torch.set_num_threads`, or the OMP_NUM_THREADS=1
+    torchrun gives each process), never more than numba started."""
+    return max(1, min(torch.get_num_threads(), _kernels.numba.config.NUMBA_NUM_THREADS))
+
+
+def threads_for(work: int) -> int:
+    """Threads for a product of `work` multiply-adds: one (the calling thread, no pool woken) for
+    tiny products, else all configured."""
+    return 1 if work < PARALLEL_MIN_WORK else configured_threads()
+
+
+def _pool(threads: int) -> None:
     numba = _kernels.numba
-    wanted = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-    if numba.get_num_threads() != wanted:
-        numba.set_num_threads(wanted)
+    if numba.get_num_threads() != threads:
+        numba.set_num_threads(threads)
 
 
 def weight_grad(crow: Tensor, col: Tensor, grads_t: Tensor, rows_t: Tensor) -> Tensor:
     """(grads^T @ rows) at the CSR's positions, in CSR order: (nnz,), from contiguous
     (out, batch) and (in, batch) matrices."""
     out = torch.empty(col.numel(), dtype=rows_t.dtype)
-    _follow_torch_threads()
-    _kernels.weight_grad(crow.numpy(), col.numpy(), grads_t.to(rows_t.dtype).numpy(), rows_t.numpy(), out.numpy())
+    args = (crow.numpy(), col.numpy(), grads_t.to(rows_t.dtype).numpy(), rows_t.numpy(), out.numpy())
+    threads = threads_for(col.numel() * rows_t.shape[1])
+    if threads == 1:
+        _kernels.weight_grad_rows(*args, 0, crow.numel() - 1)
+    else:
+        _pool(threads)
+        _kernels.weight_grad_parallel(*args, threads)
     return out
 
 
 def input_grad(crow: Tensor, col: Tensor, values: Tensor, grads_t: Tensor, in_features: int) -> Tensor:
     """(grads @ W)^T for the CSR weight (crow, col, values) and a contiguous (out, batch) matrix
-    of output gradients: (in_features, batch)."""
-    _follow_torch_threads()
-    threads = max(1, min(_kernels.numba.get_num_threads(), crow.numel() - 1))
-    parts = torch.empty(threads, in_features, grads_t.shape[1], dtype=values.dtype)
-    _kernels.input_grad(crow.numpy(), col.numpy(), values.detach().contiguous().numpy(), grads_t.to(values.dtype).numpy(), parts.numpy())
-    return parts.sum(0) if threads > 1 else parts[0]
+    of output gradients: (in_features, batch).
+
+    The rows are split into one part per configured thread, each scattered into a buffer of its
+    own and summed after, whether the parts then run in parallel or one after another: the sums,
+    and so the numbers, do not depend on that choice.
+    """
+    parts = max(1, min(configured_threads(), crow.numel() - 1))
+    buffers = torch.empty(parts, in_features, grads_t.shape[1], dtype=values.dtype)
+    args = (crow.numpy(), col.numpy(), values.detach().contiguous().numpy(), grads_t.to(values.dtype).numpy(), buffers.numpy())
+    if parts == 1 or threads_for(col.numel() * grads_t.shape[1]) == 1:
+        _kernels.input_grad_serial(*args)
+    else:
+        _pool(parts)
+        _kernels.input_grad_parallel(*args)
+    return buffers.sum(0) if parts > 1 else buffers[0]
 
 
 def forward(crow: Tensor, col: Tensor, values: Tensor, rows_t: Tensor, bias: Tensor | None = None) -> Tensor:
     """W @ rows_t (+ bias per row) for the CSR weight and a contiguous (in_features, batch) matrix:
-    (out_features, batch). The bias is added in the same pass (one parallel region less)."""
+    (out_features, batch). The bias is added in the same pass over the output."""
     out_t = torch.empty(crow.numel() - 1, rows_t.shape[1], dtype=values.dtype)
     bias = values.new_zeros(0) if bias is None else bias.detach().to(values.dtype)
-    _follow_torch_threads()
-    _kernels.forward(crow.numpy(), col.numpy(), values.detach().contiguous().numpy(), rows_t.numpy(), bias.numpy(), out_t.numpy())
+    args = (crow.numpy(), col.numpy(), values.detach().contiguous().numpy(), rows_t.numpy(), bias.numpy(), out_t.numpy())
+    threads = threads_for(col.numel() * rows_t.shape[1])
+    if threads == 1:
+        _kernels.forward_rows(*args, 0, crow.numel() - 1)
+    else:
+        _pool(threads)
+        _kernels.forward_parallel(*args, threads)
     return out_t
 
 
 def transpose(matrix: Tensor) -> Tensor:
     """matrix.t() as a new contiguous tensor, for a contiguous 2-D CPU float matrix."""
     out = torch.empty(matrix.shape[1], matrix.shape[0], dtype=matrix.dtype)
-    _follow_torch_threads()
-    _kernels.transpose(matrix.detach().numpy(), out.numpy())
+    args = (matrix.detach().numpy(), out.numpy())
+    threads = threads_for(matrix.numel())
+    if threads == 1:
+        _kernels.transpose_columns(*args, 0, matrix.shape[1] // 16 + 1)
+    else:
+        _pool(threads)
+        _kernels.transpose_parallel(*args, threads)
     return out

@@ -1,0 +1,34 @@
+"""The numba kernels give the same numbers on the calling thread alone as over the thread pool."""
+
+import pytest
+import torch
+
+from itop.sparse import SparseLinear, native
+
+pytestmark = pytest.mark.skipif(not native.AVAILABLE, reason="numba is not installed")
+
+
+@pytest.mark.parametrize("batch", [2, 8, 33])
+def test_serial_and_parallel_products_agree_bit_for_bit(monkeypatch, batch):
+    torch.manual_seed(0)
+    layer = SparseLinear(300, 70, nnz=2_000)
+    structure, values = layer.structure, layer.values.detach()
+    rows_t, grads_t = torch.randn(300, batch), torch.randn(70, batch)
+    results = {}
+    for name, minimum in (("serial", 1 << 60), ("parallel", 0)):
+        monkeypatch.setattr(native, "PARALLEL_MIN_WORK", minimum)
+        native.kernels()
+        results[name] = (
+            native.forward(structure.crow, structure.col, values, rows_t, layer.bias),
+            native.weight_grad(structure.crow, structure.col, grads_t, rows_t),
+            native.input_grad(structure.crow, structure.col, values, grads_t, 300),
+            native.transpose(rows_t),
+        )
+    for serial, parallel in zip(results["serial"], results["parallel"]):
+        assert torch.equal(serial, parallel)
+    dense = layer.to_dense().weight.detach()
+    forward, weight_grad, input_grad, transpose = results["serial"]
+    torch.testing.assert_close(forward, dense @ rows_t + layer.bias.detach()[:, None])
+    torch.testing.assert_close(weight_grad, (grads_t @ rows_t.t()).reshape(-1)[layer.indices])
+    torch.testing.assert_close(input_grad, dense.t() @ grads_t)
+    assert torch.equal(transpose, rows_t.t())
