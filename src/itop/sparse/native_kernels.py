@@ -16,6 +16,13 @@ _JIT = {"cache": True, "fastmath": True, "nogil": True}
 @numba.njit(**_JIT)
 def weight_grad_rows(crow, col, grads_t, inputs_t, out, start, stop):  # pragma: no cover - compiled
     batch = inputs_t.shape[1]
+    if batch == 2:  # SET's batch: both gradients in registers, no inner loop (2.2x the general loop at H=1,000)
+        for i in range(start, stop):
+            g0, g1 = grads_t[i, 0], grads_t[i, 1]
+            for j in range(crow[i], crow[i + 1]):
+                c = col[j]
+                out[j] = g0 * inputs_t[c, 0] + g1 * inputs_t[c, 1]
+        return
     for i in range(start, stop):
         g = grads_t[i]
         j, end = crow[i], crow[i + 1]
@@ -57,6 +64,14 @@ def weight_grad_parallel(crow, col, grads_t, inputs_t, out, parts):  # pragma: n
 def input_grad_rows(crow, col, values, grads_t, part, start, stop):  # pragma: no cover - compiled
     batch = grads_t.shape[1]
     part[:] = 0.0
+    if batch == 2:  # SET's batch: no inner loop (2x the general loop at H=1,000)
+        for i in range(start, stop):
+            g0, g1 = grads_t[i, 0], grads_t[i, 1]
+            for j in range(crow[i], crow[i + 1]):
+                v, c = values[j], col[j]
+                part[c, 0] += v * g0
+                part[c, 1] += v * g1
+        return
     for i in range(start, stop):
         g = grads_t[i]
         for j in range(crow[i], crow[i + 1]):
