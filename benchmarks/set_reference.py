@@ -23,16 +23,23 @@ divided by the batch size twice, weight decay is applied outside the learning ra
 dropout's mask is missing from the backward pass (the comparison trains without dropout).
 
 Writes a JSON file: training loss per epoch (the reference's own figure, the mean over batches of
-the batch-mean cross-entropy), test accuracy after the last epoch, seconds, and the workarounds.
+the batch-mean cross-entropy), test accuracy after the last epoch, seconds, and the workarounds;
+also the reference's own timings, read from the lines its `fit` prints: the training seconds of each
+epoch ("Training time", its batch loop) and of each topology update ("Weights evolution time", ~0
+after the last epoch, where its loop skips the update). For benchmarks/versus_reference.py:
+`--evolve-after-last` runs one more topology update after `fit` (`weightsEvolution_II`, as its loop
+does after every other epoch) and times it as `fit` does; `--no-test` skips the test evaluation.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import importlib
 import io
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -92,6 +99,21 @@ def apply_workarounds(module) -> list[str]:
     return applied
 
 
+def timedelta_seconds(text: str) -> float:
+    """Seconds of a datetime.timedelta as str() prints it ('0:00:08.123456', '1 day, 0:00:01')."""
+    days = 0
+    if "day" in text:
+        head, text = text.split(",", 1)
+        days = int(head.split()[0])
+    hours, minutes, seconds = text.strip().split(":")
+    return days * 86400 + int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+
+
+def own_timings(log: str, label: str) -> list[float]:
+    """The seconds of each `label` line the reference's fit printed ('Training time:  0:00:08.1 ; ...')."""
+    return [timedelta_seconds(m) for m in re.findall(rf"{label}:?\s+([^;\n]+?)\s*(?:;|$)", log, flags=re.M)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reference-dir", required=True)
@@ -106,6 +128,12 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--momentum", type=float, default=0.9)
     parser.add_argument("--weight-decay", type=float, default=2e-4)
+    parser.add_argument("--no-test", action="store_true", help="skip the test evaluation after training (test_acc null)")
+    parser.add_argument(
+        "--evolve-after-last",
+        action="store_true",
+        help="after fit, run the topology update its loop skips after the last epoch, timed as fit times it",
+    )
     args = parser.parse_args()
 
     ref, workarounds = load_reference(Path(args.reference_dir).expanduser().resolve())
@@ -136,12 +164,22 @@ def main() -> None:
             testing=False,
         )
         trained = time.perf_counter() - started
-        batch = max(b for b in range(1, 1001) if len(x_test) % b == 0)  # predict() skips a last partial batch
-        accuracy, _ = model.predict(x_test, y_test, batch_size=batch)  # no dropout: the same outputs as batch 1
+        evolution_after_last = None
+        if args.evolve_after_last:
+            t5 = datetime.datetime.now()  # as fit times its weightsEvolution_II
+            model.weightsEvolution_II()
+            evolution_after_last = (datetime.datetime.now() - t5).total_seconds()
+        accuracy = None
+        if not args.no_test:
+            batch = max(b for b in range(1, 1001) if len(x_test) % b == 0)  # predict() skips a last partial batch
+            accuracy, _ = model.predict(x_test, y_test, batch_size=batch)  # no dropout: the same outputs as batch 1
     result = dict(
         train_loss=[float(v) for v in metrics[:, 0]],
-        test_acc=float(accuracy),
+        test_acc=None if accuracy is None else float(accuracy),
         seconds=trained,
+        epoch_train_seconds=own_timings(log.getvalue(), "Training time"),
+        epoch_evolution_seconds=own_timings(log.getvalue(), "Weights evolution time"),
+        evolution_after_last_seconds=evolution_after_last,
         nnz=[int(model.w[i].nnz) for i in sorted(model.w)],
         workarounds=workarounds,
         numpy=np.__version__,
