@@ -1,11 +1,16 @@
 """Every kernel path of the sparse Linear layers, inside whole models: no batch size breaks a model.
 
-The products behind `SparseLinear` change with the batch (`itop.sparse.ops`: one row takes a
-matrix-vector product, a few rows MKL's CSR product and numba's input-gradient scatter, 32 and more
-numba's forward), and the masked engine swaps large low-density Linear layers to its CSR kernels
-only for calls of enough work (`itop.sparsity.kernels`: batch 128 on mlp-cifar10's first layer).
-An inplace-ReLU crash once came from a path taken only at batch 128, so each model here is stepped
-at batches 1, 2, 32 and 128, with PyTorch's products and again with numba's where installed.
+The products behind `SparseLinear` change with the batch and the machine (`itop.sparse.ops`,
+`itop.sparse.dispatch`: PyTorch's products, numba's, or the dense computation), and the masked
+engine's CSR kernels serve some calls only (`itop.sparsity.kernels`: by the fixed rule, batch 128 on
+mlp-cifar10's first layer). An inplace-ReLU crash once came from a path taken only at batch 128, so
+each model here is stepped at batches 1, 2, 32 and 128, on each path:
+
+- `torch`: PyTorch's products everywhere (numba off), the masked engine by its fixed rule (what
+  serves where nothing is measured), so its CSR kernels run on PyTorch's products at batch 128;
+- `dense` (ITOP_KERNELS=dense): the dense computation, no masked CSR kernels;
+- `numba` (ITOP_KERNELS=numba, where installed): numba's products, and the masked CSR kernels on
+  every call of every layer large and sparse enough to be swapped.
 
 For each model, a masked copy (Sparsifier) and a truly sparse copy (`sparsify`, same seed and
 density) hold the same positions and values; a training step must give the same outputs, the same
@@ -16,8 +21,7 @@ must run the sparse model.
 Zoo models left out: the conv stacks (alexnet, vgg, the CIFAR and ImageNet ResNets, wide ResNets)
 take one to several seconds per step at batch 128 on a 2-core CPU; their Linear layers are swept
 through their own classifier heads (alexnet-s, alexnet-b, vgg-c), on random features. The ResNets'
-heads are one Linear layer each, which the other models already cover. Every model runs with
-PyTorch's products (ITOP_SPARSE_KERNELS=torch) and with numba's where installed.
+heads are one Linear layer each, which the other models already cover.
 """
 
 from __future__ import annotations
@@ -31,11 +35,11 @@ from torch import nn
 
 import itop
 from itop.models import create_model, default_input_shape, list_models
-from itop.sparse import SparseLinear, native
+from itop.sparse import SparseLinear, dispatch, native
 from itop.sparsity import kernels
 
 BATCHES = (1, 2, 32, 128)
-BACKENDS = ["torch"] + (["numba"] if native.AVAILABLE else [])
+BACKENDS = ["torch", "dense"] + (["numba"] if native.AVAILABLE else [])
 TOL = dict(atol=1e-4, rtol=1e-4)  # float32: the sparse products sum in another order than the dense ones
 DENSITY = 0.05
 SEED = 3
@@ -97,7 +101,7 @@ MODELS = {
     "mlp-inplace-dropout": lambda: (PatternMLP("dropout"), (64,)),
     "mlp-residual-add_": lambda: (PatternMLP("add_"), (64,)),
 }
-# Models whose masked copy has a layer on the CSR kernels (at batch 128; mlp-cifar10 at 32 too).
+# Models whose masked copy has a layer on the CSR kernels (by the fixed rule at batch 128; mlp-cifar10 at 32 too).
 CSR_AT_128 = (
     "mlp-cifar10",
     "alexnet-s-head",
@@ -116,14 +120,18 @@ SWEEP = [(name, backend) for backend in BACKENDS for name in MODELS]
 
 
 @pytest.fixture(params=BACKENDS)
-def backend(request, monkeypatch):
-    """PyTorch's sparse products, and numba's where installed (ITOP_SPARSE_KERNELS=torch's choice)."""
-    monkeypatch.setattr(native, "AVAILABLE", request.param == "numba")
+def backend(request, monkeypatch, tmp_path):
+    """Each path of the module docstring."""
+    use_backend(monkeypatch, request.param, tmp_path)
     return request.param
 
 
-def use_backend(monkeypatch, backend):
-    monkeypatch.setattr(native, "AVAILABLE", backend == "numba")
+def use_backend(monkeypatch, backend, tmp_path):
+    if backend == "torch":  # numba off, nothing measured (a spent probe budget, an empty cache): the fixed rule
+        monkeypatch.setattr(native, "AVAILABLE", False)
+        monkeypatch.setattr(dispatch, "active", dispatch.Dispatcher(mode="auto", path=tmp_path / "kernels.json", budget=0))
+    else:
+        monkeypatch.setattr(dispatch, "active", dispatch.Dispatcher(mode=backend))
 
 
 def matching_pair(build):
@@ -180,13 +188,13 @@ def assert_same_gradients(masked, truly, context, tol=TOL):
 
 
 @pytest.mark.parametrize("name,backend", SWEEP, ids=[f"{b}-{n}" for n, b in SWEEP])
-def test_training_and_evaluation_match_the_masked_model_at_every_batch(name, backend, monkeypatch):
-    use_backend(monkeypatch, backend)
+def test_training_and_evaluation_match_the_masked_model_at_every_batch(name, backend, monkeypatch, tmp_path):
+    use_backend(monkeypatch, backend, tmp_path)
     masked, sparsifier, truly, shape = matching_pair(MODELS[name])
     dropouts = random_dropout(masked) + random_dropout(truly)
     csr_layers = [n for n, m in masked.named_modules() if type(m) is kernels.MaskedCSRLinear]
     if name in CSR_AT_128:
-        assert csr_layers, "the masked model should take the CSR kernels at batch 128"
+        assert bool(csr_layers) is (backend != "dense"), "the masked model should have its CSR kernels (none under ITOP_KERNELS=dense)"
     for batch in BATCHES:
         x, y = inputs(shape, batch, seed=batch)
         context = f"{name} {backend} batch {batch}"
@@ -233,15 +241,19 @@ def test_training_and_evaluation_match_the_masked_model_at_every_batch(name, bac
 
 
 def test_the_masked_csr_kernels_run_in_the_batch_128_step(backend):
-    """The sweep's claim that batch 128 reaches `MaskedCSRLinear`'s sparse path: its backward
-    gave the weight gradient at the active positions only."""
+    """The sweep's claim that batch 128 reaches `MaskedCSRLinear`'s sparse path (by the fixed
+    rule; on every call under ITOP_KERNELS=numba): its backward gave the weight gradient at the
+    active positions only."""
     masked, _, _, shape = matching_pair(MODELS["mlp-inplace-relu"])
-    layers = [m for m in masked.modules() if type(m) is kernels.MaskedCSRLinear]
-    assert layers
+    if backend == "dense":
+        assert not any(type(m) is kernels.MaskedCSRLinear for m in masked.modules())
+        return
+    layer = masked.fc2  # 1024 x 1024: over the fixed rule's size
+    assert type(layer) is kernels.MaskedCSRLinear
     step(masked, *inputs(shape, 128, seed=0))
-    assert all(m._itop_pattern.sampled_last for m in layers)
+    assert layer._itop_pattern.sampled_last
     step(masked, *inputs(shape, 2, seed=0))
-    assert not any(m._itop_pattern.sampled_last for m in layers)
+    assert layer._itop_pattern.sampled_last is (backend == "numba")
 
 
 def test_functional_call_trains_and_torch_func_grad_is_refused_clearly():

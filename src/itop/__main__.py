@@ -1,10 +1,10 @@
-"""`itop` / `python -m itop`: the command line (train, report)."""
+"""`itop` / `python -m itop`: the command line (train, report, doctor)."""
 
 from __future__ import annotations
 
 import sys
 
-USAGE = "usage: itop {train,report} [options]   (itop train --help, itop report --help, itop --version)"
+USAGE = "usage: itop {train,report,doctor} [options]   (itop train --help, itop report --help, itop doctor --help, itop --version)"
 
 
 def version() -> str:
@@ -30,6 +30,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"itop {version()}")
         return 0
     command, rest = argv[0], argv[1:]
+    if command in ("train", "doctor") and not {"-h", "--help"} & set(rest):
+        from itop.sparse import dispatch
+
+        try:
+            dispatch.read_mode()  # a bad ITOP_KERNELS: one line now, not a traceback mid-run
+        except ValueError as error:
+            print(f"itop: error: {error}", file=sys.stderr)
+            return 2
     if command == "train":
         from itop.train.cli import train_main
 
@@ -38,7 +46,11 @@ def main(argv: list[str] | None = None) -> int:
         from itop.report.cli import main as report_main
 
         return report_main(rest)
-    print(f"itop: error: unknown command {command!r}; choose train or report.", file=sys.stderr)
+    if command == "doctor":
+        from itop.doctor import main as doctor_main
+
+        return doctor_main(rest)
+    print(f"itop: error: unknown command {command!r}; choose train, report or doctor.", file=sys.stderr)
     return 2
 
 

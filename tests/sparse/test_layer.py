@@ -8,16 +8,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from itop.sparse import SparseLinear, native, ops
+from itop.sparse import SparseLinear, dispatch, native, ops
 from itop.sparse.structure import SparseStructure
 
-BACKENDS = ["torch"] + (["numba"] if native.AVAILABLE else [])
+BACKENDS = ["torch", "dense"] + (["numba"] if native.AVAILABLE else [])
 
 
 @pytest.fixture(params=BACKENDS)
 def backend(request, monkeypatch):
-    """Run a test with PyTorch's sparse products, and again with the numba kernels where installed."""
-    monkeypatch.setattr(native, "AVAILABLE", request.param == "numba")
+    """Run a test with each forced kernel mode (ITOP_KERNELS=torch, dense, numba where installed)."""
+    monkeypatch.setattr(dispatch, "active", dispatch.Dispatcher(mode=request.param))
     return request.param
 
 
@@ -38,11 +38,11 @@ def masked_reference(layer: SparseLinear):
     seed=st.integers(0, 2**31),
 )
 def test_forward_and_both_gradients_equal_masked_dense_autograd(kernels, in_f, out_f, share, batch, bias, seed):
-    native.AVAILABLE, saved = kernels == "numba", native.AVAILABLE
+    dispatch.active, saved = dispatch.Dispatcher(mode=kernels), dispatch.active
     try:
         check_against_masked_dense(in_f, out_f, share, batch, bias, seed)
     finally:
-        native.AVAILABLE = saved
+        dispatch.active = saved
 
 
 def check_against_masked_dense(in_f, out_f, share, batch, bias, seed):

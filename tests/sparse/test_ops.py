@@ -1,17 +1,16 @@
 """SparseLinear's output under the in-place patterns users write after a Linear layer.
 
-The batch sizes reach every kernel of the forward and the input gradient (`itop.sparse.ops`):
-one row (matrix-vector product), two rows (MKL's CSR product; numba's scatter for the input
-gradient) and 128 rows (numba's forward; MKL for the input gradient).
+Each forced kernel mode (`ITOP_KERNELS`: PyTorch's products, numba's where installed, dense) at
+one row (PyTorch's matrix-vector product), two rows and 128 rows.
 """
 
 import pytest
 import torch
 from torch import nn
 
-from itop.sparse import SparseLinear, native, ops
+from itop.sparse import SparseLinear, dispatch, native, ops
 
-BACKENDS = ["torch"] + (["numba"] if native.AVAILABLE else [])
+BACKENDS = ["torch", "dense"] + (["numba"] if native.AVAILABLE else [])
 FEATURES = 48  # in = out, so the residual patterns can add the input
 
 
@@ -38,8 +37,8 @@ PATTERNS = [inplace_relu, inplace_dropout, add_, plus_equals]
 
 @pytest.fixture(params=BACKENDS)
 def backend(request, monkeypatch):
-    """Run with PyTorch's sparse products, and again with the numba kernels where installed."""
-    monkeypatch.setattr(native, "AVAILABLE", request.param == "numba")
+    """Run with each forced kernel mode (ITOP_KERNELS=torch, dense, numba where installed)."""
+    monkeypatch.setattr(dispatch, "active", dispatch.Dispatcher(mode=request.param))
     return request.param
 
 

@@ -5,9 +5,17 @@ import torch
 from torch import nn
 
 import itop
+from itop.sparse import dispatch
 from itop.sparsity import kernels
 
 from .helpers import assert_zero_off_mask, batches, train
+
+
+@pytest.fixture(autouse=True)
+def fixed_rule(monkeypatch, tmp_path):
+    """The rule where nothing is measured (a spent probe budget): which path a call takes is then
+    known in advance. What is measured is tested in tests/sparse/test_dispatch.py."""
+    monkeypatch.setattr(dispatch, "active", dispatch.Dispatcher(mode="auto", path=tmp_path / "kernels.json", budget=0))
 
 
 def wide_mlp(seed=0):
@@ -61,20 +69,28 @@ def test_sparse_path_is_deterministic_and_skipped_under_autocast():
 def test_which_layers_pay_off():
     layer, mask = sparse_layer(0.04)
     assert kernels.pays_off(layer, mask, int(mask.sum()))
-    assert not kernels.pays_off(layer, mask, int(0.1 * mask.numel()))  # too dense
-    small = nn.Linear(784, 300)
-    assert not kernels.pays_off(small, torch.ones(300, 784, dtype=torch.bool), 100)  # too small
+    assert kernels.pays_off(layer, mask, int(0.3 * mask.numel()))  # measured per call against dense
+    assert not kernels.pays_off(layer, mask, int(0.31 * mask.numel()))  # too dense to probe
+    small = nn.Linear(50, 100)
+    assert not kernels.pays_off(small, torch.ones(100, 50, dtype=torch.bool), 100)  # too small to probe
     assert not kernels.pays_off(layer.to(torch.bfloat16), mask, int(mask.sum()))
     conv = nn.Conv2d(64, 64, 7)
     assert not kernels.pays_off(conv, torch.ones(conv.weight.shape, dtype=torch.bool), 10)
+
+
+@pytest.mark.parametrize("mode", ["torch", "dense"])
+def test_forced_torch_or_dense_kernels_never_swap(monkeypatch, mode):
+    monkeypatch.setattr(dispatch, "active", dispatch.Dispatcher(mode=mode))
+    layer, mask = sparse_layer(0.04)
+    assert not kernels.pays_off(layer, mask, int(mask.sum()))
 
 
 def test_sparsifier_gives_kernels_where_they_pay_and_takes_them_back():
     model = wide_mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     sp = itop.Sparsifier(model, opt, density=0.05, distribution="uniform", seed=0)
-    assert {n: s["sparse_kernel"] for n, s in sp.layer_stats().items()} == {"0.weight": True, "2.weight": False, "4.weight": False}
-    assert type(model[0]) is kernels.MaskedCSRLinear and type(model[2]) is nn.Linear
+    assert {n: s["sparse_kernel"] for n, s in sp.layer_stats().items()} == {"0.weight": True, "2.weight": True, "4.weight": False}
+    assert type(model[0]) is kernels.MaskedCSRLinear and type(model[4]) is nn.Linear
     sp.detach()
     assert type(model[0]) is nn.Linear
     sp.attach()
@@ -176,7 +192,7 @@ def test_other_weights_and_torch_func_take_the_dense_path():
     torch.testing.assert_close(batched.reshape(200, 600), layer(x))
 
 
-def test_small_batches_take_the_dense_path():
+def test_small_batches_take_the_dense_path_under_the_fixed_rule():
     layer, mask = sparse_layer()
     kernels.use_sparse(layer, mask)
     layer(torch.randn(16, 1000)).sum().backward()

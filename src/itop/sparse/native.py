@@ -13,12 +13,15 @@ plain loop that adds value * input row into the output row. Here:
 - `transpose`: the contiguous transpose of a layer's input, in 16 x 16 blocks on both threads (half
   the time of `.t().contiguous()` for a batch of 128 CIFAR images, a quarter of the inference time).
 
-Products too small to gain from threads run on the calling thread alone (`threads_for`): waking a
-thread pool costs more than they take, and on a core shared with another busy process a woken
-thread may wait a whole time slice.
+Each product runs on the calling thread alone (the `*_rows` kernels: no thread pool woken) or over
+the configured threads (`*_parallel`), with the same numbers either way: the caller passes
+`threads`, which `itop.sparse.dispatch` measures per shape class; without it, `threads_for` keeps
+tiny products on the calling thread (waking a thread pool costs more than they take, and on a core
+shared with another busy process a woken thread may wait a whole time slice).
 
-numba is optional: `AVAILABLE` is False when it is not installed (or fails to import), and
-`itop.sparse.ops` then uses the pure-PyTorch products. numba is imported when a truly sparse layer
+numba is optional: `AVAILABLE` is False when it is not installed (or fails to import) or
+`ITOP_KERNELS=torch` (old name: `ITOP_SPARSE_KERNELS=torch`) is set, and `itop.sparse.ops` then
+uses the pure-PyTorch products. numba is imported when a truly sparse layer
 first computes (`native_kernels.py`), not by `import itop`; kernels compile then and are cached on disk.
 """
 
@@ -30,7 +33,10 @@ import os
 import torch
 from torch import Tensor
 
-AVAILABLE = os.environ.get("ITOP_SPARSE_KERNELS", "").lower() != "torch" and importlib.util.find_spec("numba") is not None
+AVAILABLE = (
+    "torch" not in (os.environ.get("ITOP_SPARSE_KERNELS", "").strip().lower(), os.environ.get("ITOP_KERNELS", "").strip().lower())
+    and importlib.util.find_spec("numba") is not None
+)
 _kernels = None
 
 
@@ -54,7 +60,7 @@ def usable(*tensors: Tensor) -> bool:
     )
 
 
-PARALLEL_MIN_WORK = 1 << 17  # multiply-adds of one product below which waking the thread pool costs more than it saves
+PARALLEL_MIN_WORK = 1 << 17  # multiply-adds below which the calling thread alone serves (where no measurement decides)
 
 
 def configured_threads() -> int:
@@ -75,12 +81,12 @@ def _pool(threads: int) -> None:
         numba.set_num_threads(threads)
 
 
-def weight_grad(crow: Tensor, col: Tensor, grads_t: Tensor, rows_t: Tensor) -> Tensor:
+def weight_grad(crow: Tensor, col: Tensor, grads_t: Tensor, rows_t: Tensor, threads: int | None = None) -> Tensor:
     """(grads^T @ rows) at the CSR's positions, in CSR order: (nnz,), from contiguous
-    (out, batch) and (in, batch) matrices."""
+    (out, batch) and (in, batch) matrices; on `threads` threads (None: `threads_for`)."""
     out = torch.empty(col.numel(), dtype=rows_t.dtype)
     args = (crow.numpy(), col.numpy(), grads_t.to(rows_t.dtype).numpy(), rows_t.numpy(), out.numpy())
-    threads = threads_for(col.numel() * rows_t.shape[1])
+    threads = threads_for(col.numel() * rows_t.shape[1]) if threads is None else threads
     if threads == 1:
         _kernels.weight_grad_rows(*args, 0, crow.numel() - 1)
     else:
@@ -89,18 +95,19 @@ def weight_grad(crow: Tensor, col: Tensor, grads_t: Tensor, rows_t: Tensor) -> T
     return out
 
 
-def input_grad(crow: Tensor, col: Tensor, values: Tensor, grads_t: Tensor, in_features: int) -> Tensor:
+def input_grad(crow: Tensor, col: Tensor, values: Tensor, grads_t: Tensor, in_features: int, threads: int | None = None) -> Tensor:
     """(grads @ W)^T for the CSR weight (crow, col, values) and a contiguous (out, batch) matrix
     of output gradients: (in_features, batch).
 
     The rows are split into one part per configured thread, each scattered into a buffer of its
     own and summed after, whether the parts then run in parallel or one after another: the sums,
-    and so the numbers, do not depend on that choice.
+    and so the numbers, do not depend on that choice (`threads`; None: `threads_for`).
     """
     parts = max(1, min(configured_threads(), crow.numel() - 1))
     buffers = torch.empty(parts, in_features, grads_t.shape[1], dtype=values.dtype)
     args = (crow.numpy(), col.numpy(), values.detach().contiguous().numpy(), grads_t.to(values.dtype).numpy(), buffers.numpy())
-    if parts == 1 or threads_for(col.numel() * grads_t.shape[1]) == 1:
+    threads = threads_for(col.numel() * grads_t.shape[1]) if threads is None else threads
+    if parts == 1 or threads == 1:
         _kernels.input_grad_serial(*args)
     else:
         _pool(parts)
@@ -108,13 +115,36 @@ def input_grad(crow: Tensor, col: Tensor, values: Tensor, grads_t: Tensor, in_fe
     return buffers.sum(0) if parts > 1 else buffers[0]
 
 
-def forward(crow: Tensor, col: Tensor, values: Tensor, rows_t: Tensor, bias: Tensor | None = None) -> Tensor:
+def input_grad_csc(transposed: tuple[Tensor, Tensor, Tensor], values: Tensor, grads_t: Tensor, threads: int) -> Tensor:
+    """(grads @ W)^T through the transposed weight's CSR (`SparseStructure.transposed_indices()`):
+    each input row gathers its column's weights times their output-gradient rows, written once by
+    one thread (no buffers to sum), on `threads` threads; the same numbers on any count."""
+    order, ccol, row_t = transposed
+    out_t = torch.empty(ccol.numel() - 1, grads_t.shape[1], dtype=values.dtype)
+    args = (
+        ccol.numpy(),
+        row_t.numpy(),
+        order.numpy(),
+        values.detach().contiguous().numpy(),
+        grads_t.to(values.dtype).numpy(),
+        out_t.numpy(),
+    )
+    if threads == 1:
+        _kernels.input_grad_csc_rows(*args, 0, ccol.numel() - 1)
+    else:
+        _pool(threads)
+        _kernels.input_grad_csc_parallel(*args, threads)
+    return out_t
+
+
+def forward(crow: Tensor, col: Tensor, values: Tensor, rows_t: Tensor, bias: Tensor | None = None, threads: int | None = None) -> Tensor:
     """W @ rows_t (+ bias per row) for the CSR weight and a contiguous (in_features, batch) matrix:
-    (out_features, batch). The bias is added in the same pass over the output."""
+    (out_features, batch), on `threads` threads (None: `threads_for`). The bias is added in the
+    same pass over the output."""
     out_t = torch.empty(crow.numel() - 1, rows_t.shape[1], dtype=values.dtype)
     bias = values.new_zeros(0) if bias is None else bias.detach().to(values.dtype)
     args = (crow.numpy(), col.numpy(), values.detach().contiguous().numpy(), rows_t.numpy(), bias.numpy(), out_t.numpy())
-    threads = threads_for(col.numel() * rows_t.shape[1])
+    threads = threads_for(col.numel() * rows_t.shape[1]) if threads is None else threads
     if threads == 1:
         _kernels.forward_rows(*args, 0, crow.numel() - 1)
     else:

@@ -8,28 +8,36 @@ backward computes
 - the input gradient as grad_out @ W, through the CSR of the transposed weight or a scatter over
   the weight's own CSR.
 
-Each product has a pure-PyTorch form (`torch.sparse.mm`, MKL on Intel CPUs;
-`torch.sparse.sampled_addmm`) and, where numba is installed and it was measured faster on the CPU,
-a compiled one (`native.py`); the constants below say which serves which batch size. The forward
-and weight gradient are shared with the masked engine's sparse Linear kernels
-(`itop.sparsity.kernels`).
+Each product has candidates: PyTorch's (`torch.sparse.mm`, MKL on Intel CPUs; `torch.mv` for one
+row; `torch.sparse.sampled_addmm`), numba's (`native.py`, where installed) on the calling thread
+(`numba1`) or over the configured threads (`numba`); for the input gradient also numba over the
+transposed weight's CSR (`csc1`, `csc`); and the dense computation (`dense`: the
+weight made dense from its values, then a dense product; only up to
+`dispatch.DENSE_MAX_ELEMENTS`), so that where the dense layer could exist the truly sparse one is
+not measurably slower. Which one serves a call is measured per shape class on the machine at hand
+(`dispatch.py`); the constants below are the rule where nothing is measured (off the CPU, once the
+probe budget is spent, under `torch.compile` or a dispatch mode such as `FlopCounterMode`). The forward and weight gradient are shared with the
+masked engine's sparse Linear kernels (`itop.sparsity.kernels`).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from . import native
+from . import dispatch, native
 from .structure import SparseStructure
 
-# Which kernels serve which batch sizes (rows of the call), from measurements on the 2-core CPU
-# (benchmarks/truly_sparse.py); the numba ones only where numba is installed.
+# The rule where nothing is measured, from measurements on a 2-core AMD EPYC (benchmarks/truly_sparse.py).
 NATIVE_FORWARD_MIN_ROWS = 32  # forward: numba's loop from this many rows (1.5x MKL at 128), MKL below, mv for one row
 NATIVE_INPUT_GRAD_MAX_ROWS = 16  # input gradient: numba's scatter up to this many rows, MKL on the transposed CSR above
-NATIVE_TRANSPOSE_MIN_SIZE = 1 << 16  # transposing copies: numba's blocked loop from this many elements, PyTorch's copy below
+# Transposing copies stay a fixed rule (not measured): numba's blocked loop from this many elements, PyTorch's copy below.
+NATIVE_TRANSPOSE_MIN_SIZE = 1 << 16
 _VECTOR_ROWS = 8  # sampled_addmm's CPU kernel takes a scalar path below 8 rows: 2 rows cost 2.4x what 8 do
+OPS = ("forward", "input_grad", "weight_grad")
 
 
 def autocast_on(device_type: str) -> bool:
@@ -45,7 +53,12 @@ def transposed(matrix: Tensor) -> Tensor:
     flipped = matrix.t()
     if flipped.is_contiguous():
         return flipped
-    if matrix.is_contiguous() and matrix.numel() >= NATIVE_TRANSPOSE_MIN_SIZE and native.usable(matrix):
+    if (
+        matrix.is_contiguous()
+        and matrix.numel() >= NATIVE_TRANSPOSE_MIN_SIZE
+        and (dispatch.active or dispatch.current()).mode in ("auto", "numba")
+        and native.usable(matrix)
+    ):
         return native.transpose(matrix)
     return flipped.contiguous()
 
@@ -59,17 +72,162 @@ def own_tensor(view: Tensor) -> Tensor:
     return view.new_empty(0).set_(view)
 
 
-def forward_t(structure: SparseStructure, values: Tensor, rows_t: Tensor, bias: Tensor | None = None) -> Tensor:
-    """W @ rows_t + bias for a contiguous (in, batch) matrix: (out, batch), with the fastest
-    product for the batch: a CSR matrix-vector product for one row, MKL's CSR product for a few,
-    numba's loop (bias added in the same pass) for many."""
-    if rows_t.shape[1] >= NATIVE_FORWARD_MIN_ROWS and native.usable(rows_t, values):
-        return native.forward(structure.crow, structure.col, values, rows_t, bias)
+# ----------------------------------------------------------------------------- the candidates
+
+
+def _dense_weight(structure: SparseStructure, values: Tensor) -> Tensor:
+    out_features, in_features = structure.shape
+    flat = values.new_zeros(out_features * in_features)
+    return flat.index_copy_(0, structure.positions, values.detach()).view(out_features, in_features)
+
+
+def _threads(how: str) -> int:
+    return 1 if how == "numba1" else native.configured_threads()
+
+
+def _forward(how: str, structure: SparseStructure, values: Tensor, rows_t: Tensor, bias: Tensor | None) -> Tensor:
+    if how.startswith("numba") and native.usable(rows_t, values):
+        return native.forward(structure.crow, structure.col, values, rows_t, bias, _threads(how))
+    if how == "dense":
+        weight = _dense_weight(structure, values)
+        return weight.mm(rows_t) if bias is None else torch.addmm(bias.detach().unsqueeze(1), weight, rows_t)
     if rows_t.shape[1] == 1:
         out_t = torch.mv(structure.matrix(values), rows_t[:, 0]).unsqueeze(1)
     else:
         out_t = torch.sparse.mm(structure.matrix(values), rows_t)
     return out_t if bias is None else out_t.add_(bias.unsqueeze(1))
+
+
+def _input_grad(how: str, structure: SparseStructure, values: Tensor, grads_t: Tensor) -> Tensor:
+    if how.startswith("csc") and native.usable(grads_t, values):
+        return native.input_grad_csc(structure.transposed_indices(), values, grads_t, 1 if how == "csc1" else native.configured_threads())
+    if how.startswith("numba") and native.usable(grads_t, values):
+        return native.input_grad(structure.crow, structure.col, values, grads_t, structure.shape[1], _threads(how))
+    if how == "dense":
+        return _dense_weight(structure, values).t().mm(grads_t)
+    return torch.sparse.mm(structure.transposed_matrix(values), grads_t)
+
+
+def _weight_grad(how: str, structure: SparseStructure, grads_t: Tensor, rows_t: Tensor) -> Tensor:
+    if how.startswith("numba") and native.usable(grads_t, rows_t):
+        return native.weight_grad(structure.crow, structure.col, grads_t, rows_t, _threads(how))
+    if how == "dense":
+        return grads_t.mm(rows_t.t()).view(-1).index_select(0, structure.positions)
+    if rows_t.shape[1] < _VECTOR_ROWS and rows_t.device.type == "cpu":
+        pad = _VECTOR_ROWS - rows_t.shape[1]
+        rows_t = torch.cat([rows_t, rows_t.new_zeros(rows_t.shape[0], pad)], 1)
+        grads_t = torch.cat([grads_t, grads_t.new_zeros(grads_t.shape[0], pad)], 1)
+    ones = getattr(structure, "_ones", None)
+    if ones is None or ones.dtype != rows_t.dtype or ones.device != rows_t.device:
+        ones = structure._ones = torch.ones(structure.nnz, dtype=rows_t.dtype, device=rows_t.device)
+    return torch.sparse.sampled_addmm(structure.matrix(ones), grads_t, rows_t.t().contiguous(), beta=0.0).values()
+
+
+# ----------------------------------------------------------------------------- the choice
+
+
+def _numba_by_work(nnz: int, batch: int) -> str:
+    return "numba1" if nnz * batch < native.PARALLEL_MIN_WORK else "numba"
+
+
+def fixed_rule(op: str, shape: tuple[int, int], nnz: int, batch: int, tensor: Tensor) -> str:
+    """The choice where nothing is measured: numba's weight gradient, forward from
+    `NATIVE_FORWARD_MIN_ROWS` rows and input gradient up to `NATIVE_INPUT_GRAD_MAX_ROWS` rows where
+    it runs, PyTorch's products otherwise."""
+    numba = (
+        op == "weight_grad"
+        or (op == "forward" and batch >= NATIVE_FORWARD_MIN_ROWS)
+        or (op == "input_grad" and batch <= NATIVE_INPUT_GRAD_MAX_ROWS)
+    )
+    return _numba_by_work(nnz, batch) if numba and native.usable(tensor) else "torch"
+
+
+def forced_rule(mode: str, op: str, shape: tuple[int, int], nnz: int, batch: int, tensor: Tensor) -> str:
+    """The choice ITOP_KERNELS=torch|numba|dense forces: numba where it runs, dense where the dense
+    weight may exist (else PyTorch's products)."""
+    if mode == "numba" and native.usable(tensor):
+        how = _numba_by_work(nnz, batch)
+        return how.replace("numba", "csc") if op == "input_grad" and batch > NATIVE_INPUT_GRAD_MAX_ROWS else how
+    if mode == "dense" and shape[0] * shape[1] <= dispatch.DENSE_MAX_ELEMENTS:
+        return "dense"
+    return "torch"
+
+
+def decision_key(op: str, shape: tuple[int, int], nnz: int, batch: int, dtype: torch.dtype) -> tuple:
+    """The shape class of a product (see `dispatch`)."""
+    return (op, *shape, nnz.bit_length(), dispatch.size_class(batch), dtype, torch.get_num_threads())
+
+
+def candidates(op: str, shape: tuple[int, int], dtype: torch.dtype) -> list[str]:
+    """The ways to compute `op` here: PyTorch's, numba's on one and on all configured threads, dense."""
+    names = ["torch"]
+    if native.usable(torch.empty(0, dtype=dtype)):
+        names += ["numba1"] + (["numba"] if native.configured_threads() > 1 else [])
+        if op == "input_grad":  # numba over the transposed CSR: each input row written once
+            names += ["csc1"] + (["csc"] if native.configured_threads() > 1 else [])
+    if shape[0] * shape[1] <= dispatch.DENSE_MAX_ELEMENTS:
+        names.append("dense")
+    return names
+
+
+def random_structure(shape: tuple[int, int], nnz: int, generator: torch.Generator) -> SparseStructure:
+    """Random positions, about `nnz` of them (same class), drawn fast at any layer size."""
+    numel = shape[0] * shape[1]
+    if nnz * 2 > numel:
+        positions = torch.randperm(numel, generator=generator)[:nnz].sort().values
+    else:  # with replacement, drawing enough that about nnz stay distinct
+        draws = math.ceil(-numel * math.log1p(-nnz / numel))
+        positions = torch.randint(0, numel, (draws,), generator=generator).unique()
+    return SparseStructure(positions, shape)
+
+
+def candidate_timings(op: str, shape: tuple[int, int], nnz: int, batch: int, dtype: torch.dtype) -> dict[str, float]:
+    """Seconds per call of each candidate for `op` on random data of this shape class."""
+    generator = torch.Generator().manual_seed(0)  # never the global one: probing must not change a run's draws
+    structure = random_structure(shape, nnz, generator)
+    values = torch.randn(structure.nnz, generator=generator).to(dtype)
+    rows_t = torch.randn(shape[1], batch, generator=generator).to(dtype)
+    grads_t = torch.randn(shape[0], batch, generator=generator).to(dtype)
+    bias = torch.randn(shape[0], generator=generator).to(dtype)
+    runs = {
+        "forward": lambda how: lambda: _forward(how, structure, values, rows_t, bias),
+        "input_grad": lambda how: lambda: _input_grad(how, structure, values, grads_t),
+        "weight_grad": lambda how: lambda: _weight_grad(how, structure, grads_t, rows_t),
+    }[op]
+    with torch.no_grad():
+        return dispatch.time_candidates({how: runs(how) for how in candidates(op, shape, dtype)})
+
+
+def choose(op: str, structure: SparseStructure, batch: int, tensor: Tensor) -> str:
+    """The candidate that computes `op` for this call: measured once per shape class (ITOP_KERNELS=auto
+    on the CPU), forced by ITOP_KERNELS, or the fixed rule. Under a dispatch mode such as
+    `FlopCounterMode` nothing is probed and nothing computed densely (it would count as the layer's
+    work)."""
+    chooser = dispatch.active or dispatch.current()
+    mode = chooser.mode
+    if mode == "auto" and tensor.is_cpu and not torch._C._len_torch_dispatch_stack():
+        shape = structure.shape
+        key = (op, *shape, structure.nnz.bit_length(), dispatch.size_class(batch), tensor.dtype, torch.get_num_threads())
+        how = chooser.decisions.get(key)
+        if how is None:
+            nnz = structure.nnz
+            how = chooser.decide(
+                key, lambda: candidate_timings(op, shape, nnz, batch, tensor.dtype), lambda: fixed_rule(op, shape, nnz, batch, tensor)
+            )
+        return how
+    if mode == "auto":
+        return fixed_rule(op, structure.shape, structure.nnz, batch, tensor)
+    if mode == "dense" and torch._C._len_torch_dispatch_stack():
+        mode = "torch"
+    return forced_rule(mode, op, structure.shape, structure.nnz, batch, tensor)
+
+
+# ----------------------------------------------------------------------------- the products
+
+
+def forward_t(structure: SparseStructure, values: Tensor, rows_t: Tensor, bias: Tensor | None = None) -> Tensor:
+    """W @ rows_t + bias for a contiguous (in, batch) matrix: (out, batch)."""
+    return _forward(choose("forward", structure, rows_t.shape[1], rows_t), structure, values, rows_t, bias)
 
 
 def csr_forward(structure: SparseStructure, values: Tensor, rows: Tensor) -> Tensor:
@@ -79,28 +237,14 @@ def csr_forward(structure: SparseStructure, values: Tensor, rows: Tensor) -> Ten
 
 def input_grad_t(structure: SparseStructure, values: Tensor, grads_t: Tensor) -> Tensor:
     """(grads @ W)^T for a contiguous (out, batch) matrix `grads_t`: (in, batch)."""
-    if grads_t.shape[1] <= NATIVE_INPUT_GRAD_MAX_ROWS and native.usable(grads_t, values):
-        return native.input_grad(structure.crow, structure.col, values, grads_t, structure.shape[1])
-    return torch.sparse.mm(structure.transposed_matrix(values), grads_t)
+    return _input_grad(choose("input_grad", structure, grads_t.shape[1], grads_t), structure, values, grads_t)
 
 
 def weight_grad(structure: SparseStructure, grads_t: Tensor, rows_t: Tensor) -> Tensor:
     """(grads^T @ rows) at the active positions only, in the order of the values: (nnz,), from
-    contiguous (out, batch) and (in, batch) matrices.
-
-    numba's per-weight dot products where installed; otherwise `torch.sparse.sampled_addmm`, with
-    fewer than 8 rows (batch 2, SET's recipe) padded to 8 on the CPU (faster than unpadded).
-    """
-    if native.usable(grads_t, rows_t):
-        return native.weight_grad(structure.crow, structure.col, grads_t, rows_t)
-    if rows_t.shape[1] < _VECTOR_ROWS and rows_t.device.type == "cpu":
-        pad = _VECTOR_ROWS - rows_t.shape[1]
-        rows_t = torch.cat([rows_t, rows_t.new_zeros(rows_t.shape[0], pad)], 1)
-        grads_t = torch.cat([grads_t, grads_t.new_zeros(grads_t.shape[0], pad)], 1)
-    ones = getattr(structure, "_ones", None)
-    if ones is None or ones.dtype != rows_t.dtype or ones.device != rows_t.device:
-        ones = structure._ones = torch.ones(structure.nnz, dtype=rows_t.dtype, device=rows_t.device)
-    return torch.sparse.sampled_addmm(structure.matrix(ones), grads_t, rows_t.t().contiguous(), beta=0.0).values()
+    contiguous (out, batch) and (in, batch) matrices. PyTorch's form is `torch.sparse.sampled_addmm`,
+    with fewer than 8 rows (batch 2, SET's recipe) padded to 8 on the CPU (faster than unpadded)."""
+    return _weight_grad(choose("weight_grad", structure, rows_t.shape[1], rows_t), structure, grads_t, rows_t)
 
 
 class SparseLinearFunction(torch.autograd.Function):

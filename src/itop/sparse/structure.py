@@ -65,14 +65,19 @@ class SparseStructure:
             self._matrix_key = key
         return self._matrix
 
-    def transposed_matrix(self, values: Tensor) -> Tensor:
-        """The transposed weight (in_features x out_features) as a CSR tensor. Its indices (and the
-        order taking the values to it) are built on first use: only PyTorch's input-gradient
-        product reads them, so inference, the masked kernels and the numba path never pay the sort."""
+    def transposed_indices(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(order, ccol, row_t): the CSR of the transposed weight, and the order that takes the
+        values vector to it, built on first use (the input gradient's products read them)."""
         if self._transposed is None:
             rows = self.positions.div(self.shape[1], rounding_mode="floor")
             cols = self.positions - rows * self.shape[1]
             order = torch.sort(cols, stable=True).indices  # stable: rows stay ascending inside each column
             self._transposed = (order, _pointers(cols[order], self.shape[1], self.index_dtype), rows[order].to(self.index_dtype))
-        order, ccol, row_t = self._transposed
+        return self._transposed
+
+    def transposed_matrix(self, values: Tensor) -> Tensor:
+        """The transposed weight (in_features x out_features) as a CSR tensor. Its indices (and the
+        order taking the values to it) are built on first use: only PyTorch's input-gradient
+        product reads them, so inference, the masked kernels and the numba path never pay the sort."""
+        order, ccol, row_t = self.transposed_indices()
         return torch.sparse_csr_tensor(ccol, row_t, values.index_select(0, order), (self.shape[1], self.shape[0]), check_invariants=False)

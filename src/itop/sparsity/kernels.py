@@ -1,12 +1,17 @@
 """Sparse compute for low-density masked Linear layers on CPUs.
 
 Masking keeps the arithmetic dense: a Linear layer at density 0.04 still multiplies every zero.
-For the layers where it was measured to pay (float32 on the CPU, density at most `MAX_DENSITY`,
-at least `MIN_WEIGHTS` weights, calls of at least `MIN_WORK` rows x weights;
-`benchmarks/step_overhead.py`), the sparsifier swaps the module's
-class to `MaskedCSRLinear`, whose forward multiplies by the active weights only (a CSR matrix built
-from the mask's fixed pattern and the weights' current values) and whose backward computes the
-weight gradient at the active positions only, or densely on steps whose criteria need the dense
+For Linear layers where it may pay (float32 on the CPU, at least `MIN_PROBE_WEIGHTS` weights,
+density at most `MAX_PROBE_DENSITY`), the sparsifier swaps the module's class to
+`MaskedCSRLinear`, and each call takes the sparse path or the dense `F.linear` as measured on this
+machine for its shape class (layer shape, density, batch: `itop.sparse.dispatch`, which times both,
+forward and backward, the first time the class is met). Where nothing is measured (the probe budget
+spent) the sparse path serves layers of at least `MIN_WEIGHTS` weights at density at most
+`MAX_DENSITY`, in calls of at least `MIN_WORK` rows x weights (`benchmarks/step_overhead.py`);
+ITOP_KERNELS=torch or dense never swaps, ITOP_KERNELS=numba always takes the sparse path.
+The sparse path's forward multiplies by the active weights only (a CSR matrix built from the
+mask's fixed pattern and the weights' current values); its backward computes the weight gradient
+at the active positions only, or densely on steps whose criteria need the dense
 gradient (gradient growth at an update, momentum criteria). The sparse products are those of the
 truly sparse layers (`itop.sparse.ops`); the weight itself stays a dense, masked parameter (for a
 layer that stores only its active weights, see `itop.sparse.SparseLinear`).
@@ -25,9 +30,13 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
-from ..sparse.ops import autocast_on, csr_forward, own_tensor, transposed, weight_grad
+from ..sparse import dispatch
+from ..sparse.ops import autocast_on, csr_forward, own_tensor, random_structure, transposed, weight_grad
 from ..sparse.structure import SparseStructure
 
+MAX_PROBE_DENSITY = 0.3  # above it, or under MIN_PROBE_WEIGHTS weights, the dense layer is never probed against
+MIN_PROBE_WEIGHTS = 10_000
+# The rule where nothing is measured, from measurements on a 2-core AMD EPYC:
 MAX_DENSITY = 0.06
 MIN_WORK = 100_000_000  # rows x weights of one call: below it the fixed cost of the sparse calls wins
 MIN_WEIGHTS = 500_000  # at LeNet-300-100's 235k-weight layer the gain inside a real step was within noise
@@ -44,6 +53,8 @@ class SparsePattern:
         self.enabled = True  # off while an optimizer's closure runs: inactive weights may move inside such a step
         self.sampled_last = False  # the last backward gave the weight gradient at the active positions only
         self.weight = weight  # the parameter it belongs to: other tensors (torch.func) take the dense path
+        self.nnz = self.structure.nnz
+        self.shape_class = (*self.structure.shape, self.nnz.bit_length())  # of the dispatch key (itop.sparse.dispatch)
 
 
 _dense_only = threading.local()
@@ -75,12 +86,47 @@ def _sparse_path(x: Tensor, weight: Tensor, pattern: SparsePattern) -> bool:
         and weight.device.type == "cpu"
         and weight.dtype == torch.float32
         and x.dtype == torch.float32
-        and x.numel() * weight.shape[0] >= MIN_WORK
         and not autocast_on("cpu")
         and not torch.compiler.is_compiling()
         and not getattr(_dense_only, "on", False)
         and not _transformed(x)
+        and _sparse_pays(x, pattern)
     )
+
+
+def fixed_rule(shape: tuple[int, int], nnz: int, rows: int) -> str:
+    """The choice (sparse path or dense) where nothing is measured (the probe budget spent)."""
+    weights = shape[0] * shape[1]
+    return "sparse" if rows * weights >= MIN_WORK and weights >= MIN_WEIGHTS and nnz <= MAX_DENSITY * weights else "dense"
+
+
+def decision_key(shape: tuple[int, int], nnz: int, rows: int, train: bool) -> tuple:
+    """The shape class of a masked layer's call (see `itop.sparse.dispatch`)."""
+    return (
+        "masked" if train else "masked_eval",
+        *shape,
+        nnz.bit_length(),
+        dispatch.size_class(rows),
+        torch.float32,
+        torch.get_num_threads(),
+    )
+
+
+def _sparse_pays(x: Tensor, pattern: SparsePattern) -> bool:
+    """Whether this call takes the sparse path: measured once per shape class (ITOP_KERNELS=auto),
+    always with ITOP_KERNELS=numba, never with torch or dense."""
+    chooser = dispatch.active or dispatch.current()
+    if chooser.mode != "auto":
+        return chooser.mode == "numba"
+    rows, train = x.numel() // pattern.structure.shape[1], torch.is_grad_enabled()
+    key = ("masked" if train else "masked_eval", *pattern.shape_class, dispatch.size_class(rows), torch.float32, torch.get_num_threads())
+    how = chooser.decisions.get(key)
+    if how is None:
+        shape, nnz = pattern.structure.shape, pattern.nnz
+        if torch._C._len_torch_dispatch_stack():  # FlopCounterMode and the like would count the probe
+            return fixed_rule(shape, nnz, rows) == "sparse"
+        how = chooser.decide(key, lambda: masked_timings(shape, nnz, rows, train), lambda: fixed_rule(shape, nnz, rows))
+    return how == "sparse"
 
 
 class _MaskedCSRLinearFunction(torch.autograd.Function):
@@ -138,17 +184,44 @@ class MaskedCSRLinear(nn.Linear):
 
 
 def pays_off(module: nn.Module, mask: Tensor, nnz: int) -> bool:
-    """Whether this layer gets the sparse kernels: a plain nn.Linear weight on the CPU in float32,
-    sparse and large enough for the measured gain."""
+    """Whether this layer becomes a `MaskedCSRLinear`: a plain nn.Linear weight on the CPU in
+    float32, of at least `MIN_PROBE_WEIGHTS` weights at density at most `MAX_PROBE_DENSITY`, unless
+    ITOP_KERNELS=torch or dense. Each of its calls then takes the sparse path where that was
+    measured faster (`_sparse_pays`)."""
     weight = getattr(module, "weight", None)
     return (
         type(module) in (nn.Linear, MaskedCSRLinear)
         and weight is not None
         and weight.device.type == "cpu"
         and weight.dtype == torch.float32
-        and mask.numel() >= MIN_WEIGHTS
-        and nnz <= MAX_DENSITY * mask.numel()
+        and mask.numel() >= MIN_PROBE_WEIGHTS
+        and nnz <= MAX_PROBE_DENSITY * mask.numel()
+        and (dispatch.active or dispatch.current()).mode in ("auto", "numba")
     )
+
+
+def masked_timings(shape: tuple[int, int], nnz: int, rows: int, train: bool = True) -> dict[str, float]:
+    """Seconds per call of the sparse path and of the dense `F.linear`, forward and (if `train`)
+    backward, for a layer of this shape class on random data."""
+    generator = torch.Generator().manual_seed(0)  # never the global one: probing must not change a run's draws
+    mask = torch.zeros(shape[0] * shape[1], dtype=torch.bool)
+    mask[random_structure(shape, nnz, generator).positions] = True
+    weight, bias = torch.randn(shape, generator=generator), torch.randn(shape[0], generator=generator)
+    x, grad_out = torch.randn(rows, shape[1], generator=generator), torch.randn(rows, shape[0], generator=generator)
+    pattern = SparsePattern(mask.view(shape), weight)
+    if not train:
+        with torch.no_grad():
+            return dispatch.time_candidates(
+                {"sparse": lambda: _MaskedCSRLinearFunction.apply(x, weight, bias, pattern), "dense": lambda: F.linear(x, weight, bias)}
+            )
+    leaves = [t.requires_grad_() for t in (x, weight, bias)]
+    with torch.enable_grad():
+        return dispatch.time_candidates(
+            {
+                "sparse": lambda: torch.autograd.grad(_MaskedCSRLinearFunction.apply(x, weight, bias, pattern), leaves, grad_out),
+                "dense": lambda: torch.autograd.grad(F.linear(x, weight, bias), leaves, grad_out),
+            }
+        )
 
 
 def use_sparse(module: nn.Linear, mask: Tensor) -> SparsePattern:
