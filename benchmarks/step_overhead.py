@@ -15,7 +15,11 @@ measured separately on a 2-core AMD EPYC (AVX2) virtual machine, 2026-11: step 1
 153 ms (SET) / 409 ms (RigL).
 """
 
+# ruff: noqa: I001 - itop.openmp is imported first, as `import itop` is in a user's script, so that OpenMP's
+# spin count is set before torch loads OpenMP (see src/itop/openmp.py)
 from __future__ import annotations
+
+import itop.openmp
 
 import argparse
 import statistics

@@ -52,7 +52,11 @@ where it was measured.
 Ends with a markdown table of every figure, its target and PASS/MISS.
 """
 
+# ruff: noqa: I001 - itop.openmp is imported first, as `import itop` is in a user's script, so that OpenMP's
+# spin count is set before torch loads OpenMP (see src/itop/openmp.py)
 from __future__ import annotations
+
+import itop.openmp
 
 import argparse
 import gc

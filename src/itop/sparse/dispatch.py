@@ -43,6 +43,7 @@ import torch
 MODES = ("auto", "torch", "numba", "dense")
 DENSE_MAX_ELEMENTS = 1 << 24  # the dense weight is a candidate up to this size (64 MiB in float32)
 PROBE_BUDGET_S = 2.0  # seconds of probing per process
+PROBE_GAP_S = 1e-3  # idle time before each timed call (see time_candidates)
 CACHE_FILE = "kernels.json"
 CACHE_FORMAT = 1
 _LOCK_WAIT_S = 1.0  # a lock held longer (a stuck process) is passed by: the rename alone keeps the file whole
@@ -141,13 +142,19 @@ def _repeats(first: float) -> int:
 
 def time_candidates(candidates: Mapping[str, Callable[[], object]]) -> dict[str, float]:
     """Seconds per call of each candidate: after a warm-up call, the median of up to five timed
-    calls (fewer for slow ones). A candidate that raises (memory, an unsupported case) is left out."""
+    calls (fewer for slow ones). A candidate that raises (memory, an unsupported case) is left out.
+
+    Each timed call starts `PROBE_GAP_S` after the last: long enough for OpenMP's threads to stop
+    spinning, as they do in a training step where other work runs between two products, so a
+    candidate that wakes a thread pool pays for it here as it does there (back-to-back calls chose
+    MKL's threaded product at batch 2, which then cost a SET-MLP step 1.5x)."""
     timings = {}
     for name, run in candidates.items():
         try:
             run()
             times: list[float] = []
             while not times or len(times) < _repeats(times[0]):
+                time.sleep(PROBE_GAP_S)
                 start = time.perf_counter()
                 run()
                 times.append(time.perf_counter() - start)
