@@ -31,10 +31,25 @@ def cache_dir(monkeypatch, tmp_path):
     return tmp_path / "cache"
 
 
-def use(monkeypatch, **options) -> dispatch.Dispatcher:
+def use(monkeypatch, probe_small: bool = True, **options) -> dispatch.Dispatcher:
+    """A fresh dispatcher; with `probe_small`, the small shapes of these tests are probed too."""
     chooser = dispatch.Dispatcher(**options)
     monkeypatch.setattr(dispatch, "active", chooser)
+    if probe_small:
+        monkeypatch.setattr(dispatch, "MIN_PROBE_WORK", 0)
+        monkeypatch.setattr(kernels, "MIN_PROBE_CALL", 0)
     return chooser
+
+
+def test_tiny_products_and_calls_take_the_fixed_rule_unprobed(monkeypatch):
+    chooser = use(monkeypatch, probe_small=False)
+    torch.manual_seed(5)
+    layer = SparseLinear(120, 80, nnz=300)  # 300 x 32 rows: under MIN_PROBE_WORK
+    layer(torch.randn(32, 120, requires_grad=True)).sum().backward()
+    linear, mask = nn.Linear(300, 200), torch.rand(200, 300) < 0.05
+    kernels.use_sparse(linear, mask)
+    linear(torch.randn(8, 300)).sum().backward()  # 8 x 60,000: under MIN_PROBE_CALL
+    assert chooser.probes == 0 and not chooser.decisions
 
 
 def spy(monkeypatch):

@@ -15,7 +15,7 @@ this machine, so that the next process does not probe again.
   of `ops.py` and `itop.sparsity.kernels`), as they do off the CPU and while `torch.compile` traces.
 - The cache: `kernels.json` in `$ITOP_CACHE_DIR`, else `$XDG_CACHE_HOME/itop`, else
   `~/.cache/itop`, one entry per machine (CPU model, ISA, torch, numba and itop versions, usable
-  cores). It is rewritten whole, merged with what another process wrote, through a temporary file
+  cores, OpenMP's spin count). It is rewritten whole, merged with what another process wrote, through a temporary file
   and a rename (under a lock file where the OS has one); a missing, unreadable, corrupt or
   read-only cache costs the probes again, nothing else.
 - `ITOP_KERNELS` forces one path for everything: `auto` (the default: measured), `torch`, `numba`,
@@ -43,7 +43,8 @@ import torch
 MODES = ("auto", "torch", "numba", "dense")
 DENSE_MAX_ELEMENTS = 1 << 24  # the dense weight is a candidate up to this size (64 MiB in float32)
 PROBE_BUDGET_S = 2.0  # seconds of probing per process
-PROBE_GAP_S = 1e-3  # idle time before each timed call (see time_candidates)
+PROBE_GAP_S = 5e-4  # idle time before each timed call (see time_candidates)
+MIN_PROBE_WORK = 1 << 16  # multiply-adds of one product below which the fixed rule decides: tiny products are not worth a probe
 CACHE_FILE = "kernels.json"
 CACHE_FORMAT = 1
 _LOCK_WAIT_S = 1.0  # a lock held longer (a stuck process) is passed by: the rename alone keeps the file whole
@@ -115,6 +116,8 @@ def machine() -> dict[str, str | int]:
         "numba": _version("numba") if native.AVAILABLE else "none",
         "itop": str(getattr(itop, "__version__", "unknown")),
         "cores": usable_cores(),
+        # how long OpenMP's idle threads spin decides whether waking a pool pays (itop/openmp.py)
+        "spin": os.environ.get("GOMP_SPINCOUNT", "default"),
     }
 
 
@@ -136,32 +139,39 @@ def decode(text: str) -> tuple | None:
     return (parts[0], *sizes, dtype, threads) if isinstance(dtype, torch.dtype) else None
 
 
-def _repeats(first: float) -> int:
-    return 5 if first < 2e-3 else 3 if first < 50e-3 else 1
+def _rounds(slowest: float) -> int:
+    return 5 if slowest < 2e-3 else 3 if slowest < 50e-3 else 1
+
+
+def _timed(run: Callable[[], object]) -> float:
+    time.sleep(PROBE_GAP_S)
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
 
 
 def time_candidates(candidates: Mapping[str, Callable[[], object]]) -> dict[str, float]:
-    """Seconds per call of each candidate: after a warm-up call, the median of up to five timed
-    calls (fewer for slow ones). A candidate that raises (memory, an unsupported case) is left out.
+    """Seconds per call of each candidate: after a warm-up call each, the median of up to five
+    rounds in which every candidate runs once, in turn (fewer rounds for slow ones), so a slow drift
+    of the machine's load weighs on all of them alike. A candidate that raises (memory, an
+    unsupported case) is left out.
 
     Each timed call starts `PROBE_GAP_S` after the last: long enough for OpenMP's threads to stop
     spinning, as they do in a training step where other work runs between two products, so a
     candidate that wakes a thread pool pays for it here as it does there (back-to-back calls chose
     MKL's threaded product at batch 2, which then cost a SET-MLP step 1.5x)."""
-    timings = {}
+    times: dict[str, list[float]] = {}
     for name, run in candidates.items():
         try:
             run()
-            times: list[float] = []
-            while not times or len(times) < _repeats(times[0]):
-                time.sleep(PROBE_GAP_S)
-                start = time.perf_counter()
-                run()
-                times.append(time.perf_counter() - start)
+            times[name] = [_timed(run)]
         except Exception:  # noqa: BLE001 - a candidate that cannot run is no candidate
             continue
-        timings[name] = sorted(times)[len(times) // 2]
-    return timings
+    rounds = _rounds(max((t[0] for t in times.values()), default=0.0))
+    for _ in range(rounds - 1):
+        for name in list(times):
+            times[name].append(_timed(candidates[name]))
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
 
 
 def _read(path: Path) -> dict:

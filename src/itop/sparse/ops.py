@@ -205,7 +205,7 @@ def choose(op: str, structure: SparseStructure, batch: int, tensor: Tensor) -> s
     work)."""
     chooser = dispatch.active or dispatch.current()
     mode = chooser.mode
-    if mode == "auto" and tensor.is_cpu and not torch._C._len_torch_dispatch_stack():
+    if mode == "auto" and tensor.is_cpu and not torch._C._len_torch_dispatch_stack() and structure.nnz * batch >= dispatch.MIN_PROBE_WORK:
         shape = structure.shape
         key = (op, *shape, structure.nnz.bit_length(), dispatch.size_class(batch), tensor.dtype, torch.get_num_threads())
         how = chooser.decisions.get(key)

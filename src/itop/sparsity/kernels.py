@@ -36,6 +36,7 @@ from ..sparse.structure import SparseStructure
 
 MAX_PROBE_DENSITY = 0.3  # above it, or under MIN_PROBE_WEIGHTS weights, the dense layer is never probed against
 MIN_PROBE_WEIGHTS = 10_000
+MIN_PROBE_CALL = 1 << 22  # rows x weights of a call below which the dense product takes tens of microseconds: not probed
 # The rule where nothing is measured, from measurements on a 2-core AMD EPYC:
 MAX_DENSITY = 0.06
 MIN_WORK = 100_000_000  # rows x weights of one call: below it the fixed cost of the sparse calls wins
@@ -123,8 +124,8 @@ def _sparse_pays(x: Tensor, pattern: SparsePattern) -> bool:
     how = chooser.decisions.get(key)
     if how is None:
         shape, nnz = pattern.structure.shape, pattern.nnz
-        if torch._C._len_torch_dispatch_stack():  # FlopCounterMode and the like would count the probe
-            return fixed_rule(shape, nnz, rows) == "sparse"
+        if torch._C._len_torch_dispatch_stack() or rows * shape[0] * shape[1] < MIN_PROBE_CALL:
+            return fixed_rule(shape, nnz, rows) == "sparse"  # FlopCounterMode would count a probe; small calls stay dense
         how = chooser.decide(key, lambda: masked_timings(shape, nnz, rows, train), lambda: fixed_rule(shape, nnz, rows))
     return how == "sparse"
 
