@@ -45,8 +45,8 @@ def _products(chooser, nnz: int, batch: int, say) -> None:
 
     from itop.sparse import ops
 
-    names = ops.candidates("forward", SHAPE, torch.float32)
-    say(f"  batch {batch:<4} " + "".join(f"{name:>10}" for name in names) + "   chosen")
+    names = ops.candidates("input_grad", SHAPE, torch.float32)  # the widest set: the others' and numba's transposed CSR
+    say(f"  batch {batch:<4} " + "".join(f"{name:>8}" for name in names) + "   chosen")
     like = torch.empty(0)
     for op in ops.OPS:
         timings = ops.candidate_timings(op, SHAPE, nnz, batch, torch.float32)
@@ -56,7 +56,7 @@ def _products(chooser, nnz: int, batch: int, say) -> None:
             choice = chooser.decide(key, lambda timings=timings: timings, lambda op=op: ops.fixed_rule(op, SHAPE, nnz, batch, like))
         else:
             choice = ops.forced_rule(chooser.mode, op, SHAPE, nnz, batch, like)
-        rates = "".join(f"{_rate(2 * nnz * batch, timings.get(name)):>10}" for name in names)
+        rates = "".join(f"{_rate(2 * nnz * batch, timings.get(name)):>8}" for name in names)
         say(f"    {op:<11}{rates}   {choice} ({_source(chooser, key, before)})")
 
 
