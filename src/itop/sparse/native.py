@@ -81,17 +81,23 @@ def _pool(threads: int) -> None:
         numba.set_num_threads(threads)
 
 
+def _run(kernel: str, args: tuple, units: int, threads: int) -> None:
+    """Run `kernel` over `units` rows (or blocks): its serial `*_rows`/`*_columns` form on the calling
+    thread when `threads` is 1 (no pool woken), else its `*_parallel` form in `threads` equal ranges."""
+    if threads == 1:
+        getattr(_kernels, kernel)(*args, 0, units)
+    else:
+        _pool(threads)
+        getattr(_kernels, kernel.rsplit("_", 1)[0] + "_parallel")(*args, threads)
+
+
 def weight_grad(crow: Tensor, col: Tensor, grads_t: Tensor, rows_t: Tensor, threads: int | None = None) -> Tensor:
     """(grads^T @ rows) at the CSR's positions, in CSR order: (nnz,), from contiguous
     (out, batch) and (in, batch) matrices; on `threads` threads (None: `threads_for`)."""
     out = torch.empty(col.numel(), dtype=rows_t.dtype)
     args = (crow.numpy(), col.numpy(), grads_t.to(rows_t.dtype).numpy(), rows_t.numpy(), out.numpy())
     threads = threads_for(col.numel() * rows_t.shape[1]) if threads is None else threads
-    if threads == 1:
-        _kernels.weight_grad_rows(*args, 0, crow.numel() - 1)
-    else:
-        _pool(threads)
-        _kernels.weight_grad_parallel(*args, threads)
+    _run("weight_grad_rows", args, crow.numel() - 1, threads)
     return out
 
 
@@ -129,11 +135,7 @@ def input_grad_csc(transposed: tuple[Tensor, Tensor, Tensor], values: Tensor, gr
         grads_t.to(values.dtype).numpy(),
         out_t.numpy(),
     )
-    if threads == 1:
-        _kernels.input_grad_csc_rows(*args, 0, ccol.numel() - 1)
-    else:
-        _pool(threads)
-        _kernels.input_grad_csc_parallel(*args, threads)
+    _run("input_grad_csc_rows", args, ccol.numel() - 1, threads)
     return out_t
 
 
@@ -145,11 +147,7 @@ def forward(crow: Tensor, col: Tensor, values: Tensor, rows_t: Tensor, bias: Ten
     bias = values.new_zeros(0) if bias is None else bias.detach().to(values.dtype)
     args = (crow.numpy(), col.numpy(), values.detach().contiguous().numpy(), rows_t.numpy(), bias.numpy(), out_t.numpy())
     threads = threads_for(col.numel() * rows_t.shape[1]) if threads is None else threads
-    if threads == 1:
-        _kernels.forward_rows(*args, 0, crow.numel() - 1)
-    else:
-        _pool(threads)
-        _kernels.forward_parallel(*args, threads)
+    _run("forward_rows", args, crow.numel() - 1, threads)
     return out_t
 
 
@@ -157,10 +155,5 @@ def transpose(matrix: Tensor) -> Tensor:
     """matrix.t() as a new contiguous tensor, for a contiguous 2-D CPU float matrix."""
     out = torch.empty(matrix.shape[1], matrix.shape[0], dtype=matrix.dtype)
     args = (matrix.detach().numpy(), out.numpy())
-    threads = threads_for(matrix.numel())
-    if threads == 1:
-        _kernels.transpose_columns(*args, 0, matrix.shape[1] // 16 + 1)
-    else:
-        _pool(threads)
-        _kernels.transpose_parallel(*args, threads)
+    _run("transpose_columns", args, matrix.shape[1] // 16 + 1, threads_for(matrix.numel()))
     return out
