@@ -374,3 +374,24 @@ def test_a_cached_decision_costs_a_few_microseconds_per_call_at_most(monkeypatch
     ops.choose("forward", structure, 16, x)
     lookup = timeit.repeat(lambda: ops.choose("forward", structure, 16, x), number=2000, repeat=5)
     assert min(lookup) / 2000 < 5e-6  # seconds per call, best of five (about 1 us on a 2-core Xeon)
+
+
+def test_tiny_products_run_on_the_calling_thread_where_numba_runs():
+    """Under native.PARALLEL_MIN_WORK multiply-adds no pool is woken: numba's serial kernels, the
+    input gradient through the transposed CSR (no per-thread buffers to sum)."""
+    probe = torch.empty(0)
+    for op in ops.OPS:
+        how = ops.fixed_rule(op, (1000, 1000), 20_000, 2, probe)
+        expected = ("csc1" if op == "input_grad" else "numba1") if native.AVAILABLE else "torch"
+        assert how == expected, op
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 9])
+def test_the_forward_without_bias_on_every_candidate(rows):
+    shape = (40, 50)
+    structure = ops.random_structure(shape, 300, torch.Generator().manual_seed(4))
+    values = torch.randn(structure.nnz)
+    weight = torch.zeros(shape).view(-1).index_copy_(0, structure.positions, values).view(shape)
+    rows_t = torch.randn(50, rows)
+    for how in ops.candidates("forward", shape, torch.float32):
+        torch.testing.assert_close(ops._forward(how, structure, values, rows_t, None), weight @ rows_t, rtol=1e-5, atol=1e-5, msg=how)

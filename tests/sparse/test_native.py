@@ -32,3 +32,11 @@ def test_serial_and_parallel_products_agree_bit_for_bit(monkeypatch, batch):
     torch.testing.assert_close(weight_grad, (grads_t @ rows_t.t()).reshape(-1)[layer.indices])
     torch.testing.assert_close(input_grad, dense.t() @ grads_t)
     assert torch.equal(transpose, rows_t.t())
+
+
+@pytest.mark.skipif(not native.AVAILABLE, reason="numba not installed")
+def test_prepare_loads_the_kernels_before_any_layer_computes():
+    native.prepare(torch.float32)
+    native.prepare(torch.float64)
+    assert native.kernels() is not None
+    native.prepare(torch.float16)  # no kernel serves it: nothing to load, no error

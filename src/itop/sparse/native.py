@@ -157,3 +157,21 @@ def transpose(matrix: Tensor) -> Tensor:
     args = (matrix.detach().numpy(), out.numpy())
     _run("transpose_columns", args, matrix.shape[1] // 16 + 1, threads_for(matrix.numel()))
     return out
+
+
+def prepare(dtype: torch.dtype = torch.float32) -> None:
+    """Load every kernel for `dtype` now (numba's first call in a process takes about 0.3 s, each
+    later kernel a few ms from the on-disk cache), so that a run's first training steps do not pay
+    for it; a no-op where numba is not used."""
+    if not usable(torch.empty(0, dtype=dtype)):
+        return
+    crow, col = torch.tensor([0, 1, 2], dtype=torch.int32), torch.tensor([0, 1], dtype=torch.int32)
+    values, dense = torch.ones(2, dtype=dtype), torch.ones(2, 2, dtype=dtype)
+    transposed = (torch.tensor([0, 1]), torch.tensor([0, 1, 2], dtype=torch.int32), torch.tensor([0, 1], dtype=torch.int32))
+    for threads in sorted({1, configured_threads()}):
+        forward(crow, col, values, dense, values, threads)
+        forward(crow, col, values, dense, None, threads)
+        weight_grad(crow, col, dense, dense, threads)
+        input_grad(crow, col, values, dense, 2, threads)
+        input_grad_csc(transposed, values, dense, threads)
+        _run("transpose_columns", (dense.numpy(), torch.empty(2, 2, dtype=dtype).numpy()), 1, threads)

@@ -10,7 +10,10 @@ range, in the same order, whichever thread runs it.
 import numba
 from numba import prange
 
-_JIT = {"cache": True, "fastmath": True, "nogil": True}
+_FLAGS = {"cache": True, "nogil": True}
+_JIT = {"fastmath": True, **_FLAGS}
+# fastmath without reassociation: sums keep their written order (chains of independent adds)
+_ORDERED = {"nnan", "ninf", "nsz", "arcp", "contract", "afn"}
 
 
 @numba.njit(**_JIT)
@@ -23,6 +26,7 @@ def weight_grad_rows(crow, col, grads_t, inputs_t, out, start, stop):  # pragma:
                 c = col[j]
                 out[j] = g0 * inputs_t[c, 0] + g1 * inputs_t[c, 1]
         return
+    zero = out.dtype.type(0)  # accumulators in the data's dtype (a literal 0.0 would sum float32 in float64)
     for i in range(start, stop):
         g = grads_t[i]
         j, end = crow[i], crow[i + 1]
@@ -30,7 +34,7 @@ def weight_grad_rows(crow, col, grads_t, inputs_t, out, start, stop):  # pragma:
             while j + 7 < end:
                 x0, x1, x2, x3 = inputs_t[col[j]], inputs_t[col[j + 1]], inputs_t[col[j + 2]], inputs_t[col[j + 3]]
                 x4, x5, x6, x7 = inputs_t[col[j + 4]], inputs_t[col[j + 5]], inputs_t[col[j + 6]], inputs_t[col[j + 7]]
-                a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 0.0
+                a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = zero
                 for b in range(batch):
                     gb = g[b]
                     a0 += gb * x0[b]
@@ -46,7 +50,7 @@ def weight_grad_rows(crow, col, grads_t, inputs_t, out, start, stop):  # pragma:
                 j += 8
         while j < end:
             x = inputs_t[col[j]]
-            acc = 0.0
+            acc = zero
             for b in range(batch):
                 acc += g[b] * x[b]
             out[j] = acc
@@ -95,12 +99,39 @@ def input_grad_parallel(crow, col, values, grads_t, parts):  # pragma: no cover 
         input_grad_rows(crow, col, values, grads_t, parts[p], rows * p // count, rows * (p + 1) // count)
 
 
+@numba.njit(fastmath=_ORDERED, **_FLAGS)
+def input_grad_csc_pair(ccol, row_t, order, values, grads_t, out_t, start, stop):  # pragma: no cover - compiled
+    """input_grad_csc_rows for a batch of 2: the sums in registers, two chains each (as
+    `forward_rows_pair`); 1.8x the general loop at H=1,000."""
+    zero = values.dtype.type(0)
+    for c in range(start, stop):
+        a0 = a1 = b0 = b1 = zero
+        k, end = ccol[c], ccol[c + 1]
+        while k + 1 < end:
+            v, w = values[order[k]], values[order[k + 1]]
+            p, q = row_t[k], row_t[k + 1]
+            a0 += v * grads_t[p, 0]
+            a1 += v * grads_t[p, 1]
+            b0 += w * grads_t[q, 0]
+            b1 += w * grads_t[q, 1]
+            k += 2
+        if k < end:
+            v, p = values[order[k]], row_t[k]
+            a0 += v * grads_t[p, 0]
+            a1 += v * grads_t[p, 1]
+        out_t[c, 0] = a0 + b0
+        out_t[c, 1] = a1 + b1
+
+
 @numba.njit(**_JIT)
 def input_grad_csc_rows(ccol, row_t, order, values, grads_t, out_t, start, stop):  # pragma: no cover - compiled
     """(g @ W)^T rows [start, stop) through the transposed weight's CSR (`ccol`, `row_t`; `order`
     takes the values to its order): each input row gathers value * output-gradient row over the
     weights of its column, so every output row is written once, by one thread."""
     batch = grads_t.shape[1]
+    if batch == 2:
+        input_grad_csc_pair(ccol, row_t, order, values, grads_t, out_t, start, stop)
+        return
     for c in range(start, stop):
         row = out_t[c]
         row[:] = 0.0
@@ -125,9 +156,43 @@ def input_grad_csc_parallel(ccol, row_t, order, values, grads_t, out_t, parts): 
         input_grad_csc_rows(ccol, row_t, order, values, grads_t, out_t, rows * p // parts, rows * (p + 1) // parts)
 
 
+@numba.njit(fastmath=_ORDERED, **_FLAGS)
+def forward_rows_pair(crow, col, values, inputs_t, bias, out_t, start, stop):  # pragma: no cover - compiled
+    """forward_rows for a batch of 2: the sums in registers, in four chains each so that no add waits
+    on the one before; without reassociation LLVM keeps the chains instead of vectorising over
+    the gathers (1.4-1.7x at H=1,000, 1.4x at H=10,000, on an AVX-512 Xeon)."""
+    zero = values.dtype.type(0)
+    for i in range(start, stop):
+        a0 = a1 = b0 = b1 = c0 = c1 = d0 = d1 = zero
+        j, end = crow[i], crow[i + 1]
+        while j + 3 < end:
+            v, w, x, y = values[j], values[j + 1], values[j + 2], values[j + 3]
+            p, q, r, t = col[j], col[j + 1], col[j + 2], col[j + 3]
+            a0 += v * inputs_t[p, 0]
+            a1 += v * inputs_t[p, 1]
+            b0 += w * inputs_t[q, 0]
+            b1 += w * inputs_t[q, 1]
+            c0 += x * inputs_t[r, 0]
+            c1 += x * inputs_t[r, 1]
+            d0 += y * inputs_t[t, 0]
+            d1 += y * inputs_t[t, 1]
+            j += 4
+        while j < end:
+            v, p = values[j], col[j]
+            a0 += v * inputs_t[p, 0]
+            a1 += v * inputs_t[p, 1]
+            j += 1
+        first = bias[i] if bias.shape[0] else zero
+        out_t[i, 0] = first + ((a0 + b0) + (c0 + d0))
+        out_t[i, 1] = first + ((a1 + b1) + (c1 + d1))
+
+
 @numba.njit(**_JIT)
 def forward_rows(crow, col, values, inputs_t, bias, out_t, start, stop):  # pragma: no cover - compiled
     batch = inputs_t.shape[1]
+    if batch == 2:  # SET's batch: its own kernel (1.4-1.7x this loop's)
+        forward_rows_pair(crow, col, values, inputs_t, bias, out_t, start, stop)
+        return
     for i in range(start, stop):
         row = out_t[i]
         row[:] = bias[i] if bias.shape[0] else 0.0

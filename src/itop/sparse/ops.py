@@ -131,15 +131,22 @@ def _numba_by_work(nnz: int, batch: int) -> str:
 
 
 def fixed_rule(op: str, shape: tuple[int, int], nnz: int, batch: int, tensor: Tensor) -> str:
-    """The choice where nothing is measured: numba's weight gradient, forward from
-    `NATIVE_FORWARD_MIN_ROWS` rows and input gradient up to `NATIVE_INPUT_GRAD_MAX_ROWS` rows where
-    it runs, PyTorch's products otherwise."""
+    """The choice where nothing is measured: where numba runs, every product under
+    `native.PARALLEL_MIN_WORK` multiply-adds on the calling thread (the input gradient through the
+    transposed CSR: no buffers to sum), and above it numba's weight gradient, forward from
+    `NATIVE_FORWARD_MIN_ROWS` rows and input gradient up to `NATIVE_INPUT_GRAD_MAX_ROWS` rows;
+    PyTorch's products otherwise. (PyTorch's CSR product on a batch of 2 took 100 us inside a
+    training step where numba's takes 21 us, at H=1,000 on an AVX-512 Xeon.)"""
+    if not native.usable(tensor):
+        return "torch"
+    if nnz * batch < native.PARALLEL_MIN_WORK:
+        return "csc1" if op == "input_grad" else "numba1"
     numba = (
         op == "weight_grad"
         or (op == "forward" and batch >= NATIVE_FORWARD_MIN_ROWS)
         or (op == "input_grad" and batch <= NATIVE_INPUT_GRAD_MAX_ROWS)
     )
-    return _numba_by_work(nnz, batch) if numba and native.usable(tensor) else "torch"
+    return _numba_by_work(nnz, batch) if numba else "torch"
 
 
 def forced_rule(mode: str, op: str, shape: tuple[int, int], nnz: int, batch: int, tensor: Tensor) -> str:

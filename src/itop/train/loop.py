@@ -22,7 +22,7 @@ import itop
 from itop.data import DataError, load_dataset, make_loaders
 from itop.data.registry import is_tabular_path
 from itop.saving import best_sparse_as_save, restore
-from itop.sparse import SparseLinear
+from itop.sparse import SparseLinear, native
 
 from .checkpoint import BEST_SPARSE, CHECKPOINT, RunError, load_checkpoint, save_checkpoint
 from .config import TrainConfig, UsageError, result_settings
@@ -32,6 +32,7 @@ from .model_setup import build_model, build_sparsifier, loss_function
 from .notices import MIN_VALIDATION, no_update_warning
 from .optim import build_optimizer, learning_rate, set_learning_rate
 from .tensorboard import Logs, TensorBoardLog
+from .threads import step_threads, threads_note, using_threads
 
 # ImageNet runs (--arch, a data directory) cannot switch data with --data alone: name a whole command.
 IMAGENET_HINT = "or train on the 5,000 MNIST digits that come with itop: itop train --model lenet5 --data mnist5k"
@@ -144,6 +145,11 @@ class Run:
         if self.sparsifier is not None:
             warning = no_update_warning(cfg, self.steps_per_epoch, self.total_steps, self.sparsifier.schedule.update_frequency)
             self.warnings += [warning] if warning else []
+        sparse_dtypes = {m.values.dtype for m in self.model.modules() if isinstance(m, SparseLinear)}
+        for dtype in sparse_dtypes if self.device.type == "cpu" else ():
+            native.prepare(dtype)  # the kernels' one-time loading, here rather than in the first epoch's time
+        self.threads = step_threads(self.model, self.batch_size, self.device)
+        self.notes += [threads_note(self.threads, self.model, self.batch_size)] if self.threads else []
         self.selects_best = self._validation_size() >= MIN_VALIDATION  # else the final epoch is reported
         if self.val_loader is not None and not self.selects_best:
             self.notes.append(self._small_validation_note())
@@ -380,8 +386,9 @@ class Run:
             self.metrics = Logs(*logs)
         while self.epoch < cfg.total_epochs:
             start = time.perf_counter()
-            record = self.train_epoch()
-            val_acc = self._evaluate(self.val_loader)[1] if self.val_loader else None
+            with using_threads(self.threads):
+                record = self.train_epoch()
+                val_acc = self._evaluate(self.val_loader)[1] if self.val_loader else None
             self.epoch += 1
             self.seconds += time.perf_counter() - start
             record = {
