@@ -151,11 +151,19 @@ def forward(crow: Tensor, col: Tensor, values: Tensor, rows_t: Tensor, bias: Ten
     return out_t
 
 
+WIDE_TRANSPOSE = 4  # columns per row from which a transpose sweeps row bands (a batch of inputs) instead of column blocks
+
+
 def transpose(matrix: Tensor) -> Tensor:
-    """matrix.t() as a new contiguous tensor, for a contiguous 2-D CPU float matrix."""
-    out = torch.empty(matrix.shape[1], matrix.shape[0], dtype=matrix.dtype)
+    """matrix.t() as a new contiguous tensor, for a contiguous 2-D CPU float matrix: in 16-row bands
+    for a wide matrix (a batch of inputs, read cold), in 16-column blocks otherwise."""
+    rows, cols = matrix.shape
+    out = torch.empty(cols, rows, dtype=matrix.dtype)
     args = (matrix.detach().numpy(), out.numpy())
-    _run("transpose_columns", args, matrix.shape[1] // 16 + 1, threads_for(matrix.numel()))
+    if cols >= WIDE_TRANSPOSE * rows:
+        _run("transpose_band_rows", args, (rows + 15) // 16, threads_for(matrix.numel()))
+    else:
+        _run("transpose_columns", args, cols // 16 + 1, threads_for(matrix.numel()))
     return out
 
 
@@ -174,4 +182,5 @@ def prepare(dtype: torch.dtype = torch.float32) -> None:
         weight_grad(crow, col, dense, dense, threads)
         input_grad(crow, col, values, dense, 2, threads)
         input_grad_csc(transposed, values, dense, threads)
-        _run("transpose_columns", (dense.numpy(), torch.empty(2, 2, dtype=dtype).numpy()), 1, threads)
+        for kernel in ("transpose_columns", "transpose_band_rows"):
+            _run(kernel, (dense.numpy(), torch.empty(2, 2, dtype=dtype).numpy()), 1, threads)

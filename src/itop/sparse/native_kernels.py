@@ -246,3 +246,36 @@ def transpose_parallel(src, dst, parts):  # pragma: no cover - compiled
     blocks = src.shape[1] // 16 + 1
     for p in prange(parts):
         transpose_columns(src, dst, blocks * p // parts, blocks * (p + 1) // parts)
+
+
+@numba.njit(**_JIT)
+def transpose_band_rows(src, dst, start, stop):  # pragma: no cover - compiled
+    """dst = src.T for the 16-row bands [start, stop) of src, each swept along its columns: the
+    source is read row by row (a prefetcher follows 16 streams), which pays for a wide matrix read
+    cold from memory, such as a fresh batch of inputs (0.58 against 1.0 ms for 128 x 3072)."""
+    rows, cols = src.shape
+    tile = 16
+    full_cols = cols - cols % tile
+    for t in range(start, stop):
+        r0 = t * tile
+        r1 = min(r0 + tile, rows)
+        if r1 - r0 == tile:
+            for c0 in range(0, full_cols, tile):
+                for r in range(r0, r0 + tile):
+                    for c in range(tile):
+                        dst[c0 + c, r] = src[r, c0 + c]
+        else:
+            for c0 in range(0, full_cols, tile):
+                for r in range(r0, r1):
+                    for c in range(tile):
+                        dst[c0 + c, r] = src[r, c0 + c]
+        for r in range(r0, r1):
+            for c in range(full_cols, cols):
+                dst[c, r] = src[r, c]
+
+
+@numba.njit(parallel=True, **_JIT)
+def transpose_band_parallel(src, dst, parts):  # pragma: no cover - compiled
+    bands = (src.shape[0] + 15) // 16
+    for p in prange(parts):
+        transpose_band_rows(src, dst, bands * p // parts, bands * (p + 1) // parts)
