@@ -4,9 +4,30 @@ choices measured by the suite (and its subprocesses) go to a cache of its own, n
 import os
 import tempfile
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 os.environ.setdefault("ITOP_CACHE_DIR", tempfile.mkdtemp(prefix="itop-test-cache-"))
 
 settings.register_profile("itop", deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.load_profile("itop")
+
+
+@pytest.fixture
+def fixed_kernels():
+    """ITOP_KERNELS=dense for the test (and the processes it starts), restored after: kernel choices
+    timed per process may round differently (docs/performance.md), so tests that compare numbers
+    bit for bit across processes, or a masked model against a plain dense one, pin them."""
+    from itop.sparse import dispatch
+
+    before = os.environ.get("ITOP_KERNELS")
+    os.environ["ITOP_KERNELS"] = "dense"
+    dispatch.reset()
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("ITOP_KERNELS", None)
+        else:
+            os.environ["ITOP_KERNELS"] = before
+        dispatch.reset()

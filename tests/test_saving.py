@@ -9,6 +9,8 @@ from torch.nn.utils import prune
 import itop
 from itop.sparse import SparseLinear
 
+pytestmark = pytest.mark.usefixtures("fixed_kernels")  # bit-for-bit comparisons (see the fixture)
+
 
 def mlp(width=300):
     return nn.Sequential(nn.Linear(784, width), nn.ReLU(), nn.Linear(width, 100), nn.ReLU(), nn.Linear(100, 10))

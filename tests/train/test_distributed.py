@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from itop.__main__ import main
+
+pytestmark = pytest.mark.usefixtures("fixed_kernels")  # bit-for-bit comparisons (see the fixture)
 
 # 3,599 training digits: each epoch ends with a global batch of 199, split 99 / 100 over the ranks
 ARGS = [
