@@ -51,3 +51,38 @@ def test_the_transpose_is_exact_in_row_bands_and_column_blocks(monkeypatch, shap
     monkeypatch.setattr(native, "threads_for", lambda work: min(threads, native.configured_threads()))
     matrix = torch.randn(*shape)
     assert torch.equal(native.transpose(matrix), matrix.t())
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_fused_backward_gives_the_two_products_numbers_exactly(monkeypatch, threads):
+    """At a batch of 2 the weight and input gradients come from one pass over the CSR, bit for bit
+    the numbers of the two separate kernels (same expressions, same parts)."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    torch.manual_seed(1)
+    layer = SparseLinear(300, 70, nnz=2_000)
+    structure, values = layer.structure, layer.values.detach()
+    grads_t, rows_t = torch.randn(70, 2), torch.randn(300, 2)
+    grad_values, grad_input_t = native.backward(*structure.arrays(), values, grads_t, rows_t, 300, threads)
+    assert torch.equal(grad_values, native.weight_grad(structure.crow, structure.col, grads_t, rows_t, threads))
+    assert torch.equal(grad_input_t, native.input_grad(structure.crow, structure.col, values, grads_t, 300, threads))
+    dense = torch.zeros(70 * 300).index_copy_(0, structure.positions, values).view(70, 300)
+    torch.testing.assert_close(grad_input_t, dense.t() @ grads_t, rtol=1e-5, atol=1e-5)
+
+
+def test_a_batch_of_two_trains_through_the_fused_backward(monkeypatch):
+    from itop.sparse import ops
+
+    calls = []
+    original = native.backward
+    monkeypatch.setattr(native, "backward", lambda *args: calls.append(1) or original(*args))
+    monkeypatch.setattr(ops, "choose", lambda op, *args: "numba1")
+    torch.manual_seed(2)
+    layer = SparseLinear(50, 40, nnz=300)
+    x = torch.randn(2, 50, requires_grad=True)
+    layer(x).square().sum().backward()
+    assert calls == [1]
+    dense = torch.zeros(40 * 50).index_copy_(0, layer.structure.positions, layer.values.detach()).view(40, 50).requires_grad_()
+    x2 = x.detach().clone().requires_grad_()
+    torch.nn.functional.linear(x2, dense, layer.bias.detach()).square().sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(layer.values.grad, dense.grad.view(-1)[layer.structure.positions], rtol=1e-5, atol=1e-5)

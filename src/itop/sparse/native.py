@@ -30,6 +30,7 @@ from __future__ import annotations
 import importlib.util
 import os
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -53,11 +54,29 @@ def kernels():
     return _kernels
 
 
+_DTYPES = (torch.float32, torch.float64)
+
+
 def usable(*tensors: Tensor) -> bool:
     """The kernels serve contiguous CPU float32/float64 tensors, outside autograd transforms."""
-    return (
-        AVAILABLE and all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) for t in tensors) and kernels() is not None
-    )
+    if not AVAILABLE:
+        return False
+    for tensor in tensors:
+        if not tensor.is_cpu or tensor.dtype not in _DTYPES:
+            return False
+    return _kernels is not None or kernels() is not None
+
+
+def _array(index):
+    """An index array as numpy: the structures hand over cached numpy views, tests pass tensors."""
+    return index if type(index) is np.ndarray else index.numpy()
+
+
+def _data(tensor: Tensor, dtype: torch.dtype):
+    """A tensor's data as a numpy view in `dtype` (a copy only where the dtype differs)."""
+    if tensor.dtype != dtype:
+        tensor = tensor.to(dtype)
+    return tensor.detach().numpy()
 
 
 PARALLEL_MIN_WORK = 1 << 17  # multiply-adds below which the calling thread alone serves (where no measurement decides)
@@ -94,10 +113,11 @@ def _run(kernel: str, args: tuple, units: int, threads: int) -> None:
 def weight_grad(crow: Tensor, col: Tensor, grads_t: Tensor, rows_t: Tensor, threads: int | None = None) -> Tensor:
     """(grads^T @ rows) at the CSR's positions, in CSR order: (nnz,), from contiguous
     (out, batch) and (in, batch) matrices; on `threads` threads (None: `threads_for`)."""
-    out = torch.empty(col.numel(), dtype=rows_t.dtype)
-    args = (crow.numpy(), col.numpy(), grads_t.to(rows_t.dtype).numpy(), rows_t.numpy(), out.numpy())
-    threads = threads_for(col.numel() * rows_t.shape[1]) if threads is None else threads
-    _run("weight_grad_rows", args, crow.numel() - 1, threads)
+    crow, col = _array(crow), _array(col)
+    out = torch.empty(len(col), dtype=rows_t.dtype)
+    args = (crow, col, _data(grads_t, rows_t.dtype), rows_t.detach().numpy(), out.numpy())
+    threads = threads_for(len(col) * rows_t.shape[1]) if threads is None else threads
+    _run("weight_grad_rows", args, len(crow) - 1, threads)
     return out
 
 
@@ -109,10 +129,11 @@ def input_grad(crow: Tensor, col: Tensor, values: Tensor, grads_t: Tensor, in_fe
     own and summed after, whether the parts then run in parallel or one after another: the sums,
     and so the numbers, do not depend on that choice (`threads`; None: `threads_for`).
     """
-    parts = max(1, min(configured_threads(), crow.numel() - 1))
+    crow, col = _array(crow), _array(col)
+    parts = max(1, min(configured_threads(), len(crow) - 1))
     buffers = torch.empty(parts, in_features, grads_t.shape[1], dtype=values.dtype)
-    args = (crow.numpy(), col.numpy(), values.detach().contiguous().numpy(), grads_t.to(values.dtype).numpy(), buffers.numpy())
-    threads = threads_for(col.numel() * grads_t.shape[1]) if threads is None else threads
+    args = (crow, col, values.detach().contiguous().numpy(), _data(grads_t, values.dtype), buffers.numpy())
+    threads = threads_for(len(col) * grads_t.shape[1]) if threads is None else threads
     if parts == 1 or threads == 1:
         _kernels.input_grad_serial(*args)
     else:
@@ -121,21 +142,31 @@ def input_grad(crow: Tensor, col: Tensor, values: Tensor, grads_t: Tensor, in_fe
     return buffers.sum(0) if parts > 1 else buffers[0]
 
 
+def backward(crow, col, values: Tensor, grads_t: Tensor, rows_t: Tensor, in_features: int, threads: int) -> tuple[Tensor, Tensor]:
+    """`weight_grad` and `input_grad` in one pass over the CSR, for a batch of 2: the same numbers
+    as the two products (same expressions, the same parts as `input_grad`), with the column
+    indices and values read once (1.2-1.5x the pair at H=10,000)."""
+    crow, col = _array(crow), _array(col)
+    parts = max(1, min(configured_threads(), len(crow) - 1))
+    grad_values = torch.empty(len(col), dtype=values.dtype)
+    buffers = torch.empty(parts, in_features, grads_t.shape[1], dtype=values.dtype)
+    args = (crow, col, values.detach().contiguous().numpy(), _data(grads_t, values.dtype), _data(rows_t, values.dtype))
+    if parts == 1 or threads == 1:
+        _kernels.backward_serial(*args, grad_values.numpy(), buffers.numpy())
+    else:
+        _pool(parts)
+        _kernels.backward_parallel(*args, grad_values.numpy(), buffers.numpy())
+    return grad_values, (buffers.sum(0) if parts > 1 else buffers[0])
+
+
 def input_grad_csc(transposed: tuple[Tensor, Tensor, Tensor], values: Tensor, grads_t: Tensor, threads: int) -> Tensor:
     """(grads @ W)^T through the transposed weight's CSR (`SparseStructure.transposed_indices()`):
     each input row gathers its column's weights times their output-gradient rows, written once by
     one thread (no buffers to sum), on `threads` threads; the same numbers on any count."""
-    order, ccol, row_t = transposed
-    out_t = torch.empty(ccol.numel() - 1, grads_t.shape[1], dtype=values.dtype)
-    args = (
-        ccol.numpy(),
-        row_t.numpy(),
-        order.numpy(),
-        values.detach().contiguous().numpy(),
-        grads_t.to(values.dtype).numpy(),
-        out_t.numpy(),
-    )
-    _run("input_grad_csc_rows", args, ccol.numel() - 1, threads)
+    order, ccol, row_t = (_array(index) for index in transposed)
+    out_t = torch.empty(len(ccol) - 1, grads_t.shape[1], dtype=values.dtype)
+    args = (ccol, row_t, order, values.detach().contiguous().numpy(), _data(grads_t, values.dtype), out_t.numpy())
+    _run("input_grad_csc_rows", args, len(ccol) - 1, threads)
     return out_t
 
 
@@ -143,12 +174,16 @@ def forward(crow: Tensor, col: Tensor, values: Tensor, rows_t: Tensor, bias: Ten
     """W @ rows_t (+ bias per row) for the CSR weight and a contiguous (in_features, batch) matrix:
     (out_features, batch), on `threads` threads (None: `threads_for`). The bias is added in the
     same pass over the output."""
-    out_t = torch.empty(crow.numel() - 1, rows_t.shape[1], dtype=values.dtype)
-    bias = values.new_zeros(0) if bias is None else bias.detach().to(values.dtype)
-    args = (crow.numpy(), col.numpy(), values.detach().contiguous().numpy(), rows_t.numpy(), bias.numpy(), out_t.numpy())
-    threads = threads_for(col.numel() * rows_t.shape[1]) if threads is None else threads
-    _run("forward_rows", args, crow.numel() - 1, threads)
+    crow, col = _array(crow), _array(col)
+    out_t = torch.empty(len(crow) - 1, rows_t.shape[1], dtype=values.dtype)
+    bias = _NO_BIAS.get(values.dtype) if bias is None else _data(bias, values.dtype)
+    args = (crow, col, values.detach().contiguous().numpy(), rows_t.detach().numpy(), bias, out_t.numpy())
+    threads = threads_for(len(col) * rows_t.shape[1]) if threads is None else threads
+    _run("forward_rows", args, len(crow) - 1, threads)
     return out_t
+
+
+_NO_BIAS = {dtype: np.zeros(0, dtype=torch.empty(0, dtype=dtype).numpy().dtype) for dtype in _DTYPES}
 
 
 WIDE_TRANSPOSE = 4  # columns per row from which a transpose sweeps row bands (a batch of inputs) instead of column blocks
@@ -182,5 +217,6 @@ def prepare(dtype: torch.dtype = torch.float32) -> None:
         weight_grad(crow, col, dense, dense, threads)
         input_grad(crow, col, values, dense, 2, threads)
         input_grad_csc(transposed, values, dense, threads)
+        backward(crow, col, values, dense, dense, 2, threads)
         for kernel in ("transpose_columns", "transpose_band_rows"):
             _run(kernel, (dense.numpy(), torch.empty(2, 2, dtype=dtype).numpy()), 1, threads)

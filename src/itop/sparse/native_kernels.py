@@ -279,3 +279,47 @@ def transpose_band_parallel(src, dst, parts):  # pragma: no cover - compiled
     bands = (src.shape[0] + 15) // 16
     for p in prange(parts):
         transpose_band_rows(src, dst, bands * p // parts, bands * (p + 1) // parts)
+
+
+@numba.njit(**_JIT)
+def backward_rows(crow, col, values, grads_t, inputs_t, grad_values, part, start, stop):  # pragma: no cover - compiled
+    """weight_grad_rows and input_grad_rows in one pass over rows [start, stop) of the CSR: each
+    active weight's column index and value are read once for both gradients (at small batches the
+    two products are bound by reading the CSR, 1.6 MB a product for 200,000 weights). The numbers
+    are those of the two kernels: the same expressions, in the same order."""
+    batch = grads_t.shape[1]
+    part[:] = 0.0
+    if batch == 2:
+        for i in range(start, stop):
+            g0, g1 = grads_t[i, 0], grads_t[i, 1]
+            for j in range(crow[i], crow[i + 1]):
+                c, v = col[j], values[j]
+                grad_values[j] = g0 * inputs_t[c, 0] + g1 * inputs_t[c, 1]
+                part[c, 0] += v * g0
+                part[c, 1] += v * g1
+        return
+    zero = grad_values.dtype.type(0)
+    for i in range(start, stop):
+        g = grads_t[i]
+        for j in range(crow[i], crow[i + 1]):
+            c, v = col[j], values[j]
+            x, target = inputs_t[c], part[c]
+            acc = zero
+            for b in range(batch):
+                acc += g[b] * x[b]
+                target[b] += v * g[b]
+            grad_values[j] = acc
+
+
+@numba.njit(**_JIT)
+def backward_serial(crow, col, values, grads_t, inputs_t, grad_values, parts):  # pragma: no cover - compiled
+    count, rows = parts.shape[0], grads_t.shape[0]
+    for p in range(count):
+        backward_rows(crow, col, values, grads_t, inputs_t, grad_values, parts[p], rows * p // count, rows * (p + 1) // count)
+
+
+@numba.njit(parallel=True, **_JIT)
+def backward_parallel(crow, col, values, grads_t, inputs_t, grad_values, parts):  # pragma: no cover - compiled
+    count, rows = parts.shape[0], grads_t.shape[0]
+    for p in prange(count):
+        backward_rows(crow, col, values, grads_t, inputs_t, grad_values, parts[p], rows * p // count, rows * (p + 1) // count)

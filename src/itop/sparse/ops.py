@@ -87,7 +87,7 @@ def _threads(how: str) -> int:
 
 def _forward(how: str, structure: SparseStructure, values: Tensor, rows_t: Tensor, bias: Tensor | None) -> Tensor:
     if how.startswith("numba") and native.usable(rows_t, values):
-        return native.forward(structure.crow, structure.col, values, rows_t, bias, _threads(how))
+        return native.forward(*structure.arrays(), values, rows_t, bias, _threads(how))
     if how == "dense":
         weight = _dense_weight(structure, values)
         return weight.mm(rows_t) if bias is None else torch.addmm(bias.detach().unsqueeze(1), weight, rows_t)
@@ -100,9 +100,9 @@ def _forward(how: str, structure: SparseStructure, values: Tensor, rows_t: Tenso
 
 def _input_grad(how: str, structure: SparseStructure, values: Tensor, grads_t: Tensor) -> Tensor:
     if how.startswith("csc") and native.usable(grads_t, values):
-        return native.input_grad_csc(structure.transposed_indices(), values, grads_t, 1 if how == "csc1" else native.configured_threads())
+        return native.input_grad_csc(structure.transposed_arrays(), values, grads_t, 1 if how == "csc1" else native.configured_threads())
     if how.startswith("numba") and native.usable(grads_t, values):
-        return native.input_grad(structure.crow, structure.col, values, grads_t, structure.shape[1], _threads(how))
+        return native.input_grad(*structure.arrays(), values, grads_t, structure.shape[1], _threads(how))
     if how == "dense":
         return _dense_weight(structure, values).t().mm(grads_t)
     return torch.sparse.mm(structure.transposed_matrix(values), grads_t)
@@ -110,7 +110,7 @@ def _input_grad(how: str, structure: SparseStructure, values: Tensor, grads_t: T
 
 def _weight_grad(how: str, structure: SparseStructure, grads_t: Tensor, rows_t: Tensor) -> Tensor:
     if how.startswith("numba") and native.usable(grads_t, rows_t):
-        return native.weight_grad(structure.crow, structure.col, grads_t, rows_t, _threads(how))
+        return native.weight_grad(*structure.arrays(), grads_t, rows_t, _threads(how))
     if how == "dense":
         return grads_t.mm(rows_t.t()).view(-1).index_select(0, structure.positions)
     if rows_t.shape[1] < _VECTOR_ROWS and rows_t.device.type == "cpu":
@@ -133,14 +133,15 @@ def _numba_by_work(nnz: int, batch: int) -> str:
 def fixed_rule(op: str, shape: tuple[int, int], nnz: int, batch: int, tensor: Tensor) -> str:
     """The choice where nothing is measured: where numba runs, every product under
     `native.PARALLEL_MIN_WORK` multiply-adds on the calling thread (the input gradient through the
-    transposed CSR: no buffers to sum), and above it numba's weight gradient, forward from
+    transposed CSR where the scatter would have per-thread buffers to sum; on one thread the
+    scatter, which `fused_backward` joins to the weight gradient), and above it numba's weight gradient, forward from
     `NATIVE_FORWARD_MIN_ROWS` rows and input gradient up to `NATIVE_INPUT_GRAD_MAX_ROWS` rows;
     PyTorch's products otherwise. (PyTorch's CSR product on a batch of 2 took 100 us inside a
     training step where numba's takes 21 us, at H=1,000 on an AVX-512 Xeon.)"""
     if not native.usable(tensor):
         return "torch"
-    if nnz * batch < native.PARALLEL_MIN_WORK:
-        return "csc1" if op == "input_grad" else "numba1"
+    if nnz * batch < native.PARALLEL_MIN_WORK:  # the input gradient's scatter only where it needs no buffers to sum
+        return "csc1" if op == "input_grad" and native.configured_threads() > 1 else "numba1"
     numba = (
         op == "weight_grad"
         or (op == "forward" and batch >= NATIVE_FORWARD_MIN_ROWS)
@@ -254,6 +255,19 @@ def weight_grad(structure: SparseStructure, grads_t: Tensor, rows_t: Tensor) -> 
     return _weight_grad(choose("weight_grad", structure, rows_t.shape[1], rows_t), structure, grads_t, rows_t)
 
 
+def fused_backward(structure: SparseStructure, values: Tensor, grads_t: Tensor, rows_t: Tensor) -> tuple[Tensor, Tensor] | None:
+    """(weight gradient, transposed input gradient) in one pass over the CSR where both products
+    would take numba's row kernels at a batch of 2 (the fused kernel gives their numbers exactly);
+    None where they would not."""
+    if grads_t.shape[1] != 2:
+        return None
+    how_input, how_weight = choose("input_grad", structure, 2, grads_t), choose("weight_grad", structure, 2, rows_t)
+    if not (how_input.startswith("numba") and how_weight.startswith("numba") and native.usable(grads_t, rows_t, values)):
+        return None
+    threads = native.configured_threads() if "numba" in (how_input, how_weight) else 1
+    return native.backward(*structure.arrays(), values, grads_t, rows_t, structure.shape[1], threads)
+
+
 class SparseLinearFunction(torch.autograd.Function):
     """y = x @ W^T + b with W given by (structure, values).
 
@@ -282,9 +296,13 @@ class SparseLinearFunction(torch.autograd.Function):
         if ctx.recorder is not None:
             ctx.recorder(rows_t.t(), grads_t.t())
         grad_x = grad_values = grad_b = None
-        if ctx.needs_input_grad[0]:
+        fused = ctx.needs_input_grad[0] and ctx.needs_input_grad[1] and fused_backward(structure, values, grads_t, rows_t)
+        if fused:
+            grad_values, grad_x_t = fused
+            grad_x = grad_x_t.t().reshape(ctx.input_shape)
+        if ctx.needs_input_grad[0] and not fused:
             grad_x = input_grad_t(structure, values, grads_t).t().reshape(ctx.input_shape)
-        if ctx.needs_input_grad[1]:
+        if ctx.needs_input_grad[1] and not fused:
             grad_values = weight_grad(structure, grads_t, rows_t)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grads_t.sum(1)

@@ -54,6 +54,19 @@ class SparseStructure:
     def nnz(self) -> int:
         return self.positions.numel()
 
+    def arrays(self) -> tuple:
+        """(crow, col) as numpy views, made once (the numba kernels take numpy arrays; a view costs
+        a microsecond a call, paid here once per topology)."""
+        if getattr(self, "_arrays", None) is None:
+            self._arrays = (self.crow.numpy(), self.col.numpy())
+        return self._arrays
+
+    def transposed_arrays(self) -> tuple:
+        """`transposed_indices()` as numpy views, made once."""
+        if getattr(self, "_transposed_arrays", None) is None:
+            self._transposed_arrays = tuple(index.numpy() for index in self.transposed_indices())
+        return self._transposed_arrays
+
     def matrix(self, values: Tensor) -> Tensor:
         """The weight as a torch CSR tensor with these values (no copy of the indices or values).
 
