@@ -404,3 +404,19 @@ def test_the_forward_without_bias_on_every_candidate(rows):
     rows_t = torch.randn(50, rows)
     for how in ops.candidates("forward", shape, torch.float32):
         torch.testing.assert_close(ops._forward(how, structure, values, rows_t, None), weight @ rows_t, rtol=1e-5, atol=1e-5, msg=how)
+
+
+def test_a_distributed_run_never_probes_and_takes_the_cache_else_the_rule(monkeypatch, tmp_path):
+    """Ranks timing their own probes could choose, and round, differently: under a process group of
+    more than one process each class takes the cache file's decision, else the fixed rule."""
+    chooser = use(monkeypatch, path=tmp_path / "kernels.json")
+    monkeypatch.setattr(dispatch, "distributed", lambda: True)
+    probe = lambda: pytest.fail("a distributed run probed")  # noqa: E731
+    assert chooser.decide(("forward", 1), probe, lambda: "torch") == "torch"
+    assert chooser.decisions[("forward", 1)] == "torch" and chooser.probes == 0
+    chooser.decisions[("forward", 2)] = "numba"  # as read from the cache
+    assert chooser.decide(("forward", 2), probe, lambda: "torch") == "numba"
+    torch.manual_seed(6)
+    layer = SparseLinear(120, 80, nnz=3000)
+    step_against_masked_dense(layer, torch.randn(32, 120), 1e-4)
+    assert chooser.probes == 0

@@ -13,6 +13,8 @@ this machine, so that the next process does not probe again.
 - A probe costs a few milliseconds (more on huge layers); all probes of a process share
   `PROBE_BUDGET_S`. Classes met after that take the caller's fixed rule (`fallback`: the constants
   of `ops.py` and `itop.sparsity.kernels`), as they do off the CPU and while `torch.compile` traces.
+- The processes of a distributed run (world size above 1) never probe: they take what the cache
+  holds, else the fixed rule, so that its ranks compute alike and a rerun computes the same numbers.
 - The cache: `kernels.json` in `$ITOP_CACHE_DIR`, else `$XDG_CACHE_HOME/itop`, else
   `~/.cache/itop`, one entry per machine (CPU model, ISA, torch, numba and itop versions, usable
   cores, OpenMP's spin count). It is rewritten whole, merged with what another process wrote, through a temporary file
@@ -260,6 +262,9 @@ class Dispatcher:
             found = self.decisions.get(key)
             if found is not None:
                 return found
+            if distributed():  # every rank takes what the cache held, else the rule: all compute alike
+                self.decisions[key] = choice = fallback()
+                return choice
             if self.budget_left <= 0 or key in self._failed:
                 return fallback()
             start = time.perf_counter()
@@ -313,6 +318,13 @@ class Dispatcher:
         """(decisions the cache file holds for this machine, for all machines)."""
         machines = _read(self.path)["machines"]
         return len(machines.get(self.machine_id, {}).get("decisions", {})), sum(len(m["decisions"]) for m in machines.values())
+
+
+def distributed() -> bool:
+    """Inside a process group of more than one process (torchrun): no probes there, as ranks timing
+    their own probes could choose differently and so round differently from one another, and a
+    rerun (reading the cache they wrote) differently from the first run."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
 
 
 active: Dispatcher | None = None  # the process's dispatcher, made on first use
