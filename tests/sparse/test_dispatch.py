@@ -420,3 +420,15 @@ def test_a_distributed_run_never_probes_and_takes_the_cache_else_the_rule(monkey
     layer = SparseLinear(120, 80, nnz=3000)
     step_against_masked_dense(layer, torch.randn(32, 120), 1e-4)
     assert chooser.probes == 0
+
+
+def test_the_cache_key_holds_a_digest_of_the_kernels_code(monkeypatch, tmp_path):
+    """Choices timed on other kernels (a checkout changed under the same version) are not reused."""
+    digest = dispatch.machine()["kernels"]
+    assert len(digest) == 12 and int(digest, 16) >= 0 and dispatch.kernels_digest() == digest
+    chooser = dispatch.Dispatcher(path=tmp_path / "kernels.json")
+    chooser.decide(("forward", 1, 1, 1, 1, torch.float32, 1), lambda: {"torch": 1.0}, lambda: "numba")
+    monkeypatch.setattr(dispatch, "kernels_digest", lambda: "0" * 12)
+    other = dispatch.Dispatcher(path=tmp_path / "kernels.json")
+    other.load()
+    assert not other.decisions

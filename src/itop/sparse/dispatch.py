@@ -16,8 +16,8 @@ this machine, so that the next process does not probe again.
 - The processes of a distributed run (world size above 1) never probe: they take what the cache
   holds, else the fixed rule, so that its ranks compute alike and a rerun computes the same numbers.
 - The cache: `kernels.json` in `$ITOP_CACHE_DIR`, else `$XDG_CACHE_HOME/itop`, else
-  `~/.cache/itop`, one entry per machine (CPU model, ISA, torch, numba and itop versions, usable
-  cores, OpenMP's spin count). It is rewritten whole, merged with what another process wrote, through a temporary file
+  `~/.cache/itop`, one entry per machine (CPU model, ISA, torch, numba and itop versions, a digest
+  of the kernels' code, usable cores, OpenMP's spin count). It is rewritten whole, merged with what another process wrote, through a temporary file
   and a rename (under a lock file where the OS has one); a missing, unreadable, corrupt or
   read-only cache costs the probes again, nothing else.
 - `ITOP_KERNELS` forces one path for everything: `auto` (the default: measured), `torch`, `numba`,
@@ -30,6 +30,7 @@ products (`ops.py`) and with the masked engine (`itop.sparsity.kernels`).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -104,6 +105,18 @@ def _version(distribution: str) -> str:
         return "none"
 
 
+def kernels_digest() -> str:
+    """A digest of the candidates' code (the numba kernels and the products around them): a checkout
+    whose kernels changed under the same version number measures afresh instead of reading choices
+    timed on other code."""
+    here = Path(__file__).resolve().parent
+    digest = hashlib.sha1()
+    for name in ("native_kernels.py", "native.py", "ops.py", "../sparsity/kernels.py"):
+        with contextlib.suppress(OSError):
+            digest.update((here / name).read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def machine() -> dict[str, str | int]:
     """What a decision depends on besides its shape class: the cache keeps one entry per machine."""
     import itop
@@ -117,6 +130,7 @@ def machine() -> dict[str, str | int]:
         "torch": torch.__version__,
         "numba": _version("numba") if native.AVAILABLE else "none",
         "itop": str(getattr(itop, "__version__", "unknown")),
+        "kernels": kernels_digest(),
         "cores": usable_cores(),
         # how long OpenMP's idle threads spin decides whether waking a pool pays (itop/openmp.py)
         "spin": os.environ.get("GOMP_SPINCOUNT", "default"),
