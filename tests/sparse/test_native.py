@@ -86,3 +86,24 @@ def test_a_batch_of_two_trains_through_the_fused_backward(monkeypatch):
     torch.nn.functional.linear(x2, dense, layer.bias.detach()).square().sum().backward()
     torch.testing.assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(layer.values.grad, dense.grad.view(-1)[layer.structure.positions], rtol=1e-5, atol=1e-5)
+
+
+def test_torch_set_num_threads_bounds_every_kernel(monkeypatch):
+    """With torch.set_num_threads(1) no numba kernel wakes a pool: every product runs on the
+    calling thread, the parallel forms included."""
+    from itop.sparse import dispatch
+
+    monkeypatch.setattr(dispatch, "active", dispatch.Dispatcher(mode="numba"))
+    monkeypatch.setattr(native, "_pool", lambda threads: pytest.fail(f"a pool of {threads} threads was woken"))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert native.configured_threads() == 1
+        torch.manual_seed(3)
+        layer = SparseLinear(3000, 2000, nnz=300_000)  # large enough for the parallel forms
+        for batch in (2, 64):
+            x = torch.randn(batch, 3000, requires_grad=True)
+            layer(x).sum().backward()
+        native.transpose(torch.randn(512, 3000))
+    finally:
+        torch.set_num_threads(before)
