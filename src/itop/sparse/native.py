@@ -130,16 +130,30 @@ def input_grad(crow: Tensor, col: Tensor, values: Tensor, grads_t: Tensor, in_fe
     and so the numbers, do not depend on that choice (`threads`; None: `threads_for`).
     """
     crow, col = _array(crow), _array(col)
-    parts = max(1, min(configured_threads(), len(crow) - 1))
-    buffers = torch.empty(parts, in_features, grads_t.shape[1], dtype=values.dtype)
+    buffers = _scatter_buffers(len(crow) - 1, in_features, grads_t.shape[1], values.dtype)
     args = (crow, col, values.detach().contiguous().numpy(), _data(grads_t, values.dtype), buffers.numpy())
     threads = threads_for(len(col) * grads_t.shape[1]) if threads is None else threads
+    _run_parts("input_grad", args, len(buffers), threads)
+    return _summed(buffers)
+
+
+def _scatter_buffers(rows: int, in_features: int, batch: int, dtype: torch.dtype) -> Tensor:
+    """One (in_features, batch) buffer per configured thread (at most one per row) for a scatter
+    over the rows: how many decides the sums, so it never depends on the threads that run them."""
+    return torch.empty(max(1, min(configured_threads(), rows)), in_features, batch, dtype=dtype)
+
+
+def _run_parts(kernel: str, args: tuple, parts: int, threads: int) -> None:
+    """The `kernel`_serial form over the parts one after another, or its _parallel form."""
     if parts == 1 or threads == 1:
-        _kernels.input_grad_serial(*args)
+        getattr(_kernels, kernel + "_serial")(*args)
     else:
         _pool(parts)
-        _kernels.input_grad_parallel(*args)
-    return buffers.sum(0) if parts > 1 else buffers[0]
+        getattr(_kernels, kernel + "_parallel")(*args)
+
+
+def _summed(buffers: Tensor) -> Tensor:
+    return buffers.sum(0) if len(buffers) > 1 else buffers[0]
 
 
 def backward(crow, col, values: Tensor, grads_t: Tensor, rows_t: Tensor, in_features: int, threads: int) -> tuple[Tensor, Tensor]:
@@ -147,16 +161,11 @@ def backward(crow, col, values: Tensor, grads_t: Tensor, rows_t: Tensor, in_feat
     as the two products (same expressions, the same parts as `input_grad`), with the column
     indices and values read once (1.2-1.5x the pair at H=10,000)."""
     crow, col = _array(crow), _array(col)
-    parts = max(1, min(configured_threads(), len(crow) - 1))
     grad_values = torch.empty(len(col), dtype=values.dtype)
-    buffers = torch.empty(parts, in_features, grads_t.shape[1], dtype=values.dtype)
+    buffers = _scatter_buffers(len(crow) - 1, in_features, grads_t.shape[1], values.dtype)
     args = (crow, col, values.detach().contiguous().numpy(), _data(grads_t, values.dtype), _data(rows_t, values.dtype))
-    if parts == 1 or threads == 1:
-        _kernels.backward_serial(*args, grad_values.numpy(), buffers.numpy())
-    else:
-        _pool(parts)
-        _kernels.backward_parallel(*args, grad_values.numpy(), buffers.numpy())
-    return grad_values, (buffers.sum(0) if parts > 1 else buffers[0])
+    _run_parts("backward", args + (grad_values.numpy(), buffers.numpy()), len(buffers), threads)
+    return grad_values, _summed(buffers)
 
 
 def input_grad_csc(transposed: tuple[Tensor, Tensor, Tensor], values: Tensor, grads_t: Tensor, threads: int) -> Tensor:

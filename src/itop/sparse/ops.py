@@ -134,7 +134,7 @@ def fixed_rule(op: str, shape: tuple[int, int], nnz: int, batch: int, tensor: Te
     """The choice where nothing is measured: where numba runs, every product under
     `native.PARALLEL_MIN_WORK` multiply-adds on the calling thread (the input gradient through the
     transposed CSR where the scatter would have per-thread buffers to sum; on one thread the
-    scatter, which `fused_backward` joins to the weight gradient), and above it numba's weight gradient, forward from
+    scatter, which `native.backward` joins to the weight gradient), and above it numba's weight gradient, forward from
     `NATIVE_FORWARD_MIN_ROWS` rows and input gradient up to `NATIVE_INPUT_GRAD_MAX_ROWS` rows;
     PyTorch's products otherwise. (PyTorch's CSR product on a batch of 2 took 100 us inside a
     training step where numba's takes 21 us, at H=1,000 on an AVX-512 Xeon.)"""
@@ -214,11 +214,10 @@ def choose(op: str, structure: SparseStructure, batch: int, tensor: Tensor) -> s
     chooser = dispatch.active or dispatch.current()
     mode = chooser.mode
     if mode == "auto" and tensor.is_cpu and not torch._C._len_torch_dispatch_stack() and structure.nnz * batch >= dispatch.MIN_PROBE_WORK:
-        shape = structure.shape
-        key = (op, *shape, structure.nnz.bit_length(), dispatch.size_class(batch), tensor.dtype, torch.get_num_threads())
+        shape, nnz = structure.shape, structure.nnz
+        key = decision_key(op, shape, nnz, batch, tensor.dtype)
         how = chooser.decisions.get(key)
         if how is None:
-            nnz = structure.nnz
             how = chooser.decide(
                 key, lambda: candidate_timings(op, shape, nnz, batch, tensor.dtype), lambda: fixed_rule(op, shape, nnz, batch, tensor)
             )
@@ -255,17 +254,12 @@ def weight_grad(structure: SparseStructure, grads_t: Tensor, rows_t: Tensor) -> 
     return _weight_grad(choose("weight_grad", structure, rows_t.shape[1], rows_t), structure, grads_t, rows_t)
 
 
-def fused_backward(structure: SparseStructure, values: Tensor, grads_t: Tensor, rows_t: Tensor) -> tuple[Tensor, Tensor] | None:
-    """(weight gradient, transposed input gradient) in one pass over the CSR where both products
-    would take numba's row kernels at a batch of 2 (the fused kernel gives their numbers exactly);
-    None where they would not."""
-    if grads_t.shape[1] != 2:
-        return None
-    how_input, how_weight = choose("input_grad", structure, 2, grads_t), choose("weight_grad", structure, 2, rows_t)
-    if not (how_input.startswith("numba") and how_weight.startswith("numba") and native.usable(grads_t, rows_t, values)):
-        return None
-    threads = native.configured_threads() if "numba" in (how_input, how_weight) else 1
-    return native.backward(*structure.arrays(), values, grads_t, rows_t, structure.shape[1], threads)
+def fusable(how_input: str | None, how_weight: str | None, batch: int) -> bool:
+    """Whether both gradients come from one pass over the CSR (`native.backward`): at a batch of 2,
+    where both products would take numba's row kernels, whose numbers the fused kernel gives exactly."""
+    return (
+        batch == 2 and how_input is not None and how_weight is not None and how_input.startswith("numba") and how_weight.startswith("numba")
+    )
 
 
 class SparseLinearFunction(torch.autograd.Function):
@@ -295,15 +289,17 @@ class SparseLinearFunction(torch.autograd.Function):
         grads_t = transposed(grad_out.reshape(-1, structure.shape[0]))
         if ctx.recorder is not None:
             ctx.recorder(rows_t.t(), grads_t.t())
-        grad_x = grad_values = grad_b = None
-        fused = ctx.needs_input_grad[0] and ctx.needs_input_grad[1] and fused_backward(structure, values, grads_t, rows_t)
-        if fused:
-            grad_values, grad_x_t = fused
-            grad_x = grad_x_t.t().reshape(ctx.input_shape)
-        if ctx.needs_input_grad[0] and not fused:
-            grad_x = input_grad_t(structure, values, grads_t).t().reshape(ctx.input_shape)
-        if ctx.needs_input_grad[1] and not fused:
-            grad_values = weight_grad(structure, grads_t, rows_t)
+        batch = grads_t.shape[1]
+        how_input = choose("input_grad", structure, batch, grads_t) if ctx.needs_input_grad[0] else None
+        how_weight = choose("weight_grad", structure, batch, rows_t) if ctx.needs_input_grad[1] else None
+        grad_x_t = grad_values = grad_b = None
+        if fusable(how_input, how_weight, batch) and native.usable(grads_t, rows_t, values):
+            threads = native.configured_threads() if "numba" in (how_input, how_weight) else 1
+            grad_values, grad_x_t = native.backward(*structure.arrays(), values, grads_t, rows_t, structure.shape[1], threads)
+        else:
+            grad_x_t = None if how_input is None else _input_grad(how_input, structure, values, grads_t)
+            grad_values = None if how_weight is None else _weight_grad(how_weight, structure, grads_t, rows_t)
+        grad_x = None if grad_x_t is None else grad_x_t.t().reshape(ctx.input_shape)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grads_t.sum(1)
         return grad_x, grad_values, grad_b, None, None

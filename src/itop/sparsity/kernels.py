@@ -55,7 +55,6 @@ class SparsePattern:
         self.sampled_last = False  # the last backward gave the weight gradient at the active positions only
         self.weight = weight  # the parameter it belongs to: other tensors (torch.func) take the dense path
         self.nnz = self.structure.nnz
-        self.shape_class = (*self.structure.shape, self.nnz.bit_length())  # of the dispatch key (itop.sparse.dispatch)
 
 
 _dense_only = threading.local()
@@ -119,11 +118,11 @@ def _sparse_pays(x: Tensor, pattern: SparsePattern) -> bool:
     chooser = dispatch.active or dispatch.current()
     if chooser.mode != "auto":
         return chooser.mode == "numba"
-    rows, train = x.numel() // pattern.structure.shape[1], torch.is_grad_enabled()
-    key = ("masked" if train else "masked_eval", *pattern.shape_class, dispatch.size_class(rows), torch.float32, torch.get_num_threads())
+    shape, nnz = pattern.structure.shape, pattern.nnz
+    rows, train = x.numel() // shape[1], torch.is_grad_enabled()
+    key = decision_key(shape, nnz, rows, train)
     how = chooser.decisions.get(key)
     if how is None:
-        shape, nnz = pattern.structure.shape, pattern.nnz
         if torch._C._len_torch_dispatch_stack() or rows * shape[0] * shape[1] < MIN_PROBE_CALL:
             return fixed_rule(shape, nnz, rows) == "sparse"  # FlopCounterMode would count a probe; small calls stay dense
         how = chooser.decide(key, lambda: masked_timings(shape, nnz, rows, train), lambda: fixed_rule(shape, nnz, rows))

@@ -145,9 +145,9 @@ class Run:
         if self.sparsifier is not None:
             warning = no_update_warning(cfg, self.steps_per_epoch, self.total_steps, self.sparsifier.schedule.update_frequency)
             self.warnings += [warning] if warning else []
-        sparse_dtypes = {m.values.dtype for m in self.model.modules() if isinstance(m, SparseLinear)}
-        for dtype in sparse_dtypes if self.device.type == "cpu" else ():
-            native.prepare(dtype)  # the kernels' one-time loading, here rather than in the first epoch's time
+        if self.device.type == "cpu":  # the kernels' one-time loading, here rather than in the first epoch's time
+            for dtype in {m.values.dtype for m in self.model.modules() if isinstance(m, SparseLinear)}:
+                native.prepare(dtype)
         self.threads = step_threads(self.model, self.batch_size, self.device)
         self.notes += [threads_note(self.threads, self.model, self.batch_size)] if self.threads else []
         self.selects_best = self._validation_size() >= MIN_VALIDATION  # else the final epoch is reported
