@@ -76,7 +76,7 @@ def load_dataset(
             "cifar100", or the path of a .mat / .npz / .csv file.
         data_dir: where the dataset files are (default `$ITOP_DATA_DIR` or `~/.cache/itop/data`).
         valid_split: share of the training set held out for validation, in [0, 1).
-        seed: the seed of the validation (and, for tabular files, test) split.
+        seed: the random seed of the validation (and, for tabular files, test) split.
         device: where the tensors go (small datasets live on the device).
         download: download missing files when the network allows.
         test_split: share of a tabular file held out for testing.
