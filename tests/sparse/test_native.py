@@ -107,3 +107,16 @@ def test_torch_set_num_threads_bounds_every_kernel(monkeypatch):
         native.transpose(torch.randn(512, 3000))
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_gather_and_scatter_read_and_write_the_active_positions_exactly(threads):
+    generator = torch.Generator().manual_seed(0)
+    mask = torch.rand(70, 45, generator=generator) < 0.1
+    mask[3] = False  # an empty row
+    crow, col = (t.to(torch.int32) for t in (mask.to_sparse_csr().crow_indices(), mask.to_sparse_csr().col_indices()))
+    dense = torch.randn(70, 45, generator=generator)
+    assert torch.equal(native.gather(crow, col, dense, threads), dense[mask])
+    values = torch.randn(int(mask.sum()), generator=generator)
+    expected = torch.zeros(70, 45).masked_scatter_(mask, values)
+    assert torch.equal(native.scatter(crow, col, values, (70, 45), threads), expected)

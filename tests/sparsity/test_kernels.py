@@ -259,3 +259,28 @@ def test_inplace_activations_after_a_sparse_kernel_layer(pattern):
         hidden = model[1](hidden)
     model[-1](hidden).sum().backward()
     assert model[0].weight.grad is not None and torch.isfinite(model[0].weight.grad).all()
+
+
+def test_the_step_masks_only_gradients_that_a_dense_computation_wrote(monkeypatch):
+    """The sampled backward's gradient is zero at the inactive weights already: the per-step
+    multiply skips it, and takes it again once a dense call may have written the gradient."""
+    model = wide_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    sp = itop.Sparsifier(model, opt, density=0.05, distribution="uniform", update_frequency=None, seed=0)
+    masked = []  # per multiply: the shapes of the tensors it masked
+    real_multiply = itop.sparsity.storage.multiply_all
+
+    def spy(tensors, masks):
+        masked.append({tuple(t.shape) for t in tensors})
+        real_multiply(tensors, masks)
+
+    monkeypatch.setattr(itop.sparsity.storage, "multiply_all", spy)
+    first, second = (600, 1000), (100, 600)  # the sparse-path layer and a dense one
+    wide = batches(3, (1000,), 10, batch=200)
+    train(model, opt, sp, wide, check=assert_zero_off_mask)
+    assert first in masked[0] and all(first not in shapes for shapes in masked[1:])  # a new pattern: masked once
+    assert all(second in shapes for shapes in masked)  # the dense layer's gradient, every step
+    train(model, opt, sp, batches(1, (1000,), 10, batch=16), check=assert_zero_off_mask)  # a small batch: dense path
+    assert not model[0]._itop_pattern.sampled_last and first in masked[-1]
+    train(model, opt, sp, wide[:1], check=assert_zero_off_mask)
+    assert first not in masked[-1]

@@ -265,9 +265,12 @@ class Dispatcher:
     def machine_id(self) -> str:
         return " | ".join(f"{name} {value}" for name, value in self.machine.items())
 
-    def decide(self, key: tuple, probe: Callable[[], Mapping[str, float]], fallback: Callable[[], str]) -> str:
+    def decide(
+        self, key: tuple, probe: Callable[[], Mapping[str, float]], fallback: Callable[[], str], handicap: Mapping[str, float] | None = None
+    ) -> str:
         """The choice for `key`: read from the cache, else measured by `probe` (timings by candidate)
-        while the budget lasts, else `fallback()` (not remembered: the budget never comes back)."""
+        while the budget lasts, else `fallback()` (not remembered: the budget never comes back).
+        `handicap` multiplies a candidate's time in the comparison (its measured time is recorded)."""
         if torch.compiler.is_compiling():  # no file or clock inside a traced graph
             return fallback()
         with self._lock:
@@ -294,7 +297,8 @@ class Dispatcher:
             if not timings:
                 self._failed.add(key)
                 return fallback()
-            choice = min(timings, key=timings.__getitem__)
+            weights = handicap or {}
+            choice = min(timings, key=lambda name: timings[name] * weights.get(name, 1.0))
             self.decisions[key], self.timings[key] = choice, timings
             self.probes += 1
             self.save()

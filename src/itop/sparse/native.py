@@ -192,6 +192,26 @@ def forward(crow: Tensor, col: Tensor, values: Tensor, rows_t: Tensor, bias: Ten
     return out_t
 
 
+def gather(crow, col, dense: Tensor, threads: int | None = None) -> Tensor:
+    """The CSR's values taken from a contiguous 2-D `dense` matrix (a masked weight's active
+    weights), in CSR order, on `threads` threads (None: `threads_for`)."""
+    crow, col = _array(crow), _array(col)
+    out = torch.empty(len(col), dtype=dense.dtype)
+    threads = threads_for(len(col)) if threads is None else threads
+    _run("gather_rows", (crow, col, dense.detach().numpy(), out.numpy()), len(crow) - 1, threads)
+    return out
+
+
+def scatter(crow, col, values: Tensor, shape: tuple[int, int], threads: int | None = None) -> Tensor:
+    """A dense (rows, cols) matrix, zero but for `values` at the CSR's positions, written once, on
+    `threads` threads (None: `threads_for` its size)."""
+    crow, col = _array(crow), _array(col)
+    dense = torch.empty(shape, dtype=values.dtype)
+    threads = threads_for(dense.numel()) if threads is None else threads
+    _run("scatter_rows", (crow, col, values.detach().numpy(), dense.numpy()), shape[0], threads)
+    return dense
+
+
 _NO_BIAS = {dtype: np.zeros(0, dtype=torch.empty(0, dtype=dtype).numpy().dtype) for dtype in _DTYPES}
 
 
@@ -227,5 +247,7 @@ def prepare(dtype: torch.dtype = torch.float32) -> None:
         input_grad(crow, col, values, dense, 2, threads)
         input_grad_csc(transposed, values, dense, threads)
         backward(crow, col, values, dense, dense, 2, threads)
+        gather(crow, col, dense, threads)
+        scatter(crow, col, values, (2, 2), threads)
         for kernel in ("transpose_columns", "transpose_band_rows"):
             _run(kernel, (dense.numpy(), torch.empty(2, 2, dtype=dtype).numpy()), 1, threads)

@@ -323,3 +323,37 @@ def backward_parallel(crow, col, values, grads_t, inputs_t, grad_values, parts):
     count, rows = parts.shape[0], grads_t.shape[0]
     for p in prange(count):
         backward_rows(crow, col, values, grads_t, inputs_t, grad_values, parts[p], rows * p // count, rows * (p + 1) // count)
+
+
+@numba.njit(**_FLAGS)
+def gather_rows(crow, col, dense, out, start, stop):  # pragma: no cover - compiled
+    """out[j] = dense[i, col[j]] for the CSR rows [start, stop): a masked weight's active values."""
+    for i in range(start, stop):
+        row = dense[i]
+        for j in range(crow[i], crow[i + 1]):
+            out[j] = row[col[j]]
+
+
+@numba.njit(parallel=True, **_FLAGS)
+def gather_parallel(crow, col, dense, out, parts):  # pragma: no cover - compiled
+    rows = dense.shape[0]
+    for p in prange(parts):
+        gather_rows(crow, col, dense, out, rows * p // parts, rows * (p + 1) // parts)
+
+
+@numba.njit(**_FLAGS)
+def scatter_rows(crow, col, values, dense, start, stop):  # pragma: no cover - compiled
+    """dense rows [start, stop) zero except dense[i, col[j]] = values[j]: one pass that writes each
+    row once (a zero fill and then a scatter would write the matrix twice)."""
+    for i in range(start, stop):
+        row = dense[i]
+        row[:] = 0
+        for j in range(crow[i], crow[i + 1]):
+            row[col[j]] = values[j]
+
+
+@numba.njit(parallel=True, **_FLAGS)
+def scatter_parallel(crow, col, values, dense, parts):  # pragma: no cover - compiled
+    rows = dense.shape[0]
+    for p in prange(parts):
+        scatter_rows(crow, col, values, dense, rows * p // parts, rows * (p + 1) // parts)

@@ -30,12 +30,16 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
-from ..sparse import dispatch
-from ..sparse.ops import autocast_on, csr_forward, own_tensor, random_structure, transposed, weight_grad
+from ..sparse import dispatch, native
+from ..sparse.ops import autocast_on, forward_t, input_grad_t, own_tensor, random_structure, transposed, weight_grad
 from ..sparse.structure import SparseStructure
 
 MAX_PROBE_DENSITY = 0.3  # above it, or under MIN_PROBE_WEIGHTS weights, the dense layer is never probed against
 MIN_PROBE_WEIGHTS = 10_000
+# The sparse path is taken where its probe took at most this share of the dense path's time: inside
+# a step it loses what a probe of one layer does not show (LeNet-300-100's first layer, measured
+# even with dense alone, cost a step 7% more on the sparse path; AVX-512 Xeon).
+SPARSE_MARGIN = 0.85
 MIN_PROBE_CALL = 1 << 22  # rows x weights of a call below which the dense product takes tens of microseconds: not probed
 # The rule where nothing is measured, from measurements on a 2-core AMD EPYC:
 MAX_DENSITY = 0.06
@@ -53,6 +57,9 @@ class SparsePattern:
         self.dense_grad = False
         self.enabled = True  # off while an optimizer's closure runs: inactive weights may move inside such a step
         self.sampled_last = False  # the last backward gave the weight gradient at the active positions only
+        # every gradient written since the masks last zeroed it came from the sampled backward, so it
+        # is zero at the inactive weights already and the per-step multiply by the mask can skip it
+        self.grad_clean = False
         self.weight = weight  # the parameter it belongs to: other tensors (torch.func) take the dense path
         self.nnz = self.structure.nnz
 
@@ -125,38 +132,54 @@ def _sparse_pays(x: Tensor, pattern: SparsePattern) -> bool:
     if how is None:
         if torch._C._len_torch_dispatch_stack() or rows * shape[0] * shape[1] < MIN_PROBE_CALL:
             return fixed_rule(shape, nnz, rows) == "sparse"  # FlopCounterMode would count a probe; small calls stay dense
-        how = chooser.decide(key, lambda: masked_timings(shape, nnz, rows, train), lambda: fixed_rule(shape, nnz, rows))
+        how = chooser.decide(
+            key, lambda: masked_timings(shape, nnz, rows, train), lambda: fixed_rule(shape, nnz, rows), {"sparse": 1 / SPARSE_MARGIN}
+        )
     return how == "sparse"
+
+
+def _active_values(weight: Tensor, pattern: SparsePattern) -> Tensor:
+    """The weight's values at the pattern's positions, in CSR order."""
+    if native.usable(weight) and weight.is_contiguous():
+        return native.gather(*pattern.structure.arrays(), weight)
+    return weight.reshape(-1).index_select(0, pattern.flat)
+
+
+def _dense_at_active(values: Tensor, pattern: SparsePattern) -> Tensor:
+    """A dense matrix of the pattern's shape: `values` at its positions, zero elsewhere."""
+    if native.usable(values):
+        return native.scatter(*pattern.structure.arrays(), values, pattern.structure.shape)
+    return values.new_zeros(pattern.structure.shape).view(-1).index_copy_(0, pattern.flat, values).view(pattern.structure.shape)
 
 
 class _MaskedCSRLinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, pattern: SparsePattern) -> Tensor:
-        rows = x.reshape(-1, x.shape[-1])
-        values = weight.reshape(-1).index_select(0, pattern.flat)
-        out = csr_forward(pattern.structure, values, rows)
-        out = out + bias if bias is not None else out.contiguous()
-        ctx.save_for_backward(rows, weight)
+        rows_t = transposed(x.reshape(-1, x.shape[-1]))
+        values = _active_values(weight, pattern)
+        out = forward_t(pattern.structure, values, rows_t).t()
+        out = out + bias if bias is not None else out.contiguous()  # contiguous, as F.linear's output (a model may .view() it)
+        ctx.save_for_backward(rows_t, values)
         ctx.pattern, ctx.input_shape, ctx.has_bias = pattern, x.shape, bias is not None
         return own_tensor(out.reshape(*x.shape[:-1], weight.shape[0]))  # not a view: inplace activations may follow
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: Tensor):
-        rows, weight = ctx.saved_tensors
+        rows_t, values = ctx.saved_tensors
         pattern = ctx.pattern
-        grads = grad_out.reshape(-1, weight.shape[0])
-        grad_x = grads.mm(weight).reshape(ctx.input_shape) if ctx.needs_input_grad[0] else None
+        structure = pattern.structure
+        grads_t = transposed(grad_out.reshape(-1, structure.shape[0]))
+        grad_x = input_grad_t(structure, values, grads_t).t().reshape(ctx.input_shape) if ctx.needs_input_grad[0] else None
         grad_w = None
         if ctx.needs_input_grad[1]:
             pattern.sampled_last = not pattern.dense_grad
             if pattern.dense_grad:
-                grad_w = grads.t().mm(rows)
-            else:
-                values = weight_grad(pattern.structure, transposed(grads), transposed(rows))
-                grad_w = torch.zeros_like(weight)
-                grad_w.view(-1).index_copy_(0, pattern.flat, values)
-        grad_b = grads.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+                pattern.grad_clean = False
+                grad_w = grads_t.mm(rows_t.t())
+            else:  # zero at every inactive weight: the gradient needs no masking after
+                grad_w = _dense_at_active(weight_grad(structure, grads_t, rows_t), pattern)
+        grad_b = grads_t.sum(1) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return grad_x, grad_w, grad_b, None
 
 
@@ -176,7 +199,10 @@ class MaskedCSRLinear(nn.Linear):
     def forward(self, x: Tensor) -> Tensor:
         if _sparse_path(x, self.weight, self._itop_pattern):
             return _MaskedCSRLinearFunction.apply(x, self.weight, self.bias, self._itop_pattern)
-        self._itop_pattern.sampled_last = False
+        pattern = self._itop_pattern
+        pattern.sampled_last = False
+        if torch.is_grad_enabled() and self.weight.requires_grad:  # its backward would write a dense gradient
+            pattern.grad_clean = False
         return F.linear(x, self.weight, self.bias)
 
     def __reduce_ex__(self, protocol):
@@ -202,7 +228,9 @@ def pays_off(module: nn.Module, mask: Tensor, nnz: int) -> bool:
 
 def masked_timings(shape: tuple[int, int], nnz: int, rows: int, train: bool = True) -> dict[str, float]:
     """Seconds per call of the sparse path and of the dense `F.linear`, forward and (if `train`)
-    backward, for a layer of this shape class on random data."""
+    backward, for a layer of this shape class on random data. In training the dense path's time
+    includes the multiply that masks its weight gradient; the sparse path's gradient is zero at
+    the inactive weights already."""
     generator = torch.Generator().manual_seed(0)  # never the global one: probing must not change a run's draws
     mask = torch.zeros(shape[0] * shape[1], dtype=torch.bool)
     mask[random_structure(shape, nnz, generator).positions] = True
@@ -215,11 +243,16 @@ def masked_timings(shape: tuple[int, int], nnz: int, rows: int, train: bool = Tr
                 {"sparse": lambda: _MaskedCSRLinearFunction.apply(x, weight, bias, pattern), "dense": lambda: F.linear(x, weight, bias)}
             )
     leaves = [t.requires_grad_() for t in (x, weight, bias)]
+    multiplier = mask.view(shape).to(weight.dtype)
+
+    def dense() -> None:  # its weight gradient then takes the mask's multiply, which the sparse path's needs not
+        torch.autograd.grad(F.linear(x, weight, bias), leaves, grad_out)[1].mul_(multiplier)
+
     with torch.enable_grad():
         return dispatch.time_candidates(
             {
                 "sparse": lambda: torch.autograd.grad(_MaskedCSRLinearFunction.apply(x, weight, bias, pattern), leaves, grad_out),
-                "dense": lambda: torch.autograd.grad(F.linear(x, weight, bias), leaves, grad_out),
+                "dense": dense,
             }
         )
 

@@ -315,8 +315,12 @@ class MaskedLayers:
             torch._foreach_lerp_([averages[self.names[i]] for i in present], taken, 1 - beta)
         dense = {self.names[i]: grads[i].clone() if scale is None else grads[i] / scale for i in present} if keep else None
         if mask:
-            masked = [i for i in self.partial if grads[i] is not None]
+            patterns = [self.patterns.get(name) for name in self.names]
+            masked = [i for i in self.partial if grads[i] is not None and not (patterns[i] is not None and patterns[i].grad_clean)]
             multiply_all([grads[i] for i in masked], [self.multipliers[i] for i in masked])
+            for i in masked:
+                if patterns[i] is not None:
+                    patterns[i].grad_clean = True
         return dense
 
     def update_grads(self, stash: Mapping[str, Tensor] | None, reads_grads: bool, gradient_growth: bool) -> dict[str, Tensor | None]:
