@@ -13,14 +13,10 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .base import SparseWeights, fresh_generator
 from .ops import SparseLinearFunction, autocast_on, forward_t, transposed
 from .sampling import random_k_positions
 from .structure import SparseStructure
-
-
-def _fresh_generator() -> torch.Generator:
-    """A generator seeded from torch's global one, so `torch.manual_seed` makes layers repeatable."""
-    return torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))))
 
 
 def sparse_init_bound(in_features: int, out_features: int, nnz: int) -> float:
@@ -29,7 +25,7 @@ def sparse_init_bound(in_features: int, out_features: int, nnz: int) -> float:
     return 1.0 / math.sqrt(nnz / out_features)
 
 
-class SparseLinear(nn.Module):
+class SparseLinear(SparseWeights):
     """y = x W^T + b with W held as `values` at `indices` (see the module docstring).
 
     `SparseLinear(in_features, out_features, nnz=k)` draws k positions uniformly without
@@ -74,7 +70,7 @@ class SparseLinear(nn.Module):
         if not isinstance(nnz, int) or not 1 <= nnz <= numel:
             raise ValueError(f"nnz must be an integer in [1, {numel}] for a {out_features}x{in_features} layer, got {nnz!r}.")
         self.in_features, self.out_features = int(in_features), int(out_features)
-        generator = generator if generator is not None else _fresh_generator()
+        generator = generator if generator is not None else fresh_generator()
         positions = random_k_positions(numel, torch.zeros(0, dtype=torch.int64), nnz, generator)
         self.register_buffer("indices", positions.to(device))
         bound = sparse_init_bound(in_features, out_features, nnz)
@@ -91,20 +87,12 @@ class SparseLinear(nn.Module):
 
     # ----------------------------------------------------------------------------- shape
     @property
-    def nnz(self) -> int:
-        return self.indices.numel()
-
-    @property
     def shape(self) -> tuple[int, int]:
         return (self.out_features, self.in_features)
 
     @property
-    def density(self) -> float:
-        return self.nnz / (self.in_features * self.out_features)
-
-    def weight_indices(self) -> Tensor:
-        """The flat row-major positions of the active weights, in the order of `values`."""
-        return self.indices
+    def weight_shape(self) -> tuple[int, int]:
+        return self.shape
 
     @property
     def structure(self) -> SparseStructure:
@@ -130,18 +118,6 @@ class SparseLinear(nn.Module):
             return out.reshape(*x.shape[:-1], self.out_features)
         out_t = forward_t(self.structure, self.values, transposed(rows), self.bias)
         return out_t.t().reshape(*x.shape[:-1], self.out_features)
-
-    # ----------------------------------------------------------------------------- topology
-    @torch.no_grad()
-    def set_positions(self, positions: Tensor, values: Tensor) -> None:
-        """Replace the active positions (sorted, distinct) and their values in place: the `values`
-        parameter stays the same object (optimizers keep holding it), its data is swapped."""
-        if positions.shape != values.shape or positions.dim() != 1:
-            raise ValueError("positions and values must be 1-D tensors of the same length.")
-        self.indices = positions.to(device=self.indices.device, dtype=torch.int64)
-        self.values.data = values.to(device=self.values.device, dtype=self.values.dtype)
-        self.values.grad = None
-        self._structure = None
 
     # ----------------------------------------------------------------------------- conversion
     @classmethod
@@ -192,29 +168,6 @@ class SparseLinear(nn.Module):
         if self.bias is not None:
             linear.bias.copy_(self.bias)
         return linear
-
-    # ----------------------------------------------------------------------------- state
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
-        """A saved layer may hold another number of active weights (redistribution moves them
-        between layers): take the saved sizes before the values are copied in."""
-        indices, values = state_dict.get(prefix + "indices"), state_dict.get(prefix + "values")
-        if isinstance(indices, Tensor) and isinstance(values, Tensor) and indices.shape == values.shape and indices.dim() == 1:
-            with torch.no_grad():
-                self.indices = torch.empty_like(indices, device=self.indices.device)
-                self.values.data = torch.empty(values.shape, dtype=self.values.dtype, device=self.values.device)
-            self._structure = None
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
-
-    def _apply(self, fn, *args, **kwargs):
-        result = super()._apply(fn, *args, **kwargs)
-        self._structure = None  # indices may have moved to another device
-        return result
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_structure"] = None  # derived; rebuilt on first use
-        state["_recorder"] = None  # a copy is no longer driven by the sparsifier that recorded for it
-        return state
 
     def extra_repr(self) -> str:
         return (

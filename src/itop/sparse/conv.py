@@ -1,0 +1,412 @@
+"""`SparseConv2d`: a 2-D convolution that stores and computes only its active weights.
+
+State, as `SparseLinear`: `values` (the parameter, one entry per active weight), `indices` (a
+buffer: sorted flat positions over the (out_channels, in_channels/groups, kh, kw) weight) and
+`bias`. The index structure is the CSR of the weight seen as an (out_channels,
+in_channels/groups * kh * kw) matrix, so output channel o's active taps are row o.
+
+Two ways compute it:
+
+- direct (numba, CPU float32/float64): each active tap adds its value times a shifted input
+  plane to its output plane (`conv_kernels.py`); the input gradient scatters back the same way,
+  and the weight gradient sums grad_out * shifted input at the active taps only;
+- im2col (everywhere else, CUDA included): the input unfolded into columns
+  (`torch.nn.functional.unfold`), then the truly sparse Linear layers' products (`ops.py`) with
+  a block-diagonal CSR over all groups; its input gradient folds the columns back.
+
+No tensor of the dense weight's shape is made by either (`to_dense()` makes one on request). The
+im2col path holds the unfolded input (in_channels * kh * kw values per output pixel), as
+PyTorch's own unfold-based convolutions do.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+from torch.nn import functional as F
+
+from . import native, ops
+from .base import SparseWeights, fresh_generator
+from .sampling import random_k_positions
+from .structure import SparseStructure
+
+_WEIGHT_GRAD_PARTS = 8  # images split into this many partial sums for the direct weight gradient, whatever the threads
+
+
+def _pair(value, name: str) -> tuple[int, int]:
+    pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair):
+        raise ValueError(f"SparseConv2d: {name} must be an int or a pair of ints, got {value!r}.")
+    return pair
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Everything but the weights that decides a convolution's arithmetic. `padding` holds
+    (top, bottom, left, right): "same" pads asymmetrically where the total is odd, as PyTorch."""
+
+    in_channels: int
+    out_channels: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int, int, int]
+    dilation: tuple[int, int]
+    groups: int
+
+    @property
+    def taps(self) -> int:
+        """Weights per output channel: in_channels / groups * kh * kw."""
+        return self.in_channels // self.groups * self.kernel[0] * self.kernel[1]
+
+    @property
+    def weight_shape(self) -> tuple[int, int, int, int]:
+        return (self.out_channels, self.in_channels // self.groups, *self.kernel)
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        (kh, kw), (sh, sw), (top, bottom, left, right), (dh, dw) = self.kernel, self.stride, self.padding, self.dilation
+        return ((height + top + bottom - dh * (kh - 1) - 1) // sh + 1, (width + left + right - dw * (kw - 1) - 1) // sw + 1)
+
+    def kernel_arguments(self) -> np.ndarray:
+        """(kh, kw, sh, sw, top, left, dh, dw, out_channels/groups, in_channels/groups) for the numba kernels."""
+        (kh, kw), (sh, sw), (top, _, left, _), (dh, dw) = self.kernel, self.stride, self.padding, self.dilation
+        return np.array(
+            [kh, kw, sh, sw, top, left, dh, dw, self.out_channels // self.groups, self.in_channels // self.groups], dtype=np.int64
+        )
+
+
+def geometry_of(in_channels, out_channels, kernel_size, stride, padding, dilation, groups) -> ConvGeometry:
+    """The checked geometry of nn.Conv2d's arguments, or a one-line ValueError naming the argument."""
+    kernel, stride, dilation = _pair(kernel_size, "kernel_size"), _pair(stride, "stride"), _pair(dilation, "dilation")
+    if min(*kernel, *stride, *dilation) < 1:
+        raise ValueError(f"SparseConv2d: kernel_size, stride and dilation must be positive, got {kernel}, {stride}, {dilation}.")
+    if not isinstance(groups, int) or groups < 1 or in_channels % groups or out_channels % groups:
+        raise ValueError(f"SparseConv2d: groups={groups!r} must divide in_channels={in_channels} and out_channels={out_channels}.")
+    if padding == "same":
+        if stride != (1, 1):
+            raise ValueError("SparseConv2d: padding='same' needs stride 1, as nn.Conv2d.")
+        totals = [d * (k - 1) for d, k in zip(dilation, kernel)]
+        pads = (totals[0] // 2, totals[0] - totals[0] // 2, totals[1] // 2, totals[1] - totals[1] // 2)
+    elif padding == "valid":
+        pads = (0, 0, 0, 0)
+    else:
+        ph, pw = _pair(padding, "padding")
+        if min(ph, pw) < 0:
+            raise ValueError(f"SparseConv2d: padding must not be negative, got {padding!r}.")
+        pads = (ph, ph, pw, pw)
+    return ConvGeometry(int(in_channels), int(out_channels), kernel, stride, pads, dilation, int(groups))
+
+
+# ----------------------------------------------------------------------------- kernels
+_conv_kernels = None
+
+
+def conv_kernels():
+    """The compiled direct-convolution kernels, or None where numba does not serve (see `native`)."""
+    global _conv_kernels
+    if _conv_kernels is None and native.AVAILABLE and native.kernels() is not None:
+        from . import conv_kernels as compiled
+
+        _conv_kernels = compiled
+    return _conv_kernels
+
+
+def direct_usable(*tensors: Tensor) -> bool:
+    """The direct kernels serve contiguous CPU float32/float64 tensors of one dtype."""
+    return native.usable(*tensors) and len({t.dtype for t in tensors}) == 1 and conv_kernels() is not None
+
+
+def _run_images(kernel: str, args: tuple, images: int, threads: int) -> None:
+    compiled = conv_kernels()
+    if threads == 1 or images == 1:
+        getattr(compiled, kernel + "_images")(*args, 0, images)
+    else:
+        native._pool(threads)
+        getattr(compiled, kernel + "_parallel")(*args, min(threads, images))
+
+
+def direct_forward(geometry: ConvGeometry, structure: SparseStructure, values: Tensor, x: Tensor, bias: Tensor | None) -> Tensor:
+    crow, col = structure.arrays()
+    height, width = x.shape[2:]
+    out = torch.empty(x.shape[0], geometry.out_channels, *geometry.output_size(height, width), dtype=values.dtype)
+    bias_array = native._NO_BIAS[values.dtype] if bias is None else native._data(bias, values.dtype)
+    args = (x.detach().numpy(), crow, col, values.detach().numpy(), bias_array, out.numpy(), geometry.kernel_arguments())
+    _run_images("forward", args, x.shape[0], _threads(structure.nnz * out[0, 0].numel() * x.shape[0]))
+    return out
+
+
+def direct_input_grad(geometry: ConvGeometry, structure: SparseStructure, values: Tensor, grad_out: Tensor, input_shape) -> Tensor:
+    crow, col = structure.arrays()
+    grad_x = torch.empty(input_shape, dtype=values.dtype)
+    args = (grad_out.numpy(), crow, col, values.detach().numpy(), grad_x.numpy(), geometry.kernel_arguments())
+    _run_images("input_grad", args, grad_out.shape[0], _threads(structure.nnz * grad_out[0, 0].numel() * grad_out.shape[0]))
+    return grad_x
+
+
+def direct_weight_grad(geometry: ConvGeometry, structure: SparseStructure, grad_out: Tensor, x: Tensor) -> Tensor:
+    """The weight gradient at the active taps: partial sums over a fixed split of the images,
+    added in order (the same numbers on any number of threads)."""
+    crow, col = structure.arrays()
+    parts = torch.empty(max(1, min(_WEIGHT_GRAD_PARTS, x.shape[0])), structure.nnz, dtype=x.dtype)
+    args = (grad_out.numpy(), x.detach().numpy(), crow, col, parts.numpy(), geometry.kernel_arguments())
+    compiled = conv_kernels()
+    if _threads(structure.nnz * grad_out[0, 0].numel() * x.shape[0]) == 1 or len(parts) == 1:
+        compiled.weight_grad_serial(*args)
+    else:
+        native._pool(native.configured_threads())
+        compiled.weight_grad_parallel(*args)
+    return parts.sum(0) if len(parts) > 1 else parts[0]
+
+
+def _threads(work: int) -> int:
+    return native.threads_for(work)
+
+
+# ----------------------------------------------------------------------------- im2col
+class _Im2col:
+    """The im2col form of a layer: a block-diagonal CSR over (out_channels, in_channels*kh*kw)."""
+
+    def __init__(self, geometry: ConvGeometry, structure: SparseStructure):
+        rows = structure.positions.div(geometry.taps, rounding_mode="floor")
+        group = rows.div(geometry.out_channels // geometry.groups, rounding_mode="floor")
+        width = geometry.in_channels * geometry.kernel[0] * geometry.kernel[1]
+        positions = structure.positions + rows * (width - geometry.taps) + group * geometry.taps
+        self.structure = SparseStructure(positions, (geometry.out_channels, width))
+        self.geometry = geometry
+
+    def columns(self, x: Tensor) -> Tensor:
+        """The unfolded input as an (in_channels*kh*kw, images*pixels) matrix."""
+        g = self.geometry
+        top, bottom, left, right = g.padding
+        padded = F.pad(x, (left, right, top, bottom)) if (top, left) != (bottom, right) else x
+        padding = (0, 0) if padded is not x else (top, left)
+        cols = F.unfold(padded, g.kernel, dilation=g.dilation, padding=padding, stride=g.stride)
+        return cols.transpose(0, 1).reshape(cols.shape[1], -1)
+
+    def fold(self, columns_t: Tensor, input_shape) -> Tensor:
+        """The input gradient from the gradient of the columns (the adjoint of `columns`)."""
+        g = self.geometry
+        images, _, height, width = input_shape
+        top, bottom, left, right = g.padding
+        size = (height + top + bottom, width + left + right)
+        cols = columns_t.reshape(columns_t.shape[0], images, -1).transpose(0, 1)
+        grad = F.fold(cols, size, g.kernel, dilation=g.dilation, stride=g.stride)
+        return grad[:, :, top : top + height, left : left + width]
+
+    def forward(self, values: Tensor, x: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor]:
+        columns_t = self.columns(x).contiguous()
+        out_t = ops.forward_t(self.structure, values, columns_t, bias)
+        out_h, out_w = self.geometry.output_size(*x.shape[2:])
+        out = out_t.reshape(-1, x.shape[0], out_h, out_w).transpose(0, 1).contiguous()
+        return out, columns_t
+
+
+def _grads_t(grad_out: Tensor) -> Tensor:
+    """grad_out (N, O, H, W) as an (O, N*H*W) matrix, the columns' order."""
+    return grad_out.transpose(0, 1).reshape(grad_out.shape[1], -1).contiguous()
+
+
+# ----------------------------------------------------------------------------- autograd
+class SparseConv2dFunction(torch.autograd.Function):
+    """conv2d(x, W) + b with W given by (structure, values); the backward gives the weight gradient
+    at the active taps only."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, values: Tensor, bias: Tensor | None, layer: SparseConv2d) -> Tensor:
+        geometry, structure = layer.geometry, layer.structure
+        ctx.direct = direct_usable(x, values)
+        if ctx.direct:
+            x = x.contiguous()
+            out = direct_forward(geometry, structure, values, x, bias)
+            ctx.save_for_backward(x, values)
+        else:
+            im2col = layer.im2col
+            out, columns_t = im2col.forward(values, x, bias)
+            ctx.save_for_backward(columns_t, values)
+            ctx.im2col = im2col
+        ctx.geometry, ctx.structure, ctx.input_shape, ctx.has_bias = geometry, structure, x.shape, bias is not None
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        saved, values = ctx.saved_tensors
+        grad_x = grad_values = grad_b = None
+        if ctx.direct:
+            grad_out = grad_out.to(values.dtype).contiguous()
+            if ctx.needs_input_grad[0]:
+                grad_x = direct_input_grad(ctx.geometry, ctx.structure, values, grad_out, ctx.input_shape)
+            if ctx.needs_input_grad[1]:
+                grad_values = direct_weight_grad(ctx.geometry, ctx.structure, grad_out, saved)
+        else:
+            grads_t = _grads_t(grad_out)
+            structure = ctx.im2col.structure
+            if ctx.needs_input_grad[0]:
+                grad_x = ctx.im2col.fold(ops.input_grad_t(structure, values, grads_t), ctx.input_shape)
+            if ctx.needs_input_grad[1]:
+                grad_values = ops.weight_grad(structure, grads_t, saved)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad_out.sum((0, 2, 3))
+        return grad_x, grad_values, grad_b, None
+
+
+# ----------------------------------------------------------------------------- the layer
+def sparse_conv_init_bound(out_channels: int, nnz: int) -> float:
+    """nn.Conv2d's weight bound 1/sqrt(fan_in) for the actual fan-in: nnz / out_channels."""
+    return 1.0 / math.sqrt(nnz / out_channels)
+
+
+class SparseConv2d(SparseWeights):
+    """nn.Conv2d with its weight held as `values` at `indices` (see the module docstring).
+
+    `SparseConv2d(in_channels, out_channels, kernel_size, ..., nnz=k)` draws k positions
+    uniformly without replacement over the (out_channels, in_channels/groups, kh, kw) weight and
+    initialises the values for the actual fan-in (nn.Conv2d's bound 1/sqrt(fan_in) with fan_in =
+    k / out_channels); the bias keeps nn.Conv2d's initialisation. Takes nn.Conv2d's stride,
+    padding (ints, pairs, "same", "valid"), dilation, groups and bias; `padding_mode` other than
+    "zeros" is refused.
+
+    Example:
+        ```python
+        conv = itop.sparse.SparseConv2d(64, 128, 3, padding=1, nnz=3_700)   # density 0.05
+        y = conv(torch.randn(8, 64, 32, 32))                                 # (8, 128, 32, 32)
+        conv.to_dense()                                                      # the equivalent nn.Conv2d
+        ```
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        *,
+        nnz: int,
+        generator: torch.Generator | None = None,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ):
+        super().__init__()
+        self._set_geometry(geometry_of(in_channels, out_channels, kernel_size, stride, padding, dilation, groups), padding, padding_mode)
+        numel = math.prod(self.weight_shape)
+        if not isinstance(nnz, int) or isinstance(nnz, bool) or not 1 <= nnz <= numel:
+            raise ValueError(
+                f"SparseConv2d: nnz must be an integer in [1, {numel}] for a weight of shape {self.weight_shape}, got {nnz!r}."
+            )
+        generator = generator if generator is not None else fresh_generator()
+        self.register_buffer("indices", random_k_positions(numel, torch.zeros(0, dtype=torch.int64), nnz, generator).to(device))
+        bound = sparse_conv_init_bound(out_channels, nnz)
+        values = torch.empty(nnz, dtype=torch.float32).uniform_(-bound, bound, generator=generator)
+        self.values = nn.Parameter(values.to(device=device, dtype=dtype or torch.get_default_dtype()))
+        if bias:
+            fan = 1.0 / math.sqrt(self.geometry.taps)
+            b = torch.empty(out_channels, dtype=torch.float32).uniform_(-fan, fan, generator=generator)
+            self.bias = nn.Parameter(b.to(device=device, dtype=dtype or torch.get_default_dtype()))
+        else:
+            self.register_parameter("bias", None)
+
+    def _set_geometry(self, geometry: ConvGeometry, padding, padding_mode: str) -> None:
+        if padding_mode != "zeros":
+            raise ValueError(f"SparseConv2d: padding_mode={padding_mode!r} is not supported; only 'zeros' (nn.Conv2d's default).")
+        self.geometry = geometry
+        self.in_channels, self.out_channels, self.groups = geometry.in_channels, geometry.out_channels, geometry.groups
+        self.kernel_size, self.stride, self.dilation = geometry.kernel, geometry.stride, geometry.dilation
+        self.padding = padding if isinstance(padding, str) else _pair(padding, "padding")
+        self.weight_shape = geometry.weight_shape
+        self._structure, self._im2col, self._recorder = None, None, None
+
+    # ----------------------------------------------------------------------------- structures
+    @property
+    def structure(self) -> SparseStructure:
+        """The CSR of the weight as an (out_channels, in_channels/groups*kh*kw) matrix."""
+        if self._structure is None or self._structure.positions is not self.indices:
+            self._structure = SparseStructure(self.indices, (self.out_channels, self.geometry.taps))
+        return self._structure
+
+    @property
+    def im2col(self) -> _Im2col:
+        structure = self.structure
+        if self._im2col is None or self._im2col.source is not structure:
+            self._im2col = _Im2col(self.geometry, structure)
+            self._im2col.source = structure
+        return self._im2col
+
+    # ----------------------------------------------------------------------------- compute
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"SparseConv2d expects inputs of shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}.")
+        if x.dtype != self.values.dtype:  # autocast and mixed inputs: the sparse products need one dtype
+            x = x.to(self.values.dtype)
+        if ops.autocast_on(x.device.type):  # no bfloat16/float16 kernels: run in the values' dtype
+            with torch.autocast(x.device.type, enabled=False):
+                return self.forward(x)
+        if torch.is_grad_enabled() and (x.requires_grad or self.values.requires_grad):
+            return SparseConv2dFunction.apply(x, self.values, self.bias, self)
+        if direct_usable(x, self.values):  # inference: no autograd
+            return direct_forward(self.geometry, self.structure, self.values, x.contiguous(), self.bias)
+        return self.im2col.forward(self.values, x, self.bias)[0]
+
+    # ----------------------------------------------------------------------------- conversion
+    @classmethod
+    def from_dense(cls, conv: nn.Conv2d, mask: Tensor) -> SparseConv2d:
+        """A SparseConv2d holding `conv`'s weights where `mask` is True (its bias too)."""
+        if tuple(mask.shape) != tuple(conv.weight.shape):
+            raise ValueError(f"mask of shape {tuple(mask.shape)} does not match the weight's {tuple(conv.weight.shape)}.")
+        return cls.from_positions(conv, torch.nonzero(mask.reshape(-1)).squeeze(1))
+
+    @classmethod
+    @torch.no_grad()
+    def from_positions(cls, conv: nn.Conv2d, positions: Tensor) -> SparseConv2d:
+        """A SparseConv2d holding `conv`'s weights at the sorted flat `positions` (its bias too)."""
+        positions = positions.to(device=conv.weight.device, dtype=torch.int64)
+        if positions.numel() == 0:
+            raise ValueError("no active weight given; a SparseConv2d needs at least one.")
+        layer = cls.__new__(cls)
+        nn.Module.__init__(layer)
+        geometry = geometry_of(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups)
+        layer._set_geometry(geometry, conv.padding, conv.padding_mode)
+        layer.register_buffer("indices", positions)
+        layer.values = nn.Parameter(conv.weight.reshape(-1)[positions].clone(), requires_grad=conv.weight.requires_grad)
+        layer.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone(), requires_grad=conv.bias.requires_grad)
+        return layer
+
+    @torch.no_grad()
+    def to_dense(self) -> nn.Conv2d:
+        """An nn.Conv2d with these weights and zeros elsewhere."""
+        conv = nn.Conv2d(
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+            bias=self.bias is not None,
+            device=self.values.device,
+            dtype=self.values.dtype,
+        )
+        conv.weight.zero_().view(-1)[self.indices] = self.values
+        if self.bias is not None:
+            conv.bias.copy_(self.bias)
+        return conv
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state["_im2col"] = None
+        return state
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, nnz={self.nnz}, "
+            f"density={self.density:.4g}, bias={self.bias is not None}"
+        )

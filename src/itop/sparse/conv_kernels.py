@@ -1,0 +1,153 @@
+"""The numba kernels of `SparseConv2d`: direct sparse convolution over NCHW tensors.
+
+Each output channel o holds its active taps in CSR order (`crow`, `col`): `col` indexes the
+(in_channels/groups, kh, kw) slice of the weight, as in a flattened Conv2d weight. A tap (c, i, j)
+of value v adds v times the input plane of channel c, shifted by (i, j) (times the dilation, less
+the padding, at the stride), to the output plane of o. The loops run over whole rows of output
+pixels, so the innermost loop is contiguous at stride 1 (vectorised).
+
+- `forward_images`: out[n] for images [start, stop): bias, then every tap of every channel;
+- `input_grad_images`: grad_x[n] for images [start, stop): every tap scatters value * grad_out
+  plane back to its input plane (each image written by one thread: no buffers to sum);
+- `weight_grad_images`: per active tap, the sum over images [start, stop) and output pixels of
+  grad_out * shifted input, added into one row of partial sums.
+
+The `_parallel` forms split the images into the given number of parts. The weight gradient's
+parts are fixed by the caller (not by the thread count), and summed in order, so the numbers do
+not depend on the threads that ran them.
+"""
+
+import numba
+from numba import prange
+
+_FLAGS = {"cache": True, "nogil": True}
+_JIT = {"fastmath": True, **_FLAGS}
+
+
+@numba.njit(**_FLAGS)
+def _span(size, out_size, stride, offset):  # pragma: no cover - compiled
+    """The output positions p in [lo, hi) whose source p * stride + offset lies in [0, size)."""
+    lo = 0 if offset >= 0 else (-offset + stride - 1) // stride
+    last = size - 1 - offset
+    hi = 0 if last < 0 else min(out_size, last // stride + 1)
+    return lo, max(lo, hi)
+
+
+@numba.njit(**_JIT)
+def forward_images(x, crow, col, values, bias, out, geometry, start, stop):  # pragma: no cover - compiled
+    kh, kw, sh, sw, ph, pw, dh, dw, out_per_group, in_per_group = geometry
+    channels_out, out_h, out_w = out.shape[1], out.shape[2], out.shape[3]
+    height, width = x.shape[2], x.shape[3]
+    taps = kh * kw
+    for n in range(start, stop):
+        for o in range(channels_out):
+            plane = out[n, o]
+            plane[:, :] = bias[o] if bias.shape[0] else 0.0
+            first_channel = (o // out_per_group) * in_per_group
+            for t in range(crow[o], crow[o + 1]):
+                c, r = divmod(col[t], taps)
+                i, j = divmod(r, kw)
+                v = values[t]
+                source = x[n, first_channel + c]
+                row_lo, row_hi = _span(height, out_h, sh, i * dh - ph)
+                col_lo, col_hi = _span(width, out_w, sw, j * dw - pw)
+                shift = j * dw - pw
+                for oh in range(row_lo, row_hi):
+                    src = source[oh * sh + i * dh - ph]
+                    dst = plane[oh]
+                    if sw == 1:
+                        for ow in range(col_lo, col_hi):
+                            dst[ow] += v * src[ow + shift]
+                    else:
+                        for ow in range(col_lo, col_hi):
+                            dst[ow] += v * src[ow * sw + shift]
+
+
+@numba.njit(parallel=True, **_JIT)
+def forward_parallel(x, crow, col, values, bias, out, geometry, parts):  # pragma: no cover - compiled
+    images = x.shape[0]
+    for p in prange(parts):
+        forward_images(x, crow, col, values, bias, out, geometry, images * p // parts, images * (p + 1) // parts)
+
+
+@numba.njit(**_JIT)
+def input_grad_images(grad_out, crow, col, values, grad_x, geometry, start, stop):  # pragma: no cover - compiled
+    kh, kw, sh, sw, ph, pw, dh, dw, out_per_group, in_per_group = geometry
+    channels_out, out_h, out_w = grad_out.shape[1], grad_out.shape[2], grad_out.shape[3]
+    height, width = grad_x.shape[2], grad_x.shape[3]
+    taps = kh * kw
+    for n in range(start, stop):
+        grad_x[n] = 0.0
+        for o in range(channels_out):
+            plane = grad_out[n, o]
+            first_channel = (o // out_per_group) * in_per_group
+            for t in range(crow[o], crow[o + 1]):
+                c, r = divmod(col[t], taps)
+                i, j = divmod(r, kw)
+                v = values[t]
+                target = grad_x[n, first_channel + c]
+                row_lo, row_hi = _span(height, out_h, sh, i * dh - ph)
+                col_lo, col_hi = _span(width, out_w, sw, j * dw - pw)
+                shift = j * dw - pw
+                for oh in range(row_lo, row_hi):
+                    dst = target[oh * sh + i * dh - ph]
+                    src = plane[oh]
+                    if sw == 1:
+                        for ow in range(col_lo, col_hi):
+                            dst[ow + shift] += v * src[ow]
+                    else:
+                        for ow in range(col_lo, col_hi):
+                            dst[ow * sw + shift] += v * src[ow]
+
+
+@numba.njit(parallel=True, **_JIT)
+def input_grad_parallel(grad_out, crow, col, values, grad_x, geometry, parts):  # pragma: no cover - compiled
+    images = grad_out.shape[0]
+    for p in prange(parts):
+        input_grad_images(grad_out, crow, col, values, grad_x, geometry, images * p // parts, images * (p + 1) // parts)
+
+
+@numba.njit(**_JIT)
+def weight_grad_images(grad_out, x, crow, col, sums, geometry, start, stop):  # pragma: no cover - compiled
+    kh, kw, sh, sw, ph, pw, dh, dw, out_per_group, in_per_group = geometry
+    channels_out, out_h, out_w = grad_out.shape[1], grad_out.shape[2], grad_out.shape[3]
+    height, width = x.shape[2], x.shape[3]
+    taps = kh * kw
+    zero = sums.dtype.type(0)
+    sums[:] = 0.0
+    for n in range(start, stop):
+        for o in range(channels_out):
+            plane = grad_out[n, o]
+            first_channel = (o // out_per_group) * in_per_group
+            for t in range(crow[o], crow[o + 1]):
+                c, r = divmod(col[t], taps)
+                i, j = divmod(r, kw)
+                source = x[n, first_channel + c]
+                row_lo, row_hi = _span(height, out_h, sh, i * dh - ph)
+                col_lo, col_hi = _span(width, out_w, sw, j * dw - pw)
+                shift = j * dw - pw
+                acc = zero
+                for oh in range(row_lo, row_hi):
+                    src = source[oh * sh + i * dh - ph]
+                    g = plane[oh]
+                    if sw == 1:
+                        for ow in range(col_lo, col_hi):
+                            acc += g[ow] * src[ow + shift]
+                    else:
+                        for ow in range(col_lo, col_hi):
+                            acc += g[ow] * src[ow * sw + shift]
+                sums[t] += acc
+
+
+@numba.njit(**_JIT)
+def weight_grad_serial(grad_out, x, crow, col, parts_sums, geometry):  # pragma: no cover - compiled
+    count, images = parts_sums.shape[0], x.shape[0]
+    for p in range(count):
+        weight_grad_images(grad_out, x, crow, col, parts_sums[p], geometry, images * p // count, images * (p + 1) // count)
+
+
+@numba.njit(parallel=True, **_JIT)
+def weight_grad_parallel(grad_out, x, crow, col, parts_sums, geometry):  # pragma: no cover - compiled
+    count, images = parts_sums.shape[0], x.shape[0]
+    for p in prange(count):
+        weight_grad_images(grad_out, x, crow, col, parts_sums[p], geometry, images * p // count, images * (p + 1) // count)

@@ -1,0 +1,136 @@
+"""SparseConv2d equals a masked nn.Conv2d: forward, input gradient and the weight gradient at the
+active taps, through the direct kernels and through im2col, over random geometries."""
+
+import pickle
+import random
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from itop.sparse import SparseConv2d, conv, native
+
+GEOMETRIES = [  # (in, out, kernel, stride, padding, dilation, groups, bias)
+    (3, 8, 3, 1, 1, 1, 1, True),
+    (4, 6, (3, 5), (2, 1), (1, 2), 1, 1, False),
+    (6, 6, 3, 1, 0, 2, 3, True),
+    (8, 8, 3, 2, 1, 1, 8, True),  # depthwise
+    (5, 7, 4, 1, "same", 1, 1, True),  # asymmetric padding, as PyTorch's
+    (5, 7, 3, 1, "same", (2, 3), 1, False),
+    (4, 4, 1, 1, "valid", 1, 2, True),
+    (3, 5, 5, 3, 2, 1, 1, True),
+]
+
+
+def masked_pair(geometry, density, seed, dtype=torch.float64):
+    cin, cout, kernel, stride, padding, dilation, groups, bias = geometry
+    torch.manual_seed(seed)
+    dense = nn.Conv2d(cin, cout, kernel, stride, padding, dilation, groups, bias=bias).to(dtype)
+    mask = torch.rand(dense.weight.shape) < density
+    mask.view(-1)[0] = True
+    with torch.no_grad():
+        dense.weight.mul_(mask)
+    return dense, SparseConv2d.from_dense(dense, mask), mask
+
+
+def check_against_dense(dense, sparse, mask, x, tolerance):
+    x_dense, x_sparse = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_dense, out_sparse = dense(x_dense), sparse(x_sparse)
+    torch.testing.assert_close(out_sparse, out_dense, rtol=tolerance, atol=tolerance)
+    weights = torch.randn_like(out_dense)
+    (out_dense * weights).sum().backward()
+    (out_sparse * weights).sum().backward()
+    torch.testing.assert_close(x_sparse.grad, x_dense.grad, rtol=tolerance, atol=tolerance)
+    torch.testing.assert_close(sparse.values.grad, dense.weight.grad.reshape(-1)[sparse.indices], rtol=tolerance, atol=tolerance)
+    if dense.bias is not None:
+        torch.testing.assert_close(sparse.bias.grad, dense.bias.grad, rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same'")  # PyTorch's, for the dense reference
+@pytest.mark.parametrize("path", ["direct", "im2col"])
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_matches_the_masked_dense_convolution_in_float64(monkeypatch, path, geometry):
+    if path == "direct" and conv.conv_kernels() is None:
+        pytest.skip("numba is not installed")
+    if path == "im2col":
+        monkeypatch.setattr(conv, "direct_usable", lambda *tensors: False)
+    rng = random.Random(hash(geometry) % 1000)
+    for trial in range(3):
+        dense, sparse, mask = masked_pair(geometry, rng.choice([0.05, 0.3, 1.0]), seed=trial)
+        batch, height, width = rng.choice([1, 2, 5]), rng.randint(7, 13), rng.randint(6, 12)
+        x = torch.randn(batch, geometry[0], height, width, dtype=torch.float64)
+        check_against_dense(dense, sparse, mask, x, 1e-10)
+
+
+def test_float32_and_threads_give_the_same_numbers(monkeypatch):
+    dense, sparse, mask = masked_pair((16, 32, 3, 1, 1, 1, 1, True), 0.1, 0, torch.float32)
+    x = torch.randn(16, 16, 20, 20)
+    check_against_dense(dense, sparse, mask, x, 1e-4)
+    results = []
+    for work in (0, 1 << 62):  # every product over the threads, then every one on the calling thread
+        monkeypatch.setattr(native, "PARALLEL_MIN_WORK", work)
+        x_grad = x.clone().requires_grad_()
+        sparse.values.grad = None
+        out = sparse(x_grad)
+        out.square().sum().backward()
+        results.append((out, x_grad.grad, sparse.values.grad))
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+def test_inference_without_autograd_and_conversions_round_trip():
+    dense, sparse, mask = masked_pair((4, 6, 3, 2, 1, 1, 2, True), 0.2, 0, torch.float32)
+    x = torch.randn(3, 4, 9, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(sparse(x), dense(x))
+    back = sparse.to_dense()
+    assert torch.equal(back.weight, dense.weight) and torch.equal(back.bias, dense.bias)
+    assert (back.stride, back.padding, back.groups) == (dense.stride, dense.padding, dense.groups)
+    assert sparse.nnz == int(mask.sum()) and torch.equal(sparse.weight_indices(), mask.reshape(-1).nonzero().squeeze(1))
+    copied = pickle.loads(pickle.dumps(sparse))
+    torch.testing.assert_close(copied(x), sparse(x))
+
+
+def test_state_dict_loads_with_weights_only_and_another_count(tmp_path):
+    a = SparseConv2d(4, 8, 3, padding=1, nnz=40, generator=torch.Generator().manual_seed(0))
+    b = SparseConv2d(4, 8, 3, padding=1, nnz=10, generator=torch.Generator().manual_seed(1))
+    torch.save(a.state_dict(), tmp_path / "conv.pt")
+    b.load_state_dict(torch.load(tmp_path / "conv.pt", weights_only=True))
+    x = torch.randn(2, 4, 6, 6)
+    assert b.nnz == 40 and torch.equal(b(x), a(x))
+
+
+def test_initialisation_uses_the_actual_fan_in():
+    layer = SparseConv2d(64, 128, 3, nnz=128 * 20, generator=torch.Generator().manual_seed(0))
+    assert layer.values.abs().max() <= 1 / 20**0.5 and layer.values.abs().max() > 0.9 / 20**0.5
+    assert layer.density == pytest.approx(128 * 20 / (128 * 64 * 9))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"padding_mode": "reflect"}, "padding_mode='reflect' is not supported"),
+        ({"groups": 3}, "groups=3 must divide"),
+        ({"stride": 2, "padding": "same"}, "padding='same' needs stride 1"),
+        ({"nnz": 0}, "nnz must be an integer"),
+        ({"kernel_size": (3, 3, 3)}, "kernel_size must be an int or a pair"),
+    ],
+)
+def test_unsupported_options_are_refused_in_one_line(kwargs, message):
+    arguments = {"in_channels": 4, "out_channels": 8, "kernel_size": 3, "nnz": 10, **kwargs}
+    with pytest.raises(ValueError, match=message) as error:
+        SparseConv2d(**arguments)
+    assert "\n" not in str(error.value)
+
+
+def test_batch_norm_residual_and_inplace_relu_after_a_sparse_convolution():
+    torch.manual_seed(0)
+    first, second = SparseConv2d(8, 8, 3, padding=1, nnz=60), SparseConv2d(8, 8, 3, padding=1, nnz=60)
+    norm = nn.BatchNorm2d(8)
+    x = torch.randn(4, 8, 10, 10, requires_grad=True)
+    hidden = F.relu(first(x), inplace=True)  # on the convolution's own output
+    out = second(F.relu(norm(hidden), inplace=True))
+    out += x  # a residual connection, in place on the convolution's output
+    F.relu(out, inplace=True).sum().backward()
+    assert torch.isfinite(x.grad).all() and torch.isfinite(first.values.grad).all() and torch.isfinite(second.values.grad).all()
