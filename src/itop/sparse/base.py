@@ -39,6 +39,13 @@ class SparseWeights(nn.Module):
         """The flat row-major positions of the active weights, in the order of `values`."""
         return self.indices
 
+    @classmethod
+    def from_dense(cls, module: nn.Module, mask: Tensor):
+        """The truly sparse layer holding `module`'s weights where `mask` is True (its bias too)."""
+        if tuple(mask.shape) != tuple(module.weight.shape):
+            raise ValueError(f"mask of shape {tuple(mask.shape)} does not match the weight's {tuple(module.weight.shape)}.")
+        return cls.from_positions(module, torch.nonzero(mask.reshape(-1)).squeeze(1))
+
     @torch.no_grad()
     def set_positions(self, positions: Tensor, values: Tensor) -> None:
         """Replace the active positions (sorted, distinct) and their values in place: the `values`

@@ -357,13 +357,6 @@ class SparseConv2d(SparseWeights):
 
     # ----------------------------------------------------------------------------- conversion
     @classmethod
-    def from_dense(cls, conv: nn.Conv2d, mask: Tensor) -> SparseConv2d:
-        """A SparseConv2d holding `conv`'s weights where `mask` is True (its bias too)."""
-        if tuple(mask.shape) != tuple(conv.weight.shape):
-            raise ValueError(f"mask of shape {tuple(mask.shape)} does not match the weight's {tuple(conv.weight.shape)}.")
-        return cls.from_positions(conv, torch.nonzero(mask.reshape(-1)).squeeze(1))
-
-    @classmethod
     @torch.no_grad()
     def from_positions(cls, conv: nn.Conv2d, positions: Tensor) -> SparseConv2d:
         """A SparseConv2d holding `conv`'s weights at the sorted flat `positions` (its bias too)."""

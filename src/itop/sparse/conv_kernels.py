@@ -33,27 +33,36 @@ def _span(size, out_size, stride, offset):  # pragma: no cover - compiled
     return lo, max(lo, hi)
 
 
+@numba.njit(**_FLAGS)
+def _tap(code, geometry, height, width, out_h, out_w):  # pragma: no cover - compiled
+    """A tap's input channel within its group, and the output rows [row_lo, row_hi) and columns
+    [col_lo, col_hi) whose source pixel lies inside the input, from its CSR column `code`; the
+    source row of output row oh is oh * sh + row_shift, the source column of ow is ow * sw + shift."""
+    kh, kw, sh, sw, ph, pw, dh, dw = geometry[0], geometry[1], geometry[2], geometry[3], geometry[4], geometry[5], geometry[6], geometry[7]
+    c, r = divmod(code, kh * kw)
+    i, j = divmod(r, kw)
+    row_shift, shift = i * dh - ph, j * dw - pw
+    row_lo, row_hi = _span(height, out_h, sh, row_shift)
+    col_lo, col_hi = _span(width, out_w, sw, shift)
+    return c, row_shift, shift, row_lo, row_hi, col_lo, col_hi
+
+
 @numba.njit(**_JIT)
 def forward_images(x, crow, col, values, bias, out, geometry, start, stop):  # pragma: no cover - compiled
-    kh, kw, sh, sw, ph, pw, dh, dw, out_per_group, in_per_group = geometry
+    sh, sw, out_per_group, in_per_group = geometry[2], geometry[3], geometry[8], geometry[9]
     channels_out, out_h, out_w = out.shape[1], out.shape[2], out.shape[3]
     height, width = x.shape[2], x.shape[3]
-    taps = kh * kw
     for n in range(start, stop):
         for o in range(channels_out):
             plane = out[n, o]
             plane[:, :] = bias[o] if bias.shape[0] else 0.0
             first_channel = (o // out_per_group) * in_per_group
             for t in range(crow[o], crow[o + 1]):
-                c, r = divmod(col[t], taps)
-                i, j = divmod(r, kw)
+                c, row_shift, shift, row_lo, row_hi, col_lo, col_hi = _tap(col[t], geometry, height, width, out_h, out_w)
                 v = values[t]
                 source = x[n, first_channel + c]
-                row_lo, row_hi = _span(height, out_h, sh, i * dh - ph)
-                col_lo, col_hi = _span(width, out_w, sw, j * dw - pw)
-                shift = j * dw - pw
                 for oh in range(row_lo, row_hi):
-                    src = source[oh * sh + i * dh - ph]
+                    src = source[oh * sh + row_shift]
                     dst = plane[oh]
                     if sw == 1:
                         for ow in range(col_lo, col_hi):
@@ -72,25 +81,20 @@ def forward_parallel(x, crow, col, values, bias, out, geometry, parts):  # pragm
 
 @numba.njit(**_JIT)
 def input_grad_images(grad_out, crow, col, values, grad_x, geometry, start, stop):  # pragma: no cover - compiled
-    kh, kw, sh, sw, ph, pw, dh, dw, out_per_group, in_per_group = geometry
+    sh, sw, out_per_group, in_per_group = geometry[2], geometry[3], geometry[8], geometry[9]
     channels_out, out_h, out_w = grad_out.shape[1], grad_out.shape[2], grad_out.shape[3]
     height, width = grad_x.shape[2], grad_x.shape[3]
-    taps = kh * kw
     for n in range(start, stop):
         grad_x[n] = 0.0
         for o in range(channels_out):
             plane = grad_out[n, o]
             first_channel = (o // out_per_group) * in_per_group
             for t in range(crow[o], crow[o + 1]):
-                c, r = divmod(col[t], taps)
-                i, j = divmod(r, kw)
+                c, row_shift, shift, row_lo, row_hi, col_lo, col_hi = _tap(col[t], geometry, height, width, out_h, out_w)
                 v = values[t]
                 target = grad_x[n, first_channel + c]
-                row_lo, row_hi = _span(height, out_h, sh, i * dh - ph)
-                col_lo, col_hi = _span(width, out_w, sw, j * dw - pw)
-                shift = j * dw - pw
                 for oh in range(row_lo, row_hi):
-                    dst = target[oh * sh + i * dh - ph]
+                    dst = target[oh * sh + row_shift]
                     src = plane[oh]
                     if sw == 1:
                         for ow in range(col_lo, col_hi):
@@ -109,10 +113,9 @@ def input_grad_parallel(grad_out, crow, col, values, grad_x, geometry, parts):  
 
 @numba.njit(**_JIT)
 def weight_grad_images(grad_out, x, crow, col, sums, geometry, start, stop):  # pragma: no cover - compiled
-    kh, kw, sh, sw, ph, pw, dh, dw, out_per_group, in_per_group = geometry
+    sh, sw, out_per_group, in_per_group = geometry[2], geometry[3], geometry[8], geometry[9]
     channels_out, out_h, out_w = grad_out.shape[1], grad_out.shape[2], grad_out.shape[3]
     height, width = x.shape[2], x.shape[3]
-    taps = kh * kw
     zero = sums.dtype.type(0)
     sums[:] = 0.0
     for n in range(start, stop):
@@ -120,15 +123,11 @@ def weight_grad_images(grad_out, x, crow, col, sums, geometry, start, stop):  # 
             plane = grad_out[n, o]
             first_channel = (o // out_per_group) * in_per_group
             for t in range(crow[o], crow[o + 1]):
-                c, r = divmod(col[t], taps)
-                i, j = divmod(r, kw)
+                c, row_shift, shift, row_lo, row_hi, col_lo, col_hi = _tap(col[t], geometry, height, width, out_h, out_w)
                 source = x[n, first_channel + c]
-                row_lo, row_hi = _span(height, out_h, sh, i * dh - ph)
-                col_lo, col_hi = _span(width, out_w, sw, j * dw - pw)
-                shift = j * dw - pw
                 acc = zero
                 for oh in range(row_lo, row_hi):
-                    src = source[oh * sh + i * dh - ph]
+                    src = source[oh * sh + row_shift]
                     g = plane[oh]
                     if sw == 1:
                         for ow in range(col_lo, col_hi):

@@ -121,13 +121,6 @@ class SparseLinear(SparseWeights):
 
     # ----------------------------------------------------------------------------- conversion
     @classmethod
-    def from_dense(cls, linear: nn.Linear, mask: Tensor) -> SparseLinear:
-        """A SparseLinear holding `linear`'s weights where `mask` is True (its bias too)."""
-        if tuple(mask.shape) != tuple(linear.weight.shape):
-            raise ValueError(f"mask of shape {tuple(mask.shape)} does not match the weight's {tuple(linear.weight.shape)}.")
-        return cls.from_positions(linear, torch.nonzero(mask.reshape(-1)).squeeze(1))
-
-    @classmethod
     @torch.no_grad()
     def from_positions(cls, linear: nn.Linear, positions: Tensor) -> SparseLinear:
         """A SparseLinear holding `linear`'s weights at the sorted flat `positions` (its bias too)."""
