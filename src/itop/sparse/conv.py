@@ -129,21 +129,32 @@ def _run_images(kernel: str, args: tuple, images: int, threads: int) -> None:
         getattr(compiled, kernel + "_parallel")(*args, min(threads, images))
 
 
+def _form(geometry: ConvGeometry, height: int, width: int) -> tuple[str, tuple]:
+    """Which kernels serve this geometry ("_wide" at stride 1, with the padded plane's size), and
+    their extra arguments."""
+    if geometry.stride != (1, 1):
+        return "", ()
+    top, bottom, left, right = geometry.padding
+    return "_wide", (height + top + bottom, width + left + right)
+
+
 def direct_forward(geometry: ConvGeometry, structure: SparseStructure, values: Tensor, x: Tensor, bias: Tensor | None) -> Tensor:
     crow, col = structure.arrays()
     height, width = x.shape[2:]
     out = torch.empty(x.shape[0], geometry.out_channels, *geometry.output_size(height, width), dtype=values.dtype)
     bias_array = native._NO_BIAS[values.dtype] if bias is None else native._data(bias, values.dtype)
-    args = (x.detach().numpy(), crow, col, values.detach().numpy(), bias_array, out.numpy(), geometry.kernel_arguments())
-    _run_images("forward", args, x.shape[0], _threads(structure.nnz * out[0, 0].numel() * x.shape[0]))
+    form, extra = _form(geometry, height, width)
+    args = (x.detach().numpy(), crow, col, values.detach().numpy(), bias_array, out.numpy(), geometry.kernel_arguments(), *extra)
+    _run_images("forward" + form, args, x.shape[0], _threads(structure.nnz * out[0, 0].numel() * x.shape[0]))
     return out
 
 
 def direct_input_grad(geometry: ConvGeometry, structure: SparseStructure, values: Tensor, grad_out: Tensor, input_shape) -> Tensor:
     crow, col = structure.arrays()
     grad_x = torch.empty(input_shape, dtype=values.dtype)
-    args = (grad_out.numpy(), crow, col, values.detach().numpy(), grad_x.numpy(), geometry.kernel_arguments())
-    _run_images("input_grad", args, grad_out.shape[0], _threads(structure.nnz * grad_out[0, 0].numel() * grad_out.shape[0]))
+    form, extra = _form(geometry, *input_shape[2:])
+    args = (grad_out.numpy(), crow, col, values.detach().numpy(), grad_x.numpy(), geometry.kernel_arguments(), *extra)
+    _run_images("input_grad" + form, args, grad_out.shape[0], _threads(structure.nnz * grad_out[0, 0].numel() * grad_out.shape[0]))
     return grad_x
 
 
@@ -152,13 +163,14 @@ def direct_weight_grad(geometry: ConvGeometry, structure: SparseStructure, grad_
     added in order (the same numbers on any number of threads)."""
     crow, col = structure.arrays()
     parts = torch.empty(max(1, min(_WEIGHT_GRAD_PARTS, x.shape[0])), structure.nnz, dtype=x.dtype)
-    args = (grad_out.numpy(), x.detach().numpy(), crow, col, parts.numpy(), geometry.kernel_arguments())
+    form, extra = _form(geometry, *x.shape[2:])
+    args = (grad_out.numpy(), x.detach().numpy(), crow, col, parts.numpy(), geometry.kernel_arguments(), *extra)
     compiled = conv_kernels()
     if _threads(structure.nnz * grad_out[0, 0].numel() * x.shape[0]) == 1 or len(parts) == 1:
-        compiled.weight_grad_serial(*args)
+        getattr(compiled, f"weight_grad{form}_serial")(*args)
     else:
         native._pool(native.configured_threads())
-        compiled.weight_grad_parallel(*args)
+        getattr(compiled, f"weight_grad{form}_parallel")(*args)
     return parts.sum(0) if len(parts) > 1 else parts[0]
 
 
