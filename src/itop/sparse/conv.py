@@ -129,31 +129,50 @@ def _run_images(kernel: str, args: tuple, images: int, threads: int) -> None:
         getattr(compiled, kernel + "_parallel")(*args, min(threads, images))
 
 
-def _form(geometry: ConvGeometry, height: int, width: int) -> tuple[str, tuple]:
-    """Which kernels serve this geometry ("_wide" at stride 1, with the padded plane's size), and
-    their extra arguments."""
+def _form(geometry: ConvGeometry, structure: SparseStructure, height: int, width: int) -> tuple[str, object, tuple]:
+    """Which kernels serve this geometry: at stride 1 the "_wide" ones, with each tap's window start
+    in the padded image (`wide_sources`) and the padded plane's size; else the general ones, with
+    the CSR's columns."""
     if geometry.stride != (1, 1):
-        return "", ()
+        return "", structure.arrays()[1], ()
     top, bottom, left, right = geometry.padding
-    return "_wide", (height + top + bottom, width + left + right)
+    padded = (height + top + bottom, width + left + right)
+    return "_wide", wide_sources(geometry, structure, *padded), padded
+
+
+def wide_sources(geometry: ConvGeometry, structure: SparseStructure, padded_h: int, padded_w: int) -> np.ndarray:
+    """Per active tap, where its window starts in an image's zero-padded planes at stride 1:
+    input channel * plane size + i * dilation * row length + j * dilation. Kept per padded size on
+    the structure (a few nnz-sized arrays)."""
+    cache = structure.__dict__.setdefault("_wide_sources", {})
+    found = cache.get((padded_h, padded_w))
+    if found is None:
+        (kh, kw), (dh, dw) = geometry.kernel, geometry.dilation
+        crow, col = (a.astype(np.int64) for a in structure.arrays())
+        rows = np.repeat(np.arange(len(crow) - 1), np.diff(crow))
+        channel, tap = np.divmod(col, kh * kw)
+        i, j = np.divmod(tap, kw)
+        channel += rows // (geometry.out_channels // geometry.groups) * (geometry.in_channels // geometry.groups)
+        found = cache[(padded_h, padded_w)] = channel * (padded_h * padded_w) + i * dh * padded_w + j * dw
+    return found
 
 
 def direct_forward(geometry: ConvGeometry, structure: SparseStructure, values: Tensor, x: Tensor, bias: Tensor | None) -> Tensor:
-    crow, col = structure.arrays()
+    crow = structure.arrays()[0]
     height, width = x.shape[2:]
     out = torch.empty(x.shape[0], geometry.out_channels, *geometry.output_size(height, width), dtype=values.dtype)
     bias_array = native._NO_BIAS[values.dtype] if bias is None else native._data(bias, values.dtype)
-    form, extra = _form(geometry, height, width)
-    args = (x.detach().numpy(), crow, col, values.detach().numpy(), bias_array, out.numpy(), geometry.kernel_arguments(), *extra)
+    form, taps, extra = _form(geometry, structure, height, width)
+    args = (x.detach().numpy(), crow, taps, values.detach().numpy(), bias_array, out.numpy(), geometry.kernel_arguments(), *extra)
     _run_images("forward" + form, args, x.shape[0], _threads(structure.nnz * out[0, 0].numel() * x.shape[0]))
     return out
 
 
 def direct_input_grad(geometry: ConvGeometry, structure: SparseStructure, values: Tensor, grad_out: Tensor, input_shape) -> Tensor:
-    crow, col = structure.arrays()
+    crow = structure.arrays()[0]
     grad_x = torch.empty(input_shape, dtype=values.dtype)
-    form, extra = _form(geometry, *input_shape[2:])
-    args = (grad_out.numpy(), crow, col, values.detach().numpy(), grad_x.numpy(), geometry.kernel_arguments(), *extra)
+    form, taps, extra = _form(geometry, structure, *input_shape[2:])
+    args = (grad_out.numpy(), crow, taps, values.detach().numpy(), grad_x.numpy(), geometry.kernel_arguments(), *extra)
     _run_images("input_grad" + form, args, grad_out.shape[0], _threads(structure.nnz * grad_out[0, 0].numel() * grad_out.shape[0]))
     return grad_x
 
@@ -161,10 +180,10 @@ def direct_input_grad(geometry: ConvGeometry, structure: SparseStructure, values
 def direct_weight_grad(geometry: ConvGeometry, structure: SparseStructure, grad_out: Tensor, x: Tensor) -> Tensor:
     """The weight gradient at the active taps: partial sums over a fixed split of the images,
     added in order (the same numbers on any number of threads)."""
-    crow, col = structure.arrays()
+    crow = structure.arrays()[0]
     parts = torch.empty(max(1, min(_WEIGHT_GRAD_PARTS, x.shape[0])), structure.nnz, dtype=x.dtype)
-    form, extra = _form(geometry, *x.shape[2:])
-    args = (grad_out.numpy(), x.detach().numpy(), crow, col, parts.numpy(), geometry.kernel_arguments(), *extra)
+    form, taps, extra = _form(geometry, structure, *x.shape[2:])
+    args = (grad_out.numpy(), x.detach().numpy(), crow, taps, parts.numpy(), geometry.kernel_arguments(), *extra)
     compiled = conv_kernels()
     if _threads(structure.nnz * grad_out[0, 0].numel() * x.shape[0]) == 1 or len(parts) == 1:
         getattr(compiled, f"weight_grad{form}_serial")(*args)

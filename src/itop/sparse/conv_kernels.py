@@ -159,7 +159,9 @@ def weight_grad_parallel(grad_out, x, crow, col, parts_sums, geometry):  # pragm
 # columns are computed and dropped), makes every tap one contiguous multiply-add over the whole
 # plane instead of one short loop per output row (16 values at 16x16 pixels: the loop overhead
 # cost more than the arithmetic). The padded planes of an image sit in one flat buffer with
-# `_slack` zeros after the last plane, which the dropped columns of the last rows may read.
+# `_slack` zeros after the last plane, which the dropped columns of the last rows may read. Each
+# tap arrives as `sources[t]`: where its window starts in that buffer (channel * plane + row
+# offset + column offset, from `conv.wide_sources`).
 
 
 @numba.njit(**_FLAGS)
@@ -178,18 +180,8 @@ def _fill_padded(image, padded, top, left, padded_h, padded_w):  # pragma: no co
             padded[start : start + width] = image[c, r]
 
 
-@numba.njit(**_FLAGS)
-def _offset(code, geometry, padded_w):  # pragma: no cover - compiled
-    """A tap's channel within its group and its offset in the padded plane at stride 1."""
-    kh, kw, dh, dw = geometry[0], geometry[1], geometry[6], geometry[7]
-    c, r = divmod(code, kh * kw)
-    i, j = divmod(r, kw)
-    return c, i * dh * padded_w + j * dw
-
-
 @numba.njit(**_JIT)
-def forward_wide_images(x, crow, col, values, bias, out, geometry, padded_h, padded_w, start, stop):  # pragma: no cover - compiled
-    out_per_group, in_per_group = geometry[8], geometry[9]
+def forward_wide_images(x, crow, sources, values, bias, out, geometry, padded_h, padded_w, start, stop):  # pragma: no cover - compiled
     channels, channels_out, out_h, out_w = x.shape[1], out.shape[1], out.shape[2], out.shape[3]
     plane = padded_h * padded_w
     span = out_h * padded_w
@@ -199,11 +191,8 @@ def forward_wide_images(x, crow, col, values, bias, out, geometry, padded_h, pad
         _fill_padded(x[n], padded, geometry[4], geometry[5], padded_h, padded_w)
         for o in range(channels_out):
             wide[:] = bias[o] if bias.shape[0] else 0.0
-            first_channel = (o // out_per_group) * in_per_group
             for t in range(crow[o], crow[o + 1]):
-                c, offset = _offset(col[t], geometry, padded_w)
-                v = values[t]
-                base = (first_channel + c) * plane + offset
+                v, base = values[t], sources[t]
                 src = padded[base : base + span]  # a slice: LLVM vectorises it (5x the indexed loop)
                 for k in range(span):
                     wide[k] += v * src[k]
@@ -212,10 +201,12 @@ def forward_wide_images(x, crow, col, values, bias, out, geometry, padded_h, pad
 
 
 @numba.njit(parallel=True, **_JIT)
-def forward_wide_parallel(x, crow, col, values, bias, out, geometry, padded_h, padded_w, parts):  # pragma: no cover - compiled
+def forward_wide_parallel(x, crow, sources, values, bias, out, geometry, padded_h, padded_w, parts):  # pragma: no cover - compiled
     images = x.shape[0]
     for p in prange(parts):
-        forward_wide_images(x, crow, col, values, bias, out, geometry, padded_h, padded_w, images * p // parts, images * (p + 1) // parts)
+        forward_wide_images(
+            x, crow, sources, values, bias, out, geometry, padded_h, padded_w, images * p // parts, images * (p + 1) // parts
+        )
 
 
 @numba.njit(**_JIT)
@@ -230,8 +221,9 @@ def _fill_wide(planes, wide, padded_w):  # pragma: no cover - compiled
 
 
 @numba.njit(**_JIT)
-def input_grad_wide_images(grad_out, crow, col, values, grad_x, geometry, padded_h, padded_w, start, stop):  # pragma: no cover - compiled
-    out_per_group, in_per_group = geometry[8], geometry[9]
+def input_grad_wide_images(
+    grad_out, crow, sources, values, grad_x, geometry, padded_h, padded_w, start, stop
+):  # pragma: no cover - compiled
     top, left = geometry[4], geometry[5]
     channels, height, width = grad_x.shape[1], grad_x.shape[2], grad_x.shape[3]
     channels_out, out_h = grad_out.shape[1], grad_out.shape[2]
@@ -243,12 +235,9 @@ def input_grad_wide_images(grad_out, crow, col, values, grad_x, geometry, padded
         _fill_wide(grad_out[n], wide, padded_w)
         padded[:] = 0.0
         for o in range(channels_out):
-            first_channel = (o // out_per_group) * in_per_group
             src = wide[o * span : (o + 1) * span]
             for t in range(crow[o], crow[o + 1]):
-                c, offset = _offset(col[t], geometry, padded_w)
-                v = values[t]
-                base = (first_channel + c) * plane + offset
+                v, base = values[t], sources[t]
                 dst = padded[base : base + span]
                 for k in range(span):
                     dst[k] += v * src[k]
@@ -259,17 +248,16 @@ def input_grad_wide_images(grad_out, crow, col, values, grad_x, geometry, padded
 
 
 @numba.njit(parallel=True, **_JIT)
-def input_grad_wide_parallel(grad_out, crow, col, values, grad_x, geometry, padded_h, padded_w, parts):  # pragma: no cover - compiled
+def input_grad_wide_parallel(grad_out, crow, sources, values, grad_x, geometry, padded_h, padded_w, parts):  # pragma: no cover - compiled
     images = grad_out.shape[0]
     for p in prange(parts):
         input_grad_wide_images(
-            grad_out, crow, col, values, grad_x, geometry, padded_h, padded_w, images * p // parts, images * (p + 1) // parts
+            grad_out, crow, sources, values, grad_x, geometry, padded_h, padded_w, images * p // parts, images * (p + 1) // parts
         )
 
 
 @numba.njit(**_JIT)
-def weight_grad_wide_images(grad_out, x, crow, col, sums, geometry, padded_h, padded_w, start, stop):  # pragma: no cover - compiled
-    out_per_group, in_per_group = geometry[8], geometry[9]
+def weight_grad_wide_images(grad_out, x, crow, sources, sums, geometry, padded_h, padded_w, start, stop):  # pragma: no cover - compiled
     channels, channels_out, out_h = x.shape[1], grad_out.shape[1], grad_out.shape[2]
     plane = padded_h * padded_w
     span = out_h * padded_w
@@ -281,11 +269,9 @@ def weight_grad_wide_images(grad_out, x, crow, col, sums, geometry, padded_h, pa
         _fill_padded(x[n], padded, geometry[4], geometry[5], padded_h, padded_w)
         _fill_wide(grad_out[n], wide, padded_w)
         for o in range(channels_out):
-            first_channel = (o // out_per_group) * in_per_group
             g = wide[o * span : (o + 1) * span]
             for t in range(crow[o], crow[o + 1]):
-                c, offset = _offset(col[t], geometry, padded_w)
-                base = (first_channel + c) * plane + offset
+                base = sources[t]
                 src = padded[base : base + span]
                 acc = zero
                 for k in range(span):
@@ -294,18 +280,18 @@ def weight_grad_wide_images(grad_out, x, crow, col, sums, geometry, padded_h, pa
 
 
 @numba.njit(**_JIT)
-def weight_grad_wide_serial(grad_out, x, crow, col, parts_sums, geometry, padded_h, padded_w):  # pragma: no cover - compiled
+def weight_grad_wide_serial(grad_out, x, crow, sources, parts_sums, geometry, padded_h, padded_w):  # pragma: no cover - compiled
     count, images = parts_sums.shape[0], x.shape[0]
     for p in range(count):
         weight_grad_wide_images(
-            grad_out, x, crow, col, parts_sums[p], geometry, padded_h, padded_w, images * p // count, images * (p + 1) // count
+            grad_out, x, crow, sources, parts_sums[p], geometry, padded_h, padded_w, images * p // count, images * (p + 1) // count
         )
 
 
 @numba.njit(parallel=True, **_JIT)
-def weight_grad_wide_parallel(grad_out, x, crow, col, parts_sums, geometry, padded_h, padded_w):  # pragma: no cover - compiled
+def weight_grad_wide_parallel(grad_out, x, crow, sources, parts_sums, geometry, padded_h, padded_w):  # pragma: no cover - compiled
     count, images = parts_sums.shape[0], x.shape[0]
     for p in prange(count):
         weight_grad_wide_images(
-            grad_out, x, crow, col, parts_sums[p], geometry, padded_h, padded_w, images * p // count, images * (p + 1) // count
+            grad_out, x, crow, sources, parts_sums[p], geometry, padded_h, padded_w, images * p // count, images * (p + 1) // count
         )
