@@ -1,13 +1,15 @@
 """itop.save / itop.load: one file for a trained sparse model, read back into a fresh model of the
 same architecture as truly sparse, dense or torch.nn.utils.prune-masked layers."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
 from torch.nn.utils import prune
 
 import itop
-from itop.sparse import SparseLinear
+from itop.sparse import SparseConv2d, SparseLinear
 
 pytestmark = pytest.mark.usefixtures("fixed_kernels")  # bit-for-bit comparisons (see the fixture)
 
@@ -46,7 +48,7 @@ def outputs(model, x):
 
 
 def sparse_layers(model):
-    return {name for name, module in model.named_modules() if isinstance(module, SparseLinear)}
+    return {name for name, module in model.named_modules() if isinstance(module, (SparseLinear, SparseConv2d))}
 
 
 def read(path):
@@ -129,7 +131,7 @@ def test_the_masked_format_is_the_dense_state_dict_plus_the_masks(trained_mlp, t
     assert torch.equal(outputs(truly_sparse, x), outputs(itop.sparse.export(model, sparsifier), x))
 
 
-def test_a_convnet_keeps_its_conv_layers_masked_dense_in_the_file(tmp_path):
+def test_a_convnet_stores_its_conv_layers_as_values_and_loads_them_truly_sparse(tmp_path):
     torch.manual_seed(0)
     model, x = convnet(), inputs(16, 1, 8, 8)
     sparsifier = train(model, x)
@@ -139,19 +141,34 @@ def test_a_convnet_keeps_its_conv_layers_masked_dense_in_the_file(tmp_path):
     assert list(layers) == ["0.weight", "2.weight", "5.weight", "7.weight"]
     for name in ("0.weight", "2.weight"):
         mask = sparsifier.masks[name]
-        assert layers[name]["stored"] == "dense" and layers[name]["nnz"] == int(mask.sum()) < mask.numel()
-        assert torch.equal(state[name], model.get_parameter(name))  # dense, zeros included
-        assert torch.equal(saved["positions"][name], mask.reshape(-1).nonzero().squeeze(1))
+        assert layers[name]["stored"] == "values" and layers[name]["nnz"] == int(mask.sum()) < mask.numel()
+        assert name not in state and torch.equal(state[name.replace("weight", "indices")], mask.reshape(-1).nonzero().squeeze(1))
     assert {layers[n]["stored"] for n in ("5.weight", "7.weight")} == {"values"} and "5.weight" not in state
 
     truly_sparse = itop.load(tmp_path / "conv.pt", convnet())
-    assert sparse_layers(truly_sparse) == {"5", "7"} and type(truly_sparse[0]) is nn.Conv2d
+    assert sparse_layers(truly_sparse) == {"0", "2", "5", "7"} and type(truly_sparse[0]) is SparseConv2d
     assert torch.equal(outputs(truly_sparse, x), outputs(itop.sparse.export(model, sparsifier), x))
     assert torch.equal(outputs(itop.load(tmp_path / "conv.pt", convnet(), layout="dense"), x), outputs(model, x))
     pruned = itop.load(tmp_path / "conv.pt", convnet(), layout="masked")
     for name, mask in sparsifier.masks.items():
         assert torch.equal(pruned.get_submodule(name.rpartition(".")[0]).weight_mask.bool(), mask), name
     assert torch.equal(outputs(pruned, x), outputs(model, x))
+    again = itop.load(tmp_path / "conv.pt", truly_sparse, layout="dense")  # truly sparse convolutions back to nn.Conv2d
+    assert type(again[0]) is nn.Conv2d and torch.equal(outputs(again, x), outputs(model, x))
+
+
+def test_a_conv_that_pads_by_reflection_is_stored_dense_with_its_positions(tmp_path):
+    torch.manual_seed(0)
+    model, x = convnet(), inputs(16, 1, 8, 8)
+    model[0] = nn.Conv2d(1, 8, 3, padding=1, padding_mode="reflect")
+    model[5] = nn.Linear(16 * 6 * 6, 64)
+    sparsifier = train(model, x)
+    itop.save(model, tmp_path / "conv.pt", sparsifier)
+    saved = read(tmp_path / "conv.pt")
+    assert saved["itop_save"]["layers"]["0.weight"]["stored"] == "dense" and "0.weight" in saved["positions"]
+    loaded = itop.load(tmp_path / "conv.pt", copy.deepcopy(model))
+    assert type(loaded[0]) is nn.Conv2d and type(loaded[2]) is SparseConv2d
+    assert torch.equal(outputs(loaded, x), outputs(itop.sparse.export(model, sparsifier), x))
 
 
 def test_a_layer_the_distribution_leaves_dense_is_stored_dense_without_positions(tmp_path):
@@ -162,7 +179,7 @@ def test_a_layer_the_distribution_leaves_dense_is_stored_dense_without_positions
     itop.save(model, tmp_path / "conv.pt", sparsifier)
     saved = read(tmp_path / "conv.pt")
     assert saved["itop_save"]["layers"]["0.weight"] == {"shape": [8, 1, 3, 3], "nnz": 72, "density": 1.0, "stored": "dense"}
-    assert "0.weight" not in saved["positions"] and "2.weight" in saved["positions"]
+    assert "0.weight" not in saved["positions"] and saved["itop_save"]["layers"]["2.weight"]["stored"] == "values"
     for layout in ("sparse", "dense", "masked"):
         loaded = itop.load(tmp_path / "conv.pt", convnet(), layout=layout)
         expected = itop.sparse.export(model, sparsifier) if layout == "sparse" else model

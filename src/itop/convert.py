@@ -1,14 +1,16 @@
-"""Moving models between dense, masked and truly sparse Linear layers.
+"""Moving models between dense, masked and truly sparse Linear and Conv2d layers.
 
-- `sparsify(model, density)`: in place, before the optimizer is built, the Linear layers chosen by
-  the Sparsifier's selection rules become SparseLinear layers with the exact per-layer counts of a
-  distribution (ER/ERK from the shapes alone), drawn as the masked Sparsifier draws its initial
-  masks for the same seed.
-- `export(model, sparsifier)`: a copy of a masked model whose sparse Linear layers are SparseLinear
-  (train masked on a GPU, run truly sparse on a CPU).
-- `densify(model)`: a copy whose SparseLinear layers are nn.Linear with zeros off the active positions.
+- `sparsify(model, density)`: in place, before the optimizer is built, the Linear and Conv2d
+  layers chosen by the Sparsifier's selection rules become SparseLinear and SparseConv2d layers
+  with the exact per-layer counts of a distribution (ER/ERK from the shapes alone), drawn as the
+  masked Sparsifier draws its initial masks for the same seed.
+- `export(model, sparsifier)`: a copy of a masked model whose sparse Linear and Conv2d layers are
+  truly sparse (train masked on a GPU, run truly sparse on a CPU).
+- `densify(model)`: a copy whose truly sparse layers are nn.Linear / nn.Conv2d with zeros off the
+  active positions.
 
-Only layers of type nn.Linear itself are converted: subclasses such as MultiheadAttention's
+Only layers of type nn.Linear or nn.Conv2d itself are converted (a Conv2d only with
+padding_mode="zeros", which SparseConv2d computes): subclasses such as MultiheadAttention's
 out_proj are read as weights by their owners and stay as they are.
 
 This module sits above both storages and the engine (it reads the engine's selection rules,
@@ -27,6 +29,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .sparse.base import SparseWeights
+from .sparse.conv import SparseConv2d
 from .sparse.layer import SparseLinear
 from .sparse.sampling import random_k_positions
 from .sparsity import kernels
@@ -38,16 +42,36 @@ __all__ = ["sparsify", "export", "densify"]
 
 
 def _convertible(module: nn.Module) -> bool:
-    """nn.Linear itself (or as the masked engine's kernel class), not a subclass read by its owner."""
+    """nn.Linear or nn.Conv2d itself (a Linear also as the masked engine's kernel class), not a
+    subclass read by its owner; a Conv2d padding with zeros."""
+    if type(module) is nn.Conv2d:
+        return module.padding_mode == "zeros"
     return type(module) in (nn.Linear, kernels.MaskedCSRLinear)
 
 
-def _plain_linears(model: nn.Module, include, exclude) -> dict[str, tuple[str, nn.Linear]]:
-    """Sparse Linear weights (Sparsifier selection rules) by parameter name -> (module name, module)."""
+def _owners(model: nn.Module, params) -> dict[str, nn.Module]:
+    """The modules whose `weight` is one of `params`, by parameter name."""
+    owners = {}
+    for module_name, module in model.named_modules():
+        name = f"{module_name}.weight" if module_name else "weight"
+        if name in params and params[name] is getattr(module, "weight", None):
+            owners[name] = module
+    return owners
+
+
+def _plain_layers(model: nn.Module, include, exclude) -> dict[str, tuple[str, nn.Module]]:
+    """Sparse Linear and Conv2d weights (Sparsifier selection rules) by parameter name -> (module name, module)."""
     params = sparse_parameters(model, include, exclude)
-    owners = kernels.linear_owners(model, params)
     names = {id(m): n for n, m in model.named_modules()}
-    return {p: (names[id(m)], m) for p, m in owners.items() if _convertible(m)}
+    return {p: (names[id(m)], m) for p, m in _owners(model, params).items() if _convertible(m)}
+
+
+def _truly_sparse(module: nn.Module, positions: torch.Tensor) -> SparseWeights:
+    """The truly sparse layer of `module` at `positions`."""
+    if module.weight.is_meta:
+        return _unallocated(module, positions)
+    kind = SparseConv2d if isinstance(module, nn.Conv2d) else SparseLinear
+    return kind.from_positions(module, positions)
 
 
 def _kind(value) -> str:
@@ -94,28 +118,30 @@ def sparsify(
     exclude: Sequence[Selector] = (),
     init_scale: str = "sparse",
 ) -> nn.Module:
-    """Replace `model`'s sparse Linear layers by SparseLinear layers in place, and return `model`.
+    """Replace `model`'s sparse Linear and Conv2d layers by SparseLinear and SparseConv2d layers in
+    place, and return `model`.
 
     Each layer keeps `round(d_i * N_i)` of its weights (at least one), at positions drawn uniformly
     without replacement from a generator seeded with `seed`, in layer order: the masks
     `itop.Sparsifier(model, ..., density, distribution, seed=seed)` would start from on the same
-    Linear layers. Layers the distribution makes dense stay nn.Linear. A Linear built on the meta
-    device (`with torch.device("meta")`: a layer too large to exist densely) gets its values drawn
-    from nn.Linear's distribution at the chosen positions only; a meta layer that stays dense is
+    layers. Layers the distribution makes dense stay as they are. A layer built on the meta device
+    (`with torch.device("meta")`: too large to exist densely) gets its values drawn from its dense
+    type's initial distribution at the chosen positions only; a meta layer that stays dense is
     left for the caller to materialise. Build the optimizer after this call.
 
     Args:
-        model: the model whose Linear layers become truly sparse (changed in place).
+        model: the model whose Linear and Conv2d layers become truly sparse (changed in place).
         density: share of the sparse layers' weights kept, over all of them, in (0, 1].
         distribution: how the density is split over layers: "erk", "er" or "uniform".
         seed: the random seed that draws the positions (None: a random one).
-        include: which layers are sparse, as for `itop.Sparsifier` (default: every Linear).
+        include: which layers are sparse, as for `itop.Sparsifier` (default: every Linear and Conv
+            weight; `include=[nn.Linear]` keeps the convolutions dense).
         exclude: layers left dense (types or name patterns).
-        init_scale: "sparse" (default) scales the kept weights by 1/sqrt(d_i), nn.Linear's
+        init_scale: "sparse" (default) scales the kept weights by 1/sqrt(d_i), the dense layer's
             initialisation for the actual fan-in; "dense" keeps them as they are.
 
     Returns:
-        `model`, with SparseLinear layers.
+        `model`, with SparseLinear and SparseConv2d layers.
 
     Example:
         ```python
@@ -135,42 +161,45 @@ def sparsify(
             raise TypeError(
                 f"sparsify(..., {name}): {name} must be a list of selectors, e.g. {name}=[{selectors!r}], got {_kind(selectors)}."
             )
-    linears = _plain_linears(model, include, exclude)
-    if not linears:
-        raise ValueError("the model has no Linear layer to make truly sparse (include/exclude left none); Conv layers stay masked.")
-    shapes = {name: tuple(module.weight.shape) for name, (_, module) in linears.items()}
+    layers = _plain_layers(model, include, exclude)
+    if not layers:
+        raise ValueError("the model has no Linear or Conv2d layer to make truly sparse (include/exclude left none).")
+    shapes = {name: tuple(module.weight.shape) for name, (_, module) in layers.items()}
     counts = layer_counts(shapes, DISTRIBUTIONS.get(distribution)(shapes, float(density)))
     if seed is None:
         seed = int(torch.randint(0, 2**62, (1,)))
     generator = torch.Generator().manual_seed(int(seed))
     empty = torch.zeros(0, dtype=torch.int64)
-    for name, (module_name, module) in linears.items():
+    for name, (module_name, module) in layers.items():
         numel = math.prod(shapes[name])
         positions = random_k_positions(numel, empty, counts[name], generator)
         if counts[name] == numel:
             continue
-        layer = _unallocated(module, positions) if module.weight.is_meta else SparseLinear.from_positions(module, positions)
+        layer = _truly_sparse(module, positions)
         if init_scale == "sparse":
             layer.values.mul_(1.0 / math.sqrt(counts[name] / numel))
         _replace(model, module_name, layer)
     return model
 
 
-def _unallocated(linear: nn.Linear, positions: torch.Tensor) -> SparseLinear:
-    """A SparseLinear at `positions` for a Linear built on the meta device (its dense weight was
-    never allocated: too large to exist): the values and bias drawn from nn.Linear's own
-    distribution, U(-1/sqrt(in_features), 1/sqrt(in_features)), with torch's global generator as
-    nn.Linear's initialisation would draw them."""
-    bound = 1.0 / math.sqrt(linear.in_features)
-    dtype = linear.weight.dtype
+def _unallocated(module: nn.Module, positions: torch.Tensor) -> SparseWeights:
+    """A truly sparse layer at `positions` for a Linear or Conv2d built on the meta device (its
+    dense weight was never allocated: too large to exist): the values and bias drawn from the dense
+    layer's own distribution, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), with torch's global generator as
+    its initialisation would draw them."""
+    fan_in = math.prod(module.weight.shape[1:])
+    bound = 1.0 / math.sqrt(fan_in)
+    dtype = module.weight.dtype
     values = torch.empty(positions.numel(), dtype=dtype).uniform_(-bound, bound)
-    bias = None if linear.bias is None else torch.empty(linear.out_features, dtype=dtype).uniform_(-bound, bound)
-    return SparseLinear.from_values(linear.in_features, linear.out_features, positions, values, bias)
+    bias = None if module.bias is None else torch.empty(module.weight.shape[0], dtype=dtype).uniform_(-bound, bound)
+    if isinstance(module, nn.Conv2d):
+        return SparseConv2d.from_values(module, positions, values, bias)
+    return SparseLinear.from_values(module.in_features, module.out_features, positions, values, bias)
 
 
 def export(model: nn.Module, sparsifier: Sparsifier) -> nn.Module:
-    """A copy of `model` whose masked Linear layers (of `sparsifier`, built on `model`) are
-    SparseLinear layers with the active weights; dense layers and Conv layers stay as they are.
+    """A copy of `model` whose masked Linear and Conv2d layers (of `sparsifier`, built on `model`)
+    are SparseLinear and SparseConv2d layers with the active weights; dense layers stay as they are.
 
     Args:
         model: the masked model `sparsifier` trained (left unchanged).
@@ -189,11 +218,13 @@ def export(model: nn.Module, sparsifier: Sparsifier) -> nn.Module:
     _check_model("export(model, sparsifier)", model)
     _check_sparsifier(model, sparsifier)
     names = {id(m): n for n, m in model.named_modules()}
-    owners = kernels.linear_owners(model, sparsifier.params)
+    owners = _owners(model, sparsifier.params)
     chosen = {names[id(m)]: sparsifier.masks[p] for p, m in owners.items() if _convertible(m) and not bool(sparsifier.masks[p].all())}
     copied = copy.deepcopy(model)
     for module_name, mask in chosen.items():
-        _replace(copied, module_name, SparseLinear.from_dense(copied.get_submodule(module_name), mask))
+        module = copied.get_submodule(module_name)
+        kind = SparseConv2d if isinstance(module, nn.Conv2d) else SparseLinear
+        _replace(copied, module_name, kind.from_dense(module, mask))
     if chosen and callable(getattr(copied, "save_pretrained", None)):
         copied.save_pretrained = RefusedSavePretrained()  # this copy only; the trained model saves as before
     return copied
@@ -214,8 +245,8 @@ class RefusedSavePretrained:
 
 
 def densify(model: nn.Module) -> nn.Module:
-    """A copy of `model` whose SparseLinear layers are nn.Linear layers, with zeros off the
-    active positions (the reverse of `export`).
+    """A copy of `model` whose truly sparse layers are nn.Linear / nn.Conv2d layers, with zeros off
+    the active positions (the reverse of `export`).
 
     Args:
         model: a model holding SparseLinear layers (left unchanged).
@@ -228,7 +259,7 @@ def densify(model: nn.Module) -> nn.Module:
     if isinstance(copied.__dict__.get("save_pretrained"), RefusedSavePretrained):
         del copied.save_pretrained  # dense again: the class's save_pretrained works
     for module_name, module in list(copied.named_modules()):
-        if isinstance(module, SparseLinear):
+        if isinstance(module, SparseWeights):
             if not module_name:
                 return module.to_dense()
             _replace(copied, module_name, module.to_dense())

@@ -9,18 +9,19 @@ The file is a `torch.save` dict of tensors, numbers, strings, lists and dicts on
 - `"itop_save"`: the header: `version` (of this layout, 1), `itop_version`, `format`, and `layers`:
   for each sparse layer, by the name of its weight (`"fc1.weight"`, as `Sparsifier.masks` names it),
   its `shape`, `nnz` (active weights), `density` and how it is `stored` ("values" or "dense").
-- `"state_dict"`: the model's state dict. `format="sparse"` (default): each masked Linear layer
-  (of type nn.Linear) is stored as a truly sparse layer stores itself, `<module>.values` (the
-  active weights) and `<module>.indices` (their sorted flat row-major positions, int64), exactly
-  the state dict of `itop.sparse.export(model, sparsifier)`; truly sparse layers as they are; every
-  other tensor dense (Conv weights keep their zeros). `format="masked"`: the dense state dict, as
+- `"state_dict"`: the model's state dict. `format="sparse"` (default): each masked Linear or
+  Conv2d layer (of type nn.Linear or nn.Conv2d) is stored as a truly sparse layer stores itself,
+  `<module>.values` (the active weights) and `<module>.indices` (their sorted flat row-major
+  positions, int64), exactly the state dict of `itop.sparse.export(model, sparsifier)`; truly
+  sparse layers as they are; every other tensor dense (weights of other layer types keep their
+  zeros). `format="masked"`: the dense state dict, as
   the model itself would give it (truly sparse layers written as dense `<module>.weight`).
 - `"positions"` (format "sparse"): the sorted flat positions of the active weights of each sparse
-  layer stored dense (Conv) with inactive weights; or `"masks"` (format "masked"): a bool mask per
+  layer stored dense with inactive weights; or `"masks"` (format "masked"): a bool mask per
   sparse layer, as `torch.nn.utils.prune` keeps them.
 
 `load` rebuilds the layers in a freshly built model of the same architecture: `layout="sparse"`
-gives `itop.sparse.SparseLinear` layers, `"dense"` plain layers with zeros off the masks, `"masked"`
+gives `itop.sparse.SparseLinear` and `SparseConv2d` layers, `"dense"` plain layers with zeros off the masks, `"masked"`
 dense layers with `torch.nn.utils.prune` masks (`weight_orig` and `weight_mask` in the state dict).
 A model pruned with `torch.nn.utils.prune` saves without a sparsifier: its masks are read from it.
 """
@@ -40,7 +41,8 @@ from torch import Tensor, nn
 from torch.nn.utils import prune as torch_prune
 
 from .convert import _kind, _replace
-from .sparse import SparseLinear
+from .sparse import SparseConv2d, SparseLinear
+from .sparse.base import SparseWeights
 from .sparsity.kernels import MaskedCSRLinear
 from .sparsity.sparsifier import Sparsifier
 
@@ -138,12 +140,13 @@ def _tied(model: nn.Module) -> set[int]:
 
 
 def _storable_sparse(module: nn.Module, attr: str, weight: Tensor, tied: set[int]) -> bool:
-    """Can this weight be written as values + indices (and rebuilt as a SparseLinear)? The weight of
-    an nn.Linear itself (not a subclass its owner reads as a tensor, such as attention's out_proj),
-    held by that layer alone."""
-    if isinstance(module, SparseLinear):
+    """Can this weight be written as values + indices (and rebuilt as a SparseLinear or
+    SparseConv2d)? The weight of an nn.Linear or nn.Conv2d itself (not a subclass its owner reads as
+    a tensor, such as attention's out_proj; a Conv2d padding with zeros), held by that layer alone."""
+    if isinstance(module, SparseWeights):
         return attr == "weight"
-    return attr == "weight" and type(module) in (nn.Linear, MaskedCSRLinear) and id(weight) not in tied
+    convertible = type(module) in (nn.Linear, MaskedCSRLinear) or (type(module) is nn.Conv2d and module.padding_mode == "zeros")
+    return attr == "weight" and convertible and id(weight) not in tied
 
 
 @torch.no_grad()
@@ -217,16 +220,16 @@ def _saved_tensors(model: nn.Module, sparsifier, format: str):
         layers[name] = (order[module_name], _entry(shape, nnz, stored))
 
     for module_name, module in model.named_modules():
-        if not isinstance(module, SparseLinear):
+        if not isinstance(module, SparseWeights):
             continue
         prefix, name = _prefix(module_name), _prefix(module_name) + "weight"
         if format == "masked":
-            mask = torch.zeros(module.in_features * module.out_features, dtype=torch.bool, device=module.values.device)
+            mask = torch.zeros(math.prod(module.weight_shape), dtype=torch.bool, device=module.values.device)
             mask[module.indices] = True
             replaced[prefix + "values"] = {name: module.to_dense().weight.detach()}
             replaced[prefix + "indices"] = {}
-            topology[name] = mask.reshape(module.shape)
-        layers[name] = (order[module_name], _entry(module.shape, module.nnz, "values" if format == "sparse" else "dense"))
+            topology[name] = mask.reshape(module.weight_shape)
+        layers[name] = (order[module_name], _entry(module.weight_shape, module.nnz, "values" if format == "sparse" else "dense"))
 
     state: dict[str, Tensor] = {}
     for key, tensor in model.state_dict().items():
@@ -346,11 +349,16 @@ def _well_formed(saved: dict) -> bool:
 
 def best_sparse_as_save(state: dict) -> dict[str, Any]:
     """A best_sparse.pt of `itop train` ({"format": 1, "model", "truly_sparse_layers": module ->
-    [in_features, out_features, nnz]}) as the dict of an itop save (format "sparse")."""
+    {"shape", "nnz"}, or [in_features, out_features, nnz] as Linear layers were written before
+    convolutions could be truly sparse}) as the dict of an itop save (format "sparse")."""
     layers = {}
     for module_name, sizes in state.get("truly_sparse_layers", {}).items():
-        in_features, out_features, nnz = (int(s) for s in sizes)
-        layers[_prefix(module_name) + "weight"] = _entry((out_features, in_features), nnz, "values")
+        if isinstance(sizes, Mapping):
+            shape, nnz = tuple(int(s) for s in sizes["shape"]), int(sizes["nnz"])
+        else:
+            in_features, out_features, nnz = (int(s) for s in sizes)
+            shape = (out_features, in_features)
+        layers[_prefix(module_name) + "weight"] = _entry(shape, nnz, "values")
     header = {"version": VERSION, "itop_version": "itop train", "format": "sparse", "layers": layers}
     return {HEADER: header, "state_dict": state.get("model"), "positions": {}}
 
@@ -394,7 +402,10 @@ def restore(saved: Mapping[str, Any], model: nn.Module, *, layout: str | None = 
             and entry["nnz"] < math.prod(shape)
             and (
                 stored_sparse
-                or (isinstance(module, (nn.Linear, SparseLinear)) and _storable_sparse(module, attr, getattr(module, attr, None), tied))
+                or (
+                    isinstance(module, (nn.Linear, nn.Conv2d, SparseWeights))
+                    and _storable_sparse(module, attr, getattr(module, attr, None), tied)
+                )
             )
         )
         if stored_sparse and not sparse_here:  # values + indices -> a dense weight with zeros off the positions
@@ -406,7 +417,7 @@ def restore(saved: Mapping[str, Any], model: nn.Module, *, layout: str | None = 
         elif sparse_here and not stored_sparse:  # a dense weight -> its active values + positions
             weight = state.pop(name)
             state[prefix + "values"], state[prefix + "indices"] = weight.reshape(-1)[positions], positions
-        if isinstance(module, SparseLinear) or sparse_here:
+        if isinstance(module, SparseWeights) or sparse_here:
             targets[module_name] = "sparse" if sparse_here else "dense"
         if layout == "masked":
             mask = torch.zeros(math.prod(shape), dtype=torch.bool)
@@ -437,8 +448,8 @@ def _dims(shape) -> str:
 
 
 def _shape_in_model(module: nn.Module, attr: str) -> tuple[int, ...] | None:
-    if isinstance(module, SparseLinear) and attr == "weight":
-        return module.shape
+    if isinstance(module, SparseWeights) and attr == "weight":
+        return tuple(module.weight_shape)
     tensor = getattr(module, attr, None)
     return tuple(tensor.shape) if isinstance(tensor, Tensor) else None
 
@@ -470,7 +481,7 @@ def _check_keys(model: nn.Module, state: Mapping[str, Tensor], targets: Mapping[
             expected.setdefault(prefix + "indices", None)
         elif target == "dense" and attr in ("values", "indices"):
             module = model.get_submodule(prefix[:-1]) if prefix else model
-            expected.setdefault(prefix + "weight", module.shape)
+            expected.setdefault(prefix + "weight", tuple(module.weight_shape))
         else:
             expected[key] = tuple(tensor.shape)
     for key, shape in expected.items():
@@ -487,29 +498,30 @@ def _check_keys(model: nn.Module, state: Mapping[str, Tensor], targets: Mapping[
 
 
 def _empty_layer(module: nn.Module, target: str, entry: Mapping, prefix: str, state: Mapping[str, Tensor]) -> nn.Module:
-    """The layer to load into: `module` when it has the target type already, else a new SparseLinear
-    or nn.Linear with the module's dtype, device and trainability, holding uninitialised tensors."""
-    out_features, in_features = entry["shape"]
-    if target == "sparse" and isinstance(module, SparseLinear):
+    """The layer to load into: `module` when it has the target type already, else a new truly
+    sparse layer (SparseLinear, SparseConv2d) or dense one (nn.Linear, nn.Conv2d) with the module's
+    geometry, dtype, device and trainability, holding uninitialised tensors."""
+    if (target == "sparse") == isinstance(module, SparseWeights):
         return module
-    if target == "dense" and not isinstance(module, SparseLinear):
-        return module
-    weight = module.values if isinstance(module, SparseLinear) else module.weight
+    weight = module.values if isinstance(module, SparseWeights) else module.weight
     dtype, device = weight.dtype, weight.device
     has_bias = prefix + "bias" in state
+    out_features = entry["shape"][0]
     if target == "sparse":
         nnz = state[prefix + "indices"].numel()
+        positions, values = torch.empty(nnz, dtype=torch.int64, device=device), torch.empty(nnz, dtype=dtype, device=device)
         bias = torch.empty(out_features, dtype=dtype, device=device) if has_bias else None
-        new = SparseLinear.from_values(
-            in_features,
-            out_features,
-            torch.empty(nnz, dtype=torch.int64, device=device),
-            torch.empty(nnz, dtype=dtype, device=device),
-            bias,
-        )
+        if isinstance(module, nn.Conv2d):
+            new = SparseConv2d.from_values(module, positions, values, bias)
+        else:
+            new = SparseLinear.from_values(entry["shape"][1], out_features, positions, values, bias)
         new.values.requires_grad_(weight.requires_grad)
     else:
-        new = nn.Linear(in_features, out_features, bias=has_bias, device=device, dtype=dtype)
+        if isinstance(module, SparseConv2d):
+            new = module.to_dense()  # the geometry; every tensor is loaded over
+            new.bias = new.bias if has_bias else None
+        else:
+            new = nn.Linear(entry["shape"][1], out_features, bias=has_bias, device=device, dtype=dtype)
         new.weight.requires_grad_(weight.requires_grad)
     if has_bias and getattr(module, "bias", None) is not None:
         new.bias.requires_grad_(module.bias.requires_grad)

@@ -2,6 +2,7 @@
 
 import copy
 import io
+import math
 
 import pytest
 import torch
@@ -42,32 +43,38 @@ def train_step(model, optimizer, sparsifier, x, y):
 def test_truly_sparse_and_masked_runs_take_the_same_decisions(prune, grow, opt):
     torch.manual_seed(0)
     base = mlp().double()
-    masked_model = copy.deepcopy(base)
     truly_model = itop.sparse.sparsify(copy.deepcopy(base), 0.1, seed=3, init_scale="dense")
     assert all(isinstance(truly_model[i], SparseLinear) for i in (0, 2, 4))
     settings = dict(density=0.1, prune=prune, grow=grow, update_frequency=3, total_steps=60, seed=3, prune_rate=0.3)
+    masked, truly = run_side_by_side(copy.deepcopy(base), truly_model, opt, settings, *data(), steps=24, updates=8)
+    assert truly.itop_rate == masked.itop_rate > 0.1 + 0.05
+    assert truly.density == masked.density
+
+
+def run_side_by_side(masked_model, truly_model, opt, settings, x, y, steps, updates):
+    """Train both models on the same batches of 8, checking after every step that the truly sparse
+    layers hold the masked layers' positions and weights; return both sparsifiers."""
     runs = []
     for model in (masked_model, truly_model):
         optimizer = optimizer_for(opt, model)
         runs.append((model, optimizer, itop.Sparsifier(model, optimizer, **settings)))
-    x, y = data()
     masked, truly = runs[0][2], runs[1][2]
-    updates = 0
-    for step in range(24):
-        rows = slice((step * 8) % 64, (step * 8) % 64 + 8)
+    assert set(truly.layers) == set(masked.masks)
+    done = 0
+    for step in range(steps):
+        rows = slice((step * 8) % len(x), (step * 8) % len(x) + 8)
         changed = [train_step(*run, x[rows], y[rows]) for run in runs]
         assert changed[0] == changed[1]
-        updates += changed[0]
+        done += changed[0]
         for name, mask in masked.masks.items():
             positions = torch.nonzero(mask.reshape(-1)).squeeze(1)
             layer = truly.layers[name]
             assert torch.equal(positions, layer.indices), (step, name)
             weights = dict(masked_model.named_parameters())[name].reshape(-1)[positions]
             assert torch.allclose(weights, layer.values, atol=1e-10), (step, name)
-    assert updates == 8
-    assert truly.itop_rate == masked.itop_rate > 0.1 + 0.05
-    assert truly.density == masked.density
+    assert done == updates
     assert {n: s["explored"] for n, s in truly.layer_stats().items()} == {n: s["explored"] for n, s in masked.layer_stats().items()}
+    return masked, truly
 
 
 @pytest.mark.parametrize("opt", ["sgd", "adam"])
@@ -300,3 +307,104 @@ def test_gradient_growth_with_a_closure_step_matches_the_plain_loop():
             sparsifier.step()
         runs.append({n: layer.indices.clone() for n, layer in sparsifier.layers.items()})
     assert all(torch.equal(runs[0][n], runs[1][n]) for n in runs[0])
+
+
+def convnet():
+    """Strides, padding, dilation, groups and a residual connection, then a Linear head."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 3, padding=1)
+            self.down = nn.Conv2d(8, 12, 3, stride=2, padding=1, groups=4)
+            self.wide = nn.Conv2d(12, 12, 3, padding=2, dilation=2)
+            self.norm = nn.BatchNorm2d(12)
+            self.head = nn.Linear(12 * 4 * 4, 10)
+
+        def forward(self, x):
+            x = nn.functional.relu(self.stem(x), inplace=True)
+            x = self.down(x)
+            x = x + nn.functional.relu(self.norm(self.wide(x)))
+            return self.head(x.flatten(1))
+
+    return Net()
+
+
+def conv_data(n=32):
+    gen = torch.Generator().manual_seed(4)
+    return torch.randn(n, 3, 8, 8, generator=gen, dtype=torch.float64), torch.randint(0, 10, (n,), generator=gen)
+
+
+@pytest.mark.parametrize("prune,grow,opt", [("magnitude", "random", "sgd"), ("magnitude", "gradient", "sgd"), ("set", "gradient", "adam")])
+def test_truly_sparse_and_masked_convolutions_take_the_same_decisions(prune, grow, opt):
+    torch.manual_seed(0)
+    base = convnet().double()
+    truly_model = itop.sparse.sparsify(copy.deepcopy(base), 0.3, seed=3, init_scale="dense")
+    assert all(isinstance(getattr(truly_model, n), itop.sparse.SparseConv2d) for n in ("stem", "down", "wide"))
+    settings = dict(density=0.3, prune=prune, grow=grow, update_frequency=2, total_steps=40, seed=3, prune_rate=0.3)
+    masked, truly = run_side_by_side(copy.deepcopy(base), truly_model, opt, settings, *conv_data(), steps=12, updates=6)
+    assert set(truly.layers) == {"stem.weight", "down.weight", "wide.weight", "head.weight"}
+    assert truly.itop_rate == masked.itop_rate > 0.3
+
+
+def test_conv_gradient_growth_scores_the_dense_gradient_block_by_block(monkeypatch):
+    """Blocks that cut across groups, ragged: the same top k as the dense gradient's."""
+    monkeypatch.setattr(index_growth, "BLOCK_ENTRIES", 50)
+    torch.manual_seed(6)
+    conv = nn.Conv2d(6, 9, 3, stride=2, padding=(1, 2), dilation=(1, 2), groups=3).double()
+    x = torch.randn(5, 6, 9, 11, dtype=torch.float64, requires_grad=True)
+    out = conv(x)
+    grads = torch.randn_like(out)
+    (dense,) = torch.autograd.grad(out, conv.weight, grads)
+    layer = itop.sparse.SparseConv2d.from_dense(conv, torch.rand(conv.weight.shape) < 0.3)
+    excluded, k = layer.indices, 20
+    candidates = torch.ones(dense.numel(), dtype=torch.bool)
+    candidates[excluded] = False
+    expected = torch.nonzero(top_k_mask(dense.abs().reshape(-1), k, candidates)).squeeze(1)
+    rows = itop.sparsity.truly_sparse.gradient_rows(layer)
+    got = index_growth.gradient_positions(
+        layer.weight_shape, k, excluded=excluded, generator=torch.Generator(), sources=[(x.detach(), grads)], gradient_rows=rows
+    )
+    assert torch.equal(got, expected)
+
+
+def test_conv_updates_keep_exact_counts_and_never_make_a_dense_weight(monkeypatch):
+    """SET and RigL on a truly sparse VGG-style stack: counts exact, positions distinct, and no
+    tensor of a conv weight's dense size is made during the updates (RigL scores the dense
+    gradient in blocks of output channels, here smaller than any layer)."""
+    monkeypatch.setattr(index_growth, "BLOCK_ENTRIES", 100)
+    torch.manual_seed(3)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(32 * 36, 10)
+    )
+    itop.sparse.sparsify(model, 0.1, seed=1, include=[nn.Conv2d])
+    x, y = torch.randn(8, 3, 6, 6), torch.randint(0, 10, (8,))
+    dense_numels = {math.prod(m.weight_shape) for m in model.modules() if isinstance(m, itop.sparse.SparseConv2d)}
+    made = []
+    real_zeros, real_empty = torch.zeros, torch.empty
+
+    def watch(real):
+        def make(*size, **kwargs):
+            tensor = real(*size, **kwargs)
+            made.append(tensor.numel())
+            return tensor
+
+        return make
+
+    for grow in ("random", "gradient"):
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        sparsifier = itop.Sparsifier(model, optimizer, density=0.1, grow=grow, update_frequency=1, total_steps=20, seed=0)
+        counts = {n: layer.nnz for n, layer in sparsifier.layers.items()}
+        for _ in range(3):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+            made.clear()
+            monkeypatch.setattr(torch, "zeros", watch(real_zeros))
+            monkeypatch.setattr(torch, "empty", watch(real_empty))
+            assert sparsifier.step()
+            monkeypatch.setattr(torch, "zeros", real_zeros)
+            monkeypatch.setattr(torch, "empty", real_empty)
+            assert not dense_numels & set(made)
+            for name, layer in sparsifier.layers.items():
+                assert layer.nnz == counts[name] and torch.equal(layer.indices, torch.unique(layer.indices))

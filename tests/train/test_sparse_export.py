@@ -49,7 +49,8 @@ def test_best_sparse_holds_the_best_epoch_with_its_masks_and_is_smaller(capsys, 
     best = torch.load("s/best.pt", weights_only=True)["model"]
     final_masks = torch.load("s/checkpoint.pt", weights_only=True)["sparsifier"]["masks"]
     moved = 0
-    for name, (in_features, out_features, nnz) in layers.items():
+    for name, sizes in layers.items():
+        (out_features, in_features), nnz = sizes["shape"], sizes["nnz"]
         indices, values = saved["model"][f"{name}.indices"], saved["model"][f"{name}.values"]
         weight = best[f"{name}.weight"].reshape(-1)
         assert (in_features * out_features, out_features) == (weight.numel(), best[f"{name}.bias"].numel())

@@ -253,19 +253,22 @@ class SparseConv2dFunction(torch.autograd.Function):
         if ctx.direct:
             x = x.contiguous()
             out = direct_forward(geometry, structure, values, x, bias)
-            ctx.save_for_backward(x, values)
+            ctx.save_for_backward(x, values, x)
         else:
             im2col = layer.im2col
             out, columns_t = im2col.forward(values, x, bias)
-            ctx.save_for_backward(columns_t, values)
+            ctx.save_for_backward(columns_t, values, x if layer._recorder is not None else None)
             ctx.im2col = im2col
         ctx.geometry, ctx.structure, ctx.input_shape, ctx.has_bias = geometry, structure, x.shape, bias is not None
+        ctx.recorder = layer._recorder  # a Sparsifier's, on steps whose gradient growth scores inactive taps
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: Tensor):
-        saved, values = ctx.saved_tensors
+        saved, values, x = ctx.saved_tensors
+        if ctx.recorder is not None:
+            ctx.recorder(x, grad_out)
         grad_x = grad_values = grad_b = None
         if ctx.direct:
             grad_out = grad_out.to(values.dtype).contiguous()
@@ -392,15 +395,28 @@ class SparseConv2d(SparseWeights):
     def from_positions(cls, conv: nn.Conv2d, positions: Tensor) -> SparseConv2d:
         """A SparseConv2d holding `conv`'s weights at the sorted flat `positions` (its bias too)."""
         positions = positions.to(device=conv.weight.device, dtype=torch.int64)
+        bias = None if conv.bias is None else conv.bias.detach().clone()
+        layer = cls.from_values(conv, positions, conv.weight.reshape(-1)[positions].clone(), bias)
+        layer.values.requires_grad_(conv.weight.requires_grad)  # a frozen layer stays frozen
+        if bias is not None:
+            layer.bias.requires_grad_(conv.bias.requires_grad)
+        return layer
+
+    @classmethod
+    def from_values(cls, conv: nn.Conv2d, positions: Tensor, values: Tensor, bias: Tensor | None = None) -> SparseConv2d:
+        """A SparseConv2d of `conv`'s geometry (its weights are not read: it may live on the meta
+        device) holding `values` at the sorted, distinct flat `positions` (and `bias`)."""
         if positions.numel() == 0:
             raise ValueError("no active weight given; a SparseConv2d needs at least one.")
+        if positions.shape != values.shape or positions.dim() != 1:
+            raise ValueError("positions and values must be 1-D tensors of the same length.")
         layer = cls.__new__(cls)
         nn.Module.__init__(layer)
         geometry = geometry_of(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups)
         layer._set_geometry(geometry, conv.padding, conv.padding_mode)
-        layer.register_buffer("indices", positions)
-        layer.values = nn.Parameter(conv.weight.reshape(-1)[positions].clone(), requires_grad=conv.weight.requires_grad)
-        layer.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone(), requires_grad=conv.bias.requires_grad)
+        layer.register_buffer("indices", positions.to(device=values.device, dtype=torch.int64))
+        layer.values = nn.Parameter(values.detach())
+        layer.bias = None if bias is None else nn.Parameter(bias.detach())
         return layer
 
     @torch.no_grad()

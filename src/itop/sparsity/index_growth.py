@@ -1,21 +1,25 @@
-"""Growth criteria in index space, for truly sparse layers (`itop.sparse.SparseLinear`).
+"""Growth criteria in index space, for truly sparse layers (`itop.sparse.SparseLinear`, `SparseConv2d`).
 
 A truly sparse layer has no dense mask: the positions allowed to grow are everything outside its
 sorted active positions, and a criterion returns the sorted flat positions of exactly k new
 weights. The built-in grow criteria of `grow.py` carry their index-space form as `fn.positions`
 (a criterion without one cannot drive truly sparse layers):
 
-    positions_fn(shape, k, *, excluded, generator, sources) -> sorted int64 positions
+    positions_fn(shape, k, *, excluded, generator, sources, gradient_rows) -> sorted int64 positions
 
 `excluded` holds the active positions before the update (so weights pruned in it are not
 regrown), `sources` the (inputs, output gradients) pairs that the layer's backward recorded on
-the update step: the dense weight gradient is sum_i grads_i^T @ inputs_i, computed here block by
-block of output rows, so memory is bounded by one block whatever the layer's size.
+the update step, and `gradient_rows(inputs, grads, first, last)` the dense weight gradient of
+output rows [first, last) from them, flattened to (last - first, weights per row) (for a Linear
+layer grads[:, first:last]^T @ inputs; for a convolution its weight gradient for those output
+channels). Gradient growth scores block by block of output rows, so memory is bounded by one
+block whatever the layer's size.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -30,7 +34,12 @@ CANDIDATES = 1 << 22  # the subset's size: at least this many, and at least 8 pe
 
 def random_positions(shape, k: int, *, excluded: Tensor, generator: torch.Generator, **_) -> Tensor:
     """SET: k positions uniformly among the inactive ones (the same draws as `random_k_mask`)."""
-    return random_k_positions(shape[0] * shape[1], excluded, k, generator)
+    return random_k_positions(math.prod(shape), excluded, k, generator)
+
+
+def linear_rows(inputs: Tensor, grads: Tensor, first: int, last: int) -> Tensor:
+    """A Linear layer's dense weight gradient, output rows [first, last)."""
+    return grads[:, first:last].t() @ inputs
 
 
 def no_positions(shape, k: int, **_) -> Tensor:
@@ -48,7 +57,14 @@ def _stacked(sources: Sequence[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
 
 
 def gradient_positions(
-    shape, k: int, *, excluded: Tensor, generator: torch.Generator, sources: Sequence[tuple[Tensor, Tensor]] = (), **_
+    shape,
+    k: int,
+    *,
+    excluded: Tensor,
+    generator: torch.Generator,
+    sources: Sequence[tuple[Tensor, Tensor]] = (),
+    gradient_rows: Callable[[Tensor, Tensor, int, int], Tensor] = linear_rows,
+    **_,
 ) -> Tensor:
     """RigL: the k inactive positions of largest |dense gradient| (ties to the lowest position),
     exact up to rounding; on layers of more than `EXACT_GRADIENT_LIMIT` positions, the best k of a
@@ -56,16 +72,16 @@ def gradient_positions(
     if k == 0:
         return torch.zeros(0, dtype=torch.int64)
     inputs, grads = _stacked(sources)
-    out_features, in_features = shape
+    out_features, in_features = shape[0], math.prod(shape[1:])
     excluded = excluded.to("cpu", torch.int64)
-    if out_features * in_features > EXACT_GRADIENT_LIMIT:
+    if len(shape) == 2 and out_features * in_features > EXACT_GRADIENT_LIMIT:
         return _sampled_gradient_positions(shape, k, excluded, generator, inputs, grads)
     rows_per_block = max(1, BLOCK_ENTRIES // in_features)
     best_positions = torch.zeros(0, dtype=torch.int64)
     best_scores = torch.zeros(0, dtype=inputs.dtype)
     for first in range(0, out_features, rows_per_block):
         last = min(out_features, first + rows_per_block)
-        scores = (grads[:, first:last].t() @ inputs).abs().reshape(-1).cpu()
+        scores = gradient_rows(inputs, grads, first, last).abs().reshape(-1).cpu()
         low, high = first * in_features, last * in_features
         inside = excluded[torch.searchsorted(excluded, low) : torch.searchsorted(excluded, high)] - low
         allowed = torch.ones(scores.numel(), dtype=torch.bool)

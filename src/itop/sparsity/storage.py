@@ -30,13 +30,13 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from ..sparse.layer import SparseLinear
+from ..sparse.base import SparseWeights
 from . import index_growth, kernels
 from .density import layer_counts
 from .optimizer import multiply_all
 from .params import sparse_parameters
 from .select import random_k_mask
-from .truly_sparse import Recorder, model_order, replace_positions, selects_some, state_tensors, truly_sparse_layers
+from .truly_sparse import Recorder, gradient_rows, model_order, replace_positions, selects_some, state_tensors, truly_sparse_layers
 
 
 class Rule(NamedTuple):
@@ -161,17 +161,18 @@ class MaskedStorage(_Storage):
 
 
 class TrulySparseStorage(_Storage):
-    """An `itop.sparse.SparseLinear`: only the active weights (values) exist, at sorted flat positions."""
+    """An `itop.sparse.SparseLinear` or `SparseConv2d`: only the active weights (values) exist, at
+    sorted flat positions over the dense weight's shape."""
 
     truly_sparse = True
 
-    def __init__(self, name: str, layer: SparseLinear, optimizer: torch.optim.Optimizer):
+    def __init__(self, name: str, layer: SparseWeights, optimizer: torch.optim.Optimizer):
         self.name, self.layer, self.optimizer = name, layer, optimizer
         self.recorder = Recorder(layer)
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(self.layer.shape)
+        return tuple(self.layer.weight_shape)
 
     @property
     def nnz(self) -> int:
@@ -199,7 +200,15 @@ class TrulySparseStorage(_Storage):
         """`count` new sorted positions outside the active ones (the criterion's index-space form),
         from the (inputs, output gradients) pairs recorded on the update step."""
         excluded = self.layer.indices.cpu()
-        grown = rule.fn.positions(self.layer.shape, count, excluded=excluded, generator=generator, sources=sources, **rule.options)
+        grown = rule.fn.positions(
+            self.shape,
+            count,
+            excluded=excluded,
+            generator=generator,
+            sources=sources,
+            gradient_rows=gradient_rows(self.layer),
+            **rule.options,
+        )
         if grown.numel() != count or (count and (bool((grown.diff() <= 0).any()) or not index_growth.outside(grown, excluded))):
             raise RuntimeError(
                 f"grow criterion {rule.label!r} must give exactly {count} distinct inactive positions of {self.name}, sorted."
@@ -223,7 +232,7 @@ def sparse_storages(model: nn.Module, optimizer: torch.optim.Optimizer, include,
     the truly sparse layers (`truly_sparse.truly_sparse_layers`) and the other chosen parameters
     (`params.sparse_parameters`), masked. Raises ValueError for none, or for one `optimizer` does not hold."""
     layers = truly_sparse_layers(model, include, exclude)  # itop.sparse.SparseLinear: values + indices, no mask
-    values = {id(m.values) for m in model.modules() if isinstance(m, SparseLinear)}
+    values = {id(m.values) for m in model.modules() if isinstance(m, SparseWeights)}
     chosen = sparse_parameters(model, include, exclude, matched_elsewhere=lambda sel: selects_some(sel, model))
     params = {n: p for n, p in chosen.items() if id(p) not in values}
     if not params and not layers:

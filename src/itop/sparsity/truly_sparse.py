@@ -1,9 +1,9 @@
-"""What the engine does to truly sparse layers (`itop.sparse.SparseLinear`): find them, record
-what gradient growth needs, and replace active positions with the optimizer state following
-each surviving weight.
+"""What the engine does to truly sparse layers (`itop.sparse.SparseLinear`, `SparseConv2d`): find
+them, record what gradient growth needs, and replace active positions with the optimizer state
+following each surviving weight.
 
 A truly sparse layer is keyed by `<module>.weight`, the name its weight has in the same model
-built with nn.Linear, so masked and truly sparse runs report the same layer names.
+built with nn.Linear or nn.Conv2d, so masked and truly sparse runs report the same layer names.
 """
 
 from __future__ import annotations
@@ -14,26 +14,34 @@ from fnmatch import fnmatchcase
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.nn import functional as F
 
-from ..sparse.layer import SparseLinear
+from ..sparse.base import SparseWeights
+from ..sparse.conv import SparseConv2d
+from . import index_growth
 from .distributed import gather_rows, is_distributed
 
 
-def _selects(sel, names: tuple[str, str], module: SparseLinear) -> bool:
+def _stands_for(module: SparseWeights) -> type[nn.Module]:
+    """The dense layer type a truly sparse layer stands for."""
+    return nn.Conv2d if isinstance(module, SparseConv2d) else nn.Linear
+
+
+def _selects(sel, names: tuple[str, str], module: SparseWeights) -> bool:
     """Does one include/exclude entry name this truly sparse layer? A pattern matching
-    `<module>.weight` or `<module>.values`, or a module type it is (nn.Linear included: a truly
-    sparse layer stands for one)."""
+    `<module>.weight` or `<module>.values`, or a module type it is (nn.Linear or nn.Conv2d
+    included: a truly sparse layer stands for one)."""
     if isinstance(sel, str):
         return any(fnmatchcase(n, sel) for n in names)
-    return isinstance(sel, type) and (isinstance(module, sel) or issubclass(nn.Linear, sel))
+    return isinstance(sel, type) and (isinstance(module, sel) or issubclass(_stands_for(module), sel))
 
 
-def truly_sparse_layers(model: nn.Module, include: Sequence | None = None, exclude: Sequence = ()) -> dict[str, SparseLinear]:
-    """Every SparseLinear of `model` with trainable values, by `<module>.weight`, in model order,
-    that `include` (default: all of them) chooses and `exclude` does not (see `_selects`)."""
+def truly_sparse_layers(model: nn.Module, include: Sequence | None = None, exclude: Sequence = ()) -> dict[str, SparseWeights]:
+    """Every truly sparse layer of `model` with trainable values, by `<module>.weight`, in model
+    order, that `include` (default: all of them) chooses and `exclude` does not (see `_selects`)."""
     layers = {}
     for module_name, module in model.named_modules():
-        if not isinstance(module, SparseLinear) or not module.values.requires_grad:
+        if not isinstance(module, SparseWeights) or not module.values.requires_grad:
             continue
         prefix = f"{module_name}." if module_name else ""
         names = (prefix + "weight", prefix + "values")
@@ -50,11 +58,11 @@ def selects_some(sel, model: nn.Module) -> bool:
 
 
 class Recorder:
-    """Called by a SparseLinear's backward with (inputs, output gradients): keeps the pairs of the
+    """Called by a truly sparse layer's backward with (inputs, output gradients): keeps the pairs of the
     current optimizer step (gradient accumulation gives several; the first backward after
     `zero_grad()` clears those of an earlier step)."""
 
-    def __init__(self, layer: SparseLinear):
+    def __init__(self, layer: SparseWeights):
         self.layer = layer
         self.sources: list[tuple[Tensor, Tensor]] = []
 
@@ -64,6 +72,35 @@ class Recorder:
         self.sources.append((inputs.detach(), grads.detach()))
 
 
+def gradient_rows(layer: SparseWeights):
+    """How gradient growth computes `layer`'s dense weight gradient for a block of output rows
+    from the recorded (inputs, output gradients) (see `index_growth`)."""
+    return conv_rows(layer.geometry) if isinstance(layer, SparseConv2d) else index_growth.linear_rows
+
+
+def conv_rows(geometry):
+    """A convolution's dense weight gradient for output channels [first, last), flattened to
+    (channels, in_channels/groups * kh * kw): PyTorch's convolution weight gradient per group
+    (`torch.nn.grad.conv2d_weight`), on the input zero-padded as the layer pads it."""
+    per_group_out, per_group_in = geometry.out_channels // geometry.groups, geometry.in_channels // geometry.groups
+    top, bottom, left, right = geometry.padding
+
+    def rows(inputs: Tensor, grads: Tensor, first: int, last: int) -> Tensor:
+        padded = F.pad(inputs, (left, right, top, bottom))
+        blocks = []
+        while first < last:
+            group = first // per_group_out
+            stop = min(last, (group + 1) * per_group_out)
+            source = padded[:, group * per_group_in : (group + 1) * per_group_in]
+            shape = (stop - first, per_group_in, *geometry.kernel)
+            block = torch.nn.grad.conv2d_weight(source, shape, grads[:, first:stop], geometry.stride, 0, geometry.dilation)
+            blocks.append(block.reshape(stop - first, -1))
+            first = stop
+        return torch.cat(blocks)
+
+    return rows
+
+
 def state_tensors(optimizer: torch.optim.Optimizer, param: Tensor) -> dict[str, Tensor]:
     """The optimizer's per-weight state of `param` (tensors of its shape), by key."""
     state = optimizer.state.get(param, {})
@@ -71,7 +108,7 @@ def state_tensors(optimizer: torch.optim.Optimizer, param: Tensor) -> dict[str, 
 
 
 @torch.no_grad()
-def replace_positions(layer: SparseLinear, optimizer: torch.optim.Optimizer, survivors: Tensor, grown: Tensor) -> None:
+def replace_positions(layer: SparseWeights, optimizer: torch.optim.Optimizer, survivors: Tensor, grown: Tensor) -> None:
     """Keep the active weights where `survivors` (bool, one per value) is True, add the sorted
     positions `grown` at zero, and reorder values and optimizer state so that every surviving
     weight keeps its own value and state; new weights start with zero state."""
@@ -92,7 +129,7 @@ def replace_positions(layer: SparseLinear, optimizer: torch.optim.Optimizer, sur
         optimizer.state[values][key] = tensor
 
 
-def check_truly_sparse_criteria(layers: Mapping[str, SparseLinear], grow, keeps_grad_average: bool, label) -> None:
+def check_truly_sparse_criteria(layers: Mapping[str, SparseWeights], grow, keeps_grad_average: bool, label) -> None:
     """Truly sparse layers (if `layers` has any) need grow criteria in index space and no dense running averages."""
     if not layers:
         return

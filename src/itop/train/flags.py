@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="truly_sparse",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="store and compute only the active weights of Linear layers (itop.sparse); needs --sparse",
+        help="store and compute only the active weights of Linear and Conv2d layers (itop.sparse); needs --sparse",
     )
     g = p.add_argument_group("optimisation")
     _flag(g, "--epochs", type=int)

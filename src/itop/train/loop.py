@@ -22,7 +22,8 @@ import itop
 from itop.data import DataError, load_dataset, make_loaders
 from itop.data.registry import is_tabular_path
 from itop.saving import best_sparse_as_save, restore
-from itop.sparse import SparseLinear, native
+from itop.sparse import native
+from itop.sparse.base import SparseWeights
 
 from .checkpoint import BEST_SPARSE, CHECKPOINT, RunError, load_checkpoint, save_checkpoint
 from .config import TrainConfig, UsageError, result_settings
@@ -93,17 +94,17 @@ def layer_densities(sparsifier) -> dict[str, float]:
 
 def sparse_export_state(model: nn.Module, sparsifier, epoch: int) -> dict[str, Any]:
     """A checkpoint of `itop.sparse.export(model, sparsifier)` (the model's current weights under
-    the sparsifier's current masks): its state dict on the CPU, and the sizes of its SparseLinear
-    layers (module name -> [in_features, out_features, nnz]) to rebuild it (`load_sparse_model`)."""
+    the sparsifier's current masks): its state dict on the CPU, and the sizes of its truly sparse
+    layers (module name -> {"shape": dense weight shape, "nnz"}) to rebuild it (`load_sparse_model`)."""
     exported = itop.sparse.export(model, sparsifier)
-    layers = {name: [m.in_features, m.out_features, m.nnz] for name, m in exported.named_modules() if isinstance(m, SparseLinear)}
+    layers = {name: {"shape": list(m.weight_shape), "nnz": m.nnz} for name, m in exported.named_modules() if isinstance(m, SparseWeights)}
     state = {k: v.detach().to("cpu", copy=True) for k, v in exported.state_dict().items()}
     return {"format": 1, "model": state, "epoch": epoch, "truly_sparse_layers": layers}
 
 
 def load_sparse_model(path: Path, model: nn.Module) -> nn.Module:
-    """`model` (a fresh one of the run's architecture) with the named Linear layers of the
-    best_sparse.pt at `path` replaced by SparseLinear layers of the saved sizes, and its weights
+    """`model` (a fresh one of the run's architecture) with the named layers of the best_sparse.pt
+    at `path` replaced by truly sparse layers of the saved sizes, and its weights
     loaded (`itop.load(path, model)` reads the file too)."""
     state = load_checkpoint(path, "pass a best_sparse.pt written by itop train")
     return restore(best_sparse_as_save(state), model, layout="sparse", source=str(path))
@@ -146,7 +147,7 @@ class Run:
             warning = no_update_warning(cfg, self.steps_per_epoch, self.total_steps, self.sparsifier.schedule.update_frequency)
             self.warnings += [warning] if warning else []
         if self.device.type == "cpu":  # the kernels' one-time loading, here rather than in the first epoch's time
-            for dtype in {m.values.dtype for m in self.model.modules() if isinstance(m, SparseLinear)}:
+            for dtype in {m.values.dtype for m in self.model.modules() if isinstance(m, SparseWeights)}:
                 native.prepare(dtype)
         self.threads = step_threads(self.model, self.batch_size, self.device)
         self.notes += [threads_note(self.threads, self.model, self.batch_size)] if self.threads else []

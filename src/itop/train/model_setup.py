@@ -1,9 +1,10 @@
 """The model, loss and sparsifier of a run, from its configuration.
 
 Two storages serve one recipe. Masked (the default): the model is built densely and the
-Sparsifier masks it. `--truly-sparse`: the model's Linear layers become `itop.sparse.SparseLinear`
-layers (`itop.sparse.sparsify`) before the optimizer is built, drawing the very positions the
-masked Sparsifier would draw for the same seed, so both runs take the same decisions. A model
+Sparsifier masks it. `--truly-sparse`: the model's Linear and Conv2d layers become
+`itop.sparse.SparseLinear` and `SparseConv2d` layers (`itop.sparse.sparsify`) before the
+optimizer is built, drawing the very positions the masked Sparsifier would draw for the same
+seed, so both runs take the same decisions. A model
 whose dense weights could not be allocated (the million-neuron SET-MLP holds 2.2e11) is built on
 the meta device and only its active weights are ever created; masked, it is refused up front.
 """
