@@ -1173,12 +1173,13 @@ def kernel_path() -> str:
     return "PyTorch sparse products (numba not importable or ITOP_SPARSE_KERNELS=torch)"
 
 
-def print_summary(busy: dict[str, float]) -> None:
-    """Every figure with its target; the last column is the CPU other processes used meanwhile."""
+def print_summary(busy: dict[str, float], rows: list | None = None) -> None:
+    """Every figure with its target (`rows`, default this script's); the last column is the CPU
+    other processes used meanwhile."""
     print_header("\n## summary")
     print("| section | figure | value | target | verdict | other processes' load (cores) |")
     print("|---|---|---|---|---|---|")
-    for row in SUMMARY:
+    for row in SUMMARY if rows is None else rows:
         print("| " + " | ".join(row) + f" | {busy.get(row[0], float('nan')):.2f} |")
 
 
