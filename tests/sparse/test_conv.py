@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from itop.sparse import SparseConv2d, conv, native
+from itop.sparse import SparseConv2d, conv, dispatch, native
 
 GEOMETRIES = [  # (in, out, kernel, stride, padding, dilation, groups, bias)
     (3, 8, 3, 1, 1, 1, 1, True),
@@ -48,13 +48,12 @@ def check_against_dense(dense, sparse, mask, x, tolerance):
 
 
 @pytest.mark.filterwarnings("ignore:Using padding='same'")  # PyTorch's, for the dense reference
-@pytest.mark.parametrize("path", ["direct", "im2col"])
+@pytest.mark.parametrize("path", ["direct", "im2col", "dense"])
 @pytest.mark.parametrize("geometry", GEOMETRIES)
 def test_matches_the_masked_dense_convolution_in_float64(monkeypatch, path, geometry):
     if path == "direct" and conv.conv_kernels() is None:
         pytest.skip("numba is not installed")
-    if path == "im2col":
-        monkeypatch.setattr(conv, "direct_usable", lambda *tensors: False)
+    monkeypatch.setattr(conv, "choose", lambda layer, x, train: path)
     rng = random.Random(hash(geometry) % 1000)
     for trial in range(3):
         dense, sparse, mask = masked_pair(geometry, rng.choice([0.05, 0.3, 1.0]), seed=trial)
@@ -64,6 +63,7 @@ def test_matches_the_masked_dense_convolution_in_float64(monkeypatch, path, geom
 
 
 def test_float32_and_threads_give_the_same_numbers(monkeypatch):
+    monkeypatch.setattr(conv, "choose", lambda layer, x, train: "direct")
     dense, sparse, mask = masked_pair((16, 32, 3, 1, 1, 1, 1, True), 0.1, 0, torch.float32)
     x = torch.randn(16, 16, 20, 20)
     check_against_dense(dense, sparse, mask, x, 1e-4)
@@ -134,3 +134,21 @@ def test_batch_norm_residual_and_inplace_relu_after_a_sparse_convolution():
     out += x  # a residual connection, in place on the convolution's output
     F.relu(out, inplace=True).sum().backward()
     assert torch.isfinite(x.grad).all() and torch.isfinite(first.values.grad).all() and torch.isfinite(second.values.grad).all()
+
+
+def test_the_way_is_measured_once_per_shape_class_and_forced_by_itop_kernels(monkeypatch, tmp_path):
+    chooser = dispatch.Dispatcher(mode="auto", path=tmp_path / "kernels.json")
+    monkeypatch.setattr(dispatch, "active", chooser)
+    layer = SparseConv2d(8, 16, 3, padding=1, nnz=100, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(4, 8, 10, 10)
+    out = layer(x)
+    key = conv.decision_key(layer.geometry, layer.nnz, x, train=True)
+    assert chooser.decisions[key] in conv.candidates(layer.geometry, torch.float32)
+    assert set(chooser.timings[key]) == set(conv.candidates(layer.geometry, torch.float32)) >= {"im2col", "dense"}
+    probes = chooser.probes
+    torch.testing.assert_close(layer(x), out)
+    assert chooser.probes == probes  # the class is decided
+    assert dispatch.decode(dispatch.encode(key)) == key  # and survives the cache file
+    for mode, way in (("torch", "im2col"), ("dense", "dense")):
+        monkeypatch.setattr(dispatch, "active", dispatch.Dispatcher(mode=mode))
+        assert conv.choose(layer, x, True) == way

@@ -5,17 +5,21 @@ buffer: sorted flat positions over the (out_channels, in_channels/groups, kh, kw
 `bias`. The index structure is the CSR of the weight seen as an (out_channels,
 in_channels/groups * kh * kw) matrix, so output channel o's active taps are row o.
 
-Two ways compute it:
+Three ways compute it, and which one serves a layer is measured on the machine at hand per shape
+class (`itop.sparse.dispatch`, as for the Linear products; `ITOP_KERNELS` forces one):
 
 - direct (numba, CPU float32/float64): each active tap adds its value times a shifted input
   plane to its output plane (`conv_kernels.py`); the input gradient scatters back the same way,
   and the weight gradient sums grad_out * shifted input at the active taps only;
-- im2col (everywhere else, CUDA included): the input unfolded into columns
+- im2col (anywhere, CUDA included): the input unfolded into columns
   (`torch.nn.functional.unfold`), then the truly sparse Linear layers' products (`ops.py`) with
-  a block-diagonal CSR over all groups; its input gradient folds the columns back.
+  a block-diagonal CSR over all groups; its input gradient folds the columns back;
+- dense (where the dense weight would take at most `dispatch.DENSE_MAX_ELEMENTS`): the weight made
+  dense for the call, then PyTorch's convolution and its backward, the weight gradient read at
+  the active taps (a layer at ERK's 0.2-0.4 density, such as a 1x1 convolution, is faster so).
 
-No tensor of the dense weight's shape is made by either (`to_dense()` makes one on request). The
-im2col path holds the unfolded input (in_channels * kh * kw values per output pixel), as
+The direct and im2col paths make no tensor of the dense weight's shape (`to_dense()` makes one
+on request); im2col holds the unfolded input (in_channels * kh * kw values per output pixel), as
 PyTorch's own unfold-based convolutions do.
 """
 
@@ -30,12 +34,13 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
-from . import native, ops
+from . import dispatch, native, ops
 from .base import SparseWeights, fresh_generator
 from .sampling import random_k_positions
 from .structure import SparseStructure
 
 _WEIGHT_GRAD_PARTS = 8  # images split into this many partial sums for the direct weight gradient, whatever the threads
+PROBE_IMAGES = 16  # a probe convolves at most this many images: every way's time grows with the batch alike
 
 
 def _pair(value, name: str) -> tuple[int, int]:
@@ -120,8 +125,11 @@ def direct_usable(*tensors: Tensor) -> bool:
     return native.usable(*tensors) and len({t.dtype for t in tensors}) == 1 and conv_kernels() is not None
 
 
-def _run_images(kernel: str, args: tuple, images: int, threads: int) -> None:
+def _run_images(kernel: str, args: tuple, images: int, work: int) -> None:
+    """`kernel` over the images: on the calling thread for small work (`native.threads_for`), else
+    split over the configured threads."""
     compiled = conv_kernels()
+    threads = native.threads_for(work)
     if threads == 1 or images == 1:
         getattr(compiled, kernel + "_images")(*args, 0, images)
     else:
@@ -157,6 +165,29 @@ def wide_sources(geometry: ConvGeometry, structure: SparseStructure, padded_h: i
     return found
 
 
+def wide_gather(geometry: ConvGeometry, structure: SparseStructure, padded_h: int, padded_w: int, out_h: int) -> tuple:
+    """For the stride-1 input gradient: the taps grouped by the input channel they read (`starts`
+    pointers over `order`, indices into the values), each tap's window start in the output
+    gradient's wide rows (`bases`), and the rows' zero margin. Kept per size on the structure."""
+    cache = structure.__dict__.setdefault("_wide_gather", {})
+    key = (padded_h, padded_w, out_h)
+    if key not in cache:
+        (kh, kw), (dh, dw) = geometry.kernel, geometry.dilation
+        margin = (kh - 1) * dh * padded_w + (kw - 1) * dw
+        crow, col = (a.astype(np.int64) for a in structure.arrays())
+        rows = np.repeat(np.arange(len(crow) - 1), np.diff(crow))
+        channel, tap = np.divmod(col, kh * kw)
+        i, j = np.divmod(tap, kw)
+        channel += rows // (geometry.out_channels // geometry.groups) * (geometry.in_channels // geometry.groups)
+        order = np.argsort(channel, kind="stable")
+        starts = np.zeros(geometry.in_channels + 1, dtype=np.int64)
+        starts[1:] = np.cumsum(np.bincount(channel, minlength=geometry.in_channels))
+        length = out_h * padded_w + 2 * margin
+        bases = (rows * length + margin - (i * dh * padded_w + j * dw))[order]
+        cache[key] = (starts, order, bases, margin)
+    return cache[key]
+
+
 def direct_forward(geometry: ConvGeometry, structure: SparseStructure, values: Tensor, x: Tensor, bias: Tensor | None) -> Tensor:
     crow = structure.arrays()[0]
     height, width = x.shape[2:]
@@ -164,7 +195,7 @@ def direct_forward(geometry: ConvGeometry, structure: SparseStructure, values: T
     bias_array = native._NO_BIAS[values.dtype] if bias is None else native._data(bias, values.dtype)
     form, taps, extra = _form(geometry, structure, height, width)
     args = (x.detach().numpy(), crow, taps, values.detach().numpy(), bias_array, out.numpy(), geometry.kernel_arguments(), *extra)
-    _run_images("forward" + form, args, x.shape[0], _threads(structure.nnz * out[0, 0].numel() * x.shape[0]))
+    _run_images("forward" + form, args, x.shape[0], structure.nnz * out[0, 0].numel() * x.shape[0])
     return out
 
 
@@ -172,8 +203,22 @@ def direct_input_grad(geometry: ConvGeometry, structure: SparseStructure, values
     crow = structure.arrays()[0]
     grad_x = torch.empty(input_shape, dtype=values.dtype)
     form, taps, extra = _form(geometry, structure, *input_shape[2:])
-    args = (grad_out.numpy(), crow, taps, values.detach().numpy(), grad_x.numpy(), geometry.kernel_arguments(), *extra)
-    _run_images("input_grad" + form, args, grad_out.shape[0], _threads(structure.nnz * grad_out[0, 0].numel() * grad_out.shape[0]))
+    if form:  # stride 1: gathered per input channel
+        starts, order, bases, margin = wide_gather(geometry, structure, *extra, grad_out.shape[2])
+        args = (
+            grad_out.numpy(),
+            starts,
+            order,
+            bases,
+            values.detach().numpy(),
+            grad_x.numpy(),
+            geometry.kernel_arguments(),
+            *extra,
+            margin,
+        )
+    else:
+        args = (grad_out.numpy(), crow, taps, values.detach().numpy(), grad_x.numpy(), geometry.kernel_arguments())
+    _run_images("input_grad" + form, args, grad_out.shape[0], structure.nnz * grad_out[0, 0].numel() * grad_out.shape[0])
     return grad_x
 
 
@@ -185,7 +230,7 @@ def direct_weight_grad(geometry: ConvGeometry, structure: SparseStructure, grad_
     form, taps, extra = _form(geometry, structure, *x.shape[2:])
     args = (grad_out.numpy(), x.detach().numpy(), crow, taps, parts.numpy(), geometry.kernel_arguments(), *extra)
     compiled = conv_kernels()
-    if _threads(structure.nnz * grad_out[0, 0].numel() * x.shape[0]) == 1 or len(parts) == 1:
+    if native.threads_for(structure.nnz * grad_out[0, 0].numel() * x.shape[0]) == 1 or len(parts) == 1:
         getattr(compiled, f"weight_grad{form}_serial")(*args)
     else:
         native._pool(native.configured_threads())
@@ -193,8 +238,88 @@ def direct_weight_grad(geometry: ConvGeometry, structure: SparseStructure, grad_
     return parts.sum(0) if len(parts) > 1 else parts[0]
 
 
-def _threads(work: int) -> int:
-    return native.threads_for(work)
+# ----------------------------------------------------------------------------- the choice
+def _dense_allowed(geometry: ConvGeometry) -> bool:
+    return math.prod(geometry.weight_shape) <= dispatch.DENSE_MAX_ELEMENTS
+
+
+def candidates(geometry: ConvGeometry, dtype: torch.dtype) -> list[str]:
+    """The ways to compute a layer of this geometry here."""
+    names = (["direct"] if direct_usable(torch.empty(0, dtype=dtype)) else []) + ["im2col"]
+    return names + (["dense"] if _dense_allowed(geometry) else [])
+
+
+def fixed_rule(geometry: ConvGeometry, x: Tensor) -> str:
+    """The choice where nothing is measured: direct where numba serves, im2col elsewhere."""
+    return "direct" if direct_usable(x) else "im2col"
+
+
+def decision_key(geometry: ConvGeometry, nnz: int, x: Tensor, train: bool) -> tuple:
+    """The shape class of a convolution call (see `dispatch`)."""
+    images, _, height, width = x.shape
+    return (
+        "conv_train" if train else "conv",
+        geometry.out_channels,
+        geometry.in_channels,
+        *geometry.kernel,
+        *geometry.stride,
+        *geometry.padding,
+        *geometry.dilation,
+        geometry.groups,
+        height,
+        width,
+        nnz.bit_length(),
+        dispatch.size_class(images),
+        x.dtype,
+        torch.get_num_threads(),
+    )
+
+
+def choose(layer: SparseConv2d, x: Tensor, train: bool) -> str:
+    """How this call computes: measured once per shape class (ITOP_KERNELS=auto on the CPU), forced
+    by ITOP_KERNELS (numba: direct, torch: im2col, dense: dense where allowed), or the fixed rule."""
+    geometry = layer.geometry
+    chooser = dispatch.active or dispatch.current()
+    mode = chooser.mode
+    if mode == "numba":
+        return fixed_rule(geometry, x)
+    if mode in ("torch", "dense"):
+        return "dense" if mode == "dense" and _dense_allowed(geometry) else "im2col"
+    if not x.is_cpu or torch._C._len_torch_dispatch_stack():
+        return fixed_rule(geometry, x)
+    key = decision_key(geometry, layer.nnz, x, train)
+    how = chooser.decisions.get(key)
+    if how is None:
+        shape, nnz, dtype = (min(x.shape[0], PROBE_IMAGES), *x.shape[1:]), layer.nnz, x.dtype
+        how = chooser.decide(key, lambda: conv_timings(layer, shape, nnz, dtype, train), lambda: fixed_rule(geometry, x))
+    return how
+
+
+def conv_timings(layer: SparseConv2d, shape: tuple, nnz: int, dtype: torch.dtype, train: bool) -> dict[str, float]:
+    """Seconds per call of each way for a layer of `layer`'s geometry with `nnz` random active taps,
+    on random inputs of `shape`: forward, and with `train` the backward too."""
+    generator = torch.Generator().manual_seed(0)  # never the global one: probing must not change a run's draws
+    geometry = layer.geometry
+    positions = ops.random_structure((geometry.out_channels, geometry.taps), nnz, generator).positions
+    probe = SparseConv2d.__new__(SparseConv2d)
+    nn.Module.__init__(probe)
+    probe._set_geometry(geometry, layer.padding, "zeros")
+    probe.register_buffer("indices", positions)
+    probe.values = nn.Parameter(torch.randn(positions.numel(), generator=generator).to(dtype))
+    probe.bias = None if layer.bias is None else nn.Parameter(torch.randn(geometry.out_channels, generator=generator).to(dtype))
+    x = torch.randn(shape, generator=generator).to(dtype).requires_grad_(train)
+    out_shape = (shape[0], geometry.out_channels, *geometry.output_size(*shape[2:]))
+    grad_out = torch.randn(out_shape, generator=generator).to(dtype)
+    leaves = [t for t in (x, probe.values, probe.bias) if t is not None]
+
+    def run(how: str):
+        if not train:
+            with torch.no_grad():
+                return lambda: _compute(how, probe, x, probe.values, probe.bias)[0]
+        return lambda: torch.autograd.grad(SparseConv2dFunction.apply(x, probe.values, probe.bias, probe, how), leaves, grad_out)
+
+    with torch.enable_grad() if train else torch.no_grad():
+        return dispatch.time_candidates({how: run(how) for how in candidates(geometry, dtype)})
 
 
 # ----------------------------------------------------------------------------- im2col
@@ -241,51 +366,97 @@ def _grads_t(grad_out: Tensor) -> Tensor:
     return grad_out.transpose(0, 1).reshape(grad_out.shape[1], -1).contiguous()
 
 
+# ----------------------------------------------------------------------------- dense
+def _dense_weight(layer: SparseConv2d, values: Tensor) -> Tensor:
+    flat = values.new_zeros(math.prod(layer.weight_shape))
+    return flat.index_copy_(0, layer.indices, values.detach()).view(layer.weight_shape)
+
+
+def _padded(geometry: ConvGeometry, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+    """x padded by hand where the padding is asymmetric ("same" with an even kernel), and the
+    symmetric padding left for the convolution itself."""
+    top, bottom, left, right = geometry.padding
+    if (top, left) == (bottom, right):
+        return x, (top, left)
+    return F.pad(x, (left, right, top, bottom)), (0, 0)
+
+
+def _compute(how: str, layer: SparseConv2d, x: Tensor, values: Tensor, bias: Tensor | None) -> tuple[Tensor, tuple]:
+    """The output of one way, and what its backward needs."""
+    geometry = layer.geometry
+    if how == "direct":
+        x = x.contiguous()
+        return direct_forward(geometry, layer.structure, values, x, bias), (x,)
+    if how == "dense":
+        weight = _dense_weight(layer, values)
+        padded, padding = _padded(geometry, x.detach())
+        out = F.conv2d(
+            padded, weight, None if bias is None else bias.detach(), geometry.stride, padding, geometry.dilation, geometry.groups
+        )
+        return out, (padded, weight)
+    im2col = layer.im2col
+    out, columns_t = im2col.forward(values, x, bias)
+    return out, (columns_t,)
+
+
+def _dense_backward(geometry: ConvGeometry, indices: Tensor, saved: tuple, grad_out: Tensor, needs: tuple, input_shape):
+    """The dense way's input gradient and weight gradient at the active taps."""
+    padded, weight = saved
+    by_hand = tuple(padded.shape[2:]) != tuple(input_shape[2:])  # `_padded` padded it itself
+    top, _, left, _ = geometry.padding
+    padding = [0, 0] if by_hand else [top, left]
+    grad_padded, grad_weight, _ = torch.ops.aten.convolution_backward(
+        grad_out, padded, weight, None, list(geometry.stride), padding, list(geometry.dilation), False, [0, 0], geometry.groups,
+        [needs[0], needs[1], False],
+    )  # fmt: skip
+    grad_x = grad_values = None
+    if needs[0]:
+        grad_x = grad_padded[:, :, top : top + input_shape[2], left : left + input_shape[3]] if by_hand else grad_padded
+    if needs[1]:
+        grad_values = grad_weight.reshape(-1).index_select(0, indices)
+    return grad_x, grad_values
+
+
 # ----------------------------------------------------------------------------- autograd
 class SparseConv2dFunction(torch.autograd.Function):
-    """conv2d(x, W) + b with W given by (structure, values); the backward gives the weight gradient
-    at the active taps only."""
+    """conv2d(x, W) + b with W given by the layer's (structure, values), computed the way `how`
+    names; the backward gives the weight gradient at the active taps only."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, values: Tensor, bias: Tensor | None, layer: SparseConv2d) -> Tensor:
-        geometry, structure = layer.geometry, layer.structure
-        ctx.direct = direct_usable(x, values)
-        if ctx.direct:
-            x = x.contiguous()
-            out = direct_forward(geometry, structure, values, x, bias)
-            ctx.save_for_backward(x, values, x)
-        else:
-            im2col = layer.im2col
-            out, columns_t = im2col.forward(values, x, bias)
-            ctx.save_for_backward(columns_t, values, x if layer._recorder is not None else None)
-            ctx.im2col = im2col
-        ctx.geometry, ctx.structure, ctx.input_shape, ctx.has_bias = geometry, structure, x.shape, bias is not None
-        ctx.recorder = layer._recorder  # a Sparsifier's, on steps whose gradient growth scores inactive taps
+    def forward(ctx, x: Tensor, values: Tensor, bias: Tensor | None, layer: SparseConv2d, how: str) -> Tensor:
+        out, saved = _compute(how, layer, x, values, bias)
+        recorded = layer._recorder is not None  # a Sparsifier's, on steps whose gradient growth scores inactive taps
+        ctx.save_for_backward(values, x if recorded else None, *saved)
+        ctx.how, ctx.layer_state = how, (layer.geometry, layer.structure, layer.indices, layer.im2col if how == "im2col" else None)
+        ctx.input_shape, ctx.has_bias, ctx.recorder = x.shape, bias is not None, layer._recorder
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: Tensor):
-        saved, values, x = ctx.saved_tensors
+        values, x, *saved = ctx.saved_tensors
         if ctx.recorder is not None:
             ctx.recorder(x, grad_out)
+        geometry, structure, indices, im2col = ctx.layer_state
+        needs = ctx.needs_input_grad[:2]
         grad_x = grad_values = grad_b = None
-        if ctx.direct:
+        if ctx.how == "direct":
             grad_out = grad_out.to(values.dtype).contiguous()
-            if ctx.needs_input_grad[0]:
-                grad_x = direct_input_grad(ctx.geometry, ctx.structure, values, grad_out, ctx.input_shape)
-            if ctx.needs_input_grad[1]:
-                grad_values = direct_weight_grad(ctx.geometry, ctx.structure, grad_out, saved)
+            if needs[0]:
+                grad_x = direct_input_grad(geometry, structure, values, grad_out, ctx.input_shape)
+            if needs[1]:
+                grad_values = direct_weight_grad(geometry, structure, grad_out, saved[0])
+        elif ctx.how == "dense":
+            grad_x, grad_values = _dense_backward(geometry, indices, tuple(saved), grad_out.to(values.dtype), needs, ctx.input_shape)
         else:
             grads_t = _grads_t(grad_out)
-            structure = ctx.im2col.structure
-            if ctx.needs_input_grad[0]:
-                grad_x = ctx.im2col.fold(ops.input_grad_t(structure, values, grads_t), ctx.input_shape)
-            if ctx.needs_input_grad[1]:
-                grad_values = ops.weight_grad(structure, grads_t, saved)
+            if needs[0]:
+                grad_x = im2col.fold(ops.input_grad_t(im2col.structure, values, grads_t), ctx.input_shape)
+            if needs[1]:
+                grad_values = ops.weight_grad(im2col.structure, grads_t, saved[0])
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad_out.sum((0, 2, 3))
-        return grad_x, grad_values, grad_b, None
+        return grad_x, grad_values, grad_b, None, None
 
 
 # ----------------------------------------------------------------------------- the layer
@@ -383,11 +554,11 @@ class SparseConv2d(SparseWeights):
         if ops.autocast_on(x.device.type):  # no bfloat16/float16 kernels: run in the values' dtype
             with torch.autocast(x.device.type, enabled=False):
                 return self.forward(x)
-        if torch.is_grad_enabled() and (x.requires_grad or self.values.requires_grad):
-            return SparseConv2dFunction.apply(x, self.values, self.bias, self)
-        if direct_usable(x, self.values):  # inference: no autograd
-            return direct_forward(self.geometry, self.structure, self.values, x.contiguous(), self.bias)
-        return self.im2col.forward(self.values, x, self.bias)[0]
+        train = torch.is_grad_enabled() and (x.requires_grad or self.values.requires_grad)
+        how = choose(self, x, train)
+        if train:
+            return SparseConv2dFunction.apply(x, self.values, self.bias, self, how)
+        return _compute(how, self, x, self.values, self.bias)[0]  # inference: no autograd
 
     # ----------------------------------------------------------------------------- conversion
     @classmethod

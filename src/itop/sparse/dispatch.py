@@ -111,7 +111,7 @@ def kernels_digest() -> str:
     timed on other code."""
     here = Path(__file__).resolve().parent
     digest = hashlib.sha1()
-    for name in ("native_kernels.py", "native.py", "ops.py", "../sparsity/kernels.py"):
+    for name in ("native_kernels.py", "native.py", "ops.py", "conv.py", "conv_kernels.py", "../sparsity/kernels.py"):
         with contextlib.suppress(OSError):
             digest.update((here / name).read_bytes())
     return digest.hexdigest()[:12]
@@ -144,12 +144,12 @@ def encode(key: tuple) -> str:
 def decode(text: str) -> tuple | None:
     """The key `encode` wrote, or None for anything else."""
     parts = text.split("|") if isinstance(text, str) else []
-    if len(parts) != 7:
+    if len(parts) < 4:  # (op, sizes..., dtype, threads): four sizes for the products, more for a convolution
         return None
-    dtype = getattr(torch, parts[5], None)
+    dtype = getattr(torch, parts[-2], None)
     try:
-        sizes = tuple(int(p) for p in parts[1:5])
-        threads = int(parts[6])
+        sizes = tuple(int(p) for p in parts[1:-2])
+        threads = int(parts[-1])
     except ValueError:
         return None
     return (parts[0], *sizes, dtype, threads) if isinstance(dtype, torch.dtype) else None
