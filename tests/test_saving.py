@@ -490,3 +490,25 @@ def test_hf_save_pretrained_of_an_exported_model_is_refused_in_one_line(trained_
     assert "\n" not in str(error.value) and not (tmp_path / "exported").exists()
     pickle.loads(pickle.dumps(exported))  # the refusal does not stop torch.save(model)
     model.save_pretrained(tmp_path / "masked")  # the trained model is not touched
+
+
+def test_a_best_sparse_file_of_either_layout_loads(tmp_path):
+    """itop train's best_sparse.pt: truly sparse layers listed as {"shape", "nnz"}, or as
+    [in_features, out_features, nnz] as Linear layers were listed before convolutions could be
+    (and its convolutions then stored dense)."""
+    torch.manual_seed(0)
+    model, x = convnet(), inputs(16, 1, 8, 8)
+    sparsifier = train(model, x)
+    exported = itop.sparse.export(model, sparsifier)
+    new_state = {k: v.detach().clone() for k, v in exported.state_dict().items()}
+    layers = {n: {"shape": list(m.weight_shape), "nnz": m.nnz} for n, m in exported.named_modules() if n in sparse_layers(exported)}
+    torch.save({"format": 1, "model": new_state, "epoch": 1, "truly_sparse_layers": layers}, tmp_path / "new.pt")
+    old_state = {k: v for k, v in new_state.items() if k.startswith(("5.", "7."))}
+    old_state.update({k: v.detach().clone() for k, v in model.state_dict().items() if k.startswith(("0.", "2."))})
+    old_layers = {n: [layers[n]["shape"][1], layers[n]["shape"][0], layers[n]["nnz"]] for n in ("5", "7")}
+    torch.save({"format": 1, "model": old_state, "epoch": 1, "truly_sparse_layers": old_layers}, tmp_path / "old.pt")
+    loaded = itop.load(tmp_path / "new.pt", convnet())
+    assert sparse_layers(loaded) == {"0", "2", "5", "7"} and torch.equal(outputs(loaded, x), outputs(exported, x))
+    loaded = itop.load(tmp_path / "old.pt", convnet())
+    assert sparse_layers(loaded) == {"5", "7"} and type(loaded[0]) is nn.Conv2d
+    torch.testing.assert_close(outputs(loaded, x), outputs(model, x))

@@ -60,9 +60,13 @@ def test_truly_sparse_layers_count_as_the_dense_layers_they_stand_for():
     import copy
 
     torch.manual_seed(0)
-    dense = nn.Sequential(nn.Linear(40, 60), nn.ReLU(), nn.Sequential(nn.Linear(60, 10)))
+    dense = nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2, padding=1, groups=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=2),
+        nn.Flatten(), nn.Linear(8 * 4 * 4, 60), nn.ReLU(), nn.Sequential(nn.Linear(60, 10)),
+    )  # fmt: skip
     truly = itop.sparse.sparsify(copy.deepcopy(dense), 0.1, seed=0)
-    x = torch.randn(3, 40)
+    assert isinstance(truly[0], itop.sparse.SparseConv2d) and isinstance(truly[4], itop.sparse.SparseLinear)
+    x = torch.randn(3, 3, 8, 8)
     assert itop.flops.count_flops(truly, x) == itop.flops.count_flops(dense, x)
     ratios = []
     for model in (dense, truly):

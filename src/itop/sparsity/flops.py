@@ -10,6 +10,7 @@ every topology update for gradient growth (RigL) and every step for momentum-bas
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..sparse.layer import SparseLinear
+from ..sparse.base import SparseWeights
 from .kernels import dense_compute
 
 if TYPE_CHECKING:  # the Sparsifier imports nothing of this module; the type is for readers and the docs
@@ -47,9 +48,9 @@ class LayerFlops:
 def count_flops(model: nn.Module, *example_inputs: Any, **example_kwargs: Any) -> LayerFlops:
     """Dense forward FLOPs of `model` on one example batch, per module name.
 
-    Truly sparse layers (`itop.sparse.SparseLinear`), whose sparse products the counter does not
-    see, are counted as the dense Linear layer they stand for (2 x rows x in x out), so that
-    densities scale them like masked layers.
+    Truly sparse layers (`itop.sparse.SparseLinear`, `SparseConv2d`), whose sparse products the
+    counter does not see, are counted as the dense layer they stand for (2 x outputs x fan-in: for a
+    Linear 2 x rows x in x out), so that densities scale them like masked layers.
 
     Args:
         model: the model, masked or truly sparse; it is run once, without gradients.
@@ -70,12 +71,12 @@ def count_flops(model: nn.Module, *example_inputs: Any, **example_kwargs: Any) -
 
     def counted(name):
         def hook(module, inputs, output):
-            rows = inputs[0].numel() // module.in_features
-            sparse_flops[name] = sparse_flops.get(name, 0) + 2 * rows * module.in_features * module.out_features
+            fan_in = math.prod(module.weight_shape[1:])  # a Linear's in_features; a convolution's in/groups x kh x kw
+            sparse_flops[name] = sparse_flops.get(name, 0) + 2 * output.numel() * fan_in
 
         return hook
 
-    hooks = [m.register_forward_hook(counted(n)) for n, m in model.named_modules() if isinstance(m, SparseLinear)]
+    hooks = [m.register_forward_hook(counted(n)) for n, m in model.named_modules() if isinstance(m, SparseWeights)]
     try:
         with torch.no_grad(), dense_compute(), FlopCounterMode(display=False) as counter:
             model(*example_inputs, **example_kwargs)
