@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from itop.sparse import SparseConv2d, conv, dispatch, native
 
@@ -152,3 +153,14 @@ def test_the_way_is_measured_once_per_shape_class_and_forced_by_itop_kernels(mon
     for mode, way in (("torch", "im2col"), ("dense", "dense")):
         monkeypatch.setattr(dispatch, "active", dispatch.Dispatcher(mode=mode))
         assert conv.choose(layer, x, True) == way
+
+
+def test_where_nothing_is_measured_strided_layers_compute_densely(monkeypatch):
+    monkeypatch.setattr(dispatch, "active", dispatch.Dispatcher(mode="auto", budget=0))
+    plain = SparseConv2d(8, 8, 3, padding=1, nnz=50)
+    strided = SparseConv2d(8, 8, 3, stride=2, padding=1, nnz=50)
+    x = torch.randn(2, 8, 9, 9)
+    assert conv.choose(strided, x, True) == "dense"
+    assert conv.choose(plain, x, True) == ("direct" if conv.conv_kernels() is not None else "dense")
+    with FlopCounterMode(display=False):  # counted as the dense layer by a hook, never computed densely
+        assert conv.choose(strided, x, False) == ("direct" if conv.conv_kernels() is not None else "im2col")

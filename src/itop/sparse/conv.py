@@ -40,7 +40,7 @@ from .sampling import random_k_positions
 from .structure import SparseStructure
 
 _WEIGHT_GRAD_PARTS = 8  # images split into this many partial sums for the direct weight gradient, whatever the threads
-PROBE_IMAGES = 16  # a probe convolves at most this many images: every way's time grows with the batch alike
+PROBE_IMAGES = 4  # a probe convolves at most this many images: every way's time grows with the batch alike
 
 
 def _pair(value, name: str) -> tuple[int, int]:
@@ -161,8 +161,13 @@ def wide_sources(geometry: ConvGeometry, structure: SparseStructure, padded_h: i
         channel, tap = np.divmod(col, kh * kw)
         i, j = np.divmod(tap, kw)
         channel += rows // (geometry.out_channels // geometry.groups) * (geometry.in_channels // geometry.groups)
-        found = cache[(padded_h, padded_w)] = channel * (padded_h * padded_w) + i * dh * padded_w + j * dw
+        found = cache[(padded_h, padded_w)] = _compact(channel * (padded_h * padded_w) + i * dh * padded_w + j * dw)
     return found
+
+
+def _compact(index: np.ndarray) -> np.ndarray:
+    """An index array in int32 where its values fit (half the memory of int64)."""
+    return index.astype(np.int32) if index.size == 0 or int(index.max()) < 2**31 else index
 
 
 def wide_gather(geometry: ConvGeometry, structure: SparseStructure, padded_h: int, padded_w: int, out_h: int) -> tuple:
@@ -184,7 +189,7 @@ def wide_gather(geometry: ConvGeometry, structure: SparseStructure, padded_h: in
         starts[1:] = np.cumsum(np.bincount(channel, minlength=geometry.in_channels))
         length = out_h * padded_w + 2 * margin
         bases = (rows * length + margin - (i * dh * padded_w + j * dw))[order]
-        cache[key] = (starts, order, bases, margin)
+        cache[key] = (starts, _compact(order), _compact(bases), margin)
     return cache[key]
 
 
@@ -250,8 +255,13 @@ def candidates(geometry: ConvGeometry, dtype: torch.dtype) -> list[str]:
 
 
 def fixed_rule(geometry: ConvGeometry, x: Tensor) -> str:
-    """The choice where nothing is measured: direct where numba serves, im2col elsewhere."""
-    return "direct" if direct_usable(x) else "im2col"
+    """The choice where nothing is measured (the probe budget spent, a dispatch mode): direct at
+    stride 1 where numba serves; else the dense convolution where the dense weight may exist (the
+    direct kernels' strided form loops over short rows: a ResNet-18 at ERK 0.05 whose strided layers
+    took it ran at 0.63x dense), else im2col."""
+    if geometry.stride == (1, 1) and direct_usable(x):
+        return "direct"
+    return "dense" if _dense_allowed(geometry) else "im2col"
 
 
 def decision_key(geometry: ConvGeometry, nnz: int, x: Tensor, train: bool) -> tuple:
@@ -277,15 +287,17 @@ def decision_key(geometry: ConvGeometry, nnz: int, x: Tensor, train: bool) -> tu
 
 def choose(layer: SparseConv2d, x: Tensor, train: bool) -> str:
     """How this call computes: measured once per shape class (ITOP_KERNELS=auto on the CPU), forced
-    by ITOP_KERNELS (numba: direct, torch: im2col, dense: dense where allowed), or the fixed rule."""
+    by ITOP_KERNELS (numba: direct, torch: im2col, dense: dense where allowed), or the fixed rule.
+    Under a dispatch mode such as `FlopCounterMode` nothing is probed and nothing computed densely
+    (it would count as the layer's work)."""
     geometry = layer.geometry
     chooser = dispatch.active or dispatch.current()
     mode = chooser.mode
-    if mode == "numba":
-        return fixed_rule(geometry, x)
+    if mode == "numba" or torch._C._len_torch_dispatch_stack():
+        return "direct" if direct_usable(x) else "im2col"
     if mode in ("torch", "dense"):
         return "dense" if mode == "dense" and _dense_allowed(geometry) else "im2col"
-    if not x.is_cpu or torch._C._len_torch_dispatch_stack():
+    if not x.is_cpu:
         return fixed_rule(geometry, x)
     key = decision_key(geometry, layer.nnz, x, train)
     how = chooser.decisions.get(key)
