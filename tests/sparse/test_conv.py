@@ -157,10 +157,11 @@ def test_the_way_is_measured_once_per_shape_class_and_forced_by_itop_kernels(mon
 
 def test_where_nothing_is_measured_strided_layers_compute_densely(monkeypatch):
     monkeypatch.setattr(dispatch, "active", dispatch.Dispatcher(mode="auto", budget=0))
-    plain = SparseConv2d(8, 8, 3, padding=1, nnz=50)
+    plain = SparseConv2d(8, 8, 3, padding=1, nnz=50)  # density 0.087
     strided = SparseConv2d(8, 8, 3, stride=2, padding=1, nnz=50)
+    denser, pointwise = SparseConv2d(8, 8, 3, padding=1, nnz=200), SparseConv2d(8, 8, 1, nnz=10)
     x = torch.randn(2, 8, 9, 9)
-    assert conv.choose(strided, x, True) == "dense"
+    assert conv.choose(strided, x, True) == conv.choose(denser, x, True) == conv.choose(pointwise, x, True) == "dense"
     assert conv.choose(plain, x, True) == ("direct" if conv.conv_kernels() is not None else "dense")
     with FlopCounterMode(display=False):  # counted as the dense layer by a hook, never computed densely
         assert conv.choose(strided, x, False) == ("direct" if conv.conv_kernels() is not None else "im2col")

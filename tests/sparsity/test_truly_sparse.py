@@ -196,27 +196,30 @@ def test_export_and_densify_round_trip():
         assert torch.equal(back[i].weight, model[i].weight)
 
 
-def test_bit_identical_resume_with_weights_only_state():
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_bit_identical_resume_with_weights_only_state(kind):
     def build():
         torch.manual_seed(6)
-        model = itop.sparse.sparsify(mlp(), 0.1, seed=2)
+        model = itop.sparse.sparsify(mlp() if kind == "linear" else convnet(), 0.1, seed=2)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        grow = "random" if kind == "linear" else "gradient"
         return (
             model,
             optimizer,
             itop.Sparsifier(
-                model, optimizer, density=0.1, grow="random", update_frequency=3, total_steps=50, seed=2, redistribution="magnitude"
+                model, optimizer, density=0.1, grow=grow, update_frequency=3, total_steps=50, seed=2, redistribution="magnitude"
             ),
         )
 
-    x, y = data()
+    x, y = data() if kind == "linear" else conv_data()
     x = x.float()
-    batches = [(x[i : i + 8], y[i : i + 8]) for i in range(0, 64, 8)] * 3
+    batches = [(x[i : i + 8], y[i : i + 8]) for i in range(0, len(x), 8)] * (3 if kind == "linear" else 5)
+    cut = 10 if kind == "linear" else 11
     whole = build()
     for xb, yb in batches:
         train_step(*whole, xb, yb)
     first = build()
-    for xb, yb in batches[:10]:
+    for xb, yb in batches[:cut]:
         train_step(*first, xb, yb)
     buffer = io.BytesIO()
     torch.save({"model": first[0].state_dict(), "optimizer": first[1].state_dict(), "sparsifier": first[2].state_dict()}, buffer)
@@ -226,7 +229,7 @@ def test_bit_identical_resume_with_weights_only_state():
     resumed[0].load_state_dict(saved["model"])
     resumed[1].load_state_dict(saved["optimizer"])
     resumed[2].load_state_dict(saved["sparsifier"])
-    for xb, yb in batches[10:]:
+    for xb, yb in batches[cut:]:
         train_step(*resumed, xb, yb)
     for (name, a), b in zip(whole[0].state_dict().items(), resumed[0].state_dict().values()):
         assert torch.equal(a, b), name

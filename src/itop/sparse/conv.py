@@ -41,6 +41,7 @@ from .structure import SparseStructure
 
 _WEIGHT_GRAD_PARTS = 8  # images split into this many partial sums for the direct weight gradient, whatever the threads
 PROBE_IMAGES = 4  # a probe convolves at most this many images: every way's time grows with the batch alike
+DIRECT_MAX_DENSITY = 0.2  # the fixed rule's direct kernels up to this density (see `fixed_rule`)
 
 
 def _pair(value, name: str) -> tuple[int, int]:
@@ -254,12 +255,14 @@ def candidates(geometry: ConvGeometry, dtype: torch.dtype) -> list[str]:
     return names + (["dense"] if _dense_allowed(geometry) else [])
 
 
-def fixed_rule(geometry: ConvGeometry, x: Tensor) -> str:
-    """The choice where nothing is measured (the probe budget spent, a dispatch mode): direct at
-    stride 1 where numba serves; else the dense convolution where the dense weight may exist (the
-    direct kernels' strided form loops over short rows: a ResNet-18 at ERK 0.05 whose strided layers
-    took it ran at 0.63x dense), else im2col."""
-    if geometry.stride == (1, 1) and direct_usable(x):
+def fixed_rule(geometry: ConvGeometry, density: float, x: Tensor) -> str:
+    """The choice where nothing is measured (the probe budget spent): direct for a kernel larger
+    than 1x1 at stride 1 and density at most `DIRECT_MAX_DENSITY` where numba serves; else the dense
+    convolution where the dense weight may exist, else im2col. (On an AVX-512 Xeon at batch 128 the
+    direct kernels gained 1.5x at density 0.18 on 3x3 kernels, and lost on 1x1 kernels at 0.19-0.38;
+    their strided form loops over short rows: a ResNet-18 at ERK 0.05 whose strided layers took it
+    ran at 0.63x dense.)"""
+    if geometry.stride == (1, 1) and geometry.kernel != (1, 1) and density <= DIRECT_MAX_DENSITY and direct_usable(x):
         return "direct"
     return "dense" if _dense_allowed(geometry) else "im2col"
 
@@ -298,12 +301,12 @@ def choose(layer: SparseConv2d, x: Tensor, train: bool) -> str:
     if mode in ("torch", "dense"):
         return "dense" if mode == "dense" and _dense_allowed(geometry) else "im2col"
     if not x.is_cpu:
-        return fixed_rule(geometry, x)
+        return fixed_rule(geometry, layer.density, x)
     key = decision_key(geometry, layer.nnz, x, train)
     how = chooser.decisions.get(key)
     if how is None:
         shape, nnz, dtype = (min(x.shape[0], PROBE_IMAGES), *x.shape[1:]), layer.nnz, x.dtype
-        how = chooser.decide(key, lambda: conv_timings(layer, shape, nnz, dtype, train), lambda: fixed_rule(geometry, x))
+        how = chooser.decide(key, lambda: conv_timings(layer, shape, nnz, dtype, train), lambda: fixed_rule(geometry, layer.density, x))
     return how
 
 
