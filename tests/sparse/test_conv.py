@@ -155,13 +155,19 @@ def test_the_way_is_measured_once_per_shape_class_and_forced_by_itop_kernels(mon
         assert conv.choose(layer, x, True) == way
 
 
-def test_where_nothing_is_measured_strided_layers_compute_densely(monkeypatch):
+def test_where_nothing_is_measured_the_cost_model_decides(monkeypatch):
     monkeypatch.setattr(dispatch, "active", dispatch.Dispatcher(mode="auto", budget=0))
-    plain = SparseConv2d(8, 8, 3, padding=1, nnz=50)  # density 0.087
-    strided = SparseConv2d(8, 8, 3, stride=2, padding=1, nnz=50)
-    denser, pointwise = SparseConv2d(8, 8, 3, padding=1, nnz=200), SparseConv2d(8, 8, 1, nnz=10)
-    x = torch.randn(2, 8, 9, 9)
+    plain = SparseConv2d(8, 8, 3, padding=1, nnz=20)  # density 0.035
+    strided = SparseConv2d(8, 8, 3, stride=2, padding=1, nnz=20)
+    denser, pointwise = SparseConv2d(8, 8, 3, padding=1, nnz=200), SparseConv2d(8, 8, 1, nnz=20)
+    x = torch.randn(2, 8, 32, 32)
     assert conv.choose(strided, x, True) == conv.choose(denser, x, True) == conv.choose(pointwise, x, True) == "dense"
     assert conv.choose(plain, x, True) == ("direct" if conv.conv_kernels() is not None else "dense")
     with FlopCounterMode(display=False):  # counted as the dense layer by a hook, never computed densely
         assert conv.choose(strided, x, False) == ("direct" if conv.conv_kernels() is not None else "im2col")
+
+
+def test_the_direct_cost_model_follows_plane_size_and_density():
+    geometry = conv.geometry_of(512, 512, 3, 1, 1, 1, 1)
+    assert conv.direct_cost(geometry, 0.02, 32, 32) < conv.direct_cost(geometry, 0.02, 4, 4) < conv.direct_cost(geometry, 0.2, 4, 4)
+    assert conv.direct_cost(geometry, 0.176, 32, 32) < conv.DIRECT_MAX_COST < conv.direct_cost(geometry, 0.3, 32, 32)

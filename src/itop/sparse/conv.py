@@ -41,7 +41,9 @@ from .structure import SparseStructure
 
 _WEIGHT_GRAD_PARTS = 8  # images split into this many partial sums for the direct weight gradient, whatever the threads
 PROBE_IMAGES = 4  # a probe convolves at most this many images: every way's time grows with the batch alike
-DIRECT_MAX_DENSITY = 0.2  # the fixed rule's direct kernels up to this density (see `fixed_rule`)
+DIRECT_FIXED_VECTORS = 4  # `direct_cost`'s fixed cost per tap and pass, in vectors of 16 values
+DENSE_EFFICIENCY = 3.6  # `direct_cost`: dense multiply-adds per second over the direct kernels'
+DIRECT_MAX_COST = 0.8  # the fixed rule takes the direct kernels below this estimated cost (see `fixed_rule`)
 
 
 def _pair(value, name: str) -> tuple[int, int]:
@@ -255,14 +257,23 @@ def candidates(geometry: ConvGeometry, dtype: torch.dtype) -> list[str]:
     return names + (["dense"] if _dense_allowed(geometry) else [])
 
 
+def direct_cost(geometry: ConvGeometry, density: float, height: int, width: int) -> float:
+    """The direct kernels' time over the dense convolution's, estimated: per active tap one pass of
+    ceil(span / 16) vectors over the wide plane plus about 4 vectors' worth of fixed cost, against
+    dense arithmetic about 3.6 times as efficient per multiply-add. Fitted on an AVX-512 Xeon at
+    batch 128 (VGG-C's layers at ERK 0.05: 3x3 kernels on planes of 32x32 down to 3x3 gained
+    1.3-2.7x, within 25% of this model)."""
+    out_h, out_w = geometry.output_size(height, width)
+    span = out_h * (width + geometry.padding[2] + geometry.padding[3])
+    return density * (-(-span // 16) + DIRECT_FIXED_VECTORS) * 16 * DENSE_EFFICIENCY / (out_h * out_w)
+
+
 def fixed_rule(geometry: ConvGeometry, density: float, x: Tensor) -> str:
-    """The choice where nothing is measured (the probe budget spent): direct for a kernel larger
-    than 1x1 at stride 1 and density at most `DIRECT_MAX_DENSITY` where numba serves; else the dense
-    convolution where the dense weight may exist, else im2col. (On an AVX-512 Xeon at batch 128 the
-    direct kernels gained 1.5x at density 0.18 on 3x3 kernels, and lost on 1x1 kernels at 0.19-0.38;
-    their strided form loops over short rows: a ResNet-18 at ERK 0.05 whose strided layers took it
-    ran at 0.63x dense.)"""
-    if geometry.stride == (1, 1) and geometry.kernel != (1, 1) and density <= DIRECT_MAX_DENSITY and direct_usable(x):
+    """The choice where nothing is measured (the probe budget spent): the direct kernels at stride
+    1 where numba serves and `direct_cost` is under `DIRECT_MAX_COST`; else the dense convolution
+    where the dense weight may exist, else im2col. (The direct kernels' strided form loops over
+    short rows: a ResNet-18 at ERK 0.05 whose strided layers took it ran at 0.63x dense.)"""
+    if geometry.stride == (1, 1) and direct_usable(x) and direct_cost(geometry, density, *x.shape[2:]) < DIRECT_MAX_COST:
         return "direct"
     return "dense" if _dense_allowed(geometry) else "im2col"
 
