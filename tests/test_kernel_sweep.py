@@ -1,4 +1,4 @@
-"""Every kernel path of the sparse Linear layers, inside whole models: no batch size breaks a model.
+"""Every kernel path of the sparse Linear and Conv2d layers, inside whole models: no batch size breaks a model.
 
 The products behind `SparseLinear` change with the batch and the machine (`itop.sparse.ops`,
 `itop.sparse.dispatch`: PyTorch's products, numba's, or the dense computation), and the masked
@@ -18,6 +18,11 @@ gradients at the active positions, then the same evaluation outputs; `export` of
 and `densify` of the sparse one must compute the same function, and `torch.func.functional_call`
 must run the sparse model.
 
+Two entries make the convolutions truly sparse too (`SparseConv2d`: direct numba kernels, im2col or
+the dense way, as measured or forced): LeNet-5, and a small net with the patterns above after
+convolutions (stride, groups, dilation, "same" padding, batch norm, inplace ReLU, residual `add_`).
+The others keep their convolutions masked on both sides.
+
 Zoo models left out: the conv stacks (alexnet, vgg, the CIFAR and ImageNet ResNets, wide ResNets)
 take one to several seconds per step at batch 128 on a 2-core CPU; their Linear layers are swept
 through their own classifier heads (alexnet-s, alexnet-b, vgg-c), on random features. The ResNets'
@@ -35,7 +40,8 @@ from torch import nn
 
 import itop
 from itop.models import create_model, default_input_shape, list_models
-from itop.sparse import SparseLinear, dispatch, native
+from itop.sparse import SparseConv2d, dispatch, native
+from itop.sparse.base import SparseWeights
 from itop.sparsity import kernels
 
 BATCHES = (1, 2, 32, 128)
@@ -72,6 +78,26 @@ class PatternMLP(nn.Module):
         return self.fc3(out)
 
 
+class PatternCNN(nn.Module):
+    """Convolutions of every geometry SparseConv2d takes, with the inplace patterns after them."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding="same")
+        self.down = nn.Conv2d(16, 32, 3, stride=2, padding=1, groups=4)
+        self.wide = nn.Conv2d(32, 32, 3, padding=2, dilation=2)
+        self.norm = nn.BatchNorm2d(32)
+        self.relu = nn.ReLU(inplace=True)
+        self.fc = nn.Linear(32 * 8 * 8, CLASSES)
+
+    def forward(self, x):
+        h = self.relu(self.stem(x))
+        h = self.down(h)
+        out = self.norm(self.relu(self.wide(h)))  # no ReLU right after the norm: at batch 1 it would cut at rounding noise
+        out = self.wide(out).add_(h)
+        return self.fc(out.flatten(1))
+
+
 def zoo(name, **kwargs):
     """(model, input shape without the batch) of a registered model at its usual input."""
     return lambda: (create_model(name, num_classes=CLASSES, **kwargs), default_input_shape(name))
@@ -100,7 +126,10 @@ MODELS = {
     "mlp-inplace-relu": lambda: (PatternMLP("relu"), (64,)),
     "mlp-inplace-dropout": lambda: (PatternMLP("dropout"), (64,)),
     "mlp-residual-add_": lambda: (PatternMLP("add_"), (64,)),
+    "lenet5-conv": zoo("lenet5"),
+    "cnn-patterns": lambda: (PatternCNN(), (3, 16, 16)),
 }
+TRULY_SPARSE_CONVS = ("lenet5-conv", "cnn-patterns")  # sparse convolutions on both sides; the rest: Linear layers only
 # Models whose masked copy has a layer on the CSR kernels (by the fixed rule at batch 128; mlp-cifar10 at 32 too).
 CSR_AT_128 = (
     "mlp-cifar10",
@@ -134,15 +163,17 @@ def use_backend(monkeypatch, backend, tmp_path):
         monkeypatch.setattr(dispatch, "active", dispatch.Dispatcher(mode=backend))
 
 
-def matching_pair(build):
+def matching_pair(build, convs=False):
     """A masked model (with its Sparsifier) and a truly sparse copy at the same positions and values
-    (Linear layers only on both sides: convs count in the Sparsifier's ERK split otherwise)."""
+    (Linear layers only on both sides unless `convs`: the layers chosen count in ERK's split)."""
     torch.manual_seed(0)
     base, shape = build()
     masked = copy.deepcopy(base)
-    sparsifier = itop.Sparsifier(masked, torch.optim.SGD(masked.parameters(), lr=0.1), density=DENSITY, seed=SEED, include=[nn.Linear])
-    truly = itop.sparse.sparsify(copy.deepcopy(base), DENSITY, seed=SEED, include=[nn.Linear], init_scale="dense")
-    sparse_layers = {n: m for n, m in truly.named_modules() if isinstance(m, SparseLinear)}
+    include = None if convs else [nn.Linear]
+    sparsifier = itop.Sparsifier(masked, torch.optim.SGD(masked.parameters(), lr=0.1), density=DENSITY, seed=SEED, include=include)
+    truly = itop.sparse.sparsify(copy.deepcopy(base), DENSITY, seed=SEED, include=include, init_scale="dense")
+    sparse_layers = {n: m for n, m in truly.named_modules() if isinstance(m, SparseWeights)}
+    assert any(isinstance(m, SparseConv2d) for m in sparse_layers.values()) is convs
     assert sparse_layers, "sparsify made no layer truly sparse"
     weights = dict(masked.named_parameters())
     for name, layer in sparse_layers.items():
@@ -180,7 +211,7 @@ def assert_same_gradients(masked, truly, context, tol=TOL):
     for name, param in truly.named_parameters():
         assert param.grad is not None and torch.isfinite(param.grad).all(), (context, name)
         prefix, _, leaf = name.rpartition(".")
-        if isinstance(modules[prefix], SparseLinear) and leaf == "values":
+        if isinstance(modules[prefix], SparseWeights) and leaf == "values":
             reference = masked_params[f"{prefix}.weight"].grad.reshape(-1)[modules[prefix].indices]
         else:
             reference = masked_params[name].grad
@@ -190,7 +221,7 @@ def assert_same_gradients(masked, truly, context, tol=TOL):
 @pytest.mark.parametrize("name,backend", SWEEP, ids=[f"{b}-{n}" for n, b in SWEEP])
 def test_training_and_evaluation_match_the_masked_model_at_every_batch(name, backend, monkeypatch, tmp_path):
     use_backend(monkeypatch, backend, tmp_path)
-    masked, sparsifier, truly, shape = matching_pair(MODELS[name])
+    masked, sparsifier, truly, shape = matching_pair(MODELS[name], convs=name in TRULY_SPARSE_CONVS)
     dropouts = random_dropout(masked) + random_dropout(truly)
     csr_layers = [n for n, m in masked.named_modules() if type(m) is kernels.MaskedCSRLinear]
     if name in CSR_AT_128:
@@ -199,7 +230,7 @@ def test_training_and_evaluation_match_the_masked_model_at_every_batch(name, bac
         x, y = inputs(shape, batch, seed=batch)
         context = f"{name} {backend} batch {batch}"
         masked.train(), truly.train()
-        if batch == 1 and has_batchnorm(masked):
+        if batch == 1 and any(isinstance(m, nn.BatchNorm1d) for m in masked.modules()):
             with pytest.raises(ValueError, match="more than 1 value per channel"):  # BatchNorm's own limit, both alike
                 step(truly, x, y)
         else:
@@ -222,9 +253,9 @@ def test_training_and_evaluation_match_the_masked_model_at_every_batch(name, bac
         torch.testing.assert_close(out_truly, out_masked, **TOL, msg=lambda m: f"{context} eval output: {m}")
 
     exported, dense = itop.sparse.export(masked, sparsifier), itop.sparse.densify(truly)
-    assert not any(isinstance(m, SparseLinear) for m in dense.modules())
-    assert {n for n, m in exported.named_modules() if isinstance(m, SparseLinear)} == {
-        n for n, m in truly.named_modules() if isinstance(m, SparseLinear)
+    assert not any(isinstance(m, SparseWeights) for m in dense.modules())
+    assert {n for n, m in exported.named_modules() if isinstance(m, SparseWeights)} == {
+        n for n, m in truly.named_modules() if isinstance(m, SparseWeights)
     }
     for batch in (1, 128):  # the inference paths: matrix-vector product, and the many-row products
         x, _ = inputs(shape, batch, seed=100 + batch)
