@@ -196,12 +196,27 @@ def wide_gather(geometry: ConvGeometry, structure: SparseStructure, padded_h: in
     return cache[key]
 
 
+STACK_SPAN = 1024  # the stride-1 forward stacks images until a channel's planes hold about this many values
+STACK_BYTES = 1 << 20  # ... and while all channels' stacked planes fit in this much (about half an L2 cache)
+
+
+def stack_group(geometry: ConvGeometry, padded_h: int, padded_w: int, images: int) -> int:
+    """How many images the stride-1 forward stacks in one pass (1 for planes of 32x32 and more)."""
+    plane = padded_h * padded_w
+    fits = STACK_BYTES // max(1, geometry.in_channels * plane * 4)
+    return max(1, min(images, STACK_SPAN // plane, fits, 16))
+
+
 def direct_forward(geometry: ConvGeometry, structure: SparseStructure, values: Tensor, x: Tensor, bias: Tensor | None) -> Tensor:
     crow = structure.arrays()[0]
     height, width = x.shape[2:]
     out = torch.empty(x.shape[0], geometry.out_channels, *geometry.output_size(height, width), dtype=values.dtype)
     bias_array = native._NO_BIAS[values.dtype] if bias is None else native._data(bias, values.dtype)
     form, taps, extra = _form(geometry, structure, height, width)
+    if form:  # stride 1: images stacked in groups (see forward_wide_images)
+        group = stack_group(geometry, *extra, x.shape[0])
+        taps = wide_sources(geometry, structure, group * extra[0], extra[1])
+        extra = (*extra, group)
     args = (x.detach().numpy(), crow, taps, values.detach().numpy(), bias_array, out.numpy(), geometry.kernel_arguments(), *extra)
     _run_images("forward" + form, args, x.shape[0], structure.nnz * out[0, 0].numel() * x.shape[0])
     return out

@@ -181,16 +181,31 @@ def _fill_padded(image, padded, top, left, padded_h, padded_w):  # pragma: no co
 
 
 @numba.njit(**_JIT)
-def forward_wide_images(x, crow, sources, values, bias, out, geometry, padded_h, padded_w, start, stop):  # pragma: no cover - compiled
+def forward_wide_images(
+    x, crow, sources, values, bias, out, geometry, padded_h, padded_w, group, start, stop
+):  # pragma: no cover - compiled
+    """`group` images at a time stacked one above the other in each channel's padded plane, so that
+    a tap's pass runs over all of them (the rows between two images are computed and dropped): on
+    small planes (5x5, 3x3) one image's pass was a vector or two, and the per-tap cost dominated."""
     channels, channels_out, out_h, out_w = x.shape[1], out.shape[1], out.shape[2], out.shape[3]
-    plane = padded_h * padded_w
-    span = out_h * padded_w
+    height, width = x.shape[2], x.shape[3]
+    top, left = geometry[4], geometry[5]
+    plane = group * padded_h * padded_w
     padded = np.empty(channels * plane + _slack(geometry), dtype=x.dtype)
-    wide = np.empty(span, dtype=x.dtype)
-    for n in range(start, stop):
-        _fill_padded(x[n], padded, geometry[4], geometry[5], padded_h, padded_w)
+    wide = np.empty(((group - 1) * padded_h + out_h) * padded_w, dtype=x.dtype)
+    n = start
+    while n < stop:
+        count = min(group, stop - n)
+        padded[:] = 0.0
+        for c in range(channels):
+            for g in range(count):
+                for r in range(height):
+                    first = c * plane + (g * padded_h + r + top) * padded_w + left
+                    padded[first : first + width] = x[n + g, c, r]
+        span = ((count - 1) * padded_h + out_h) * padded_w
+        row = wide[:span]
         for o in range(channels_out):
-            wide[:] = bias[o] if bias.shape[0] else 0.0
+            row[:] = bias[o] if bias.shape[0] else 0.0
             t, end = crow[o], crow[o + 1]
             while t + 3 < end:  # four taps per pass over the plane: a quarter of its loads and stores
                 v0, v1, v2, v3 = values[t], values[t + 1], values[t + 2], values[t + 3]
@@ -199,23 +214,26 @@ def forward_wide_images(x, crow, sources, values, bias, out, geometry, padded_h,
                 s2 = padded[sources[t + 2] : sources[t + 2] + span]
                 s3 = padded[sources[t + 3] : sources[t + 3] + span]
                 for k in range(span):
-                    wide[k] += (v0 * s0[k] + v1 * s1[k]) + (v2 * s2[k] + v3 * s3[k])
+                    row[k] += (v0 * s0[k] + v1 * s1[k]) + (v2 * s2[k] + v3 * s3[k])
                 t += 4
             while t < end:
                 v, src = values[t], padded[sources[t] : sources[t] + span]
                 for k in range(span):
-                    wide[k] += v * src[k]
+                    row[k] += v * src[k]
                 t += 1
-            for oh in range(out_h):
-                out[n, o, oh] = wide[oh * padded_w : oh * padded_w + out_w]
+            for g in range(count):
+                for oh in range(out_h):
+                    first = (g * padded_h + oh) * padded_w
+                    out[n + g, o, oh] = row[first : first + out_w]
+        n += count
 
 
 @numba.njit(parallel=True, **_JIT)
-def forward_wide_parallel(x, crow, sources, values, bias, out, geometry, padded_h, padded_w, parts):  # pragma: no cover - compiled
+def forward_wide_parallel(x, crow, sources, values, bias, out, geometry, padded_h, padded_w, group, parts):  # pragma: no cover - compiled
     images = x.shape[0]
     for p in prange(parts):
         forward_wide_images(
-            x, crow, sources, values, bias, out, geometry, padded_h, padded_w, images * p // parts, images * (p + 1) // parts
+            x, crow, sources, values, bias, out, geometry, padded_h, padded_w, group, images * p // parts, images * (p + 1) // parts
         )
 
 
