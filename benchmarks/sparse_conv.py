@@ -72,7 +72,7 @@ from truly_sparse import LoadMonitor, fmt_q, infer_step, interleave, print_summa
 import itop
 from itop.models import create_model, get_model_spec
 from itop.sparse import SparseConv2d, SparseLinear
-from itop.sparse.conv import conv_kernels
+from itop.sparse.conv_ops import conv_kernels
 
 SECTIONS = ("inference", "train", "layers", "crossover", "memory", "sparseprop", "lenet5")
 MODELS = ("vgg-c", "resnet18", "wrn-16-8")

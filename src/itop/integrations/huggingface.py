@@ -24,7 +24,7 @@ How it fits the Trainer:
 - `on_log` adds sparsity/density, sparsity/itop_rate (Rs) and sparsity/prune_rate to the Trainer's
   logs (log_history, trainer_state.json, the progress bar and every `report_to` integration: the
   callback puts itself first among the Trainer's callbacks so that the reporters see them).
-- Under DDP (torchrun) every rank builds the same masks (the seed is shared) and the Sparsifier checks
+- Under DDP (torchrun) every rank builds the same masks (all share the random seed) and the Sparsifier checks
   after each update that they agree. DeepSpeed and FSDP shard or flatten the weights the masks cover,
   so the callback refuses them when the Trainer is made.
 """

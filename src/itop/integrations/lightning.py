@@ -19,7 +19,7 @@ How it fits the Trainer:
   over the new length (`horizon="stretch"`, the default) or over the saved run's (`"keep"`).
 - `on_train_batch_end` logs sparsity/density, sparsity/itop_rate (Rs) and sparsity/prune_rate through
   the module's `log_dict`, so they reach every logger (TensorBoard, CSV, ...) on the step axis.
-- Under DDP every rank builds the same masks (the seed is shared) and the Sparsifier checks after each
+- Under DDP every rank builds the same masks (all share the random seed) and the Sparsifier checks after each
   update that they agree. DeepSpeed, FSDP and model-parallel strategies shard or flatten the weights
   the masks cover: the callback refuses them at set-up.
 """

@@ -104,7 +104,7 @@ class Group:
         return statistics.mean(values) if values else None
 
     def std(self, key: str) -> float | None:
-        """Sample standard deviation over the seeds; None with fewer than two values."""
+        """Sample standard deviation over the random seeds; None with fewer than two values."""
         values = self.values(key)
         return statistics.stdev(values) if len(values) > 1 else None
 

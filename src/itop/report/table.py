@@ -123,7 +123,7 @@ def _mean_std(group: Group, key: str, scale: float) -> str:
 
 def grouped_table(groups: Iterable[Group]) -> str:
     """One row per group of runs that differ only by seed, sorted by (data, model, sparsity,
-    method, settings): accuracies and Rs as `mean ± std` over the seeds, FLOPs as their mean.
+    method, settings): accuracies and Rs as `mean ± std` over the random seeds, FLOPs as their mean.
 
     `Settings` names the config values that tell groups apart beyond method and sparsity (an
     update-frequency sweep reads `update_frequency=25`, `update_frequency=100`, ...).

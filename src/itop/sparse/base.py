@@ -40,6 +40,21 @@ class SparseWeights(nn.Module):
         return self.indices
 
     @classmethod
+    def _holding(cls, positions: Tensor, values: Tensor, bias: Tensor | None):
+        """A layer of this class (its shape still to set) holding `values` at the sorted, distinct
+        flat `positions` (and `bias`) as trainable parameters."""
+        if positions.numel() == 0:
+            raise ValueError(f"no active weight given; a {cls.__name__} needs at least one.")
+        if positions.shape != values.shape or positions.dim() != 1:
+            raise ValueError("positions and values must be 1-D tensors of the same length.")
+        layer = cls.__new__(cls)
+        nn.Module.__init__(layer)
+        layer.register_buffer("indices", positions.to(device=values.device, dtype=torch.int64))
+        layer.values = nn.Parameter(values.detach())
+        layer.bias = None if bias is None else nn.Parameter(bias.detach())
+        return layer
+
+    @classmethod
     def from_dense(cls, module: nn.Module, mask: Tensor):
         """The truly sparse layer holding `module`'s weights where `mask` is True (its bias too)."""
         if tuple(mask.shape) != tuple(module.weight.shape):

@@ -138,16 +138,8 @@ class SparseLinear(SparseWeights):
     ) -> SparseLinear:
         """A SparseLinear holding `values` at the sorted, distinct flat `positions` (and `bias`),
         as trainable parameters: no tensor of the layer's dense shape is involved."""
-        if positions.numel() == 0:
-            raise ValueError("no active weight given; a SparseLinear needs at least one.")
-        if positions.shape != values.shape or positions.dim() != 1:
-            raise ValueError("positions and values must be 1-D tensors of the same length.")
-        layer = cls.__new__(cls)
-        nn.Module.__init__(layer)
+        layer = cls._holding(positions, values, bias)
         layer.in_features, layer.out_features = in_features, out_features
-        layer.register_buffer("indices", positions.to(torch.int64))
-        layer.values = nn.Parameter(values.detach())
-        layer.bias = None if bias is None else nn.Parameter(bias.detach())
         layer._structure, layer._recorder = None, None
         return layer
 

@@ -15,7 +15,7 @@ counts real steps, so a step that a GradScaler skips neither advances the schedu
 the topology (with fused optimizers, which a GradScaler calls even on a step it skips, the hooks
 read its inf flag and the loss scale the gradients still carry).
 
-Under torch.distributed (DDP), build it on the unwrapped model on every rank: the seed is shared,
+Under torch.distributed (DDP), build it on the unwrapped model on every rank: the random seed is shared,
 the hooks see the averaged gradients, and `distributed.check_masks_agree` verifies after every
 update that all ranks hold the same masks.
 """

@@ -1,0 +1,493 @@
+"""The computation behind `SparseConv2d` (`conv.py`): its geometry, and three ways to convolve.
+
+A layer's weight is the CSR of an (out_channels, in_channels/groups * kh * kw) matrix, so output
+channel o's active taps are row o. Which way serves a call is measured on the machine at hand per
+shape class (`itop.sparse.dispatch`, as for the Linear products; `ITOP_KERNELS` forces one):
+
+- direct (numba, CPU float32/float64): each active tap adds its value times a shifted input
+  plane to its output plane (`conv_kernels.py`); the input gradient gathers back per input
+  channel, and the weight gradient sums grad_out * shifted input at the active taps only;
+- im2col (anywhere, CUDA included): the input unfolded into columns
+  (`torch.nn.functional.unfold`), then the truly sparse Linear layers' products (`ops.py`) with
+  a block-diagonal CSR over all groups; its input gradient folds the columns back;
+- dense (where the dense weight would take at most `dispatch.DENSE_MAX_ELEMENTS`): the weight made
+  dense for the call, then PyTorch's convolution and its backward, the weight gradient read at
+  the active taps (a layer at ERK's 0.2-0.4 density, such as a 1x1 convolution, is faster so).
+
+The direct and im2col ways make no tensor of the dense weight's shape; im2col holds the unfolded
+input (in_channels * kh * kw values per output pixel), as PyTorch's own unfold-based convolutions do.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+from torch.nn import functional as F
+
+from . import dispatch, native, ops
+from .structure import SparseStructure
+
+_WEIGHT_GRAD_PARTS = 8  # images split into this many partial sums for the direct weight gradient, whatever the threads
+PROBE_IMAGES = 4  # a probe convolves at most this many images: every way's time grows with the batch alike
+DIRECT_FIXED_VECTORS = 4  # `direct_cost`'s fixed cost per tap and pass, in vectors of 16 values
+DENSE_EFFICIENCY = 3.6  # `direct_cost`: dense multiply-adds per second over the direct kernels'
+DIRECT_MAX_COST = 0.8  # the fixed rule takes the direct kernels below this estimated cost (see `fixed_rule`)
+
+
+def pair(value, name: str) -> tuple[int, int]:
+    pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair):
+        raise ValueError(f"SparseConv2d: {name} must be an int or a pair of ints, got {value!r}.")
+    return pair
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Everything but the weights that decides a convolution's arithmetic. `padding` holds
+    (top, bottom, left, right): "same" pads asymmetrically where the total is odd, as PyTorch."""
+
+    in_channels: int
+    out_channels: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int, int, int]
+    dilation: tuple[int, int]
+    groups: int
+
+    @property
+    def taps(self) -> int:
+        """Weights per output channel: in_channels / groups * kh * kw."""
+        return self.in_channels // self.groups * self.kernel[0] * self.kernel[1]
+
+    @property
+    def weight_shape(self) -> tuple[int, int, int, int]:
+        return (self.out_channels, self.in_channels // self.groups, *self.kernel)
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        (kh, kw), (sh, sw), (top, bottom, left, right), (dh, dw) = self.kernel, self.stride, self.padding, self.dilation
+        return ((height + top + bottom - dh * (kh - 1) - 1) // sh + 1, (width + left + right - dw * (kw - 1) - 1) // sw + 1)
+
+    def kernel_arguments(self) -> np.ndarray:
+        """(kh, kw, sh, sw, top, left, dh, dw, out_channels/groups, in_channels/groups) for the numba kernels."""
+        (kh, kw), (sh, sw), (top, _, left, _), (dh, dw) = self.kernel, self.stride, self.padding, self.dilation
+        return np.array(
+            [kh, kw, sh, sw, top, left, dh, dw, self.out_channels // self.groups, self.in_channels // self.groups], dtype=np.int64
+        )
+
+
+def geometry_of(in_channels, out_channels, kernel_size, stride, padding, dilation, groups) -> ConvGeometry:
+    """The checked geometry of nn.Conv2d's arguments, or a one-line ValueError naming the argument."""
+    kernel, stride, dilation = pair(kernel_size, "kernel_size"), pair(stride, "stride"), pair(dilation, "dilation")
+    if min(*kernel, *stride, *dilation) < 1:
+        raise ValueError(f"SparseConv2d: kernel_size, stride and dilation must be positive, got {kernel}, {stride}, {dilation}.")
+    if not isinstance(groups, int) or groups < 1 or in_channels % groups or out_channels % groups:
+        raise ValueError(f"SparseConv2d: groups={groups!r} must divide in_channels={in_channels} and out_channels={out_channels}.")
+    if padding == "same":
+        if stride != (1, 1):
+            raise ValueError("SparseConv2d: padding='same' needs stride 1, as nn.Conv2d.")
+        totals = [d * (k - 1) for d, k in zip(dilation, kernel)]
+        pads = (totals[0] // 2, totals[0] - totals[0] // 2, totals[1] // 2, totals[1] - totals[1] // 2)
+    elif padding == "valid":
+        pads = (0, 0, 0, 0)
+    else:
+        ph, pw = pair(padding, "padding")
+        if min(ph, pw) < 0:
+            raise ValueError(f"SparseConv2d: padding must not be negative, got {padding!r}.")
+        pads = (ph, ph, pw, pw)
+    return ConvGeometry(int(in_channels), int(out_channels), kernel, stride, pads, dilation, int(groups))
+
+
+# ----------------------------------------------------------------------------- kernels
+_conv_kernels = None
+
+
+def conv_kernels():
+    """The compiled direct-convolution kernels, or None where numba does not serve (see `native`)."""
+    global _conv_kernels
+    if _conv_kernels is None and native.AVAILABLE and native.kernels() is not None:
+        from . import conv_kernels as compiled
+
+        _conv_kernels = compiled
+    return _conv_kernels
+
+
+def direct_usable(*tensors: Tensor) -> bool:
+    """The direct kernels serve contiguous CPU float32/float64 tensors of one dtype."""
+    return native.usable(*tensors) and len({t.dtype for t in tensors}) == 1 and conv_kernels() is not None
+
+
+def _run_images(kernel: str, args: tuple, images: int, work: int) -> None:
+    """`kernel` over the images: on the calling thread for small work (`native.threads_for`), else
+    split over the configured threads."""
+    compiled = conv_kernels()
+    threads = native.threads_for(work)
+    if threads == 1 or images == 1:
+        getattr(compiled, kernel + "_images")(*args, 0, images)
+    else:
+        native._pool(threads)
+        getattr(compiled, kernel + "_parallel")(*args, min(threads, images))
+
+
+def _form(geometry: ConvGeometry, structure: SparseStructure, height: int, width: int) -> tuple[str, object, tuple]:
+    """Which kernels serve this geometry: at stride 1 the "_wide" ones, with each tap's window start
+    in the padded image (`wide_sources`) and the padded plane's size; else the general ones, with
+    the CSR's columns."""
+    if geometry.stride != (1, 1):
+        return "", structure.arrays()[1], ()
+    top, bottom, left, right = geometry.padding
+    padded = (height + top + bottom, width + left + right)
+    return "_wide", wide_sources(geometry, structure, *padded), padded
+
+
+def wide_sources(geometry: ConvGeometry, structure: SparseStructure, padded_h: int, padded_w: int) -> np.ndarray:
+    """Per active tap, where its window starts in an image's zero-padded planes at stride 1:
+    input channel * plane size + i * dilation * row length + j * dilation. Kept per padded size on
+    the structure (a few nnz-sized arrays)."""
+    cache = structure.__dict__.setdefault("_wide_sources", {})
+    found = cache.get((padded_h, padded_w))
+    if found is None:
+        (kh, kw), (dh, dw) = geometry.kernel, geometry.dilation
+        crow, col = (a.astype(np.int64) for a in structure.arrays())
+        rows = np.repeat(np.arange(len(crow) - 1), np.diff(crow))
+        channel, tap = np.divmod(col, kh * kw)
+        i, j = np.divmod(tap, kw)
+        channel += rows // (geometry.out_channels // geometry.groups) * (geometry.in_channels // geometry.groups)
+        found = cache[(padded_h, padded_w)] = _compact(channel * (padded_h * padded_w) + i * dh * padded_w + j * dw)
+    return found
+
+
+def _compact(index: np.ndarray) -> np.ndarray:
+    """An index array in int32 where its values fit (half the memory of int64)."""
+    return index.astype(np.int32) if index.size == 0 or int(index.max()) < 2**31 else index
+
+
+def wide_gather(geometry: ConvGeometry, structure: SparseStructure, padded_h: int, padded_w: int, out_h: int) -> tuple:
+    """For the stride-1 input gradient: the taps grouped by the input channel they read (`starts`
+    pointers over `order`, indices into the values), each tap's window start in the output
+    gradient's wide rows (`bases`), and the rows' zero margin. Kept per size on the structure."""
+    cache = structure.__dict__.setdefault("_wide_gather", {})
+    key = (padded_h, padded_w, out_h)
+    if key not in cache:
+        (kh, kw), (dh, dw) = geometry.kernel, geometry.dilation
+        margin = (kh - 1) * dh * padded_w + (kw - 1) * dw
+        crow, col = (a.astype(np.int64) for a in structure.arrays())
+        rows = np.repeat(np.arange(len(crow) - 1), np.diff(crow))
+        channel, tap = np.divmod(col, kh * kw)
+        i, j = np.divmod(tap, kw)
+        channel += rows // (geometry.out_channels // geometry.groups) * (geometry.in_channels // geometry.groups)
+        order = np.argsort(channel, kind="stable")
+        starts = np.zeros(geometry.in_channels + 1, dtype=np.int64)
+        starts[1:] = np.cumsum(np.bincount(channel, minlength=geometry.in_channels))
+        length = out_h * padded_w + 2 * margin
+        bases = (rows * length + margin - (i * dh * padded_w + j * dw))[order]
+        cache[key] = (starts, _compact(order), _compact(bases), margin)
+    return cache[key]
+
+
+STACK_SPAN = 1024  # the stride-1 forward stacks images until a channel's planes hold about this many values
+STACK_BYTES = 1 << 20  # ... and while all channels' stacked planes fit in this much (about half an L2 cache)
+
+
+def stack_group(geometry: ConvGeometry, padded_h: int, padded_w: int, images: int) -> int:
+    """How many images the stride-1 forward stacks in one pass (1 for planes of 32x32 and more)."""
+    plane = padded_h * padded_w
+    fits = STACK_BYTES // max(1, geometry.in_channels * plane * 4)
+    return max(1, min(images, STACK_SPAN // plane, fits, 16))
+
+
+def direct_forward(geometry: ConvGeometry, structure: SparseStructure, values: Tensor, x: Tensor, bias: Tensor | None) -> Tensor:
+    crow = structure.arrays()[0]
+    height, width = x.shape[2:]
+    out = torch.empty(x.shape[0], geometry.out_channels, *geometry.output_size(height, width), dtype=values.dtype)
+    bias_array = native._NO_BIAS[values.dtype] if bias is None else native._data(bias, values.dtype)
+    form, taps, extra = _form(geometry, structure, height, width)
+    if form:  # stride 1: images stacked in groups (see forward_wide_images)
+        group = stack_group(geometry, *extra, x.shape[0])
+        taps = wide_sources(geometry, structure, group * extra[0], extra[1])
+        extra = (*extra, group)
+    args = (x.detach().numpy(), crow, taps, values.detach().numpy(), bias_array, out.numpy(), geometry.kernel_arguments(), *extra)
+    _run_images("forward" + form, args, x.shape[0], structure.nnz * out[0, 0].numel() * x.shape[0])
+    return out
+
+
+def direct_input_grad(geometry: ConvGeometry, structure: SparseStructure, values: Tensor, grad_out: Tensor, input_shape) -> Tensor:
+    crow = structure.arrays()[0]
+    grad_x = torch.empty(input_shape, dtype=values.dtype)
+    form, taps, extra = _form(geometry, structure, *input_shape[2:])
+    if form:  # stride 1: gathered per input channel
+        starts, order, bases, margin = wide_gather(geometry, structure, *extra, grad_out.shape[2])
+        args = (
+            grad_out.numpy(),
+            starts,
+            order,
+            bases,
+            values.detach().numpy(),
+            grad_x.numpy(),
+            geometry.kernel_arguments(),
+            *extra,
+            margin,
+        )
+    else:
+        args = (grad_out.numpy(), crow, taps, values.detach().numpy(), grad_x.numpy(), geometry.kernel_arguments())
+    _run_images("input_grad" + form, args, grad_out.shape[0], structure.nnz * grad_out[0, 0].numel() * grad_out.shape[0])
+    return grad_x
+
+
+def direct_weight_grad(geometry: ConvGeometry, structure: SparseStructure, grad_out: Tensor, x: Tensor) -> Tensor:
+    """The weight gradient at the active taps: partial sums over a fixed split of the images,
+    added in order (the same numbers on any number of threads)."""
+    crow = structure.arrays()[0]
+    parts = torch.empty(max(1, min(_WEIGHT_GRAD_PARTS, x.shape[0])), structure.nnz, dtype=x.dtype)
+    form, taps, extra = _form(geometry, structure, *x.shape[2:])
+    args = (grad_out.numpy(), x.detach().numpy(), crow, taps, parts.numpy(), geometry.kernel_arguments(), *extra)
+    compiled = conv_kernels()
+    if native.threads_for(structure.nnz * grad_out[0, 0].numel() * x.shape[0]) == 1 or len(parts) == 1:
+        getattr(compiled, f"weight_grad{form}_serial")(*args)
+    else:
+        native._pool(native.configured_threads())
+        getattr(compiled, f"weight_grad{form}_parallel")(*args)
+    return parts.sum(0) if len(parts) > 1 else parts[0]
+
+
+# ----------------------------------------------------------------------------- the choice
+def _dense_allowed(geometry: ConvGeometry) -> bool:
+    return math.prod(geometry.weight_shape) <= dispatch.DENSE_MAX_ELEMENTS
+
+
+def candidates(geometry: ConvGeometry, dtype: torch.dtype) -> list[str]:
+    """The ways to compute a layer of this geometry here."""
+    names = (["direct"] if direct_usable(torch.empty(0, dtype=dtype)) else []) + ["im2col"]
+    return names + (["dense"] if _dense_allowed(geometry) else [])
+
+
+def direct_cost(geometry: ConvGeometry, density: float, height: int, width: int) -> float:
+    """The direct kernels' time over the dense convolution's, estimated: per active tap one pass of
+    ceil(span / 16) vectors over the wide plane plus about 4 vectors' worth of fixed cost, against
+    dense arithmetic about 3.6 times as efficient per multiply-add. Fitted on an AVX-512 Xeon at
+    batch 128 (VGG-C's layers at ERK 0.05: 3x3 kernels on planes of 32x32 down to 3x3 gained
+    1.3-2.7x, within 25% of this model)."""
+    out_h, out_w = geometry.output_size(height, width)
+    span = out_h * (width + geometry.padding[2] + geometry.padding[3])
+    return density * (-(-span // 16) + DIRECT_FIXED_VECTORS) * 16 * DENSE_EFFICIENCY / (out_h * out_w)
+
+
+def fixed_rule(geometry: ConvGeometry, density: float, x: Tensor) -> str:
+    """The choice where nothing is measured (the probe budget spent): the direct kernels at stride
+    1 where numba serves and `direct_cost` is under `DIRECT_MAX_COST`; else the dense convolution
+    where the dense weight may exist, else im2col. (The direct kernels' strided form loops over
+    short rows: a ResNet-18 at ERK 0.05 whose strided layers took it ran at 0.63x dense.)"""
+    if geometry.stride == (1, 1) and direct_usable(x) and direct_cost(geometry, density, *x.shape[2:]) < DIRECT_MAX_COST:
+        return "direct"
+    return "dense" if _dense_allowed(geometry) else "im2col"
+
+
+def decision_key(geometry: ConvGeometry, nnz: int, x: Tensor, train: bool) -> tuple:
+    """The shape class of a convolution call (see `dispatch`)."""
+    images, _, height, width = x.shape
+    return (
+        "conv_train" if train else "conv",
+        geometry.out_channels,
+        geometry.in_channels,
+        *geometry.kernel,
+        *geometry.stride,
+        *geometry.padding,
+        *geometry.dilation,
+        geometry.groups,
+        height,
+        width,
+        nnz.bit_length(),
+        dispatch.size_class(images),
+        x.dtype,
+        torch.get_num_threads(),
+    )
+
+
+def choose(layer, x: Tensor, train: bool) -> str:
+    """How this call computes: measured once per shape class (ITOP_KERNELS=auto on the CPU), forced
+    by ITOP_KERNELS (numba: direct, torch: im2col, dense: dense where allowed), or the fixed rule.
+    Under a dispatch mode such as `FlopCounterMode` nothing is probed and nothing computed densely
+    (it would count as the layer's work)."""
+    geometry = layer.geometry
+    chooser = dispatch.active or dispatch.current()
+    mode = chooser.mode
+    if mode == "numba" or torch._C._len_torch_dispatch_stack():
+        return "direct" if direct_usable(x) else "im2col"
+    if mode in ("torch", "dense"):
+        return "dense" if mode == "dense" and _dense_allowed(geometry) else "im2col"
+    if not x.is_cpu:
+        return fixed_rule(geometry, layer.density, x)
+    key = decision_key(geometry, layer.nnz, x, train)
+    how = chooser.decisions.get(key)
+    if how is None:
+        shape, nnz, dtype = (min(x.shape[0], PROBE_IMAGES), *x.shape[1:]), layer.nnz, x.dtype
+        how = chooser.decide(key, lambda: conv_timings(layer, shape, nnz, dtype, train), lambda: fixed_rule(geometry, layer.density, x))
+    return how
+
+
+def conv_timings(layer, shape: tuple, nnz: int, dtype: torch.dtype, train: bool) -> dict[str, float]:
+    """Seconds per call of each way for a layer of `layer`'s geometry with `nnz` random active taps,
+    on random inputs of `shape`: forward, and with `train` the backward too."""
+    generator = torch.Generator().manual_seed(0)  # never the global one: probing must not change a run's draws
+    geometry = layer.geometry
+    positions = ops.random_structure((geometry.out_channels, geometry.taps), nnz, generator).positions
+    probe = type(layer).__new__(type(layer))  # a SparseConv2d of the class's geometry, random taps
+    nn.Module.__init__(probe)
+    probe._set_geometry(geometry, layer.padding, "zeros")
+    probe.register_buffer("indices", positions)
+    probe.values = nn.Parameter(torch.randn(positions.numel(), generator=generator).to(dtype))
+    probe.bias = None if layer.bias is None else nn.Parameter(torch.randn(geometry.out_channels, generator=generator).to(dtype))
+    x = torch.randn(shape, generator=generator).to(dtype).requires_grad_(train)
+    out_shape = (shape[0], geometry.out_channels, *geometry.output_size(*shape[2:]))
+    grad_out = torch.randn(out_shape, generator=generator).to(dtype)
+    leaves = [t for t in (x, probe.values, probe.bias) if t is not None]
+
+    def run(how: str):
+        if not train:
+            with torch.no_grad():
+                return lambda: compute(how, probe, x, probe.values, probe.bias)[0]
+        return lambda: torch.autograd.grad(SparseConv2dFunction.apply(x, probe.values, probe.bias, probe, how), leaves, grad_out)
+
+    with torch.enable_grad() if train else torch.no_grad():
+        return dispatch.time_candidates({how: run(how) for how in candidates(geometry, dtype)})
+
+
+# ----------------------------------------------------------------------------- im2col
+class Im2col:
+    """The im2col form of a layer: a block-diagonal CSR over (out_channels, in_channels*kh*kw)."""
+
+    def __init__(self, geometry: ConvGeometry, structure: SparseStructure):
+        rows = structure.positions.div(geometry.taps, rounding_mode="floor")
+        group = rows.div(geometry.out_channels // geometry.groups, rounding_mode="floor")
+        width = geometry.in_channels * geometry.kernel[0] * geometry.kernel[1]
+        positions = structure.positions + rows * (width - geometry.taps) + group * geometry.taps
+        self.structure = SparseStructure(positions, (geometry.out_channels, width))
+        self.geometry = geometry
+
+    def columns(self, x: Tensor) -> Tensor:
+        """The unfolded input as an (in_channels*kh*kw, images*pixels) matrix."""
+        g = self.geometry
+        top, bottom, left, right = g.padding
+        padded = F.pad(x, (left, right, top, bottom)) if (top, left) != (bottom, right) else x
+        padding = (0, 0) if padded is not x else (top, left)
+        cols = F.unfold(padded, g.kernel, dilation=g.dilation, padding=padding, stride=g.stride)
+        return cols.transpose(0, 1).reshape(cols.shape[1], -1)
+
+    def fold(self, columns_t: Tensor, input_shape) -> Tensor:
+        """The input gradient from the gradient of the columns (the adjoint of `columns`)."""
+        g = self.geometry
+        images, _, height, width = input_shape
+        top, bottom, left, right = g.padding
+        size = (height + top + bottom, width + left + right)
+        cols = columns_t.reshape(columns_t.shape[0], images, -1).transpose(0, 1)
+        grad = F.fold(cols, size, g.kernel, dilation=g.dilation, stride=g.stride)
+        return grad[:, :, top : top + height, left : left + width]
+
+    def forward(self, values: Tensor, x: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor]:
+        columns_t = self.columns(x).contiguous()
+        out_t = ops.forward_t(self.structure, values, columns_t, bias)
+        out_h, out_w = self.geometry.output_size(*x.shape[2:])
+        out = out_t.reshape(-1, x.shape[0], out_h, out_w).transpose(0, 1).contiguous()
+        return out, columns_t
+
+
+def _grads_t(grad_out: Tensor) -> Tensor:
+    """grad_out (N, O, H, W) as an (O, N*H*W) matrix, the columns' order."""
+    return grad_out.transpose(0, 1).reshape(grad_out.shape[1], -1).contiguous()
+
+
+# ----------------------------------------------------------------------------- dense
+def _dense_weight(layer, values: Tensor) -> Tensor:
+    flat = values.new_zeros(math.prod(layer.weight_shape))
+    return flat.index_copy_(0, layer.indices, values.detach()).view(layer.weight_shape)
+
+
+def _padded(geometry: ConvGeometry, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+    """x padded by hand where the padding is asymmetric ("same" with an even kernel), and the
+    symmetric padding left for the convolution itself."""
+    top, bottom, left, right = geometry.padding
+    if (top, left) == (bottom, right):
+        return x, (top, left)
+    return F.pad(x, (left, right, top, bottom)), (0, 0)
+
+
+def compute(how: str, layer, x: Tensor, values: Tensor, bias: Tensor | None) -> tuple[Tensor, tuple]:
+    """The output of one way, and what its backward needs."""
+    geometry = layer.geometry
+    if how == "direct":
+        x = x.contiguous()
+        return direct_forward(geometry, layer.structure, values, x, bias), (x,)
+    if how == "dense":
+        weight = _dense_weight(layer, values)
+        padded, padding = _padded(geometry, x.detach())
+        out = F.conv2d(
+            padded, weight, None if bias is None else bias.detach(), geometry.stride, padding, geometry.dilation, geometry.groups
+        )
+        return out, (padded, weight)
+    im2col = layer.im2col
+    out, columns_t = im2col.forward(values, x, bias)
+    return out, (columns_t,)
+
+
+def _dense_backward(geometry: ConvGeometry, indices: Tensor, saved: tuple, grad_out: Tensor, needs: tuple, input_shape):
+    """The dense way's input gradient and weight gradient at the active taps."""
+    padded, weight = saved
+    by_hand = tuple(padded.shape[2:]) != tuple(input_shape[2:])  # `_padded` padded it itself
+    top, _, left, _ = geometry.padding
+    padding = [0, 0] if by_hand else [top, left]
+    grad_padded, grad_weight, _ = torch.ops.aten.convolution_backward(
+        grad_out, padded, weight, None, list(geometry.stride), padding, list(geometry.dilation), False, [0, 0], geometry.groups,
+        [needs[0], needs[1], False],
+    )  # fmt: skip
+    grad_x = grad_values = None
+    if needs[0]:
+        grad_x = grad_padded[:, :, top : top + input_shape[2], left : left + input_shape[3]] if by_hand else grad_padded
+    if needs[1]:
+        grad_values = grad_weight.reshape(-1).index_select(0, indices)
+    return grad_x, grad_values
+
+
+# ----------------------------------------------------------------------------- autograd
+class SparseConv2dFunction(torch.autograd.Function):
+    """conv2d(x, W) + b with W given by the layer's (structure, values), computed the way `how`
+    names; the backward gives the weight gradient at the active taps only."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, values: Tensor, bias: Tensor | None, layer, how: str) -> Tensor:
+        out, saved = compute(how, layer, x, values, bias)
+        recorded = layer._recorder is not None  # a Sparsifier's, on steps whose gradient growth scores inactive taps
+        ctx.save_for_backward(values, x if recorded else None, *saved)
+        ctx.how, ctx.layer_state = how, (layer.geometry, layer.structure, layer.indices, layer.im2col if how == "im2col" else None)
+        ctx.input_shape, ctx.has_bias, ctx.recorder = x.shape, bias is not None, layer._recorder
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        values, x, *saved = ctx.saved_tensors
+        if ctx.recorder is not None:
+            ctx.recorder(x, grad_out)
+        geometry, structure, indices, im2col = ctx.layer_state
+        needs = ctx.needs_input_grad[:2]
+        grad_x = grad_values = grad_b = None
+        if ctx.how == "direct":
+            grad_out = grad_out.to(values.dtype).contiguous()
+            if needs[0]:
+                grad_x = direct_input_grad(geometry, structure, values, grad_out, ctx.input_shape)
+            if needs[1]:
+                grad_values = direct_weight_grad(geometry, structure, grad_out, saved[0])
+        elif ctx.how == "dense":
+            grad_x, grad_values = _dense_backward(geometry, indices, tuple(saved), grad_out.to(values.dtype), needs, ctx.input_shape)
+        else:
+            grads_t = _grads_t(grad_out)
+            if needs[0]:
+                grad_x = im2col.fold(ops.input_grad_t(im2col.structure, values, grads_t), ctx.input_shape)
+            if needs[1]:
+                grad_values = ops.weight_grad(im2col.structure, grads_t, saved[0])
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad_out.sum((0, 2, 3))
+        return grad_x, grad_values, grad_b, None, None
