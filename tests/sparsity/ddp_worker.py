@@ -1,9 +1,10 @@
 """Run by tests/sparsity/test_distributed.py under torchrun: DDP training with a Sparsifier.
 
-    torchrun --standalone --nproc_per_node 2 ddp_worker.py OUT GROW STEPS [--bad-seed] [--wide]
+    torchrun --standalone --nproc_per_node 2 ddp_worker.py OUT GROW STEPS [--bad-seed] [--wide] [--structure S]
 
 `--wide` trains a model whose first layer (1000 x 600, density 0.05, 200 rows per rank) takes the
-sparse Linear kernels; `--truly` one whose Linear layers are truly sparse (itop.sparse.sparsify).
+sparse Linear kernels; `--truly` one whose Linear layers are truly sparse (itop.sparse.sparsify);
+`--structure fan-in+ablation` or `--structure 2:4` a structured run.
 
 Each rank trains on its half of every global batch and saves its masks, weights and Rs to
 OUT/rank<r>.pt. `train` is also called in one process with the whole batch, for comparison.
@@ -32,8 +33,13 @@ def global_batches(steps, size, features):
     return [(torch.randn(size, features, generator=gen), torch.randint(0, CLASSES, (size,), generator=gen)) for _ in range(steps)]
 
 
-def train(grow, steps, rank=0, world=1, sparsifier_seed=7, wide=False, truly=False):
+def train(grow, steps, rank=0, world=1, sparsifier_seed=7, wide=False, truly=False, structure=None):
     features, hidden, density, per_rank = (1000, 600, 0.05, 200) if wide else (20, 32, 0.2, PER_RANK)
+    shape = {}
+    if structure:
+        kind, _, ablation = structure.partition("+")
+        shape = dict(structure=kind, ablation=bool(ablation))
+        density = None if ":" in kind else density
     model = build(features, hidden)
     if truly:
         itop.sparse.sparsify(model, density, seed=sparsifier_seed)
@@ -48,6 +54,7 @@ def train(grow, steps, rank=0, world=1, sparsifier_seed=7, wide=False, truly=Fal
         update_frequency=3,
         total_steps=steps,
         seed=sparsifier_seed,
+        **shape,
     )
     assert sp.layer_stats()["0.weight"]["sparse_kernel"] == wide and sp.layer_stats()["0.weight"]["truly_sparse"] == truly
     for x, y in global_batches(steps, per_rank * 2, features):
@@ -65,7 +72,10 @@ if __name__ == "__main__":
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     seed = 7 + rank if "--bad-seed" in sys.argv else 7
-    result = train(grow, steps, rank, world, sparsifier_seed=seed, wide="--wide" in sys.argv, truly="--truly" in sys.argv)
+    structure = sys.argv[sys.argv.index("--structure") + 1] if "--structure" in sys.argv else None
+    result = train(
+        grow, steps, rank, world, sparsifier_seed=seed, wide="--wide" in sys.argv, truly="--truly" in sys.argv, structure=structure
+    )
     torch.save(result, os.path.join(out, f"rank{rank}.pt"))
     dist.barrier()  # both ranks done: the files are written
     os._exit(0)  # skip gloo's teardown, which aborts now and then (see itop.train.cli._end_process)

@@ -1,5 +1,7 @@
 """Small models and a training loop shared by the engine's tests."""
 
+import copy
+
 import torch
 from torch import nn
 
@@ -40,6 +42,26 @@ def train(model, optimizer, sparsifier, data, check=None):
         sparsifier.step()
         if check is not None:
             check(sparsifier)
+
+
+def assert_resume_bit_identical(make, model_of, data, split, **kw):
+    """Train on data[:split], save the three states, load them into a fresh model (other initial
+    weights, other seed) and finish; everything must equal one uninterrupted run.
+    `make(model, **kw)` builds (model, optimizer, sparsifier); `model_of(seed)` a fresh model."""
+    model, opt, sp = make(model_of(0), **kw)
+    train(model, opt, sp, data[:split])
+    saved = copy.deepcopy({"model": model.state_dict(), "opt": opt.state_dict(), "sp": sp.state_dict()})
+    model2, opt2, sp2 = make(model_of(1), **dict(kw, seed=99))
+    model2.load_state_dict(saved["model"])
+    opt2.load_state_dict(saved["opt"])
+    sp2.load_state_dict(saved["sp"])
+    train(model2, opt2, sp2, data[split:])
+    ref_model, ref_opt, ref_sp = make(model_of(0), **kw)
+    train(ref_model, ref_opt, ref_sp, data)
+    for key, value in ref_model.state_dict().items():
+        assert torch.equal(value, model2.state_dict()[key]), key
+    assert all(torch.equal(ref_sp.masks[n], sp2.masks[n]) for n in ref_sp.masks)
+    assert ref_sp.itop_rate == sp2.itop_rate and ref_sp.steps == sp2.steps == len(data)
 
 
 def assert_zero_off_mask(sparsifier: itop.Sparsifier):

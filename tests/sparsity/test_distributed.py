@@ -46,6 +46,18 @@ def test_two_ranks_agree_and_match_one_process_with_double_batch(tmp_path, grow,
         assert torch.allclose(value, single["model"][key], atol=1e-5), key
 
 
+@pytest.mark.parametrize("grow, structure", [("gradient", "fan-in+ablation"), ("random", "2:4")])
+def test_structured_masks_agree_across_ranks_and_match_one_process(tmp_path, grow, structure):
+    result = torchrun(tmp_path, grow, "12", "--structure", structure)
+    assert result.returncode == 0, result.stderr[:3000] + "\n...\n" + result.stderr[-1500:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    single = ddp_worker.train(grow, 12, structure=structure)
+    for name, mask in ranks[0]["masks"].items():
+        assert torch.equal(mask, ranks[1]["masks"][name]), name
+        assert torch.equal(mask, single["masks"][name]), name
+    assert ranks[0]["itop_rate"] == single["itop_rate"]
+
+
 def test_different_seeds_on_ranks_fail_loudly(tmp_path):
     result = torchrun(tmp_path, "random", "3", "--bad-seed")
     assert result.returncode != 0

@@ -9,7 +9,7 @@ from torch import nn
 import itop
 from itop.sparsity.density import DISTRIBUTIONS
 
-from .helpers import assert_zero_off_mask, batches, lenet300, small_convnet, train
+from .helpers import assert_resume_bit_identical, assert_zero_off_mask, batches, lenet300, small_convnet, train
 
 
 def make(model=None, optimizer="sgd", **kw):
@@ -208,23 +208,8 @@ def test_same_seed_same_masks_other_seed_other_masks():
 
 @pytest.mark.parametrize("grow", ["random", "gradient", "momentum"])
 def test_resume_is_bit_identical(grow):
-    data = batches(12, (1, 12, 12), 4)
     kw = dict(density=0.3, grow=grow, redistribution="momentum" if grow == "momentum" else "none", update_frequency=3, total_steps=12)
-    model, opt, sp = make(small_convnet(0), **kw)
-    train(model, opt, sp, data[:7])
-    saved = copy.deepcopy({"model": model.state_dict(), "opt": opt.state_dict(), "sp": sp.state_dict()})
-    model2, opt2, sp2 = make(small_convnet(1), **dict(kw, seed=99))
-    model2.load_state_dict(saved["model"])
-    opt2.load_state_dict(saved["opt"])
-    sp2.load_state_dict(saved["sp"])
-    train(model2, opt2, sp2, data[7:])
-
-    ref_model, ref_opt, ref_sp = make(small_convnet(0), **kw)
-    train(ref_model, ref_opt, ref_sp, data)
-    for key, value in ref_model.state_dict().items():
-        assert torch.equal(value, model2.state_dict()[key]), key
-    assert all(torch.equal(ref_sp.masks[n], sp2.masks[n]) for n in ref_sp.masks)
-    assert ref_sp.itop_rate == sp2.itop_rate and ref_sp.steps == sp2.steps == 12
+    assert_resume_bit_identical(make, small_convnet, batches(12, (1, 12, 12), 4), 7, **kw)
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", lambda p: torch.optim.SGD(p, lr=0.05)], ids=["momentum", "no-state"])

@@ -4,7 +4,9 @@ A grow criterion is a pure function
     fn(candidates, k, *, weight, grad, grad_average, generator, **options) -> grown
 taking the bool mask of positions allowed to grow (inactive before the update and not pruned in
 it) and returning a bool mask of exactly k of them. Register your own with
-`itop.register_grow("name")`.
+`itop.register_grow("name")`. A criterion that also works with `Sparsifier(structure=...)` has a
+`scores(weight=, grad=, grad_average=, generator=)` attribute: a score per position, which the
+structured engine ranks within each row or N:M group.
 """
 
 from __future__ import annotations
@@ -52,6 +54,12 @@ def none(candidates: Tensor, k: int, **_) -> Tensor:
     """Grow nothing: updates only prune, so the density shrinks (gradual pruning)."""
     return torch.zeros_like(candidates)
 
+
+# The score forms that structured sparsity ranks within each block (`structured.py`): a score per
+# position of the weight, larger grows first.
+random.scores = lambda weight, generator, **_: torch.rand(weight.shape, generator=generator).to(weight.device)
+gradient.scores = lambda grad=None, **_: _need(grad, "a dense gradient", "gradient").abs()
+momentum.scores = lambda grad_average=None, **_: _need(grad_average, "a running gradient average", "momentum").abs()
 
 # The index-space forms that drive truly sparse layers (`index_growth.py`).
 random.positions = index_growth.random_positions

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from . import structured
 from .arguments import GROW_ARGUMENTS, PRUNE_ARGUMENTS, check_numbers, checked_options
 from .density import DISTRIBUTIONS
 from .distributed import check_masks_agree, shared_seed
@@ -68,7 +69,8 @@ class Sparsifier:
             are sparse unless `include` / `exclude` say otherwise.
         optimizer: the `torch.optim.Optimizer` over the model's parameters; hooks on its steps keep
             inactive weights and their optimizer state exactly zero.
-        density: share of the sparse weights that are active, over all sparse layers, in (0, 1].
+        density: share of the sparse weights that are active, over all sparse layers, in (0, 1]
+            (default 0.05; N/M with an N:M `structure`).
         distribution: how the density is split over layers: "erk" (default), "er", "uniform", or a
             registered name; ERK and ER are capped (a layer that would exceed 1 is dense).
         prune: which active weights an update removes: "magnitude" (default), "set" (SET's rule:
@@ -97,6 +99,16 @@ class Sparsifier:
             their active weights only (results equal to rounding); False keeps plain masking.
         init_scale: "dense" (default) keeps the initial weights; "sparse" scales each layer's
             active weights by 1/sqrt(its density), the initialisation for the actual fan-in.
+        structure: None (unstructured, default); "fan-in": every neuron (output channel) of a layer
+            holds the same number of active weights, the distribution's density rounded to a whole
+            fan-in (SRigL, Lasby et al. 2024); "N:M" (e.g. "2:4"): every M consecutive inputs of a
+            row hold exactly N active weights (density N/M). Updates prune as without structure
+            and regrow each row or group to its count by the grow criterion ("random",
+            "gradient" or "momentum"); redistribution must be "none". See `structured.py`.
+        ablation: with structure="fan-in", SRigL's neuron ablation: a neuron with fewer salient
+            weights than `ablation_threshold` x its fan-in loses them all, and the layer's other
+            neurons share its budget.
+        ablation_threshold: SRigL's gamma_sal, 0.3 as in the paper.
 
     After construction: `masks` (name -> bool tensor), `layers` (truly sparse layers by name),
     `density`, `itop_rate` (Rs: the share of weights ever active), `layer_stats()`, `history`
@@ -113,7 +125,7 @@ class Sparsifier:
         self,
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
-        density: float = 0.05,
+        density: float | None = None,
         distribution: str = "erk",
         prune: str | Callable = "magnitude",
         grow: str | Callable = "random",
@@ -131,12 +143,18 @@ class Sparsifier:
         decay_schedule: str = "cosine",
         sparse_linear: bool = True,
         init_scale: str = "dense",
+        structure: str | None = None,
+        ablation: bool = False,
+        ablation_threshold: float = structured.ABLATION_THRESHOLD,
     ):
+        self.structure = structured.parse(structure, ablation, ablation_threshold)
+        density = self.structure.density(density) if self.structure else 0.05 if density is None else density
         check_numbers(density, prune_rate, update_frequency, total_steps, grad_average_beta, init_scale)
         density, prune_rate = float(density), float(prune_rate)
         update_frequency, total_steps = None if update_frequency is None else int(update_frequency), int(total_steps)
         self.config = dict(density=density, distribution=distribution, prune=prune, grow=grow, redistribution=redistribution)
         self.config.update(prune_rate=prune_rate, update_frequency=update_frequency, total_steps=total_steps, decay_schedule=decay_schedule)
+        self.config.update(structure=self.structure.label if self.structure else None)
         self._density_fn = _criterion(DISTRIBUTIONS, distribution)
         self._prune = _criterion(PRUNE, prune)
         self._grow = _criterion(GROW, grow)
@@ -172,7 +190,8 @@ class Sparsifier:
         self._prune_rule, self._grow_rule = Rule(self._prune, self._prune_options, prune), Rule(self._grow, self._grow_options, grow)
 
         self._built_on_trained = looks_trained(optimizer, self._weights, self.layers.values())
-        initialize(self._storages, self._density_fn, self.config["density"], self.seed)
+        structured.check_usable(self.structure, self._storages, self._grow, self._per_layer, self.config)
+        self._budgets = initialize(self._storages, self._density_fn, self.config["density"], self.seed, self.structure)
         check_masks_agree(self._topology())
         self.exploration = Exploration(self._topology(), sizes={n: s.numel for n, s in self._storages.items()})
         self.history, self._hooks = [], []  # history: one entry per update (and the start)
@@ -315,15 +334,36 @@ class Sparsifier:
             shares = [self._redistribute(s.weight, m, removed=r, grad_average=avg.get(s.name)) for s, m, r in zip(storages, kept, removed)]
             counts = allocate(total, shares, room)
         evidence = {**sources, **grads}  # what each storage grows from: its dense gradient or recorded sources
-        grown = [s.grow(self._grow_rule, c, evidence.get(s.name, []), self._generator, avg.get(s.name)) for s, c in zip(storages, counts)]
-        for s, survivors, new, r, c in zip(storages, kept, grown, removed, counts):
-            s.replace(survivors, new, s.nnz - r + c)
+        if self.structure is not None:
+            total = sum(
+                self._regrow_structured(s, survivors, evidence.get(s.name), avg.get(s.name)) for s, survivors in zip(storages, kept)
+            )
+        else:
+            grown = [
+                s.grow(self._grow_rule, c, evidence.get(s.name, []), self._generator, avg.get(s.name)) for s, c in zip(storages, counts)
+            ]
+            for s, survivors, new, r, c in zip(storages, kept, grown, removed, counts):
+                s.replace(survivors, new, s.nnz - r + c)
         active = self._topology()
         check_masks_agree(active)
         self.exploration.update(active)
         self._refresh_multipliers()
         self.apply_masks()
         self._record(removed=total, rate=rate)
+
+    def _regrow_structured(self, storage, kept: Tensor, grad: Tensor | None, grad_average: Tensor | None) -> int:
+        """Regrow each row or N:M group of a masked layer to its count (after SRigL's ablation, if
+        on); returns how many active weights the layer lost."""
+        structure, active, budget = self.structure, storage.mask, self._budgets[storage.name]
+        options = dict(weight=storage.param, grad=grad, grad_average=grad_average, generator=self._generator)
+        scores = self._grow.scores(**options, **self._grow_options)
+        kept, quota = structure.quotas(storage.name, kept, active, scores, storage.param, budget)
+        grown = structure.grow(kept, active, quota, scores)
+        storage.restart(grown & active, self.optimizer)
+        lost = storage.nnz - int(torch.count_nonzero(kept))
+        storage.replace(kept, grown, int(torch.count_nonzero(kept)) + int(torch.count_nonzero(grown)))
+        structure.check(storage.name, storage.mask, budget)
+        return lost
 
     def _record(self, removed: int, rate: float) -> None:
         entry = {"step": self.steps, "prune_rate": rate, "removed": removed, "density": self.density, "itop_rate": self.itop_rate}
@@ -343,7 +383,11 @@ class Sparsifier:
     def layer_stats(self) -> dict[str, dict[str, Any]]:
         """Per sparse parameter: shape, numel, active count, density, explored share."""
         explored = {n: {"explored": self.exploration.layer_rate(n), "sparse_kernel": n in self._patterns} for n in self._storages}
-        return {n: {**s.stats(), **explored[n], "truly_sparse": s.truly_sparse} for n, s in self._storages.items()}
+        stats = {n: {**s.stats(), **explored[n], "truly_sparse": s.truly_sparse} for n, s in self._storages.items()}
+        if self.structure is not None:
+            for storage in self._masked.storages:
+                stats[storage.name].update(self.structure.stats(storage.mask))
+        return stats
 
     # ----------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:

@@ -132,6 +132,14 @@ class MaskedStorage(_Storage):
         self.mask, self.nnz = kept | grown, nnz
 
     @torch.no_grad()
+    def restart(self, positions: Tensor, optimizer: torch.optim.Optimizer) -> None:
+        """Zero the weights at `positions` and their optimizer state: pruned and grown back in one
+        update (structured growth, when a block has no other room), they start as new weights."""
+        self.param.masked_fill_(positions, 0)
+        for tensor in state_tensors(optimizer, self.param).values():
+            tensor.masked_fill_(positions, 0)
+
+    @torch.no_grad()
     def mask_state(self, optimizer: torch.optim.Optimizer) -> None:
         """Zero the optimizer state tensors of the weight's shape at the inactive positions."""
         inactive = None
@@ -250,15 +258,21 @@ def sparse_storages(model: nn.Module, optimizer: torch.optim.Optimizer, include,
     return {n: made[n] for n in model_order(model, params, layers)}
 
 
-def initialize(storages: Mapping[str, Storage], distribution: Callable, density: float, seed: int) -> None:
+def initialize(storages: Mapping[str, Storage], distribution: Callable, density: float, seed: int, structure=None) -> dict[str, int]:
     """Random masks of exact per-layer counts (`distribution` splits `density` over the layers), drawn
     from a generator seeded with `seed` alone, in layer order (what `itop.sparse.sparsify` draws
-    too); truly sparse layers keep their own positions."""
+    too); truly sparse layers keep their own positions. With a `structured.Structure`, each
+    masked layer's count is rounded to the structure and drawn block by block. Returns each
+    layer's count (its budget under structure)."""
     shapes = {n: s.shape for n, s in storages.items()}
     counts = layer_counts(shapes, distribution(shapes, density))
     generator = torch.Generator().manual_seed(seed)
     for name, storage in storages.items():
-        storage.initialize(counts[name], generator)
+        if structure is None or storage.truly_sparse:
+            storage.initialize(counts[name], generator)
+        else:
+            storage.set_mask(structure.initial_mask(storage.shape, counts[name], generator, storage.param.device))
+    return {name: storage.nnz for name, storage in storages.items()}
 
 
 class MaskedLayers:
