@@ -31,6 +31,7 @@ def run(code: str, cwd: Path) -> str:
     [
         ("own-loop.md", "import torch\nfrom torch import nn", r"density 0\.050, Rs 0\.\d+, accuracy 0\.\d+"),
         ("truly-sparse.md", "import torch", r"\S"),
+        ("structured.md", "import torch", r"fan-in \d+ ablated \d+ density 0\.\d+[\s\S]*same outputs: True"),
         ("api/data.md", "", r"\S"),
     ],
 )

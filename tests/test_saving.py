@@ -512,3 +512,20 @@ def test_a_best_sparse_file_of_either_layout_loads(tmp_path):
     loaded = itop.load(tmp_path / "old.pt", convnet())
     assert sparse_layers(loaded) == {"5", "7"} and type(loaded[0]) is nn.Conv2d
     torch.testing.assert_close(outputs(loaded, x), outputs(model, x))
+
+
+@pytest.mark.parametrize(
+    "format, layout, kinds", [("sparse", "sparse", (SparseConv2d, SparseLinear)), ("masked", "dense", (nn.Conv2d, nn.Linear))]
+)
+def test_a_condensed_export_saves_as_values_and_positions_and_loads_back(tmp_path, format, layout, kinds):
+    torch.manual_seed(0)
+    model, x = convnet(), inputs(6, 1, 8, 8)
+    sparsifier = train(model, x, density=0.2, structure="fan-in", ablation=True, grow="gradient")
+    condensed = itop.sparse.export(model.eval(), sparsifier)
+    assert isinstance(condensed[2], itop.sparse.CondensedConv2d) and isinstance(condensed[5], itop.sparse.CondensedLinear)
+    itop.save(condensed, tmp_path / "model.pt", format=format)
+    loaded = itop.load(tmp_path / "model.pt", convnet(), layout=layout)
+    assert isinstance(loaded[2], kinds[0]) and isinstance(loaded[5], kinds[1])
+    torch.testing.assert_close(outputs(loaded, x), outputs(model, x), rtol=0, atol=1e-5)
+    saved = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert not any(key.endswith(".rows") or key.endswith(".taps") for key in saved["state_dict"])

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from .sparse.base import SparseWeights
+from .sparse.condensed import CondensedConv2d, CondensedLinear
 from .sparse.conv import SparseConv2d
 from .sparse.layer import SparseLinear
 from .sparse.sampling import random_k_positions
@@ -197,13 +198,20 @@ def _unallocated(module: nn.Module, positions: torch.Tensor) -> SparseWeights:
     return SparseLinear.from_values(module.in_features, module.out_features, positions, values, bias)
 
 
-def export(model: nn.Module, sparsifier: Sparsifier) -> nn.Module:
+def export(model: nn.Module, sparsifier: Sparsifier, *, structured: bool = True) -> nn.Module:
     """A copy of `model` whose masked Linear and Conv2d layers (of `sparsifier`, built on `model`)
     are SparseLinear and SparseConv2d layers with the active weights; dense layers stay as they are.
+
+    A sparsifier with `structure="fan-in"` gives CondensedLinear and CondensedConv2d layers instead
+    (each kept neuron's k weights and their input positions; ablated neurons output their bias):
+    the fastest form for inference. One with an N:M structure gives, on a CUDA device, nn.Linear
+    layers whose weight is `torch.sparse.to_sparse_semi_structured` (2:4 and 1:4 in float16 or
+    bfloat16, what PyTorch's semi-structured kernels take), and is refused on the CPU.
 
     Args:
         model: the masked model `sparsifier` trained (left unchanged).
         sparsifier: the `itop.Sparsifier` built on `model`; its masks say what to keep.
+        structured: False exports every layer as SparseLinear / SparseConv2d, whatever the structure.
 
     Returns:
         The truly sparse copy (train masked on a GPU, run truly sparse on a CPU). Its
@@ -220,13 +228,52 @@ def export(model: nn.Module, sparsifier: Sparsifier) -> nn.Module:
     names = {id(m): n for n, m in model.named_modules()}
     owners = _owners(model, sparsifier.params)
     chosen = {names[id(m)]: sparsifier.masks[p] for p, m in owners.items() if _convertible(m) and not bool(sparsifier.masks[p].all())}
+    structure = sparsifier.structure if structured else None
+    if structure is not None and structure.kind != "fan-in":
+        return semi_structured(model, chosen, structure.name)
     copied = copy.deepcopy(model)
     for module_name, mask in chosen.items():
         module = copied.get_submodule(module_name)
-        kind = SparseConv2d if isinstance(module, nn.Conv2d) else SparseLinear
+        if structure is not None:
+            kind = CondensedConv2d if isinstance(module, nn.Conv2d) else CondensedLinear
+        else:
+            kind = SparseConv2d if isinstance(module, nn.Conv2d) else SparseLinear
         _replace(copied, module_name, kind.from_dense(module, mask))
     if chosen and callable(getattr(copied, "save_pretrained", None)):
         copied.save_pretrained = RefusedSavePretrained()  # this copy only; the trained model saves as before
+    return copied
+
+
+SEMI_STRUCTURED = ("2:4", "1:4")  # patterns whose every group of 4 fits PyTorch's 2:4 kernels
+
+
+def semi_structured(model: nn.Module, chosen: dict, pattern: str) -> nn.Module:
+    """A copy of `model` whose N:M Linear layers hold `to_sparse_semi_structured` weights (CUDA only)."""
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    if device.type != "cuda":
+        raise ValueError(
+            f"an N:M ({pattern}) model exports to torch.sparse.to_sparse_semi_structured, which runs on CUDA devices only; "
+            "move the model to a GPU first, or pass structured=False for SparseLinear / SparseConv2d layers on the CPU."
+        )
+    if pattern not in SEMI_STRUCTURED:
+        raise ValueError(f"PyTorch's semi-structured kernels take 2:4 patterns (and 1:4, which fits them); {pattern} does not fit.")
+    convs = [name for name in chosen if isinstance(model.get_submodule(name), nn.Conv2d)]
+    if convs:
+        raise ValueError(
+            f"{convs[0]} is a convolution, which to_sparse_semi_structured cannot hold; export with structured=False, or exclude "
+            "convolutions from the N:M structure."
+        )
+    from torch.sparse import to_sparse_semi_structured
+
+    copied = copy.deepcopy(model)
+    for module_name, mask in chosen.items():
+        module = copied.get_submodule(module_name)
+        try:
+            weight = to_sparse_semi_structured(module.weight.detach() * mask.to(module.weight.device))
+        except (RuntimeError, ValueError) as error:  # PyTorch's own shape and dtype rules
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ValueError(f"to_sparse_semi_structured refused {module_name}: {reason}") from None
+        module.weight = nn.Parameter(weight, requires_grad=False)
     return copied
 
 

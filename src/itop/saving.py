@@ -43,6 +43,7 @@ from torch.nn.utils import prune as torch_prune
 from .convert import _kind, _replace
 from .sparse import SparseConv2d, SparseLinear
 from .sparse.base import SparseWeights
+from .sparse.condensed import CondensedConv2d, CondensedWeights
 from .sparsity.kernels import MaskedCSRLinear
 from .sparsity.sparsifier import Sparsifier
 
@@ -179,6 +180,24 @@ def _masked_layers(model: nn.Module, sparsifier) -> dict[str, tuple[nn.Module, T
     return layers
 
 
+def _condensed_as_values(module: CondensedWeights, prefix: str, format: str, replaced: dict, topology: dict) -> None:
+    """A CondensedLinear / CondensedConv2d in the file: `values` and `indices` (flat positions) as a
+    SparseLinear / SparseConv2d of the same weights stores itself, so that `load` rebuilds it as one
+    (format "sparse"), or its dense weight and mask (format "masked")."""
+    index_key = prefix + ("taps" if isinstance(module, CondensedConv2d) else "indices")
+    if format == "sparse":
+        replaced[prefix + "values"] = {prefix + "values": module.values.detach().reshape(-1)}
+        replaced[index_key] = {prefix + "indices": module.positions()}
+    else:
+        weight = module.to_dense().weight.detach()
+        replaced[prefix + "values"] = {prefix + "weight": weight}
+        replaced[index_key] = {}
+        mask = torch.zeros(weight.numel(), dtype=torch.bool)
+        mask[module.positions().cpu()] = True
+        topology[prefix + "weight"] = mask.reshape(weight.shape)
+    replaced[prefix + "rows"] = {}
+
+
 @torch.no_grad()
 def _saved_tensors(model: nn.Module, sparsifier, format: str):
     """(state dict, header layers, positions or masks) of the file, all on the CPU."""
@@ -220,6 +239,13 @@ def _saved_tensors(model: nn.Module, sparsifier, format: str):
         layers[name] = (order[module_name], _entry(shape, nnz, stored))
 
     for module_name, module in model.named_modules():
+        if isinstance(module, CondensedWeights):  # stored as values + positions, as a SparseLinear / SparseConv2d stores itself
+            _condensed_as_values(module, _prefix(module_name), format, replaced, topology)
+            layers[_prefix(module_name) + "weight"] = (
+                order[module_name],
+                _entry(module.weight_shape, module.nnz, "values" if format == "sparse" else "dense"),
+            )
+            continue
         if not isinstance(module, SparseWeights):
             continue
         prefix, name = _prefix(module_name), _prefix(module_name) + "weight"

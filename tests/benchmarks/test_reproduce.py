@@ -47,6 +47,16 @@ def test_every_study_runs_quick_and_prints_its_tables(tmp_path):
     assert len([r for r in runs if (r / "summary.json").is_file()]) == len(runs) == 19  # runs two studies share are trained once
 
 
+def test_the_structured_study_runs_quick(tmp_path):
+    command = [sys.executable, str(SCRIPTS / "structured.py"), "--quick", "--out", str(tmp_path / "runs"), "--test-dir", str(tmp_path)]
+    done = subprocess.run([*command, "--workers", "1", "--plots", str(tmp_path / "plots")], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for row in ("LeNet-300-100, RigL-ITOP SRigL (fan-in + ablation), density 0.05", "LeNet-300-100, RigL-ITOP 2:4, density 0.5"):
+        assert f"| {row} |" in done.stdout
+    assert "| LeNet-5, RigL-ITOP SRigL (fan-in + ablation), density 0.05 |" in done.stdout
+    assert (tmp_path / "plots" / "lenet5" / "results.md").is_file()
+
+
 def test_a_run_that_diverges_is_reported_and_left_out(tmp_path, monkeypatch, capsys):
     import argparse
 

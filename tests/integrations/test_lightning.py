@@ -84,6 +84,21 @@ def test_counts_optimizer_steps_through_accumulation_and_keeps_inactive_weights_
     assert checked == 2
 
 
+@pytest.mark.parametrize("structure", [dict(structure="fan-in", ablation=True), dict(structure="2:4", density=None)], ids=["srigl", "2:4"])
+def test_structured_sparsity_through_the_trainer(tmp_path, structure):
+    cb, module = callback(**structure), Classifier()
+    trainer(tmp_path, [cb]).fit(module, loader())
+    sp = cb.sparsifier
+    assert sp.steps == 16 and sp.itop_rate > sp.density
+    for name, mask in sp.masks.items():
+        if structure["structure"] == "2:4":
+            assert bool((mask.reshape(-1, 4).sum(1) == 2).all()), name
+        else:
+            rows = mask.sum(1)
+            assert rows[rows > 0].unique().numel() == 1, name
+        assert float(dict(module.named_parameters())[name].detach()[~mask].abs().sum()) == 0.0, name
+
+
 def test_a_step_the_module_skips_moves_neither_masks_nor_schedule(tmp_path):
     cb, module = callback(), Classifier(skip={4})  # the 4th step would end with an update
     trainer(tmp_path, [cb]).fit(module, loader())

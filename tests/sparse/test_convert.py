@@ -68,3 +68,46 @@ def test_sparsify_takes_a_numpy_integer_seed():
     np = pytest.importorskip("numpy")
     a, b = sparsify(mlp(), 0.3, seed=np.int64(3)), sparsify(mlp(), 0.3, seed=3)
     assert torch.equal(a[0].indices, b[0].indices)
+
+
+def structured(model: nn.Module, structure: str, **options) -> itop.Sparsifier:
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    sparsifier = itop.Sparsifier(model, optimizer, structure=structure, grow="gradient", update_frequency=1, seed=0, **options)
+    x, y = torch.randn(8, 20), torch.randint(0, 4, (8,))
+    for _ in range(3):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        sparsifier.step()
+    return sparsifier
+
+
+def test_a_fan_in_model_exports_condensed_or_unstructured_with_the_same_outputs():
+    model = mlp()
+    sparsifier = structured(model, "fan-in", density=0.3, ablation=True)
+    x = torch.randn(5, 20)
+    condensed, plain = export(model, sparsifier), export(model, sparsifier, structured=False)
+    assert isinstance(condensed[0], itop.sparse.CondensedLinear) and isinstance(plain[0], itop.sparse.SparseLinear)
+    with torch.no_grad():
+        torch.testing.assert_close(condensed(x), model(x), rtol=0, atol=1e-5)
+        torch.testing.assert_close(plain(x), model(x), rtol=0, atol=1e-5)
+
+
+def test_an_n_m_model_is_refused_on_the_cpu_in_one_line_but_exports_unstructured():
+    model = mlp()
+    sparsifier = structured(model, "2:4")
+    with pytest.raises(ValueError, match="runs on CUDA devices only") as error:
+        export(model, sparsifier)
+    assert "\n" not in str(error.value)
+    assert isinstance(export(model, sparsifier, structured=False)[0], itop.sparse.SparseLinear)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="to_sparse_semi_structured runs on CUDA only")
+def test_a_2_4_model_exports_semi_structured_on_cuda():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 128)).cuda().half()
+    sparsifier = itop.Sparsifier(model, torch.optim.SGD(model.parameters(), lr=0.1), structure="2:4", seed=0)
+    exported = export(model, sparsifier)
+    x = torch.randn(64, 128, device="cuda", dtype=torch.half)
+    with torch.no_grad():
+        torch.testing.assert_close(exported(x), model(x), rtol=1e-2, atol=1e-2)

@@ -400,3 +400,32 @@ def test_resume_refuses_a_new_length_and_says_how_to_train_longer(flag, capsys):
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
     assert f"{flag} cannot be given with it" in err and "LR milestones" in err and "prune-rate decay" in err
     assert f"to train longer, start a new run with a larger {flag} and another --save" in err
+
+
+def test_structured_runs_name_their_structure_and_keep_it(capsys):
+    code, out, err = run([*TINY, "--structure", "fan-in", "--ablation", "--save", "srigl"], capsys)
+    assert code == 0, err
+    assert "| RigL-ITOP fan-in+ablation | 0.95" in out
+    masks = torch.load("srigl/checkpoint.pt", weights_only=True)["sparsifier"]["masks"]
+    for name, mask in masks.items():
+        rows = mask.reshape(mask.shape[0], -1).sum(1)
+        assert rows[rows > 0].unique().numel() == 1, name
+    lenet5 = ["--sparse", "--model", "lenet5", "--data", "mnist5k", "--epochs", "1", "--batch-size", "500", "--no-progress"]
+    code, out, err = run([*lenet5, "--structure", "2:4", "--update_frequency", "3", "--save", "nm"], capsys)
+    assert code == 0, err
+    assert "--structure 2:4: conv1.weight stay dense (rows not a multiple of 4)." in out and "| SET-ITOP 2:4 | 0.5" in out
+    masks = torch.load("nm/checkpoint.pt", weights_only=True)["sparsifier"]["masks"]
+    assert "conv1.weight" not in masks and all(bool((m.reshape(-1, 4).sum(1) == 2).all()) for m in masks.values())
+
+
+def test_a_structured_run_resumes_exactly(capsys, monkeypatch):
+    argv = [*TINY, "--epochs", "2", "--structure", "2:4"]
+    assert run([*argv, "--save", "full"], capsys)[0] == 0
+    restore = interrupt_in_epoch(monkeypatch, 2)
+    assert run([*argv, "--save", "cut"], capsys)[0] == 130
+    restore()
+    code, _, err = run(["--resume", "cut", "--no-progress"], capsys)
+    assert code == 0, err
+    full, cut = (torch.load(f"{d}/checkpoint.pt", weights_only=True) for d in ("full", "cut"))
+    for key, value in full["model"].items():
+        assert torch.equal(value, cut["model"][key]), key

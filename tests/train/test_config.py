@@ -97,6 +97,14 @@ def test_seed_imagenet_command_parses():
         ("--model lenet5 --frobnicate", "unrecognized arguments: --frobnicate"),
         ("--model lenet5 --epochs ten", "invalid int value"),
         ("--data mnist", "--model is required"),
+        ("--model lenet5 --sparse --structure 2-4", "--structure must be None, 'fan-in' or 'N:M'"),
+        ("--model lenet5 --sparse --structure 2:4 --density 0.1", "--structure 2:4 sets the density of the sparse layers to 2/4"),
+        ("--model lenet5 --sparse --ablation", "--ablation is SRigL's neuron ablation for --structure fan-in"),
+        ("--model lenet5 --sparse --structure 2:4 --ablation", "--ablation works with structure='fan-in' only"),
+        ("--model lenet5 --structure fan-in", "--structure fan-in shapes the sparse layers' masks; add --sparse"),
+        ("--model lenet5 --sparse --truly-sparse --structure fan-in", "--structure trains masked layers; drop --truly-sparse"),
+        ("--model lenet5 --sparse --structure fan-in --redistribution momentum", "use --redistribution none"),
+        ("--model lenet5 --sparse --structure fan-in --growth none", "choose --growth random, gradient or momentum"),
     ],
 )
 def test_bad_flags(argv, message):
@@ -148,3 +156,10 @@ def test_naming_a_model_or_dataset_gives_the_originals_semantics(argv):
 )
 def test_the_default_dataset_of_a_command_line_that_names_a_model(argv, data):
     assert parse_args(argv)[0].data == data
+
+
+def test_structure_flags():
+    cfg, _ = parse_args("--model lenet5 --sparse --growth gradient --structure FAN-IN --ablation".split())
+    assert (cfg.structure, cfg.ablation, cfg.density, cfg.method) == ("fan-in", True, 0.05, "RigL-ITOP fan-in+ablation")
+    cfg, _ = parse_args("--model lenet5 --sparse --structure 1:4 --multiplier 2".split())
+    assert (cfg.structure, cfg.density, cfg.method) == ("1:4", 0.25, "SET-ITOP 1:4 (2 times)")

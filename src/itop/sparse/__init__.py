@@ -4,8 +4,9 @@
     optimizer = torch.optim.SGD(model.parameters(), ...)
     sparsifier = itop.Sparsifier(model, optimizer, ...)    # SET / RigL updates in index space
 
-This package is the storage layer: `SparseLinear` and `SparseConv2d`, their index structures,
-products and sampler.
+This package is the storage layer: `SparseLinear` and `SparseConv2d`, the condensed
+constant-fan-in layers `CondensedLinear` and `CondensedConv2d`, their index structures, products
+and sampler.
 It imports nothing of the engine (`itop.sparsity`), which builds on it. The conversions
 `sparsify`, `export` and `densify` read the engine's selection rules and masks, so they live above
 both (`itop/convert.py`) and are imported from there on first use.
@@ -13,13 +14,14 @@ both (`itop/convert.py`) and are imported from there on first use.
 
 from typing import TYPE_CHECKING
 
+from .condensed import CondensedConv2d, CondensedLinear
 from .conv import SparseConv2d
 from .layer import SparseLinear
 
 if TYPE_CHECKING:  # for type checkers and the API documentation; at run time, __getattr__ below
     from ..convert import densify, export, sparsify
 
-__all__ = ["SparseLinear", "SparseConv2d", "sparsify", "export", "densify"]
+__all__ = ["SparseLinear", "SparseConv2d", "CondensedLinear", "CondensedConv2d", "sparsify", "export", "densify"]
 
 _CONVERSIONS = ("sparsify", "export", "densify")
 

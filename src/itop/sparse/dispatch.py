@@ -111,7 +111,16 @@ def kernels_digest() -> str:
     timed on other code."""
     here = Path(__file__).resolve().parent
     digest = hashlib.sha1()
-    for name in ("native_kernels.py", "native.py", "ops.py", "conv_ops.py", "conv_kernels.py", "../sparsity/kernels.py"):
+    for name in (
+        "native_kernels.py",
+        "native.py",
+        "ops.py",
+        "conv_ops.py",
+        "conv_kernels.py",
+        "condensed_ops.py",
+        "condensed_kernels.py",
+        "../sparsity/kernels.py",
+    ):
         with contextlib.suppress(OSError):
             digest.update((here / name).read_bytes())
     return digest.hexdigest()[:12]

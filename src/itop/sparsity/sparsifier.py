@@ -437,5 +437,6 @@ class Sparsifier:
     def __repr__(self) -> str:
         return (
             f"Sparsifier(layers={len(self.params)}, density={self.density:.4f}, itop_rate={self.itop_rate:.4f}, "
-            f"steps={self.steps}, prune={self.config['prune']!r}, grow={self.config['grow']!r})"
+            f"steps={self.steps}, prune={self.config['prune']!r}, grow={self.config['grow']!r}"
+            + (f", structure={self.structure.label!r})" if self.structure else ")")
         )

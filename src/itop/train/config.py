@@ -124,6 +124,9 @@ class TrainConfig:
     epsilon: float | None = None  # SET's ER epsilon: per-layer densities instead of --density
     update_every: str = ""  # "epoch": one topology update after each epoch (overrides update_frequency)
     truly_sparse: bool = False
+    structure: str = ""  # "" (unstructured) | "fan-in" | "N:M"
+    ablation: bool = False  # SRigL's neuron ablation (with structure fan-in)
+    ablation_threshold: float = 0.3
     loss: str = "cross-entropy"
     test_split: float = 1 / 3  # tabular files: the share held out for testing
     preset: str = ""
@@ -144,6 +147,8 @@ class TrainConfig:
             name = "Static"
         else:
             name = {"random": "SET-ITOP", "gradient": "RigL-ITOP", "momentum": "SM-ITOP"}.get(self.growth, f"{self.growth}-ITOP")
+        if self.structure:  # "RigL-ITOP 2:4", "RigL-ITOP fan-in+ablation": before the multiplier, which plots strip
+            name += f" {self.structure}+ablation" if self.ablation else f" {self.structure}"
         return f"{name} ({self.multiplier} times)" if self.multiplier > 1 else name
 
     def to_dict(self) -> dict:
@@ -264,6 +269,27 @@ def apply_set_rules(cfg: TrainConfig, given: dict) -> None:
         cfg.epsilon = None  # a preset's epsilon yields to an explicit density or distribution
 
 
+def apply_structure(cfg: TrainConfig, given: dict) -> None:
+    """--structure as its canonical name; N:M sets the density to N/M (a different --density refused)."""
+    from itop.sparsity import structured
+
+    if not cfg.structure:
+        if cfg.ablation:
+            raise UsageError("--ablation is SRigL's neuron ablation for --structure fan-in; add --structure fan-in.")
+        return
+    try:
+        parsed = structured.parse(cfg.structure, cfg.ablation, cfg.ablation_threshold)
+    except ValueError as error:
+        raise UsageError(str(error).replace("structure must be", "--structure must be").replace("ablation=True", "--ablation")) from None
+    cfg.structure = parsed.name
+    if parsed.kind != structured.FAN_IN:
+        if "density" in given and abs(given["density"] - parsed.n / parsed.m) > 1e-9:
+            raise UsageError(f"--structure {parsed.name} sets the density of the sparse layers to {parsed.n}/{parsed.m}; drop --density.")
+        if "epsilon" in given:
+            raise UsageError(f"--structure {parsed.name} sets the density of the sparse layers to {parsed.n}/{parsed.m}; drop --epsilon.")
+        cfg.density, cfg.epsilon = parsed.n / parsed.m, None
+
+
 def resolve(args: argparse.Namespace) -> TrainConfig:
     for flag in ("evaluate", "benchmark_training", "benchmark_inference"):
         if getattr(args, flag):
@@ -296,6 +322,7 @@ def resolve(args: argparse.Namespace) -> TrainConfig:
     if "data" not in values and "data" not in preset.values and not imagenet:
         cfg.data = default_data(cfg.model)
     apply_set_rules(cfg, values)
+    apply_structure(cfg, values)
     if args.fp16:
         cfg.amp = "fp16"
     if args.no_cuda:
@@ -384,6 +411,19 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.loss in ("cross-entropy", "mse"), f"--loss must be cross-entropy or mse, got {cfg.loss!r}"),
         (0 < cfg.test_split < 1, f"--test-split must be in (0, 1), got {cfg.test_split}"),
         (not cfg.truly_sparse or cfg.sparse, "--truly-sparse trains sparse layers truly sparse; add --sparse"),
+        (not cfg.structure or cfg.sparse, f"--structure {cfg.structure} shapes the sparse layers' masks; add --sparse"),
+        (
+            not cfg.structure or not cfg.truly_sparse,
+            "--structure trains masked layers; drop --truly-sparse (itop.sparse.export turns fan-in layers into condensed ones for inference)",
+        ),
+        (
+            not cfg.structure or cfg.redistribution == "none",
+            f"--structure fixes every layer's count; use --redistribution none (got {cfg.redistribution})",
+        ),
+        (
+            not cfg.structure or cfg.growth != "none",
+            "--structure regrows every row or group to its count; choose --growth random, gradient or momentum",
+        ),
         (
             not cfg.truly_sparse or "momentum" not in (cfg.growth, cfg.redistribution),
             "--growth momentum and --redistribution momentum need dense gradient averages, which --truly-sparse never holds; "

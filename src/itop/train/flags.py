@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="store and compute only the active weights of Linear and Conv2d layers (itop.sparse); needs --sparse",
     )
+    _flag(g, "--structure", help="fan-in (constant fan-in, SRigL) | N:M, e.g. 2:4 (N of every M inputs); default unstructured")
+    g.add_argument("--ablation", action="store_true", default=None, help="with --structure fan-in: SRigL's neuron ablation")
+    _flag(g, "--ablation-threshold", dest="ablation_threshold", type=float, help="SRigL's gamma_sal (default 0.3)")
     g = p.add_argument_group("optimisation")
     _flag(g, "--epochs", type=int)
     _flag(g, "--multiplier", type=int, help="train m times as long (same update frequency)")

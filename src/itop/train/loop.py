@@ -29,7 +29,7 @@ from .checkpoint import BEST_SPARSE, CHECKPOINT, RunError, load_checkpoint, save
 from .config import TrainConfig, UsageError, result_settings
 from .distributed import RankSlice, World, all_sum, barrier
 from .metrics import MetricsLog, NullLog, epoch_line
-from .model_setup import build_model, build_sparsifier, loss_function
+from .model_setup import build_model, build_sparsifier, loss_function, uncut_note
 from .notices import MIN_VALIDATION, no_update_warning
 from .optim import build_optimizer, learning_rate, set_learning_rate
 from .tensorboard import Logs, TensorBoardLog
@@ -96,7 +96,7 @@ def sparse_export_state(model: nn.Module, sparsifier, epoch: int) -> dict[str, A
     """A checkpoint of `itop.sparse.export(model, sparsifier)` (the model's current weights under
     the sparsifier's current masks): its state dict on the CPU, and the sizes of its truly sparse
     layers (module name -> {"shape": dense weight shape, "nnz"}) to rebuild it (`load_sparse_model`)."""
-    exported = itop.sparse.export(model, sparsifier)
+    exported = itop.sparse.export(model, sparsifier, structured=False)
     layers = {name: {"shape": list(m.weight_shape), "nnz": m.nnz} for name, m in exported.named_modules() if isinstance(m, SparseWeights)}
     state = {k: v.detach().to("cpu", copy=True) for k, v in exported.state_dict().items()}
     return {"format": 1, "model": state, "epoch": epoch, "truly_sparse_layers": layers}
@@ -146,6 +146,7 @@ class Run:
         if self.sparsifier is not None:
             warning = no_update_warning(cfg, self.steps_per_epoch, self.total_steps, self.sparsifier.schedule.update_frequency)
             self.warnings += [warning] if warning else []
+            self.notes += [note for note in [uncut_note(cfg, self.model)] if note]
         if self.device.type == "cpu":  # the kernels' one-time loading, here rather than in the first epoch's time
             for dtype in {m.values.dtype for m in self.model.modules() if isinstance(m, SparseWeights)}:
                 native.prepare(dtype)

@@ -132,7 +132,28 @@ def build_sparsifier(
         prune_options={"threshold": cfg.threshold} if cfg.death.lower() == "threshold" else None,
         decay_schedule=cfg.decay_schedule,
         init_scale=init_scale(cfg),
+        structure=cfg.structure or None,
+        ablation=cfg.ablation,
+        ablation_threshold=cfg.ablation_threshold,
+        exclude=uncut_layers(cfg, model),
     )
+
+
+def uncut_layers(cfg: TrainConfig, model: nn.Module) -> list[str]:
+    """With --structure N:M, the sparse layers whose rows are not a multiple of M (LeNet-5's first
+    convolution: 25 inputs): they stay dense (`uncut_note` says so)."""
+    if ":" not in cfg.structure:
+        return []
+    m = int(cfg.structure.split(":")[1])
+    return [name for name, p in sparse_parameters(model).items() if p[0].numel() % m]
+
+
+def uncut_note(cfg: TrainConfig, model: nn.Module) -> str | None:
+    """The run's note on the layers `uncut_layers` leaves dense, or None."""
+    uncut = uncut_layers(cfg, model)
+    if not uncut:
+        return None
+    return f"--structure {cfg.structure}: {', '.join(uncut)} stay dense (rows not a multiple of {cfg.structure.split(':')[1]})."
 
 
 class SigmoidMSE(nn.Module):
