@@ -102,3 +102,11 @@ def test_a_dense_run_writes_no_sparse_export(capsys):
     assert code == 0, err
     assert Path("d/best.pt").is_file() and not Path("d/best_sparse.pt").exists()
     assert "best_sparse.pt" not in out and "best_sparse_bytes" not in json.loads(Path("d/summary.json").read_text())
+
+
+def test_the_size_line_says_larger_when_the_export_outweighs_the_dense_weights():
+    from itop.train.notices import sparse_size_line
+
+    assert sparse_size_line({"best_sparse_bytes": 1_000_000, "best_dense_bytes": 4_000_000}).endswith("— 4.0x smaller")
+    line = sparse_size_line({"best_sparse_bytes": 3_000_000, "best_dense_bytes": 2_000_000})
+    assert "— 1.5x larger: at this density values and positions outweigh the dense weights" in line

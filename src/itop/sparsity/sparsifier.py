@@ -357,7 +357,7 @@ class Sparsifier:
         structure, active, budget = self.structure, storage.mask, self._budgets[storage.name]
         options = dict(weight=storage.param, grad=grad, grad_average=grad_average, generator=self._generator)
         scores = self._grow.scores(**options, **self._grow_options)
-        kept, quota = structure.quotas(storage.name, kept, active, scores, storage.param, budget)
+        kept, quota = structure.quotas(kept, active, scores, storage.param, budget)
         grown = structure.grow(kept, active, quota, scores)
         storage.restart(grown & active, self.optimizer)
         lost = storage.nnz - int(torch.count_nonzero(kept))

@@ -112,7 +112,7 @@ class Structure:
         active = counts[counts > 0]
         return {"structure": self.name, "fan_in": int(active[0]) if active.numel() else 0, "ablated": int((counts == 0).sum())}
 
-    def quotas(self, name: str, kept: Tensor, active: Tensor, scores: Tensor, weight: Tensor, budget: int) -> tuple[Tensor, Tensor]:
+    def quotas(self, kept: Tensor, active: Tensor, scores: Tensor, weight: Tensor, budget: int) -> tuple[Tensor, Tensor]:
         """(kept, quota): the survivors (after SRigL's ablation, if on) and how many each block regrows."""
         size = self.block_size(tuple(kept.shape))
         kept_blocks = _blocks(kept, size)

@@ -48,4 +48,9 @@ def sparse_size_line(summary: dict[str, Any]) -> str | None:
     sparse, dense = summary.get("best_sparse_bytes"), summary.get("best_dense_bytes")
     if not sparse or not dense:
         return None
-    return f"{BEST_SPARSE}: {sparse / 1e6:.2f} MB, against {dense / 1e6:.2f} MB dense (best.pt model) — {dense / sparse:.1f}x smaller"
+    ratio = (
+        f"{dense / sparse:.1f}x smaller"
+        if dense >= sparse
+        else f"{sparse / dense:.1f}x larger: at this density values and positions outweigh the dense weights"
+    )
+    return f"{BEST_SPARSE}: {sparse / 1e6:.2f} MB, against {dense / 1e6:.2f} MB dense (best.pt model) — {ratio}"
