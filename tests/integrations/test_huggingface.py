@@ -84,6 +84,22 @@ def test_counts_optimizer_steps_through_accumulation_and_keeps_inactive_weights_
     assert inactive_values(trainer.model, cb.sparsifier.optimizer, sp) == 0.0  # AdamW, weight decay, clipping, bf16
 
 
+@pytest.mark.parametrize("structure", [dict(structure="fan-in", ablation=True), dict(structure="2:4", density=None)], ids=["srigl", "2:4"])
+def test_structured_sparsity_through_the_trainer(tmp_path, structure):
+    cb = callback(**structure)
+    trainer = Trainer(model=tiny_bert(), args=arguments(tmp_path), train_dataset=examples(), callbacks=[cb])
+    trainer.train()
+    sp = cb.sparsifier
+    assert sp.steps == 12 and sp.itop_rate > sp.density
+    for name, mask in sp.masks.items():
+        if structure["structure"] == "2:4":
+            assert bool((mask.reshape(-1, 4).sum(1) == 2).all()), name
+        else:
+            rows = mask.sum(1)
+            assert rows[rows > 0].unique().numel() == 1, name
+    assert inactive_values(trainer.model, sp.optimizer, sp) == 0.0  # AdamW, weight decay, clipping, bf16
+
+
 def test_figures_reach_log_history_and_the_reporters(tmp_path):
     cb = callback(log_layers=True)
     args = arguments(tmp_path, report_to="tensorboard")  # events under output_dir/runs/
