@@ -10,8 +10,10 @@ Run by hand (never by the test suite):
 Workload (the online-inference setting of SRigL, Lasby et al., ICLR 2024, "Dynamic Sparse Training
 with Structured Sparsity"): a 3072-2048-2048-10 ReLU MLP whose three Linear layers are 90% sparse
 with constant fan-in: every output neuron keeps 10% of its inputs (round(0.1 * in_features), drawn
-at random, seed 0). Three models compute the same function: dense nn.Linear layers holding the
-masked weights, `CondensedLinear.from_dense(linear, mask)` layers and
+at random, seed 0). Four models compute the same function: dense nn.Linear layers holding the
+masked weights; `CondensedLinear.from_dense(linear, mask)` layers in a `CondensedSequential`
+(what `itop.sparse.export` makes of the nn.Sequential: one kernel call for the whole chain at
+batch 1), and the same layers in a plain nn.Sequential ("per layer"); and
 `SparseLinear.from_dense(linear, mask)` layers (CSR, the structure ignored). Eval mode,
 torch.no_grad(), random inputs, batches 1, 8 and 128; their outputs are checked to agree (max abs
 difference against dense).
@@ -44,6 +46,7 @@ from __future__ import annotations
 import itop.openmp  # noqa: F401 - imported for its effect (the spin count)
 
 import argparse
+import copy
 import os
 import tempfile
 import time
@@ -58,6 +61,7 @@ from truly_sparse import LoadMonitor, fmt_q, infer_step, interleave, quartiles, 
 from itop.sparse import SparseLinear, dispatch
 from itop.sparse import condensed_ops as condensed_module
 from itop.sparse.condensed import CondensedLinear
+from itop.sparse.condensed_chain import fuse_chains
 
 SIZES = [3072, 2048, 2048, 10]
 DENSITY = 0.1  # share of each row kept: 90% sparse
@@ -84,7 +88,9 @@ def constant_fan_in_masks(sizes: list[int], density: float, seed: int) -> list[t
 
 
 def build_models(seed: int = 0) -> dict[str, nn.Sequential]:
-    """The dense model with masked weights, and its condensed and CSR copies: one function, three storages."""
+    """The dense model with masked weights, its condensed copies (a CondensedSequential, as `export`
+    makes it, and the plain nn.Sequential of the same layers, computing layer by layer) and its CSR
+    copy: one function, four computations."""
     torch.manual_seed(seed)
     linears = [nn.Linear(a, b) for a, b in zip(SIZES[:-1], SIZES[1:])]
     masks = constant_fan_in_masks(SIZES, DENSITY, seed)
@@ -98,9 +104,11 @@ def build_models(seed: int = 0) -> dict[str, nn.Sequential]:
             body += [layer, nn.ReLU()]
         return nn.Sequential(*body[:-1]).eval()
 
+    per_layer = mlp([CondensedLinear.from_dense(linear, mask) for linear, mask in zip(linears, masks)])
     return {
         "dense": mlp(linears),
-        "condensed": mlp([CondensedLinear.from_dense(linear, mask) for linear, mask in zip(linears, masks)]),
+        "condensed": fuse_chains(copy.deepcopy(per_layer)),  # what itop.sparse.export gives: one kernel call at batch 1
+        "per layer": per_layer,
         "SparseLinear": mlp([SparseLinear.from_dense(linear, mask) for linear, mask in zip(linears, masks)]),
     }
 
@@ -140,10 +148,10 @@ def run(args: argparse.Namespace) -> None:
     print(f"condensed path: {condensed_path()}; kernel choices: {choices}; {rounds} rounds of ~{block_s * 1e3:.0f} ms blocks per model")
     print_header()
     print(
-        "| batch | dense ms | condensed ms | SparseLinear ms | condensed vs dense, median [q1, q3] | "
+        "| batch | dense ms | condensed ms | SparseLinear ms | condensed vs dense, median [q1, q3] | condensed per layer vs dense | "
         "SparseLinear vs dense | condensed vs SparseLinear | max abs diff (condensed, SparseLinear) | condensed ways | SRigL paper, CPU batch 1 (their figure) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for batch in BATCHES:
         x = torch.randn(batch, SIZES[0], generator=torch.Generator().manual_seed(batch))
         differences = max_difference(models, x)
@@ -153,12 +161,13 @@ def run(args: argparse.Namespace) -> None:
             sides[name] = (step, steps_for(step, block_s))
         times = interleave(sides, rounds)
         condensed = ratios(times["dense"], times["condensed"])
+        per_layer = ratios(times["dense"], times["per layer"])
         csr = ratios(times["dense"], times["SparseLinear"])
         versus = ratios(times["SparseLinear"], times["condensed"])
         paper = f"{SRIGL_PAPER_CPU_BATCH1}x" if batch == 1 else "-"
         print(
             f"| {batch} | {fmt_q(quartiles(times['dense']), 1e3, 3)} | {fmt_q(quartiles(times['condensed']), 1e3, 3)} | "
-            f"{fmt_q(quartiles(times['SparseLinear']), 1e3, 3)} | {fmt_q(condensed, unit='x')} | {fmt_q(csr, unit='x')} | "
+            f"{fmt_q(quartiles(times['SparseLinear']), 1e3, 3)} | {fmt_q(condensed, unit='x')} | {fmt_q(per_layer, unit='x')} | {fmt_q(csr, unit='x')} | "
             f"{fmt_q(versus, unit='x')} | {differences['condensed']:.1e}, {differences['SparseLinear']:.1e} | "
             f"{condensed_ways(models['condensed'], batch)} | {paper} |",
             flush=True,
@@ -166,6 +175,7 @@ def run(args: argparse.Namespace) -> None:
         target = f">= {TARGET_BATCH1:.0f}x" if batch == 1 else "-"
         verdict = ("PASS" if condensed[0] >= TARGET_BATCH1 else "MISS") if batch == 1 else "-"
         SUMMARY.append((f"condensed vs dense, batch {batch}", fmt_q(condensed, unit="x"), target, verdict))
+        SUMMARY.append((f"condensed per layer vs dense, batch {batch}", fmt_q(per_layer, unit="x"), "-", "-"))
         SUMMARY.append((f"SparseLinear vs dense, batch {batch}", fmt_q(csr, unit="x"), "-", "-"))
         agree = max(differences.values()) < 1e-3
         SUMMARY.append(

@@ -31,6 +31,7 @@ from torch import nn
 
 from .sparse.base import SparseWeights
 from .sparse.condensed import CondensedConv2d, CondensedLinear
+from .sparse.condensed_chain import fuse_chains
 from .sparse.conv import SparseConv2d
 from .sparse.layer import SparseLinear
 from .sparse.sampling import random_k_positions
@@ -204,7 +205,8 @@ def export(model: nn.Module, sparsifier: Sparsifier, *, structured: bool = True)
 
     A sparsifier with `structure="fan-in"` gives CondensedLinear and CondensedConv2d layers instead
     (each kept neuron's k weights and their input positions; ablated neurons output their bias):
-    the fastest form for inference. One with an N:M structure gives, on a CUDA device, nn.Linear
+    the fastest form for inference. An nn.Sequential of condensed layers and ReLUs becomes a
+    `CondensedSequential` (same children and state dict), which runs one input in one kernel call. One with an N:M structure gives, on a CUDA device, nn.Linear
     layers whose weight is `torch.sparse.to_sparse_semi_structured` (2:4 and 1:4 in float16 or
     bfloat16, what PyTorch's semi-structured kernels take), and is refused on the CPU.
 
@@ -239,6 +241,8 @@ def export(model: nn.Module, sparsifier: Sparsifier, *, structured: bool = True)
         else:
             kind = SparseConv2d if isinstance(module, nn.Conv2d) else SparseLinear
         _replace(copied, module_name, kind.from_dense(module, mask))
+    if structure is not None:
+        copied = fuse_chains(copied)  # nn.Sequential chains of condensed layers: one kernel call at batch 1
     if chosen and callable(getattr(copied, "save_pretrained", None)):
         copied.save_pretrained = RefusedSavePretrained()  # this copy only; the trained model saves as before
     return copied

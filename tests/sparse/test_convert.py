@@ -88,8 +88,10 @@ def test_a_fan_in_model_exports_condensed_or_unstructured_with_the_same_outputs(
     x = torch.randn(5, 20)
     condensed, plain = export(model, sparsifier), export(model, sparsifier, structured=False)
     assert isinstance(condensed[0], itop.sparse.CondensedLinear) and isinstance(plain[0], itop.sparse.SparseLinear)
+    assert type(condensed).__name__ == "CondensedSequential" and type(plain) is nn.Sequential
     with torch.no_grad():
         torch.testing.assert_close(condensed(x), model(x), rtol=0, atol=1e-5)
+        torch.testing.assert_close(condensed(x[:1]), model(x[:1]), rtol=0, atol=1e-5)  # the fused chain
         torch.testing.assert_close(plain(x), model(x), rtol=0, atol=1e-5)
 
 

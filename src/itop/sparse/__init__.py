@@ -15,13 +15,14 @@ both (`itop/convert.py`) and are imported from there on first use.
 from typing import TYPE_CHECKING
 
 from .condensed import CondensedConv2d, CondensedLinear
+from .condensed_chain import CondensedSequential
 from .conv import SparseConv2d
 from .layer import SparseLinear
 
 if TYPE_CHECKING:  # for type checkers and the API documentation; at run time, __getattr__ below
     from ..convert import densify, export, sparsify
 
-__all__ = ["SparseLinear", "SparseConv2d", "CondensedLinear", "CondensedConv2d", "sparsify", "export", "densify"]
+__all__ = ["SparseLinear", "SparseConv2d", "CondensedLinear", "CondensedConv2d", "CondensedSequential", "sparsify", "export", "densify"]
 
 _CONVERSIONS = ("sparsify", "export", "densify")
 

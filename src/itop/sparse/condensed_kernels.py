@@ -115,3 +115,43 @@ def batch_parallel(values, indices, rows, inputs_t, bias, out, parts):  # pragma
     kept = values.shape[0]
     for p in prange(parts):
         batch_rows(values, indices, rows, inputs_t, bias, out, kept * p // parts, kept * (p + 1) // parts)
+
+
+@numba.njit(**_JIT)
+def chain_rows(values, indices, rows, bias, src, dst, voff, k, roff, boff, relu, start, stop):  # pragma: no cover - compiled
+    """Rows [start, stop) of one layer of `chain_vector`: each kept row's dot product with `src`
+    gathered at its indices, plus its bias, through the ReLU if one follows, into `dst`."""
+    zero = values.dtype.type(0)
+    for r in range(start, stop):
+        v = values[voff + r * k : voff + (r + 1) * k]
+        c = indices[voff + r * k : voff + (r + 1) * k]
+        acc = zero
+        for j in range(k):
+            acc += v[j] * src[c[j]]
+        o = rows[roff + r]
+        if boff >= 0:
+            acc += bias[boff + o]
+        dst[o] = zero if relu and acc < zero else acc
+
+
+@numba.njit(parallel=True, **_JIT)
+def chain_vector(values, indices, rows, bias, meta, x, scratch, out, parts):  # pragma: no cover - compiled
+    """Batch 1 through a chain of condensed layers in one call, so that the thread pool never waits
+    on Python between two layers (at batch 1 a layer's product is short, and waking the pool for
+    each layer cost more than the product). The layers' arrays are concatenated (see
+    `condensed_chain.py`); meta[L] = (offset of layer L's values and indices, its kept rows, k,
+    its outputs, offset of its rows, offset of its bias or -1, 1 if a ReLU follows it). Each layer
+    writes into one of two scratch rows, the last one into `out`."""
+    layers = meta.shape[0]
+    zero = values.dtype.type(0)
+    for layer in range(layers):
+        voff, kept, k, n_out = meta[layer, 0], meta[layer, 1], meta[layer, 2], meta[layer, 3]
+        roff, boff, relu = meta[layer, 4], meta[layer, 5], meta[layer, 6] != 0
+        src = x if layer == 0 else scratch[(layer - 1) % 2]
+        dst = out if layer == layers - 1 else scratch[layer % 2]
+        if kept < n_out:  # ablated neurons: their bias (0 without), through the activation
+            for o in range(n_out):
+                v = bias[boff + o] if boff >= 0 else zero
+                dst[o] = zero if relu and v < zero else v
+        for p in prange(parts):
+            chain_rows(values, indices, rows, bias, src, dst, voff, k, roff, boff, relu, kept * p // parts, kept * (p + 1) // parts)
