@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from itop.sparse import condensed_chain, condensed_ops, native
+from itop.sparse import condensed_chain, condensed_ops, dispatch, native
 from itop.sparse.condensed import CondensedLinear
 from itop.sparse.condensed_chain import CondensedSequential, fusable, fuse_chains
 
@@ -55,7 +55,8 @@ def calls(monkeypatch):
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("options", [{}, {"ablated": (0, 3, 29)}, {"bias": False}, {"ablated": (1,), "bias": False}])
 def test_one_input_through_the_fused_chain_equals_the_layers_one_by_one(calls, monkeypatch, dtype, tolerance, threads, options):
-    monkeypatch.setattr(native, "configured_threads", lambda: threads)
+    monkeypatch.setattr(dispatch, "active", dispatch.Dispatcher(mode="numba"))
+    monkeypatch.setattr(native, "threads_for", lambda work: threads)
     plain = chain(dtype, **options)
     fused = fuse_chains(copy.deepcopy(plain))
     assert isinstance(fused, CondensedSequential)
@@ -121,3 +122,18 @@ def test_only_sequentials_of_two_or_more_condensed_layers_fuse():
     assert not fusable(nn.Sequential(nn.ReLU(), condensed(8, 8, 2), condensed(8, 4, 2)))
     assert not fusable(nn.Sequential(condensed(8, 8, 2), condensed(6, 4, 2)))  # widths that do not chain
     assert condensed_chain.fusable(nn.Sequential(condensed(8, 8, 2), condensed(8, 4, 2)))
+
+
+@pytest.mark.parametrize("faster, threads", [("numba1", 1), ("numba", 2)])
+def test_the_chains_threads_are_measured_once(monkeypatch, tmp_path, calls, faster, threads):
+    monkeypatch.setattr(dispatch, "active", dispatch.Dispatcher(mode="auto", path=tmp_path / "kernels.json"))
+    monkeypatch.setattr(native, "configured_threads", lambda: 2)
+    probes, timings = [], {"numba1": 2.0, "numba": 2.0}
+    timings[faster] = 1.0
+    monkeypatch.setattr(condensed_chain, "_timings", lambda packed, configured: probes.append(1) or timings)
+    torch.manual_seed(0)
+    fused = fuse_chains(nn.Sequential(condensed(256, 256, 128), nn.ReLU(), condensed(256, 256, 128)).eval())
+    with torch.no_grad():
+        for _ in range(3):
+            fused(torch.randn(1, 256))
+    assert probes == [1] and [call[-1] for call in calls] == [threads] * 3

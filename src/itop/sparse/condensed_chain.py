@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from . import native
+from . import dispatch, native
 from .condensed import CondensedLinear
-from .condensed_ops import kernel_indices, kernels, numba_serves
+from .condensed_ops import kernel_indices, kernels, numba_serves, warm_times
 
 __all__ = ["CondensedSequential", "fusable", "fuse_chains"]
 
@@ -84,7 +84,38 @@ class _Packed:
         ]
         self.meta = np.array(meta, dtype=np.int64)
         self.scratch = np.empty((2, max(layer.out_features for layer in layers)), dtype=self.values.dtype)
-        self.out_features, self.dtype = layers[-1].out_features, dtype
+        self.in_features, self.out_features, self.dtype = layers[0].in_features, layers[-1].out_features, dtype
+        self.shapes = tuple((layer.in_features, layer.out_features, layer.fan_in, layer.rows_kept) for layer in layers)
+        self.threads: int | None = None  # chosen on first use (`chain_threads`)
+
+    def run(self, source: np.ndarray, out: np.ndarray, threads: int) -> None:
+        native._pool(threads)
+        kernels().chain_vector(self.values, self.indices, self.rows, self.bias, self.meta, source, self.scratch, out, threads)
+
+
+def chain_threads(packed: _Packed) -> int:
+    """The threads the chain runs on: one or all configured, measured once per chain of shapes
+    (`itop.sparse.dispatch`, key "condensed_chain"; with another process busy on a 2-core machine,
+    one thread ran layers faster than two); the calling thread alone for small chains where
+    nothing is measured."""
+    configured, work = native.configured_threads(), int(packed.values.size)
+    chooser = dispatch.active or dispatch.current()
+    if configured == 1 or chooser.mode != "auto" or work < dispatch.MIN_PROBE_WORK:
+        return native.threads_for(work)
+    key = ("condensed_chain", packed.shapes, str(packed.dtype), torch.get_num_threads())
+    how = chooser.decisions.get(key)
+    if how is None:
+        fixed = "numba" if native.threads_for(work) > 1 else "numba1"
+        how = chooser.decide(key, lambda: _timings(packed, configured), lambda: fixed)
+    return configured if how == "numba" else 1
+
+
+def _timings(packed: _Packed, configured: int) -> dict[str, float]:
+    """Seconds per call of the chain on one thread ("numba1") and on all ("numba"), back to back."""
+    generator = torch.Generator().manual_seed(0)  # never the global one: probing must not change a run's draws
+    source = torch.randn(packed.in_features, generator=generator).to(packed.dtype).numpy()
+    out = np.empty(packed.out_features, dtype=packed.values.dtype)
+    return warm_times({"numba1": lambda: packed.run(source, out, 1), "numba": lambda: packed.run(source, out, configured)})
 
 
 class CondensedSequential(nn.Sequential):
@@ -112,16 +143,12 @@ class CondensedSequential(nn.Sequential):
         ):
             return None
         packed = self._packed(plan, tensors)
-        compiled = kernels()
-        if packed is None or compiled is None:
+        if packed is None or kernels() is None:
             return None
-        threads = native.configured_threads()
-        native._pool(threads)
+        if packed.threads is None:
+            packed.threads = chain_threads(packed)
         out = torch.empty(packed.out_features, dtype=packed.dtype)
-        source = x.detach().reshape(-1).contiguous().numpy()
-        compiled.chain_vector(
-            packed.values, packed.indices, packed.rows, packed.bias, packed.meta, source, packed.scratch, out.numpy(), threads
-        )
+        packed.run(x.detach().reshape(-1).contiguous().numpy(), out.numpy(), packed.threads)
         return out if x.dim() == 1 else out.unsqueeze(0)
 
     def _chain(self) -> list[tuple[CondensedLinear, bool]] | None:
