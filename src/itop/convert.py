@@ -24,14 +24,15 @@ from __future__ import annotations
 import copy
 import math
 import numbers
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from .sparse.base import SparseWeights
-from .sparse.condensed import CondensedConv2d, CondensedLinear
-from .sparse.condensed_chain import fuse_chains
+from .sparse.condensed import CondensedConv2d, CondensedLinear, CondensedWeights
+from .sparse.condensed_chain import CondensedSequential, fuse_chains
 from .sparse.conv import SparseConv2d
 from .sparse.layer import SparseLinear
 from .sparse.sampling import random_k_positions
@@ -296,11 +297,12 @@ class RefusedSavePretrained:
 
 
 def densify(model: nn.Module) -> nn.Module:
-    """A copy of `model` whose truly sparse layers are nn.Linear / nn.Conv2d layers, with zeros off
-    the active positions (the reverse of `export`).
+    """A copy of `model` whose truly sparse and condensed layers are nn.Linear / nn.Conv2d layers,
+    with zeros off the active positions, and whose CondensedSequential chains are nn.Sequential
+    again (the reverse of `export`).
 
     Args:
-        model: a model holding SparseLinear layers (left unchanged).
+        model: a model holding SparseLinear, SparseConv2d or condensed layers (left unchanged).
 
     Returns:
         The dense copy, e.g. for `save_pretrained` or tools that expect nn.Linear.
@@ -310,8 +312,14 @@ def densify(model: nn.Module) -> nn.Module:
     if isinstance(copied.__dict__.get("save_pretrained"), RefusedSavePretrained):
         del copied.save_pretrained  # dense again: the class's save_pretrained works
     for module_name, module in list(copied.named_modules()):
-        if isinstance(module, SparseWeights):
+        if isinstance(module, (SparseWeights, CondensedWeights)):
             if not module_name:
                 return module.to_dense()
             _replace(copied, module_name, module.to_dense())
+    for module_name, module in list(copied.named_modules()):
+        if isinstance(module, CondensedSequential):
+            plain = nn.Sequential(OrderedDict(module.named_children())).train(module.training)
+            if not module_name:
+                return plain
+            _replace(copied, module_name, plain)
     return copied

@@ -95,6 +95,15 @@ def test_a_fan_in_model_exports_condensed_or_unstructured_with_the_same_outputs(
         torch.testing.assert_close(plain(x), model(x), rtol=0, atol=1e-5)
 
 
+def test_densify_undoes_a_condensed_export():
+    model = mlp()
+    sparsifier = structured(model, "fan-in", density=0.3, ablation=True)
+    dense = densify(export(model, sparsifier))
+    assert type(dense) is nn.Sequential and [type(m) for m in dense] == [nn.Linear, nn.ReLU, nn.Linear]
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(dense.state_dict()[key], value, rtol=0, atol=0)
+
+
 def test_an_n_m_model_is_refused_on_the_cpu_in_one_line_but_exports_unstructured():
     model = mlp()
     sparsifier = structured(model, "2:4")
