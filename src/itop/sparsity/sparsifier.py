@@ -360,8 +360,9 @@ class Sparsifier:
         kept, quota = structure.quotas(kept, active, scores, storage.param, budget)
         grown = structure.grow(kept, active, quota, scores)
         storage.restart(grown & active, self.optimizer)
-        lost = storage.nnz - int(torch.count_nonzero(kept))
-        storage.replace(kept, grown, int(torch.count_nonzero(kept)) + int(torch.count_nonzero(grown)))
+        survivors = int(torch.count_nonzero(kept))
+        lost = storage.nnz - survivors
+        storage.replace(kept, grown, survivors + int(torch.count_nonzero(grown)))
         structure.check(storage.name, storage.mask, budget)
         return lost
 

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .select import top_k_mask
+
 FAN_IN = "fan-in"
 ABLATION_THRESHOLD = 0.3  # SRigL's gamma_sal: the share of k a neuron's salient weights must reach
 
@@ -65,10 +67,14 @@ class Structure:
             )
         return self.n / self.m
 
+    def cuts(self, shape: tuple[int, ...]) -> bool:
+        """Can a weight of this shape take the structure (fan-in always; N:M rows a multiple of M)?"""
+        return self.kind == FAN_IN or _fan_in(shape) % self.m == 0
+
     def check_layer(self, name: str, shape: tuple[int, ...]) -> None:
         """Refuse a layer whose rows cannot be cut into blocks of M (one line naming it)."""
         fan_in = _fan_in(shape)
-        if self.kind != FAN_IN and fan_in % self.m:
+        if not self.cuts(shape):
             raise ValueError(
                 f"structure={self.name!r} needs rows whose length is a multiple of {self.m}, but {name} (shape {tuple(shape)}) has "
                 f"rows of {fan_in} inputs; leave it dense with exclude=[{name!r}] or choose another M."
@@ -135,7 +141,7 @@ class Structure:
         candidates = ~active.reshape(-1)
         best = torch.zeros_like(candidates)
         if pruned:  # the growth candidates the layer would take: salient too
-            best = _top_flat(scores.reshape(-1), candidates, pruned)
+            best = top_k_mask(scores.reshape(-1), pruned, candidates)
         salient = (kept_rows | best.reshape(rows, fan_in)).sum(1)
         alive = salient >= self.ablation_threshold * k
         least = max(1, math.ceil(budget / fan_in))  # rows needed to hold the budget at most fan_in each
@@ -225,11 +231,6 @@ def _fan_in(shape: tuple[int, ...]) -> int:
 def _blocks(tensor: Tensor, size: int) -> Tensor:
     """`tensor` as (number of blocks, size): its rows, or M-wide pieces of its rows."""
     return tensor.reshape(-1, size)
-
-
-def _top_flat(scores: Tensor, allowed: Tensor, k: int) -> Tensor:
-    """Bool mask of the k allowed positions of largest score (ties to the lowest index)."""
-    return top_in_blocks(scores.reshape(1, -1), allowed.reshape(1, -1), torch.tensor([k])).reshape(-1)
 
 
 def top_in_blocks(scores: Tensor, allowed: Tensor, counts: Tensor) -> Tensor:

@@ -19,6 +19,7 @@ from torch import nn
 
 import itop
 from itop.models import create_model, get_model_spec
+from itop.sparsity import structured
 from itop.sparsity.density import er_epsilon_density
 from itop.sparsity.params import sparse_parameters
 
@@ -142,10 +143,10 @@ def build_sparsifier(
 def uncut_layers(cfg: TrainConfig, model: nn.Module) -> list[str]:
     """With --structure N:M, the sparse layers whose rows are not a multiple of M (LeNet-5's first
     convolution: 25 inputs): they stay dense (`uncut_note` says so)."""
-    if ":" not in cfg.structure:
+    structure = structured.parse(cfg.structure or None)
+    if structure is None:
         return []
-    m = int(cfg.structure.split(":")[1])
-    return [name for name, p in sparse_parameters(model).items() if p[0].numel() % m]
+    return [name for name, p in sparse_parameters(model).items() if not structure.cuts(tuple(p.shape))]
 
 
 def uncut_note(cfg: TrainConfig, model: nn.Module) -> str | None:
