@@ -31,8 +31,9 @@ import torch
 from torch import nn
 
 from .sparse.base import SparseWeights
-from .sparse.condensed import CondensedConv2d, CondensedLinear, CondensedWeights
+from .sparse.condensed import CondensedLinear, CondensedWeights
 from .sparse.condensed_chain import CondensedSequential, fuse_chains
+from .sparse.condensed_conv import CondensedConv2d
 from .sparse.conv import SparseConv2d
 from .sparse.layer import SparseLinear
 from .sparse.sampling import random_k_positions

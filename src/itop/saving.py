@@ -43,7 +43,8 @@ from torch.nn.utils import prune as torch_prune
 from .convert import _kind, _replace
 from .sparse import SparseConv2d, SparseLinear
 from .sparse.base import SparseWeights
-from .sparse.condensed import CondensedConv2d, CondensedWeights
+from .sparse.condensed import CondensedWeights
+from .sparse.condensed_conv import CondensedConv2d
 from .sparsity.kernels import MaskedCSRLinear
 from .sparsity.sparsifier import Sparsifier
 

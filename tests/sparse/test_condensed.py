@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from itop.sparse import condensed, condensed_ops, conv_ops, dispatch, native
-from itop.sparse.condensed import CondensedConv2d, CondensedLinear
+from itop.sparse.condensed import CondensedLinear
+from itop.sparse.condensed_conv import CondensedConv2d
 
 NUMBA = condensed_ops.kernels() is not None
 PATHS = ["torch"] + (["numba1", "numba2", "csr"] if NUMBA else [])

@@ -14,8 +14,9 @@ both (`itop/convert.py`) and are imported from there on first use.
 
 from typing import TYPE_CHECKING
 
-from .condensed import CondensedConv2d, CondensedLinear
+from .condensed import CondensedLinear
 from .condensed_chain import CondensedSequential
+from .condensed_conv import CondensedConv2d
 from .conv import SparseConv2d
 from .layer import SparseLinear
 
