@@ -42,14 +42,20 @@ register_distribution = DISTRIBUTIONS.register
 _LAZY_SUBPACKAGES = ("data", "models", "report", "train", "integrations")
 
 
+# FSDP2 checkpoints (`sharded_checkpoint`), loaded with torch.distributed.checkpoint when first used.
+_LAZY_FUNCTIONS = ("sharded_state", "save_sharded_state", "load_sharded_state")
+
+
 def __getattr__(name: str):
     if name in _LAZY_SUBPACKAGES:
         return _import_module(f".{name}", __name__)  # the import also sets it on this module
+    if name in _LAZY_FUNCTIONS:
+        return getattr(_import_module(".sharded_checkpoint", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY_SUBPACKAGES))
+    return sorted(set(globals()) | set(_LAZY_SUBPACKAGES) | set(_LAZY_FUNCTIONS))
 
 
 __all__ = [
@@ -65,4 +71,5 @@ __all__ = [
     "register_distribution",
     "__version__",
     *_LAZY_SUBPACKAGES,
+    *_LAZY_FUNCTIONS,
 ]

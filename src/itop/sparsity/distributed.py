@@ -15,6 +15,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from .shards import is_sharded
+
 
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
@@ -78,20 +80,30 @@ def shared_seed(seed: int | None) -> int | None:
     return int(value.item())
 
 
-def check_masks_agree(masks: Mapping[str, Tensor]) -> None:
-    """Raise RuntimeError naming the first layer whose mask differs between ranks."""
+def check_masks_agree(masks: Mapping[str, Tensor], generator: torch.Generator | None = None) -> None:
+    """Raise RuntimeError naming the first layer whose mask differs between ranks.
+
+    Masks sharded by FSDP2 (DTensors) differ between ranks by design, each rank holding its own
+    shard; what must agree for their decisions to be one process's is the random generator that
+    drew them (thresholds come from all-reduced counts), so its state is compared instead."""
     if not is_distributed():
         return
-    local = mask_checksum(masks)  # non-negative (62 bits), so -local cannot overflow
+    compared = {name: mask for name, mask in masks.items() if not is_sharded(mask)}
+    if generator is not None and len(compared) < len(masks):
+        compared["the random generator of the sharded layers' decisions"] = generator.get_state()
+    if not compared:
+        return
+    local = mask_checksum(compared)  # non-negative (62 bits), so -local cannot overflow
     extremes = torch.cat([local, -local])
     dist.all_reduce(extremes, op=dist.ReduceOp.MAX)  # max and -min in one call
     high, low = extremes[: len(local)], -extremes[len(local) :]
     differs = low != high
     if bool(differs.any()):
-        name = list(masks)[int(torch.nonzero(differs)[0])]
+        name = list(compared)[int(torch.nonzero(differs)[0])]
         raise RuntimeError(
             f"sparse masks differ between ranks at {name} (rank {dist.get_rank()}); every rank must build the "
-            "Sparsifier with the same seed on identical weights, and gradients must be averaged (DistributedDataParallel)."
+            "Sparsifier with the same seed on identical weights, and gradients must be averaged (DistributedDataParallel "
+            "or FSDP2's fully_shard)."
         )
 
 

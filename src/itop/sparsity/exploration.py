@@ -16,6 +16,8 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from .shards import count, is_sharded, like, local_like
+
 
 def _is_positions(explored: Tensor) -> bool:
     return explored.dtype != torch.bool
@@ -32,7 +34,7 @@ class Exploration:
 
     @staticmethod
     def _count(explored: Tensor) -> int:
-        return explored.numel() if _is_positions(explored) else int(torch.count_nonzero(explored))
+        return explored.numel() if _is_positions(explored) else count(explored)
 
     def update(self, active: Mapping[str, Tensor]) -> None:
         """Add the current masks or positions to the explored set (call after each topology update)."""
@@ -63,6 +65,8 @@ class Exploration:
             mine = self.explored[name]
             if _is_positions(mine):
                 self.explored[name] = saved.to(device=mine.device, dtype=torch.int64).clone()
+            elif is_sharded(mine):  # a sharded layer keeps its own shard of the saved set
+                self.explored[name] = like(local_like(saved, mine).to(device=mine.device, dtype=torch.bool).clone(), mine)
             else:
                 self.explored[name] = saved.to(device=mine.device, dtype=torch.bool).clone()
             self.counts[name] = self._count(self.explored[name])

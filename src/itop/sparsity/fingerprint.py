@@ -19,18 +19,23 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from . import shards
+
 RELATIVE_TOLERANCE = 1e-6  # float64 sums of the same float32 values agree to ~1e-12 in any order
 
 
 @torch.no_grad()
 def fingerprint(weight: Tensor, mask: Tensor | None = None) -> Tensor:
     """(active count, sum of |w|, sum of w^2) over the active weights, in float64 on the CPU.
-    `mask` selects them in a masked layer; a truly sparse layer's values are all active."""
-    active = weight.detach() if mask is None else weight.detach()[mask.to(weight.device)]
+    `mask` selects them in a masked layer; a truly sparse layer's values are all active. A weight
+    sharded by FSDP2 sums its shards (all-reduced), so every rank gets the whole layer's."""
+    mine = shards.local(weight.detach())
+    active = mine if mask is None else mine[shards.local_like(mask, weight).to(mine.device)]
     values = active.double()
-    return torch.stack(
+    sums = torch.stack(
         [torch.tensor(float(values.numel()), dtype=torch.float64, device=values.device), values.abs().sum(), values.square().sum()]
     ).cpu()
+    return shards.all_sum(sums, weight)
 
 
 def fingerprints(weights: Mapping[str, Tensor], masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -44,9 +49,9 @@ def weights_problem(weights: Mapping[str, Tensor], state: Mapping) -> str | None
     truly sparse layer) are those `state` (a `Sparsifier.state_dict()`) was saved with; otherwise
     what differs, in a few words, for a one-line error."""
     for name, mask in state["masks"].items():
-        weight = weights[name].detach()
-        outside = ~mask.to(device=weight.device, dtype=torch.bool)
-        stray = int(torch.count_nonzero(weight[outside]))
+        weight = shards.local(weights[name].detach())
+        outside = ~shards.local_like(mask, weights[name]).to(device=weight.device, dtype=torch.bool)
+        stray = int(shards.all_sum(torch.count_nonzero(weight[outside]).reshape(1).cpu(), weights[name]))
         if stray:
             return f"{stray} weights of {name} outside its saved mask are nonzero"
     for name, saved in state.get("fingerprint", {}).items():

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import torch
 from torch import Tensor
 
 from .registry import Registry
-from .select import bottom_k_mask
+from .select import bottom_k_mask, count
 
 PruneFn = Callable[..., Tensor]
 PRUNE: Registry[PruneFn] = Registry("prune criterion")
@@ -44,7 +43,7 @@ def set_signed(weight: Tensor, mask: Tensor, k: int, **_) -> Tensor:
     """
     positive = mask & (weight >= 0)
     negative = mask & (weight < 0)
-    n_pos, n_neg = int(torch.count_nonzero(positive)), int(torch.count_nonzero(negative))
+    n_pos, n_neg = count(positive), count(negative)
     active = max(1, n_pos + n_neg)
     k_pos = min(n_pos, (2 * k * n_pos + active) // (2 * active))
     k_neg = min(n_neg, k - k_pos)
@@ -62,8 +61,8 @@ def threshold(weight: Tensor, mask: Tensor, k: int, *, threshold: float = 1e-3, 
     below the threshold, the k smallest go.
     """
     below = mask & (weight.abs() < threshold)
-    count = min(k, int(torch.count_nonzero(below)))
-    return _drop(mask, bottom_k_mask(weight.abs(), count, below))
+    count_below = min(k, count(below))
+    return _drop(mask, bottom_k_mask(weight.abs(), count_below, below))
 
 
 threshold.own_count = True  # the sparsifier passes the most it may remove, not ceil(rate * nnz)

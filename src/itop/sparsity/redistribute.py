@@ -14,18 +14,18 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
-import torch
 from torch import Tensor
 
 from .registry import Registry
+from .shards import count, masked_sum
 
 RedistributeFn = Callable[..., float]
 REDISTRIBUTE: Registry[RedistributeFn] = Registry("redistribution criterion")
 
 
 def _mean_over(values: Tensor, mask: Tensor) -> float:
-    count = int(torch.count_nonzero(mask))
-    return float(values.float()[mask].sum()) / count if count else 0.0
+    active = count(mask)
+    return masked_sum(values, mask) / active if active else 0.0
 
 
 @REDISTRIBUTE.register("none")
@@ -43,7 +43,7 @@ def magnitude(weight: Tensor, mask: Tensor, **_) -> float:
 @REDISTRIBUTE.register("nonzeros")
 def nonzeros(weight: Tensor, mask: Tensor, **_) -> float:
     """Share proportional to the layer's remaining active count."""
-    return float(torch.count_nonzero(mask))
+    return float(count(mask))
 
 
 @REDISTRIBUTE.register("momentum")

@@ -16,8 +16,11 @@ import torch
 from torch import Tensor
 
 from ..sparse.sampling import complement, contains, random_k_positions
+from . import shards
 
-__all__ = ["top_k_mask", "bottom_k_mask", "random_k_mask", "random_k_positions", "contains", "complement"]
+__all__ = ["top_k_mask", "bottom_k_mask", "random_k_mask", "random_k_positions", "contains", "complement", "count"]
+
+count = shards.count  # nonzero entries of a whole tensor, DTensors included: what criteria count with
 
 
 def _kth_largest(scores: Tensor, k: int) -> Tensor:
@@ -55,8 +58,11 @@ def top_k_mask(scores: Tensor, k: int, allowed: Tensor | None = None) -> Tensor:
     """Bool mask shaped like `scores`, True at exactly `k` positions of largest score.
 
     With `allowed` (a bool mask), only allowed positions can be chosen, and `k` may not exceed
-    their number. NaN scores rank lowest.
+    their number. NaN scores rank lowest. A DTensor sharded by FSDP2 gets the same selection
+    across its shards (`shards.top_k`).
     """
+    if shards.is_sharded(scores):
+        return shards.top_k(scores, k, allowed)
     flat = scores.reshape(-1)
     if allowed is None:
         if not 0 <= k <= flat.numel():
@@ -90,6 +96,8 @@ def random_k_mask(allowed: Tensor, k: int, generator: torch.Generator) -> Tensor
     Draws come from `generator` (a CPU generator), so a seed gives the same choice on every
     device; see `random_k_positions`, which this is on the mask's flat positions.
     """
+    if shards.is_sharded(allowed):
+        return shards.random_k(allowed, k, generator)
     flat = allowed.reshape(-1)
     positions = random_k_positions(flat.numel(), torch.nonzero(~flat).squeeze(1), k, generator)
     chosen = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)

@@ -39,6 +39,7 @@ from .params import Selector
 from .prune import PRUNE
 from .redistribute import REDISTRIBUTE, allocate, prune_limits
 from .schedule import PruneSchedule
+from .shards import count, is_sharded
 from .state import load_saved_state, looks_trained, saved_state
 from .storage import MaskedLayers, Rule, initialize, sparse_storages
 from .truly_sparse import all_ranks, check_truly_sparse_criteria, update_seed
@@ -190,9 +191,11 @@ class Sparsifier:
         self._prune_rule, self._grow_rule = Rule(self._prune, self._prune_options, prune), Rule(self._grow, self._grow_options, grow)
 
         self._built_on_trained = looks_trained(optimizer, self._weights, self.layers.values())
+        if self.structure is not None and any(is_sharded(p) for p in self._weights):
+            raise ValueError("structure= is not supported on weights sharded by FSDP2 yet; train structured sparsity with DDP.")
         structured.check_usable(self.structure, self._storages, self._grow, self._per_layer, self.config)
         self._budgets = initialize(self._storages, self._density_fn, self.config["density"], self.seed, self.structure)
-        check_masks_agree(self._topology())
+        check_masks_agree(self._topology(), self._generator)
         self.exploration = Exploration(self._topology(), sizes={n: s.numel for n, s in self._storages.items()})
         self.history, self._hooks = [], []  # history: one entry per update (and the start)
         self._record(removed=0, rate=0.0)
@@ -204,8 +207,9 @@ class Sparsifier:
     # ----------------------------------------------------------------------------- storages
     @property
     def masks(self) -> dict[str, Tensor]:
-        """The masked layers' bool masks by name (truly sparse layers hold positions instead)."""
-        return {s.name: s.mask for s in self._masked.storages}
+        """The masked layers' bool masks by name (truly sparse layers hold positions instead); under
+        FSDP2, DTensors of each weight's mesh and placements (each rank holds its shard)."""
+        return {s.name: s.shared_mask for s in self._masked.storages}
 
     @masks.setter
     def masks(self, masks: Mapping[str, Tensor]) -> None:
@@ -326,7 +330,7 @@ class Sparsifier:
         nnz, numel, own_count = [s.nnz for s in storages], [s.numel for s in storages], getattr(self._prune, "own_count", False)
         limits, room = prune_limits(nnz, numel, rate, own_count=own_count, grows=self._grows, per_layer=self._per_layer)
         kept = [s.prune(self._prune_rule, k, grads.get(s.name)) for s, k in zip(storages, limits)]
-        removed = [s.nnz - int(torch.count_nonzero(survivors)) for s, survivors in zip(storages, kept)]
+        removed = [s.nnz - count(survivors) for s, survivors in zip(storages, kept)]
         total = sum(removed)
         if not self._grows or self._per_layer:
             counts = removed if self._grows else [0] * len(removed)
@@ -345,7 +349,7 @@ class Sparsifier:
             for s, survivors, new, r, c in zip(storages, kept, grown, removed, counts):
                 s.replace(survivors, new, s.nnz - r + c)
         active = self._topology()
-        check_masks_agree(active)
+        check_masks_agree(active, self._generator)
         self.exploration.update(active)
         self._refresh_multipliers()
         self.apply_masks()

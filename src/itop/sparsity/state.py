@@ -13,6 +13,7 @@ from torch import nn
 
 from .distributed import check_masks_agree
 from .fingerprint import fingerprints, weights_problem
+from .shards import count, local, local_like
 
 HORIZONS = ("stretch", "keep")  # what a resumed run of another length does with the prune-rate decay
 
@@ -46,7 +47,7 @@ def looks_trained(optimizer: torch.optim.Optimizer, weights: list[torch.Tensor],
     just zeroed some of the loaded weights."""
     if any(optimizer.state.get(p) for p in weights + [layer.values for layer in layers]):
         return True
-    zeros = sum(int(p.numel() - torch.count_nonzero(p)) for p in weights)
+    zeros = sum(p.numel() - count(p) for p in weights)
     return zeros > 0.5 * sum(p.numel() for p in weights)
 
 
@@ -118,11 +119,12 @@ def load_saved_state(sp, state: Mapping[str, Any], check_weights: bool = True, h
     sp._generator.set_state(state["generator"])
     for name, tensor in state.get("grad_average", {}).items():
         if name in sp.grad_average:
-            sp.grad_average[name].copy_(tensor)
+            mine = sp.grad_average[name]
+            local(mine).copy_(local_like(tensor, mine))
     sp.history = [dict(h, nnz=dict(h["nnz"])) for h in state.get("history", [])]
     sp._counted_steps = sp._optimizer_steps
     sp._dense_grads = sp._sources = None
-    check_masks_agree(sp._topology())
+    check_masks_agree(sp._topology(), sp._generator)
     sp._refresh_multipliers()
     sp.apply_masks()
 

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from ..sparse.base import SparseWeights
-from . import index_growth, kernels
+from . import index_growth, kernels, shards
 from .density import layer_counts
 from .optimizer import multiply_all
 from .params import sparse_parameters
@@ -49,8 +49,8 @@ class Rule(NamedTuple):
 
 def _pruned(rule: Rule, weight: Tensor, active: Tensor, k: int, grad: Tensor | None, nnz: int, name: str) -> Tensor:
     new = rule.fn(weight, active, k, grad=grad, **rule.options)
-    count = nnz - int(torch.count_nonzero(new))
-    if new.shape != weight.shape or bool((new & ~active).any()) or not 0 <= count <= k:
+    count = nnz - shards.count(new)
+    if new.shape != weight.shape or shards.any_true(new & ~active) or not 0 <= count <= k:
         raise RuntimeError(f"prune criterion {rule.label!r} must switch off at most {k} active weights of {name}; it changed {count}.")
     return new
 
@@ -97,9 +97,14 @@ class MaskedStorage(_Storage):
     def topology(self) -> Tensor:
         return self.mask
 
+    @property
+    def shared_mask(self) -> Tensor:
+        """The mask users and saved states see (a DTensor like the weight when it is sharded)."""
+        return self.mask
+
     def initialize(self, count: int, generator: torch.Generator) -> None:
         """A random mask of exactly `count` active weights."""
-        self.set_mask(random_k_mask(torch.ones(self.param.shape, dtype=torch.bool, device=self.param.device), count, generator))
+        self.set_mask(random_k_mask(torch.ones_like(self.active), count, generator))
 
     def set_mask(self, mask: Tensor) -> None:
         self.mask, self.nnz = mask, int(torch.count_nonzero(mask))
@@ -118,13 +123,13 @@ class MaskedStorage(_Storage):
 
     def prune(self, rule: Rule, k: int, grad: Tensor | None) -> Tensor:
         """The bool mask of the weights that survive: at most `k` active ones switched off."""
-        return _pruned(rule, self.param, self.mask, k, grad, self.nnz, self.name)
+        return _pruned(rule, self.param, self.active, k, grad, self.nnz, self.name)
 
     def grow(self, rule: Rule, count: int, grad: Tensor | None, generator: torch.Generator, grad_average: Tensor | None = None) -> Tensor:
         """`count` new positions (a bool mask) among those inactive before the update."""
-        candidates = ~self.mask
+        candidates = ~self.active
         grown = rule.fn(candidates, count, weight=self.param, grad=grad, grad_average=grad_average, generator=generator, **rule.options)
-        if int(torch.count_nonzero(grown)) != count or bool((grown & ~candidates).any()):
+        if shards.count(grown) != count or shards.any_true(grown & ~candidates):
             raise RuntimeError(f"grow criterion {rule.label!r} must switch on exactly {count} inactive weights of {self.name}.")
         return grown
 
@@ -253,7 +258,17 @@ def sparse_storages(model: nn.Module, optimizer: torch.optim.Optimizer, include,
     if missing:
         raise ValueError(f"the optimizer does not hold the model's parameter {missing[0]!r}; build the optimizer from model.parameters().")
     linears = kernels.linear_owners(model, params)
-    made: dict[str, Storage] = {n: MaskedStorage(n, p, linears.get(n)) for n, p in params.items()}
+    from .sharded_storage import ShardedStorage  # a MaskedStorage itself
+
+    sharded = [n for n, layer in layers.items() if shards.is_sharded(layer.values)]
+    if sharded:
+        raise ValueError(
+            f"the truly sparse layer {sharded[0]} is sharded by FSDP, which splits its values but not its positions (buffers); "
+            "shard masked layers only: convert with itop.sparse.densify before fully_shard, or train it without FSDP."
+        )
+    made: dict[str, Storage] = {
+        n: (ShardedStorage if shards.is_sharded(p) else MaskedStorage)(n, p, linears.get(n)) for n, p in params.items()
+    }
     made.update({n: TrulySparseStorage(n, layer, optimizer) for n, layer in layers.items()})
     return {n: made[n] for n in model_order(model, params, layers)}
 
@@ -319,7 +334,7 @@ class MaskedLayers:
     @torch.no_grad()
     def apply(self, optimizer: torch.optim.Optimizer) -> None:
         """Zero every inactive weight and every optimizer state tensor of a masked weight's shape."""
-        multiply_all(self.weights, self.multipliers)
+        multiply_all([shards.local(w) for w in self.weights], self.multipliers)
         for storage in self.storages:
             storage.mask_state(optimizer)
 
@@ -331,12 +346,13 @@ class MaskedLayers:
         present = [i for i, g in enumerate(grads) if g is not None]
         if not present:
             return None
+        dense = {self.names[i]: grads[i].clone() if scale is None else grads[i] / scale for i in present} if keep else None
+        grads = [None if g is None else shards.local(g) for g in grads]  # what the multiplies act on: local shards
         if averages:
             taken = [grads[i] for i in present]
             if scale is not None:
                 taken = torch._foreach_div(taken, scale)
-            torch._foreach_lerp_([averages[self.names[i]] for i in present], taken, 1 - beta)
-        dense = {self.names[i]: grads[i].clone() if scale is None else grads[i] / scale for i in present} if keep else None
+            torch._foreach_lerp_([shards.local(averages[self.names[i]]) for i in present], taken, 1 - beta)
         if mask:
             patterns = [self.patterns.get(name) for name in self.names]
             masked = [i for i in self.partial if grads[i] is not None and not (patterns[i] is not None and patterns[i].grad_clean)]

@@ -1,0 +1,185 @@
+"""Run by tests/sparsity/test_fsdp.py under torchrun: a Sparsifier on a model sharded by FSDP2.
+
+    torchrun --standalone --nproc_per_node N fsdp_worker.py OUT MODE
+
+MODE `select`: the sharded selections (`shards.top_k`, `shards.random_k`) against `select` on the
+whole tensor, over ties, NaN, -0.0, empty shards and every branch of the random draw.
+MODE `train`: every criterion pair of SCENARIOS for STEPS steps; each rank trains on its part of
+every global batch and writes the full masks, weights, Rs and history to OUT/<scenario>.pt (rank 0),
+plus checks that the inactive weights and optimizer state are exactly zero on every shard.
+MODE `save`: RigL for 6 steps, then a DCP checkpoint (model, optimizer, sparsifier) in OUT/dcp.
+MODE `resume`: loads OUT/dcp (saved on any number of ranks) and trains steps 7..STEPS;
+`resume-plain` does so in one process (python fsdp_worker.py OUT resume-plain), unsharded.
+`train` below is also called in one process, unsharded, for comparison.
+"""
+
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+import itop
+from itop.sparsity import select, shards
+
+CLASSES, PER_RANK, STEPS, FEATURES = 5, 4, 12, 3 * 6 * 6
+SCENARIOS = {
+    "set": dict(prune="set", grow="random"),
+    "set-itop": dict(prune="magnitude", grow="random"),
+    "rigl": dict(prune="magnitude", grow="gradient"),
+    "momentum": dict(prune="magnitude", grow="momentum", redistribution="nonzeros"),
+}
+
+
+def build(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Unflatten(1, (3, 6, 6)),
+        nn.Conv2d(3, 6, 3),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(6 * 4 * 4, 33),
+        nn.ReLU(),
+        nn.Linear(33, CLASSES),
+    )
+
+
+def shard(model, world):
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh("cpu", (world,))
+    for layer in model:
+        if isinstance(layer, (nn.Linear, nn.Conv2d)):
+            fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def global_batches(steps):
+    gen = torch.Generator().manual_seed(1)
+    world = 4  # batches sized for up to 4 ranks, whatever the run's
+    size = PER_RANK * world
+    return [(torch.randn(size, FEATURES, generator=gen), torch.randint(0, CLASSES, (size,), generator=gen)) for _ in range(steps)]
+
+
+def make(scenario, rank=0, world=1, sharded=False):
+    model = build()
+    if sharded:
+        shard(model, world)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sp = itop.Sparsifier(model, opt, density=0.2, update_frequency=3, total_steps=STEPS, seed=7, **SCENARIOS[scenario])
+    return model, opt, sp
+
+
+def run_steps(model, opt, sp, batches, rank=0, world=1):
+    per = len(batches[0][0]) // world
+    for x, y in batches:
+        x, y = x[rank * per : (rank + 1) * per], y[rank * per : (rank + 1) * per]
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        sp.step()
+
+
+def full(tensor):
+    return tensor.full_tensor() if shards.is_sharded(tensor) else tensor.detach().clone()
+
+
+def summary(model, sp):
+    return {
+        "masks": {n: full(m) for n, m in sp.masks.items()},
+        "model": {k: full(v) for k, v in model.state_dict().items()},
+        "itop_rate": sp.itop_rate,
+        "density": sp.density,
+        "history": [h["nnz"] for h in sp.history],
+    }
+
+
+def train(scenario, rank=0, world=1, sharded=False, steps=STEPS):
+    model, opt, sp = make(scenario, rank, world, sharded)
+    run_steps(model, opt, sp, global_batches(steps), rank, world)
+    return summary(model, sp), (model, opt, sp)
+
+
+def check_zeros(model, opt, sp):
+    for name, param in sp.params.items():
+        mask = shards.local(sp.masks[name])
+        assert not shards.local(param).detach()[~mask].any(), name
+        for value in opt.state[param].values():
+            if isinstance(value, torch.Tensor) and value.shape == param.shape:
+                assert not shards.local(value)[~mask].any(), name
+
+
+def check_selections(world):
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    mesh = init_device_mesh("cpu", (world,))
+    gen = torch.Generator().manual_seed(3)
+    shapes = [(7, 10), (3, 5), (33, 4, 3), (1, 8), (64, 64)]
+    for trial in range(40):
+        shape = shapes[trial % len(shapes)]
+        scores = torch.randint(-3, 4, shape, generator=gen).float() if trial % 2 else torch.randn(shape, generator=gen)
+        scores.view(-1)[::7] = float("nan") if trial % 3 == 0 else -0.0
+        allowed = torch.rand(shape, generator=gen) < [0.1, 0.5, 0.9, 1.0][trial % 4]
+        n_allowed = int(allowed.sum())
+        sharded_scores = distribute_tensor(scores, mesh, [Shard(0)])
+        sharded_allowed = distribute_tensor(allowed, mesh, [Shard(0)])
+        for k in sorted({0, 1, n_allowed // 3, n_allowed // 2 + 1, n_allowed}):
+            if k > n_allowed:
+                continue
+            expected = select.top_k_mask(scores, k, allowed)
+            assert torch.equal(select.top_k_mask(sharded_scores, k, sharded_allowed).full_tensor(), expected), (trial, k)
+            expected = select.bottom_k_mask(scores, k)
+            assert torch.equal(select.bottom_k_mask(sharded_scores, k).full_tensor(), expected), (trial, k)
+            seed = int(torch.randint(1 << 30, (1,), generator=gen))
+            one, many = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+            expected = select.random_k_mask(allowed, k, one)
+            assert torch.equal(select.random_k_mask(sharded_allowed, k, many).full_tensor(), expected), (trial, k)
+            assert torch.equal(one.get_state(), many.get_state())
+
+
+def save(out, rank, world):
+    import torch.distributed.checkpoint as dcp
+
+    model, opt, sp = make("rigl", rank, world, sharded=True)
+    batches = global_batches(STEPS)
+    run_steps(model, opt, sp, batches[:6], rank, world)
+    dcp.save(itop.sharded_state(model, opt, sp), checkpoint_id=str(out / "dcp"))
+
+
+def resume(out, rank, world, sharded):
+    model, opt, sp = make("rigl", rank, world, sharded=sharded)
+    itop.load_sharded_state(model, opt, sp, str(out / "dcp"))
+    run_steps(model, opt, sp, global_batches(STEPS)[6:], rank, world)
+    return summary(model, sp)
+
+
+def main():
+    out, mode = Path(sys.argv[1]), sys.argv[2]
+    if mode == "resume-plain":  # one process, no FSDP, no process group
+        torch.save(resume(out, 0, 1, sharded=False), out / "resumed-plain.pt")
+        return
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if mode == "select":
+        check_selections(world)
+    elif mode == "train":
+        for scenario in SCENARIOS:
+            result, (model, opt, sp) = train(scenario, rank, world, sharded=True)
+            check_zeros(model, opt, sp)
+            if rank == 0:
+                torch.save(result, out / f"{scenario}.pt")
+    elif mode == "save":
+        save(out, rank, world)
+    elif mode == "resume":
+        result = resume(out, rank, world, sharded=True)
+        if rank == 0:
+            torch.save(result, out / f"resumed{world}.pt")
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
