@@ -7,6 +7,8 @@ whole tensor, over ties, NaN, -0.0, empty shards and every branch of the random 
 MODE `train`: every criterion pair of SCENARIOS for STEPS steps; each rank trains on its part of
 every global batch and writes the full masks, weights, Rs and history to OUT/<scenario>.pt (rank 0),
 plus checks that the inactive weights and optimizer state are exactly zero on every shard.
+MODE `amp`: RigL through a GradScaler with one step skipped (`train_with_skipped_step`).
+MODE `refusals`: FSDP1, another layout, an optimizer built before sharding: one-line errors.
 MODE `save`: RigL for 6 steps, then a DCP checkpoint (model, optimizer, sparsifier) in OUT/dcp.
 MODE `resume`: loads OUT/dcp (saved on any number of ranks) and trains steps 7..STEPS;
 `resume-plain` does so in one process (python fsdp_worker.py OUT resume-plain), unsharded.
@@ -81,6 +83,53 @@ def run_steps(model, opt, sp, batches, rank=0, world=1):
         nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
         sp.step()
+
+
+def train_with_skipped_step(rank=0, world=1, sharded=False, skipped=4):
+    """RigL driven through a GradScaler (ShardedGradScaler under FSDP2) whose step `skipped` finds an
+    infinite gradient on the last rank's shard only: every rank must skip it, and the Sparsifier count
+    no step."""
+    from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+    model, opt, sp = make("rigl", rank, world, sharded)
+    scaler = ShardedGradScaler("cpu", init_scale=2.0**4) if sharded else torch.amp.GradScaler("cpu", init_scale=2.0**4)
+    per = len(global_batches(1)[0][0]) // world
+    for step, (x, y) in enumerate(global_batches(STEPS + 1)):
+        x, y = x[rank * per : (rank + 1) * per], y[rank * per : (rank + 1) * per]
+        opt.zero_grad()
+        scaler.scale(nn.functional.cross_entropy(model(x), y)).backward()
+        if step == skipped and rank == world - 1:
+            shards.local(model[-1].weight.grad).view(-1)[-1] = float("inf")
+        scaler.step(opt)
+        scaler.update()
+        sp.step()
+    assert sp.steps == STEPS, sp.steps
+    return summary(model, sp)
+
+
+def refusals(world):
+    """The one-line errors of configurations the engine cannot follow."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import FullyShardedDataParallel
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    def refused(build):
+        try:
+            build()
+        except ValueError as error:
+            assert "\n" not in str(error)
+            return str(error)
+        raise AssertionError("not refused")
+
+    model = FullyShardedDataParallel(build(), device_id=torch.device("cpu"))
+    assert "FSDP2" in refused(lambda: itop.Sparsifier(model, torch.optim.SGD(model.parameters(), lr=0.1)))
+    model = build()
+    model[-1].weight = nn.Parameter(distribute_tensor(model[-1].weight.detach(), init_device_mesh("cpu", (world,)), [Shard(1)]))
+    assert "FSDP2's layout" in refused(lambda: itop.Sparsifier(model, torch.optim.SGD(model.parameters(), lr=0.1)))
+    model = build()
+    early = torch.optim.SGD(model.parameters(), lr=0.1)
+    shard(model, world)
+    assert "after fully_shard" in refused(lambda: itop.Sparsifier(model, early))
 
 
 def full(tensor):
@@ -172,6 +221,12 @@ def main():
             check_zeros(model, opt, sp)
             if rank == 0:
                 torch.save(result, out / f"{scenario}.pt")
+    elif mode == "amp":
+        result = train_with_skipped_step(rank, world, sharded=True)
+        if rank == 0:
+            torch.save(result, out / "amp.pt")
+    elif mode == "refusals":
+        refusals(world)
     elif mode == "save":
         save(out, rank, world)
     elif mode == "resume":

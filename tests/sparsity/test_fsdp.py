@@ -62,3 +62,12 @@ def test_dcp_checkpoint_resumes_on_four_ranks_and_in_one_process(tmp_path):
     single, _ = fsdp_worker.train("rigl")
     for resumed in ("resumed4", "resumed-plain"):
         assert_same_run(torch.load(tmp_path / f"{resumed}.pt", weights_only=True), single)
+
+
+def test_a_step_the_grad_scaler_skips_is_skipped_on_every_rank(tmp_path):
+    torchrun(tmp_path, 2, "amp")  # the infinite gradient is on rank 1's shard only
+    assert_same_run(torch.load(tmp_path / "amp.pt", weights_only=True), fsdp_worker.train_with_skipped_step())
+
+
+def test_configurations_the_engine_cannot_follow_are_refused_in_one_line(tmp_path):
+    torchrun(tmp_path, 2, "refusals")  # FSDP1, a Shard(1) weight, an optimizer built before fully_shard

@@ -43,6 +43,18 @@ def local(tensor: Tensor) -> Tensor:
     return tensor.to_local() if is_sharded(tensor) else tensor
 
 
+def refuse_flat_sharding(model) -> None:
+    """One-line ValueError for a model wrapped in FSDP1 (`FullyShardedDataParallel`), whose flat
+    parameters mix the weights of several layers in one sharded vector that no mask can follow."""
+    module = sys.modules.get("torch.distributed.fsdp.fully_sharded_data_parallel")
+    wrapper = getattr(module, "FullyShardedDataParallel", None)
+    if wrapper is not None and any(isinstance(m, wrapper) for m in model.modules()):
+        raise ValueError(
+            "the model is wrapped in FullyShardedDataParallel (FSDP1), which flattens the weights the masks cover; shard it with "
+            "FSDP2 instead: torch.distributed.fsdp.fully_shard on each layer, then on the model."
+        )
+
+
 def check_layout(name: str, param: DTensor) -> None:
     """Refuse (one-line ValueError) a sharded weight the engine cannot follow: FSDP2's layout is
     one mesh dimension with `Shard(0)`."""

@@ -243,7 +243,9 @@ Storage = MaskedStorage | TrulySparseStorage
 def sparse_storages(model: nn.Module, optimizer: torch.optim.Optimizer, include, exclude) -> dict[str, Storage]:
     """Every sparse layer of `model` as a storage, by name, in the order of its weights in the model:
     the truly sparse layers (`truly_sparse.truly_sparse_layers`) and the other chosen parameters
-    (`params.sparse_parameters`), masked. Raises ValueError for none, or for one `optimizer` does not hold."""
+    (`params.sparse_parameters`), masked (sharded when FSDP2 split them). Raises ValueError for
+    none, for one `optimizer` does not hold, or for a model wrapped in FSDP1."""
+    shards.refuse_flat_sharding(model)
     layers = truly_sparse_layers(model, include, exclude)  # itop.sparse.SparseLinear: values + indices, no mask
     values = {id(m.values) for m in model.modules() if isinstance(m, SparseWeights)}
     chosen = sparse_parameters(model, include, exclude, matched_elsewhere=lambda sel: selects_some(sel, model))
@@ -256,7 +258,10 @@ def sparse_storages(model: nn.Module, optimizer: torch.optim.Optimizer, include,
     missing = [n for n, p in params.items() if id(p) not in held]
     missing += [n for n, layer in layers.items() if id(layer.values) not in held]
     if missing:
-        raise ValueError(f"the optimizer does not hold the model's parameter {missing[0]!r}; build the optimizer from model.parameters().")
+        after = " after fully_shard" if any(shards.is_sharded(p) for p in params.values()) else ""
+        raise ValueError(
+            f"the optimizer does not hold the model's parameter {missing[0]!r}; build the optimizer{after} from model.parameters()."
+        )
     linears = kernels.linear_owners(model, params)
     from .sharded_storage import ShardedStorage  # a MaskedStorage itself
 
