@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.state_dict import (
     get_model_state_dict,
@@ -75,14 +76,11 @@ def restore_sparsifier(sparsifier, entries: Mapping[str, Any], horizon: str | No
     sparsifier.load_state_dict(saved, horizon=horizon)
 
 
-def sharded_state(model: nn.Module, optimizer: torch.optim.Optimizer, sparsifier) -> dict[str, Any]:
+def sharded_state(model: nn.Module, optimizer: torch.optim.Optimizer, sparsifier=None) -> dict[str, Any]:
     """{"model", "optimizer", "sparsifier"}: what `dcp.save` writes of a run, sharded tensors as
-    DTensors (under FSDP2) or whole (in one process)."""
-    return {
-        "model": get_model_state_dict(model),
-        "optimizer": get_optimizer_state_dict(model, optimizer),
-        "sparsifier": sparsifier_entries(sparsifier),
-    }
+    DTensors (under FSDP2) or whole (in one process); no "sparsifier" for a dense run (None)."""
+    state = {"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, optimizer)}
+    return state if sparsifier is None else {**state, "sparsifier": sparsifier_entries(sparsifier)}
 
 
 def save_sharded_state(
@@ -94,19 +92,25 @@ def save_sharded_state(
 
 
 def save_atomically(state: Mapping[str, Any], checkpoint_id: str | Path) -> None:
-    """`dcp.save(state)` on every rank into `checkpoint_id`.partial, renamed to `checkpoint_id` by
-    rank 0 once all ranks have written (a crash mid-save leaves the previous checkpoint whole)."""
+    """`dcp.save(state)` on every rank into `checkpoint_id`.partial; once all ranks have written,
+    rank 0 moves the previous checkpoint to `checkpoint_id`.old, the new one into place, and deletes
+    the old one. A crash at any moment leaves a whole checkpoint (`load_safely` falls back to .old)."""
     final = Path(checkpoint_id)
-    partial = final.with_name(final.name + ".partial")
+    partial, old = final.with_name(final.name + ".partial"), final.with_name(final.name + ".old")
     rank0 = not dist.is_initialized() or dist.get_rank() == 0
     if rank0:
         shutil.rmtree(partial, ignore_errors=True)
     _barrier()
-    dcp.save(dict(state), checkpoint_id=str(partial))
+    with warnings.catch_warnings():  # saving in one process without torch.distributed is intended here
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.save(dict(state), checkpoint_id=str(partial))
     _barrier()
     if rank0:
-        shutil.rmtree(final, ignore_errors=True)
+        if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            final.rename(old)
         partial.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
     _barrier()
 
 
@@ -114,14 +118,16 @@ def load_safely(state: dict[str, Any], checkpoint_id: str | Path) -> None:
     """`dcp.load(state)` in place with `SafeLoadPlanner`, in one process or on every rank; a
     ValueError in one line when `checkpoint_id` is not a complete checkpoint or does not fit `state`."""
     path = Path(checkpoint_id)
+    if not path.exists() and (path.with_name(path.name + ".old") / ".metadata").is_file():
+        path = path.with_name(path.name + ".old")  # a save stopped between its two renames
     if not (path / ".metadata").is_file():
         raise ValueError(f"{path} is not a complete sharded checkpoint (no .metadata); pass the directory a save wrote.")
     try:
         with warnings.catch_warnings():  # loading in one process without torch.distributed is intended here
             warnings.filterwarnings("ignore", message="torch.distributed is disabled")
             dcp.load(state, checkpoint_id=str(path), planner=SafeLoadPlanner())
-    except Exception as error:  # DCP's errors name the missing or mismatched key in many lines
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    except (Exception, CheckpointException) as error:  # DCP's (a BaseException) gathers every rank's traceback
+        first = _last_line(error)
         raise ValueError(f"the sharded checkpoint {path} does not fit this model and sparsifier ({first[:300]}).") from error
 
 
@@ -141,8 +147,15 @@ def load_sharded_state(
     load_safely(state, checkpoint_id)
     set_model_state_dict(model, state["model"])
     set_optimizer_state_dict(model, optimizer, state["optimizer"])
-    restore_sparsifier(sparsifier, state["sparsifier"], horizon)
+    if sparsifier is not None:
+        restore_sparsifier(sparsifier, state["sparsifier"], horizon)
     return state
+
+
+def _last_line(error: BaseException) -> str:
+    """The line of a DCP error that says what is wrong: after every rank's traceback, the last one."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
 
 
 def _barrier() -> None:

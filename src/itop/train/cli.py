@@ -15,6 +15,7 @@ from itop.data import DataError
 from .checkpoint import CHECKPOINT, RunError, load_json, save_json
 from .config import TrainConfig, UsageError, parse_args, resume_overrides, validate
 from .distributed import World, barrier, broadcast_value, init_distributed
+from .fsdp import CHECKPOINT_DIR
 from .model_setup import describe_density
 from .optim import describe_schedule
 
@@ -73,7 +74,8 @@ def _runs(cfg: TrainConfig, resume: str | None, world: World) -> list[tuple[Trai
     """(configuration, directory, resuming) of each run to do: one to resume, or --iters new ones."""
     if resume is not None:
         run_dir = Path(resume)
-        return [(cfg, run_dir, broadcast_value((run_dir / CHECKPOINT).exists(), world))]
+        saved = [run_dir / CHECKPOINT, run_dir / CHECKPOINT_DIR, run_dir / f"{CHECKPOINT_DIR}.old"]  # a file, or --fsdp's DCP directory
+        return [(cfg, run_dir, broadcast_value(any(path.exists() for path in saved), world))]
     cfg = dataclasses.replace(cfg, processes=world.size)
     runs = []
     for i in range(cfg.iters):

@@ -132,6 +132,7 @@ class TrainConfig:
     preset: str = ""
     tensorboard: bool = False  # curves in <run>/tensorboard
     processes: int = 1  # torchrun processes the run started with: the global batch is batch_size * processes
+    fsdp: bool = False  # shard the model with FSDP2 (fully_shard); checkpoints are DCP directories
     ignored: list[str] = field(default_factory=list)
 
     @property
@@ -167,7 +168,7 @@ RESUME_OVERRIDES = ("data_dir", "device", "workers", "progress", "tensorboard")
 def result_settings(values: dict) -> dict:
     """`values` (a config as saved) without the settings that do not change results; a config
     saved before `processes` existed was a 1-process run."""
-    return {"processes": 1, **{k: v for k, v in values.items() if k not in RESUME_OVERRIDES and k != "save"}}
+    return {"processes": 1, "fsdp": False, **{k: v for k, v in values.items() if k not in RESUME_OVERRIDES and k != "save"}}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -329,6 +330,7 @@ def resolve(args: argparse.Namespace) -> TrainConfig:
         cfg.device = "cpu"
     cfg.progress = not args.no_progress
     cfg.channels_last = args.channels_last
+    cfg.fsdp = args.fsdp
     cfg.ignored = [k for k in ("start_epoch", "max_threads", "save_features", "bench") if getattr(args, k, None)]
     validate(cfg)
     return cfg
@@ -424,6 +426,12 @@ def validate(cfg: TrainConfig) -> None:
             not cfg.structure or cfg.growth != "none",
             "--structure regrows every row or group to its count; choose --growth random, gradient or momentum",
         ),
+        (
+            not cfg.fsdp or not cfg.truly_sparse,
+            "--fsdp shards masked layers; truly sparse layers keep positions FSDP cannot shard: drop --truly-sparse or --fsdp",
+        ),
+        (not cfg.fsdp or not cfg.structure, "--structure is not supported with --fsdp yet; train structured sparsity without --fsdp (DDP)"),
+        (not cfg.fsdp or not cfg.l1, "--l1 is not supported with --fsdp; drop one of them"),
         (
             not cfg.truly_sparse or "momentum" not in (cfg.growth, cfg.redistribution),
             "--growth momentum and --redistribution momentum need dense gradient averages, which --truly-sparse never holds; "

@@ -124,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
         "launch with torchrun (torchrun --nproc_per_node N -m itop train ...); "
         "the process group comes from its environment, no flag is needed",
     )
+    g.add_argument(
+        "--fsdp",
+        action="store_true",
+        help="shard every layer's weights, optimizer state and masks over the processes with FSDP2 (fully_shard); "
+        "checkpoints become DCP directories that resume on any process count dividing the global batch",
+    )
     _flag(g, "--local_rank", "--local-rank", dest="local_rank", help="accepted for compatibility (torchrun sets LOCAL_RANK)")
     _flag(g, "--master_port", help="accepted for compatibility (torchrun's --master-port)")
     g = p.add_argument_group("accepted for compatibility with the original scripts, no effect")

@@ -25,7 +25,8 @@ from itop.saving import best_sparse_as_save, restore
 from itop.sparse import native
 from itop.sparse.base import SparseWeights
 
-from .checkpoint import BEST_SPARSE, CHECKPOINT, RunError, load_checkpoint, save_checkpoint
+from . import fsdp
+from .checkpoint import BEST_SPARSE, CHECKPOINT, RESUME_ADVICE, RunError, load_checkpoint, save_checkpoint
 from .config import TrainConfig, UsageError, result_settings
 from .distributed import RankSlice, World, all_sum, barrier
 from .metrics import MetricsLog, NullLog, epoch_line
@@ -136,7 +137,10 @@ class Run:
         if cfg.channels_last and self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.forward_model = self.model
-        if world.size > 1:
+        if cfg.fsdp:  # FSDP2: every rank holds its shard of each weight; fully_shard turns the model itself into the wrapper
+            self.flops = self._count_flops()  # on the whole model, before sharding
+            self.model = self.forward_model = fsdp.shard_model(self.model, self.device)
+        elif world.size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.forward_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.optimizer = build_optimizer(cfg, self.model)
@@ -157,18 +161,23 @@ class Run:
             self.notes.append(self._small_validation_note())
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
         self.autocast = (lambda: torch.autocast(self.device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
+        fp16 = cfg.amp == "fp16"
+        self.scaler = fsdp.grad_scaler(self.device, fp16) if cfg.fsdp else torch.amp.GradScaler(self.device.type, enabled=fp16)
         self.loss_fn, self.loss_sum_fn = loss_function(cfg), loss_function(cfg, reduction="sum")
         self.epoch, self.step, self.best_val, self.best_epoch = 0, 0, -1.0, 0
         self.best_state = self.model.state_dict()
         self.seconds = 0.0
         if resume:
-            self._restore(load_checkpoint(self.dir / CHECKPOINT))
+            self._restore(self._load_sharded() if cfg.fsdp else load_checkpoint(self.dir / CHECKPOINT))
         self.resumed = resume
         self.metrics = NullLog()  # opened by fit(), so that building a run writes nothing
+        if not cfg.fsdp:
+            self.flops = self._count_flops()
+
+    def _count_flops(self):
         example = next(iter(self.test_loader))[0][:1].to(self.device)
         self.model.eval()
-        self.flops = itop.flops.count_flops(self.model, example)
+        return itop.flops.count_flops(self.model, example)
 
     # ------------------------------------------------------------------------------------ setup
     def _load_data(self):
@@ -243,13 +252,19 @@ class Run:
     # ------------------------------------------------------------------------------------ state
     def _state(self) -> dict[str, Any]:
         return {
+            **self._run_state(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "sparsifier": None if self.sparsifier is None else self.sparsifier.state_dict(),
+        }
+
+    def _run_state(self) -> dict[str, Any]:
+        """What a checkpoint holds besides the model, optimizer and Sparsifier."""
+        return {
             "format": 1,
             "config": self.cfg.to_dict(),
             "epoch": self.epoch,
             "step": self.step,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "sparsifier": None if self.sparsifier is None else self.sparsifier.state_dict(),
             "scaler": self.scaler.state_dict(),
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
@@ -258,12 +273,27 @@ class Run:
             "seconds": self.seconds,
         }
 
+    def _load_sharded(self) -> dict[str, Any]:
+        """--fsdp: model, optimizer and Sparsifier loaded into their shards from the checkpoint
+        directory; returns the rest of the checkpoint, with the Sparsifier's state to restore."""
+        path = self.dir / fsdp.CHECKPOINT_DIR
+        if not path.exists() and not path.with_name(path.name + ".old").exists():
+            raise RunError(f"no checkpoint at {path}; {RESUME_ADVICE}.")
+        return fsdp.load_run(path, self.model, self.optimizer, self.sparsifier, self._run_state())
+
+    def _current_state(self) -> dict[str, Any]:
+        """A copy of the model's weights (under --fsdp, of this rank's shards), kept as the best so far."""
+        if self.cfg.fsdp:
+            return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+
     def _restore(self, state: dict[str, Any]) -> None:
         if result_settings(state["config"]) != self.cfg.results_dict():
             raise RunError(f"checkpoint in {self.dir} was written by another configuration than its config.json; start a new run instead.")
         try:
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
+            if not self.cfg.fsdp:  # --fsdp: `_load_sharded` has loaded them into their shards
+                self.model.load_state_dict(state["model"])
+                self.optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError, KeyError, TypeError) as error:
             raise RunError(
                 f"checkpoint in {self.dir} does not fit this model ({str(error).splitlines()[0][:120]}); start a new run."
@@ -277,9 +307,12 @@ class Run:
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         self.epoch, self.step = state["epoch"], state["step"]
-        best = self.dir / "best.pt"  # rank 0's file; another node without it keeps the current weights
+        best = self.dir / ("best" if self.cfg.fsdp else "best.pt")  # rank 0's file; another node without it keeps the current weights
         advice = f"delete {best} and resume again (the best model so far then restarts from this checkpoint)"
-        self.best_state = load_checkpoint(best, advice)["model"] if best.exists() else self.model.state_dict()
+        if self.cfg.fsdp:
+            self.best_state = fsdp.load_best(best, self.model) if best.exists() else self._current_state()
+        else:
+            self.best_state = load_checkpoint(best, advice)["model"] if best.exists() else self.model.state_dict()
         self.best_val, self.best_epoch, self.seconds = state["best_val"], state["best_epoch"], state["seconds"]
 
     # ------------------------------------------------------------------------------------ training
@@ -410,12 +443,16 @@ class Run:
                 print(epoch_line(record, cfg.total_epochs), flush=True)
             if not self.selects_best or val_acc > self.best_val:  # no usable validation split: the last epoch is reported
                 self.best_val, self.best_epoch = (-1.0 if val_acc is None else val_acc), self.epoch
-                self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
-                if self.world.main:
+                self.best_state = self._current_state()
+                if cfg.fsdp:  # every rank writes its shards
+                    fsdp.save_best(self.dir / fsdp.BEST_DIR, self.model)
+                elif self.world.main:
                     save_checkpoint({"format": 1, "model": self.best_state, "epoch": self.epoch}, self.dir / "best.pt")
                     if self.sparsifier is not None and not self.cfg.truly_sparse:  # truly sparse: best.pt is stored sparse already
                         save_checkpoint(sparse_export_state(self.model, self.sparsifier, self.epoch), self.dir / BEST_SPARSE)
-            if self.world.main:
+            if cfg.fsdp:
+                fsdp.save_run(self.dir / fsdp.CHECKPOINT_DIR, self.model, self.optimizer, self.sparsifier, self._run_state())
+            elif self.world.main:
                 save_checkpoint(self._state(), self.dir / "checkpoint.pt")
             barrier(self.world)
         self.metrics.close()
