@@ -39,8 +39,14 @@ def is_sharded(tensor) -> bool:
 
 
 def local(tensor: Tensor) -> Tensor:
-    """The rank's own part of a DTensor (a view: writing it writes the DTensor); other tensors as they are."""
-    return tensor.to_local() if is_sharded(tensor) else tensor
+    """The rank's own part of a DTensor (writing it writes the DTensor); other tensors as they are.
+
+    Read from the DTensor's own field where it has one (0.05 us, where `to_local()` takes 7-15 us,
+    a cost every step pays per layer): the engine only writes it under no_grad."""
+    if not is_sharded(tensor):
+        return tensor
+    inner = getattr(tensor, "_local_tensor", None)
+    return inner if isinstance(inner, Tensor) else tensor.to_local()
 
 
 def refuse_flat_sharding(model) -> None:

@@ -17,7 +17,9 @@ read its inf flag and the loss scale the gradients still carry).
 
 Under torch.distributed (DDP), build it on the unwrapped model on every rank: the random seed is shared,
 the hooks see the averaged gradients, and `distributed.check_masks_agree` verifies after every
-update that all ranks hold the same masks.
+update that all ranks hold the same masks. Under FSDP2 (`fully_shard`), build it after sharding:
+each rank keeps its shard of every mask (`sharded_storage.ShardedStorage`) and the selections run
+across shards (`shards`), giving the masks one process would.
 """
 
 from __future__ import annotations
@@ -53,8 +55,8 @@ def _criterion(registry, value):
 class Sparsifier:
     """Dynamic sparse training for `model`, driven by `optimizer`'s steps.
 
-    Build it after the model and optimizer (on the unwrapped model under DDP, before
-    `torch.compile`), then call `step()` after every `optimizer.step()`:
+    Build it after the model and optimizer (on the unwrapped model under DDP, after `fully_shard`
+    under FSDP2, before `torch.compile`), then call `step()` after every `optimizer.step()`:
 
         sparsifier = itop.Sparsifier(model, optimizer, density=0.05, grow="gradient",  # RigL
                                      update_frequency=100, total_steps=epochs * len(loader))
