@@ -40,6 +40,7 @@ from .sparse.sampling import random_k_positions
 from .sparsity import kernels
 from .sparsity.density import DISTRIBUTIONS, layer_counts
 from .sparsity.params import Selector, sparse_parameters
+from .sparsity.shards import is_sharded
 from .sparsity.sparsifier import Sparsifier
 
 __all__ = ["sparsify", "export", "densify"]
@@ -94,6 +95,11 @@ def _check_sparsifier(model: nn.Module, sparsifier) -> None:
     if not isinstance(sparsifier, Sparsifier):
         raise TypeError(
             f"export(model, sparsifier): sparsifier must be the itop.Sparsifier that trained the model, got {_kind(sparsifier)}."
+        )
+    if any(is_sharded(p) for p in sparsifier.params.values()):
+        raise ValueError(
+            "export(model, sparsifier): the model is sharded by FSDP2 and export needs whole weights; load its checkpoint "
+            "(itop.load_sharded_state) into an unsharded model and Sparsifier in one process, then export that."
         )
     held = {id(p) for p in model.parameters()}
     if any(id(p) not in held for p in sparsifier.params.values()):
