@@ -18,6 +18,7 @@ from .saving import load, save
 from .sparsity import flops
 from .sparsity.density import DISTRIBUTIONS
 from .sparsity.grow import GROW
+from .sparsity.init_masks import init_masks
 from .sparsity.prune import PRUNE
 from .sparsity.redistribute import REDISTRIBUTE
 from .sparsity.sparsifier import Sparsifier
@@ -60,6 +61,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "Sparsifier",
+    "init_masks",
     "save",
     "load",
     "sparse",

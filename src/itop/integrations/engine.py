@@ -11,8 +11,10 @@ trainers' own clipping, schedulers and weight decay need nothing special here.
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,6 +26,7 @@ from ..sparsity.state import HORIZONS, built_over_loaded
 logger = logging.getLogger("itop")
 
 SPARSIFIER_FILE = "itop_sparsifier.pt"  # the Sparsifier's state beside a trainer's checkpoint files
+SHARDED_SPARSIFIER_DIR = "itop_sparsifier"  # the same under FSDP2: a torch.distributed.checkpoint directory
 
 # Arguments the callbacks fill in from the trainer; a user may still set total_steps.
 _FROM_TRAINER = ("model", "optimizer")
@@ -87,14 +90,53 @@ def build_sparsifier(
     options = {"total_steps": int(total_steps), **options}
     if saved is None:
         return Sparsifier(model, optimizer, **options)
-    ends = {"stretch": options["total_steps"], "keep": saved.get("config", {}).get("total_steps")}  # decay end by horizon
-    if ends["keep"] is not None and ends["keep"] != ends["stretch"]:
+    note_new_length(saved.get("config", {}).get("total_steps"), options["total_steps"], horizon)
+    return built_over_loaded(lambda: Sparsifier(model, optimizer, **options), model, optimizer, saved, horizon=horizon)
+
+
+def build_sparsifier_sharded(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    options: Mapping[str, Any],
+    total_steps: int,
+    checkpoint: str | Path,
+    horizon: str = "stretch",
+    loaded: dict[str, Any] | None = None,
+) -> Sparsifier:
+    """`build_sparsifier` continuing from a state saved with torch.distributed.checkpoint (under
+    FSDP2 each rank reads its own shards of the masks, explored sets and running averages).
+
+    DCP reads into a template of the same layout, the state of a Sparsifier over the sharded model,
+    so the state is read right after the constructor, before `built_over_loaded` puts back the
+    loaded weights and optimizer state and restores it. `loaded`, when given, receives the state
+    read, for a caller's own account of a refused load. Call on every rank.
+    """
+    from ..sharded_checkpoint import load_safely, sparsifier_entries
+
+    options = {"total_steps": int(total_steps), **options}
+    state: dict[str, Any] = {} if loaded is None else loaded
+
+    def build() -> Sparsifier:
+        sparsifier = Sparsifier(model, optimizer, **options)
+        entries = {"sparsifier": sparsifier_entries(sparsifier)}
+        load_safely(entries, checkpoint)
+        saved = entries["sparsifier"]
+        state.update(saved, history=json.loads(saved["history"]) if isinstance(saved["history"], str) else saved["history"])
+        note_new_length(state.get("config", {}).get("total_steps"), options["total_steps"], horizon)
+        return sparsifier
+
+    return built_over_loaded(build, model, optimizer, state, horizon=horizon)
+
+
+def note_new_length(saved_total: int | None, total: int, horizon: str) -> None:
+    """The line `build_sparsifier` logs when a run is resumed with another length."""
+    ends = {"stretch": total, "keep": saved_total}
+    if saved_total is not None and saved_total != total:
         other = "keep" if horizon == "stretch" else "stretch"
         logger.warning(
-            f"itop: resuming a run of {ends['keep']} optimizer steps as one of {ends['stretch']}; the prune-rate decay now "
+            f"itop: resuming a run of {saved_total} optimizer steps as one of {total}; the prune-rate decay now "
             f"ends at step {ends[horizon]} (SparsityCallback(horizon={horizon!r}); horizon={other!r} would end it at step {ends[other]})."
         )
-    return built_over_loaded(lambda: Sparsifier(model, optimizer, **options), model, optimizer, saved, horizon=horizon)
 
 
 def logged_figures(sparsifier: Sparsifier, layers: bool = False) -> dict[str, float]:

@@ -25,8 +25,18 @@ How it fits the Trainer:
   logs (log_history, trainer_state.json, the progress bar and every `report_to` integration: the
   callback puts itself first among the Trainer's callbacks so that the reporters see them).
 - Under DDP (torchrun) every rank builds the same masks (all share the random seed) and the Sparsifier checks
-  after each update that they agree. DeepSpeed and FSDP shard or flatten the weights the masks cover,
-  so the callback refuses them when the Trainer is made.
+  after each update that they agree.
+- Under accelerate's FSDP2 (`TrainingArguments(fsdp=True, fsdp_config={"fsdp_version": 2})`, or
+  `fsdp_version: 2` in an accelerate config) the Trainer shards the model with `fully_shard` and moves
+  the optimizer onto the sharded parameters before `on_train_begin`, so the Sparsifier is built on
+  the DTensor weights: each rank keeps the masks of its own rows, and every rank takes the decisions
+  one process would. `on_save` then writes the Sparsifier's state with torch.distributed.checkpoint,
+  every rank its own shards, into an `itop_sparsifier/` directory in the checkpoint folder (renamed
+  into place once all ranks have written), and a resumed run reads it back on every rank. The weights
+  check above applies, without the `from_pretrained` reload: under FSDP the Trainer loads the
+  sharded weights itself.
+- DeepSpeed and FSDP1 flatten the weights the masks cover into sharded vectors, so the callback
+  refuses them when the Trainer is made, in one line that names FSDP2 as the way to shard.
 """
 
 from __future__ import annotations
@@ -40,10 +50,13 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import CallbackHandler
 
 from ..sparsity.fingerprint import weights_in_model, weights_problem
+from ..sparsity.shards import is_sharded
 from ..train.checkpoint import save_checkpoint
 from .engine import (
+    SHARDED_SPARSIFIER_DIR,
     SPARSIFIER_FILE,
     build_sparsifier,
+    build_sparsifier_sharded,
     checked_horizon,
     checked_options,
     layer_densities,
@@ -65,8 +78,8 @@ class SparsityCallback(TrainerCallback):
         print(sparsity.sparsifier.density, sparsity.sparsifier.itop_rate)
 
     Args:
-        resume_from: a checkpoint folder (or an `itop_sparsifier.pt`) to resume the sparse state
-            from, when the one being resumed is not `<output_dir>/checkpoint-<step>`.
+        resume_from: a checkpoint folder (or an `itop_sparsifier.pt`, or the `itop_sparsifier/` directory of an
+            FSDP2 run) to resume the sparse state from, when the one being resumed is not `<output_dir>/checkpoint-<step>`.
         log_layers: True adds each sparse layer's density and explored share to the logs and, with
             report_to="tensorboard", a histogram of the layer densities at each topology update.
         horizon: applies when a run is resumed with another length (num_train_epochs raised):
@@ -113,21 +126,28 @@ class SparsityCallback(TrainerCallback):
             self.sparsifier.detach()
         saved = None
         if state.global_step > 0:
-            folder, saved = self._saved_state(args, state)
+            folder, saved = self._saved_state(args, state, model)
+            if isinstance(saved, Path):  # a sharded state (FSDP2): read into the layout of the Sparsifier being built
+                self.sparsifier = resumed_sharded(
+                    model, torch_optimizer(optimizer), self.options, state.max_steps, saved, self.horizon, folder
+                )
+                return
             restore_weights(model, saved, folder)
         self.sparsifier = build_sparsifier(model, torch_optimizer(optimizer), self.options, state.max_steps, saved, self.horizon)
 
-    def _saved_state(self, args, state) -> tuple[Path, dict[str, Any]]:
-        """The checkpoint folder being resumed (at `state.global_step`) and the Sparsifier state saved in it."""
+    def _saved_state(self, args, state, model=None) -> tuple[Path, dict[str, Any] | Path]:
+        """The checkpoint folder being resumed (at `state.global_step`) and the Sparsifier state saved in
+        it: the state itself (`itop_sparsifier.pt`) or the directory of a sharded one (`itop_sparsifier/`,
+        preferred when the model is sharded)."""
         step = state.global_step
         candidates = [Path(self.resume_from)] if self.resume_from else []
         if isinstance(getattr(args, "resume_from_checkpoint", None), str):
             candidates.append(Path(args.resume_from_checkpoint))
         candidates.append(Path(args.output_dir) / f"checkpoint-{step}")
+        sharded = model is not None and any(is_sharded(p) for p in model.parameters())
         for candidate in candidates:
-            path = candidate if candidate.is_file() else candidate / SPARSIFIER_FILE
-            if path.is_file():
-                saved = read_state(path)
+            for path in saved_states(candidate, sharded):
+                saved = read_state(path) if path.is_file() else {"global_step": read_sharded_step(path), "sparsifier": path}
                 if saved.get("global_step") != step:
                     raise ValueError(
                         f"{path} was saved at step {saved.get('global_step')} but the Trainer resumes at step {step}; "
@@ -135,7 +155,7 @@ class SparsityCallback(TrainerCallback):
                     )
                 return path.parent, saved["sparsifier"]
         raise ValueError(
-            f"the Trainer resumes at step {step} but no {SPARSIFIER_FILE} was found in "
+            f"the Trainer resumes at step {step} but no {SPARSIFIER_FILE} (nor a sharded {SHARDED_SPARSIFIER_DIR}/) was found in "
             f"{', '.join(str(c) for c in candidates)}; pass SparsityCallback(resume_from=...) the checkpoint "
             "folder being resumed (one saved by a run with SparsityCallback)."
         )
@@ -163,9 +183,17 @@ class SparsityCallback(TrainerCallback):
             state.log_history[-1].update(figures)  # the Trainer stored a copy before calling on_log
 
     def on_save(self, args, state, control, **kwargs):
-        if self.sparsifier is None or not state.is_world_process_zero:
+        if self.sparsifier is None:
             return
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if any(is_sharded(mask) for mask in self.sparsifier.masks.values()):  # FSDP2: every rank writes its shards
+            from ..sharded_checkpoint import save_atomically, sparsifier_entries
+
+            entries = {"global_step": state.global_step, "sparsifier": sparsifier_entries(self.sparsifier)}
+            save_atomically(entries, folder / SHARDED_SPARSIFIER_DIR)
+            return
+        if not state.is_world_process_zero:
+            return
         save_checkpoint({"global_step": state.global_step, "sparsifier": self.sparsifier.state_dict()}, folder / SPARSIFIER_FILE)
 
 
@@ -178,7 +206,8 @@ def restore_weights(model, saved: dict[str, Any], folder: Path) -> None:
     problem = weights_problem(weights_in_model(model, saved), saved)
     if problem is None:
         return
-    if callable(getattr(model, "from_pretrained", None)) and (folder / "config.json").is_file():
+    sharded = any(is_sharded(p) for p in model.parameters())  # FSDP loads its own checkpoint; no whole-model reload
+    if not sharded and callable(getattr(model, "from_pretrained", None)) and (folder / "config.json").is_file():
         reloaded = type(model).from_pretrained(folder)
         model.load_state_dict(reloaded.state_dict())
         del reloaded
@@ -190,34 +219,91 @@ def restore_weights(model, saved: dict[str, Any], folder: Path) -> None:
                 f"{type(model).__name__}.from_pretrained."
             )
             return
-    raise ValueError(
+    raise weights_refusal(folder, problem)
+
+
+def weights_refusal(folder: Path, problem: str) -> ValueError:
+    return ValueError(
         f"the Trainer did not restore the model's weights from {folder} ({problem}), so the run would continue "
         "from other weights than the saved run's; check that the folder holds this model's checkpoint, or "
         "load its weights into the model before trainer.train(resume_from_checkpoint=...)."
     )
 
 
-def refuse_sharded(args) -> None:
-    """A one-line ValueError when the Trainer is set to DeepSpeed or FSDP, which shard or flatten the
-    weights the masks cover (the Sparsifier would mask the wrong tensors)."""
-    strategy = None
-    if getattr(args, "deepspeed", None):
-        strategy = "DeepSpeed"
-    elif getattr(args, "fsdp", None):
-        strategy = "FSDP"
-    else:
-        try:
-            from accelerate.state import AcceleratorState
+def saved_states(candidate: Path, sharded: bool) -> list[Path]:
+    """Where a Sparsifier state may lie for `candidate` (a checkpoint folder, an `itop_sparsifier.pt`
+    or an `itop_sparsifier/` directory), the sharded directory first when the model is sharded."""
+    if candidate.is_file() or (candidate / ".metadata").is_file():
+        return [candidate]
+    directory = candidate / SHARDED_SPARSIFIER_DIR
+    found = [directory] if directory.is_dir() or (directory.with_name(directory.name + ".old") / ".metadata").is_file() else []
+    file = [candidate / SPARSIFIER_FILE] if (candidate / SPARSIFIER_FILE).is_file() else []
+    return found + file if sharded else file + found
 
-            shared = AcceleratorState._shared_state
-            if shared.get("deepspeed_plugin") is not None:
-                strategy = "DeepSpeed"
-            elif shared.get("fsdp_plugin") is not None:
-                strategy = "FSDP"
-        except ImportError:  # accelerate is a dependency of the Trainer; without it no sharding either
-            pass
-    if strategy:
+
+def read_sharded_step(directory: Path) -> int | None:
+    """The Trainer step a sharded Sparsifier state was saved at (read on every rank)."""
+    from ..sharded_checkpoint import load_safely
+
+    entries = {"global_step": -1}
+    load_safely(entries, directory)
+    return entries["global_step"]
+
+
+def resumed_sharded(model, optimizer, options, total_steps: int, directory: Path, horizon: str, folder: Path):
+    """The Sparsifier continuing from the sharded state in `directory`, on every rank, over the weights
+    and optimizer state the Trainer loaded; the callback's one-line refusal when those weights are not
+    the saved run's."""
+    loaded: dict[str, Any] = {}
+    try:
+        return build_sparsifier_sharded(model, optimizer, options, total_steps, directory, horizon, loaded)
+    except ValueError as error:
+        problem = weights_problem(weights_in_model(model, loaded), loaded) if "masks" in loaded else None
+        if problem is not None:
+            raise weights_refusal(folder, problem) from error
+        raise
+
+
+def sharding(args) -> str | None:
+    """The sharding the Trainer is set to: "DeepSpeed", "FSDP1", "FSDP2" or None. TrainingArguments
+    (deepspeed, fsdp and fsdp_config) come first; without them, an accelerate config (a launch config,
+    ACCELERATE_USE_FSDP) that made the Trainer's Accelerator. transformers before its FSDP2 support
+    knows only FSDP1."""
+    plugins = accelerate_plugins()
+    if getattr(args, "deepspeed", None):
+        return "DeepSpeed"
+    if getattr(args, "fsdp", None):
+        version = (getattr(args, "fsdp_plugin_args", None) or {}).get("fsdp_version")
+        config = getattr(args, "fsdp_config", None)
+        if version is None and isinstance(config, dict):
+            version = config.get("version", config.get("fsdp_version"))
+        if version is None and plugins.get("fsdp_plugin") is not None:
+            version = getattr(plugins["fsdp_plugin"], "fsdp_version", None)
+        return f"FSDP{int(version or 1)}"
+    if plugins.get("deepspeed_plugin") is not None:
+        return "DeepSpeed"
+    if plugins.get("fsdp_plugin") is not None:
+        return f"FSDP{int(getattr(plugins['fsdp_plugin'], 'fsdp_version', None) or 1)}"
+    return None
+
+
+def accelerate_plugins() -> dict[str, Any]:
+    """accelerate's shared state (its DeepSpeed and FSDP plugins), {} without accelerate."""
+    try:
+        from accelerate.state import AcceleratorState
+    except ImportError:  # accelerate is a dependency of the Trainer; without it no sharding either
+        return {}
+    return AcceleratorState._shared_state
+
+
+def refuse_sharded(args) -> None:
+    """A one-line ValueError when the Trainer is set to DeepSpeed or FSDP1, which flatten the weights
+    the masks cover into sharded vectors (the Sparsifier would mask the wrong tensors). FSDP2 passes:
+    its weights are DTensors of whole layers, which the Sparsifier follows shard by shard."""
+    strategy = sharding(args)
+    if strategy in ("DeepSpeed", "FSDP1"):
         raise ValueError(
-            f"SparsityCallback cannot train under {strategy}: it shards or flattens the weights the masks cover; "
-            "use plain DDP (torchrun without --deepspeed / --fsdp)."
+            f"SparsityCallback cannot train under {strategy}: it flattens the weights the masks cover into sharded vectors; "
+            "set fsdp=True with fsdp_config={'fsdp_version': 2} (FSDP2, which the Sparsifier follows shard by shard) "
+            "or train with plain DDP (torchrun)."
         )

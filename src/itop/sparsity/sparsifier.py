@@ -32,10 +32,12 @@ from torch import Tensor, nn
 
 from . import structured
 from .arguments import GROW_ARGUMENTS, PRUNE_ARGUMENTS, check_numbers, checked_options
-from .density import DISTRIBUTIONS
+from .density import DISTRIBUTIONS, layer_counts
 from .distributed import check_masks_agree, shared_seed
 from .exploration import Exploration
+from .gradual import GradualPruning, check_gradual
 from .grow import GROW
+from .layers import sparse_storages
 from .optimizer import closure_of, grad_scale, skipped_by_grad_scaler, zero_preserving
 from .params import Selector
 from .prune import PRUNE
@@ -43,7 +45,7 @@ from .redistribute import REDISTRIBUTE, allocate, prune_limits
 from .schedule import PruneSchedule
 from .shards import count, is_sharded
 from .state import load_saved_state, looks_trained, saved_state
-from .storage import MaskedLayers, Rule, initialize, sparse_storages
+from .storage import MaskedLayers, Rule, initialize, use_given_masks
 from .truly_sparse import all_ranks, check_truly_sparse_criteria, update_seed
 
 
@@ -112,6 +114,16 @@ class Sparsifier:
             weights than `ablation_threshold` x its fan-in loses them all, and the layer's other
             neurons share its budget.
         ablation_threshold: SRigL's gamma_sal, 0.3 as in the paper.
+        masks: start from these masks (parameter name -> bool tensor, e.g. from `itop.init_masks`:
+            SNIP, GraSP, SynFlow) instead of random ones; their per-layer counts are kept, and
+            `density` defaults to theirs. With update_frequency=None they stay fixed.
+        initial_density: gradual pruning (`gradual.py`): start at this density (1.0: dense) and
+            lower each layer's count on Zhu & Gupta's cubic schedule at the updates between
+            `prune_start` and `prune_end`, down to `density`; with grow="none" this is GMP, with
+            regrowth GraNet (each update also replaces a share of the remaining weights).
+        prune_start: the optimizer step where gradual pruning starts (default 0).
+        prune_end: the optimizer step where gradual pruning ends (default three quarters of
+            `total_steps`); the first update from then on holds the final density.
 
     After construction: `masks` (name -> bool tensor), `layers` (truly sparse layers by name),
     `density`, `itop_rate` (Rs: the share of weights ever active), `layer_stats()`, `history`
@@ -149,8 +161,13 @@ class Sparsifier:
         structure: str | None = None,
         ablation: bool = False,
         ablation_threshold: float = structured.ABLATION_THRESHOLD,
+        masks: Mapping[str, Tensor] | None = None,
+        initial_density: float | None = None,
+        prune_start: int = 0,
+        prune_end: int | None = None,
     ):
         self.structure = structured.parse(structure, ablation, ablation_threshold)
+        given_density = density
         density = self.structure.density(density) if self.structure else 0.05 if density is None else density
         check_numbers(density, prune_rate, update_frequency, total_steps, grad_average_beta, init_scale)
         density, prune_rate = float(density), float(prune_rate)
@@ -158,6 +175,19 @@ class Sparsifier:
         self.config = dict(density=density, distribution=distribution, prune=prune, grow=grow, redistribution=redistribution)
         self.config.update(prune_rate=prune_rate, update_frequency=update_frequency, total_steps=total_steps, decay_schedule=decay_schedule)
         self.config.update(structure=self.structure.label if self.structure else None)
+        if initial_density is not None:
+            prune_end = 3 * total_steps // 4 if prune_end is None else prune_end
+            check_gradual(initial_density, density, prune_start, prune_end, update_frequency, total_steps)
+            self.config.update(initial_density=float(initial_density), prune_start=int(prune_start), prune_end=int(prune_end))
+        elif prune_start or prune_end is not None:
+            raise ValueError("prune_start and prune_end set gradual pruning's schedule; give initial_density= (1.0: from dense) too.")
+        chosen = [
+            name
+            for name, given in (("masks=", masks), ("initial_density=", initial_density), ("structure=", structure))
+            if given is not None
+        ]
+        if len(chosen) > 1:
+            raise ValueError(f"{chosen[0]} and {chosen[1]} each choose the initial topology; give one of them.")
         self._density_fn = _criterion(DISTRIBUTIONS, distribution)
         self._prune = _criterion(PRUNE, prune)
         self._grow = _criterion(GROW, grow)
@@ -196,7 +226,13 @@ class Sparsifier:
         if self.structure is not None and any(is_sharded(p) for p in self._weights):
             raise ValueError("structure= is not supported on weights sharded by FSDP2 yet; train structured sparsity with DDP.")
         structured.check_usable(self.structure, self._storages, self._grow, self._per_layer, self.config)
-        self._budgets = initialize(self._storages, self._density_fn, self.config["density"], self.seed, self.structure)
+        if masks is not None:  # e.g. itop.init_masks: the run starts from them and keeps their per-layer counts
+            self._budgets = use_given_masks(self._storages, masks)
+            self.config["density"] = self._given_density(given_density)
+        else:
+            start = self.config.get("initial_density", self.config["density"])
+            self._budgets = initialize(self._storages, self._density_fn, start, self.seed, self.structure)
+        self._gradual = self._gradual_schedule()
         check_masks_agree(self._topology(), self._generator)
         self.exploration = Exploration(self._topology(), sizes={n: s.numel for n, s in self._storages.items()})
         self.history, self._hooks = [], []  # history: one entry per update (and the start)
@@ -205,6 +241,28 @@ class Sparsifier:
         self.apply_masks()
         if init_scale == "sparse":  # each masked layer's weights by 1/sqrt(its density): the variance for the actual fan-in
             self._masked.scale_for_fan_in()
+
+    def _given_density(self, density: float | None) -> float:
+        """The density of masks given to the constructor; a `density` given with them must agree."""
+        realized = self.density
+        total = sum(s.numel for s in self._storages.values())
+        if density is not None and abs(density - realized) * total >= 1:
+            raise ValueError(f"the masks given hold density {realized:.6g}, not the density={density} given with them; leave density out.")
+        return realized
+
+    def _gradual_schedule(self) -> GradualPruning | None:
+        """The cubic schedule from the initial counts to the distribution's counts at the final density."""
+        if "initial_density" not in self.config:
+            return None
+        if self._prune is PRUNE.get("threshold") or not self._per_layer:
+            raise ValueError(
+                "gradual pruning lowers each layer's count on its schedule; use a prune criterion that removes a given number "
+                "(magnitude or set) and redistribution='none'."
+            )
+        shapes = {n: s.shape for n, s in self._storages.items()}
+        final = layer_counts(shapes, self._density_fn(shapes, self.config["density"]))
+        c = self.config
+        return GradualPruning(c["initial_density"], c["prune_start"], c["prune_end"], {n: s.nnz for n, s in self._storages.items()}, final)
 
     # ----------------------------------------------------------------------------- storages
     @property
@@ -328,7 +386,32 @@ class Sparsifier:
         grads = self._masked.update_grads(self._dense_grads, self._uses_grads, self._grow is GROW.get("gradient"))
         sources, self._sources, self._dense_grads = self._sources or {}, None, None
         rate = self.schedule.rate(self.steps)
-        storages, avg = list(self._storages.values()), self.grad_average
+        storages = list(self._storages.values())
+        total = self._prune_to_schedule(storages, grads)
+        if self._gradual is None or self._grows:  # GMP only prunes on its schedule; GraNet also regenerates
+            total += self._prune_and_grow(storages, grads, sources, rate)
+        active = self._topology()
+        check_masks_agree(active, self._generator)
+        self.exploration.update(active)
+        self._refresh_multipliers()
+        self.apply_masks()
+        self._record(removed=total, rate=rate)
+
+    def _prune_to_schedule(self, storages, grads) -> int:
+        """Gradual pruning: each layer down to its count on the cubic schedule; how many weights went."""
+        if self._gradual is None:
+            return 0
+        removed = 0
+        for storage, target in zip(storages, self._gradual.targets(self.steps).values()):
+            if storage.nnz > target:
+                before = storage.nnz
+                storage.shrink(storage.prune(self._prune_rule, before - target, grads.get(storage.name)))
+                removed += before - storage.nnz
+        return removed
+
+    def _prune_and_grow(self, storages, grads, sources, rate: float) -> int:
+        """The topology update proper: prune each layer at `rate`, grow the weights back; returns how many were replaced."""
+        avg = self.grad_average
         nnz, numel, own_count = [s.nnz for s in storages], [s.numel for s in storages], getattr(self._prune, "own_count", False)
         limits, room = prune_limits(nnz, numel, rate, own_count=own_count, grows=self._grows, per_layer=self._per_layer)
         kept = [s.prune(self._prune_rule, k, grads.get(s.name)) for s, k in zip(storages, limits)]
@@ -350,12 +433,7 @@ class Sparsifier:
             ]
             for s, survivors, new, r, c in zip(storages, kept, grown, removed, counts):
                 s.replace(survivors, new, s.nnz - r + c)
-        active = self._topology()
-        check_masks_agree(active, self._generator)
-        self.exploration.update(active)
-        self._refresh_multipliers()
-        self.apply_masks()
-        self._record(removed=total, rate=rate)
+        return total
 
     def _regrow_structured(self, storage, kept: Tensor, grad: Tensor | None, grad_average: Tensor | None) -> int:
         """Regrow each row or N:M group of a masked layer to its count (after SRigL's ablation, if

@@ -34,9 +34,8 @@ from ..sparse.base import SparseWeights
 from . import index_growth, kernels, shards
 from .density import layer_counts
 from .optimizer import multiply_all
-from .params import sparse_parameters
 from .select import random_k_mask
-from .truly_sparse import Recorder, gradient_rows, model_order, replace_positions, selects_some, state_tensors, truly_sparse_layers
+from .truly_sparse import Recorder, gradient_rows, replace_positions, state_tensors
 
 
 class Rule(NamedTuple):
@@ -108,6 +107,10 @@ class MaskedStorage(_Storage):
 
     def set_mask(self, mask: Tensor) -> None:
         self.mask, self.nnz = mask, int(torch.count_nonzero(mask))
+
+    def shrink(self, kept: Tensor) -> None:
+        """Keep only the active weights where `kept` is True (gradual pruning: nothing grows)."""
+        self.set_mask(kept)
 
     def refresh(self) -> None:
         """The mask in the weight's dtype, for the multiply that applies it."""
@@ -232,50 +235,16 @@ class TrulySparseStorage(_Storage):
         replace_positions(self.layer, self.optimizer, kept, grown)
         self.recorder.sources.clear()
 
+    def shrink(self, kept: Tensor) -> None:
+        """Keep only the values where `kept` is True: the layer's memory follows its count."""
+        replace_positions(self.layer, self.optimizer, kept, torch.zeros(0, dtype=torch.int64))
+
     def record(self, on: bool) -> None:
         """Have the layer's backward record (inputs, output gradients) for gradient growth, or not."""
         self.layer._recorder = self.recorder if on else None
 
 
 Storage = MaskedStorage | TrulySparseStorage
-
-
-def sparse_storages(model: nn.Module, optimizer: torch.optim.Optimizer, include, exclude) -> dict[str, Storage]:
-    """Every sparse layer of `model` as a storage, by name, in the order of its weights in the model:
-    the truly sparse layers (`truly_sparse.truly_sparse_layers`) and the other chosen parameters
-    (`params.sparse_parameters`), masked (sharded when FSDP2 split them). Raises ValueError for
-    none, for one `optimizer` does not hold, or for a model wrapped in FSDP1."""
-    shards.refuse_flat_sharding(model)
-    layers = truly_sparse_layers(model, include, exclude)  # itop.sparse.SparseLinear: values + indices, no mask
-    values = {id(m.values) for m in model.modules() if isinstance(m, SparseWeights)}
-    chosen = sparse_parameters(model, include, exclude, matched_elsewhere=lambda sel: selects_some(sel, model))
-    params = {n: p for n, p in chosen.items() if id(p) not in values}
-    if not params and not layers:
-        raise ValueError(
-            "the model has no sparse parameter (no trainable Linear/Conv weight, or include/exclude left none); pass include= to choose some."
-        )
-    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    missing = [n for n, p in params.items() if id(p) not in held]
-    missing += [n for n, layer in layers.items() if id(layer.values) not in held]
-    if missing:
-        after = " after fully_shard" if any(shards.is_sharded(p) for p in params.values()) else ""
-        raise ValueError(
-            f"the optimizer does not hold the model's parameter {missing[0]!r}; build the optimizer{after} from model.parameters()."
-        )
-    linears = kernels.linear_owners(model, params)
-    from .sharded_storage import ShardedStorage  # a MaskedStorage itself
-
-    sharded = [n for n, layer in layers.items() if shards.is_sharded(layer.values)]
-    if sharded:
-        raise ValueError(
-            f"the truly sparse layer {sharded[0]} is sharded by FSDP, which splits its values but not its positions (buffers); "
-            "shard masked layers only: convert with itop.sparse.densify before fully_shard, or train it without FSDP."
-        )
-    made: dict[str, Storage] = {
-        n: (ShardedStorage if shards.is_sharded(p) else MaskedStorage)(n, p, linears.get(n)) for n, p in params.items()
-    }
-    made.update({n: TrulySparseStorage(n, layer, optimizer) for n, layer in layers.items()})
-    return {n: made[n] for n in model_order(model, params, layers)}
 
 
 def initialize(storages: Mapping[str, Storage], distribution: Callable, density: float, seed: int, structure=None) -> dict[str, int]:
@@ -292,6 +261,30 @@ def initialize(storages: Mapping[str, Storage], distribution: Callable, density:
             storage.initialize(counts[name], generator)
         else:
             storage.set_mask(structure.initial_mask(storage.shape, counts[name], generator, storage.param.device))
+    return {name: storage.nnz for name, storage in storages.items()}
+
+
+def use_given_masks(storages: Mapping[str, Storage], masks: Mapping[str, Tensor]) -> dict[str, int]:
+    """Start every masked layer from `masks` (name -> bool tensor of its weight's shape, e.g. from
+    `itop.init_masks`); returns each layer's count. One-line ValueErrors for masks that do not
+    name exactly the masked layers or do not fit their shapes."""
+    masked = {n: s for n, s in storages.items() if not s.truly_sparse}
+    if len(masked) < len(storages):
+        raise ValueError("masks= starts masked layers; this model has truly sparse layers, which hold their own positions.")
+    if set(masks) != set(masked):
+        missing, extra = sorted(set(masked) - set(masks)), sorted(set(masks) - set(masked))
+        problem = f"lacks {missing[0]!r}" if missing else f"names {extra[0]!r}, which is not a sparse parameter"
+        raise ValueError(
+            f"masks= must hold one mask per sparse parameter ({len(masked)}), but it {problem}; build it with the same include/exclude."
+        )
+    for name, storage in masked.items():
+        mask = masks[name]
+        if not isinstance(mask, Tensor) or tuple(mask.shape) != storage.shape:
+            shape = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
+            raise ValueError(f"the mask of {name} has shape {shape}, the parameter {storage.shape}; pass masks of the parameters' shapes.")
+        storage.set_mask(mask.to(device=storage.param.device, dtype=torch.bool))
+        if storage.nnz == 0:
+            raise ValueError(f"the mask of {name} keeps no weight; a sparse layer needs at least one (exclude the layer to leave it out).")
     return {name: storage.nnz for name, storage in storages.items()}
 
 
