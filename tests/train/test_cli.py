@@ -84,8 +84,15 @@ def test_dense_run(capsys):
 
 @pytest.mark.parametrize(
     "epochs, extra",
-    [("3", []), ("2", []), ("2", ["--structure", "2:4"])],
-    ids=["3", "2", "2:4"],  # LR milestones by epochs (3) and by steps (2: too short for epoch milestones); a structured run
+    [
+        ("3", []),
+        ("2", []),
+        ("2", ["--structure", "2:4"]),
+        ("3", ["--gradual", "--growth", "gradient", "--prune-end", "2"]),
+        ("2", ["--init", "snip"]),
+    ],
+    # LR milestones by epochs (3) and by steps (2: too short for epoch milestones); a structured run; GraNet; RigL from SNIP
+    ids=["3", "2", "2:4", "granet", "snip"],
 )
 def test_resume_equals_uninterrupted(epochs, extra, capsys, monkeypatch):
     assert run([*TINY, *extra, "--epochs", epochs, "--save", "full"], capsys)[0] == 0
@@ -420,3 +427,45 @@ def test_structured_runs_name_their_structure_and_keep_it(capsys):
     assert "--structure 2:4: conv1.weight stay dense (rows not a multiple of 4)." in out and "| SET-ITOP 2:4 | 0.5" in out
     masks = torch.load("nm/checkpoint.pt", weights_only=True)["sparsifier"]["masks"]
     assert "conv1.weight" not in masks and all(bool((m.reshape(-1, 4).sum(1) == 2).all()) for m in masks.values())
+
+
+@pytest.mark.parametrize(
+    "extra, method",
+    [
+        (["--init", "snip", "--fix"], "SNIP"),
+        (["--init", "grasp", "--fix"], "GraSP"),
+        (["--init", "synflow", "--fix"], "SynFlow"),
+        (["--init", "snip"], "RigL-ITOP from SNIP"),
+        (["--gradual", "--growth", "none"], "GMP"),
+        (["--gradual", "--growth", "gradient", "--prune-end", "2"], "GraNet"),
+    ],
+)
+def test_baselines_name_their_method_and_end_at_the_final_density(extra, method, capsys):
+    code, out, err = run([*TINY, *extra, "--save", "b"], capsys)
+    assert code == 0, err
+    summary = json.loads(Path("b/summary.json").read_text())
+    assert summary["method"] == method and f"| {method} | 0.95 |" in out
+    assert summary["density"] == pytest.approx(0.05, abs=1e-4)
+    if "--fix" in extra:
+        assert summary["itop_rate"] == summary["density"]  # static: nothing explored beyond the initial masks
+    if "--gradual" in extra:  # every weight was active at the start: Rs 1, and more training FLOPs than the sparse methods
+        assert summary["itop_rate"] == 1.0 and summary["training_flops"] > 0.2
+        assert summary["best_epoch"] * 18 >= 36  # only epochs at the final density are reported
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--init", "lottery"], "--init must be"),
+        (["--init", "snip", "--truly-sparse"], "--truly-sparse"),
+        (["--gradual", "--fix"], "--fix"),
+        (["--gradual", "--init", "snip"], "give one of them"),
+        (["--gradual", "--initial-density", "0.01"], "--initial-density"),
+        (["--gradual", "--prune-start", "2", "--prune-end", "1"], "--prune-start"),
+        (["--gradual", "--update_frequency", "500"], "no topology update"),
+    ],
+)
+def test_baseline_flags_that_cannot_work_are_refused_in_one_line(extra, words, capsys):
+    code, _, err = run([*TINY, *extra, "--save", "bad"], capsys)
+    assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err
+    assert not Path("bad").exists()

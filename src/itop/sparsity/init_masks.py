@@ -21,13 +21,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..sparse.base import SparseWeights
 from . import shards
 from .density import DISTRIBUTIONS, layer_counts
 from .init_scores import grasp_scores, linearized_state, snip_scores, synflow_scores
-from .params import Selector, sparse_parameters
+from .layers import chosen_layers
+from .params import Selector
 from .select import bottom_k_mask, top_k_mask
-from .truly_sparse import selects_some
 
 METHODS = ("snip", "grasp", "synflow")
 
@@ -120,10 +119,7 @@ def sparse_weights(
 ) -> dict[str, nn.Parameter]:
     """The parameters the Sparsifier masks for `include`/`exclude`, by name, in model order
     (truly sparse layers hold positions, not masks, and are left out)."""
-    shards.refuse_flat_sharding(model)
-    values = {id(m.values) for m in model.modules() if isinstance(m, SparseWeights)}
-    chosen = sparse_parameters(model, include, exclude, matched_elsewhere=lambda sel: selects_some(sel, model))
-    params = {n: p for n, p in chosen.items() if id(p) not in values}
+    params, _ = chosen_layers(model, include, exclude)
     if not params:
         raise ValueError("the model has no masked sparse parameter (no trainable Linear/Conv weight, or include/exclude left none).")
     if any(shards.is_sharded(p) for p in params.values()):

@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ..sparse.base import SparseWeights
 from . import kernels, shards
@@ -15,16 +15,22 @@ from .storage import MaskedStorage, Storage, TrulySparseStorage
 from .truly_sparse import model_order, selects_some, truly_sparse_layers
 
 
+def chosen_layers(model: nn.Module, include, exclude) -> tuple[dict[str, Tensor], dict[str, SparseWeights]]:
+    """(the parameters to mask, the truly sparse layers), each by name, for `include` / `exclude`
+    (`params.sparse_parameters`; a truly sparse layer's values are never masked). Refuses FSDP1."""
+    shards.refuse_flat_sharding(model)
+    layers = truly_sparse_layers(model, include, exclude)  # itop.sparse.SparseLinear: values + indices, no mask
+    values = {id(m.values) for m in model.modules() if isinstance(m, SparseWeights)}
+    chosen = sparse_parameters(model, include, exclude, matched_elsewhere=lambda sel: selects_some(sel, model))
+    return {n: p for n, p in chosen.items() if id(p) not in values}, layers
+
+
 def sparse_storages(model: nn.Module, optimizer: torch.optim.Optimizer, include, exclude) -> dict[str, Storage]:
     """Every sparse layer of `model` as a storage, by name, in the order of its weights in the model:
     the truly sparse layers (`truly_sparse.truly_sparse_layers`) and the other chosen parameters
     (`params.sparse_parameters`), masked (sharded when FSDP2 split them). Raises ValueError for
     none, for one `optimizer` does not hold, or for a model wrapped in FSDP1."""
-    shards.refuse_flat_sharding(model)
-    layers = truly_sparse_layers(model, include, exclude)  # itop.sparse.SparseLinear: values + indices, no mask
-    values = {id(m.values) for m in model.modules() if isinstance(m, SparseWeights)}
-    chosen = sparse_parameters(model, include, exclude, matched_elsewhere=lambda sel: selects_some(sel, model))
-    params = {n: p for n, p in chosen.items() if id(p) not in values}
+    params, layers = chosen_layers(model, include, exclude)
     if not params and not layers:
         raise ValueError(
             "the model has no sparse parameter (no trainable Linear/Conv weight, or include/exclude left none); pass include= to choose some."

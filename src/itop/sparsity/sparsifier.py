@@ -461,6 +461,12 @@ class Sparsifier:
         return sum(s.nnz for s in self._storages.values()) / sum(s.numel for s in self._storages.values())
 
     @property
+    def at_final_density(self) -> bool:
+        """False while gradual pruning has not reached the final density yet (a model saved then
+        is denser than the run's result); True otherwise."""
+        return self._gradual is None or self.history[-1]["step"] >= self._gradual.end
+
+    @property
     def itop_rate(self) -> float:
         """Rs: the share of all sparse weights that have been active at some point."""
         return self.exploration.rate

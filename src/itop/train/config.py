@@ -133,6 +133,11 @@ class TrainConfig:
     tensorboard: bool = False  # curves in <run>/tensorboard
     processes: int = 1  # torchrun processes the run started with: the global batch is batch_size * processes
     fsdp: bool = False  # shard the model with FSDP2 (fully_shard); checkpoints are DCP directories
+    init: str = ""  # "" (random masks) | snip | grasp | synflow: masks chosen at initialisation (itop.init_masks)
+    gradual: bool = False  # gradual pruning from --initial-density down to --density (GMP; GraNet with growth)
+    initial_density: float = 1.0
+    prune_start: float = 0.0  # epochs
+    prune_end: float | None = None  # epochs; None: three quarters of the run
     ignored: list[str] = field(default_factory=list)
 
     @property
@@ -144,10 +149,16 @@ class TrainConfig:
         """The method name of the original ITOP code's README: Dense, SET-ITOP, RigL-ITOP, ... with '(m times)'."""
         if not self.sparse:
             return "Dense"
-        if self.fix:
+        dst = {"random": "SET-ITOP", "gradient": "RigL-ITOP", "momentum": "SM-ITOP"}.get(self.growth, f"{self.growth}-ITOP")
+        at_init = {"snip": "SNIP", "grasp": "GraSP", "synflow": "SynFlow"}.get(self.init)
+        if self.gradual:  # Zhu & Gupta's GMP; with regrowth GraNet (Liu et al. 2021)
+            name = {"none": "GMP", "gradient": "GraNet"}.get(self.growth, f"GraNet ({self.growth} growth)")
+        elif at_init:
+            name = at_init if self.fix else f"{dst} from {at_init}"
+        elif self.fix:
             name = "Static"
         else:
-            name = {"random": "SET-ITOP", "gradient": "RigL-ITOP", "momentum": "SM-ITOP"}.get(self.growth, f"{self.growth}-ITOP")
+            name = dst
         if self.structure:  # "RigL-ITOP 2:4", "RigL-ITOP fan-in+ablation": before the multiplier, which plots strip
             name += f" {self.structure}+ablation" if self.ablation else f" {self.structure}"
         return f"{name} ({self.multiplier} times)" if self.multiplier > 1 else name
@@ -425,6 +436,22 @@ def validate(cfg: TrainConfig) -> None:
         (
             not cfg.structure or cfg.growth != "none",
             "--structure regrows every row or group to its count; choose --growth random, gradient or momentum",
+        ),
+        (cfg.init in ("", "snip", "grasp", "synflow"), f"--init must be snip, grasp or synflow, got {cfg.init!r}"),
+        (not cfg.init or cfg.sparse, f"--init {cfg.init} chooses the sparse layers' masks; add --sparse"),
+        (not cfg.gradual or cfg.sparse, "--gradual prunes the sparse layers down to --density; add --sparse"),
+        (not (cfg.init and cfg.gradual), "--init and --gradual each choose how the sparse topology starts; give one of them"),
+        (not (cfg.gradual and cfg.fix), "--gradual prunes at topology updates, which --fix turns off; drop --fix"),
+        (not cfg.init or not cfg.truly_sparse, "--init chooses masks of masked layers; drop --truly-sparse"),
+        (not cfg.init or not cfg.fsdp, "--init scores whole weights, before any sharding; drop --fsdp"),
+        (not (cfg.init or cfg.gradual) or not cfg.structure, "--structure draws its own masks; drop --init / --gradual"),
+        (
+            not cfg.gradual or cfg.density <= cfg.initial_density <= 1,
+            f"--initial-density must be in [--density, 1] = [{cfg.density}, 1], got {cfg.initial_density}",
+        ),
+        (
+            not cfg.gradual or 0 <= cfg.prune_start < (cfg.total_epochs if cfg.prune_end is None else cfg.prune_end) <= cfg.total_epochs,
+            f"--prune-start and --prune-end must be epochs with 0 <= start < end <= {cfg.total_epochs}, got {cfg.prune_start} and {cfg.prune_end}",
         ),
         (
             not cfg.fsdp or not cfg.truly_sparse,

@@ -50,6 +50,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dense", action="store_true", help="ImageNet script: train dense")
     g.add_argument("--fix", action="store_true", help="static sparse training: no topology updates")
     _flag(g, "--density", type=float, help="global density of the sparse layers (0.05 = 95%% sparsity)")
+    _flag(g, "--init", help="masks chosen at initialisation: snip | grasp | synflow (global ranking, as the papers; with --fix, static)")
+    g.add_argument(
+        "--gradual",
+        action="store_true",
+        default=None,
+        help="gradual pruning from --initial-density to --density on Zhu & Gupta's cubic schedule: GMP with --growth none, GraNet with --growth gradient",
+    )
+    _flag(g, "--initial-density", dest="initial_density", type=float, help="--gradual: the density training starts at (default 1.0: dense)")
+    _flag(g, "--prune-start", dest="prune_start", type=float, help="--gradual: the epoch pruning starts at (default 0)")
+    _flag(
+        g,
+        "--prune-end",
+        dest="prune_end",
+        type=float,
+        help="--gradual: the epoch the final density is reached (default: three quarters of the run)",
+    )
     _flag(g, "--sparse_init", "--sparse-init", dest="sparse_init", help="ERK | ER | uniform")
     _flag(g, "--epsilon", type=float, help="SET's ER: each layer keeps epsilon * (n_in + n_out) weights (replaces --density)")
     _flag(g, "--growth", help="random (SET) | gradient (RigL) | momentum | none")

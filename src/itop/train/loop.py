@@ -146,7 +146,12 @@ class Run:
         self.optimizer = build_optimizer(cfg, self.model)
         self.steps_per_epoch = len(self.train_loader)
         self.total_steps = self.steps_per_epoch * cfg.total_epochs
-        self.sparsifier = build_sparsifier(cfg, self.model, self.optimizer, self.total_steps, self.steps_per_epoch, self.target_density)
+        init_batch = self._first_batch() if cfg.init else None
+        self.sparsifier = build_sparsifier(
+            cfg, self.model, self.optimizer, self.total_steps, self.steps_per_epoch, self.target_density, init_batch
+        )
+        if cfg.gradual:
+            self.notes.append("--gradual: only epochs that end at the final density can be reported as the best.")
         if self.sparsifier is not None:
             warning = no_update_warning(cfg, self.steps_per_epoch, self.total_steps, self.sparsifier.schedule.update_frequency)
             self.warnings += [warning] if warning else []
@@ -222,6 +227,15 @@ class Run:
                     f"per process); a 1-process run would keep them."
                 )
         return splits
+
+    def _first_batch(self) -> tuple:
+        """A global batch of training examples for --init snip / grasp, drawn without moving the
+        run's data order on (the loader's generator is put back)."""
+        loader = self.train_loader.loader if isinstance(self.train_loader, RankSlice) else self.train_loader
+        state = self.generator.get_state()
+        x, y = next(iter(loader))
+        self.generator.set_state(state)
+        return x.to(self.device), y.to(self.device)
 
     def _validation_size(self) -> int:
         """Examples the best epoch is picked on (0 without a validation split)."""
@@ -441,7 +455,8 @@ class Run:
             self.metrics.write(record)
             if self.world.main:
                 print(epoch_line(record, cfg.total_epochs), flush=True)
-            if not self.selects_best or val_acc > self.best_val:  # no usable validation split: the last epoch is reported
+            final = self.sparsifier is None or self.sparsifier.at_final_density  # gradual pruning: only models at the final density count
+            if final and (not self.selects_best or val_acc > self.best_val):  # no usable validation split: the last epoch is reported
                 self.best_val, self.best_epoch = (-1.0 if val_acc is None else val_acc), self.epoch
                 self.best_state = self._current_state()
                 if cfg.fsdp:  # every rank writes its shards

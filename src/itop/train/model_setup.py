@@ -15,6 +15,7 @@ import math
 import os
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 import itop
@@ -24,7 +25,7 @@ from itop.sparsity.density import er_epsilon_density
 from itop.sparsity.params import sparse_parameters
 
 from .checkpoint import RunError
-from .config import TrainConfig
+from .config import TrainConfig, UsageError
 
 # Truly sparse runs whose dense weights would exceed this many (1 GiB of float32) are built on the
 # meta device: their active weights are drawn directly instead of picked from a dense initialisation.
@@ -77,7 +78,8 @@ def build_model(cfg: TrainConfig, **shape) -> tuple[nn.Module, float]:
         model = create_model(cfg.model, **kwargs)
     else:
         model = sizing
-    itop.sparse.sparsify(model, density, cfg.sparse_init.lower(), seed=cfg.seed, init_scale=init_scale(cfg))
+    start = cfg.initial_density if cfg.gradual else density  # gradual pruning: the layers shrink from there
+    itop.sparse.sparsify(model, start, cfg.sparse_init.lower(), seed=cfg.seed, init_scale=init_scale(cfg))
     _materialise(model)
     return model, density
 
@@ -113,11 +115,41 @@ def target_density(cfg: TrainConfig, model: nn.Module) -> float:
 
 
 def build_sparsifier(
-    cfg: TrainConfig, model: nn.Module, optimizer, total_steps: int, steps_per_epoch: int, density: float
+    cfg: TrainConfig, model: nn.Module, optimizer, total_steps: int, steps_per_epoch: int, density: float, init_batch=None
 ) -> itop.Sparsifier | None:
+    """The run's Sparsifier (None for a dense run). `init_batch`: the (inputs, targets) batch that
+    --init snip / grasp score the weights on (the same on every rank)."""
     if not cfg.sparse:
         return None
     every = steps_per_epoch if cfg.update_every == "epoch" else cfg.update_frequency
+    extra: dict = {}
+    if cfg.gradual:  # epochs to optimizer steps
+        end = 0.75 * cfg.total_epochs if cfg.prune_end is None else cfg.prune_end
+        extra = dict(
+            initial_density=cfg.initial_density,
+            prune_start=round(cfg.prune_start * steps_per_epoch),
+            prune_end=round(end * steps_per_epoch),
+        )
+    if cfg.init:
+        extra = dict(masks=initial_masks(cfg, model, density, init_batch))
+    try:
+        return _sparsifier(cfg, model, optimizer, total_steps, density, every, extra)
+    except ValueError as error:  # settings the engine refuses (a gradual schedule without an update after its end, ...)
+        raise UsageError(str(error).splitlines()[0]) from None
+
+
+def initial_masks(cfg: TrainConfig, model: nn.Module, density: float, batch) -> dict:
+    """--init: SNIP / GraSP / SynFlow masks, ranked over all layers as in the papers; rank 0's on every rank."""
+    masks = itop.init_masks(model, density, cfg.init, data=[batch], loss_fn=loss_function(cfg))
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        for mask in masks.values():
+            as_bytes = mask.to(torch.uint8)
+            dist.broadcast(as_bytes, src=0)
+            mask.copy_(as_bytes.bool())
+    return masks
+
+
+def _sparsifier(cfg: TrainConfig, model: nn.Module, optimizer, total_steps: int, density: float, every, extra: dict) -> itop.Sparsifier:
     return itop.Sparsifier(
         model,
         optimizer,
@@ -137,6 +169,7 @@ def build_sparsifier(
         ablation=cfg.ablation,
         ablation_threshold=cfg.ablation_threshold,
         exclude=uncut_layers(cfg, model),
+        **extra,
     )
 
 
@@ -179,6 +212,9 @@ def loss_function(cfg: TrainConfig, reduction: str = "mean") -> nn.Module:
 
 def describe_density(density: float, cfg: TrainConfig) -> str:
     """How the run's density was set, for its first line."""
+    if cfg.gradual:
+        end = 0.75 * cfg.total_epochs if cfg.prune_end is None else cfg.prune_end
+        return f"density {cfg.initial_density:g} -> {density:g} over epochs {cfg.prune_start:g}-{end:g}"
     if cfg.epsilon is None:
         return f"density {density:g}"
     return f"density {density:.5g} (from --epsilon {cfg.epsilon:g}, {math.floor(10000 * (1 - density)) / 100:g}% sparse)"
