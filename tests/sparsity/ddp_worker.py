@@ -4,7 +4,8 @@
 
 `--wide` trains a model whose first layer (1000 x 600, density 0.05, 200 rows per rank) takes the
 sparse Linear kernels; `--truly` one whose Linear layers are truly sparse (itop.sparse.sparsify);
-`--structure fan-in+ablation` or `--structure 2:4` a structured run.
+`--structure fan-in+ablation` or `--structure 2:4` a structured run; `--gradual` gradual pruning
+(GMP with grow none, GraNet with gradient).
 
 Each rank trains on its half of every global batch and saves its masks, weights and Rs to
 OUT/rank<r>.pt. `train` is also called in one process with the whole batch, for comparison.
@@ -33,13 +34,15 @@ def global_batches(steps, size, features):
     return [(torch.randn(size, features, generator=gen), torch.randint(0, CLASSES, (size,), generator=gen)) for _ in range(steps)]
 
 
-def train(grow, steps, rank=0, world=1, sparsifier_seed=7, wide=False, truly=False, structure=None):
+def train(grow, steps, rank=0, world=1, sparsifier_seed=7, wide=False, truly=False, structure=None, gradual=False):
     features, hidden, density, per_rank = (1000, 600, 0.05, 200) if wide else (20, 32, 0.2, PER_RANK)
     shape = {}
     if structure:
         kind, _, ablation = structure.partition("+")
         shape = dict(structure=kind, ablation=bool(ablation))
         density = None if ":" in kind else density
+    if gradual:  # GMP (grow "none") or GraNet, dense to `density` by two thirds of the run
+        shape = dict(initial_density=1.0, prune_end=2 * steps // 3)
     model = build(features, hidden)
     if truly:
         itop.sparse.sparsify(model, density, seed=sparsifier_seed)
@@ -74,7 +77,15 @@ if __name__ == "__main__":
     seed = 7 + rank if "--bad-seed" in sys.argv else 7
     structure = sys.argv[sys.argv.index("--structure") + 1] if "--structure" in sys.argv else None
     result = train(
-        grow, steps, rank, world, sparsifier_seed=seed, wide="--wide" in sys.argv, truly="--truly" in sys.argv, structure=structure
+        grow,
+        steps,
+        rank,
+        world,
+        sparsifier_seed=seed,
+        wide="--wide" in sys.argv,
+        truly="--truly" in sys.argv,
+        structure=structure,
+        gradual="--gradual" in sys.argv,
     )
     torch.save(result, os.path.join(out, f"rank{rank}.pt"))
     dist.barrier()  # both ranks done: the files are written

@@ -32,6 +32,8 @@ SCENARIOS = {
     "set-itop": dict(prune="magnitude", grow="random"),
     "rigl": dict(prune="magnitude", grow="gradient"),
     "momentum": dict(prune="magnitude", grow="momentum", redistribution="nonzeros"),
+    "gmp": dict(prune="magnitude", grow="none", initial_density=1.0, prune_end=9),
+    "granet": dict(prune="magnitude", grow="gradient", initial_density=1.0, prune_end=9),
 }
 
 

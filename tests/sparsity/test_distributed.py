@@ -29,14 +29,16 @@ def torchrun(tmp_path, *args):
         ("gradient", "wide"),
         ("random", "truly"),
         ("gradient", "truly"),
+        ("none", "gradual"),
+        ("gradient", "gradual"),
     ],
 )
 def test_two_ranks_agree_and_match_one_process_with_double_batch(tmp_path, grow, kind):
-    wide, truly = kind == "wide", kind == "truly"
+    wide, truly, gradual = kind == "wide", kind == "truly", kind == "gradual"
     result = torchrun(tmp_path, grow, "12", *([f"--{kind}"] if kind else []))
     assert result.returncode == 0, result.stderr[:3000] + "\n...\n" + result.stderr[-1500:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
-    single = ddp_worker.train(grow, 12, wide=wide, truly=truly)
+    single = ddp_worker.train(grow, 12, wide=wide, truly=truly, gradual=gradual)
     assert ranks[0]["itop_rate"] == ranks[1]["itop_rate"] > ranks[0]["density"]
     for name, mask in ranks[0]["masks"].items():
         assert torch.equal(mask, ranks[1]["masks"][name]), name

@@ -122,3 +122,18 @@ def test_given_masks_that_do_not_fit_are_refused_in_one_line():
         itop.Sparsifier(model, torch.optim.SGD(model.parameters(), lr=0.1), masks=good, density=0.5)
     with pytest.raises(ValueError, match="give one of them"):
         itop.Sparsifier(model, torch.optim.SGD(model.parameters(), lr=0.1), masks=good, initial_density=1.0)
+
+
+def test_training_flops_pay_for_the_dense_start_step_by_step():
+    model, opt, sp = make(lenet300(), grow="none")
+    flops = itop.flops.count_flops(model, torch.zeros(1, 784))
+    train(model, opt, sp, batches(STEPS, (784,), 10))
+    numel = {n: s["numel"] for n, s in sp.layer_stats().items()}
+    layer_flops = {n: 2 * numel[n] for n in numel}  # a Linear: 2 FLOPs per weight per example
+    dense = sum(layer_flops.values())
+    expected = 0.0
+    for entry, after in zip(sp.history, [*sp.history[1:], {"step": STEPS}]):
+        forward = sum(layer_flops[n] * entry["nnz"][n] / numel[n] for n in numel)
+        expected += forward * (after["step"] - entry["step"])
+    assert itop.flops.training_ratio(flops, sp) == pytest.approx(expected / (dense * STEPS), rel=1e-9)
+    assert itop.flops.training_ratio(flops, sp) > 0.3  # the dense start, where a sparse run from the start pays ~0.1
