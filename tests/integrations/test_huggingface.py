@@ -100,6 +100,17 @@ def test_structured_sparsity_through_the_trainer(tmp_path, structure):
     assert inactive_values(trainer.model, sp.optimizer, sp) == 0.0  # AdamW, weight decay, clipping, bf16
 
 
+@pytest.mark.parametrize("grow", ["none", "gradient"], ids=["gmp", "granet"])
+def test_gradual_pruning_through_the_trainer(tmp_path, grow):
+    cb = callback(grow=grow, initial_density=1.0, prune_end=6)
+    trainer = Trainer(model=tiny_bert(), args=arguments(tmp_path), train_dataset=examples(), callbacks=[cb])
+    trainer.train()
+    sp = cb.sparsifier
+    assert sum(sp.history[0]["nnz"].values()) == sum(s["numel"] for s in sp.layer_stats().values())  # dense at the start
+    assert sp.at_final_density and sp.density == pytest.approx(0.2, abs=0.01) and sp.itop_rate == 1.0
+    assert inactive_values(trainer.model, sp.optimizer, sp) == 0.0
+
+
 def test_figures_reach_log_history_and_the_reporters(tmp_path):
     cb = callback(log_layers=True)
     args = arguments(tmp_path, report_to="tensorboard")  # events under output_dir/runs/

@@ -99,6 +99,17 @@ def test_structured_sparsity_through_the_trainer(tmp_path, structure):
         assert float(dict(module.named_parameters())[name].detach()[~mask].abs().sum()) == 0.0, name
 
 
+@pytest.mark.parametrize("grow", ["none", "gradient"], ids=["gmp", "granet"])
+def test_gradual_pruning_through_the_trainer(tmp_path, grow):
+    cb, module = callback(grow=grow, initial_density=1.0, prune_end=8), Classifier()
+    trainer(tmp_path, [cb]).fit(module, loader())
+    sp = cb.sparsifier
+    assert [sum(h["nnz"].values()) for h in sp.history][0] == sum(s["numel"] for s in sp.layer_stats().values())
+    assert sp.at_final_density and sp.density == pytest.approx(0.2, abs=0.01) and sp.itop_rate == 1.0
+    for name, mask in sp.masks.items():
+        assert float(dict(module.named_parameters())[name].detach()[~mask].abs().sum()) == 0.0, name
+
+
 def test_a_step_the_module_skips_moves_neither_masks_nor_schedule(tmp_path):
     cb, module = callback(), Classifier(skip={4})  # the 4th step would end with an update
     trainer(tmp_path, [cb]).fit(module, loader())
