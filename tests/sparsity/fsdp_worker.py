@@ -1,11 +1,11 @@
 """Run by tests/sparsity/test_fsdp.py under torchrun: a Sparsifier on a model sharded by FSDP2.
 
-    torchrun --standalone --nproc_per_node N fsdp_worker.py OUT MODE
+    torchrun --standalone --nproc_per_node N fsdp_worker.py OUT MODE[,MODE...]
 
 MODE `select`: the sharded selections (`shards.top_k`, `shards.random_k`) against `select` on the
 whole tensor, over ties, NaN, -0.0, empty shards and every branch of the random draw.
 MODE `train`: every criterion pair of SCENARIOS for STEPS steps; each rank trains on its part of
-every global batch and writes the full masks, weights, Rs and history to OUT/<scenario>.pt (rank 0),
+every global batch and writes the full masks, weights, Rs and history to OUT/<scenario>-<ranks>.pt (rank 0),
 plus checks that the inactive weights and optimizer state are exactly zero on every shard.
 MODE `amp`: RigL through a GradScaler with one step skipped (`train_with_skipped_step`).
 MODE `refusals`: FSDP1, another layout, an optimizer built before sharding, export of a sharded
@@ -215,12 +215,18 @@ def resume(out, rank, world, sharded):
 
 
 def main():
-    out, mode = Path(sys.argv[1]), sys.argv[2]
-    if mode == "resume-plain":  # one process, no FSDP, no process group
+    out, modes = Path(sys.argv[1]), sys.argv[2].split(",")
+    if modes == ["resume-plain"]:  # one process, no FSDP, no process group
         torch.save(resume(out, 0, 1, sharded=False), out / "resumed-plain.pt")
         return
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
+    for mode in modes:  # one launch runs several modes: each torchrun start costs seconds
+        run_mode(mode, out, rank, world)
+    dist.destroy_process_group()
+
+
+def run_mode(mode, out, rank, world):
     if mode == "select":
         check_selections(world)
     elif mode == "train":
@@ -228,7 +234,7 @@ def main():
             result, (model, opt, sp) = train(scenario, rank, world, sharded=True)
             check_zeros(model, opt, sp)
             if rank == 0:
-                torch.save(result, out / f"{scenario}.pt")
+                torch.save(result, out / f"{scenario}-{world}.pt")
     elif mode == "amp":
         result = train_with_skipped_step(rank, world, sharded=True)
         if rank == 0:
@@ -241,7 +247,8 @@ def main():
         result = resume(out, rank, world, sharded=True)
         if rank == 0:
             torch.save(result, out / f"resumed{world}.pt")
-    dist.destroy_process_group()
+    else:
+        raise ValueError(f"unknown mode {mode!r}")
 
 
 if __name__ == "__main__":

@@ -40,34 +40,37 @@ def assert_same_run(sharded, single):
     assert sharded["itop_rate"] == single["itop_rate"] > sharded["density"]
 
 
-@pytest.mark.parametrize("ranks", [2, 4])
-def test_sharded_selections_equal_one_process(tmp_path, ranks):
-    torchrun(tmp_path, ranks, "select")
-
-
-@pytest.mark.parametrize("ranks", [2, 4])
-def test_fsdp_runs_take_the_decisions_of_one_process(tmp_path, ranks):
-    torchrun(tmp_path, ranks, "train")  # also checks inactive weights and optimizer state are exactly zero
-    for scenario in fsdp_worker.SCENARIOS:
-        single, _ = fsdp_worker.train(scenario)
-        assert_same_run(torch.load(tmp_path / f"{scenario}.pt", weights_only=True), single)
-
-
-def test_dcp_checkpoint_resumes_on_four_ranks_and_in_one_process(tmp_path):
-    torchrun(tmp_path, 2, "save")
-    torchrun(tmp_path, 4, "resume")
-    plain = subprocess.run([sys.executable, str(WORKER), str(tmp_path), "resume-plain"], capture_output=True, text=True, timeout=300)
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One launch on 2 ranks and one on 4 (each start costs seconds): selections, every scenario,
+    a skipped step, the refusals and a DCP save on 2; selections, every scenario and the resume of
+    that checkpoint on 4; the same checkpoint resumed in one process without FSDP."""
+    out = tmp_path_factory.mktemp("fsdp")
+    torchrun(out, 2, "select,train,amp,refusals,save")
+    torchrun(out, 4, "select,train,resume")
+    plain = subprocess.run([sys.executable, str(WORKER), str(out), "resume-plain"], capture_output=True, text=True, timeout=300)
     assert plain.returncode == 0, plain.stderr[-3000:]
     assert "Warning" not in plain.stderr
+    return out
+
+
+@pytest.mark.parametrize("ranks", [2, 4])
+@pytest.mark.parametrize("scenario", list(fsdp_worker.SCENARIOS))
+def test_fsdp_runs_take_the_decisions_of_one_process(runs, ranks, scenario):
+    # the launches also checked the sharded selections against one process's, over ties, NaN, -0.0 and empty
+    # shards, and that inactive weights and optimizer state stay exactly zero on every shard
+    single, _ = fsdp_worker.train(scenario)
+    assert_same_run(torch.load(runs / f"{scenario}-{ranks}.pt", weights_only=True), single)
+
+
+def test_dcp_checkpoint_saved_on_two_ranks_resumes_on_four_and_in_one_process(runs):
     single, _ = fsdp_worker.train("rigl")
     for resumed in ("resumed4", "resumed-plain"):
-        assert_same_run(torch.load(tmp_path / f"{resumed}.pt", weights_only=True), single)
+        assert_same_run(torch.load(runs / f"{resumed}.pt", weights_only=True), single)
 
 
-def test_a_step_the_grad_scaler_skips_is_skipped_on_every_rank(tmp_path):
-    torchrun(tmp_path, 2, "amp")  # the infinite gradient is on rank 1's shard only
-    assert_same_run(torch.load(tmp_path / "amp.pt", weights_only=True), fsdp_worker.train_with_skipped_step())
-
-
-def test_configurations_the_engine_cannot_follow_are_refused_in_one_line(tmp_path):
-    torchrun(tmp_path, 2, "refusals")  # FSDP1, a Shard(1) weight, an optimizer built before fully_shard
+def test_a_step_the_grad_scaler_skips_is_skipped_on_every_rank(runs):
+    # the infinite gradient was on rank 1's shard only
+    assert_same_run(torch.load(runs / "amp.pt", weights_only=True), fsdp_worker.train_with_skipped_step())
+    # the 2-rank launch also checked that FSDP1, a Shard(1) weight, an optimizer built before fully_shard,
+    # export of a sharded model and structure on shards are refused in one line
