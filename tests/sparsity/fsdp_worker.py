@@ -8,8 +8,8 @@ MODE `train`: every criterion pair of SCENARIOS for STEPS steps; each rank train
 every global batch and writes the full masks, weights, Rs and history to OUT/<scenario>-<ranks>.pt (rank 0),
 plus checks that the inactive weights and optimizer state are exactly zero on every shard.
 MODE `amp`: RigL through a GradScaler with one step skipped (`train_with_skipped_step`).
-MODE `refusals`: FSDP1, another layout, an optimizer built before sharding, export of a sharded
-model, structure on shards: one-line errors.
+MODE `refusals`: FSDP1, another layout, an optimizer built before sharding, truly sparse layers,
+export of a sharded model, structure on shards: one-line errors; ranks seeded apart: a loud error.
 MODE `save`: RigL for 6 steps, then a DCP checkpoint (model, optimizer, sparsifier) in OUT/dcp.
 MODE `resume`: loads OUT/dcp (saved on any number of ranks) and trains steps 7..STEPS;
 `resume-plain` does so in one process (python fsdp_worker.py OUT resume-plain), unsharded.
@@ -136,6 +136,15 @@ def refusals(world):
     sharded = shard(build(), world)
     sp = itop.Sparsifier(sharded, torch.optim.SGD(sharded.parameters(), lr=0.1), density=0.2)
     assert "whole weights" in refused(lambda: itop.sparse.export(sharded, sp))
+    truly = itop.sparse.sparsify(build(), 0.2, seed=0)
+    shard(truly, world)
+    assert "positions" in refused(lambda: itop.Sparsifier(truly, torch.optim.SGD(truly.parameters(), lr=0.1)))
+    try:  # ranks whose update generators differ would take different decisions on their shards
+        apart = shard(build(), world)
+        itop.Sparsifier(apart, torch.optim.SGD(apart.parameters(), lr=0.1), seed=dist.get_rank())
+        raise AssertionError("generators that differ across ranks were not noticed")
+    except RuntimeError as error:
+        assert "random generator" in str(error)
     other = shard(build(), world)
     assert "not supported" in refused(lambda: itop.Sparsifier(other, torch.optim.SGD(other.parameters(), lr=0.1), structure="fan-in"))
 
