@@ -1,10 +1,11 @@
-"""All five reproduction studies in order, each printing its tables, with its wall time.
+"""The reproduction studies in order, each printing its tables, with its wall time.
 
     python benchmarks/reproduce/run_all.py [--seeds 5] [--quick] [--plots docs/results]
 
-Each study is its own script (rs_accuracy, extended, equal_flops, initialisation, momentum) and can
-be run alone; they share the run directories under --out, so a run two studies need is trained
-once, and a stopped study resumes. `--plots DIR` puts each study's `itop report` output (results.md
+Each study is its own script (rs_accuracy, extended, equal_flops, initialisation, momentum,
+baselines) and can be run alone, as can study 6 (structured.py), which this command leaves out; they
+share the run directories under --out, so a run two studies need is trained once, and a stopped
+study resumes. `--plots DIR` puts each study's `itop report` output (results.md
 and PNGs) in DIR/<study>.
 """
 
@@ -15,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-STUDIES = ("rs_accuracy", "extended", "equal_flops", "initialisation", "momentum")
+STUDIES = ("rs_accuracy", "extended", "equal_flops", "initialisation", "momentum", "baselines")
 
 
 def main() -> None:
