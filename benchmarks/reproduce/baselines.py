@@ -22,7 +22,6 @@ at a time). Prints one table per network and density, then a summary at 98% spar
 from __future__ import annotations
 
 import statistics
-import sys
 
 import common
 from common import RIGL, SET, STATIC, Job
@@ -43,17 +42,7 @@ DST = ("SET-ITOP", "RigL-ITOP")
 LENET5 = ("--model", "lenet5")
 
 
-def lenet5_epochs() -> str:
-    """--lenet5-epochs, taken out of the command line before the common flags are parsed."""
-    if "--lenet5-epochs" not in sys.argv:
-        return "30"
-    at = sys.argv.index("--lenet5-epochs")
-    value = sys.argv[at + 1]
-    del sys.argv[at : at + 2]
-    return value
-
-
-EPOCHS5 = lenet5_epochs()
+EPOCHS5 = common.lenet5_epochs()
 
 
 def method_flags(method: str, quick: bool) -> tuple[str, ...]:

@@ -70,6 +70,16 @@ ORIGINAL = {
 }
 
 
+def lenet5_epochs() -> str:
+    """--lenet5-epochs, taken out of the command line before the common flags are parsed."""
+    if "--lenet5-epochs" not in sys.argv:
+        return "30"
+    at = sys.argv.index("--lenet5-epochs")
+    value = sys.argv[at + 1]
+    del sys.argv[at : at + 2]
+    return value
+
+
 def longer(multiplier: int) -> tuple[str, ...]:
     """The flags of an m-times longer run (none for 1x, so the 1x run is the one other studies train)."""
     return ("--multiplier", str(multiplier)) if multiplier > 1 else ()

@@ -16,8 +16,6 @@ LeNet-5 run takes about four minutes on one thread).
 
 from __future__ import annotations
 
-import sys
-
 import common
 from common import RIGL, Job
 
@@ -30,17 +28,7 @@ N_M = {"2:4": "0.5", "1:4": "0.25"}
 LENET5 = ("--model", "lenet5")
 
 
-def lenet5_epochs() -> str:
-    """--lenet5-epochs, taken out of the command line before the common flags are parsed."""
-    if "--lenet5-epochs" not in sys.argv:
-        return "30"
-    at = sys.argv.index("--lenet5-epochs")
-    value = sys.argv[at + 1]
-    del sys.argv[at : at + 2]
-    return value
-
-
-EPOCHS5 = lenet5_epochs()
+EPOCHS5 = common.lenet5_epochs()
 
 
 def grid(network: str, model: tuple[str, ...], seeds: int, quick: bool) -> list[Job]:
