@@ -46,8 +46,14 @@ def test_every_study_runs_quick_and_prints_its_tables(tmp_path):
         "| setting | embedded test: best val | final epoch | Rs | Training FLOPs | training FLOPs, absolute |" in done.stdout
     )  # no official test set
     assert "| Dense, 5 epochs (the budget of 0.05 x 1) |" in done.stdout and "| LeNet-5, SET-ITOP, uniform, density 0.05 |" in done.stdout
+    for row in ("LeNet-300-100, Dense", "LeNet-300-100, SynFlow, density 0.05", "LeNet-300-100, GMP, density 0.05"):
+        assert f"| {row} |" in done.stdout  # the baselines study (7)
+    assert "| LeNet-300-100, GraNet, density 0.05 |" in done.stdout and "| LeNet-5, SNIP, density 0.05 |" in done.stdout
+    assert "LeNet-300-100, density 0.05: best DST RigL-ITOP" in done.stdout and "  against GMP " in done.stdout
     runs = list((tmp_path / "runs").iterdir())
     assert len([r for r in runs if (r / "summary.json").is_file()]) == len(runs) == 23  # runs two studies share are trained once
+    methods = {json.loads((r / "summary.json").read_text())["method"] for r in runs}
+    assert {"GMP", "GraNet", "SNIP", "SynFlow"} <= methods, methods
 
 
 def test_the_structured_study_runs_quick(tmp_path):
@@ -57,20 +63,6 @@ def test_the_structured_study_runs_quick(tmp_path):
     for row in ("LeNet-300-100, RigL-ITOP SRigL (fan-in + ablation), density 0.05", "LeNet-300-100, RigL-ITOP 2:4, density 0.5"):
         assert f"| {row} |" in done.stdout
     assert "| LeNet-5, RigL-ITOP SRigL (fan-in + ablation), density 0.05 |" in done.stdout
-    assert (tmp_path / "plots" / "lenet5" / "results.md").is_file()
-
-
-def test_the_baselines_study_runs_quick(tmp_path):
-    command = [sys.executable, str(SCRIPTS / "baselines.py"), "--quick", "--out", str(tmp_path / "runs"), "--test-dir", str(tmp_path)]
-    done = subprocess.run([*command, "--workers", "1", "--plots", str(tmp_path / "plots")], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    for row in ("LeNet-300-100, Dense", "LeNet-300-100, SynFlow, density 0.05", "LeNet-300-100, GMP, density 0.05"):
-        assert f"| {row} |" in done.stdout
-    assert "| LeNet-300-100, GraNet, density 0.05 |" in done.stdout and "| LeNet-5, SNIP, density 0.05 |" in done.stdout
-    assert "LeNet-300-100, density 0.05: best DST RigL-ITOP" in done.stdout and "  against GMP " in done.stdout
-    summaries = {p.parent.name: json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*/summary.json")}
-    methods = sorted(s["method"] for s in summaries.values())
-    assert methods == ["Dense", "GMP", "GraNet", "RigL-ITOP", "SNIP", "SynFlow"], methods
     assert (tmp_path / "plots" / "lenet5" / "results.md").is_file()
 
 
