@@ -20,6 +20,7 @@ import math
 from dataclasses import dataclass
 
 from .arguments import is_int, is_real
+from .density import layer_counts
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,34 @@ class GradualPruning:
         """Each layer's active count after the update at optimizer step `step`."""
         remaining = (1.0 - self.progress(step)) ** 3
         return {name: final + math.floor((self.initial[name] - final) * remaining + 0.5) for name, final in self.final.items()}
+
+    def prune(self, storages, rule, grads, step: int) -> int:
+        """Prune each storage (in layer order) down to its count at `step` with the prune `rule`
+        (magnitude or SET's, reading `grads` where it asks); returns how many weights went."""
+        removed = 0
+        for storage, target in zip(storages, self.targets(step).values()):
+            if storage.nnz > target:
+                before = storage.nnz
+                storage.shrink(storage.prune(rule, before - target, grads.get(storage.name)))
+                removed += before - storage.nnz
+        return removed
+
+
+def gradual_schedule(config, storages, distribution, prune, per_layer: bool) -> GradualPruning | None:
+    """The cubic schedule from the storages' current counts to the distribution's counts at the
+    final density (None when `config` asks for no gradual pruning); refuses (one-line ValueError)
+    criteria that cannot follow it."""
+    if "initial_density" not in config:
+        return None
+    if getattr(prune, "own_count", False) or not per_layer:
+        raise ValueError(
+            "gradual pruning lowers each layer's count on its schedule; use a prune criterion that removes a given number "
+            "(magnitude or set) and redistribution='none'."
+        )
+    shapes = {n: s.shape for n, s in storages.items()}
+    final = layer_counts(shapes, distribution(shapes, config["density"]))
+    initial = {n: s.nnz for n, s in storages.items()}
+    return GradualPruning(config["initial_density"], config["prune_start"], config["prune_end"], initial, final)
 
 
 def check_gradual(initial_density, density: float, prune_start, prune_end, update_frequency, total_steps: int) -> None:

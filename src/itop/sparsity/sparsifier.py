@@ -32,10 +32,10 @@ from torch import Tensor, nn
 
 from . import structured
 from .arguments import GROW_ARGUMENTS, PRUNE_ARGUMENTS, check_numbers, checked_options
-from .density import DISTRIBUTIONS, layer_counts
+from .density import DISTRIBUTIONS
 from .distributed import check_masks_agree, shared_seed
 from .exploration import Exploration
-from .gradual import GradualPruning, check_gradual
+from .gradual import check_gradual, gradual_schedule
 from .grow import GROW
 from .layers import sparse_storages
 from .optimizer import closure_of, grad_scale, skipped_by_grad_scaler, zero_preserving
@@ -232,7 +232,7 @@ class Sparsifier:
         else:
             start = self.config.get("initial_density", self.config["density"])
             self._budgets = initialize(self._storages, self._density_fn, start, self.seed, self.structure)
-        self._gradual = self._gradual_schedule()
+        self._gradual = gradual_schedule(self.config, self._storages, self._density_fn, self._prune, self._per_layer)
         check_masks_agree(self._topology(), self._generator)
         self.exploration = Exploration(self._topology(), sizes={n: s.numel for n, s in self._storages.items()})
         self.history, self._hooks = [], []  # history: one entry per update (and the start)
@@ -249,20 +249,6 @@ class Sparsifier:
         if density is not None and abs(density - realized) * total >= 1:
             raise ValueError(f"the masks given hold density {realized:.6g}, not the density={density} given with them; leave density out.")
         return realized
-
-    def _gradual_schedule(self) -> GradualPruning | None:
-        """The cubic schedule from the initial counts to the distribution's counts at the final density."""
-        if "initial_density" not in self.config:
-            return None
-        if self._prune is PRUNE.get("threshold") or not self._per_layer:
-            raise ValueError(
-                "gradual pruning lowers each layer's count on its schedule; use a prune criterion that removes a given number "
-                "(magnitude or set) and redistribution='none'."
-            )
-        shapes = {n: s.shape for n, s in self._storages.items()}
-        final = layer_counts(shapes, self._density_fn(shapes, self.config["density"]))
-        c = self.config
-        return GradualPruning(c["initial_density"], c["prune_start"], c["prune_end"], {n: s.nnz for n, s in self._storages.items()}, final)
 
     # ----------------------------------------------------------------------------- storages
     @property
@@ -387,7 +373,7 @@ class Sparsifier:
         sources, self._sources, self._dense_grads = self._sources or {}, None, None
         rate = self.schedule.rate(self.steps)
         storages = list(self._storages.values())
-        total = self._prune_to_schedule(storages, grads)
+        total = 0 if self._gradual is None else self._gradual.prune(storages, self._prune_rule, grads, self.steps)
         if self._gradual is None or self._grows:  # GMP only prunes on its schedule; GraNet also regenerates
             total += self._prune_and_grow(storages, grads, sources, rate)
         active = self._topology()
@@ -396,18 +382,6 @@ class Sparsifier:
         self._refresh_multipliers()
         self.apply_masks()
         self._record(removed=total, rate=rate)
-
-    def _prune_to_schedule(self, storages, grads) -> int:
-        """Gradual pruning: each layer down to its count on the cubic schedule; how many weights went."""
-        if self._gradual is None:
-            return 0
-        removed = 0
-        for storage, target in zip(storages, self._gradual.targets(self.steps).values()):
-            if storage.nnz > target:
-                before = storage.nnz
-                storage.shrink(storage.prune(self._prune_rule, before - target, grads.get(storage.name)))
-                removed += before - storage.nnz
-        return removed
 
     def _prune_and_grow(self, storages, grads, sources, rate: float) -> int:
         """The topology update proper: prune each layer at `rate`, grow the weights back; returns how many were replaced."""
