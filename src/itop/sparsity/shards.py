@@ -9,7 +9,7 @@ mask. The selections here give exactly what `select` gives on the whole weight i
 - `top_k`: the k largest scores, ties to the lowest position, by radix selection: four rounds
   over the 32 bits of an order-preserving integer key of each float32 score, each round
   all-reducing a 256-bin histogram, then the ties at the threshold split in rank order. Five
-  small collectives per selection, memory of the local shard only.
+  small collectives per selection, and 4 bytes per local weight (one int32 key each).
 - `random_k`: the draws of `random_k_positions` (the same generator, the same numbers on every
   rank); each rank answers for the draws that fall in its range, one all-reduce per round.
 - `count`, `any_true`, `masked_sum`: reductions of sharded tensors to plain Python numbers,
@@ -152,47 +152,55 @@ def masked_sum(values: Tensor, mask: Tensor) -> float:
     return float(_all_sum(mine, _group(values)))
 
 
-def _order_keys(scores: Tensor) -> Tensor:
-    """int64 keys in [0, 2^32) ordered as the float32 scores are, with NaN as low as -inf and
-    -0.0 equal to +0.0 (what `select`'s kthvalue sees)."""
+_LOWEST = -(1 << 31)  # below the key of every float, -inf included: marks the positions that may not be chosen
+
+
+def _order_keys(scores: Tensor, allowed: Tensor | None) -> Tensor:
+    """int32 keys ordered (as signed integers) as the float32 scores are, with NaN as low as -inf,
+    -0.0 equal to +0.0 (what `select`'s kthvalue sees) and `_LOWEST` where `allowed` is False: 4
+    bytes per local weight, no list of positions."""
     finite = torch.nan_to_num(scores.float(), nan=float("-inf")) + 0.0  # adding +0.0 turns -0.0 into +0.0
-    bits = finite.view(torch.int32).to(torch.int64)
-    return torch.where(bits < 0, ~bits, bits + (1 << 31))
+    bits = finite.view(torch.int32)
+    keys = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # negative floats: magnitude bits flipped, so larger is lower
+    return keys if allowed is None else keys.masked_fill_(~allowed, _LOWEST)
+
+
+def _digit(keys: Tensor, shift: int) -> Tensor:
+    """Byte `shift` // 8 of each key in unsigned order (the sign bit flipped in the top byte)."""
+    digits = (keys >> shift) & 255
+    return digits ^ 128 if shift == 24 else digits
 
 
 def top_k(scores: DTensor, k: int, allowed: Tensor | None = None) -> DTensor:
     """Bool DTensor like `scores`: True at exactly the `k` allowed positions of largest score, ties
     to the lowest position, exactly as `select.top_k_mask` on the whole tensor."""
     group = _group(scores)
-    flat = local(scores).reshape(-1)
-    where_allowed = None if allowed is None else local(allowed).reshape(-1)
-    positions = torch.arange(flat.numel(), device=flat.device) if where_allowed is None else torch.nonzero(where_allowed).squeeze(1)
-    keys = _order_keys(flat[positions]).cpu()
-    total = int(_all_sum(torch.tensor([keys.numel()], dtype=torch.int64), group))
+    where_allowed = None if allowed is None else local(allowed).reshape(-1).cpu()
+    keys = _order_keys(local(scores).reshape(-1).cpu(), where_allowed)
+    mine = keys.numel() if where_allowed is None else int(torch.count_nonzero(where_allowed))
+    total = int(_all_sum(torch.tensor([mine], dtype=torch.int64), group))
     if not 0 <= k <= total:
         raise ValueError(f"cannot select {k} of {total} allowed positions.")
-    chosen = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
     if k == 0 or k == total:
-        chosen[positions] = k == total
-        return like(chosen.view(local(scores).shape), scores)
-    need, prefix, candidates = k, 0, keys
-    for shift in (24, 16, 8, 0):
-        digits = (candidates >> shift) & 255
+        chosen = torch.full_like(keys, k == total, dtype=torch.bool) if where_allowed is None else where_allowed & (k == total)
+        return like(chosen.view(local(scores).shape).to(local(scores).device), scores)
+    need, unsigned, candidates = k, 0, keys
+    for shift in (24, 16, 8, 0):  # each round: the byte holding the k-th largest key, from all ranks' histograms
+        digits = _digit(candidates, shift)
         histogram = _all_sum(torch.bincount(digits, minlength=256).to(torch.int64), group)
         from_top = histogram.flip(0).cumsum(0)
         index = int(torch.nonzero(from_top >= need)[0])
         digit = 255 - index
         need -= int(from_top[index]) - int(histogram[digit])
-        prefix = (prefix << 8) | digit
+        unsigned = (unsigned << 8) | digit
         candidates = candidates[digits == digit]
-    above = keys > prefix
-    ties = torch.nonzero(keys == prefix).squeeze(1)
+    threshold = unsigned - (1 << 31)  # the k-th largest key, back in signed order
+    chosen = keys > threshold
+    ties = torch.nonzero(keys == threshold).squeeze(1)
     counts = _counts_per_rank(ties.numel(), group)
     before = sum(counts[: dist.get_rank(group)])
-    take = max(0, min(ties.numel(), need - before))
-    above[ties[:take]] = True
-    chosen[positions[above.to(positions.device)]] = True
-    return like(chosen.view(local(scores).shape), scores)
+    chosen[ties[: max(0, min(ties.numel(), need - before))]] = True  # the ties in rank order: lowest positions first
+    return like(chosen.view(local(scores).shape).to(local(scores).device), scores)
 
 
 def random_k(allowed: DTensor, k: int, generator: torch.Generator) -> DTensor:
