@@ -9,7 +9,8 @@ mask. The selections here give exactly what `select` gives on the whole weight i
 - `top_k`: the k largest scores, ties to the lowest position, by radix selection: four rounds
   over the 32 bits of an order-preserving integer key of each float32 score, each round
   all-reducing a 256-bin histogram, then the ties at the threshold split in rank order. Five
-  small collectives per selection, and 4 bytes per local weight (one int32 key each).
+  small collectives per selection. Memory: an int32 key per local weight, or, when few are
+  allowed (pruning looks at the active weights only), keys and positions of those alone.
 - `random_k`: the draws of `random_k_positions` (the same generator, the same numbers on every
   rank); each rank answers for the draws that fall in its range, one all-reduce per round.
 - `count`, `any_true`, `masked_sum`: reductions of sharded tensors to plain Python numbers,
@@ -175,15 +176,18 @@ def top_k(scores: DTensor, k: int, allowed: Tensor | None = None) -> DTensor:
     """Bool DTensor like `scores`: True at exactly the `k` allowed positions of largest score, ties
     to the lowest position, exactly as `select.top_k_mask` on the whole tensor."""
     group = _group(scores)
+    flat = local(scores).reshape(-1).cpu()
     where_allowed = None if allowed is None else local(allowed).reshape(-1).cpu()
-    keys = _order_keys(local(scores).reshape(-1).cpu(), where_allowed)
-    mine = keys.numel() if where_allowed is None else int(torch.count_nonzero(where_allowed))
+    mine = flat.numel() if where_allowed is None else int(torch.count_nonzero(where_allowed))
     total = int(_all_sum(torch.tensor([mine], dtype=torch.int64), group))
     if not 0 <= k <= total:
         raise ValueError(f"cannot select {k} of {total} allowed positions.")
     if k == 0 or k == total:
-        chosen = torch.full_like(keys, k == total, dtype=torch.bool) if where_allowed is None else where_allowed & (k == total)
+        chosen = torch.full_like(flat, k == total, dtype=torch.bool) if where_allowed is None else where_allowed & (k == total)
         return like(chosen.view(local(scores).shape).to(local(scores).device), scores)
+    # few allowed (pruning looks at the active weights only): their keys and positions; else a key per weight
+    positions = None if where_allowed is None or 4 * mine > flat.numel() else torch.nonzero(where_allowed).squeeze(1)
+    keys = _order_keys(flat, where_allowed) if positions is None else _order_keys(flat[positions], None)
     need, unsigned, candidates = k, 0, keys
     for shift in (24, 16, 8, 0):  # each round: the byte holding the k-th largest key, from all ranks' histograms
         digits = _digit(candidates, shift)
@@ -200,6 +204,8 @@ def top_k(scores: DTensor, k: int, allowed: Tensor | None = None) -> DTensor:
     counts = _counts_per_rank(ties.numel(), group)
     before = sum(counts[: dist.get_rank(group)])
     chosen[ties[: max(0, min(ties.numel(), need - before))]] = True  # the ties in rank order: lowest positions first
+    if positions is not None:
+        chosen = torch.zeros(flat.numel(), dtype=torch.bool).index_fill_(0, positions[chosen], True)
     return like(chosen.view(local(scores).shape).to(local(scores).device), scores)
 
 
