@@ -29,8 +29,7 @@ def torchrun(tmp_path, *args):
         ("gradient", "wide"),
         ("random", "truly"),
         ("gradient", "truly"),
-        ("none", "gradual"),
-        ("gradient", "gradual"),
+        ("gradient", "gradual"),  # GraNet (GMP's pruning is the same, and runs under FSDP in test_fsdp)
     ],
 )
 def test_two_ranks_agree_and_match_one_process_with_double_batch(tmp_path, grow, kind):

@@ -54,8 +54,9 @@ def runs(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("ranks", [2, 4])
-@pytest.mark.parametrize("scenario", list(fsdp_worker.SCENARIOS))
+@pytest.mark.parametrize(
+    "scenario, ranks", [(s, 2) for s in fsdp_worker.SCENARIOS] + [(s, 4) for s in fsdp_worker.FOUR_RANKS], ids=lambda v: str(v)
+)
 def test_fsdp_runs_take_the_decisions_of_one_process(runs, ranks, scenario):
     # the launches also checked the sharded selections against one process's, over ties, NaN, -0.0 and empty
     # shards, and that inactive weights and optimizer state stay exactly zero on every shard
