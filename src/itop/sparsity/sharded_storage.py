@@ -40,11 +40,7 @@ class ShardedStorage(MaskedStorage):
 
     def set_mask(self, mask: Tensor) -> None:
         """Take a DTensor mask's local shard (a full-size mask: this rank's rows of it)."""
-        if shards.is_sharded(mask):
-            mine = shards.local(mask)
-        else:
-            start = shards.first_row(self.param)
-            mine = mask[start : start + shards.local(self.param).shape[0]]
+        mine = shards.local_like(mask, self.param)
         self.mask = mine.to(device=shards.local(self.param).device, dtype=torch.bool).contiguous()
         self.nnz = shards.count(self.active)
 
