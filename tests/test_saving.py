@@ -396,7 +396,10 @@ def test_save_refuses_wrong_arguments_and_masks_that_no_longer_hold(trained_mlp,
 
 
 def test_save_and_load_are_reachable_from_import_itop():
-    assert {"save", "load"} <= set(itop.__all__) and itop.save.__module__ == itop.load.__module__ == "itop.saving"
+    assert {"save", "load"} <= set(itop.__all__) and itop.save.__module__ == "itop.saving" and itop.load.__module__ == "itop.loading"
+    from itop import loading, saving  # the reading side moved to itop.loading; its names still resolve from itop.saving
+
+    assert all(getattr(saving, name) is getattr(loading, name) for name in ("load", "read", "restore", "best_sparse_as_save"))
 
 
 # ----------------------------------------------------------------------------------------- Hugging Face

@@ -14,7 +14,8 @@ from importlib import metadata as _metadata
 
 from . import openmp as openmp  # first: sets OpenMP's spin defaults before torch loads OpenMP
 from . import sparse, sparsity
-from .saving import load, save
+from .loading import load
+from .saving import save
 from .sparsity import flops
 from .sparsity.density import DISTRIBUTIONS
 from .sparsity.grow import GROW

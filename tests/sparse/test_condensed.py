@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from itop.sparse import condensed, condensed_ops, conv_ops, dispatch, native
+from itop.sparse import condensed, condensed_ops, conv_dispatch, conv_ops, dispatch, native
 from itop.sparse.condensed import CondensedLinear
 from itop.sparse.condensed_conv import CondensedConv2d
 
@@ -370,7 +370,7 @@ def test_conv_equals_the_masked_dense_convolution(monkeypatch, way, geometry, bi
     if way == "direct" and conv_ops.conv_kernels() is None:
         pytest.skip("numba is not installed")
     ways = []
-    monkeypatch.setattr(conv_ops, "choose", lambda layer, x, train: ways.append(way) or way)
+    monkeypatch.setattr(conv_dispatch, "choose", lambda layer, x, train: ways.append(way) or way)
     conv, mask = masked_conv(geometry, fan_in=3, ablated=(1,), bias=bias)
     layer = CondensedConv2d.from_dense(conv, mask)
     assert layer.rows_kept == geometry[1] - 1 and layer.fan_in == 3

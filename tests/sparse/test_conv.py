@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from itop.sparse import SparseConv2d, conv, conv_ops, dispatch, native
+from itop.sparse import SparseConv2d, conv, conv_dispatch, conv_ops, dispatch, native
 
 GEOMETRIES = [  # (in, out, kernel, stride, padding, dilation, groups, bias)
     (3, 8, 3, 1, 1, 1, 1, True),
@@ -143,16 +143,16 @@ def test_the_way_is_measured_once_per_shape_class_and_forced_by_itop_kernels(mon
     layer = SparseConv2d(8, 16, 3, padding=1, nnz=100, generator=torch.Generator().manual_seed(0))
     x = torch.randn(4, 8, 10, 10)
     out = layer(x)
-    key = conv_ops.decision_key(layer.geometry, layer.nnz, x, train=True)
-    assert chooser.decisions[key] in conv_ops.candidates(layer.geometry, torch.float32)
-    assert set(chooser.timings[key]) == set(conv_ops.candidates(layer.geometry, torch.float32)) >= {"im2col", "dense"}
+    key = conv_dispatch.decision_key(layer.geometry, layer.nnz, x, train=True)
+    assert chooser.decisions[key] in conv_dispatch.candidates(layer.geometry, torch.float32)
+    assert set(chooser.timings[key]) == set(conv_dispatch.candidates(layer.geometry, torch.float32)) >= {"im2col", "dense"}
     probes = chooser.probes
     torch.testing.assert_close(layer(x), out)
     assert chooser.probes == probes  # the class is decided
     assert dispatch.decode(dispatch.encode(key)) == key  # and survives the cache file
     for mode, way in (("torch", "im2col"), ("dense", "dense")):
         monkeypatch.setattr(dispatch, "active", dispatch.Dispatcher(mode=mode))
-        assert conv_ops.choose(layer, x, True) == way
+        assert conv_dispatch.choose(layer, x, True) == way
 
 
 def test_where_nothing_is_measured_the_cost_model_decides(monkeypatch):
@@ -161,17 +161,26 @@ def test_where_nothing_is_measured_the_cost_model_decides(monkeypatch):
     strided = SparseConv2d(8, 8, 3, stride=2, padding=1, nnz=20)
     denser, pointwise = SparseConv2d(8, 8, 3, padding=1, nnz=200), SparseConv2d(8, 8, 1, nnz=20)
     x = torch.randn(2, 8, 32, 32)
-    assert conv_ops.choose(strided, x, True) == conv_ops.choose(denser, x, True) == conv_ops.choose(pointwise, x, True) == "dense"
-    assert conv_ops.choose(plain, x, True) == ("direct" if conv_ops.conv_kernels() is not None else "dense")
+    assert (
+        conv_dispatch.choose(strided, x, True)
+        == conv_dispatch.choose(denser, x, True)
+        == conv_dispatch.choose(pointwise, x, True)
+        == "dense"
+    )
+    assert conv_dispatch.choose(plain, x, True) == ("direct" if conv_ops.conv_kernels() is not None else "dense")
     with FlopCounterMode(display=False):  # counted as the dense layer by a hook, never computed densely
-        assert conv_ops.choose(strided, x, False) == ("direct" if conv_ops.conv_kernels() is not None else "im2col")
+        assert conv_dispatch.choose(strided, x, False) == ("direct" if conv_ops.conv_kernels() is not None else "im2col")
 
 
 def test_the_direct_cost_model_follows_plane_size_and_density():
     geometry = conv_ops.geometry_of(512, 512, 3, 1, 1, 1, 1)
     assert (
-        conv_ops.direct_cost(geometry, 0.02, 32, 32)
-        < conv_ops.direct_cost(geometry, 0.02, 4, 4)
-        < conv_ops.direct_cost(geometry, 0.2, 4, 4)
+        conv_dispatch.direct_cost(geometry, 0.02, 32, 32)
+        < conv_dispatch.direct_cost(geometry, 0.02, 4, 4)
+        < conv_dispatch.direct_cost(geometry, 0.2, 4, 4)
     )
-    assert conv_ops.direct_cost(geometry, 0.176, 32, 32) < conv_ops.DIRECT_MAX_COST < conv_ops.direct_cost(geometry, 0.3, 32, 32)
+    assert (
+        conv_dispatch.direct_cost(geometry, 0.176, 32, 32)
+        < conv_dispatch.DIRECT_MAX_COST
+        < conv_dispatch.direct_cost(geometry, 0.3, 32, 32)
+    )

@@ -3,7 +3,7 @@ beside it as `conv.py` is beside `layer.py`.
 
 Every kept output channel holds k active taps over (in_channels/groups, kh, kw). A constant-fan-in
 convolution is a CSR with equal row lengths, so it computes through `SparseConv2d`'s machinery
-(`conv_ops.py`), on a structure built from `rows` and `taps` and kept until they change.
+(`conv_ops.py`, `conv_dispatch.py`), on a structure built from `rows` and `taps` and kept until they change.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from . import conv_ops
+from . import conv_dispatch, conv_ops
 from .base import fresh_generator
 from .condensed import CondensedWeights, _check_fan_in, condense, random_columns
 from .conv import SparseConv2d
@@ -176,7 +176,7 @@ class CondensedConv2d(CondensedWeights):
             return self._bias_only(x)
         tensors = (x, self.values, self.bias) if self.bias is not None else (x, self.values)
         train = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-        how = conv_ops.choose(inner, x, train)
+        how = conv_dispatch.choose(inner, x, train)
         if train:
             return SparseConv2dFunction.apply(x, self.values.reshape(-1), self.bias, inner, how)
         return conv_ops.compute(how, inner, x, self.values.detach().reshape(-1), self.bias)[0]

@@ -2,9 +2,9 @@
 
 State, as `SparseLinear`: `values` (the parameter, one entry per active weight), `indices` (a
 buffer: sorted flat positions over the (out_channels, in_channels/groups, kh, kw) weight) and
-`bias`. Its computation (the direct numba kernels, im2col or dense, chosen per shape class) lives
-in `conv_ops.py`; no tensor of the dense weight's shape is made by the direct and im2col ways
-(`to_dense()` makes one on request).
+`bias`. Its computation (the direct numba kernels, im2col or dense) lives in `conv_ops.py`, the
+choice between them per shape class in `conv_dispatch.py`; no tensor of the dense weight's shape
+is made by the direct and im2col ways (`to_dense()` makes one on request).
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from torch import Tensor, nn
 
 from . import ops
 from .base import SparseWeights, fresh_generator
-from .conv_ops import ConvGeometry, Im2col, SparseConv2dFunction, choose, compute, geometry_of, pair
+from .conv_dispatch import choose
+from .conv_ops import ConvGeometry, Im2col, SparseConv2dFunction, compute, geometry_of, pair
 from .sampling import random_k_positions
 from .structure import SparseStructure
 

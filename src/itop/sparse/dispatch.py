@@ -116,6 +116,7 @@ def kernels_digest() -> str:
         "native.py",
         "ops.py",
         "conv_ops.py",
+        "conv_dispatch.py",
         "conv_kernels.py",
         "condensed_ops.py",
         "condensed_kernels.py",

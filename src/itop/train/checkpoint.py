@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from ..loading import first_line
 
 CHECKPOINT = "checkpoint.pt"  # the last finished epoch's state, in a run directory
 BEST_SPARSE = "best_sparse.pt"  # the best model with its sparse Linear layers stored as SparseLinear, beside best.pt
@@ -63,9 +64,7 @@ def load_checkpoint(path: Path, advice: str = RESUME_ADVICE) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a damaged file
-        text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()  # torch colours part of its message
-        first_line = text.splitlines()[0] if text else type(error).__name__
-        raise RunError(f"checkpoint {path} is corrupt or not an itop checkpoint ({first_line[:120]}); {advice}.") from None
+        raise RunError(f"checkpoint {path} is corrupt or not an itop checkpoint ({first_line(error)}); {advice}.") from None
     if not isinstance(state, dict) or state.get("format") != 1:
         raise RunError(f"checkpoint {path} is not an itop checkpoint; {advice}.")
     return state

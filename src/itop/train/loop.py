@@ -21,7 +21,7 @@ from tqdm import tqdm
 import itop
 from itop.data import DataError, load_dataset, make_loaders
 from itop.data.registry import is_tabular_path
-from itop.saving import best_sparse_as_save, restore
+from itop.loading import best_sparse_as_save, restore
 from itop.sparse import native
 from itop.sparse.base import SparseWeights
 
