@@ -3,7 +3,8 @@
     torchrun --standalone --nproc_per_node 2 ddp_worker.py OUT GROW STEPS [--bad-seed] [--wide] [--structure S]
 
 `--wide` trains a model whose first layer (1000 x 600, density 0.05, 200 rows per rank) takes the
-sparse Linear kernels; `--truly` one whose Linear layers are truly sparse (itop.sparse.sparsify);
+sparse Linear kernels; `--truly` a small CNN whose Conv2d and Linear layers are truly sparse
+(itop.sparse.sparsify: SparseConv2d, SparseLinear);
 `--structure fan-in+ablation` or `--structure 2:4` a structured run; `--gradual` gradual pruning
 (GMP with grow none, GraNet with gradient).
 
@@ -29,6 +30,23 @@ def build(features, hidden, seed=0):
     return nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, 32), nn.ReLU(), nn.Linear(32, CLASSES))
 
 
+def build_cnn(features, seed=0):
+    """Two convolutions (one strided) before the Linear layers: the truly sparse run then holds
+    SparseConv2d layers too. Each input of `features` = 20 values is a 1 x 4 x 5 image."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Unflatten(1, (1, 4, 5)),
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 12, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(12 * 2 * 3, 32),
+        nn.ReLU(),
+        nn.Linear(32, CLASSES),
+    )
+
+
 def global_batches(steps, size, features):
     gen = torch.Generator().manual_seed(1)
     return [(torch.randn(size, features, generator=gen), torch.randint(0, CLASSES, (size,), generator=gen)) for _ in range(steps)]
@@ -43,7 +61,7 @@ def train(grow, steps, rank=0, world=1, sparsifier_seed=7, wide=False, truly=Fal
         density = None if ":" in kind else density
     if gradual:  # GMP (grow "none") or GraNet, dense to `density` by two thirds of the run
         shape = dict(initial_density=1.0, prune_end=2 * steps // 3)
-    model = build(features, hidden)
+    model = build_cnn(features) if truly else build(features, hidden)
     if truly:
         itop.sparse.sparsify(model, density, seed=sparsifier_seed)
     forward = DistributedDataParallel(model) if world > 1 else model
@@ -59,7 +77,8 @@ def train(grow, steps, rank=0, world=1, sparsifier_seed=7, wide=False, truly=Fal
         seed=sparsifier_seed,
         **shape,
     )
-    assert sp.layer_stats()["0.weight"]["sparse_kernel"] == wide and sp.layer_stats()["0.weight"]["truly_sparse"] == truly
+    first = sp.layer_stats()["1.weight" if truly else "0.weight"]
+    assert first["sparse_kernel"] == wide and first["truly_sparse"] == truly
     for x, y in global_batches(steps, per_rank * 2, features):
         part = slice(rank * len(x) // world, (rank + 1) * len(x) // world)
         opt.zero_grad()
