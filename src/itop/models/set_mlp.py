@@ -19,6 +19,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from ..sparse import chain
+from ..sparse.layer import SparseLinear
 from .activations import AllReLU, SReLU
 from .registry import register_model
 
@@ -85,10 +87,19 @@ class SetMLP(nn.Module):
         self.add_module(f"fc{len(widths) + 1}", nn.Linear(widths[-1], num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Children are registered in forward order: fc1, act1, [drop1], fc2, ..., fc{L+1}.
+        # Children are registered in forward order: fc1, act1, [drop1], fc2, ..., fc{L+1}. Truly sparse
+        # layers with ReLUs between them train through one node where that computes the same numbers.
         x = torch.flatten(x, 1)
-        for module in self.children():
-            x = module(x)
+        modules = list(self.children())
+        i = 0
+        while i < len(modules):
+            length = chain.run_length(modules, i) if isinstance(modules[i], SparseLinear) else 0
+            if length and chain.usable(modules[i : i + length : 2], x):
+                x = chain.forward_run(modules[i : i + length : 2], x)
+                i += length
+            else:
+                x = modules[i](x)
+                i += 1
         return x
 
 

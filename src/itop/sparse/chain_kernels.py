@@ -1,0 +1,73 @@
+"""The numba kernels of `chain.py`: a run of truly sparse Linear layers with ReLUs between them,
+forward in one call and backward in one call, through the row kernels of `native_kernels.py`.
+
+Activations are feature-major, (features, batch), as the row kernels take them. Every layer runs
+on the calling thread over all its rows, in one part: the same calls, in the same order, as the
+per-layer path takes for these sizes on one thread (`ops.fixed_rule`'s "numba1"), so the numbers
+are the same bit for bit.
+"""
+
+import numba
+
+from .native_kernels import backward_rows, forward_rows, weight_grad_rows
+
+_FLAGS = {"cache": True, "nogil": True}
+
+
+@numba.njit(**_FLAGS)
+def _relu(h):  # pragma: no cover - compiled
+    for i in range(h.shape[0]):
+        row = h[i]
+        for b in range(row.shape[0]):
+            if row[b] < 0:
+                row[b] = 0.0
+
+
+@numba.njit(**_FLAGS)
+def _relu_grad(grad, activation, out):  # pragma: no cover - compiled
+    """out = grad where the (post-ReLU) activation is positive, else 0 (PyTorch's threshold_backward)."""
+    for i in range(out.shape[0]):
+        for b in range(out.shape[1]):
+            out[i, b] = grad[i, b] if activation[i, b] > 0 else 0.0
+
+
+@numba.njit(**_FLAGS)
+def _bias_grad(grads_t, out):  # pragma: no cover - compiled
+    """Each row's sum over the batch, in order (at a batch of 1 or 2, the sum PyTorch's sum(1) gives)."""
+    for i in range(grads_t.shape[0]):
+        total = out.dtype.type(0)
+        for b in range(grads_t.shape[1]):
+            total += grads_t[i, b]
+        out[i] = total
+
+
+@numba.njit(**_FLAGS)
+def chain_forward(x_t, csr, values, biases, activations):  # pragma: no cover - compiled
+    """activations[k] = W_k @ activations[k - 1] + b_k (x_t for k = 0), ReLU on all but the last."""
+    inputs = x_t
+    last = len(values) - 1
+    for k in range(len(values)):
+        crow, col = csr[k]
+        out = activations[k]
+        forward_rows(crow, col, values[k], inputs, biases[k], out, 0, out.shape[0])
+        if k < last:
+            _relu(out)
+        inputs = out
+
+
+@numba.njit(**_FLAGS)
+def chain_backward(x_t, csr, values, activations, grads, grad_values, grad_biases, parts, input_grad):  # pragma: no cover - compiled
+    """From grads[last] (the output gradient, feature-major), every layer's value and bias gradient,
+    the gradient at each hidden activation into grads[k - 1] (through the ReLU), and, if
+    `input_grad`, the input's into parts[0]."""
+    for k in range(len(values) - 1, -1, -1):
+        crow, col = csr[k]
+        g = grads[k]
+        _bias_grad(g, grad_biases[k])
+        if k > 0:
+            backward_rows(crow, col, values[k], g, activations[k - 1], grad_values[k], parts[k], 0, g.shape[0])
+            _relu_grad(parts[k], activations[k - 1], grads[k - 1])
+        elif input_grad:
+            backward_rows(crow, col, values[0], g, x_t, grad_values[0], parts[0], 0, g.shape[0])
+        else:
+            weight_grad_rows(crow, col, g, x_t, grad_values[0], 0, g.shape[0])
