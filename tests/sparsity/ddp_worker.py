@@ -1,15 +1,16 @@
 """Run by tests/sparsity/test_distributed.py under torchrun: DDP training with a Sparsifier.
 
-    torchrun --standalone --nproc_per_node 2 ddp_worker.py OUT GROW STEPS [--bad-seed] [--wide] [--structure S]
+    torchrun --standalone --nproc_per_node 2 ddp_worker.py OUT STEPS SCENARIO [SCENARIO ...] [--bad-seed]
 
-`--wide` trains a model whose first layer (1000 x 600, density 0.05, 200 rows per rank) takes the
-sparse Linear kernels; `--truly` a small CNN whose Conv2d and Linear layers are truly sparse
-(itop.sparse.sparsify: SparseConv2d, SparseLinear);
-`--structure fan-in+ablation` or `--structure 2:4` a structured run; `--gradual` gradual pruning
-(GMP with grow none, GraNet with gradient).
+A scenario is GROW (random, gradient, momentum) or GROW:KIND, trained one after the other in one
+launch. KIND `wide` trains a model whose first layer (1000 x 600, density 0.05, 200 rows per rank)
+takes the sparse Linear kernels; `truly` a small CNN whose Conv2d and Linear layers are truly sparse
+(itop.sparse.sparsify: SparseConv2d, SparseLinear); `fan-in+ablation` or `2:4` a structured run;
+`gradual` gradual pruning (GMP with grow none, GraNet with gradient).
 
 Each rank trains on its half of every global batch and saves its masks, weights and Rs to
-OUT/rank<r>.pt. `train` is also called in one process with the whole batch, for comparison.
+OUT/<scenario>/rank<r>.pt (":" written "_"). `train` is also called in one process with the whole
+batch, for comparison.
 """
 
 import os
@@ -89,23 +90,29 @@ def train(grow, steps, rank=0, world=1, sparsifier_seed=7, wide=False, truly=Fal
     return {"masks": masks, "model": model.state_dict(), "itop_rate": sp.itop_rate, "density": sp.density}
 
 
+def scenario_options(scenario: str) -> dict:
+    """`train`'s options for a scenario "GROW" or "GROW:KIND" (KIND: wide, truly, gradual, or a
+    structure such as fan-in+ablation or 2:4)."""
+    grow, _, kind = scenario.partition(":")
+    options = {"grow": grow}
+    if kind in ("wide", "truly", "gradual"):
+        options[kind] = True
+    elif kind:
+        options["structure"] = kind
+    return options
+
+
 if __name__ == "__main__":
-    out, grow, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    # ddp_worker.py OUT STEPS SCENARIO [SCENARIO ...] [--bad-seed]: each scenario's result in OUT/<scenario>/rank<r>.pt
+    out, steps = sys.argv[1], int(sys.argv[2])
+    scenarios = [a for a in sys.argv[3:] if not a.startswith("--")]
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     seed = 7 + rank if "--bad-seed" in sys.argv else 7
-    structure = sys.argv[sys.argv.index("--structure") + 1] if "--structure" in sys.argv else None
-    result = train(
-        grow,
-        steps,
-        rank,
-        world,
-        sparsifier_seed=seed,
-        wide="--wide" in sys.argv,
-        truly="--truly" in sys.argv,
-        structure=structure,
-        gradual="--gradual" in sys.argv,
-    )
-    torch.save(result, os.path.join(out, f"rank{rank}.pt"))
+    for scenario in scenarios:
+        result = train(steps=steps, rank=rank, world=world, sparsifier_seed=seed, **scenario_options(scenario))
+        folder = os.path.join(out, scenario.replace(":", "_"))
+        os.makedirs(folder, exist_ok=True)
+        torch.save(result, os.path.join(folder, f"rank{rank}.pt"))
     dist.barrier()  # both ranks done: the files are written
     os._exit(0)  # skip gloo's teardown, which aborts now and then (see itop.train.cli._end_process)

@@ -19,25 +19,36 @@ def torchrun(tmp_path, *args):
     return subprocess.run(command, capture_output=True, text=True, timeout=240)
 
 
-@pytest.mark.parametrize(
-    "grow, kind",
-    [
-        ("random", ""),
-        ("gradient", ""),
-        ("momentum", ""),
-        ("random", "wide"),
-        ("gradient", "wide"),
-        ("random", "truly"),
-        ("gradient", "truly"),
-        ("gradient", "gradual"),  # GraNet (GMP's pruning is the same, and runs under FSDP in test_fsdp)
-    ],
-)
-def test_two_ranks_agree_and_match_one_process_with_double_batch(tmp_path, grow, kind):
-    wide, truly, gradual = kind == "wide", kind == "truly", kind == "gradual"
-    result = torchrun(tmp_path, grow, "12", *([f"--{kind}"] if kind else []))
+SCENARIOS = [
+    "random",
+    "gradient",
+    "momentum",
+    "random:wide",
+    "gradient:wide",
+    "random:truly",
+    "gradient:truly",
+    "gradient:gradual",  # GraNet (GMP's pruning is the same, and runs under FSDP in test_fsdp)
+]
+STRUCTURED = ["gradient:fan-in+ablation", "random:2:4"]
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory):
+    """One 2-rank launch trains every scenario in turn (a launch costs seconds of start-up)."""
+    out = tmp_path_factory.mktemp("ddp")
+    result = torchrun(out, "12", *SCENARIOS, *STRUCTURED)
     assert result.returncode == 0, result.stderr[:3000] + "\n...\n" + result.stderr[-1500:]
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
-    single = ddp_worker.train(grow, 12, wide=wide, truly=truly, gradual=gradual)
+    return out
+
+
+def ranks_of(out, scenario):
+    return [torch.load(out / scenario.replace(":", "_") / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_two_ranks_agree_and_match_one_process_with_double_batch(launched, scenario):
+    ranks = ranks_of(launched, scenario)
+    single = ddp_worker.train(steps=12, **ddp_worker.scenario_options(scenario))
     assert ranks[0]["itop_rate"] == ranks[1]["itop_rate"] > ranks[0]["density"]
     for name, mask in ranks[0]["masks"].items():
         assert torch.equal(mask, ranks[1]["masks"][name]), name
@@ -47,12 +58,10 @@ def test_two_ranks_agree_and_match_one_process_with_double_batch(tmp_path, grow,
         assert torch.allclose(value, single["model"][key], atol=1e-5), key
 
 
-@pytest.mark.parametrize("grow, structure", [("gradient", "fan-in+ablation"), ("random", "2:4")])
-def test_structured_masks_agree_across_ranks_and_match_one_process(tmp_path, grow, structure):
-    result = torchrun(tmp_path, grow, "12", "--structure", structure)
-    assert result.returncode == 0, result.stderr[:3000] + "\n...\n" + result.stderr[-1500:]
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
-    single = ddp_worker.train(grow, 12, structure=structure)
+@pytest.mark.parametrize("scenario", STRUCTURED)
+def test_structured_masks_agree_across_ranks_and_match_one_process(launched, scenario):
+    ranks = ranks_of(launched, scenario)
+    single = ddp_worker.train(steps=12, **ddp_worker.scenario_options(scenario))
     for name, mask in ranks[0]["masks"].items():
         assert torch.equal(mask, ranks[1]["masks"][name]), name
         assert torch.equal(mask, single["masks"][name]), name
@@ -60,7 +69,7 @@ def test_structured_masks_agree_across_ranks_and_match_one_process(tmp_path, gro
 
 
 def test_different_seeds_on_ranks_fail_loudly(tmp_path):
-    result = torchrun(tmp_path, "random", "3", "--bad-seed")
+    result = torchrun(tmp_path, "3", "random", "--bad-seed")
     assert result.returncode != 0
     assert "sparse masks differ between ranks" in result.stderr
 
