@@ -74,10 +74,11 @@ def test_training_through_the_chain_equals_the_layers_one_by_one_bit_for_bit(one
         assert torch.equal(value, separate[name]), name
 
 
-def test_the_input_gradient_and_float64_equal_the_layers_one_by_one(one_thread, monkeypatch):
+@pytest.mark.parametrize("batch", [1, 2])
+def test_the_input_gradient_and_float64_equal_the_layers_one_by_one(one_thread, monkeypatch, batch):
     model = sparse_mlp(torch.float64)
     calls = count_chain_calls(monkeypatch)
-    x = torch.randn(2, 60, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(batch, 60, dtype=torch.float64, requires_grad=True)
     out = model(x)
     out.add_(1.0)  # the caller may change the output in place: the chain does not keep it for backward
     out.square().sum().backward()
