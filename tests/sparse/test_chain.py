@@ -109,6 +109,8 @@ def test_the_chain_is_not_taken_where_it_would_compute_otherwise(one_thread, mon
     with FlopCounterMode(display=False):
         model(x).sum().backward()
     sparse_mlp(dropout=0.2)(x).sum().backward()  # dropout between the layers breaks the run
+    with pytest.raises(ValueError, match="SparseLinear expects inputs of shape"):
+        model(torch.randn(2, 61))  # a wrong width: the layer's own error, never the kernel's
     assert calls == []
     handle = model.fc2.register_forward_hook(lambda *args: None)
     model(x).sum().backward()  # a hook on a layer must see its call: fc3 and fc4 alone form the chain

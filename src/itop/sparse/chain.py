@@ -66,9 +66,12 @@ def usable(layers: Sequence[SparseLinear], x: Tensor) -> bool:
         return False
     if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
         return False
-    dtype, limit = layers[0].values.dtype, dispatch.MIN_PROBE_WORK
+    dtype, limit, width = layers[0].values.dtype, dispatch.MIN_PROBE_WORK, x.shape[1]
     for layer in layers:
         values, bias = layer.values, layer.bias
+        if layer.in_features != width:  # a wrong width gets the layer's own one-line error, not the kernel's
+            return False
+        width = layer.out_features
         if bias is None or layer._recorder is not None or _hooked(layer) or values.dtype != dtype or bias.dtype != dtype:
             return False
         if not values.is_cpu or layer.nnz * x.shape[0] >= limit:
