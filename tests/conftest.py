@@ -5,6 +5,7 @@ import os
 import tempfile
 
 import pytest
+import torch
 from hypothesis import HealthCheck, settings
 
 os.environ.setdefault("ITOP_CACHE_DIR", tempfile.mkdtemp(prefix="itop-test-cache-"))
@@ -31,3 +32,12 @@ def fixed_kernels():
         else:
             os.environ["ITOP_KERNELS"] = before
         dispatch.reset()
+
+
+@pytest.fixture
+def one_thread():
+    """PyTorch on one thread for the test (as `itop train` sets for small steps), restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -12,14 +12,6 @@ from itop.sparse import SparseLinear, chain, native
 pytestmark = pytest.mark.skipif(not native.AVAILABLE, reason="the chain runs numba's kernels")
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def sparse_mlp(dtype=torch.float32, dropout=0.0):
     torch.manual_seed(0)
     model = SetMLP(60, 5, hidden=[40, 30, 20], dropout=dropout).to(dtype)

@@ -8,6 +8,7 @@ are the same bit for bit.
 """
 
 import numba
+import numpy as np
 
 from .native_kernels import backward_rows, forward_rows, weight_grad_rows
 
@@ -71,3 +72,35 @@ def chain_backward(x_t, csr, values, activations, grads, grad_values, grad_biase
             backward_rows(crow, col, values[0], g, x_t, grad_values[0], parts[0], 0, g.shape[0])
         else:
             weight_grad_rows(crow, col, g, x_t, grad_values[0], 0, g.shape[0])
+
+
+@numba.njit(**_FLAGS)
+def _cross_entropy_grad(logits, labels, grad):  # pragma: no cover - compiled
+    """The mean softmax cross-entropy of feature-major (classes, batch) logits, its gradient into
+    `grad`, and how many columns' largest logit (the first, on ties) is the label."""
+    classes, batch = logits.shape
+    loss, correct = 0.0, 0
+    for b in range(batch):
+        best, top = 0, logits[0, b]
+        for c in range(1, classes):
+            if logits[c, b] > top:
+                best, top = c, logits[c, b]
+        total = 0.0
+        for c in range(classes):
+            total += np.exp(np.float64(logits[c, b]) - top)
+        for c in range(classes):
+            grad[c, b] = np.exp(np.float64(logits[c, b]) - top) / total / batch
+        grad[labels[b], b] -= 1.0 / batch
+        loss += (np.log(total) + top - logits[labels[b], b]) / batch
+        correct += best == labels[b]
+    return loss, correct
+
+
+@numba.njit(**_FLAGS)
+def chain_cross_entropy_step(x_t, labels, csr, values, biases, activations, grads, grad_values, grad_biases, parts):  # pragma: no cover
+    """Forward through the chain (ReLU between layers), mean softmax cross-entropy, and the backward
+    to every layer's value and bias gradients (not the input's): (loss, correct predictions)."""
+    chain_forward(x_t, csr, values, biases, activations)
+    loss, correct = _cross_entropy_grad(activations[len(activations) - 1], labels, grads[len(grads) - 1])
+    chain_backward(x_t, csr, values, activations, grads, grad_values, grad_biases, parts, False)
+    return loss, correct

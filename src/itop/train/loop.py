@@ -29,6 +29,7 @@ from . import fsdp
 from .checkpoint import BEST_SPARSE, CHECKPOINT, RESUME_ADVICE, RunError, load_checkpoint, save_checkpoint
 from .config import TrainConfig, UsageError, result_settings
 from .distributed import RankSlice, World, all_sum, barrier
+from .fused_step import FusedStep
 from .metrics import MetricsLog, NullLog, epoch_line
 from .model_setup import build_model, build_sparsifier, loss_function, uncut_note
 from .notices import MIN_VALIDATION, no_update_warning
@@ -169,6 +170,10 @@ class Run:
         fp16 = cfg.amp == "fp16"
         self.scaler = fsdp.grad_scaler(self.device, fp16) if cfg.fsdp else torch.amp.GradScaler(self.device.type, enabled=fp16)
         self.loss_fn, self.loss_sum_fn = loss_function(cfg), loss_function(cfg, reduction="sum")
+        one_process_cpu = self.device.type == "cpu" and world.size == 1 and not cfg.fsdp
+        self.fused_step = FusedStep.for_model(self.model, cfg.loss, cfg.label_smoothing, cfg.amp, cfg.l1) if one_process_cpu else None
+        if self.fused_step is not None and native.AVAILABLE:
+            self.fused_step.prepare()
         self.epoch, self.step, self.best_val, self.best_epoch = 0, 0, -1.0, 0
         self.best_state = self.model.state_dict()
         self.seconds = 0.0
@@ -353,19 +358,24 @@ class Run:
             self.optimizer.zero_grad(set_to_none=True)
             if cfg.channels_last and x.dim() == 4 and self.device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
-            with self.autocast():
-                logits = self.forward_model(x)
-                loss = self.loss_fn(logits.float(), y)
-            weight = getattr(self.train_loader, "loss_weight", 1.0)  # a rank's share of a partial global batch
-            objective = loss if weight == 1.0 else loss * weight
-            if cfg.l1 and self.sparsifier is not None:
-                objective = objective + cfg.l1 * sum(p.abs().sum() for p in self.sparsifier.params.values())
-            self.scaler.scale(objective).backward()
+            if self.fused_step is not None and self.fused_step.ready(x):  # forward, loss, backward: one call
+                step_loss, hits = self.fused_step(x, y)
+                loss_sum += step_loss * len(y)
+                correct += hits
+            else:
+                with self.autocast():
+                    logits = self.forward_model(x)
+                    loss = self.loss_fn(logits.float(), y)
+                weight = getattr(self.train_loader, "loss_weight", 1.0)  # a rank's share of a partial global batch
+                objective = loss if weight == 1.0 else loss * weight
+                if cfg.l1 and self.sparsifier is not None:
+                    objective = objective + cfg.l1 * sum(p.abs().sum() for p in self.sparsifier.params.values())
+                self.scaler.scale(objective).backward()
+                loss_sum += loss.detach() * len(y)
+                correct += (logits.argmax(1) == y).sum()
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.step += 1
-            loss_sum += loss.detach() * len(y)
-            correct += (logits.argmax(1) == y).sum()
             seen += len(y)
             sp = self.sparsifier
             updating = sp is not None and sp.update_due

@@ -1,0 +1,105 @@
+"""Forward, loss and backward of a truly sparse SET-MLP step in one numba call (`itop train`).
+
+At SET's batch of 2 most of a truly sparse step is PyTorch's per-op cost, not the products
+(`benchmarks/fused_chain_ceiling.py`). Where a run trains a `SetMLP` whose hidden layers are truly
+sparse, with ReLU, no dropout, cross-entropy, on the CPU in one process, this computes the step's
+mean loss, its correct predictions and every parameter's gradient (into `.grad`) in one call
+through the row kernels (`itop.sparse.chain_kernels.chain_cross_entropy_step`); the dense last
+layer is read as a CSR of all its positions. The optimizer, the Sparsifier's hooks and the rest of
+the loop run as always. Steps it does not serve compute through autograd: more than 2 rows, more
+than one thread, large layers, or a layer recording for RigL's growth (`chain.usable`).
+
+The gradients are the same function as autograd's; the softmax is computed in float64, so they
+differ from PyTorch's in the last bits (tests: to 1e-6).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..models.set_mlp import SetMLP
+from ..sparse import chain
+from ..sparse.layer import SparseLinear
+from ..sparse.ops import transposed
+
+
+class FusedStep:
+    """The one-call step for one model (see the module docstring); `FusedStep.for_model` says
+    whether the model can have one at all, `ready(x)` whether this step can."""
+
+    def __init__(self, sparse: list[SparseLinear], last: nn.Linear | SparseLinear):
+        self.sparse, self.last = sparse, last
+        if isinstance(last, SparseLinear):
+            self._last_csr = None  # its own structure's, read each step (it changes at updates)
+        else:  # a dense weight, row-major, is the CSR of all its positions
+            rows, cols = last.weight.shape
+            self._last_csr = (
+                torch.arange(0, rows * cols + 1, cols, dtype=torch.int32).numpy(),
+                torch.arange(cols, dtype=torch.int32).repeat(rows).numpy(),
+            )
+
+    def _last_weight(self) -> Tensor:
+        return self.last.values if isinstance(self.last, SparseLinear) else self.last.weight
+
+    @classmethod
+    def for_model(cls, model: nn.Module, loss: str, label_smoothing: float, amp: str, l1: float) -> FusedStep | None:
+        if type(model) is not SetMLP or model.activation != "relu" or model.dropout or loss != "cross-entropy":
+            return None
+        if label_smoothing or amp != "none" or l1:
+            return None
+        layers = list(model.children())
+        sparse, last = layers[:-1:2], layers[-1]
+        if any(type(m) is not nn.ReLU for m in layers[1:-1:2]) or not all(isinstance(m, SparseLinear) for m in sparse):
+            return None
+        if isinstance(last, SparseLinear):
+            return cls(sparse, last) if last.bias is not None and last.values.dtype == torch.float32 else None
+        if type(last) is not nn.Linear or last.bias is None or last.weight.dtype != torch.float32:
+            return None
+        return cls(sparse, last)
+
+    def ready(self, x: Tensor) -> bool:
+        """Can this step be computed in one call (and give autograd's function)?"""
+        last, flat = self.last, x.reshape(x.shape[0], -1)
+        if isinstance(last, SparseLinear):
+            return chain.usable([*self.sparse, last], flat)
+        if last._forward_hooks or last._forward_pre_hooks or not (last.weight.is_cpu and last.weight.is_contiguous()):
+            return False
+        return chain.usable(self.sparse, flat) and last.in_features == self.sparse[-1].out_features
+
+    def prepare(self) -> None:
+        """Compile (or load from numba's disk cache: about 0.5 s) the kernel for this model now, on a
+        batch of zeros, so that the first epoch's time does not hold it; the gradients are cleared."""
+        first = self.sparse[0]
+        self(torch.zeros(1, first.in_features, dtype=first.values.dtype), torch.zeros(1, dtype=torch.long))
+        for layer in (*self.sparse, self.last):
+            for p in layer.parameters():
+                p.grad = None
+
+    def __call__(self, x: Tensor, labels: Tensor) -> tuple[float, int]:
+        """The step's mean loss and correct predictions; every parameter's `.grad` holds its gradient."""
+        x_t = transposed(x.reshape(x.shape[0], -1))
+        batch, last = x_t.shape[1], self.last
+        sizes = [layer.out_features for layer in self.sparse] + [last.out_features]
+        activations = [torch.empty(size, batch) for size in sizes]
+        grads = [torch.empty(size, batch) for size in sizes]
+        parts = [torch.empty(layer.in_features, batch) for layer in self.sparse] + [torch.empty(last.in_features, batch)]
+        params = [(layer.values, layer.bias) for layer in self.sparse] + [(self._last_weight(), last.bias)]
+        for weight, bias in params:
+            for p in (weight, bias):
+                if p.grad is None or p.grad.shape != p.shape or not p.grad.is_contiguous():
+                    p.grad = torch.empty_like(p, memory_format=torch.contiguous_format)
+        csr = tuple(layer.structure.arrays() for layer in self.sparse) + (self._last_csr or last.structure.arrays(),)
+        loss, correct = chain._chain_kernels().chain_cross_entropy_step(
+            x_t.detach().numpy(),
+            labels.numpy(),
+            csr,
+            tuple(w.detach().reshape(-1).numpy() for w, _ in params),
+            tuple(b.detach().numpy() for _, b in params),
+            tuple(a.numpy() for a in activations),
+            tuple(g.numpy() for g in grads),
+            tuple(w.grad.reshape(-1).numpy() for w, _ in params),
+            tuple(b.grad.numpy() for _, b in params),
+            tuple(p.numpy() for p in parts),
+        )
+        return float(loss), int(correct)
