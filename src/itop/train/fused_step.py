@@ -15,6 +15,7 @@ differ from PyTorch's in the last bits (tests: to 1e-6).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -30,6 +31,7 @@ class FusedStep:
 
     def __init__(self, sparse: list[SparseLinear], last: nn.Linear | SparseLinear):
         self.sparse, self.last = sparse, last
+        self._workspace: dict[int, tuple] = {}  # scratch arrays by batch size (`_scratch`)
         if isinstance(last, SparseLinear):
             self._last_csr = None  # its own structure's, read each step (it changes at updates)
         else:  # a dense weight, row-major, is the CSR of all its positions
@@ -51,6 +53,8 @@ class FusedStep:
         layers = list(model.children())
         sparse, last = layers[:-1:2], layers[-1]
         if any(type(m) is not nn.ReLU for m in layers[1:-1:2]) or not all(isinstance(m, SparseLinear) for m in sparse):
+            return None
+        if any(layer.values.dtype != torch.float32 for layer in sparse):  # the kernel's scratch is float32
             return None
         if isinstance(last, SparseLinear):
             return cls(sparse, last) if last.bias is not None and last.values.dtype == torch.float32 else None
@@ -79,11 +83,8 @@ class FusedStep:
     def __call__(self, x: Tensor, labels: Tensor) -> tuple[float, int]:
         """The step's mean loss and correct predictions; every parameter's `.grad` holds its gradient."""
         x_t = transposed(x.reshape(x.shape[0], -1))
-        batch, last = x_t.shape[1], self.last
-        sizes = [layer.out_features for layer in self.sparse] + [last.out_features]
-        activations = [torch.empty(size, batch) for size in sizes]
-        grads = [torch.empty(size, batch) for size in sizes]
-        parts = [torch.empty(layer.in_features, batch) for layer in self.sparse] + [torch.empty(last.in_features, batch)]
+        last = self.last
+        activations, grads, parts = self._scratch(x_t.shape[1])
         params = [(layer.values, layer.bias) for layer in self.sparse] + [(self._last_weight(), last.bias)]
         for weight, bias in params:
             for p in (weight, bias):
@@ -96,10 +97,22 @@ class FusedStep:
             csr,
             tuple(w.detach().reshape(-1).numpy() for w, _ in params),
             tuple(b.detach().numpy() for _, b in params),
-            tuple(a.numpy() for a in activations),
-            tuple(g.numpy() for g in grads),
+            activations,
+            grads,
             tuple(w.grad.reshape(-1).numpy() for w, _ in params),
             tuple(b.grad.numpy() for _, b in params),
-            tuple(p.numpy() for p in parts),
+            parts,
         )
         return float(loss), int(correct)
+
+    def _scratch(self, batch: int) -> tuple[tuple, tuple, tuple]:
+        """The kernel's activations, output gradients and input-gradient parts for this batch size, as
+        numpy arrays made once: they live only inside one call, which nothing else sees."""
+        found = self._workspace.get(batch)
+        if found is None:
+            layers = [*self.sparse, self.last]
+            activations = tuple(np.empty((layer.out_features, batch), np.float32) for layer in layers)
+            grads = tuple(np.empty((layer.out_features, batch), np.float32) for layer in layers)
+            parts = tuple(np.empty((layer.in_features, batch), np.float32) for layer in layers)
+            found = self._workspace[batch] = (activations, grads, parts)
+        return found

@@ -355,10 +355,12 @@ class Run:
         for batch, (x, y) in enumerate(self.train_loader):
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             set_learning_rate(self.optimizer, learning_rate(cfg, self.epoch, self.step, self.total_steps))
-            self.optimizer.zero_grad(set_to_none=True)
+            fused = self.fused_step is not None and self.fused_step.ready(x)
+            if not fused:  # the one-call step writes every gradient whole: nothing to clear
+                self.optimizer.zero_grad(set_to_none=True)
             if cfg.channels_last and x.dim() == 4 and self.device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
-            if self.fused_step is not None and self.fused_step.ready(x):  # forward, loss, backward: one call
+            if fused:  # forward, loss and backward in one call
                 step_loss, hits = self.fused_step(x, y)
                 loss_sum += step_loss * len(y)
                 correct += hits
