@@ -29,6 +29,8 @@ class FusedStep:
     """The one-call step for one model (see the module docstring); `FusedStep.for_model` says
     whether the model can have one at all, `ready(x)` whether this step can."""
 
+    MAX_BATCH = chain.MAX_BATCH  # larger batches always take autograd: a run of them needs no FusedStep
+
     def __init__(self, sparse: list[SparseLinear], last: nn.Linear | SparseLinear):
         self.sparse, self.last = sparse, last
         self._workspace: dict[int, tuple] = {}  # scratch arrays by batch size (`_scratch`)

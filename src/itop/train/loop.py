@@ -170,8 +170,8 @@ class Run:
         fp16 = cfg.amp == "fp16"
         self.scaler = fsdp.grad_scaler(self.device, fp16) if cfg.fsdp else torch.amp.GradScaler(self.device.type, enabled=fp16)
         self.loss_fn, self.loss_sum_fn = loss_function(cfg), loss_function(cfg, reduction="sum")
-        one_process_cpu = self.device.type == "cpu" and world.size == 1 and not cfg.fsdp
-        self.fused_step = FusedStep.for_model(self.model, cfg.loss, cfg.label_smoothing, cfg.amp, cfg.l1) if one_process_cpu else None
+        small_steps = self.device.type == "cpu" and world.size == 1 and not cfg.fsdp and self.batch_size <= FusedStep.MAX_BATCH
+        self.fused_step = FusedStep.for_model(self.model, cfg.loss, cfg.label_smoothing, cfg.amp, cfg.l1) if small_steps else None
         if self.fused_step is not None and native.AVAILABLE:
             self.fused_step.prepare()
         self.epoch, self.step, self.best_val, self.best_epoch = 0, 0, -1.0, 0
