@@ -20,7 +20,6 @@ import torch
 from torch import nn
 
 from ..sparse import chain
-from ..sparse.layer import SparseLinear
 from .activations import AllReLU, SReLU
 from .registry import register_model
 
@@ -93,7 +92,7 @@ class SetMLP(nn.Module):
         modules = list(self.children())
         i = 0
         while i < len(modules):
-            length = chain.run_length(modules, i) if isinstance(modules[i], SparseLinear) else 0
+            length = chain.run_length(modules, i)
             if length and chain.usable(modules[i : i + length : 2], x):
                 x = chain.forward_run(modules[i : i + length : 2], x)
                 i += length
