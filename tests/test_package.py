@@ -38,6 +38,15 @@ def test_import_itop_defers_the_subpackages_and_the_trainers():
     assert out == "[]\n[]"
 
 
+def test_itop_train_loads_torch_distributed_checkpoint_only_for_fsdp():
+    # DTensor and DCP take about 0.6 s to import; a run that does not shard does not pay it
+    out = fresh_python(
+        "import sys, itop.train.cli, itop.train.loop\n"
+        "print([n for n in ('torch.distributed.checkpoint', 'torch.distributed.tensor') if n in sys.modules])"
+    )
+    assert out == "[]"
+
+
 def test_dir_lists_the_lazy_subpackages_and_unknown_names_still_raise():
     assert {"data", "models", "report", "train", "integrations", "sparse", "flops"} <= set(dir(itop))
     assert {"data", "models", "sparse"} <= set(itop.__all__)

@@ -19,7 +19,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..sharded_checkpoint import load_safely, save_atomically, sharded_state
 from .checkpoint import RunError
 
 CHECKPOINT_DIR = "checkpoint"  # the last finished epoch's state, a DCP directory
@@ -54,6 +53,8 @@ def grad_scaler(device: torch.device, enabled: bool):
 def save_run(path: Path, model: nn.Module, optimizer, sparsifier, run_state: dict[str, Any]) -> None:
     """The run's checkpoint, on every rank: sharded model, optimizer and Sparsifier, plus
     `run_state` (counters, generator states, the scaler's state, the configuration)."""
+    from ..sharded_checkpoint import save_atomically, sharded_state
+
     save_atomically({**sharded_state(model, optimizer, sparsifier), "run": run_state}, path)
 
 
@@ -62,6 +63,8 @@ def load_run(path: Path, model: nn.Module, optimizer, sparsifier, run_template: 
     `run_template`, this run's own) with "sparsifier": the saved Sparsifier state, for
     `Sparsifier.load_state_dict`. RunError in one line when the checkpoint does not fit."""
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+    from ..sharded_checkpoint import load_safely, sharded_state
 
     state = {**sharded_state(model, optimizer, sparsifier), "run": run_template}
     try:
@@ -75,12 +78,16 @@ def load_run(path: Path, model: nn.Module, optimizer, sparsifier, run_template: 
 
 
 def save_best(path: Path, model: nn.Module) -> None:
+    from ..sharded_checkpoint import save_atomically
+
     save_atomically({"model": sharded_state_of_model(model)}, path)
 
 
 def load_best(path: Path, model: nn.Module) -> dict[str, Any]:
     """The best model's sharded state dict (to `model.load_state_dict`), read from `path` into
     copies of the model's own shards."""
+    from ..sharded_checkpoint import load_safely
+
     state = {"model": {k: v.detach().clone() for k, v in sharded_state_of_model(model).items()}}
     try:
         load_safely(state, path)
