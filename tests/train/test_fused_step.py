@@ -25,9 +25,13 @@ def truly_sparse_set_mlp(dense_last: bool, **options):
     return model
 
 
-@pytest.mark.parametrize("dense_last", [True, False])
-@pytest.mark.parametrize("batch", [1, 2])
-def test_the_step_gives_autograd_s_loss_and_gradients(one_thread, monkeypatch, dense_last, batch):
+@pytest.mark.parametrize(
+    "dense_last, batch, parts", [(True, 1, 1), (True, 2, 1), (False, 1, 1), (False, 2, 1), (True, 2, 2), (False, 2, 3)]
+)
+def test_the_step_gives_autograd_s_loss_and_gradients(one_thread, monkeypatch, dense_last, batch, parts):
+    # several parts: each layer's rows split over numba's threads (3 parts on fewer threads too)
+    monkeypatch.setattr(native, "configured_threads", lambda: parts)
+    monkeypatch.setattr(native, "_pool", lambda threads: None)  # numba's pool as started: 3 parts on its threads
     model = truly_sparse_set_mlp(dense_last)
     step = FusedStep.for_model(model, "cross-entropy", 0.0, "none", 0.0)
     x, y = torch.randn(batch, 60), torch.randint(0, 5, (batch,))
@@ -56,7 +60,7 @@ def test_only_set_mlps_it_computes_exactly_get_one(one_thread):
     step = FusedStep.for_model(model, "cross-entropy", 0.0, "none", 0.0)
     assert not step.ready(torch.randn(4, 60))  # batches above 2 take autograd
     torch.set_num_threads(2)
-    assert not step.ready(torch.randn(2, 60))
+    assert step.ready(torch.randn(2, 60))  # several threads: each layer in parts
     torch.set_num_threads(1)
     model.fc2._recorder = lambda *args: None  # RigL's recording steps take autograd
     assert not step.ready(torch.randn(2, 60))

@@ -56,17 +56,21 @@ def _hooked(module: nn.Module) -> bool:
     return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks)
 
 
-def usable(layers: Sequence[SparseLinear], x: Tensor) -> bool:
-    """Does the chain compute this call exactly as the layers one by one would (see the module docstring)?"""
+def usable(layers: Sequence[SparseLinear], x: Tensor, exact: bool = True) -> bool:
+    """Does the chain compute this call exactly as the layers one by one would (see the module
+    docstring)? With `exact=False`, the same function to rounding: any thread count and layer size
+    (`itop train`'s one-call step, whose parts follow the threads)."""
     if not (torch.is_grad_enabled() and native.AVAILABLE) or x.dim() != 2 or x.shape[0] > MAX_BATCH or not x.is_cpu:
         return False
-    if torch.get_num_threads() != 1 or torch._C._len_torch_dispatch_stack() or torch.compiler.is_compiling() or autocast_on("cpu"):
+    if exact and torch.get_num_threads() != 1:
+        return False
+    if torch._C._len_torch_dispatch_stack() or torch.compiler.is_compiling() or autocast_on("cpu"):
         return False
     if (dispatch.active or dispatch.current()).mode not in ("auto", "numba"):
         return False
     if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
         return False
-    dtype, limit, width = layers[0].values.dtype, dispatch.MIN_PROBE_WORK, x.shape[1]
+    dtype, limit, width = layers[0].values.dtype, dispatch.MIN_PROBE_WORK if exact else float("inf"), x.shape[1]
     for layer in layers:
         values, bias = layer.values, layer.bias
         if layer.in_features != width:  # a wrong width gets the layer's own one-line error, not the kernel's

@@ -1,14 +1,17 @@
 """The numba kernels of `chain.py`: a run of truly sparse Linear layers with ReLUs between them,
 forward in one call and backward in one call, through the row kernels of `native_kernels.py`.
 
-Activations are feature-major, (features, batch), as the row kernels take them. Every layer runs
-on the calling thread over all its rows, in one part: the same calls, in the same order, as the
-per-layer path takes for these sizes on one thread (`ops.fixed_rule`'s "numba1"), so the numbers
-are the same bit for bit.
+Activations are feature-major, (features, batch), as the row kernels take them. In
+`chain_forward` and `chain_backward` every layer runs on the calling thread over all its rows, in
+one part: the same calls, in the same order, as the per-layer path takes for these sizes on one
+thread (`ops.fixed_rule`'s "numba1"), so the numbers are the same bit for bit.
+`cross_entropy_step` (`itop train`'s one-call step, `train/fused_step.py`) runs forward, loss and
+backward in one call, each layer's rows in parts over numba's threads.
 """
 
 import numba
 import numpy as np
+from numba import prange
 
 from .native_kernels import backward_rows, forward_rows, weight_grad_rows
 
@@ -96,11 +99,55 @@ def _cross_entropy_grad(logits, labels, grad):  # pragma: no cover - compiled
     return loss, correct
 
 
-@numba.njit(**_FLAGS)
-def chain_cross_entropy_step(x_t, labels, csr, values, biases, activations, grads, grad_values, grad_biases, parts):  # pragma: no cover
+@numba.njit(parallel=True, **_FLAGS)
+def cross_entropy_step(x_t, labels, csr, values, biases, activations, grads, grad_values, grad_biases, buffers):  # pragma: no cover
     """Forward through the chain (ReLU between layers), mean softmax cross-entropy, and the backward
-    to every layer's value and bias gradients (not the input's): (loss, correct predictions)."""
-    chain_forward(x_t, csr, values, biases, activations)
-    loss, correct = _cross_entropy_grad(activations[len(activations) - 1], labels, grads[len(grads) - 1])
-    chain_backward(x_t, csr, values, activations, grads, grad_values, grad_biases, parts, False)
+    to every layer's value and bias gradients (not the input's): (loss, correct predictions).
+
+    Each layer's rows are split into `buffers[k].shape[0]` equal parts, run over numba's threads
+    (one part: the calling thread alone); each part scatters its input gradient into a buffer of
+    its own, summed after in part order. The numbers depend on the part count, never on the threads
+    that run the parts."""
+    inputs = x_t
+    last = len(values) - 1
+    parts = buffers[0].shape[0]
+    for k in range(len(values)):
+        crow, col = csr[k]
+        out, weights, bias = activations[k], values[k], biases[k]
+        rows = out.shape[0]
+        for p in prange(parts):
+            start, stop = rows * p // parts, rows * (p + 1) // parts
+            forward_rows(crow, col, weights, inputs, bias, out, start, stop)
+            if k < last:
+                _relu(out[start:stop])
+        inputs = out
+    loss, correct = _cross_entropy_grad(activations[last], labels, grads[last])
+    for k in range(last, -1, -1):
+        crow, col = csr[k]
+        g, weights, grad_weights = grads[k], values[k], grad_values[k]
+        rows = g.shape[0]
+        _bias_grad(g, grad_biases[k])
+        if k == 0:
+            for p in prange(parts):
+                weight_grad_rows(crow, col, g, x_t, grad_weights, rows * p // parts, rows * (p + 1) // parts)
+            continue
+        buffer, below = buffers[k], activations[k - 1]
+        for p in prange(parts):
+            backward_rows(crow, col, weights, g, below, grad_weights, buffer[p], rows * p // parts, rows * (p + 1) // parts)
+        width = below.shape[0]
+        for p in prange(parts):
+            start, stop = width * p // parts, width * (p + 1) // parts
+            _summed_relu_grad(buffer, below, grads[k - 1], start, stop)
     return loss, correct
+
+
+@numba.njit(**_FLAGS)
+def _summed_relu_grad(buffer, activation, out, start, stop):  # pragma: no cover - compiled
+    """Rows [start, stop) of out = (the sum of buffer's parts, in order) where the activation is
+    positive, else 0: the input gradient of a ReLU whose output gradient was scattered in parts."""
+    for i in range(start, stop):
+        for b in range(out.shape[1]):
+            total = buffer[0, i, b]
+            for q in range(1, buffer.shape[0]):
+                total += buffer[q, i, b]
+            out[i, b] = total if activation[i, b] > 0 else 0.0

@@ -4,13 +4,18 @@ At SET's batch of 2 most of a truly sparse step is PyTorch's per-op cost, not th
 (`benchmarks/fused_chain_ceiling.py`). Where a run trains a `SetMLP` whose hidden layers are truly
 sparse, with ReLU, no dropout, cross-entropy, on the CPU in one process, this computes the step's
 mean loss, its correct predictions and every parameter's gradient (into `.grad`) in one call
-through the row kernels (`itop.sparse.chain_kernels.chain_cross_entropy_step`); the dense last
-layer is read as a CSR of all its positions. The optimizer, the Sparsifier's hooks and the rest of
-the loop run as always. Steps it does not serve compute through autograd: more than 2 rows, more
-than one thread, large layers, or a layer recording for RigL's growth (`chain.usable`).
+through the row kernels (`itop.sparse.chain_kernels.cross_entropy_step`); the dense last layer is
+read as a CSR of all its positions. The optimizer, the Sparsifier's hooks and the rest of the loop
+run as always. Steps it does not serve compute through autograd: more than 2 rows, or a layer
+recording for RigL's growth (`chain.usable`).
 
-The gradients are the same function as autograd's; the softmax is computed in float64, so they
-differ from PyTorch's in the last bits (tests: to 1e-6).
+On several threads (SET's recipe at H=10,000 trains on two, `train/threads.py`) each layer's rows
+are split into one part per thread inside the call, so that no Python and no sleeping pool sits
+between the layers. The part count follows the configured threads, as the per-layer kernels'
+input-gradient parts do, so a run and its resume compute the same numbers.
+
+The gradients are the same function as autograd's; the softmax is computed in float64 and the
+input gradients are summed in parts, so they differ from PyTorch's in the last bits (tests: to 1e-6).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ..models.set_mlp import SetMLP
-from ..sparse import chain
+from ..sparse import chain, native
 from ..sparse.layer import SparseLinear
 from ..sparse.ops import transposed
 
@@ -33,7 +38,7 @@ class FusedStep:
 
     def __init__(self, sparse: list[SparseLinear], last: nn.Linear | SparseLinear):
         self.sparse, self.last = sparse, last
-        self._workspace: dict[int, tuple] = {}  # scratch arrays by batch size (`_scratch`)
+        self._workspace: dict[tuple[int, int], tuple] = {}  # scratch arrays by batch size and parts (`_scratch`)
         if isinstance(last, SparseLinear):
             self._last_csr = None  # its own structure's, read each step (it changes at updates)
         else:  # a dense weight, row-major, is the CSR of all its positions
@@ -68,10 +73,10 @@ class FusedStep:
         """Can this step be computed in one call (and give autograd's function)?"""
         last, flat = self.last, x.reshape(x.shape[0], -1)
         if isinstance(last, SparseLinear):
-            return chain.usable([*self.sparse, last], flat)
+            return chain.usable([*self.sparse, last], flat, exact=False)
         if last._forward_hooks or last._forward_pre_hooks or not (last.weight.is_cpu and last.weight.is_contiguous()):
             return False
-        return chain.usable(self.sparse, flat) and last.in_features == self.sparse[-1].out_features
+        return chain.usable(self.sparse, flat, exact=False) and last.in_features == self.sparse[-1].out_features
 
     def prepare(self) -> None:
         """Compile (or load from numba's disk cache: about 0.5 s) the kernel for this model now, on a
@@ -86,14 +91,16 @@ class FusedStep:
         """The step's mean loss and correct predictions; every parameter's `.grad` holds its gradient."""
         x_t = transposed(x.reshape(x.shape[0], -1))
         last = self.last
-        activations, grads, parts = self._scratch(x_t.shape[1])
+        parts = native.configured_threads()
+        activations, grads, buffers = self._scratch(x_t.shape[1], parts)
         params = [(layer.values, layer.bias) for layer in self.sparse] + [(self._last_weight(), last.bias)]
         for weight, bias in params:
             for p in (weight, bias):
                 if p.grad is None or p.grad.shape != p.shape or not p.grad.is_contiguous():
                     p.grad = torch.empty_like(p, memory_format=torch.contiguous_format)
         csr = tuple(layer.structure.arrays() for layer in self.sparse) + (self._last_csr or last.structure.arrays(),)
-        loss, correct = chain._chain_kernels().chain_cross_entropy_step(
+        native._pool(parts)  # one part: numba's pool set to the calling thread alone, none woken
+        loss, correct = chain._chain_kernels().cross_entropy_step(
             x_t.detach().numpy(),
             labels.numpy(),
             csr,
@@ -103,18 +110,18 @@ class FusedStep:
             grads,
             tuple(w.grad.reshape(-1).numpy() for w, _ in params),
             tuple(b.grad.numpy() for _, b in params),
-            parts,
+            buffers,
         )
         return float(loss), int(correct)
 
-    def _scratch(self, batch: int) -> tuple[tuple, tuple, tuple]:
-        """The kernel's activations, output gradients and input-gradient parts for this batch size, as
-        numpy arrays made once: they live only inside one call, which nothing else sees."""
-        found = self._workspace.get(batch)
+    def _scratch(self, batch: int, parts: int) -> tuple[tuple, tuple, tuple]:
+        """The kernel's activations, output gradients and per-part input-gradient buffers for this
+        batch size, as numpy arrays made once: they live only inside one call, which nothing else sees."""
+        found = self._workspace.get((batch, parts))
         if found is None:
             layers = [*self.sparse, self.last]
             activations = tuple(np.empty((layer.out_features, batch), np.float32) for layer in layers)
             grads = tuple(np.empty((layer.out_features, batch), np.float32) for layer in layers)
-            parts = tuple(np.empty((layer.in_features, batch), np.float32) for layer in layers)
-            found = self._workspace[batch] = (activations, grads, parts)
+            buffers = tuple(np.empty((parts, layer.in_features, batch), np.float32) for layer in layers)
+            found = self._workspace[(batch, parts)] = (activations, grads, buffers)
         return found
