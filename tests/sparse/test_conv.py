@@ -49,16 +49,19 @@ def check_against_dense(dense, sparse, mask, x, tolerance):
 
 
 @pytest.mark.filterwarnings("ignore:Using padding='same'")  # PyTorch's, for the dense reference
-@pytest.mark.parametrize("path", ["direct", "im2col", "dense"])
+@pytest.mark.parametrize("path", ["direct", "blocked", "im2col", "dense"])
 @pytest.mark.parametrize("geometry", GEOMETRIES)
 def test_matches_the_masked_dense_convolution_in_float64(monkeypatch, path, geometry):
-    if path == "direct" and conv_ops.conv_kernels() is None:
+    if path in ("direct", "blocked") and conv_ops.conv_kernels() is None:
         pytest.skip("numba is not installed")
+    if path == "blocked" and geometry[3] != 1:
+        pytest.skip("the blocked way serves stride 1 only")
     monkeypatch.setattr(conv, "choose", lambda layer, x, train: path)
     rng = random.Random(hash(geometry) % 1000)
     for trial in range(3):
         dense, sparse, mask = masked_pair(geometry, rng.choice([0.05, 0.3, 1.0]), seed=trial)
-        batch, height, width = rng.choice([1, 2, 5]), rng.randint(7, 13), rng.randint(6, 12)
+        batches = [1, 2, 5] if path != "blocked" else [1, 5, 16, 21, 35]  # whole and partial blocks of 16 images
+        batch, height, width = rng.choice(batches), rng.randint(7, 13), rng.randint(6, 12)
         x = torch.randn(batch, geometry[0], height, width, dtype=torch.float64)
         check_against_dense(dense, sparse, mask, x, 1e-10)
 
@@ -76,6 +79,28 @@ def test_float32_and_threads_give_the_same_numbers(monkeypatch):
         out = sparse(x_grad)
         out.square().sum().backward()
         results.append((out, x_grad.grad, sparse.values.grad))
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+def test_the_blocked_way_gives_the_same_numbers_on_any_thread_count(monkeypatch):
+    if conv_ops.conv_kernels() is None:
+        pytest.skip("numba is not installed")
+    monkeypatch.setattr(conv, "choose", lambda layer, x, train: "blocked")
+    dense, sparse, mask = masked_pair((12, 20, 3, 1, 1, 1, 1, True), 0.1, 0, torch.float32)
+    x = torch.randn(37, 12, 5, 5)  # two whole blocks of 16 images and a partial one
+    check_against_dense(dense, sparse, mask, x, 1e-4)
+    results, threads = [], torch.get_num_threads()
+    try:
+        for count in (1, threads):
+            torch.set_num_threads(count)
+            x_grad = x.clone().requires_grad_()
+            sparse.values.grad = None
+            out = sparse(x_grad)
+            out.square().sum().backward()
+            results.append((out, x_grad.grad, sparse.values.grad))
+    finally:
+        torch.set_num_threads(threads)
     for a, b in zip(*results):
         assert torch.equal(a, b)
 

@@ -14,13 +14,16 @@ import math
 import torch
 from torch import Tensor, nn
 
-from . import dispatch, ops
+from . import conv_blocked, dispatch, ops
 from .conv_ops import ConvGeometry, SparseConv2dFunction, compute, direct_usable
 
-PROBE_IMAGES = 4  # a probe convolves at most this many images: every way's time grows with the batch alike
+PROBE_IMAGES = 4  # a probe convolves at most this many images: the ways' times grow with the batch alike,
+# except the blocked way's, which computes whole blocks of 16 images: it is probed on up to 16 and its
+# time scaled to PROBE_IMAGES (on 4 images it would compute 12 of padding)
 DIRECT_FIXED_VECTORS = 4  # `direct_cost`'s fixed cost per tap and pass, in vectors of 16 values
 DENSE_EFFICIENCY = 3.6  # `direct_cost`: dense multiply-adds per second over the direct kernels'
 DIRECT_MAX_COST = 0.8  # the fixed rule takes the direct kernels below this estimated cost (see `fixed_rule`)
+BLOCKED_MAX_PIXELS = 64  # ... in their blocked form for output planes up to 8x8, at batches of 16 or more
 
 
 def _dense_allowed(geometry: ConvGeometry) -> bool:
@@ -29,7 +32,8 @@ def _dense_allowed(geometry: ConvGeometry) -> bool:
 
 def candidates(geometry: ConvGeometry, dtype: torch.dtype) -> list[str]:
     """The ways to compute a layer of this geometry here."""
-    names = (["direct"] if direct_usable(torch.empty(0, dtype=dtype)) else []) + ["im2col"]
+    native = direct_usable(torch.empty(0, dtype=dtype))
+    names = (["direct"] if native else []) + (["blocked"] if native and conv_blocked.usable(geometry) else []) + ["im2col"]
     return names + (["dense"] if _dense_allowed(geometry) else [])
 
 
@@ -46,11 +50,15 @@ def direct_cost(geometry: ConvGeometry, density: float, height: int, width: int)
 
 def fixed_rule(geometry: ConvGeometry, density: float, x: Tensor) -> str:
     """The choice where nothing is measured (the probe budget spent): the direct kernels at stride
-    1 where numba serves and `direct_cost` is under `DIRECT_MAX_COST`; else the dense convolution
-    where the dense weight may exist, else im2col. (The direct kernels' strided form loops over
-    short rows: a ResNet-18 at ERK 0.05 whose strided layers took it ran at 0.63x dense.)"""
+    1 where numba serves and `direct_cost` is under `DIRECT_MAX_COST`, in their blocked form on
+    output planes of at most `BLOCKED_MAX_PIXELS` at batches of 16 or more; else the dense
+    convolution where the dense weight may exist, else im2col. (The direct kernels' strided form
+    loops over short rows: a ResNet-18 at ERK 0.05 whose strided layers took it ran at 0.63x dense.
+    VGG-C's 3x3 layers at batch 128 ran blocked 1.3-1.9x faster than the NCHW kernels on planes of
+    8x8 down to 3x3, and slower on 16x16 and 32x32.)"""
     if geometry.stride == (1, 1) and direct_usable(x) and direct_cost(geometry, density, *x.shape[2:]) < DIRECT_MAX_COST:
-        return "direct"
+        small = math.prod(geometry.output_size(*x.shape[2:])) <= BLOCKED_MAX_PIXELS
+        return "blocked" if small and x.shape[0] >= conv_blocked.BLOCK else "direct"
     return "dense" if _dense_allowed(geometry) else "im2col"
 
 
@@ -93,13 +101,17 @@ def choose(layer, x: Tensor, train: bool) -> str:
     how = chooser.decisions.get(key)
     if how is None:
         shape, nnz, dtype = (min(x.shape[0], PROBE_IMAGES), *x.shape[1:]), layer.nnz, x.dtype
-        how = chooser.decide(key, lambda: conv_timings(layer, shape, nnz, dtype, train), lambda: fixed_rule(geometry, layer.density, x))
+        blocked_images = min(x.shape[0], conv_blocked.BLOCK)
+        how = chooser.decide(
+            key, lambda: conv_timings(layer, shape, nnz, dtype, train, blocked_images), lambda: fixed_rule(geometry, layer.density, x)
+        )
     return how
 
 
-def conv_timings(layer, shape: tuple, nnz: int, dtype: torch.dtype, train: bool) -> dict[str, float]:
+def conv_timings(layer, shape: tuple, nnz: int, dtype: torch.dtype, train: bool, blocked_images: int = 0) -> dict[str, float]:
     """Seconds per call of each way for a layer of `layer`'s geometry with `nnz` random active taps,
-    on random inputs of `shape`: forward, and with `train` the backward too."""
+    on random inputs of `shape`: forward, and with `train` the backward too. The blocked way runs on
+    `blocked_images` images (default: as many as `shape`), its time scaled to `shape`'s count."""
     generator = torch.Generator().manual_seed(0)  # never the global one: probing must not change a run's draws
     geometry = layer.geometry
     positions = ops.random_structure((geometry.out_channels, geometry.taps), nnz, generator).positions
@@ -109,16 +121,20 @@ def conv_timings(layer, shape: tuple, nnz: int, dtype: torch.dtype, train: bool)
     probe.register_buffer("indices", positions)
     probe.values = nn.Parameter(torch.randn(positions.numel(), generator=generator).to(dtype))
     probe.bias = None if layer.bias is None else nn.Parameter(torch.randn(geometry.out_channels, generator=generator).to(dtype))
-    x = torch.randn(shape, generator=generator).to(dtype).requires_grad_(train)
-    out_shape = (shape[0], geometry.out_channels, *geometry.output_size(*shape[2:]))
-    grad_out = torch.randn(out_shape, generator=generator).to(dtype)
-    leaves = [t for t in (x, probe.values, probe.bias) if t is not None]
+    blocked_images = blocked_images or shape[0]
+    x = torch.randn((max(shape[0], blocked_images), *shape[1:]), generator=generator).to(dtype)
+    grad_out = torch.randn((len(x), geometry.out_channels, *geometry.output_size(*shape[2:])), generator=generator).to(dtype)
 
     def run(how: str):
+        images = blocked_images if how == "blocked" else shape[0]
+        inputs, grads = x[:images].requires_grad_(train), grad_out[:images]
         if not train:
-            with torch.no_grad():
-                return lambda: compute(how, probe, x, probe.values, probe.bias)[0]
-        return lambda: torch.autograd.grad(SparseConv2dFunction.apply(x, probe.values, probe.bias, probe, how), leaves, grad_out)
+            return lambda: compute(how, probe, inputs, probe.values, probe.bias)[0]
+        leaves = [t for t in (inputs, probe.values, probe.bias) if t is not None]
+        return lambda: torch.autograd.grad(SparseConv2dFunction.apply(inputs, probe.values, probe.bias, probe, how), leaves, grads)
 
     with torch.enable_grad() if train else torch.no_grad():
-        return dispatch.time_candidates({how: run(how) for how in candidates(geometry, dtype)})
+        timings = dispatch.time_candidates({how: run(how) for how in candidates(geometry, dtype)})
+    if "blocked" in timings:
+        timings["blocked"] *= shape[0] / blocked_images
+    return timings

@@ -1,4 +1,4 @@
-"""The computation behind `SparseConv2d` (`conv.py`): its geometry, and three ways to convolve.
+"""The computation behind `SparseConv2d` (`conv.py`): its geometry, and four ways to convolve.
 
 A layer's weight is the CSR of an (out_channels, in_channels/groups * kh * kw) matrix, so output
 channel o's active taps are row o. Which way serves a call is measured on the machine at hand per
@@ -8,6 +8,8 @@ shape class (`conv_dispatch.py`, through `itop.sparse.dispatch` as for the Linea
 - direct (numba, CPU float32/float64): each active tap adds its value times a shifted input
   plane to its output plane (`conv_kernels.py`); the input gradient gathers back per input
   channel, and the weight gradient sums grad_out * shifted input at the active taps only;
+- blocked (numba, CPU, stride 1; `conv_blocked.py`): the same taps over planes that hold 16
+  images innermost, so that small planes compute in full vectors;
 - im2col (anywhere, CUDA included): the input unfolded into columns
   (`torch.nn.functional.unfold`), then the truly sparse Linear layers' products (`ops.py`) with
   a block-diagonal CSR over all groups; its input gradient folds the columns back;
@@ -15,7 +17,7 @@ shape class (`conv_dispatch.py`, through `itop.sparse.dispatch` as for the Linea
   dense for the call, then PyTorch's convolution and its backward, the weight gradient read at
   the active taps (a layer at ERK's 0.2-0.4 density, such as a 1x1 convolution, is faster so).
 
-The direct and im2col ways make no tensor of the dense weight's shape; im2col holds the unfolded
+The direct, blocked and im2col ways make no tensor of the dense weight's shape; im2col holds the unfolded
 input (in_channels * kh * kw values per output pixel), as PyTorch's own unfold-based convolutions do.
 """
 
@@ -30,7 +32,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
-from . import native, ops
+from . import conv_blocked, native, ops
 from .structure import SparseStructure
 
 _WEIGHT_GRAD_PARTS = 8  # images split into this many partial sums for the direct weight gradient, whatever the threads
@@ -316,6 +318,9 @@ def compute(how: str, layer, x: Tensor, values: Tensor, bias: Tensor | None) -> 
     if how == "direct":
         x = x.contiguous()
         return direct_forward(geometry, layer.structure, values, x, bias), (x,)
+    if how == "blocked":
+        out, blocked = conv_blocked.forward(geometry, layer.structure, values, x, bias)
+        return out, (blocked,)
     if how == "dense":
         weight = _dense_weight(layer, values)
         padded, padding = _padded(geometry, x.detach())
@@ -375,6 +380,8 @@ class SparseConv2dFunction(torch.autograd.Function):
                 grad_x = direct_input_grad(geometry, structure, values, grad_out, ctx.input_shape)
             if needs[1]:
                 grad_values = direct_weight_grad(geometry, structure, grad_out, saved[0])
+        elif ctx.how == "blocked":
+            grad_x, grad_values = conv_blocked.backward(geometry, structure, values, grad_out, saved[0], ctx.input_shape, needs)
         elif ctx.how == "dense":
             grad_x, grad_values = _dense_backward(geometry, indices, tuple(saved), grad_out.to(values.dtype), needs, ctx.input_shape)
         else:

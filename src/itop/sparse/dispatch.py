@@ -118,6 +118,8 @@ def kernels_digest() -> str:
         "conv_ops.py",
         "conv_dispatch.py",
         "conv_kernels.py",
+        "conv_blocked.py",
+        "blocked_kernels.py",
         "condensed_ops.py",
         "condensed_kernels.py",
         "../sparsity/kernels.py",

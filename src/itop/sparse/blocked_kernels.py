@@ -1,0 +1,129 @@
+"""The numba kernels of the "blocked" way of `SparseConv2d` (`conv_blocked.py`), stride 1.
+
+Activations are held as (image blocks, channels, padded height, padded width, BLOCK): the images in
+blocks of BLOCK, innermost, and each plane zero-padded. An active tap of value v at input channel
+c and offset (i, j) then adds v times one contiguous window of the padded input to each output row
+(out_w * BLOCK values, all images of the block at once), however small the plane: on 5x5 or 3x3
+planes the NCHW kernels' pass over a plane was a vector or two, and the per-tap cost dominated.
+Each tap arrives as `offsets[t]`: where its window starts in a block's flat padded planes, in
+values (channel * plane + i * dilation * padded row + j * dilation, times BLOCK).
+
+Every kernel splits its work so that each output value is written by one part in a fixed order:
+the forward and the input gradient by image block, the weight gradient by output channel (summing
+over the blocks in order). The numbers do not depend on the threads that run the parts.
+"""
+
+import numba
+from numba import prange
+
+BLOCK = 16  # images per block: one AVX-512 vector of float32
+_JIT = {"fastmath": True, "cache": True, "nogil": True}
+
+
+@numba.njit(parallel=True, **_JIT)
+def to_blocked(x, blocked, top, left):  # pragma: no cover - compiled
+    """blocked[b, c, top + h, left + w, k] = x[b * BLOCK + k, c, h, w], zero elsewhere."""
+    images, channels, height, width = x.shape
+    for p in prange(blocked.shape[0] * channels):
+        b = p // channels
+        c = p - b * channels
+        planes = blocked[b, c]
+        planes[:] = 0.0
+        for k in range(min(BLOCK, images - b * BLOCK)):
+            source = x[b * BLOCK + k, c]
+            for h in range(height):
+                row = planes[top + h]
+                for w in range(width):
+                    row[left + w, k] = source[h, w]
+
+
+@numba.njit(parallel=True, **_JIT)
+def from_blocked(blocked, out, top, left):  # pragma: no cover - compiled
+    """out[n, c, h, w] = blocked[n // BLOCK, c, top + h, left + w, n % BLOCK]: the inverse of
+    `to_blocked` on the unpadded part (top = left = 0 for an output)."""
+    images, channels, height, width = out.shape
+    for p in prange(blocked.shape[0] * channels):
+        b = p // channels
+        c = p - b * channels
+        planes = blocked[b, c]
+        for k in range(min(BLOCK, images - b * BLOCK)):
+            target = out[b * BLOCK + k, c]
+            for h in range(height):
+                row = planes[top + h]
+                for w in range(width):
+                    target[h, w] = row[left + w, k]
+
+
+@numba.njit(parallel=True, **_JIT)
+def forward(blocked, crow, offsets, values, bias, out, padded_w):  # pragma: no cover - compiled
+    """out (blocks, out_channels, out_h, out_w, BLOCK) = bias + the active taps over `blocked`."""
+    out_h, span = out.shape[2], out.shape[3] * BLOCK
+    for b in prange(out.shape[0]):
+        source = blocked[b].reshape(-1)
+        for o in range(out.shape[1]):
+            plane = out[b, o].reshape(-1)
+            plane[:] = bias[o] if bias.shape[0] else 0.0
+            first, end = crow[o], crow[o + 1]
+            for oh in range(out_h):
+                row = plane[oh * span : (oh + 1) * span]
+                base = oh * padded_w * BLOCK
+                t = first
+                while t + 3 < end:  # four taps per pass over the row: a quarter of its loads and stores
+                    v0, v1, v2, v3 = values[t], values[t + 1], values[t + 2], values[t + 3]
+                    s0 = source[base + offsets[t] : base + offsets[t] + span]
+                    s1 = source[base + offsets[t + 1] : base + offsets[t + 1] + span]
+                    s2 = source[base + offsets[t + 2] : base + offsets[t + 2] + span]
+                    s3 = source[base + offsets[t + 3] : base + offsets[t + 3] + span]
+                    for k in range(span):
+                        row[k] += (v0 * s0[k] + v1 * s1[k]) + (v2 * s2[k] + v3 * s3[k])
+                    t += 4
+                while t < end:
+                    v, s0 = values[t], source[base + offsets[t] : base + offsets[t] + span]
+                    for k in range(span):
+                        row[k] += v * s0[k]
+                    t += 1
+
+
+@numba.njit(parallel=True, **_JIT)
+def input_grad(grad_out, crow, offsets, values, grad_blocked, padded_w):  # pragma: no cover - compiled
+    """grad_blocked (blocks, in_channels, padded_h, padded_w, BLOCK): each active tap scatters its
+    value times the output gradient's rows back onto its window (the padding receives what falls
+    outside the input, and is dropped after)."""
+    out_h, span = grad_out.shape[2], grad_out.shape[3] * BLOCK
+    for b in prange(grad_out.shape[0]):
+        target = grad_blocked[b].reshape(-1)
+        target[:] = 0.0
+        for o in range(grad_out.shape[1]):
+            plane = grad_out[b, o].reshape(-1)
+            for t in range(crow[o], crow[o + 1]):
+                v, offset = values[t], offsets[t]
+                for oh in range(out_h):
+                    row = plane[oh * span : (oh + 1) * span]
+                    start = oh * padded_w * BLOCK + offset
+                    window = target[start : start + span]
+                    for k in range(span):
+                        window[k] += v * row[k]
+
+
+@numba.njit(parallel=True, **_JIT)
+def weight_grad(grad_out, blocked, crow, offsets, out, padded_w, parts):  # pragma: no cover - compiled
+    """out[t] = the sum over images and output pixels of grad_out times tap t's window, the output
+    channels split into `parts`, each summing over the image blocks in order."""
+    channels_out, out_h, span = grad_out.shape[1], grad_out.shape[2], grad_out.shape[3] * BLOCK
+    zero = out.dtype.type(0)
+    for p in prange(parts):
+        first_o, end_o = channels_out * p // parts, channels_out * (p + 1) // parts
+        out[crow[first_o] : crow[end_o]] = zero
+        for b in range(grad_out.shape[0]):
+            source = blocked[b].reshape(-1)
+            for o in range(first_o, end_o):
+                plane = grad_out[b, o].reshape(-1)
+                for t in range(crow[o], crow[o + 1]):
+                    offset, acc = offsets[t], zero
+                    for oh in range(out_h):
+                        row = plane[oh * span : (oh + 1) * span]
+                        start = oh * padded_w * BLOCK + offset
+                        window = source[start : start + span]
+                        for k in range(span):
+                            acc += row[k] * window[k]
+                    out[t] += acc

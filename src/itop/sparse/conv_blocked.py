@@ -1,0 +1,115 @@
+"""The "blocked" way of `SparseConv2d` at stride 1: images in blocks of 16, innermost
+(`blocked_kernels.py`).
+
+The input is rearranged once per call into zero-padded (image blocks, channels, height, width, 16)
+planes; each active tap then multiplies contiguous windows that hold all 16 images of a block, so
+small planes (8x8 down to 3x3, where the NCHW kernels' passes are a vector or two long) compute in
+full vectors. The rearrangement costs a pass over the input and one over the output, which large
+planes do not win back: `conv_dispatch` measures it beside the other ways per shape class.
+The forward keeps the rearranged input for the weight gradient.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from . import native
+from .structure import SparseStructure
+
+BLOCK = 16  # images per block (`blocked_kernels.BLOCK`)
+
+
+def usable(geometry) -> bool:
+    """Stride 1 only: a strided tap's window is not contiguous."""
+    return geometry.stride == (1, 1)
+
+
+def _kernels():
+    from . import blocked_kernels
+
+    return blocked_kernels
+
+
+def _padded_size(geometry, height: int, width: int) -> tuple[int, int]:
+    top, bottom, left, right = geometry.padding
+    return height + top + bottom, width + left + right
+
+
+def offsets(geometry, structure: SparseStructure, padded_h: int, padded_w: int) -> np.ndarray:
+    """Per active tap, where its window starts in a block's flat padded planes, in values (see
+    `blocked_kernels`). Kept per padded size on the structure."""
+    cache = structure.__dict__.setdefault("_blocked_offsets", {})
+    found = cache.get((padded_h, padded_w))
+    if found is None:
+        (kh, kw), (dh, dw) = geometry.kernel, geometry.dilation
+        crow, col = (a.astype(np.int64) for a in structure.arrays())
+        rows = np.repeat(np.arange(len(crow) - 1), np.diff(crow))
+        channel, tap = np.divmod(col, kh * kw)
+        i, j = np.divmod(tap, kw)
+        channel += rows // (geometry.out_channels // geometry.groups) * (geometry.in_channels // geometry.groups)
+        found = cache[(padded_h, padded_w)] = (channel * (padded_h * padded_w) + i * dh * padded_w + j * dw) * BLOCK
+    return found
+
+
+def _pool() -> None:
+    native._pool(native.configured_threads())
+
+
+def to_blocked(geometry, x: Tensor) -> Tensor:
+    """x (N, C, H, W) as zero-padded (ceil(N / 16), C, padded H, padded W, 16) planes."""
+    images, channels, height, width = x.shape
+    padded_h, padded_w = _padded_size(geometry, height, width)
+    blocked = torch.empty(-(-images // BLOCK), channels, padded_h, padded_w, BLOCK, dtype=x.dtype)
+    top, _, left, _ = geometry.padding
+    _pool()
+    _kernels().to_blocked(x.detach().contiguous().numpy(), blocked.numpy(), top, left)
+    return blocked
+
+
+def _from_blocked(blocked: Tensor, shape, top: int = 0, left: int = 0) -> Tensor:
+    out = torch.empty(shape, dtype=blocked.dtype)
+    _kernels().from_blocked(blocked.numpy(), out.numpy(), top, left)
+    return out
+
+
+def forward(geometry, structure: SparseStructure, values: Tensor, x: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The convolution's output (N, O, out_h, out_w) and the blocked input (for the weight gradient)."""
+    blocked = to_blocked(geometry, x)
+    padded_h, padded_w = blocked.shape[2:4]
+    out_h, out_w = geometry.output_size(*x.shape[2:])
+    out_blocked = torch.empty(blocked.shape[0], geometry.out_channels, out_h, out_w, BLOCK, dtype=values.dtype)
+    bias_array = native._NO_BIAS[values.dtype] if bias is None else native._data(bias, values.dtype)
+    crow = structure.arrays()[0]
+    taps = offsets(geometry, structure, padded_h, padded_w)
+    _kernels().forward(blocked.numpy(), crow, taps, values.detach().numpy(), bias_array, out_blocked.numpy(), padded_w)
+    return _from_blocked(out_blocked, (x.shape[0], geometry.out_channels, out_h, out_w)), blocked
+
+
+def _grad_blocked(grad_out: Tensor) -> Tensor:
+    """The output gradient as (blocks, O, out_h, out_w, 16) planes (no padding: its windows are exact)."""
+    images, channels, height, width = grad_out.shape
+    blocked = torch.empty(-(-images // BLOCK), channels, height, width, BLOCK, dtype=grad_out.dtype)
+    _kernels().to_blocked(grad_out.contiguous().numpy(), blocked.numpy(), 0, 0)
+    return blocked
+
+
+def backward(geometry, structure: SparseStructure, values: Tensor, grad_out: Tensor, blocked: Tensor, input_shape, needs) -> tuple:
+    """(input gradient or None, gradient of the active values or None) from the blocked input."""
+    _pool()
+    grads = _grad_blocked(grad_out.to(values.dtype))
+    padded_w = blocked.shape[3]
+    crow = structure.arrays()[0]
+    taps = offsets(geometry, structure, blocked.shape[2], padded_w)
+    grad_x = grad_values = None
+    if needs[0]:
+        grad_blocked = torch.empty_like(blocked)
+        _kernels().input_grad(grads.numpy(), crow, taps, values.detach().numpy(), grad_blocked.numpy(), padded_w)
+        top, _, left, _ = geometry.padding
+        grad_x = _from_blocked(grad_blocked, input_shape, top, left)
+    if needs[1]:
+        grad_values = torch.empty(structure.nnz, dtype=values.dtype)
+        parts = max(1, min(native.configured_threads(), geometry.out_channels))
+        _kernels().weight_grad(grads.numpy(), blocked.numpy(), crow, taps, grad_values.numpy(), padded_w, parts)
+    return grad_x, grad_values
