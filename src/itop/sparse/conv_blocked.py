@@ -38,18 +38,14 @@ def _padded_size(geometry, height: int, width: int) -> tuple[int, int]:
 
 
 def offsets(geometry, structure: SparseStructure, padded_h: int, padded_w: int) -> np.ndarray:
-    """Per active tap, where its window starts in a block's flat padded planes, in values (see
-    `blocked_kernels`). Kept per padded size on the structure."""
+    """Per active tap, where its window starts in a block's flat padded planes, in values: the NCHW
+    kernels' window start (`conv_ops.wide_sources`) times the block. Kept per padded size."""
+    from .conv_ops import wide_sources  # conv_ops imports this module
+
     cache = structure.__dict__.setdefault("_blocked_offsets", {})
     found = cache.get((padded_h, padded_w))
     if found is None:
-        (kh, kw), (dh, dw) = geometry.kernel, geometry.dilation
-        crow, col = (a.astype(np.int64) for a in structure.arrays())
-        rows = np.repeat(np.arange(len(crow) - 1), np.diff(crow))
-        channel, tap = np.divmod(col, kh * kw)
-        i, j = np.divmod(tap, kw)
-        channel += rows // (geometry.out_channels // geometry.groups) * (geometry.in_channels // geometry.groups)
-        found = cache[(padded_h, padded_w)] = (channel * (padded_h * padded_w) + i * dh * padded_w + j * dw) * BLOCK
+        found = cache[(padded_h, padded_w)] = wide_sources(geometry, structure, padded_h, padded_w).astype(np.int64) * BLOCK
     return found
 
 
