@@ -54,8 +54,8 @@ def fixed_rule(geometry: ConvGeometry, density: float, x: Tensor) -> str:
     output planes of at most `BLOCKED_MAX_PIXELS` at batches of 16 or more; else the dense
     convolution where the dense weight may exist, else im2col. (The direct kernels' strided form
     loops over short rows: a ResNet-18 at ERK 0.05 whose strided layers took it ran at 0.63x dense.
-    VGG-C's 3x3 layers at batch 128 ran blocked 1.3-1.9x faster than the NCHW kernels on planes of
-    8x8 down to 3x3, and slower on 16x16 and 32x32.)"""
+    VGG-C's 3x3 layers at batch 128 ran blocked 1.3-1.8x faster forward and 1.2-2.2x backward than
+    the NCHW kernels on planes of 8x8 down to 3x3; the forward was slower on 16x16 and 32x32.)"""
     if geometry.stride == (1, 1) and direct_usable(x) and direct_cost(geometry, density, *x.shape[2:]) < DIRECT_MAX_COST:
         small = math.prod(geometry.output_size(*x.shape[2:])) <= BLOCKED_MAX_PIXELS
         return "blocked" if small and x.shape[0] >= conv_blocked.BLOCK else "direct"
