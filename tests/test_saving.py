@@ -277,8 +277,8 @@ def test_a_model_pruned_with_torch_prune_saves_without_a_sparsifier(tmp_path):
 
 
 def test_itop_train_best_sparse_files_load_too(trained_mlp, tmp_path):
+    from itop.train.best_sparse import load_sparse_model, sparse_export_state
     from itop.train.checkpoint import save_checkpoint
-    from itop.train.loop import load_sparse_model, sparse_export_state
 
     model, sparsifier, x = trained_mlp
     save_checkpoint(sparse_export_state(model, sparsifier, epoch=3), tmp_path / "best_sparse.pt")

@@ -85,7 +85,7 @@ def test_two_processes_equal_one_process_with_double_batch_and_resume(tmp_path, 
 def test_imagenet_folder_on_two_processes_reduces_validation_exactly(tmp_path):
     from itop.data.imagenet import make_imagenet_loader
     from itop.models import create_model
-    from itop.train.loop import evaluate
+    from itop.train.evaluation import evaluate
     from tests.data.formats import write_image_tree
 
     write_image_tree(tmp_path / "imnet" / "train", classes=("a", "b", "c"), per_class=4)

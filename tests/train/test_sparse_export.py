@@ -8,7 +8,7 @@ import torch
 
 from itop.models import create_model
 from itop.sparse import SparseLinear
-from itop.train import loop
+from itop.train import best_sparse, loop
 
 from .test_cli import TINY as CLI_TINY
 from .test_cli import run
@@ -61,7 +61,7 @@ def test_best_sparse_holds_the_best_epoch_with_its_masks_and_is_smaller(capsys, 
         moved += not torch.equal(indices, final_masks[f"{name}.weight"].reshape(-1).nonzero().flatten())
     assert moved  # the topology changed after the best epoch: the export used the masks of that epoch
 
-    sparse = loop.load_sparse_model(Path("s/best_sparse.pt"), lenet()).eval()
+    sparse = best_sparse.load_sparse_model(Path("s/best_sparse.pt"), lenet()).eval()
     assert {n for n, m in sparse.named_modules() if isinstance(m, SparseLinear)} == set(layers)
     x = torch.randn(64, 1, 28, 28)
     with torch.no_grad():

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from . import native
+from .conv_windows import wide_sources
 from .structure import SparseStructure
 
 BLOCK = 16  # images per block (`blocked_kernels.BLOCK`)
@@ -39,9 +40,7 @@ def _padded_size(geometry, height: int, width: int) -> tuple[int, int]:
 
 def offsets(geometry, structure: SparseStructure, padded_h: int, padded_w: int) -> np.ndarray:
     """Per active tap, where its window starts in a block's flat padded planes, in values: the NCHW
-    kernels' window start (`conv_ops.wide_sources`) times the block. Kept per padded size."""
-    from .conv_ops import wide_sources  # conv_ops imports this module
-
+    kernels' window start (`conv_windows.wide_sources`) times the block. Kept per padded size."""
     cache = structure.__dict__.setdefault("_blocked_offsets", {})
     found = cache.get((padded_h, padded_w))
     if found is None:

@@ -161,7 +161,7 @@ def weight_grad_parallel(grad_out, x, crow, col, parts_sums, geometry):  # pragm
 # cost more than the arithmetic). The padded planes of an image sit in one flat buffer with
 # `_slack` zeros after the last plane, which the dropped columns of the last rows may read. Each
 # tap arrives as `sources[t]`: where its window starts in that buffer (channel * plane + row
-# offset + column offset, from `conv.wide_sources`).
+# offset + column offset, from `conv_windows.wide_sources`).
 
 
 @numba.njit(**_FLAGS)
@@ -254,7 +254,7 @@ def input_grad_wide_images(
 ):  # pragma: no cover - compiled
     """The input gradient at stride 1, gathered: each input channel's padded plane sums value *
     output-gradient plane over the taps that read it (`starts`/`order`/`bases`, from
-    `conv.wide_gather`), four taps per pass, as the forward does. The output-gradient planes sit in
+    `conv_windows.wide_gather`), four taps per pass, as the forward does. The output-gradient planes sit in
     wide rows with `margin` zeros on both sides, so every tap reads the whole plane: its window
     starts at bases[t] = o * row length + margin - (the tap's offset in the padded plane)."""
     top, left = geometry[4], geometry[5]

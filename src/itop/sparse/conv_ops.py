@@ -33,6 +33,7 @@ from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 from . import conv_blocked, native, ops
+from .conv_windows import wide_gather, wide_sources
 from .structure import SparseStructure
 
 _WEIGHT_GRAD_PARTS = 8  # images split into this many partial sums for the direct weight gradient, whatever the threads
@@ -141,51 +142,6 @@ def _form(geometry: ConvGeometry, structure: SparseStructure, height: int, width
     top, bottom, left, right = geometry.padding
     padded = (height + top + bottom, width + left + right)
     return "_wide", wide_sources(geometry, structure, *padded), padded
-
-
-def wide_sources(geometry: ConvGeometry, structure: SparseStructure, padded_h: int, padded_w: int) -> np.ndarray:
-    """Per active tap, where its window starts in an image's zero-padded planes at stride 1:
-    input channel * plane size + i * dilation * row length + j * dilation. Kept per padded size on
-    the structure (a few nnz-sized arrays)."""
-    cache = structure.__dict__.setdefault("_wide_sources", {})
-    found = cache.get((padded_h, padded_w))
-    if found is None:
-        (kh, kw), (dh, dw) = geometry.kernel, geometry.dilation
-        crow, col = (a.astype(np.int64) for a in structure.arrays())
-        rows = np.repeat(np.arange(len(crow) - 1), np.diff(crow))
-        channel, tap = np.divmod(col, kh * kw)
-        i, j = np.divmod(tap, kw)
-        channel += rows // (geometry.out_channels // geometry.groups) * (geometry.in_channels // geometry.groups)
-        found = cache[(padded_h, padded_w)] = _compact(channel * (padded_h * padded_w) + i * dh * padded_w + j * dw)
-    return found
-
-
-def _compact(index: np.ndarray) -> np.ndarray:
-    """An index array in int32 where its values fit (half the memory of int64)."""
-    return index.astype(np.int32) if index.size == 0 or int(index.max()) < 2**31 else index
-
-
-def wide_gather(geometry: ConvGeometry, structure: SparseStructure, padded_h: int, padded_w: int, out_h: int) -> tuple:
-    """For the stride-1 input gradient: the taps grouped by the input channel they read (`starts`
-    pointers over `order`, indices into the values), each tap's window start in the output
-    gradient's wide rows (`bases`), and the rows' zero margin. Kept per size on the structure."""
-    cache = structure.__dict__.setdefault("_wide_gather", {})
-    key = (padded_h, padded_w, out_h)
-    if key not in cache:
-        (kh, kw), (dh, dw) = geometry.kernel, geometry.dilation
-        margin = (kh - 1) * dh * padded_w + (kw - 1) * dw
-        crow, col = (a.astype(np.int64) for a in structure.arrays())
-        rows = np.repeat(np.arange(len(crow) - 1), np.diff(crow))
-        channel, tap = np.divmod(col, kh * kw)
-        i, j = np.divmod(tap, kw)
-        channel += rows // (geometry.out_channels // geometry.groups) * (geometry.in_channels // geometry.groups)
-        order = np.argsort(channel, kind="stable")
-        starts = np.zeros(geometry.in_channels + 1, dtype=np.int64)
-        starts[1:] = np.cumsum(np.bincount(channel, minlength=geometry.in_channels))
-        length = out_h * padded_w + 2 * margin
-        bases = (rows * length + margin - (i * dh * padded_w + j * dw))[order]
-        cache[key] = (starts, _compact(order), _compact(bases), margin)
-    return cache[key]
 
 
 STACK_SPAN = 1024  # the stride-1 forward stacks images until a channel's planes hold about this many values

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .checkpoint import RunError
+
 
 @dataclass(frozen=True)
 class World:
@@ -92,3 +94,25 @@ class RankSlice:
             part = slice(self.world.rank * n // size, (self.world.rank + 1) * n // size)
             self.loss_weight = size * (part.stop - part.start) / n
             yield x[part], y[part]
+
+
+def pick_device(cfg, world: World) -> torch.device:
+    """The device this process trains on: `cfg.device` ("auto": its LOCAL_RANK's GPU where CUDA
+    is available, else the CPU), or a one-line RunError for a choice that cannot work."""
+    if cfg.device == "auto":
+        return torch.device(f"cuda:{world.local_rank}" if torch.cuda.is_available() else "cpu")
+    device = torch.device(cfg.device)
+    if device.type == "cuda" and device.index is not None and world.size > 1:
+        raise RunError(
+            f"--device {cfg.device} would put every process on one GPU; under torchrun pass --device cuda "
+            "(each process takes the GPU of its LOCAL_RANK) and choose GPUs with CUDA_VISIBLE_DEVICES."
+        )
+    if device.type == "cuda" and device.index is None:
+        device = torch.device(f"cuda:{world.local_rank}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RunError("--device cuda was asked for but no CUDA GPU is available; use --device cpu.")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise RunError(
+            f"--device {cfg.device}: this machine has {torch.cuda.device_count()} CUDA device(s); pick one of cuda:0..cuda:{torch.cuda.device_count() - 1}."
+        )
+    return device

@@ -21,14 +21,15 @@ from tqdm import tqdm
 import itop
 from itop.data import DataError, load_dataset, make_loaders
 from itop.data.registry import is_tabular_path
-from itop.loading import best_sparse_as_save, restore
 from itop.sparse import native
 from itop.sparse.base import SparseWeights
 
 from . import fsdp
+from .best_sparse import load_sparse_model, sparse_export_state  # noqa: F401 - itop.train.loop.load_sparse_model, as documented before
 from .checkpoint import BEST_SPARSE, CHECKPOINT, RESUME_ADVICE, RunError, load_checkpoint, save_checkpoint
 from .config import TrainConfig, UsageError, result_settings
-from .distributed import RankSlice, World, all_sum, barrier
+from .distributed import RankSlice, World, all_sum, barrier, pick_device
+from .evaluation import evaluate, layer_densities
 from .fused_step import FusedStep
 from .metrics import MetricsLog, NullLog, epoch_line
 from .model_setup import build_model, build_sparsifier, loss_function, uncut_note
@@ -43,73 +44,6 @@ IMAGENET_HINT = "or train on the 5,000 MNIST digits that come with itop: itop tr
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-def pick_device(cfg: TrainConfig, world: World) -> torch.device:
-    if cfg.device == "auto":
-        return torch.device(f"cuda:{world.local_rank}" if torch.cuda.is_available() else "cpu")
-    device = torch.device(cfg.device)
-    if device.type == "cuda" and device.index is not None and world.size > 1:
-        raise RunError(
-            f"--device {cfg.device} would put every process on one GPU; under torchrun pass --device cuda "
-            "(each process takes the GPU of its LOCAL_RANK) and choose GPUs with CUDA_VISIBLE_DEVICES."
-        )
-    if device.type == "cuda" and device.index is None:
-        device = torch.device(f"cuda:{world.local_rank}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RunError("--device cuda was asked for but no CUDA GPU is available; use --device cpu.")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise RunError(
-            f"--device {cfg.device}: this machine has {torch.cuda.device_count()} CUDA device(s); pick one of cuda:0..cuda:{torch.cuda.device_count() - 1}."
-        )
-    return device
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module, loader, device, autocast, world: World = World(), sharded: bool = False, loss_sum_fn=None
-) -> tuple[float, float]:
-    """(mean loss, accuracy) over a loader; summed over ranks when each rank holds a shard.
-    `loss_sum_fn(logits, labels)` gives the summed loss (cross-entropy by default)."""
-    if loss_sum_fn is None:
-        loss_sum_fn = nn.CrossEntropyLoss(reduction="sum")
-    model.eval()
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    count = 0
-    for x, y in loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with autocast():
-            logits = model(x)
-        loss_sum += loss_sum_fn(logits.float(), y)
-        correct += (logits.argmax(1) == y).sum()
-        count += len(y)
-    totals = [float(loss_sum), float(correct), float(count)]
-    if sharded:
-        totals = all_sum(totals, world, device)
-    return totals[0] / max(totals[2], 1), totals[1] / max(totals[2], 1)
-
-
-def layer_densities(sparsifier) -> dict[str, float]:
-    return {} if sparsifier is None else {n: s["density"] for n, s in sparsifier.layer_stats().items()}
-
-
-def sparse_export_state(model: nn.Module, sparsifier, epoch: int) -> dict[str, Any]:
-    """A checkpoint of `itop.sparse.export(model, sparsifier)` (the model's current weights under
-    the sparsifier's current masks): its state dict on the CPU, and the sizes of its truly sparse
-    layers (module name -> {"shape": dense weight shape, "nnz"}) to rebuild it (`load_sparse_model`)."""
-    exported = itop.sparse.export(model, sparsifier, structured=False)
-    layers = {name: {"shape": list(m.weight_shape), "nnz": m.nnz} for name, m in exported.named_modules() if isinstance(m, SparseWeights)}
-    state = {k: v.detach().to("cpu", copy=True) for k, v in exported.state_dict().items()}
-    return {"format": 1, "model": state, "epoch": epoch, "truly_sparse_layers": layers}
-
-
-def load_sparse_model(path: Path, model: nn.Module) -> nn.Module:
-    """`model` (a fresh one of the run's architecture) with the named layers of the best_sparse.pt
-    at `path` replaced by truly sparse layers of the saved sizes, and its weights
-    loaded (`itop.load(path, model)` reads the file too)."""
-    state = load_checkpoint(path, "pass a best_sparse.pt written by itop train")
-    return restore(best_sparse_as_save(state), model, layout="sparse", source=str(path))
 
 
 class Run:
