@@ -193,6 +193,9 @@ def test_where_nothing_is_measured_the_cost_model_decides(monkeypatch):
         == "dense"
     )
     assert conv_dispatch.choose(plain, x, True) == ("direct" if conv_ops.conv_kernels() is not None else "dense")
+    small = torch.randn(16, 8, 6, 6)  # output planes of at most 8x8 at a batch of 16: the blocked form
+    assert conv_dispatch.choose(plain, small, True) == ("blocked" if conv_ops.conv_kernels() is not None else "dense")
+    assert conv_dispatch.choose(plain, small[:8], True) == ("direct" if conv_ops.conv_kernels() is not None else "dense")
     with FlopCounterMode(display=False):  # counted as the dense layer by a hook, never computed densely
         assert conv_dispatch.choose(strided, x, False) == ("direct" if conv_ops.conv_kernels() is not None else "im2col")
 
