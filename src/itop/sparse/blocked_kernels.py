@@ -85,11 +85,12 @@ def forward(blocked, crow, offsets, values, bias, out, padded_w):  # pragma: no 
 
 
 @numba.njit(parallel=True, **_JIT)
-def input_grad(grad_out, crow, offsets, values, grad_blocked, padded_w):  # pragma: no cover - compiled
+def input_grad(grad_out, crow, offsets, values, grad_blocked, padded_w, out_w):  # pragma: no cover - compiled
     """grad_blocked (blocks, in_channels, padded_h, padded_w, BLOCK): each active tap scatters its
     value times the output gradient's rows back onto its window (the padding receives what falls
-    outside the input, and is dropped after)."""
-    out_h, span = grad_out.shape[2], grad_out.shape[3] * BLOCK
+    outside the input, and is dropped after). `grad_out` has rows of padded_w pixels, the first
+    out_w of them the output's."""
+    out_h, span, stride = grad_out.shape[2], out_w * BLOCK, padded_w * BLOCK
     for b in prange(grad_out.shape[0]):
         target = grad_blocked[b].reshape(-1)
         target[:] = 0.0
@@ -98,18 +99,20 @@ def input_grad(grad_out, crow, offsets, values, grad_blocked, padded_w):  # prag
             for t in range(crow[o], crow[o + 1]):
                 v, offset = values[t], offsets[t]
                 for oh in range(out_h):
-                    row = plane[oh * span : (oh + 1) * span]
-                    start = oh * padded_w * BLOCK + offset
-                    window = target[start : start + span]
+                    row = plane[oh * stride : oh * stride + span]
+                    window = target[oh * stride + offset : oh * stride + offset + span]
                     for k in range(span):
                         window[k] += v * row[k]
 
 
 @numba.njit(parallel=True, **_JIT)
-def weight_grad(grad_out, blocked, crow, offsets, out, padded_w, parts):  # pragma: no cover - compiled
+def weight_grad(grad_out, blocked, crow, offsets, out, out_w, parts):  # pragma: no cover - compiled
     """out[t] = the sum over images and output pixels of grad_out times tap t's window, the output
-    channels split into `parts`, each summing over the image blocks in order."""
-    channels_out, out_h, span = grad_out.shape[1], grad_out.shape[2], grad_out.shape[3] * BLOCK
+    channels split into `parts`, each summing over the image blocks in order. `grad_out` has rows
+    of padded_w pixels, zero past the first out_w, so that each tap's sum over a plane is one
+    contiguous dot product (the zeros meet the pixels its window wraps onto)."""
+    channels_out, out_h, padded_w = grad_out.shape[1], grad_out.shape[2], grad_out.shape[3]
+    length = ((out_h - 1) * padded_w + out_w) * BLOCK
     zero = out.dtype.type(0)
     for p in prange(parts):
         first_o, end_o = channels_out * p // parts, channels_out * (p + 1) // parts
@@ -117,13 +120,10 @@ def weight_grad(grad_out, blocked, crow, offsets, out, padded_w, parts):  # prag
         for b in range(grad_out.shape[0]):
             source = blocked[b].reshape(-1)
             for o in range(first_o, end_o):
-                plane = grad_out[b, o].reshape(-1)
+                plane = grad_out[b, o].reshape(-1)[:length]
                 for t in range(crow[o], crow[o + 1]):
-                    offset, acc = offsets[t], zero
-                    for oh in range(out_h):
-                        row = plane[oh * span : (oh + 1) * span]
-                        start = oh * padded_w * BLOCK + offset
-                        window = source[start : start + span]
-                        for k in range(span):
-                            acc += row[k] * window[k]
+                    window = source[offsets[t] : offsets[t] + length]
+                    acc = zero
+                    for k in range(length):
+                        acc += plane[k] * window[k]
                     out[t] += acc

@@ -28,6 +28,7 @@ def usable(geometry) -> bool:
 
 
 def _kernels():
+    native.kernels()  # numba loaded and its threads set up, as for every numba kernel
     from . import blocked_kernels
 
     return blocked_kernels
@@ -49,6 +50,7 @@ def offsets(geometry, structure: SparseStructure, padded_h: int, padded_w: int) 
 
 
 def _pool() -> None:
+    _kernels()
     native._pool(native.configured_threads())
 
 
@@ -82,10 +84,11 @@ def forward(geometry, structure: SparseStructure, values: Tensor, x: Tensor, bia
     return _from_blocked(out_blocked, (x.shape[0], geometry.out_channels, out_h, out_w)), blocked
 
 
-def _grad_blocked(grad_out: Tensor) -> Tensor:
-    """The output gradient as (blocks, O, out_h, out_w, 16) planes (no padding: its windows are exact)."""
-    images, channels, height, width = grad_out.shape
-    blocked = torch.empty(-(-images // BLOCK), channels, height, width, BLOCK, dtype=grad_out.dtype)
+def _grad_blocked(grad_out: Tensor, padded_w: int) -> Tensor:
+    """The output gradient as (blocks, O, out_h, padded_w, 16) planes: each row as wide as the
+    input's padded rows, zero past the output's pixels (see `blocked_kernels.weight_grad`)."""
+    images, channels, height, _ = grad_out.shape
+    blocked = torch.empty(-(-images // BLOCK), channels, height, padded_w, BLOCK, dtype=grad_out.dtype)
     _kernels().to_blocked(grad_out.contiguous().numpy(), blocked.numpy(), 0, 0)
     return blocked
 
@@ -93,18 +96,18 @@ def _grad_blocked(grad_out: Tensor) -> Tensor:
 def backward(geometry, structure: SparseStructure, values: Tensor, grad_out: Tensor, blocked: Tensor, input_shape, needs) -> tuple:
     """(input gradient or None, gradient of the active values or None) from the blocked input."""
     _pool()
-    grads = _grad_blocked(grad_out.to(values.dtype))
-    padded_w = blocked.shape[3]
+    padded_w, out_w = blocked.shape[3], grad_out.shape[3]
+    grads = _grad_blocked(grad_out.to(values.dtype), padded_w)
     crow = structure.arrays()[0]
     taps = offsets(geometry, structure, blocked.shape[2], padded_w)
     grad_x = grad_values = None
     if needs[0]:
         grad_blocked = torch.empty_like(blocked)
-        _kernels().input_grad(grads.numpy(), crow, taps, values.detach().numpy(), grad_blocked.numpy(), padded_w)
+        _kernels().input_grad(grads.numpy(), crow, taps, values.detach().numpy(), grad_blocked.numpy(), padded_w, out_w)
         top, _, left, _ = geometry.padding
         grad_x = _from_blocked(grad_blocked, input_shape, top, left)
     if needs[1]:
         grad_values = torch.empty(structure.nnz, dtype=values.dtype)
         parts = max(1, min(native.configured_threads(), geometry.out_channels))
-        _kernels().weight_grad(grads.numpy(), blocked.numpy(), crow, taps, grad_values.numpy(), padded_w, parts)
+        _kernels().weight_grad(grads.numpy(), blocked.numpy(), crow, taps, grad_values.numpy(), out_w, parts)
     return grad_x, grad_values
