@@ -16,6 +16,8 @@ over the blocks in order). The numbers do not depend on the threads that run the
 import numba
 from numba import prange
 
+from .conv_kernels import taps_into_row
+
 BLOCK = 16  # images per block: one AVX-512 vector of float32
 _JIT = {"fastmath": True, "cache": True, "nogil": True}
 
@@ -63,25 +65,9 @@ def forward(blocked, crow, offsets, values, bias, out, padded_w):  # pragma: no 
         for o in range(out.shape[1]):
             plane = out[b, o].reshape(-1)
             plane[:] = bias[o] if bias.shape[0] else 0.0
-            first, end = crow[o], crow[o + 1]
             for oh in range(out_h):
                 row = plane[oh * span : (oh + 1) * span]
-                base = oh * padded_w * BLOCK
-                t = first
-                while t + 3 < end:  # four taps per pass over the row: a quarter of its loads and stores
-                    v0, v1, v2, v3 = values[t], values[t + 1], values[t + 2], values[t + 3]
-                    s0 = source[base + offsets[t] : base + offsets[t] + span]
-                    s1 = source[base + offsets[t + 1] : base + offsets[t + 1] + span]
-                    s2 = source[base + offsets[t + 2] : base + offsets[t + 2] + span]
-                    s3 = source[base + offsets[t + 3] : base + offsets[t + 3] + span]
-                    for k in range(span):
-                        row[k] += (v0 * s0[k] + v1 * s1[k]) + (v2 * s2[k] + v3 * s3[k])
-                    t += 4
-                while t < end:
-                    v, s0 = values[t], source[base + offsets[t] : base + offsets[t] + span]
-                    for k in range(span):
-                        row[k] += v * s0[k]
-                    t += 1
+                taps_into_row(row, source, oh * padded_w * BLOCK, offsets, values, crow[o], crow[o + 1])
 
 
 @numba.njit(parallel=True, **_JIT)

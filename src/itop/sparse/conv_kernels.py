@@ -164,6 +164,28 @@ def weight_grad_parallel(grad_out, x, crow, col, parts_sums, geometry):  # pragm
 # offset + column offset, from `conv_windows.wide_sources`).
 
 
+@numba.njit(**_JIT)
+def taps_into_row(row, source, base, sources, values, first, end):  # pragma: no cover - compiled
+    """row += values[t] * source[base + sources[t] :][: len(row)] for the taps [first, end), four
+    taps per pass over the row (a quarter of its loads and stores); the windows are slices, which
+    LLVM vectorises (indexed loads were 5x slower). Shared by the wide and the blocked forwards."""
+    span, t = row.shape[0], first
+    while t + 3 < end:
+        v0, v1, v2, v3 = values[t], values[t + 1], values[t + 2], values[t + 3]
+        s0 = source[base + sources[t] : base + sources[t] + span]
+        s1 = source[base + sources[t + 1] : base + sources[t + 1] + span]
+        s2 = source[base + sources[t + 2] : base + sources[t + 2] + span]
+        s3 = source[base + sources[t + 3] : base + sources[t + 3] + span]
+        for k in range(span):
+            row[k] += (v0 * s0[k] + v1 * s1[k]) + (v2 * s2[k] + v3 * s3[k])
+        t += 4
+    while t < end:
+        v, s0 = values[t], source[base + sources[t] : base + sources[t] + span]
+        for k in range(span):
+            row[k] += v * s0[k]
+        t += 1
+
+
 @numba.njit(**_FLAGS)
 def _slack(geometry):  # pragma: no cover - compiled
     return (geometry[1] - 1) * geometry[7] + 1
@@ -206,21 +228,7 @@ def forward_wide_images(
         row = wide[:span]
         for o in range(channels_out):
             row[:] = bias[o] if bias.shape[0] else 0.0
-            t, end = crow[o], crow[o + 1]
-            while t + 3 < end:  # four taps per pass over the plane: a quarter of its loads and stores
-                v0, v1, v2, v3 = values[t], values[t + 1], values[t + 2], values[t + 3]
-                s0 = padded[sources[t] : sources[t] + span]  # slices: LLVM vectorises them (5x indexed loads)
-                s1 = padded[sources[t + 1] : sources[t + 1] + span]
-                s2 = padded[sources[t + 2] : sources[t + 2] + span]
-                s3 = padded[sources[t + 3] : sources[t + 3] + span]
-                for k in range(span):
-                    row[k] += (v0 * s0[k] + v1 * s1[k]) + (v2 * s2[k] + v3 * s3[k])
-                t += 4
-            while t < end:
-                v, src = values[t], padded[sources[t] : sources[t] + span]
-                for k in range(span):
-                    row[k] += v * src[k]
-                t += 1
+            taps_into_row(row, padded, 0, sources, values, crow[o], crow[o + 1])
             for g in range(count):
                 for oh in range(out_h):
                     first = (g * padded_h + oh) * padded_w

@@ -14,6 +14,18 @@ if TYPE_CHECKING:
     from .conv_ops import ConvGeometry
 
 
+def _tap_coordinates(geometry: ConvGeometry, structure: SparseStructure) -> tuple[np.ndarray, ...]:
+    """Per active tap (in CSR order): its output channel, its input channel (over all groups) and
+    its kernel row and column."""
+    kh, kw = geometry.kernel
+    crow, col = (a.astype(np.int64) for a in structure.arrays())
+    rows = np.repeat(np.arange(len(crow) - 1), np.diff(crow))
+    channel, tap = np.divmod(col, kh * kw)
+    i, j = np.divmod(tap, kw)
+    channel += rows // (geometry.out_channels // geometry.groups) * (geometry.in_channels // geometry.groups)
+    return rows, channel, i, j
+
+
 def wide_sources(geometry: ConvGeometry, structure: SparseStructure, padded_h: int, padded_w: int) -> np.ndarray:
     """Per active tap, where its window starts in an image's zero-padded planes at stride 1:
     input channel * plane size + i * dilation * row length + j * dilation. Kept per padded size on
@@ -21,12 +33,7 @@ def wide_sources(geometry: ConvGeometry, structure: SparseStructure, padded_h: i
     cache = structure.__dict__.setdefault("_wide_sources", {})
     found = cache.get((padded_h, padded_w))
     if found is None:
-        (kh, kw), (dh, dw) = geometry.kernel, geometry.dilation
-        crow, col = (a.astype(np.int64) for a in structure.arrays())
-        rows = np.repeat(np.arange(len(crow) - 1), np.diff(crow))
-        channel, tap = np.divmod(col, kh * kw)
-        i, j = np.divmod(tap, kw)
-        channel += rows // (geometry.out_channels // geometry.groups) * (geometry.in_channels // geometry.groups)
+        (dh, dw), (_, channel, i, j) = geometry.dilation, _tap_coordinates(geometry, structure)
         found = cache[(padded_h, padded_w)] = _compact(channel * (padded_h * padded_w) + i * dh * padded_w + j * dw)
     return found
 
@@ -45,11 +52,7 @@ def wide_gather(geometry: ConvGeometry, structure: SparseStructure, padded_h: in
     if key not in cache:
         (kh, kw), (dh, dw) = geometry.kernel, geometry.dilation
         margin = (kh - 1) * dh * padded_w + (kw - 1) * dw
-        crow, col = (a.astype(np.int64) for a in structure.arrays())
-        rows = np.repeat(np.arange(len(crow) - 1), np.diff(crow))
-        channel, tap = np.divmod(col, kh * kw)
-        i, j = np.divmod(tap, kw)
-        channel += rows // (geometry.out_channels // geometry.groups) * (geometry.in_channels // geometry.groups)
+        rows, channel, i, j = _tap_coordinates(geometry, structure)
         order = np.argsort(channel, kind="stable")
         starts = np.zeros(geometry.in_channels + 1, dtype=np.int64)
         starts[1:] = np.cumsum(np.bincount(channel, minlength=geometry.in_channels))
