@@ -120,3 +120,28 @@ def test_gather_and_scatter_read_and_write_the_active_positions_exactly(threads)
     values = torch.randn(int(mask.sum()), generator=generator)
     expected = torch.zeros(70, 45).masked_scatter_(mask, values)
     assert torch.equal(native.scatter(crow, col, values, (70, 45), threads), expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(1024, 128), (7, 2), (3, 1), (5, 33)])
+def test_row_sums_give_the_bias_gradient(dtype, shape):
+    """The bias gradient's sum over the batch (`native.row_sums`), in the matrix's dtype."""
+    native.kernels()
+    matrix = torch.randn(*shape, dtype=torch.float64).to(dtype)
+    sums = native.row_sums(matrix)
+    assert sums.dtype == dtype
+    torch.testing.assert_close(sums, matrix.sum(1))
+
+
+def test_the_bias_gradient_follows_the_forced_kernels(monkeypatch, tmp_path):
+    """ITOP_KERNELS=torch or dense keeps numba out of the backward, the bias gradient's sum included."""
+    from itop.sparse import dispatch
+
+    calls = []
+    monkeypatch.setattr(native, "row_sums", lambda matrix: calls.append(1) or matrix.sum(1))
+    layer = SparseLinear(30, 20, nnz=100)
+    for mode, expected in (("auto", 1), ("dense", 0), ("torch", 0)):
+        calls.clear()
+        monkeypatch.setattr(dispatch, "active", dispatch.Dispatcher(mode=mode, path=tmp_path / "decisions.json"))
+        layer(torch.randn(4, 30)).sum().backward()
+        assert len(calls) == expected, mode

@@ -192,6 +192,13 @@ def forward(crow: Tensor, col: Tensor, values: Tensor, rows_t: Tensor, bias: Ten
     return out_t
 
 
+def row_sums(matrix: Tensor) -> Tensor:
+    """matrix.sum(1) for a contiguous 2-D CPU float matrix, on the calling thread (`native_kernels.row_sums`)."""
+    out = torch.empty(matrix.shape[0], dtype=matrix.dtype)
+    _kernels.row_sums(matrix.detach().numpy(), out.numpy())
+    return out
+
+
 def gather(crow, col, dense: Tensor, threads: int | None = None) -> Tensor:
     """The CSR's values taken from a contiguous 2-D `dense` matrix (a masked weight's active
     weights), in CSR order, on `threads` threads (None: `threads_for`)."""
@@ -248,6 +255,7 @@ def prepare(dtype: torch.dtype = torch.float32) -> None:
         input_grad_csc(transposed, values, dense, threads)
         backward(crow, col, values, dense, dense, 2, threads)
         gather(crow, col, dense, threads)
+        row_sums(dense)
         scatter(crow, col, values, (2, 2), threads)
         for kernel in ("transpose_columns", "transpose_band_rows"):
             _run(kernel, (dense.numpy(), torch.empty(2, 2, dtype=dtype).numpy()), 1, threads)

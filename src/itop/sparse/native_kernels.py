@@ -282,6 +282,20 @@ def transpose_band_parallel(src, dst, parts):  # pragma: no cover - compiled
 
 
 @numba.njit(**_JIT)
+def row_sums(matrix, out):  # pragma: no cover - compiled
+    """out[i] = sum of matrix[i] (a layer's bias gradient from its (out, batch) output gradient), on the
+    calling thread: PyTorch's sum(1) wakes its thread pool for a (1024, 128) matrix, which inside a
+    step took about 60 us, this about 10."""
+    zero = out.dtype.type(0)
+    for i in range(matrix.shape[0]):
+        row = matrix[i]
+        total = zero
+        for b in range(matrix.shape[1]):
+            total += row[b]
+        out[i] = total
+
+
+@numba.njit(**_JIT)
 def backward_rows(crow, col, values, grads_t, inputs_t, grad_values, part, start, stop):  # pragma: no cover - compiled
     """weight_grad_rows and input_grad_rows in one pass over rows [start, stop) of the CSR: each
     active weight's column index and value are read once for both gradients (at small batches the
