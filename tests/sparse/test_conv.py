@@ -21,7 +21,11 @@ GEOMETRIES = [  # (in, out, kernel, stride, padding, dilation, groups, bias)
     (5, 7, 3, 1, "same", (2, 3), 1, False),
     (4, 4, 1, 1, "valid", 1, 2, True),
     (3, 5, 5, 3, 2, 1, 1, True),
+    (6, 5, 1, 1, 1, 1, 1, True),  # VGG-C's 1x1 convolutions pad by 1: a ring of outputs is the bias alone
+    (4, 5, (1, 3), 1, (3, 1), (1, 2), 1, False),  # padding past the kernel's reach: whole rows of padding
+    (5, 4, 2, 2, (2, 0), 1, 1, True),
 ]
+NUMBA_WAYS = ("direct", "blocked")
 
 
 def masked_pair(geometry, density, seed, dtype=torch.float64):
@@ -49,13 +53,17 @@ def check_against_dense(dense, sparse, mask, x, tolerance):
 
 
 @pytest.mark.filterwarnings("ignore:Using padding='same'")  # PyTorch's, for the dense reference
-@pytest.mark.parametrize("path", ["direct", "blocked", "im2col", "dense"])
-@pytest.mark.parametrize("geometry", GEOMETRIES)
-def test_matches_the_masked_dense_convolution_in_float64(monkeypatch, path, geometry):
-    if path in ("direct", "blocked") and conv_ops.conv_kernels() is None:
+def skip_unserved(path: str, geometry) -> None:
+    if path in NUMBA_WAYS and conv_ops.conv_kernels() is None:
         pytest.skip("numba is not installed")
     if path == "blocked" and geometry[3] != 1:
         pytest.skip("the blocked way serves stride 1 only")
+
+
+@pytest.mark.parametrize("path", ["direct", "blocked", "im2col", "dense"])
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_matches_the_masked_dense_convolution_in_float64(monkeypatch, path, geometry):
+    skip_unserved(path, geometry)
     monkeypatch.setattr(conv, "choose", lambda layer, x, train: path)
     rng = random.Random(hash(geometry) % 1000)
     for trial in range(3):
@@ -63,6 +71,22 @@ def test_matches_the_masked_dense_convolution_in_float64(monkeypatch, path, geom
         batches = [1, 2, 5] if path != "blocked" else [1, 5, 16, 21, 35]  # whole and partial blocks of 16 images
         batch, height, width = rng.choice(batches), rng.randint(7, 13), rng.randint(6, 12)
         x = torch.randn(batch, geometry[0], height, width, dtype=torch.float64)
+        check_against_dense(dense, sparse, mask, x, 1e-10)
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+@pytest.mark.parametrize("path", ["blocked"])
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_small_planes_compute_only_the_terms_inside_the_input(monkeypatch, path, geometry):
+    """On planes from 1x1 to 4x4 most terms read padding, which the blocked way skips: the results
+    still equal the dense convolution's, wherever an output has few taps inside or none."""
+    skip_unserved(path, geometry)
+    monkeypatch.setattr(conv, "choose", lambda layer, x, train: path)
+    for trial, (height, width) in enumerate([(1, 1), (3, 3), (2, 4), (4, 3)]):
+        dense, sparse, mask = masked_pair(geometry, 0.3, seed=trial)
+        if sparse.geometry.output_size(height, width)[0] < 1 or sparse.geometry.output_size(height, width)[1] < 1:
+            continue
+        x = torch.randn(17, geometry[0], height, width, dtype=torch.float64)
         check_against_dense(dense, sparse, mask, x, 1e-10)
 
 
@@ -169,8 +193,9 @@ def test_the_way_is_measured_once_per_shape_class_and_forced_by_itop_kernels(mon
     x = torch.randn(4, 8, 10, 10)
     out = layer(x)
     key = conv_dispatch.decision_key(layer.geometry, layer.nnz, x, train=True)
-    assert chooser.decisions[key] in conv_dispatch.candidates(layer.geometry, torch.float32)
-    assert set(chooser.timings[key]) == set(conv_dispatch.candidates(layer.geometry, torch.float32)) >= {"im2col", "dense"}
+    candidates = conv_dispatch.candidates(layer.geometry, torch.float32, 10, 10)
+    assert chooser.decisions[key] in candidates
+    assert set(chooser.timings[key]) == set(candidates) >= {"dense"}
     probes = chooser.probes
     torch.testing.assert_close(layer(x), out)
     assert chooser.probes == probes  # the class is decided
@@ -212,3 +237,20 @@ def test_the_direct_cost_model_follows_plane_size_and_density():
         < conv_dispatch.DIRECT_MAX_COST
         < conv_dispatch.direct_cost(geometry, 0.3, 32, 32)
     )
+
+
+def test_probes_time_only_the_ways_that_may_win_on_enough_images():
+    """The blocked way is a candidate on output planes up to 16x16 only, im2col (where numba serves)
+    for strided layers only; a probe convolves up to 32 images, fewer for large inputs."""
+    numba = conv_ops.conv_kernels() is not None
+    small = large = SparseConv2d(8, 8, 3, padding=1, nnz=60).geometry  # one geometry, on a small and a large plane
+    strided = SparseConv2d(8, 8, 3, stride=2, padding=1, nnz=60).geometry
+    if numba:
+        assert conv_dispatch.candidates(small, torch.float32, 3, 3) == ["direct", "blocked", "dense"]
+        assert conv_dispatch.candidates(large, torch.float32, 32, 32) == ["direct", "dense"]
+        assert conv_dispatch.candidates(strided, torch.float32, 8, 8) == ["direct", "im2col", "dense"]
+    else:
+        assert conv_dispatch.candidates(small, torch.float32, 3, 3) == ["im2col", "dense"]
+    assert conv_dispatch.probe_images(torch.empty(128, 512, 3, 3)) == 32
+    assert conv_dispatch.probe_images(torch.empty(8, 512, 3, 3)) == 8
+    assert conv_dispatch.probe_images(torch.empty(128, 64, 112, 112)) == 4  # 800k values an image

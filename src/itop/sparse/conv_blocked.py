@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from . import native
-from .conv_windows import wide_sources
+from .conv_windows import tap_coordinates, wide_sources
 from .structure import SparseStructure
 
 BLOCK = 16  # images per block (`blocked_kernels.BLOCK`)
@@ -39,13 +39,35 @@ def _padded_size(geometry, height: int, width: int) -> tuple[int, int]:
     return height + top + bottom, width + left + right
 
 
-def offsets(geometry, structure: SparseStructure, padded_h: int, padded_w: int) -> np.ndarray:
-    """Per active tap, where its window starts in a block's flat padded planes, in values: the NCHW
-    kernels' window start (`conv_windows.wide_sources`) times the block. Kept per padded size."""
-    cache = structure.__dict__.setdefault("_blocked_offsets", {})
+class Layout:
+    """A layer's taps as the blocked kernels read them, for one padded input size: sorted within
+    each output channel by kernel position (i, j), so that the taps reading one kernel position are
+    a contiguous run (`groups`: pointers over output channel * kh * kw + i * kw + j) and a row or
+    column of padding skips whole runs. `order` takes the values (and their gradient) to this order;
+    `offsets` are where each tap's window starts in a block's flat padded planes, in values (the
+    NCHW kernels' window start, `conv_windows.wide_sources`, times the block); `shape` holds
+    (top, left, height, width, kh, kw, dh, dw) for the kernels."""
+
+    def __init__(self, geometry, structure: SparseStructure, padded_h: int, padded_w: int):
+        (kh, kw), (dh, dw), (top, bottom, left, right) = geometry.kernel, geometry.dilation, geometry.padding
+        rows, _, i, j = tap_coordinates(geometry, structure)
+        key = rows * (kh * kw) + i * kw + j
+        self.order = np.argsort(key, kind="stable")
+        self.groups = np.zeros(geometry.out_channels * kh * kw + 1, dtype=np.int64)
+        self.groups[1:] = np.cumsum(np.bincount(key, minlength=geometry.out_channels * kh * kw))
+        self.offsets = wide_sources(geometry, structure, padded_h, padded_w).astype(np.int64)[self.order] * BLOCK
+        self.tap_rows, self.tap_columns = (i * dh)[self.order], (j * dw)[self.order]
+        self.order_tensor = torch.from_numpy(self.order)
+        height, width = padded_h - top - bottom, padded_w - left - right
+        self.shape = np.array([top, left, height, width, kh, kw, dh, dw], dtype=np.int64)
+
+
+def layout(geometry, structure: SparseStructure, padded_h: int, padded_w: int) -> Layout:
+    """The layer's `Layout` for this padded size, kept on the structure."""
+    cache = structure.__dict__.setdefault("_blocked_layouts", {})
     found = cache.get((padded_h, padded_w))
     if found is None:
-        found = cache[(padded_h, padded_w)] = wide_sources(geometry, structure, padded_h, padded_w).astype(np.int64) * BLOCK
+        found = cache[(padded_h, padded_w)] = Layout(geometry, structure, padded_h, padded_w)
     return found
 
 
@@ -78,9 +100,9 @@ def forward(geometry, structure: SparseStructure, values: Tensor, x: Tensor, bia
     out_h, out_w = geometry.output_size(*x.shape[2:])
     out_blocked = torch.empty(blocked.shape[0], geometry.out_channels, out_h, out_w, BLOCK, dtype=values.dtype)
     bias_array = native._NO_BIAS[values.dtype] if bias is None else native._data(bias, values.dtype)
-    crow = structure.arrays()[0]
-    taps = offsets(geometry, structure, padded_h, padded_w)
-    _kernels().forward(blocked.numpy(), crow, taps, values.detach().numpy(), bias_array, out_blocked.numpy(), padded_w)
+    taps = layout(geometry, structure, padded_h, padded_w)
+    ordered = values.detach().index_select(0, taps.order_tensor).numpy()
+    _kernels().forward(blocked.numpy(), taps.groups, taps.offsets, ordered, bias_array, out_blocked.numpy(), padded_w, taps.shape)
     return _from_blocked(out_blocked, (x.shape[0], geometry.out_channels, out_h, out_w)), blocked
 
 
@@ -98,16 +120,20 @@ def backward(geometry, structure: SparseStructure, values: Tensor, grad_out: Ten
     _pool()
     padded_w, out_w = blocked.shape[3], grad_out.shape[3]
     grads = _grad_blocked(grad_out.to(values.dtype), padded_w)
-    crow = structure.arrays()[0]
-    taps = offsets(geometry, structure, blocked.shape[2], padded_w)
+    taps = layout(geometry, structure, blocked.shape[2], padded_w)
     grad_x = grad_values = None
     if needs[0]:
         grad_blocked = torch.empty_like(blocked)
-        _kernels().input_grad(grads.numpy(), crow, taps, values.detach().numpy(), grad_blocked.numpy(), padded_w, out_w)
+        ordered = values.detach().index_select(0, taps.order_tensor).numpy()
+        args = (taps.groups, taps.offsets, ordered, taps.tap_rows, taps.tap_columns, grad_blocked.numpy(), padded_w, out_w, taps.shape)
+        _kernels().input_grad(grads.numpy(), *args)
         top, _, left, _ = geometry.padding
         grad_x = _from_blocked(grad_blocked, input_shape, top, left)
     if needs[1]:
-        grad_values = torch.empty(structure.nnz, dtype=values.dtype)
+        ordered = torch.empty(structure.nnz, dtype=values.dtype)
         parts = max(1, min(native.configured_threads(), geometry.out_channels))
-        _kernels().weight_grad(grads.numpy(), blocked.numpy(), crow, taps, grad_values.numpy(), out_w, parts)
+        _kernels().weight_grad(
+            grads.numpy(), blocked.numpy(), taps.groups, taps.offsets, taps.tap_rows, ordered.numpy(), out_w, parts, taps.shape
+        )
+        grad_values = torch.empty_like(ordered).index_copy_(0, taps.order_tensor, ordered)
     return grad_x, grad_values

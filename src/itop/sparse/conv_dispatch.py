@@ -1,6 +1,7 @@
-"""How each `SparseConv2d` call computes: the choice between the three ways of `conv_ops.py`.
+"""How each `SparseConv2d` call computes: the choice between the four ways of `conv_ops.py`.
 
-Which way serves a call (the direct numba kernels, im2col or the dense convolution) is measured on
+Which way serves a call (the direct numba kernels, their blocked form, im2col or the dense
+convolution) is measured on
 the machine at hand once per shape class (`itop.sparse.dispatch`, as for the Linear products;
 `ITOP_KERNELS` forces one): the candidates here, the probes that time them on random taps, and the
 fixed rule with its cost model where nothing is measured. Kept apart from `conv_ops.py`, which
@@ -17,9 +18,13 @@ from torch import Tensor, nn
 from . import conv_blocked, dispatch, ops
 from .conv_ops import ConvGeometry, SparseConv2dFunction, compute, direct_usable
 
-PROBE_IMAGES = 4  # a probe convolves at most this many images: the ways' times grow with the batch alike,
-# except the blocked way's, which computes whole blocks of 16 images: it is probed on up to 16 and its
-# time scaled to PROBE_IMAGES (on 4 images it would compute 12 of padding)
+# A probe convolves at most PROBE_IMAGES images, fewer where an input would pass PROBE_ELEMENTS values
+# (never fewer than MIN_PROBE_IMAGES). Probes on 4 images misjudged batch-128 layers: every way has a
+# fixed cost per call, in a different share of each way's time, and the blocked way runs one block of
+# 16 images per thread. On 32 images the fastest way was the fastest at batch 128 for each of VGG-C's
+# layers at ERK 0.05, for training and inference, or within 10% of it (AVX-512 Xeon).
+PROBE_IMAGES, MIN_PROBE_IMAGES, PROBE_ELEMENTS = 32, 4, 1 << 21
+BLOCKED_MAX_PROBE_PIXELS = 256  # output planes above 16x16: the blocked way is not a candidate (2x slower than direct at 32x32)
 DIRECT_FIXED_VECTORS = 4  # `direct_cost`'s fixed cost per tap and pass, in vectors of 16 values
 DENSE_EFFICIENCY = 3.6  # `direct_cost`: dense multiply-adds per second over the direct kernels'
 DIRECT_MAX_COST = 0.8  # the fixed rule takes the direct kernels below this estimated cost (see `fixed_rule`)
@@ -30,11 +35,23 @@ def _dense_allowed(geometry: ConvGeometry) -> bool:
     return math.prod(geometry.weight_shape) <= dispatch.DENSE_MAX_ELEMENTS
 
 
-def candidates(geometry: ConvGeometry, dtype: torch.dtype) -> list[str]:
-    """The ways to compute a layer of this geometry here."""
+def candidates(geometry: ConvGeometry, dtype: torch.dtype, height: int, width: int) -> list[str]:
+    """The ways that may compute a layer of this geometry and input size fastest here: where numba
+    serves, its kernels (the blocked form on output planes up to 16x16 only) and im2col for strided
+    layers (it lost to the other ways on every stride-1 layer of VGG-C measured); else im2col. The
+    dense convolution where the dense weight may exist."""
     native = direct_usable(torch.empty(0, dtype=dtype))
-    names = (["direct"] if native else []) + (["blocked"] if native and conv_blocked.usable(geometry) else []) + ["im2col"]
+    pixels = math.prod(geometry.output_size(height, width))
+    names = ["direct"] if native else []
+    names += ["blocked"] if native and conv_blocked.usable(geometry) and pixels <= BLOCKED_MAX_PROBE_PIXELS else []
+    names += ["im2col"] if not native or geometry.stride != (1, 1) else []
     return names + (["dense"] if _dense_allowed(geometry) else [])
+
+
+def probe_images(x: Tensor) -> int:
+    """How many images a probe convolves for a call on `x` (see PROBE_IMAGES)."""
+    per_image = max(1, math.prod(x.shape[1:]))
+    return min(x.shape[0], PROBE_IMAGES, max(MIN_PROBE_IMAGES, PROBE_ELEMENTS // per_image))
 
 
 def direct_cost(geometry: ConvGeometry, density: float, height: int, width: int) -> float:
@@ -100,18 +117,19 @@ def choose(layer, x: Tensor, train: bool) -> str:
     key = decision_key(geometry, layer.nnz, x, train)
     how = chooser.decisions.get(key)
     if how is None:
-        shape, nnz, dtype = (min(x.shape[0], PROBE_IMAGES), *x.shape[1:]), layer.nnz, x.dtype
-        blocked_images = min(x.shape[0], conv_blocked.BLOCK)
+        shape, nnz, dtype = (probe_images(x), *x.shape[1:]), layer.nnz, x.dtype
+        wide_images = max(shape[0], min(x.shape[0], conv_blocked.BLOCK))
         how = chooser.decide(
-            key, lambda: conv_timings(layer, shape, nnz, dtype, train, blocked_images), lambda: fixed_rule(geometry, layer.density, x)
+            key, lambda: conv_timings(layer, shape, nnz, dtype, train, wide_images), lambda: fixed_rule(geometry, layer.density, x)
         )
     return how
 
 
-def conv_timings(layer, shape: tuple, nnz: int, dtype: torch.dtype, train: bool, blocked_images: int = 0) -> dict[str, float]:
+def conv_timings(layer, shape: tuple, nnz: int, dtype: torch.dtype, train: bool, wide_images: int = 0) -> dict[str, float]:
     """Seconds per call of each way for a layer of `layer`'s geometry with `nnz` random active taps,
     on random inputs of `shape`: forward, and with `train` the backward too. The blocked way runs on
-    `blocked_images` images (default: as many as `shape`), its time scaled to `shape`'s count."""
+    `wide_images` images (default: as many as `shape`; at least one block of 16 where the batch has
+    them), its time scaled to `shape`'s count."""
     generator = torch.Generator().manual_seed(0)  # never the global one: probing must not change a run's draws
     geometry = layer.geometry
     positions = ops.random_structure((geometry.out_channels, geometry.taps), nnz, generator).positions
@@ -121,12 +139,12 @@ def conv_timings(layer, shape: tuple, nnz: int, dtype: torch.dtype, train: bool,
     probe.register_buffer("indices", positions)
     probe.values = nn.Parameter(torch.randn(positions.numel(), generator=generator).to(dtype))
     probe.bias = None if layer.bias is None else nn.Parameter(torch.randn(geometry.out_channels, generator=generator).to(dtype))
-    blocked_images = blocked_images or shape[0]
-    x = torch.randn((max(shape[0], blocked_images), *shape[1:]), generator=generator).to(dtype)
+    wide_images = wide_images or shape[0]
+    x = torch.randn((max(shape[0], wide_images), *shape[1:]), generator=generator).to(dtype)
     grad_out = torch.randn((len(x), geometry.out_channels, *geometry.output_size(*shape[2:])), generator=generator).to(dtype)
 
     def run(how: str):
-        images = blocked_images if how == "blocked" else shape[0]
+        images = wide_images if how == "blocked" else shape[0]
         inputs, grads = x[:images].requires_grad_(train), grad_out[:images]
         if not train:
             return lambda: compute(how, probe, inputs, probe.values, probe.bias)[0]
@@ -134,7 +152,7 @@ def conv_timings(layer, shape: tuple, nnz: int, dtype: torch.dtype, train: bool,
         return lambda: torch.autograd.grad(SparseConv2dFunction.apply(inputs, probe.values, probe.bias, probe, how), leaves, grads)
 
     with torch.enable_grad() if train else torch.no_grad():
-        timings = dispatch.time_candidates({how: run(how) for how in candidates(geometry, dtype)})
+        timings = dispatch.time_candidates({how: run(how) for how in candidates(geometry, dtype, *shape[2:])})
     if "blocked" in timings:
-        timings["blocked"] *= shape[0] / blocked_images
+        timings["blocked"] *= shape[0] / wide_images
     return timings

@@ -32,7 +32,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
-from . import conv_blocked, native, ops
+from . import conv_blocked, dispatch, native, ops
 from .conv_windows import wide_gather, wide_sources
 from .structure import SparseStructure
 
@@ -307,6 +307,15 @@ def _dense_backward(geometry: ConvGeometry, indices: Tensor, saved: tuple, grad_
     return grad_x, grad_values
 
 
+def _bias_grad(grad_out: Tensor) -> Tensor:
+    """grad_out.sum((0, 2, 3)): numba's per-channel sums where its kernels serve (inside a training
+    step PyTorch's reduction woke its thread pool: 0.6 ms for a (128, 512, 3, 3) gradient on a
+    2-core Xeon, against 0.17 ms alone), else PyTorch's."""
+    if (dispatch.active or dispatch.current()).mode in ("auto", "numba") and direct_usable(grad_out) and grad_out.is_contiguous():
+        return native.channel_sums(grad_out)
+    return grad_out.sum((0, 2, 3))
+
+
 # ----------------------------------------------------------------------------- autograd
 class SparseConv2dFunction(torch.autograd.Function):
     """conv2d(x, W) + b with W given by the layer's (structure, values), computed the way `how`
@@ -347,5 +356,5 @@ class SparseConv2dFunction(torch.autograd.Function):
             if needs[1]:
                 grad_values = ops.weight_grad(im2col.structure, grads_t, saved[0])
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad_out.sum((0, 2, 3))
+            grad_b = _bias_grad(grad_out)
         return grad_x, grad_values, grad_b, None, None

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from .conv_ops import ConvGeometry
 
 
-def _tap_coordinates(geometry: ConvGeometry, structure: SparseStructure) -> tuple[np.ndarray, ...]:
+def tap_coordinates(geometry: ConvGeometry, structure: SparseStructure) -> tuple[np.ndarray, ...]:
     """Per active tap (in CSR order): its output channel, its input channel (over all groups) and
     its kernel row and column."""
     kh, kw = geometry.kernel
@@ -33,7 +33,7 @@ def wide_sources(geometry: ConvGeometry, structure: SparseStructure, padded_h: i
     cache = structure.__dict__.setdefault("_wide_sources", {})
     found = cache.get((padded_h, padded_w))
     if found is None:
-        (dh, dw), (_, channel, i, j) = geometry.dilation, _tap_coordinates(geometry, structure)
+        (dh, dw), (_, channel, i, j) = geometry.dilation, tap_coordinates(geometry, structure)
         found = cache[(padded_h, padded_w)] = _compact(channel * (padded_h * padded_w) + i * dh * padded_w + j * dw)
     return found
 
@@ -52,7 +52,7 @@ def wide_gather(geometry: ConvGeometry, structure: SparseStructure, padded_h: in
     if key not in cache:
         (kh, kw), (dh, dw) = geometry.kernel, geometry.dilation
         margin = (kh - 1) * dh * padded_w + (kw - 1) * dw
-        rows, channel, i, j = _tap_coordinates(geometry, structure)
+        rows, channel, i, j = tap_coordinates(geometry, structure)
         order = np.argsort(channel, kind="stable")
         starts = np.zeros(geometry.in_channels + 1, dtype=np.int64)
         starts[1:] = np.cumsum(np.bincount(channel, minlength=geometry.in_channels))

@@ -199,6 +199,17 @@ def row_sums(matrix: Tensor) -> Tensor:
     return out
 
 
+def channel_sums(grad_out: Tensor) -> Tensor:
+    """grad_out.sum((0, 2, 3)) for a contiguous (N, C, H, W) CPU float tensor: each channel summed
+    by one part, images in order, so the sum does not depend on the threads (`threads_for` its size)."""
+    images, channels = grad_out.shape[:2]
+    out = torch.empty(channels, dtype=grad_out.dtype)
+    planes = grad_out.detach().reshape(images, channels, -1).numpy()
+    threads = min(threads_for(grad_out.numel()), channels)
+    _run("channel_sums_rows", (planes, out.numpy()), channels, threads)
+    return out
+
+
 def gather(crow, col, dense: Tensor, threads: int | None = None) -> Tensor:
     """The CSR's values taken from a contiguous 2-D `dense` matrix (a masked weight's active
     weights), in CSR order, on `threads` threads (None: `threads_for`)."""
@@ -256,6 +267,7 @@ def prepare(dtype: torch.dtype = torch.float32) -> None:
         backward(crow, col, values, dense, dense, 2, threads)
         gather(crow, col, dense, threads)
         row_sums(dense)
+        channel_sums(dense.view(1, 2, 1, 2))
         scatter(crow, col, values, (2, 2), threads)
         for kernel in ("transpose_columns", "transpose_band_rows"):
             _run(kernel, (dense.numpy(), torch.empty(2, 2, dtype=dtype).numpy()), 1, threads)

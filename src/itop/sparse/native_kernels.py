@@ -296,6 +296,27 @@ def row_sums(matrix, out):  # pragma: no cover - compiled
 
 
 @numba.njit(**_JIT)
+def channel_sums_rows(planes, out, start, stop):  # pragma: no cover - compiled
+    """out[c] = the sum of planes[:, c, :] for the channels [start, stop) of an (images, channels,
+    pixels) array, images in order: a convolution's bias gradient."""
+    zero = out.dtype.type(0)
+    for c in range(start, stop):
+        total = zero
+        for n in range(planes.shape[0]):
+            plane = planes[n, c]
+            for p in range(planes.shape[2]):
+                total += plane[p]
+        out[c] = total
+
+
+@numba.njit(parallel=True, **_JIT)
+def channel_sums_parallel(planes, out, parts):  # pragma: no cover - compiled
+    channels = planes.shape[1]
+    for p in prange(parts):
+        channel_sums_rows(planes, out, channels * p // parts, channels * (p + 1) // parts)
+
+
+@numba.njit(**_JIT)
 def backward_rows(crow, col, values, grads_t, inputs_t, grad_values, part, start, stop):  # pragma: no cover - compiled
     """weight_grad_rows and input_grad_rows in one pass over rows [start, stop) of the CSR: each
     active weight's column index and value are read once for both gradients (at small batches the
