@@ -145,3 +145,14 @@ def test_the_bias_gradient_follows_the_forced_kernels(monkeypatch, tmp_path):
         monkeypatch.setattr(dispatch, "active", dispatch.Dispatcher(mode=mode, path=tmp_path / "decisions.json"))
         layer(torch.randn(4, 30)).sum().backward()
         assert len(calls) == expected, mode
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_channel_sums_give_a_convolutions_bias_gradient_on_any_thread_count(monkeypatch, threads):
+    native.kernels()
+    monkeypatch.setattr(native, "threads_for", lambda work: threads)
+    grad = torch.randn(5, 7, 3, 4, dtype=torch.float64)
+    torch.testing.assert_close(native.channel_sums(grad), grad.sum((0, 2, 3)))
+    sums = native.channel_sums(grad.float())
+    monkeypatch.setattr(native, "threads_for", lambda work: 1)
+    assert torch.equal(native.channel_sums(grad.float()), sums)  # each channel summed by one part, in order
