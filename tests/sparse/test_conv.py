@@ -25,7 +25,7 @@ GEOMETRIES = [  # (in, out, kernel, stride, padding, dilation, groups, bias)
     (4, 5, (1, 3), 1, (3, 1), (1, 2), 1, False),  # padding past the kernel's reach: whole rows of padding
     (5, 4, 2, 2, (2, 0), 1, 1, True),
 ]
-NUMBA_WAYS = ("direct", "blocked")
+NUMBA_WAYS = ("direct", "blocked", "polyphase")
 
 
 def masked_pair(geometry, density, seed, dtype=torch.float64):
@@ -58,9 +58,11 @@ def skip_unserved(path: str, geometry) -> None:
         pytest.skip("numba is not installed")
     if path == "blocked" and geometry[3] != 1:
         pytest.skip("the blocked way serves stride 1 only")
+    if path == "polyphase" and (geometry[3] == 1 or geometry[5] != 1 or geometry[6] != 1):
+        pytest.skip("the polyphase way serves strided layers without groups or dilation")
 
 
-@pytest.mark.parametrize("path", ["direct", "blocked", "im2col", "dense"])
+@pytest.mark.parametrize("path", ["direct", "blocked", "polyphase", "im2col", "dense"])
 @pytest.mark.parametrize("geometry", GEOMETRIES)
 def test_matches_the_masked_dense_convolution_in_float64(monkeypatch, path, geometry):
     skip_unserved(path, geometry)
@@ -68,17 +70,17 @@ def test_matches_the_masked_dense_convolution_in_float64(monkeypatch, path, geom
     rng = random.Random(hash(geometry) % 1000)
     for trial in range(3):
         dense, sparse, mask = masked_pair(geometry, rng.choice([0.05, 0.3, 1.0]), seed=trial)
-        batches = [1, 2, 5] if path != "blocked" else [1, 5, 16, 21, 35]  # whole and partial blocks of 16 images
+        batches = [1, 2, 5] if path not in ("blocked", "polyphase") else [1, 5, 16, 21, 35]  # whole and partial blocks of 16 images
         batch, height, width = rng.choice(batches), rng.randint(7, 13), rng.randint(6, 12)
         x = torch.randn(batch, geometry[0], height, width, dtype=torch.float64)
         check_against_dense(dense, sparse, mask, x, 1e-10)
 
 
 @pytest.mark.filterwarnings("ignore:Using padding='same'")
-@pytest.mark.parametrize("path", ["blocked"])
+@pytest.mark.parametrize("path", ["blocked", "polyphase"])
 @pytest.mark.parametrize("geometry", GEOMETRIES)
 def test_small_planes_compute_only_the_terms_inside_the_input(monkeypatch, path, geometry):
-    """On planes from 1x1 to 4x4 most terms read padding, which the blocked way skips: the results
+    """On planes from 1x1 to 4x4 most terms read padding, which the blocked ways skip: the results
     still equal the dense convolution's, wherever an output has few taps inside or none."""
     skip_unserved(path, geometry)
     monkeypatch.setattr(conv, "choose", lambda layer, x, train: path)
@@ -221,6 +223,8 @@ def test_where_nothing_is_measured_the_cost_model_decides(monkeypatch):
     small = torch.randn(16, 8, 6, 6)  # output planes of at most 8x8 at a batch of 16: the blocked form
     assert conv_dispatch.choose(plain, small, True) == ("blocked" if conv_ops.conv_kernels() is not None else "dense")
     assert conv_dispatch.choose(plain, small[:8], True) == ("direct" if conv_ops.conv_kernels() is not None else "dense")
+    wide = torch.randn(16, 8, 12, 12)  # a strided 3x3 layer at density 0.035 onto a 6x6 plane: its phases, blocked
+    assert conv_dispatch.choose(strided, wide, True) == ("polyphase" if conv_ops.conv_kernels() is not None else "dense")
     with FlopCounterMode(display=False):  # counted as the dense layer by a hook, never computed densely
         assert conv_dispatch.choose(strided, x, False) == ("direct" if conv_ops.conv_kernels() is not None else "im2col")
 
@@ -240,7 +244,7 @@ def test_the_direct_cost_model_follows_plane_size_and_density():
 
 
 def test_probes_time_only_the_ways_that_may_win_on_enough_images():
-    """The blocked way is a candidate on output planes up to 16x16 only, im2col (where numba serves)
+    """The blocked ways are candidates on output planes up to 8x8 only, im2col (where numba serves)
     for strided layers only; a probe convolves up to 32 images, fewer for large inputs."""
     numba = conv_ops.conv_kernels() is not None
     small = large = SparseConv2d(8, 8, 3, padding=1, nnz=60).geometry  # one geometry, on a small and a large plane
@@ -248,7 +252,7 @@ def test_probes_time_only_the_ways_that_may_win_on_enough_images():
     if numba:
         assert conv_dispatch.candidates(small, torch.float32, 3, 3) == ["direct", "blocked", "dense"]
         assert conv_dispatch.candidates(large, torch.float32, 32, 32) == ["direct", "dense"]
-        assert conv_dispatch.candidates(strided, torch.float32, 8, 8) == ["direct", "im2col", "dense"]
+        assert conv_dispatch.candidates(strided, torch.float32, 8, 8) == ["direct", "polyphase", "im2col", "dense"]
     else:
         assert conv_dispatch.candidates(small, torch.float32, 3, 3) == ["im2col", "dense"]
     assert conv_dispatch.probe_images(torch.empty(128, 512, 3, 3)) == 32

@@ -15,7 +15,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from . import conv_blocked, dispatch, ops
+from . import conv_blocked, conv_polyphase, dispatch, ops
 from .conv_ops import ConvGeometry, SparseConv2dFunction, compute, direct_usable
 
 # A probe convolves at most PROBE_IMAGES images, fewer where an input would pass PROBE_ELEMENTS values
@@ -24,10 +24,14 @@ from .conv_ops import ConvGeometry, SparseConv2dFunction, compute, direct_usable
 # 16 images per thread. On 32 images the fastest way was the fastest at batch 128 for each of VGG-C's
 # layers at ERK 0.05, for training and inference, or within 10% of it (AVX-512 Xeon).
 PROBE_IMAGES, MIN_PROBE_IMAGES, PROBE_ELEMENTS = 32, 4, 1 << 21
-BLOCKED_MAX_PROBE_PIXELS = 256  # output planes above 16x16: the blocked way is not a candidate (2x slower than direct at 32x32)
+BLOCKED_WAYS = ("blocked", "polyphase")  # probed on at least one block of 16 images, their time scaled
+BLOCKED_MAX_PROBE_PIXELS = (
+    64  # output planes above 8x8: the blocked ways are no candidates (they lost to direct or dense on every such layer measured)
+)
 DIRECT_FIXED_VECTORS = 4  # `direct_cost`'s fixed cost per tap and pass, in vectors of 16 values
 DENSE_EFFICIENCY = 3.6  # `direct_cost`: dense multiply-adds per second over the direct kernels'
 DIRECT_MAX_COST = 0.8  # the fixed rule takes the direct kernels below this estimated cost (see `fixed_rule`)
+POLYPHASE_MAX_DENSITY = 0.1  # the fixed rule's polyphase way for strided layers (see `fixed_rule`)
 BLOCKED_MAX_PIXELS = 64  # ... in their blocked form for output planes up to 8x8, at batches of 16 or more
 
 
@@ -37,13 +41,14 @@ def _dense_allowed(geometry: ConvGeometry) -> bool:
 
 def candidates(geometry: ConvGeometry, dtype: torch.dtype, height: int, width: int) -> list[str]:
     """The ways that may compute a layer of this geometry and input size fastest here: where numba
-    serves, its kernels (the blocked form on output planes up to 16x16 only) and im2col for strided
+    serves, its kernels (the blocked ways on output planes up to 8x8 only) and im2col for strided
     layers (it lost to the other ways on every stride-1 layer of VGG-C measured); else im2col. The
     dense convolution where the dense weight may exist."""
     native = direct_usable(torch.empty(0, dtype=dtype))
     pixels = math.prod(geometry.output_size(height, width))
     names = ["direct"] if native else []
     names += ["blocked"] if native and conv_blocked.usable(geometry) and pixels <= BLOCKED_MAX_PROBE_PIXELS else []
+    names += ["polyphase"] if native and conv_polyphase.usable(geometry) and pixels <= BLOCKED_MAX_PROBE_PIXELS else []
     names += ["im2col"] if not native or geometry.stride != (1, 1) else []
     return names + (["dense"] if _dense_allowed(geometry) else [])
 
@@ -72,10 +77,22 @@ def fixed_rule(geometry: ConvGeometry, density: float, x: Tensor) -> str:
     convolution where the dense weight may exist, else im2col. (The direct kernels' strided form
     loops over short rows: a ResNet-18 at ERK 0.05 whose strided layers took it ran at 0.63x dense.
     VGG-C's 3x3 layers at batch 128 ran blocked 1.3-1.8x faster forward and 1.2-2.2x backward than
-    the NCHW kernels on planes of 8x8 down to 3x3; the forward was slower on 16x16 and 32x32.)"""
+    the NCHW kernels on planes of 8x8 down to 3x3; the forward was slower on 16x16 and 32x32.)
+    A strided layer with a kernel larger than 1x1 at density up to `POLYPHASE_MAX_DENSITY` takes the
+    polyphase way on output planes of at most `BLOCKED_MAX_PIXELS` at batches of 16 or more (ResNet-18's
+    strided 3x3 layers at ERK 0.02, batch 128: 16x16 -> 8x8 1.7x and 8x8 -> 4x4 3.2x dense's speed,
+    forward and backward; 32x32 -> 16x16 0.7x; its 1x1 shortcuts, at density 0.15-0.6, lost)."""
+    small = math.prod(geometry.output_size(*x.shape[2:])) <= BLOCKED_MAX_PIXELS and x.shape[0] >= conv_blocked.BLOCK
     if geometry.stride == (1, 1) and direct_usable(x) and direct_cost(geometry, density, *x.shape[2:]) < DIRECT_MAX_COST:
-        small = math.prod(geometry.output_size(*x.shape[2:])) <= BLOCKED_MAX_PIXELS
-        return "blocked" if small and x.shape[0] >= conv_blocked.BLOCK else "direct"
+        return "blocked" if small else "direct"
+    if (
+        small
+        and conv_polyphase.usable(geometry)
+        and direct_usable(x)
+        and density <= POLYPHASE_MAX_DENSITY
+        and math.prod(geometry.kernel) > 1
+    ):
+        return "polyphase"
     return "dense" if _dense_allowed(geometry) else "im2col"
 
 
@@ -144,7 +161,7 @@ def conv_timings(layer, shape: tuple, nnz: int, dtype: torch.dtype, train: bool,
     grad_out = torch.randn((len(x), geometry.out_channels, *geometry.output_size(*shape[2:])), generator=generator).to(dtype)
 
     def run(how: str):
-        images = wide_images if how == "blocked" else shape[0]
+        images = wide_images if how in BLOCKED_WAYS else shape[0]
         inputs, grads = x[:images].requires_grad_(train), grad_out[:images]
         if not train:
             return lambda: compute(how, probe, inputs, probe.values, probe.bias)[0]
@@ -153,6 +170,7 @@ def conv_timings(layer, shape: tuple, nnz: int, dtype: torch.dtype, train: bool,
 
     with torch.enable_grad() if train else torch.no_grad():
         timings = dispatch.time_candidates({how: run(how) for how in candidates(geometry, dtype, *shape[2:])})
-    if "blocked" in timings:
-        timings["blocked"] *= shape[0] / wide_images
+    for how in BLOCKED_WAYS:
+        if how in timings:
+            timings[how] *= shape[0] / wide_images
     return timings

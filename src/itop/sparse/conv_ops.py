@@ -1,4 +1,4 @@
-"""The computation behind `SparseConv2d` (`conv.py`): its geometry, and four ways to convolve.
+"""The computation behind `SparseConv2d` (`conv.py`): its geometry, and five ways to convolve.
 
 A layer's weight is the CSR of an (out_channels, in_channels/groups * kh * kw) matrix, so output
 channel o's active taps are row o. Which way serves a call is measured on the machine at hand per
@@ -10,6 +10,8 @@ shape class (`conv_dispatch.py`, through `itop.sparse.dispatch` as for the Linea
   channel, and the weight gradient sums grad_out * shifted input at the active taps only;
 - blocked (numba, CPU, stride 1; `conv_blocked.py`): the same taps over planes that hold 16
   images innermost, so that small planes compute in full vectors;
+- polyphase (numba, CPU, strided, groups and dilation 1; `conv_polyphase.py`): a strided layer as
+  the stride-1 convolution over its input's phases (space-to-depth), computed blocked;
 - im2col (anywhere, CUDA included): the input unfolded into columns
   (`torch.nn.functional.unfold`), then the truly sparse Linear layers' products (`ops.py`) with
   a block-diagonal CSR over all groups; its input gradient folds the columns back;
@@ -17,7 +19,7 @@ shape class (`conv_dispatch.py`, through `itop.sparse.dispatch` as for the Linea
   dense for the call, then PyTorch's convolution and its backward, the weight gradient read at
   the active taps (a layer at ERK's 0.2-0.4 density, such as a 1x1 convolution, is faster so).
 
-The direct, blocked and im2col ways make no tensor of the dense weight's shape; im2col holds the unfolded
+The direct, blocked, polyphase and im2col ways make no tensor of the dense weight's shape; im2col holds the unfolded
 input (in_channels * kh * kw values per output pixel), as PyTorch's own unfold-based convolutions do.
 """
 
@@ -32,7 +34,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
-from . import conv_blocked, dispatch, native, ops
+from . import conv_blocked, conv_polyphase, dispatch, native, ops
 from .conv_windows import wide_gather, wide_sources
 from .structure import SparseStructure
 
@@ -277,6 +279,9 @@ def compute(how: str, layer, x: Tensor, values: Tensor, bias: Tensor | None) -> 
     if how == "blocked":
         out, blocked = conv_blocked.forward(geometry, layer.structure, values, x, bias)
         return out, (blocked,)
+    if how == "polyphase":
+        out, blocked = conv_polyphase.forward(geometry, layer.structure, values, x, bias)
+        return out, (blocked,)
     if how == "dense":
         weight = _dense_weight(layer, values)
         padded, padding = _padded(geometry, x.detach())
@@ -347,6 +352,8 @@ class SparseConv2dFunction(torch.autograd.Function):
                 grad_values = direct_weight_grad(geometry, structure, grad_out, saved[0])
         elif ctx.how == "blocked":
             grad_x, grad_values = conv_blocked.backward(geometry, structure, values, grad_out, saved[0], ctx.input_shape, needs)
+        elif ctx.how == "polyphase":
+            grad_x, grad_values = conv_polyphase.backward(geometry, structure, values, grad_out, saved[0], ctx.input_shape, needs)
         elif ctx.how == "dense":
             grad_x, grad_values = _dense_backward(geometry, indices, tuple(saved), grad_out.to(values.dtype), needs, ctx.input_shape)
         else:

@@ -1,0 +1,96 @@
+"""The "polyphase" way of `SparseConv2d`: a strided layer as a stride-1 one, computed blocked.
+
+A convolution of stride (sh, sw) reads input pixel (sh * y + i, sw * x + j) for output pixel (y, x)
+and kernel position (i, j). Split the zero-padded input into its sh * sw phases, planes of the
+pixels (sh * Y + r, sw * X + q) for each r < sh, q < sw (space-to-depth), and the tap (o, c, i, j)
+becomes the tap (o, (r, q, c), i // sh, j // sw) with r = i % sh, q = j % sw of a stride-1
+convolution without padding over sh * sw * C channels, with a kernel of ceil(kh / sh) x
+ceil(kw / sw): the same active weights, one for one, in another order. That convolution takes the
+blocked way (`conv_blocked.py`), whose windows are contiguous only at stride 1 (a blocked form
+reading strided windows was slower than the dense convolution). Groups 1 and dilation 1 only.
+The phases cost one rearranging copy of the input, and their gradient one of the input gradient.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from . import conv_blocked
+from .structure import SparseStructure
+
+
+def usable(geometry) -> bool:
+    """Strided layers without groups or dilation."""
+    return geometry.stride != (1, 1) and geometry.groups == 1 and geometry.dilation == (1, 1)
+
+
+class Phases:
+    """A strided layer's stride-1 form (see the module docstring): its geometry and structure, the
+    order that takes the layer's values to it, and the padding that makes the input's phases."""
+
+    def __init__(self, geometry, structure: SparseStructure, height: int, width: int):
+        from .conv_ops import ConvGeometry  # conv_ops imports this module
+
+        (kh, kw), (sh, sw), (top, _, left, _) = geometry.kernel, geometry.stride, geometry.padding
+        out_h, out_w = geometry.output_size(height, width)
+        ka, kb = math.ceil(kh / sh), math.ceil(kw / sw)
+        self.phase_size = (out_h + ka - 1, out_w + kb - 1)  # the rows and columns of each phase that are read
+        # zero padding, or cropping where negative, that makes the input (phase rows * sh) x (phase columns * sw)
+        self.pads = (left, self.phase_size[1] * sw - width - left, top, self.phase_size[0] * sh - height - top)
+        channels = geometry.in_channels
+        self.geometry = ConvGeometry(sh * sw * channels, geometry.out_channels, (ka, kb), (1, 1), (0, 0, 0, 0), (1, 1), 1)
+        rows = structure.positions.div(geometry.taps, rounding_mode="floor")
+        rest = structure.positions - rows * geometry.taps
+        channel, tap = rest.div(kh * kw, rounding_mode="floor"), rest.remainder(kh * kw)
+        i, j = tap.div(kw, rounding_mode="floor"), tap.remainder(kw)
+        phase_channel = ((i.remainder(sh)) * sw + j.remainder(sw)) * channels + channel
+        column = (phase_channel * ka + i.div(sh, rounding_mode="floor")) * kb + j.div(sw, rounding_mode="floor")
+        positions, self.order = torch.sort(rows * self.geometry.taps + column)
+        self.structure = SparseStructure(positions, (geometry.out_channels, self.geometry.taps))
+        self.stride, self.channels = (sh, sw), channels
+
+    def split(self, x: Tensor) -> Tensor:
+        """x (N, C, H, W) as its phases (N, sh * sw * C, phase rows, phase columns)."""
+        (sh, sw), (rows, columns) = self.stride, self.phase_size
+        padded = F.pad(x.detach(), self.pads)
+        images = x.shape[0]
+        phases = padded.reshape(images, self.channels, rows, sh, columns, sw).permute(0, 3, 5, 1, 2, 4)
+        return phases.reshape(images, sh * sw * self.channels, rows, columns).contiguous()
+
+    def merge(self, grad_phases: Tensor) -> Tensor:
+        """The adjoint of `split`: the input gradient from the phases' gradient."""
+        (sh, sw), (rows, columns) = self.stride, self.phase_size
+        images = grad_phases.shape[0]
+        grouped = grad_phases.reshape(images, sh, sw, self.channels, rows, columns).permute(0, 3, 4, 1, 5, 2)
+        return F.pad(grouped.reshape(images, self.channels, rows * sh, columns * sw), tuple(-pad for pad in self.pads)).contiguous()
+
+
+def phases(geometry, structure: SparseStructure, height: int, width: int) -> Phases:
+    """The layer's `Phases` for this input size, kept on the structure."""
+    cache = structure.__dict__.setdefault("_phases", {})
+    found = cache.get((height, width))
+    if found is None:
+        found = cache[(height, width)] = Phases(geometry, structure, height, width)
+    return found
+
+
+def forward(geometry, structure: SparseStructure, values: Tensor, x: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The convolution's output and the blocked phases (for the weight gradient)."""
+    form = phases(geometry, structure, *x.shape[2:])
+    ordered = values.detach().index_select(0, form.order)
+    return conv_blocked.forward(form.geometry, form.structure, ordered, form.split(x), bias)
+
+
+def backward(geometry, structure: SparseStructure, values: Tensor, grad_out: Tensor, blocked: Tensor, input_shape, needs) -> tuple:
+    """(input gradient or None, gradient of the active values or None)."""
+    form = phases(geometry, structure, *input_shape[2:])
+    ordered = values.detach().index_select(0, form.order)
+    phase_shape = (input_shape[0], form.geometry.in_channels, *form.phase_size)
+    grad_phases, grad_ordered = conv_blocked.backward(form.geometry, form.structure, ordered, grad_out, blocked, phase_shape, needs)
+    grad_x = None if grad_phases is None else form.merge(grad_phases)
+    grad_values = None if grad_ordered is None else torch.empty_like(grad_ordered).index_copy_(0, form.order, grad_ordered)
+    return grad_x, grad_values
