@@ -119,6 +119,7 @@ def kernels_digest() -> str:
         "conv_dispatch.py",
         "conv_kernels.py",
         "conv_blocked.py",
+        "conv_polyphase.py",
         "conv_windows.py",
         "blocked_kernels.py",
         "condensed_ops.py",
