@@ -37,7 +37,9 @@ The targets are for batch 128: at another batch (`--quick`, `--batch`) the figur
 not judged. Speed figures are RATIOS measured in this run (dense time / sparse time): both sides are
 built once and warmed up, then timed in short alternating blocks (A B A B ..., the first side swapped
 every round); each row gives the median times and the median of the per-round ratios with its
-quartiles [q1, q3]. Every table begins with a `machine:` line (benchmarks/machine.py). Ends with a
+quartiles [q1, q3]. The kernels' choices are measured on the machine (`itop.sparse.dispatch`) with a
+probe budget that covers every shape class (`--probe-budget`, 120 s): a user's cache reaches that
+state after a few runs of the default 2 s. Every table begins with a `machine:` line (benchmarks/machine.py). Ends with a
 markdown table of every figure, its target and PASS/MISS, and the CPU other processes used meanwhile.
 """
 
@@ -71,7 +73,7 @@ from truly_sparse import LoadMonitor, fmt_q, infer_step, interleave, print_summa
 
 import itop
 from itop.models import create_model, get_model_spec
-from itop.sparse import SparseConv2d, SparseLinear
+from itop.sparse import SparseConv2d, SparseLinear, dispatch
 from itop.sparse.conv_ops import conv_kernels
 
 SECTIONS = ("inference", "train", "layers", "crossover", "memory", "sparseprop", "lenet5")
@@ -717,6 +719,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smoke run: VGG-C only, batch 32, fewer rounds")
     parser.add_argument("--batch", type=int, default=None, help=f"batch size (default {TARGET_BATCH}, 32 with --quick)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument(
+        "--probe-budget",
+        type=float,
+        default=120.0,
+        help="seconds of kernel probes in this process (default 120: every shape class measured, the state a user's "
+        "cache reaches after a few runs of itop's default 2 s each)",
+    )
     return parser.parse_args()
 
 
@@ -724,6 +733,7 @@ def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # denormal slow-downs would otherwise swamp the comparison
+    dispatch.reset(budget=args.probe_budget)
     plan = make_plan(args)
     chosen = args.only or list(SECTIONS)
     print(
@@ -735,6 +745,10 @@ def main() -> None:
         "direct numba kernels (itop.sparse.conv_kernels)" if conv_kernels() is not None else "im2col through PyTorch's sparse products"
     )
     print(f"itop SparseConv2d on the CPU: {kernels}")
+    print(
+        f"kernel choices: probed on this machine, up to {args.probe_budget:g} s of probes in this process "
+        f"(itop's default is {dispatch.PROBE_BUDGET_S:g} s a process; the classes left over take the fixed rule until a later run measures them)"
+    )
     runners = {
         "inference": partial(section_models, "inference"),
         "train": partial(section_models, "train"),
