@@ -13,6 +13,7 @@ The phases cost one rearranging copy of the input, and their gradient one of the
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -33,8 +34,6 @@ class Phases:
     order that takes the layer's values to it, and the padding that makes the input's phases."""
 
     def __init__(self, geometry, structure: SparseStructure, height: int, width: int):
-        from .conv_ops import ConvGeometry  # conv_ops imports this module
-
         (kh, kw), (sh, sw), (top, _, left, _) = geometry.kernel, geometry.stride, geometry.padding
         out_h, out_w = geometry.output_size(height, width)
         ka, kb = math.ceil(kh / sh), math.ceil(kw / sw)
@@ -42,7 +41,9 @@ class Phases:
         # zero padding, or cropping where negative, that makes the input (phase rows * sh) x (phase columns * sw)
         self.pads = (left, self.phase_size[1] * sw - width - left, top, self.phase_size[0] * sh - height - top)
         channels = geometry.in_channels
-        self.geometry = ConvGeometry(sh * sw * channels, geometry.out_channels, (ka, kb), (1, 1), (0, 0, 0, 0), (1, 1), 1)
+        self.geometry = dataclasses.replace(
+            geometry, in_channels=sh * sw * channels, kernel=(ka, kb), stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1)
+        )
         rows = structure.positions.div(geometry.taps, rounding_mode="floor")
         rest = structure.positions - rows * geometry.taps
         channel, tap = rest.div(kh * kw, rounding_mode="floor"), rest.remainder(kh * kw)
