@@ -10,7 +10,10 @@ each model here is stepped at batches 1, 2, 32 and 128, on each path:
   serves where nothing is measured), so its CSR kernels run on PyTorch's products at batch 128;
 - `dense` (ITOP_KERNELS=dense): the dense computation, no masked CSR kernels;
 - `numba` (ITOP_KERNELS=numba, where installed): numba's products, and the masked CSR kernels on
-  every call of every layer large and sparse enough to be swapped.
+  every call of every layer large and sparse enough to be swapped;
+- `fixed` (numba installed, nothing measured), for the models with truly sparse convolutions only:
+  the fixed rule, which from batch 16 takes the blocked way on small planes and, with its density
+  limit lifted here, the polyphase way on strided layers.
 
 For each model, a masked copy (Sparsifier) and a truly sparse copy (`sparsify`, same seed and
 density) hold the same positions and values; a training step must give the same outputs, the same
@@ -18,9 +21,10 @@ gradients at the active positions, then the same evaluation outputs; `export` of
 and `densify` of the sparse one must compute the same function, and `torch.func.functional_call`
 must run the sparse model.
 
-Two entries make the convolutions truly sparse too (`SparseConv2d`: direct numba kernels, im2col or
-the dense way, as measured or forced): LeNet-5, and a small net with the patterns above after
-convolutions (stride, groups, dilation, "same" padding, batch norm, inplace ReLU, residual `add_`).
+Two entries make the convolutions truly sparse too (`SparseConv2d`: direct numba kernels, their
+blocked and polyphase forms, im2col or the dense way, as measured or forced): LeNet-5, and a small
+net with the patterns above after convolutions (stride, groups, dilation, "same" padding, batch
+norm, inplace ReLU, residual `add_`).
 The others keep their convolutions masked on both sides.
 
 Zoo models left out: the conv stacks (alexnet, vgg, the CIFAR and ImageNet ResNets, wide ResNets)
@@ -40,7 +44,7 @@ from torch import nn
 
 import itop
 from itop.models import create_model, default_input_shape, list_models
-from itop.sparse import SparseConv2d, dispatch, native
+from itop.sparse import SparseConv2d, conv_dispatch, conv_ops, dispatch, native
 from itop.sparse.base import SparseWeights
 from itop.sparsity import kernels
 
@@ -88,14 +92,15 @@ class PatternCNN(nn.Module):
         self.wide = nn.Conv2d(32, 32, 3, padding=2, dilation=2)
         self.norm = nn.BatchNorm2d(32)
         self.relu = nn.ReLU(inplace=True)
-        self.fc = nn.Linear(32 * 8 * 8, CLASSES)
+        self.shrink = nn.Conv2d(32, 24, 3, stride=2, padding=1)  # strided, no groups: the polyphase way
+        self.fc = nn.Linear(24 * 4 * 4, CLASSES)
 
     def forward(self, x):
         h = self.relu(self.stem(x))
         h = self.down(h)
         out = self.norm(self.relu(self.wide(h)))  # no ReLU right after the norm: at batch 1 it would cut at rounding noise
         out = self.wide(out).add_(h)
-        return self.fc(out.flatten(1))
+        return self.fc(self.shrink(out).flatten(1))
 
 
 def zoo(name, **kwargs):
@@ -146,6 +151,8 @@ SKIPPED_ZOO = {  # zoo models with Linear layers not stepped whole here, and why
 
 
 SWEEP = [(name, backend) for backend in BACKENDS for name in MODELS]
+if native.AVAILABLE:
+    SWEEP += [(name, "fixed") for name in TRULY_SPARSE_CONVS]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -156,8 +163,11 @@ def backend(request, monkeypatch, tmp_path):
 
 
 def use_backend(monkeypatch, backend, tmp_path):
-    if backend == "torch":  # numba off, nothing measured (a spent probe budget, an empty cache): the fixed rule
-        monkeypatch.setattr(native, "AVAILABLE", False)
+    if backend in ("torch", "fixed"):  # nothing measured (a spent probe budget, an empty cache): the fixed rule
+        if backend == "torch":  # numba off
+            monkeypatch.setattr(native, "AVAILABLE", False)
+        else:  # numba's blocked ways wherever the rule allows them
+            monkeypatch.setattr(conv_dispatch, "POLYPHASE_MAX_DENSITY", 1.0)
         monkeypatch.setattr(dispatch, "active", dispatch.Dispatcher(mode="auto", path=tmp_path / "kernels.json", budget=0))
     else:
         monkeypatch.setattr(dispatch, "active", dispatch.Dispatcher(mode=backend))
@@ -221,6 +231,9 @@ def assert_same_gradients(masked, truly, context, tol=TOL):
 @pytest.mark.parametrize("name,backend", SWEEP, ids=[f"{b}-{n}" for n, b in SWEEP])
 def test_training_and_evaluation_match_the_masked_model_at_every_batch(name, backend, monkeypatch, tmp_path):
     use_backend(monkeypatch, backend, tmp_path)
+    ways = set()  # how the truly sparse convolutions computed
+    compute = conv_ops.compute
+    monkeypatch.setattr(conv_ops, "compute", lambda how, *args: ways.add(how) or compute(how, *args))
     masked, sparsifier, truly, shape = matching_pair(MODELS[name], convs=name in TRULY_SPARSE_CONVS)
     dropouts = random_dropout(masked) + random_dropout(truly)
     csr_layers = [n for n, m in masked.named_modules() if type(m) is kernels.MaskedCSRLinear]
@@ -252,6 +265,8 @@ def test_training_and_evaluation_match_the_masked_model_at_every_batch(name, bac
         assert not out_truly.requires_grad
         torch.testing.assert_close(out_truly, out_masked, **TOL, msg=lambda m: f"{context} eval output: {m}")
 
+    if backend == "fixed" and name == "cnn-patterns":
+        assert {"blocked", "polyphase"} <= ways, ways
     exported, dense = itop.sparse.export(masked, sparsifier), itop.sparse.densify(truly)
     assert not any(isinstance(m, SparseWeights) for m in dense.modules())
     assert {n for n, m in exported.named_modules() if isinstance(m, SparseWeights)} == {
