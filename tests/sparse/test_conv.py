@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from itop.sparse import SparseConv2d, conv, conv_dispatch, conv_ops, dispatch, native
+from itop.sparse import SparseConv2d, conv, conv_dispatch, conv_ops, conv_polyphase, dispatch, native
 
 GEOMETRIES = [  # (in, out, kernel, stride, padding, dilation, groups, bias)
     (3, 8, 3, 1, 1, 1, 1, True),
@@ -213,12 +213,9 @@ def test_where_nothing_is_measured_the_cost_model_decides(monkeypatch):
     strided = SparseConv2d(8, 8, 3, stride=2, padding=1, nnz=20)
     denser, pointwise = SparseConv2d(8, 8, 3, padding=1, nnz=200), SparseConv2d(8, 8, 1, nnz=20)
     x = torch.randn(2, 8, 32, 32)
-    assert (
-        conv_dispatch.choose(strided, x, True)
-        == conv_dispatch.choose(denser, x, True)
-        == conv_dispatch.choose(pointwise, x, True)
-        == "dense"
-    )
+    assert conv_dispatch.choose(denser, x, True) == conv_dispatch.choose(pointwise, x, True) == "dense"
+    # a strided 3x3 layer at density 0.035: its phases, by the NCHW kernels on this 16x16 output plane
+    assert conv_dispatch.choose(strided, x, True) == ("polyphase" if conv_ops.conv_kernels() is not None else "dense")
     assert conv_dispatch.choose(plain, x, True) == ("direct" if conv_ops.conv_kernels() is not None else "dense")
     small = torch.randn(16, 8, 6, 6)  # output planes of at most 8x8 at a batch of 16: the blocked form
     assert conv_dispatch.choose(plain, small, True) == ("blocked" if conv_ops.conv_kernels() is not None else "dense")
@@ -241,6 +238,17 @@ def test_the_direct_cost_model_follows_plane_size_and_density():
         < conv_dispatch.DIRECT_MAX_COST
         < conv_dispatch.direct_cost(geometry, 0.3, 32, 32)
     )
+
+
+@pytest.mark.parametrize("geometry", [g for g in GEOMETRIES if g[3] != 1 and g[5] == 1 and g[6] == 1])
+def test_the_polyphase_way_on_large_planes_takes_the_nchw_kernels(monkeypatch, geometry):
+    """Output planes over 8x8: the phases' stride-1 convolution runs on the NCHW kernels."""
+    skip_unserved("polyphase", geometry)
+    monkeypatch.setattr(conv, "choose", lambda layer, x, train: "polyphase")
+    dense, sparse, mask = masked_pair(geometry, 0.3, seed=0)
+    x = torch.randn(3, geometry[0], 29, 26, dtype=torch.float64)
+    assert not conv_polyphase.phases(sparse.geometry, sparse.structure, 29, 26).blocked
+    check_against_dense(dense, sparse, mask, x, 1e-10)
 
 
 def test_probes_time_only_the_ways_that_may_win_on_enough_images():

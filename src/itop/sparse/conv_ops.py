@@ -11,7 +11,8 @@ shape class (`conv_dispatch.py`, through `itop.sparse.dispatch` as for the Linea
 - blocked (numba, CPU, stride 1; `conv_blocked.py`): the same taps over planes that hold 16
   images innermost, so that small planes compute in full vectors;
 - polyphase (numba, CPU, strided, groups and dilation 1; `conv_polyphase.py`): a strided layer as
-  the stride-1 convolution over its input's phases (space-to-depth), computed blocked;
+  the stride-1 convolution over its input's phases (space-to-depth), computed blocked on small
+  output planes, by the NCHW kernels on larger ones;
 - im2col (anywhere, CUDA included): the input unfolded into columns
   (`torch.nn.functional.unfold`), then the truly sparse Linear layers' products (`ops.py`) with
   a block-diagonal CSR over all groups; its input gradient folds the columns back;
@@ -211,6 +212,36 @@ def direct_weight_grad(geometry: ConvGeometry, structure: SparseStructure, grad_
     return parts.sum(0) if len(parts) > 1 else parts[0]
 
 
+# ----------------------------------------------------------------------------- polyphase
+def _polyphase_forward(geometry: ConvGeometry, structure: SparseStructure, values: Tensor, x: Tensor, bias: Tensor | None):
+    """The output of a strided layer computed over its input's phases (`conv_polyphase`), and what
+    its backward needs: the blocked phases, or the phases themselves for the NCHW kernels."""
+    form = conv_polyphase.phases(geometry, structure, *x.shape[2:])
+    ordered, split = values.detach().index_select(0, form.order), form.split(x)
+    if form.blocked:
+        out, blocked = conv_blocked.forward(form.geometry, form.structure, ordered, split, bias)
+        return out, (blocked,)
+    return direct_forward(form.geometry, form.structure, ordered, split, bias), (split,)
+
+
+def _polyphase_backward(
+    geometry: ConvGeometry, structure: SparseStructure, values: Tensor, grad_out: Tensor, saved: Tensor, input_shape, needs
+):
+    """(input gradient or None, gradient of the active values or None) of `_polyphase_forward`."""
+    form = conv_polyphase.phases(geometry, structure, *input_shape[2:])
+    ordered = values.detach().index_select(0, form.order)
+    phase_shape = (input_shape[0], form.geometry.in_channels, *form.phase_size)
+    if form.blocked:
+        grad_phases, grad_ordered = conv_blocked.backward(form.geometry, form.structure, ordered, grad_out, saved, phase_shape, needs)
+    else:
+        grad_out = grad_out.to(values.dtype).contiguous()
+        grad_phases = direct_input_grad(form.geometry, form.structure, ordered, grad_out, phase_shape) if needs[0] else None
+        grad_ordered = direct_weight_grad(form.geometry, form.structure, grad_out, saved) if needs[1] else None
+    grad_x = None if grad_phases is None else form.merge(grad_phases)
+    grad_values = None if grad_ordered is None else torch.empty_like(grad_ordered).index_copy_(0, form.order, grad_ordered)
+    return grad_x, grad_values
+
+
 # ----------------------------------------------------------------------------- im2col
 class Im2col:
     """The im2col form of a layer: a block-diagonal CSR over (out_channels, in_channels*kh*kw)."""
@@ -280,8 +311,7 @@ def compute(how: str, layer, x: Tensor, values: Tensor, bias: Tensor | None) -> 
         out, blocked = conv_blocked.forward(geometry, layer.structure, values, x, bias)
         return out, (blocked,)
     if how == "polyphase":
-        out, blocked = conv_polyphase.forward(geometry, layer.structure, values, x, bias)
-        return out, (blocked,)
+        return _polyphase_forward(geometry, layer.structure, values, x, bias)
     if how == "dense":
         weight = _dense_weight(layer, values)
         padded, padding = _padded(geometry, x.detach())
@@ -353,7 +383,7 @@ class SparseConv2dFunction(torch.autograd.Function):
         elif ctx.how == "blocked":
             grad_x, grad_values = conv_blocked.backward(geometry, structure, values, grad_out, saved[0], ctx.input_shape, needs)
         elif ctx.how == "polyphase":
-            grad_x, grad_values = conv_polyphase.backward(geometry, structure, values, grad_out, saved[0], ctx.input_shape, needs)
+            grad_x, grad_values = _polyphase_backward(geometry, structure, values, grad_out, saved[0], ctx.input_shape, needs)
         elif ctx.how == "dense":
             grad_x, grad_values = _dense_backward(geometry, indices, tuple(saved), grad_out.to(values.dtype), needs, ctx.input_shape)
         else:

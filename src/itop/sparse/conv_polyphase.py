@@ -5,10 +5,11 @@ and kernel position (i, j). Split the zero-padded input into its sh * sw phases,
 pixels (sh * Y + r, sw * X + q) for each r < sh, q < sw (space-to-depth), and the tap (o, c, i, j)
 becomes the tap (o, (r, q, c), i // sh, j // sw) with r = i % sh, q = j % sw of a stride-1
 convolution without padding over sh * sw * C channels, with a kernel of ceil(kh / sh) x
-ceil(kw / sw): the same active weights, one for one, in another order. That convolution takes the
-blocked way (`conv_blocked.py`), whose windows are contiguous only at stride 1 (a blocked form
-reading strided windows was slower than the dense convolution). Groups 1 and dilation 1 only.
-The phases cost one rearranging copy of the input, and their gradient one of the input gradient.
+ceil(kw / sw): the same active weights, one for one, in another order. `conv_ops` computes that
+convolution with the stride-1 kernels: blocked (`conv_blocked.py`) on output planes up to 8x8,
+the NCHW ones above (a blocked form reading strided windows had been slower than the dense
+convolution, and the NCHW kernels' strided form slower still). Groups 1 and dilation 1 only. The
+phases cost one rearranging copy of the input, and their gradient one of the input gradient.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from . import conv_blocked
 from .structure import SparseStructure
+
+BLOCKED_MAX_PIXELS = 64  # output planes up to 8x8 take the blocked kernels, larger ones the NCHW kernels
 
 
 def usable(geometry) -> bool:
@@ -31,7 +33,8 @@ def usable(geometry) -> bool:
 
 class Phases:
     """A strided layer's stride-1 form (see the module docstring): its geometry and structure, the
-    order that takes the layer's values to it, and the padding that makes the input's phases."""
+    order that takes the layer's values to it, the padding that makes the input's phases, and
+    whether the blocked kernels compute it."""
 
     def __init__(self, geometry, structure: SparseStructure, height: int, width: int):
         (kh, kw), (sh, sw), (top, _, left, _) = geometry.kernel, geometry.stride, geometry.padding
@@ -53,6 +56,7 @@ class Phases:
         positions, self.order = torch.sort(rows * self.geometry.taps + column)
         self.structure = SparseStructure(positions, (geometry.out_channels, self.geometry.taps))
         self.stride, self.channels = (sh, sw), channels
+        self.blocked = out_h * out_w <= BLOCKED_MAX_PIXELS  # which stride-1 kernels compute it
 
     def split(self, x: Tensor) -> Tensor:
         """x (N, C, H, W) as its phases (N, sh * sw * C, phase rows, phase columns)."""
@@ -77,21 +81,3 @@ def phases(geometry, structure: SparseStructure, height: int, width: int) -> Pha
     if found is None:
         found = cache[(height, width)] = Phases(geometry, structure, height, width)
     return found
-
-
-def forward(geometry, structure: SparseStructure, values: Tensor, x: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor]:
-    """The convolution's output and the blocked phases (for the weight gradient)."""
-    form = phases(geometry, structure, *x.shape[2:])
-    ordered = values.detach().index_select(0, form.order)
-    return conv_blocked.forward(form.geometry, form.structure, ordered, form.split(x), bias)
-
-
-def backward(geometry, structure: SparseStructure, values: Tensor, grad_out: Tensor, blocked: Tensor, input_shape, needs) -> tuple:
-    """(input gradient or None, gradient of the active values or None)."""
-    form = phases(geometry, structure, *input_shape[2:])
-    ordered = values.detach().index_select(0, form.order)
-    phase_shape = (input_shape[0], form.geometry.in_channels, *form.phase_size)
-    grad_phases, grad_ordered = conv_blocked.backward(form.geometry, form.structure, ordered, grad_out, blocked, phase_shape, needs)
-    grad_x = None if grad_phases is None else form.merge(grad_phases)
-    grad_values = None if grad_ordered is None else torch.empty_like(grad_ordered).index_copy_(0, form.order, grad_ordered)
-    return grad_x, grad_values
