@@ -247,7 +247,7 @@ def test_the_polyphase_way_on_large_planes_takes_the_nchw_kernels(monkeypatch, g
     monkeypatch.setattr(conv, "choose", lambda layer, x, train: "polyphase")
     dense, sparse, mask = masked_pair(geometry, 0.3, seed=0)
     x = torch.randn(3, geometry[0], 29, 26, dtype=torch.float64)
-    assert not conv_polyphase.phases(sparse.geometry, sparse.structure, 29, 26).blocked
+    assert not conv_polyphase.blocked(conv_polyphase.phases(sparse.geometry, sparse.structure, 29, 26), 16)
     check_against_dense(dense, sparse, mask, x, 1e-10)
 
 

@@ -149,3 +149,45 @@ def weight_grad(grad_out, blocked, groups, offsets, tap_rows, out, out_w, parts,
                     for k in range(stop - start):
                         acc += rows[k] * taps[k]
                     out[t] += acc
+
+
+@numba.njit(parallel=True, **_JIT)
+def to_phases(x, phases, sh, sw, top, left):  # pragma: no cover - compiled
+    """phases[n, (r * sw + q) * C + c, Y, X] = x[n, c, sh * Y + r - top, sw * X + q - left], zero
+    where that pixel is padding: a strided layer's input split into its phases in one pass
+    (`conv_polyphase`; padding, then a permuting copy, took three passes)."""
+    images, channels, height, width = x.shape
+    rows, columns = phases.shape[2], phases.shape[3]
+    for p in prange(images * channels):
+        n = p // channels
+        c = p - n * channels
+        source = x[n, c]
+        for r in range(sh):
+            for q in range(sw):
+                target = phases[n, (r * sw + q) * channels + c]
+                for y in range(rows):
+                    iy = sh * y + r - top
+                    row = target[y]
+                    if iy < 0 or iy >= height:
+                        row[:] = 0.0
+                        continue
+                    for k in range(columns):
+                        ix = sw * k + q - left
+                        row[k] = source[iy, ix] if 0 <= ix < width else 0.0
+
+
+@numba.njit(parallel=True, **_JIT)
+def from_phases(phases, out, sh, sw, top, left):  # pragma: no cover - compiled
+    """The adjoint of `to_phases`: out[n, c, iy, ix] = the phases' value at that input pixel (zero
+    where no phase holds it), in one pass."""
+    images, channels, height, width = out.shape
+    rows, columns = phases.shape[2], phases.shape[3]
+    for p in prange(images * channels):
+        n = p // channels
+        c = p - n * channels
+        target = out[n, c]
+        for iy in range(height):
+            y, r = (iy + top) // sh, (iy + top) % sh
+            for ix in range(width):
+                k, q = (ix + left) // sw, (ix + left) % sw
+                target[iy, ix] = phases[n, (r * sw + q) * channels + c, y, k] if y < rows and k < columns else 0.0

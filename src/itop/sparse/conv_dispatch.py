@@ -31,7 +31,7 @@ BLOCKED_MAX_PROBE_PIXELS = (
 DIRECT_FIXED_VECTORS = 4  # `direct_cost`'s fixed cost per tap and pass, in vectors of 16 values
 DENSE_EFFICIENCY = 3.6  # `direct_cost`: dense multiply-adds per second over the direct kernels'
 DIRECT_MAX_COST = 0.8  # the fixed rule takes the direct kernels below this estimated cost (see `fixed_rule`)
-POLYPHASE_MAX_DENSITY, POLYPHASE_WIDE_MAX_DENSITY = 0.1, 0.05  # the fixed rule's polyphase way for strided layers (`fixed_rule`)
+POLYPHASE_MAX_DENSITY = 0.1  # the fixed rule's polyphase way for strided layers (see `fixed_rule`)
 BLOCKED_MAX_PIXELS = 64  # ... in their blocked form for output planes up to 8x8, at batches of 16 or more
 
 
@@ -80,20 +80,13 @@ def fixed_rule(geometry: ConvGeometry, density: float, x: Tensor) -> str:
     VGG-C's 3x3 layers at batch 128 ran blocked 1.3-1.8x faster forward and 1.2-2.2x backward than
     the NCHW kernels on planes of 8x8 down to 3x3; the forward was slower on 16x16 and 32x32.)
     A strided layer with a kernel larger than 1x1 takes the polyphase way at density up to
-    `POLYPHASE_MAX_DENSITY` on output planes of at most `BLOCKED_MAX_PIXELS` at batches of 16 or
-    more, and up to `POLYPHASE_WIDE_MAX_DENSITY` on larger ones. At ERK 0.02, batch 128, forward and
-    backward: ResNet-18's 16x16 -> 8x8 and 8x8 -> 4x4 layers ran 1.7x and 3.2x dense's speed, its
-    32x32 -> 16x16 layer (density 0.067) 1.0x, WRN-16-8's (density 0.035) 1.6x; the 1x1 shortcuts,
-    at density 0.15-0.6, lost.)"""
+    `POLYPHASE_MAX_DENSITY`. At ERK 0.02, batch 128, forward and backward: ResNet-18's 16x16 -> 8x8
+    and 8x8 -> 4x4 layers ran 1.7x and 3.2x dense's speed, its 32x32 -> 16x16 layer (density
+    0.067) 1.35x, WRN-16-8's (density 0.035) 1.8x; that 32x32 layer at density 0.15, 1.1x.)"""
     small = math.prod(geometry.output_size(*x.shape[2:])) <= BLOCKED_MAX_PIXELS and x.shape[0] >= conv_blocked.BLOCK
     if geometry.stride == (1, 1) and direct_usable(x) and direct_cost(geometry, density, *x.shape[2:]) < DIRECT_MAX_COST:
         return "blocked" if small else "direct"
-    if (
-        conv_polyphase.usable(geometry)
-        and direct_usable(x)
-        and density <= (POLYPHASE_MAX_DENSITY if small else POLYPHASE_WIDE_MAX_DENSITY)
-        and math.prod(geometry.kernel) > 1
-    ):
+    if conv_polyphase.usable(geometry) and direct_usable(x) and density <= POLYPHASE_MAX_DENSITY and math.prod(geometry.kernel) > 1:
         return "polyphase"
     return "dense" if _dense_allowed(geometry) else "im2col"
 

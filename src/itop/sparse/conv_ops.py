@@ -218,7 +218,7 @@ def _polyphase_forward(geometry: ConvGeometry, structure: SparseStructure, value
     its backward needs: the blocked phases, or the phases themselves for the NCHW kernels."""
     form = conv_polyphase.phases(geometry, structure, *x.shape[2:])
     ordered, split = values.detach().index_select(0, form.order), form.split(x)
-    if form.blocked:
+    if conv_polyphase.blocked(form, x.shape[0]):
         out, blocked = conv_blocked.forward(form.geometry, form.structure, ordered, split, bias)
         return out, (blocked,)
     return direct_forward(form.geometry, form.structure, ordered, split, bias), (split,)
@@ -231,7 +231,7 @@ def _polyphase_backward(
     form = conv_polyphase.phases(geometry, structure, *input_shape[2:])
     ordered = values.detach().index_select(0, form.order)
     phase_shape = (input_shape[0], form.geometry.in_channels, *form.phase_size)
-    if form.blocked:
+    if conv_polyphase.blocked(form, input_shape[0]):
         grad_phases, grad_ordered = conv_blocked.backward(form.geometry, form.structure, ordered, grad_out, saved, phase_shape, needs)
     else:
         grad_out = grad_out.to(values.dtype).contiguous()

@@ -6,8 +6,8 @@ pixels (sh * Y + r, sw * X + q) for each r < sh, q < sw (space-to-depth), and th
 becomes the tap (o, (r, q, c), i // sh, j // sw) with r = i % sh, q = j % sw of a stride-1
 convolution without padding over sh * sw * C channels, with a kernel of ceil(kh / sh) x
 ceil(kw / sw): the same active weights, one for one, in another order. `conv_ops` computes that
-convolution with the stride-1 kernels: blocked (`conv_blocked.py`) on output planes up to 8x8,
-the NCHW ones above (a blocked form reading strided windows had been slower than the dense
+convolution with the stride-1 kernels: blocked (`conv_blocked.py`) on output planes up to 8x8
+at batches of 16 or more, the NCHW ones otherwise (a blocked form reading strided windows had been slower than the dense
 convolution, and the NCHW kernels' strided form slower still). Groups 1 and dilation 1 only. The
 phases cost one rearranging copy of the input, and their gradient one of the input gradient.
 """
@@ -19,11 +19,17 @@ import math
 
 import torch
 from torch import Tensor
-from torch.nn import functional as F
 
+from . import conv_blocked
 from .structure import SparseStructure
 
-BLOCKED_MAX_PIXELS = 64  # output planes up to 8x8 take the blocked kernels, larger ones the NCHW kernels
+BLOCKED_MAX_PIXELS = 64  # output planes up to 8x8 take the blocked kernels (at batches of 16 or more), larger ones the NCHW kernels
+
+
+def blocked(form: Phases, images: int) -> bool:
+    """Which stride-1 kernels compute the phases' convolution: the blocked ones on small output
+    planes and whole blocks of images, the NCHW ones otherwise."""
+    return form.output_pixels <= BLOCKED_MAX_PIXELS and images >= conv_blocked.BLOCK
 
 
 def usable(geometry) -> bool:
@@ -33,16 +39,17 @@ def usable(geometry) -> bool:
 
 class Phases:
     """A strided layer's stride-1 form (see the module docstring): its geometry and structure, the
-    order that takes the layer's values to it, the padding that makes the input's phases, and
-    whether the blocked kernels compute it."""
+    order that takes the layer's values to it, and the size of its phases."""
 
     def __init__(self, geometry, structure: SparseStructure, height: int, width: int):
         (kh, kw), (sh, sw), (top, _, left, _) = geometry.kernel, geometry.stride, geometry.padding
         out_h, out_w = geometry.output_size(height, width)
         ka, kb = math.ceil(kh / sh), math.ceil(kw / sw)
         self.phase_size = (out_h + ka - 1, out_w + kb - 1)  # the rows and columns of each phase that are read
-        # zero padding, or cropping where negative, that makes the input (phase rows * sh) x (phase columns * sw)
-        self.pads = (left, self.phase_size[1] * sw - width - left, top, self.phase_size[0] * sh - height - top)
+        self.top_left = (
+            top,
+            left,
+        )  # the padding before the first input row and column: phase pixel (0, 0) of phase (r, q) is input pixel (r - top, q - left)
         channels = geometry.in_channels
         self.geometry = dataclasses.replace(
             geometry, in_channels=sh * sw * channels, kernel=(ka, kb), stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1)
@@ -55,23 +62,24 @@ class Phases:
         column = (phase_channel * ka + i.div(sh, rounding_mode="floor")) * kb + j.div(sw, rounding_mode="floor")
         positions, self.order = torch.sort(rows * self.geometry.taps + column)
         self.structure = SparseStructure(positions, (geometry.out_channels, self.geometry.taps))
-        self.stride, self.channels = (sh, sw), channels
-        self.blocked = out_h * out_w <= BLOCKED_MAX_PIXELS  # which stride-1 kernels compute it
+        self.stride, self.channels, self.input_size = (sh, sw), channels, (height, width)
+        self.output_pixels = out_h * out_w
 
     def split(self, x: Tensor) -> Tensor:
-        """x (N, C, H, W) as its phases (N, sh * sw * C, phase rows, phase columns)."""
-        (sh, sw), (rows, columns) = self.stride, self.phase_size
-        padded = F.pad(x.detach(), self.pads)
-        images = x.shape[0]
-        phases = padded.reshape(images, self.channels, rows, sh, columns, sw).permute(0, 3, 5, 1, 2, 4)
-        return phases.reshape(images, sh * sw * self.channels, rows, columns).contiguous()
+        """x (N, C, H, W) as its phases (N, sh * sw * C, phase rows, phase columns), in one pass."""
+        phases = torch.empty(x.shape[0], self.geometry.in_channels, *self.phase_size, dtype=x.dtype)
+        _kernels().to_phases(x.detach().contiguous().numpy(), phases.numpy(), *self.stride, *self.top_left)
+        return phases
 
     def merge(self, grad_phases: Tensor) -> Tensor:
-        """The adjoint of `split`: the input gradient from the phases' gradient."""
-        (sh, sw), (rows, columns) = self.stride, self.phase_size
-        images = grad_phases.shape[0]
-        grouped = grad_phases.reshape(images, sh, sw, self.channels, rows, columns).permute(0, 3, 4, 1, 5, 2)
-        return F.pad(grouped.reshape(images, self.channels, rows * sh, columns * sw), tuple(-pad for pad in self.pads)).contiguous()
+        """The adjoint of `split`: the input gradient from the phases' gradient, in one pass."""
+        grad_x = torch.empty(grad_phases.shape[0], self.channels, *self.input_size, dtype=grad_phases.dtype)
+        _kernels().from_phases(grad_phases.contiguous().numpy(), grad_x.numpy(), *self.stride, *self.top_left)
+        return grad_x
+
+
+def _kernels():
+    return conv_blocked._kernels()
 
 
 def phases(geometry, structure: SparseStructure, height: int, width: int) -> Phases:
