@@ -24,6 +24,7 @@ GEOMETRIES = [  # (in, out, kernel, stride, padding, dilation, groups, bias)
     (6, 5, 1, 1, 1, 1, 1, True),  # VGG-C's 1x1 convolutions pad by 1: a ring of outputs is the bias alone
     (4, 5, (1, 3), 1, (3, 1), (1, 2), 1, False),  # padding past the kernel's reach: whole rows of padding
     (5, 4, 2, 2, (2, 0), 1, 1, True),
+    (6, 4, 1, 2, 0, 1, 1, True),  # ResNet's 1x1 shortcut: one phase of four is read
 ]
 NUMBA_WAYS = ("direct", "blocked", "polyphase")
 

@@ -152,19 +152,19 @@ def weight_grad(grad_out, blocked, groups, offsets, tap_rows, out, out_w, parts,
 
 
 @numba.njit(parallel=True, **_JIT)
-def to_phases(x, phases, sh, sw, top, left):  # pragma: no cover - compiled
-    """phases[n, (r * sw + q) * C + c, Y, X] = x[n, c, sh * Y + r - top, sw * X + q - left], zero
-    where that pixel is padding: a strided layer's input split into its phases in one pass
-    (`conv_polyphase`; padding, then a permuting copy, took three passes)."""
+def to_phases(x, phases, sh, sw, kept_r, kept_q, top, left):  # pragma: no cover - compiled
+    """phases[n, (r * kept_q + q) * C + c, Y, X] = x[n, c, sh * Y + r - top, sw * X + q - left] for
+    r < kept_r, q < kept_q, zero where that pixel is padding: a strided layer's input split into
+    its phases in one pass (`conv_polyphase`; padding, then a permuting copy, took three passes)."""
     images, channels, height, width = x.shape
     rows, columns = phases.shape[2], phases.shape[3]
     for p in prange(images * channels):
         n = p // channels
         c = p - n * channels
         source = x[n, c]
-        for r in range(sh):
-            for q in range(sw):
-                target = phases[n, (r * sw + q) * channels + c]
+        for r in range(kept_r):
+            for q in range(kept_q):
+                target = phases[n, (r * kept_q + q) * channels + c]
                 for y in range(rows):
                     iy = sh * y + r - top
                     row = target[y]
@@ -177,9 +177,9 @@ def to_phases(x, phases, sh, sw, top, left):  # pragma: no cover - compiled
 
 
 @numba.njit(parallel=True, **_JIT)
-def from_phases(phases, out, sh, sw, top, left):  # pragma: no cover - compiled
+def from_phases(phases, out, sh, sw, kept_r, kept_q, top, left):  # pragma: no cover - compiled
     """The adjoint of `to_phases`: out[n, c, iy, ix] = the phases' value at that input pixel (zero
-    where no phase holds it), in one pass."""
+    where no kept phase holds it), in one pass."""
     images, channels, height, width = out.shape
     rows, columns = phases.shape[2], phases.shape[3]
     for p in prange(images * channels):
@@ -190,4 +190,5 @@ def from_phases(phases, out, sh, sw, top, left):  # pragma: no cover - compiled
             y, r = (iy + top) // sh, (iy + top) % sh
             for ix in range(width):
                 k, q = (ix + left) // sw, (ix + left) % sw
-                target[iy, ix] = phases[n, (r * sw + q) * channels + c, y, k] if y < rows and k < columns else 0.0
+                kept = y < rows and k < columns and r < kept_r and q < kept_q
+                target[iy, ix] = phases[n, (r * kept_q + q) * channels + c, y, k] if kept else 0.0

@@ -4,7 +4,8 @@ A convolution of stride (sh, sw) reads input pixel (sh * y + i, sw * x + j) for 
 and kernel position (i, j). Split the zero-padded input into its sh * sw phases, planes of the
 pixels (sh * Y + r, sw * X + q) for each r < sh, q < sw (space-to-depth), and the tap (o, c, i, j)
 becomes the tap (o, (r, q, c), i // sh, j // sw) with r = i % sh, q = j % sw of a stride-1
-convolution without padding over sh * sw * C channels, with a kernel of ceil(kh / sh) x
+convolution without padding over the phases' channels (only the phases a kernel position reads:
+min(kh, sh) x min(kw, sw) of them, one for a 1x1 kernel), with a kernel of ceil(kh / sh) x
 ceil(kw / sw): the same active weights, one for one, in another order. `conv_ops` computes that
 convolution with the stride-1 kernels: blocked (`conv_blocked.py`) on output planes up to 8x8
 at batches of 16 or more, the NCHW ones otherwise (a blocked form reading strided windows had been slower than the dense
@@ -46,19 +47,23 @@ class Phases:
         out_h, out_w = geometry.output_size(height, width)
         ka, kb = math.ceil(kh / sh), math.ceil(kw / sw)
         self.phase_size = (out_h + ka - 1, out_w + kb - 1)  # the rows and columns of each phase that are read
-        self.top_left = (
-            top,
-            left,
-        )  # the padding before the first input row and column: phase pixel (0, 0) of phase (r, q) is input pixel (r - top, q - left)
+        # phase pixel (0, 0) of phase (r, q) is input pixel (r - top, q - left); only the phases some
+        # kernel position reads are kept, r < min(kh, sh) and q < min(kw, sw) (one, for a 1x1 kernel)
+        self.top_left, self.counts = (top, left), (min(kh, sh), min(kw, sw))
         channels = geometry.in_channels
         self.geometry = dataclasses.replace(
-            geometry, in_channels=sh * sw * channels, kernel=(ka, kb), stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1)
+            geometry,
+            in_channels=self.counts[0] * self.counts[1] * channels,
+            kernel=(ka, kb),
+            stride=(1, 1),
+            padding=(0, 0, 0, 0),
+            dilation=(1, 1),
         )
         rows = structure.positions.div(geometry.taps, rounding_mode="floor")
         rest = structure.positions - rows * geometry.taps
         channel, tap = rest.div(kh * kw, rounding_mode="floor"), rest.remainder(kh * kw)
         i, j = tap.div(kw, rounding_mode="floor"), tap.remainder(kw)
-        phase_channel = ((i.remainder(sh)) * sw + j.remainder(sw)) * channels + channel
+        phase_channel = (i.remainder(sh) * self.counts[1] + j.remainder(sw)) * channels + channel
         column = (phase_channel * ka + i.div(sh, rounding_mode="floor")) * kb + j.div(sw, rounding_mode="floor")
         positions, self.order = torch.sort(rows * self.geometry.taps + column)
         self.structure = SparseStructure(positions, (geometry.out_channels, self.geometry.taps))
@@ -66,15 +71,15 @@ class Phases:
         self.output_pixels = out_h * out_w
 
     def split(self, x: Tensor) -> Tensor:
-        """x (N, C, H, W) as its phases (N, sh * sw * C, phase rows, phase columns), in one pass."""
+        """x (N, C, H, W) as its kept phases (N, phases * C, phase rows, phase columns), in one pass."""
         phases = torch.empty(x.shape[0], self.geometry.in_channels, *self.phase_size, dtype=x.dtype)
-        _kernels().to_phases(x.detach().contiguous().numpy(), phases.numpy(), *self.stride, *self.top_left)
+        _kernels().to_phases(x.detach().contiguous().numpy(), phases.numpy(), *self.stride, *self.counts, *self.top_left)
         return phases
 
     def merge(self, grad_phases: Tensor) -> Tensor:
         """The adjoint of `split`: the input gradient from the phases' gradient, in one pass."""
         grad_x = torch.empty(grad_phases.shape[0], self.channels, *self.input_size, dtype=grad_phases.dtype)
-        _kernels().from_phases(grad_phases.contiguous().numpy(), grad_x.numpy(), *self.stride, *self.top_left)
+        _kernels().from_phases(grad_phases.contiguous().numpy(), grad_x.numpy(), *self.stride, *self.counts, *self.top_left)
         return grad_x
 
 
