@@ -79,14 +79,16 @@ def fixed_rule(geometry: ConvGeometry, density: float, x: Tensor) -> str:
     loops over short rows: a ResNet-18 at ERK 0.05 whose strided layers took it ran at 0.63x dense.
     VGG-C's 3x3 layers at batch 128 ran blocked 1.3-1.8x faster forward and 1.2-2.2x backward than
     the NCHW kernels on planes of 8x8 down to 3x3; the forward was slower on 16x16 and 32x32.)
-    A strided layer with a kernel larger than 1x1 takes the polyphase way at density up to
-    `POLYPHASE_MAX_DENSITY`. At ERK 0.02, batch 128, forward and backward: ResNet-18's 16x16 -> 8x8
-    and 8x8 -> 4x4 layers ran 1.7x and 3.2x dense's speed, its 32x32 -> 16x16 layer (density
-    0.067) 1.35x, WRN-16-8's (density 0.035) 1.8x; that 32x32 layer at density 0.15, 1.1x.)"""
+    A strided layer takes the polyphase way at density up to `POLYPHASE_MAX_DENSITY`, or with a 1x1
+    kernel (one phase: the input subsampled). At ERK 0.02, batch 128, forward and backward:
+    ResNet-18's 16x16 -> 8x8 and 8x8 -> 4x4 layers ran 1.7x and 3.2x dense's speed, its
+    32x32 -> 16x16 layer (density 0.067) 1.35x, WRN-16-8's (density 0.035) 1.8x; that 32x32 layer
+    at density 0.15, 1.1x; ResNet-18's 1x1 shortcuts (density 0.59, 0.29, 0.15) 1.6x, 1.6x, 1.0x.)"""
     small = math.prod(geometry.output_size(*x.shape[2:])) <= BLOCKED_MAX_PIXELS and x.shape[0] >= conv_blocked.BLOCK
     if geometry.stride == (1, 1) and direct_usable(x) and direct_cost(geometry, density, *x.shape[2:]) < DIRECT_MAX_COST:
         return "blocked" if small else "direct"
-    if conv_polyphase.usable(geometry) and direct_usable(x) and density <= POLYPHASE_MAX_DENSITY and math.prod(geometry.kernel) > 1:
+    pointwise = geometry.kernel == (1, 1)
+    if conv_polyphase.usable(geometry) and direct_usable(x) and (density <= POLYPHASE_MAX_DENSITY or pointwise):
         return "polyphase"
     return "dense" if _dense_allowed(geometry) else "im2col"
 
