@@ -20,6 +20,13 @@ from .conv_windows import tap_coordinates, wide_sources
 from .structure import SparseStructure
 
 BLOCK = 16  # images per block (`blocked_kernels.BLOCK`)
+MAX_PIXELS = 64  # output planes up to 8x8: where the blocked kernels beat the NCHW ones (they lost on every 16x16 and 32x32 layer measured)
+
+
+def pays(output_pixels: int, images: int) -> bool:
+    """Whether the blocked kernels are the ones for an output plane of this size at this batch:
+    small planes, and at least one whole block of images."""
+    return output_pixels <= MAX_PIXELS and images >= BLOCK
 
 
 def usable(geometry) -> bool:
@@ -64,11 +71,7 @@ class Layout:
 
 def layout(geometry, structure: SparseStructure, padded_h: int, padded_w: int) -> Layout:
     """The layer's `Layout` for this padded size, kept on the structure."""
-    cache = structure.__dict__.setdefault("_blocked_layouts", {})
-    found = cache.get((padded_h, padded_w))
-    if found is None:
-        found = cache[(padded_h, padded_w)] = Layout(geometry, structure, padded_h, padded_w)
-    return found
+    return structure.cached("blocked_layout", (padded_h, padded_w), lambda: Layout(geometry, structure, padded_h, padded_w))
 
 
 def _pool() -> None:

@@ -1,7 +1,7 @@
-"""How each `SparseConv2d` call computes: the choice between the four ways of `conv_ops.py`.
+"""How each `SparseConv2d` call computes: the choice between the five ways of `conv_ops.py`.
 
-Which way serves a call (the direct numba kernels, their blocked form, im2col or the dense
-convolution) is measured on
+Which way serves a call (the direct numba kernels, their blocked form, the polyphase form of a
+strided layer, im2col or the dense convolution) is measured on
 the machine at hand once per shape class (`itop.sparse.dispatch`, as for the Linear products;
 `ITOP_KERNELS` forces one): the candidates here, the probes that time them on random taps, and the
 fixed rule with its cost model where nothing is measured. Kept apart from `conv_ops.py`, which
@@ -25,14 +25,10 @@ from .conv_ops import ConvGeometry, SparseConv2dFunction, compute, direct_usable
 # layers at ERK 0.05, for training and inference, or within 10% of it (AVX-512 Xeon).
 PROBE_IMAGES, MIN_PROBE_IMAGES, PROBE_ELEMENTS = 32, 4, 1 << 21
 BLOCKED_WAYS = ("blocked", "polyphase")  # probed on at least one block of 16 images, their time scaled
-BLOCKED_MAX_PROBE_PIXELS = (
-    64  # output planes above 8x8: the blocked ways are no candidates (they lost to direct or dense on every such layer measured)
-)
 DIRECT_FIXED_VECTORS = 4  # `direct_cost`'s fixed cost per tap and pass, in vectors of 16 values
 DENSE_EFFICIENCY = 3.6  # `direct_cost`: dense multiply-adds per second over the direct kernels'
 DIRECT_MAX_COST = 0.8  # the fixed rule takes the direct kernels below this estimated cost (see `fixed_rule`)
 POLYPHASE_MAX_DENSITY = 0.1  # the fixed rule's polyphase way for strided layers (see `fixed_rule`)
-BLOCKED_MAX_PIXELS = 64  # ... in their blocked form for output planes up to 8x8, at batches of 16 or more
 
 
 def _dense_allowed(geometry: ConvGeometry) -> bool:
@@ -48,7 +44,7 @@ def candidates(geometry: ConvGeometry, dtype: torch.dtype, height: int, width: i
     native = direct_usable(torch.empty(0, dtype=dtype))
     pixels = math.prod(geometry.output_size(height, width))
     names = ["direct"] if native else []
-    names += ["blocked"] if native and conv_blocked.usable(geometry) and pixels <= BLOCKED_MAX_PROBE_PIXELS else []
+    names += ["blocked"] if native and conv_blocked.usable(geometry) and pixels <= conv_blocked.MAX_PIXELS else []
     names += ["polyphase"] if native and conv_polyphase.usable(geometry) else []
     names += ["im2col"] if not native or geometry.stride != (1, 1) else []
     return names + (["dense"] if _dense_allowed(geometry) else [])
@@ -74,7 +70,7 @@ def direct_cost(geometry: ConvGeometry, density: float, height: int, width: int)
 def fixed_rule(geometry: ConvGeometry, density: float, x: Tensor) -> str:
     """The choice where nothing is measured (the probe budget spent): the direct kernels at stride
     1 where numba serves and `direct_cost` is under `DIRECT_MAX_COST`, in their blocked form on
-    output planes of at most `BLOCKED_MAX_PIXELS` at batches of 16 or more; else the dense
+    output planes where they pay (`conv_blocked.pays`: up to 8x8, batches of 16 or more); else the dense
     convolution where the dense weight may exist, else im2col. (The direct kernels' strided form
     loops over short rows: a ResNet-18 at ERK 0.05 whose strided layers took it ran at 0.63x dense.
     VGG-C's 3x3 layers at batch 128 ran blocked 1.3-1.8x faster forward and 1.2-2.2x backward than
@@ -84,7 +80,7 @@ def fixed_rule(geometry: ConvGeometry, density: float, x: Tensor) -> str:
     ResNet-18's 16x16 -> 8x8 and 8x8 -> 4x4 layers ran 1.7x and 3.2x dense's speed, its
     32x32 -> 16x16 layer (density 0.067) 1.35x, WRN-16-8's (density 0.035) 1.8x; that 32x32 layer
     at density 0.15, 1.1x; ResNet-18's 1x1 shortcuts (density 0.59, 0.29, 0.15) 1.6x, 1.6x, 1.0x.)"""
-    small = math.prod(geometry.output_size(*x.shape[2:])) <= BLOCKED_MAX_PIXELS and x.shape[0] >= conv_blocked.BLOCK
+    small = conv_blocked.pays(math.prod(geometry.output_size(*x.shape[2:])), x.shape[0])
     if geometry.stride == (1, 1) and direct_usable(x) and direct_cost(geometry, density, *x.shape[2:]) < DIRECT_MAX_COST:
         return "blocked" if small else "direct"
     pointwise = geometry.kernel == (1, 1)

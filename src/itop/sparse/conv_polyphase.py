@@ -8,8 +8,8 @@ convolution without padding over the phases' channels (only the phases a kernel 
 min(kh, sh) x min(kw, sw) of them, one for a 1x1 kernel), with a kernel of ceil(kh / sh) x
 ceil(kw / sw): the same active weights, one for one, in another order. `conv_ops` computes that
 convolution with the stride-1 kernels: blocked (`conv_blocked.py`) on output planes up to 8x8
-at batches of 16 or more, the NCHW ones otherwise (a blocked form reading strided windows had been slower than the dense
-convolution, and the NCHW kernels' strided form slower still). Groups 1 and dilation 1 only. The
+at batches of 16 or more, the NCHW ones otherwise (a blocked form reading strided windows had
+been slower than the dense convolution, and the NCHW kernels' strided form slower still). Groups 1 and dilation 1 only. The
 phases cost one rearranging copy of the input, and their gradient one of the input gradient.
 """
 
@@ -24,13 +24,11 @@ from torch import Tensor
 from . import conv_blocked
 from .structure import SparseStructure
 
-BLOCKED_MAX_PIXELS = 64  # output planes up to 8x8 take the blocked kernels (at batches of 16 or more), larger ones the NCHW kernels
-
 
 def blocked(form: Phases, images: int) -> bool:
-    """Which stride-1 kernels compute the phases' convolution: the blocked ones on small output
-    planes and whole blocks of images, the NCHW ones otherwise."""
-    return form.output_pixels <= BLOCKED_MAX_PIXELS and images >= conv_blocked.BLOCK
+    """Which stride-1 kernels compute the phases' convolution: the blocked ones where they pay
+    (`conv_blocked.pays`), the NCHW ones otherwise."""
+    return conv_blocked.pays(form.output_pixels, images)
 
 
 def usable(geometry) -> bool:
@@ -89,8 +87,4 @@ def _kernels():
 
 def phases(geometry, structure: SparseStructure, height: int, width: int) -> Phases:
     """The layer's `Phases` for this input size, kept on the structure."""
-    cache = structure.__dict__.setdefault("_phases", {})
-    found = cache.get((height, width))
-    if found is None:
-        found = cache[(height, width)] = Phases(geometry, structure, height, width)
-    return found
+    return structure.cached("phases", (height, width), lambda: Phases(geometry, structure, height, width))

@@ -30,12 +30,12 @@ def wide_sources(geometry: ConvGeometry, structure: SparseStructure, padded_h: i
     """Per active tap, where its window starts in an image's zero-padded planes at stride 1:
     input channel * plane size + i * dilation * row length + j * dilation. Kept per padded size on
     the structure (a few nnz-sized arrays)."""
-    cache = structure.__dict__.setdefault("_wide_sources", {})
-    found = cache.get((padded_h, padded_w))
-    if found is None:
+
+    def build() -> np.ndarray:
         (dh, dw), (_, channel, i, j) = geometry.dilation, tap_coordinates(geometry, structure)
-        found = cache[(padded_h, padded_w)] = _compact(channel * (padded_h * padded_w) + i * dh * padded_w + j * dw)
-    return found
+        return _compact(channel * (padded_h * padded_w) + i * dh * padded_w + j * dw)
+
+    return structure.cached("wide_sources", (padded_h, padded_w), build)
 
 
 def _compact(index: np.ndarray) -> np.ndarray:
@@ -47,9 +47,8 @@ def wide_gather(geometry: ConvGeometry, structure: SparseStructure, padded_h: in
     """For the stride-1 input gradient: the taps grouped by the input channel they read (`starts`
     pointers over `order`, indices into the values), each tap's window start in the output
     gradient's wide rows (`bases`), and the rows' zero margin. Kept per size on the structure."""
-    cache = structure.__dict__.setdefault("_wide_gather", {})
-    key = (padded_h, padded_w, out_h)
-    if key not in cache:
+
+    def build() -> tuple:
         (kh, kw), (dh, dw) = geometry.kernel, geometry.dilation
         margin = (kh - 1) * dh * padded_w + (kw - 1) * dw
         rows, channel, i, j = tap_coordinates(geometry, structure)
@@ -58,5 +57,6 @@ def wide_gather(geometry: ConvGeometry, structure: SparseStructure, padded_h: in
         starts[1:] = np.cumsum(np.bincount(channel, minlength=geometry.in_channels))
         length = out_h * padded_w + 2 * margin
         bases = (rows * length + margin - (i * dh * padded_w + j * dw))[order]
-        cache[key] = (starts, _compact(order), _compact(bases), margin)
-    return cache[key]
+        return starts, _compact(order), _compact(bases), margin
+
+    return structure.cached("wide_gather", (padded_h, padded_w, out_h), build)

@@ -17,6 +17,7 @@ MKL's sparse products take them), int64 otherwise.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -87,6 +88,14 @@ class SparseStructure:
             order = torch.sort(cols, stable=True).indices  # stable: rows stay ascending inside each column
             self._transposed = (order, _pointers(cols[order], self.shape[1], self.index_dtype), rows[order].to(self.index_dtype))
         return self._transposed
+
+    def cached(self, name: str, key: tuple, build: Callable[[], object]) -> object:
+        """`build()` kept under (name, key) for this structure's lifetime: the index arrays a kernel
+        derives from the positions for one input size (a topology update makes a new structure)."""
+        cache = self.__dict__.setdefault("_derived", {})
+        if (name, key) not in cache:
+            cache[(name, key)] = build()
+        return cache[(name, key)]
 
     def transposed_matrix(self, values: Tensor) -> Tensor:
         """The transposed weight (in_features x out_features) as a CSR tensor. Its indices (and the
