@@ -285,7 +285,7 @@ def transpose_band_parallel(src, dst, parts):  # pragma: no cover - compiled
 def row_sums(matrix, out):  # pragma: no cover - compiled
     """out[i] = sum of matrix[i] (a layer's bias gradient from its (out, batch) output gradient), on the
     calling thread: PyTorch's sum(1) wakes its thread pool for a (1024, 128) matrix, which inside a
-    step took about 60 us, this about 10."""
+    step took about 60 us (three such sums: 0.25 ms of a step, 0.07 ms with this)."""
     zero = out.dtype.type(0)
     for i in range(matrix.shape[0]):
         row = matrix[i]

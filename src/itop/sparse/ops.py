@@ -256,8 +256,9 @@ def weight_grad(structure: SparseStructure, grads_t: Tensor, rows_t: Tensor) -> 
 
 def _bias_grad(grads_t: Tensor) -> Tensor:
     """Each output's gradient summed over the batch: numba's sum on the calling thread where its
-    kernels serve (PyTorch's sum(1) wakes its thread pool, about 60 us for a (1024, 128) matrix
-    inside a training step on a 2-core Xeon, against about 10), else PyTorch's."""
+    kernels serve (PyTorch's sum(1) woke its thread pool: about 60 us for a (1024, 128) matrix
+    inside a training step on a 2-core Xeon; a 3072-1024-512-10 step at batch 128 spent 0.25 ms on
+    its bias gradients that way, 0.07 ms with this), else PyTorch's."""
     if (dispatch.active or dispatch.current()).mode in ("auto", "numba") and native.usable(grads_t):
         return native.row_sums(grads_t)
     return grads_t.sum(1)
