@@ -16,6 +16,8 @@ the itop data directory, where `itop train --data mnist` reads MNIST ($ITOP_DATA
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import statistics
@@ -269,9 +271,13 @@ def report(results: dict[Job, dict], args: argparse.Namespace, name: str, subdir
     the study makes several reports), or <out>/<name>-report."""
     where = str(Path(args.plots, name) if subdir else Path(args.plots)) if args.plots else str(Path(args.out) / f"{name}-report")
     dirs = [str(Path(args.out) / job.name) for job in results]
-    done = subprocess.run([sys.executable, "-m", "itop", "report", *dirs, "--out", where], capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"itop report failed:\n{done.stderr[-2000:]}")
+    from itop.report.cli import main as report_main  # in this process: a new one would import torch again (2 s)
+
+    printed, errors = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(errors):
+        status = report_main([*dirs, "--out", where])
+    if status != 0:
+        raise SystemExit(f"itop report failed:\n{errors.getvalue()[-2000:]}")
     print(f"itop report: tables and plots in {where}")
 
 

@@ -11,7 +11,7 @@ and PNGs) in DIR/<study>.
 
 from __future__ import annotations
 
-import subprocess
+import runpy
 import sys
 import time
 from pathlib import Path
@@ -27,14 +27,19 @@ def main() -> None:
         plots = argv[at + 1]
         argv = argv[:at] + argv[at + 2 :]
     here = Path(__file__).resolve().parent
+    sys.path.insert(0, str(here))  # the studies import `common` from beside them
     total = time.perf_counter()
     for study in STUDIES:
         extra = ["--plots", str(Path(plots) / study)] if plots else []
         print(f"\n## {study}: python benchmarks/reproduce/{study}.py {' '.join(argv + extra)}", flush=True)
         started = time.perf_counter()
-        done = subprocess.run([sys.executable, str(here / f"{study}.py"), *argv, *extra])
-        if done.returncode != 0:
-            raise SystemExit(f"{study} failed with status {done.returncode}")
+        sys.argv = [str(here / f"{study}.py"), *argv, *extra]
+        try:  # in this process, as `python <study>.py` would run it: each new process would import torch again
+            runpy.run_path(sys.argv[0], run_name="__main__")
+        except SystemExit as stop:
+            if stop.code not in (None, 0):
+                raise SystemExit(f"{study} failed: {stop.code}") from None
+        sys.stdout.flush()
         print(f"({study}: {time.perf_counter() - started:.0f} s wall time)", flush=True)
     print(f"\n(all studies: {time.perf_counter() - total:.0f} s wall time)")
 

@@ -16,6 +16,7 @@ MODE `resume`: loads OUT/dcp (saved on any number of ranks) and trains steps 7..
 `train` below is also called in one process, unsharded, for comparison.
 """
 
+import os
 import sys
 from pathlib import Path
 
@@ -233,7 +234,10 @@ def main():
     rank, world = dist.get_rank(), dist.get_world_size()
     for mode in modes:  # one launch runs several modes: each torchrun start costs seconds
         run_mode(mode, out, rank, world)
-    dist.destroy_process_group()
+    dist.barrier()  # every rank done: the files are written
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # skip gloo's teardown, which aborts now and then (see itop.train.cli._end_process)
 
 
 def run_mode(mode, out, rank, world):
