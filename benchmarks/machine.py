@@ -67,6 +67,15 @@ def kernel_env() -> str:
     return "env " + (" ".join(chosen) if chosen else "(no kernel/thread variable set)")
 
 
+def allocator_status() -> str:
+    """What itop.allocator did in this process (glibc's malloc keeping freed memory, or not)."""
+    try:
+        from itop.allocator import status
+    except ImportError:
+        return "unknown (itop not installed)"
+    return status()
+
+
 def machine_line() -> str:
     """One line: CPU, PyTorch's ISA, cores, torch threads (at the time of the call), versions, env."""
     numba = _version("numba")
@@ -87,6 +96,7 @@ def machine_line() -> str:
         f"numba {numba}" if numba else "numba not installed",
         f"itop {itop}",
         kernel_env(),
+        f"malloc {allocator_status()}",
     ]
     return "machine: " + "; ".join(parts)
 

@@ -72,6 +72,7 @@ from torch import nn
 from truly_sparse import LoadMonitor, fmt_q, infer_step, interleave, print_summary, quartiles, ratios, time_block, train_step
 
 import itop
+from itop.allocator import keep_freed_memory
 from itop.models import create_model, get_model_spec
 from itop.sparse import SparseConv2d, SparseLinear, dispatch
 from itop.sparse.conv_ops import conv_kernels
@@ -726,11 +727,20 @@ def parse_args() -> argparse.Namespace:
         help="seconds of kernel probes in this process (default 120: every shape class measured, the state a user's "
         "cache reaches after a few runs of itop's default 2 s each)",
     )
+    parser.add_argument(
+        "--allocator",
+        choices=("kept", "glibc"),
+        default="kept",
+        help="kept (default, as `itop train` runs): glibc keeps freed memory for reuse (itop.allocator), on both sides; "
+        "glibc: its defaults, which map and fault in large tensors afresh on every call",
+    )
     return parser.parse_args()
 
 
 def main() -> None:
     args = parse_args()
+    if args.allocator == "kept":
+        keep_freed_memory()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # denormal slow-downs would otherwise swamp the comparison
     dispatch.reset(budget=args.probe_budget)

@@ -1,7 +1,7 @@
 """`itop doctor`: what a report about speed needs, printed in a few seconds.
 
 Sparse speed depends on the machine more than on anything else: which CPU and vector ISA, how many
-cores, which torch and numba, whether OpenMP's idle threads spin, and which kernel each product
+cores, which torch and numba, whether OpenMP's idle threads spin, whether malloc keeps freed memory, and which kernel each product
 took. This prints all of it, with the dense GEMM rate and every sparse product's candidates timed on
 a reference layer (1024 x 3072 at density 0.05, batches 128 and 2), the choices made for that layer
 (`itop.sparse.dispatch`), and where those choices are cached.
@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from itop import openmp
+    from itop.allocator import keep_freed_memory
     from itop.sparse import dispatch, native
 
     try:
@@ -107,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     spin = ", ".join(f"{name}={os.environ[name]}" if name in os.environ else f"{name} unset" for name in SPIN_VARIABLES)
     say(f"  OpenMP               {spin}")
     say(f"  torch imported before itop: {'yes (PyTorch keeps its OpenMP spin defaults)' if openmp.torch_loaded_first else 'no'}")
+    say(f"  malloc               {keep_freed_memory()}; itop train sets the same")
 
     raw = os.environ.get("ITOP_KERNELS") or (
         f"ITOP_SPARSE_KERNELS={os.environ['ITOP_SPARSE_KERNELS']}" if "ITOP_SPARSE_KERNELS" in os.environ else ""

@@ -1,11 +1,13 @@
 """`itop train` end to end on tiny runs: outputs, resume, bad input."""
 
 import json
+import platform
 from pathlib import Path
 
 import pytest
 import torch
 
+from itop import allocator
 from itop.__main__ import main
 from itop.train import loop
 
@@ -75,11 +77,15 @@ def test_tiny_run_writes_everything_and_the_table(capsys):
     assert state["epoch"] == 3 and state["sparsifier"]["steps"] == 54
 
 
-def test_dense_run(capsys):
+def test_dense_run(capsys, monkeypatch):
+    for name in (*allocator.USER_SETTINGS, "ITOP_MALLOC"):
+        monkeypatch.delenv(name, raising=False)
     code, out, _ = run(
         ["--model", "lenet5", "--data", "mnist5k", "--epochs", "1", "--batch-size", "500", "--no-progress", "--save", "d"], capsys
     )
     assert code == 0 and "| Dense | 0.0 |" in out and "1x(" in out
+    if platform.libc_ver()[0] == "glibc":
+        assert allocator.status() == "freed memory kept for reuse (glibc's mallopt)"  # itop train set it
 
 
 @pytest.mark.parametrize(

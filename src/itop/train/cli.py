@@ -109,6 +109,7 @@ def _end_process(status: int) -> None:
 
 
 def _train(argv: list[str], started: list[World]) -> int:
+    from itop.allocator import keep_freed_memory
     from itop.report.table import results_table
 
     from .loop import Run, TrainingDiverged
@@ -117,6 +118,7 @@ def _train(argv: list[str], started: list[World]) -> int:
     world, current = World(), None
     try:
         cfg, resume = parse_args(argv)
+        keep_freed_memory()  # activations reuse freed pages instead of faulting fresh ones in (itop.allocator)
         if resume is not None:
             cfg = _config_of(Path(resume), resume_overrides(argv))
         world = init_distributed(cfg.device)
