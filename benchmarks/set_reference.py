@@ -94,8 +94,12 @@ def apply_workarounds(module) -> list[str]:
         module.coo_matrix = copying_coo_matrix
         applied.append(f"coo_matrix copies its input (SciPy {scipy.__version__} shares the CSR's data)")
     if not hasattr(np, "in1d"):
-        np.in1d = np.isin
-        applied.append(f"np.in1d is np.isin (NumPy {np.__version__} has no in1d)")
+
+        def in1d(a, b, *args, **kwargs):  # in1d flattened its result; isin keeps the input's shape
+            return np.isin(a, b, *args, **kwargs).ravel()
+
+        np.in1d = in1d
+        applied.append(f"np.in1d is np.isin, flattened (NumPy {np.__version__} has no in1d)")
     return applied
 
 
