@@ -22,6 +22,7 @@ GEOMETRIES = [  # (in, out, kernel, stride, padding, dilation, groups, bias)
     (4, 4, 1, 1, "valid", 1, 2, True),
     (3, 5, 5, 3, 2, 1, 1, True),
     (6, 5, 1, 1, 1, 1, 1, True),  # VGG-C's 1x1 convolutions pad by 1: a ring of outputs is the bias alone
+    (4, 6, 1, 1, (2, 1), 2, 2, False),  # the same unbiased, grouped and dilated: a border of zeros
     (4, 5, (1, 3), 1, (3, 1), (1, 2), 1, False),  # padding past the kernel's reach: whole rows of padding
     (5, 4, 2, 2, (2, 0), 1, 1, True),
     (6, 4, 1, 2, 0, 1, 1, True),  # ResNet's 1x1 shortcut: one phase of four is read
