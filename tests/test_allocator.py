@@ -1,14 +1,11 @@
 """itop.allocator: glibc keeps freed memory, so a large tensor made again reuses mapped pages."""
 
-import platform
 import subprocess
 import sys
 
 import pytest
 
 from itop import allocator
-
-GLIBC = platform.libc_ver()[0] == "glibc"
 
 # Fills a fresh 64 MB tensor eleven times and prints the page faults of the last eight (the heap
 # grows over the first ones).
@@ -32,18 +29,18 @@ def page_faults(way: str) -> int:
     return int(done.stdout.strip())
 
 
-@pytest.mark.skipif(not GLIBC, reason="glibc's malloc only")
+@pytest.mark.skipif(not allocator.GLIBC, reason="glibc's malloc only")
 def test_a_tensor_made_again_reuses_the_pages_of_the_one_freed():
     pages = (64 << 20) // 4096
     assert page_faults("glibc") >= 7 * pages  # glibc's defaults: each new 64 MB tensor is mapped and faulted in afresh
     assert page_faults("kept") <= pages  # the pages stay mapped (the heap may still grow once)
 
 
-@pytest.mark.skipif(not GLIBC, reason="glibc's malloc only")
+@pytest.mark.skipif(not allocator.GLIBC, reason="glibc's malloc only")
 def test_it_applies_on_glibc_and_says_so(monkeypatch):
     for name in (*allocator.USER_SETTINGS, "ITOP_MALLOC"):
         monkeypatch.delenv(name, raising=False)
-    assert allocator.keep_freed_memory() == "freed memory kept for reuse (glibc's mallopt)" == allocator.status()
+    assert allocator.keep_freed_memory() == allocator.KEPT == allocator.status()
 
 
 @pytest.mark.parametrize("name", ["ITOP_MALLOC", *allocator.USER_SETTINGS])

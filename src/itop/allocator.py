@@ -33,6 +33,8 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (glib
 MMAP_THRESHOLD = 2**31 - 1  # allocations up to 2 GB (mallopt's int) come from the heap, whose freed pages are reused
 TRIM_THRESHOLD = 1 << 30  # up to 1 GB free at the heap's top stays mapped
 USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
+GLIBC = platform.libc_ver()[0] == "glibc"
+KEPT = "freed memory kept for reuse (glibc's mallopt)"  # what `status()` says once applied
 
 _applied: str | None = None  # what the last call did, for `itop doctor`
 
@@ -45,7 +47,7 @@ def keep_freed_memory(trim_threshold: int = TRIM_THRESHOLD) -> str:
         _applied = "glibc's defaults (ITOP_MALLOC=default)"
     elif any(name in os.environ for name in USER_SETTINGS):
         _applied = "glibc's settings from the environment (" + ", ".join(n for n in USER_SETTINGS if n in os.environ) + ")"
-    elif platform.libc_ver()[0] != "glibc":
+    elif not GLIBC:
         _applied = "not glibc: the C library's defaults"
     else:
         try:
@@ -56,7 +58,7 @@ def keep_freed_memory(trim_threshold: int = TRIM_THRESHOLD) -> str:
             mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
             mmap_ok = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
             trim_ok = mallopt(M_TRIM_THRESHOLD, min(trim_threshold, 2**31 - 1)) == 1
-            _applied = "freed memory kept for reuse (glibc's mallopt)" if mmap_ok and trim_ok else "glibc refused mallopt: its defaults"
+            _applied = KEPT if mmap_ok and trim_ok else "glibc refused mallopt: its defaults"
     return _applied
 
 
