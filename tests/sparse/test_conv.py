@@ -42,6 +42,10 @@ def masked_pair(geometry, density, seed, dtype=torch.float64):
 
 
 def check_against_dense(dense, sparse, mask, x, tolerance):
+    """Inference (no autograd: a way may skip what only its backward needs), then the forward and
+    every gradient."""
+    with torch.no_grad():
+        torch.testing.assert_close(sparse(x), dense(x), rtol=tolerance, atol=tolerance)
     x_dense, x_sparse = x.clone().requires_grad_(), x.clone().requires_grad_()
     out_dense, out_sparse = dense(x_dense), sparse(x_sparse)
     torch.testing.assert_close(out_sparse, out_dense, rtol=tolerance, atol=tolerance)
@@ -255,14 +259,17 @@ def test_the_polyphase_way_on_large_planes_takes_the_nchw_kernels(monkeypatch, g
 
 def test_probes_time_only_the_ways_that_may_win_on_enough_images():
     """The blocked ways are candidates on output planes up to 8x8 only, im2col (where numba serves)
-    for strided layers only; a probe convolves up to 32 images, fewer for large inputs."""
+    for strided layers only, the direct kernels' strided form only where the polyphase way cannot
+    serve; a probe convolves up to 32 images, fewer for large inputs."""
     numba = conv_ops.conv_kernels() is not None
     small = large = SparseConv2d(8, 8, 3, padding=1, nnz=60).geometry  # one geometry, on a small and a large plane
     strided = SparseConv2d(8, 8, 3, stride=2, padding=1, nnz=60).geometry
+    strided_groups = SparseConv2d(8, 8, 3, stride=2, padding=1, groups=2, nnz=30).geometry
     if numba:
         assert conv_dispatch.candidates(small, torch.float32, 3, 3) == ["direct", "blocked", "dense"]
         assert conv_dispatch.candidates(large, torch.float32, 32, 32) == ["direct", "dense"]
-        assert conv_dispatch.candidates(strided, torch.float32, 8, 8) == ["direct", "polyphase", "im2col", "dense"]
+        assert conv_dispatch.candidates(strided, torch.float32, 8, 8) == ["polyphase", "im2col", "dense"]
+        assert conv_dispatch.candidates(strided_groups, torch.float32, 8, 8) == ["direct", "im2col", "dense"]
     else:
         assert conv_dispatch.candidates(small, torch.float32, 3, 3) == ["im2col", "dense"]
     assert conv_dispatch.probe_images(torch.empty(128, 512, 3, 3)) == 32

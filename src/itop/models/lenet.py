@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._shapes import check_positive, conv_output_size
+from .pooling import max_pool_2x2
 from .registry import register_model
 
 
@@ -52,8 +53,8 @@ class LeNet5(nn.Module):
         return check_positive(side, "lenet5", image_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = max_pool_2x2(F.relu(self.conv1(x)))
+        x = max_pool_2x2(F.relu(self.conv2(x)))
         x = F.relu(self.fc3(torch.flatten(x, 1)))
         return self.fc4(x)
 

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ._shapes import check_positive, conv_output_size
+from .pooling import MaxPool2x2
 from .registry import register_model
 
 # An int is a 3x3 conv with that many channels, (k, c) a kxk conv, "M" a 2x2 max-pool.
@@ -38,7 +39,7 @@ def _features(config: Sequence[Layer], in_channels: int) -> nn.Sequential:
     layers: list[nn.Module] = []
     for layer in config:
         if layer == "M":
-            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+            layers.append(MaxPool2x2())
             continue
         kernel, out_channels = _conv_shape(layer)
         layers += [

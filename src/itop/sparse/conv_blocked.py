@@ -99,14 +99,21 @@ def _from_blocked(blocked: Tensor, shape, top: int = 0, left: int = 0) -> Tensor
 def forward(geometry, structure: SparseStructure, values: Tensor, x: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor]:
     """The convolution's output (N, O, out_h, out_w) and the blocked input (for the weight gradient)."""
     blocked = to_blocked(geometry, x)
+    return forward_blocked(geometry, structure, values, blocked, x.shape, bias), blocked
+
+
+def forward_blocked(geometry, structure: SparseStructure, values: Tensor, blocked: Tensor, input_shape, bias: Tensor | None) -> Tensor:
+    """The convolution's output (N, O, out_h, out_w) from its input already blocked (`to_blocked`, or
+    the polyphase way's split into blocked phases); `input_shape` is the unblocked input's."""
     padded_h, padded_w = blocked.shape[2:4]
-    out_h, out_w = geometry.output_size(*x.shape[2:])
+    out_h, out_w = geometry.output_size(*input_shape[2:])
     out_blocked = torch.empty(blocked.shape[0], geometry.out_channels, out_h, out_w, BLOCK, dtype=values.dtype)
     bias_array = native._NO_BIAS[values.dtype] if bias is None else native._data(bias, values.dtype)
     taps = layout(geometry, structure, padded_h, padded_w)
     ordered = values.detach().index_select(0, taps.order_tensor).numpy()
+    _pool()
     _kernels().forward(blocked.numpy(), taps.groups, taps.offsets, ordered, bias_array, out_blocked.numpy(), padded_w, taps.shape)
-    return _from_blocked(out_blocked, (x.shape[0], geometry.out_channels, out_h, out_w)), blocked
+    return _from_blocked(out_blocked, (input_shape[0], geometry.out_channels, out_h, out_w))
 
 
 def _grad_blocked(grad_out: Tensor, padded_w: int) -> Tensor:
@@ -118,8 +125,12 @@ def _grad_blocked(grad_out: Tensor, padded_w: int) -> Tensor:
     return blocked
 
 
-def backward(geometry, structure: SparseStructure, values: Tensor, grad_out: Tensor, blocked: Tensor, input_shape, needs) -> tuple:
-    """(input gradient or None, gradient of the active values or None) from the blocked input."""
+def backward(
+    geometry, structure: SparseStructure, values: Tensor, grad_out: Tensor, blocked: Tensor, input_shape, needs, unblock=None
+) -> tuple:
+    """(input gradient or None, gradient of the active values or None) from the blocked input;
+    `unblock` takes the blocked input gradient to the input gradient (default: `_from_blocked` to
+    `input_shape`; the polyphase way merges the phases in the same pass)."""
     _pool()
     padded_w, out_w = blocked.shape[3], grad_out.shape[3]
     grads = _grad_blocked(grad_out.to(values.dtype), padded_w)
@@ -131,7 +142,7 @@ def backward(geometry, structure: SparseStructure, values: Tensor, grad_out: Ten
         args = (taps.groups, taps.offsets, ordered, taps.tap_rows, taps.tap_columns, grad_blocked.numpy(), padded_w, out_w, taps.shape)
         _kernels().input_grad(grads.numpy(), *args)
         top, _, left, _ = geometry.padding
-        grad_x = _from_blocked(grad_blocked, input_shape, top, left)
+        grad_x = _from_blocked(grad_blocked, input_shape, top, left) if unblock is None else unblock(grad_blocked)
     if needs[1]:
         ordered = torch.empty(structure.nnz, dtype=values.dtype)
         parts = max(1, min(native.configured_threads(), geometry.out_channels))

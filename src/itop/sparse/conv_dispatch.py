@@ -37,15 +37,17 @@ def _dense_allowed(geometry: ConvGeometry) -> bool:
 
 def candidates(geometry: ConvGeometry, dtype: torch.dtype, height: int, width: int) -> list[str]:
     """The ways that may compute a layer of this geometry and input size fastest here: where numba
-    serves, its kernels (the blocked way on output planes up to 8x8 only, the polyphase way for strided
-    layers) and im2col for strided
-    layers (it lost to the other ways on every stride-1 layer of VGG-C measured); else im2col. The
-    dense convolution where the dense weight may exist."""
+    serves, its kernels (the blocked way on output planes up to 8x8 only; for strided layers the
+    polyphase way instead of the direct kernels' strided form, which ran 7-32x slower than it on each
+    of ResNet-18's strided layers, AMD EPYC AVX-512, and would spend the probe budget) and im2col for
+    strided layers (it lost to the other ways on every stride-1 layer of VGG-C measured); else
+    im2col. The dense convolution where the dense weight may exist."""
     native = direct_usable(torch.empty(0, dtype=dtype))
     pixels = math.prod(geometry.output_size(height, width))
-    names = ["direct"] if native else []
+    polyphase = native and conv_polyphase.usable(geometry)
+    names = ["direct"] if native and not polyphase else []
     names += ["blocked"] if native and conv_blocked.usable(geometry) and pixels <= conv_blocked.MAX_PIXELS else []
-    names += ["polyphase"] if native and conv_polyphase.usable(geometry) else []
+    names += ["polyphase"] if polyphase else []
     names += ["im2col"] if not native or geometry.stride != (1, 1) else []
     return names + (["dense"] if _dense_allowed(geometry) else [])
 

@@ -217,10 +217,12 @@ def _polyphase_forward(geometry: ConvGeometry, structure: SparseStructure, value
     """The output of a strided layer computed over its input's phases (`conv_polyphase`), and what
     its backward needs: the blocked phases, or the phases themselves for the NCHW kernels."""
     form = conv_polyphase.phases(geometry, structure, *x.shape[2:])
-    ordered, split = values.detach().index_select(0, form.order), form.split(x)
+    ordered = values.detach().index_select(0, form.order)
     if conv_polyphase.blocked(form, x.shape[0]):
-        out, blocked = conv_blocked.forward(form.geometry, form.structure, ordered, split, bias)
-        return out, (blocked,)
+        blocked = form.split_blocked(x)
+        phase_shape = (x.shape[0], form.geometry.in_channels, *form.phase_size)
+        return conv_blocked.forward_blocked(form.geometry, form.structure, ordered, blocked, phase_shape, bias), (blocked,)
+    split = form.split(x)
     return direct_forward(form.geometry, form.structure, ordered, split, bias), (split,)
 
 
@@ -232,12 +234,21 @@ def _polyphase_backward(
     ordered = values.detach().index_select(0, form.order)
     phase_shape = (input_shape[0], form.geometry.in_channels, *form.phase_size)
     if conv_polyphase.blocked(form, input_shape[0]):
-        grad_phases, grad_ordered = conv_blocked.backward(form.geometry, form.structure, ordered, grad_out, saved, phase_shape, needs)
+        grad_x, grad_ordered = conv_blocked.backward(
+            form.geometry,
+            form.structure,
+            ordered,
+            grad_out,
+            saved,
+            phase_shape,
+            needs,
+            lambda grad: form.merge_blocked(grad, input_shape[0]),
+        )
     else:
         grad_out = grad_out.to(values.dtype).contiguous()
         grad_phases = direct_input_grad(form.geometry, form.structure, ordered, grad_out, phase_shape) if needs[0] else None
         grad_ordered = direct_weight_grad(form.geometry, form.structure, grad_out, saved) if needs[1] else None
-    grad_x = None if grad_phases is None else form.merge(grad_phases)
+        grad_x = None if grad_phases is None else form.merge(grad_phases)
     grad_values = None if grad_ordered is None else torch.empty_like(grad_ordered).index_copy_(0, form.order, grad_ordered)
     return grad_x, grad_values
 

@@ -74,6 +74,22 @@ class Phases:
         _kernels().to_phases(x.detach().contiguous().numpy(), phases.numpy(), *self.stride, *self.counts, *self.top_left)
         return phases
 
+    def split_blocked(self, x: Tensor) -> Tensor:
+        """x (N, C, H, W) as its kept phases in the blocked layout (`conv_blocked.to_blocked`: blocks
+        of 16 images innermost; the phases need no padding), in one pass."""
+        blocks = -(-x.shape[0] // conv_blocked.BLOCK)
+        phases = torch.empty(blocks, self.geometry.in_channels, *self.phase_size, conv_blocked.BLOCK, dtype=x.dtype)
+        conv_blocked._pool()
+        _kernels().to_blocked_phases(x.detach().contiguous().numpy(), phases.numpy(), *self.stride, *self.counts, *self.top_left)
+        return phases
+
+    def merge_blocked(self, grad_phases: Tensor, images: int) -> Tensor:
+        """The adjoint of `split_blocked`: the input gradient of `images` images from the blocked
+        phases' gradient, in one pass."""
+        grad_x = torch.empty(images, self.channels, *self.input_size, dtype=grad_phases.dtype)
+        _kernels().from_blocked_phases(grad_phases.numpy(), grad_x.numpy(), *self.stride, *self.counts, *self.top_left)
+        return grad_x
+
     def merge(self, grad_phases: Tensor) -> Tensor:
         """The adjoint of `split`: the input gradient from the phases' gradient, in one pass."""
         grad_x = torch.empty(grad_phases.shape[0], self.channels, *self.input_size, dtype=grad_phases.dtype)

@@ -11,7 +11,9 @@ this machine, so that the next process does not probe again.
   the nnz class is nnz's bit length (a factor of two in density), the batch class the next power
   of two (1 is its own), threads `torch.get_num_threads()`.
 - A probe costs a few milliseconds (more on huge layers); all probes of a process share
-  `PROBE_BUDGET_S`. Classes met after that take the caller's fixed rule (`fallback`: the constants
+  `PROBE_BUDGET_S`, charged with the timed calls and not the warm-up call of each candidate (that call
+  compiles or loads numba's kernels, seconds that the first use of a kernel costs anyway: charged,
+  a fresh process spent its whole budget on ResNet-18's first class). Classes met after that take the caller's fixed rule (`fallback`: the constants
   of `ops.py` and `itop.sparsity.kernels`), as they do off the CPU and while `torch.compile` traces.
 - The processes of a distributed run (world size above 1) never probe: they take what the cache
   holds, else the fixed rule, so that its ranks compute alike and a rerun computes the same numbers.
@@ -169,6 +171,9 @@ def decode(text: str) -> tuple | None:
     return (parts[0], *sizes, dtype, threads) if isinstance(dtype, torch.dtype) else None
 
 
+_warm_up_s = 0.0  # seconds spent in `time_candidates`' warm-up calls: not charged to the probe budget
+
+
 def _rounds(slowest: float) -> int:
     return 5 if slowest < 2e-3 else 3 if slowest < 50e-3 else 1
 
@@ -190,10 +195,13 @@ def time_candidates(candidates: Mapping[str, Callable[[], object]]) -> dict[str,
     spinning, as they do in a training step where other work runs between two products, so a
     candidate that wakes a thread pool pays for it here as it does there (back-to-back calls chose
     MKL's threaded product at batch 2, which then cost a SET-MLP step 1.5x)."""
+    global _warm_up_s
     times: dict[str, list[float]] = {}
     for name, run in candidates.items():
         try:
+            start = time.perf_counter()
             run()
+            _warm_up_s += time.perf_counter() - start
             times[name] = [_timed(run)]
         except Exception:  # noqa: BLE001 - a candidate that cannot run is no candidate
             continue
@@ -298,7 +306,7 @@ class Dispatcher:
                 return choice
             if self.budget_left <= 0 or key in self._failed:
                 return fallback()
-            start = time.perf_counter()
+            start, warm_up = time.perf_counter(), _warm_up_s
             self._depth += 1  # a probe may need other decisions (the masked engine's products): one budget charge
             try:
                 timings = dict(probe())
@@ -306,8 +314,8 @@ class Dispatcher:
                 timings = {}
             finally:
                 self._depth -= 1
-                if not self._depth:
-                    self.budget_left -= time.perf_counter() - start
+                if not self._depth:  # the warm-up calls compile or load kernels a process pays for once anyway
+                    self.budget_left -= time.perf_counter() - start - (_warm_up_s - warm_up)
             if not timings:
                 self._failed.add(key)
                 return fallback()
