@@ -312,9 +312,9 @@ def test_a_nested_probe_is_charged_once(monkeypatch):
     assert 0.85 < chooser.budget_left < 0.9 + 1e-3
 
 
-def test_warm_up_calls_are_not_charged(monkeypatch):
-    """A candidate's first call (where numba compiles or loads its kernel) is not charged to the budget:
-    its timed calls are."""
+def test_a_first_call_is_charged_as_a_timed_one(monkeypatch):
+    """A candidate's first call (where numba compiles or loads its kernel) is charged to the budget as
+    long as one of its timed calls, not more."""
     chooser = use(monkeypatch, budget=1.0)
     chooser._machine = {"cpu": "test"}
     calls = []
@@ -325,7 +325,7 @@ def test_warm_up_calls_are_not_charged(monkeypatch):
 
     choice = chooser.decide(("op", 1, 1, 1, 1, torch.float32, 1), lambda: dispatch.time_candidates({"a": candidate}), lambda: "fixed")
     assert choice == "a" and len(calls) == 4  # a warm-up call, then three timed rounds
-    assert 0.95 < chooser.budget_left < 0.99  # three 5 ms calls and their gaps, not the 0.3 s
+    assert 0.95 < chooser.budget_left < 0.985  # four 5 ms calls and the gaps, not the 0.3 s
 
 
 def write_decisions(path, worker):

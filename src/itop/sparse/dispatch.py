@@ -11,9 +11,10 @@ this machine, so that the next process does not probe again.
   the nnz class is nnz's bit length (a factor of two in density), the batch class the next power
   of two (1 is its own), threads `torch.get_num_threads()`.
 - A probe costs a few milliseconds (more on huge layers); all probes of a process share
-  `PROBE_BUDGET_S`, charged with the timed calls and not the warm-up call of each candidate (that call
-  compiles or loads numba's kernels, seconds that the first use of a kernel costs anyway: charged,
-  a fresh process spent its whole budget on ResNet-18's first class). Classes met after that take the caller's fixed rule (`fallback`: the constants
+  `PROBE_BUDGET_S`. A candidate's warm-up call is charged as long as one of its timed calls, not
+  more: the rest is numba compiling or loading the kernel, seconds that its first use costs a
+  process anyway (charged in full, a fresh process spent its whole budget on ResNet-18's first
+  class, then took the fixed rule for the others). Classes met after that take the caller's fixed rule (`fallback`: the constants
   of `ops.py` and `itop.sparsity.kernels`), as they do off the CPU and while `torch.compile` traces.
 - The processes of a distributed run (world size above 1) never probe: they take what the cache
   holds, else the fixed rule, so that its ranks compute alike and a rerun computes the same numbers.
@@ -171,7 +172,7 @@ def decode(text: str) -> tuple | None:
     return (parts[0], *sizes, dtype, threads) if isinstance(dtype, torch.dtype) else None
 
 
-_warm_up_s = 0.0  # seconds spent in `time_candidates`' warm-up calls: not charged to the probe budget
+_first_call_s = 0.0  # what `time_candidates`' warm-up calls took beyond a timed call: not charged to the probe budget
 
 
 def _rounds(slowest: float) -> int:
@@ -195,14 +196,15 @@ def time_candidates(candidates: Mapping[str, Callable[[], object]]) -> dict[str,
     spinning, as they do in a training step where other work runs between two products, so a
     candidate that wakes a thread pool pays for it here as it does there (back-to-back calls chose
     MKL's threaded product at batch 2, which then cost a SET-MLP step 1.5x)."""
-    global _warm_up_s
+    global _first_call_s
     times: dict[str, list[float]] = {}
     for name, run in candidates.items():
         try:
             start = time.perf_counter()
             run()
-            _warm_up_s += time.perf_counter() - start
+            warm_up = time.perf_counter() - start
             times[name] = [_timed(run)]
+            _first_call_s += max(0.0, warm_up - times[name][0])
         except Exception:  # noqa: BLE001 - a candidate that cannot run is no candidate
             continue
     rounds = _rounds(max((t[0] for t in times.values()), default=0.0))
@@ -306,7 +308,7 @@ class Dispatcher:
                 return choice
             if self.budget_left <= 0 or key in self._failed:
                 return fallback()
-            start, warm_up = time.perf_counter(), _warm_up_s
+            start, first_calls = time.perf_counter(), _first_call_s
             self._depth += 1  # a probe may need other decisions (the masked engine's products): one budget charge
             try:
                 timings = dict(probe())
@@ -314,8 +316,8 @@ class Dispatcher:
                 timings = {}
             finally:
                 self._depth -= 1
-                if not self._depth:  # the warm-up calls compile or load kernels a process pays for once anyway
-                    self.budget_left -= time.perf_counter() - start - (_warm_up_s - warm_up)
+                if not self._depth:  # a first call's compiling or loading of kernels is paid once per process anyway
+                    self.budget_left -= time.perf_counter() - start - (_first_call_s - first_calls)
             if not timings:
                 self._failed.add(key)
                 return fallback()
