@@ -8,7 +8,8 @@ convolution without padding over the phases' channels (only the phases a kernel 
 min(kh, sh) x min(kw, sw) of them, one for a 1x1 kernel), with a kernel of ceil(kh / sh) x
 ceil(kw / sw): the same active weights, one for one, in another order. `conv_ops` computes that
 convolution with the stride-1 kernels: blocked (`conv_blocked.py`) on output planes up to 8x8
-at batches of 16 or more, the NCHW ones otherwise (a blocked form reading strided windows had
+at batches of 16 or more, the input split straight into blocked phases (`split_blocked`), the NCHW
+ones otherwise (a blocked form reading strided windows had
 been slower than the dense convolution, and the NCHW kernels' strided form slower still). Groups 1 and dilation 1 only. The
 phases cost one rearranging copy of the input, and their gradient one of the input gradient.
 """
