@@ -122,6 +122,42 @@ def input_grad(
 
 
 @numba.njit(parallel=True, **_JIT)
+def input_and_weight_grad(
+    grad_out, blocked, groups, offsets, values, tap_rows, tap_columns, grad_blocked, partial, padded_w, out_w, shape
+):  # pragma: no cover - compiled
+    """`input_grad` and the weight gradient in one pass: each tap's rows of the output gradient are
+    read once for both, scattered onto the input gradient's window and multiplied with the input's
+    (three loads, one store and two multiply-adds per vector, against four loads in the two
+    passes). partial[b, t] = tap t's weight-gradient sum over image block b, over the same rows and
+    columns as the scatter (the columns it skips read padding, zero in the input); the caller sums
+    the blocks in order. Each block is one part: the numbers do not depend on the threads."""
+    top, left, height, width, positions = shape[0], shape[1], shape[2], shape[3], shape[4] * shape[5]
+    out_h, stride = grad_out.shape[2], padded_w * BLOCK
+    zero = partial.dtype.type(0)
+    for b in prange(grad_out.shape[0]):
+        target = grad_blocked[b].reshape(-1)
+        target[:] = 0.0
+        source = blocked[b].reshape(-1)
+        for o in range(grad_out.shape[1]):
+            plane = grad_out[b, o].reshape(-1)
+            for t in range(groups[o * positions], groups[(o + 1) * positions]):
+                v, offset = values[t], offsets[t]
+                first_x, end_x = max(0, left - tap_columns[t]), min(out_w, left + width - tap_columns[t])
+                span = (end_x - first_x) * BLOCK
+                acc = zero
+                for oh in range(max(0, top - tap_rows[t]), min(out_h, top + height - tap_rows[t])):
+                    start = oh * stride + first_x * BLOCK
+                    row = plane[start : start + span]
+                    window = target[start + offset : start + offset + span]
+                    inputs = source[start + offset : start + offset + span]
+                    for k in range(span):
+                        g = row[k]
+                        window[k] += v * g
+                        acc += g * inputs[k]
+                partial[b, t] = acc
+
+
+@numba.njit(parallel=True, **_JIT)
 def weight_grad(grad_out, blocked, groups, offsets, tap_rows, out, out_w, parts, shape):  # pragma: no cover - compiled
     """out[t] = the sum over images and output pixels of grad_out times tap t's window, the output
     channels split into `parts`, each summing over the image blocks in order. `grad_out` has rows

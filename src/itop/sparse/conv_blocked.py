@@ -139,11 +139,17 @@ def backward(
     if needs[0]:
         grad_blocked = torch.empty_like(blocked)
         ordered = values.detach().index_select(0, taps.order_tensor).numpy()
-        args = (taps.groups, taps.offsets, ordered, taps.tap_rows, taps.tap_columns, grad_blocked.numpy(), padded_w, out_w, taps.shape)
-        _kernels().input_grad(grads.numpy(), *args)
+        args = (taps.groups, taps.offsets, ordered, taps.tap_rows, taps.tap_columns, grad_blocked.numpy())
+        if needs[1] and blocked.shape[0] > 1:  # both in one pass, parallel over the blocks, their sums added in order
+            partial = torch.empty(blocked.shape[0], structure.nnz, dtype=values.dtype)
+            _kernels().input_and_weight_grad(grads.numpy(), blocked.numpy(), *args, partial.numpy(), padded_w, out_w, taps.shape)
+            sums = partial.sum(0) if len(partial) > 1 else partial[0]
+            grad_values = torch.empty_like(sums).index_copy_(0, taps.order_tensor, sums)
+        else:
+            _kernels().input_grad(grads.numpy(), *args, padded_w, out_w, taps.shape)
         top, _, left, _ = geometry.padding
         grad_x = _from_blocked(grad_blocked, input_shape, top, left) if unblock is None else unblock(grad_blocked)
-    if needs[1]:
+    if needs[1] and grad_values is None:
         ordered = torch.empty(structure.nnz, dtype=values.dtype)
         parts = max(1, min(native.configured_threads(), geometry.out_channels))
         _kernels().weight_grad(
