@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
@@ -54,3 +55,19 @@ def test_the_module_is_a_max_pool2d_and_vgg_computes_as_before():
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(model(x), reference(x))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit's own
+@pytest.mark.parametrize("name, shape", [("vgg-c", (3, 32, 32)), ("lenet5", (1, 28, 28))])
+def test_scripted_traced_and_fx_graphs_hold_max_pool2d(name, shape):
+    """TorchScript, torch.jit.trace and torch.fx take F.max_pool2d, as before the maxima: one path in
+    a graph (jit.trace's check, which reruns without grad, had found two)."""
+    model = create_model(name, num_classes=10).eval()
+    x = torch.randn(2, *shape)
+    with torch.no_grad():
+        expected = model(x)
+    graphs = [torch.jit.script(model), torch.jit.trace(model, x), torch.fx.symbolic_trace(model)]
+    assert "max_pool2d" in graphs[2].code
+    with torch.no_grad():
+        for graph in graphs:
+            assert torch.equal(graph(x), expected)

@@ -17,14 +17,21 @@ from torch import Tensor, nn
 
 def max_pool_2x2(x: Tensor) -> Tensor:
     """F.max_pool2d(x, 2) for an (N, C, H, W) or (C, H, W) tensor, by two elementwise maxima where
-    no gradient is recorded (odd rows and columns dropped, as floor mode does)."""
-    if x.dim() not in (3, 4) or (torch.is_grad_enabled() and x.requires_grad):
+    no gradient is recorded (odd rows and columns dropped, as floor mode does). TorchScript,
+    `torch.jit.trace` and `torch.fx` get `F.max_pool2d` itself, as the models had before: a graph
+    holds one path, whatever grad mode it runs in."""
+    if torch.jit.is_scripting():
         return F.max_pool2d(x, 2)
-    height, width = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
-    if not height or not width:
-        return F.max_pool2d(x, 2)  # its own error for a plane smaller than the window
-    rows = torch.maximum(x[..., 0:height:2, :width], x[..., 1:height:2, :width])
-    return torch.maximum(rows[..., 0::2], rows[..., 1::2])
+    else:  # TorchScript compiles only the branch above: what follows need not be scriptable
+        if torch.jit.is_tracing() or isinstance(x, torch.fx.Proxy) or x.dim() not in (3, 4):
+            return F.max_pool2d(x, 2)
+        if torch.is_grad_enabled() and x.requires_grad:
+            return F.max_pool2d(x, 2)
+        height, width = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
+        if not height or not width:
+            return F.max_pool2d(x, 2)  # its own error for a plane smaller than the window
+        rows = torch.maximum(x[..., 0:height:2, :width], x[..., 1:height:2, :width])
+        return torch.maximum(rows[..., 0::2], rows[..., 1::2])
 
 
 class MaxPool2x2(nn.MaxPool2d):
