@@ -26,6 +26,20 @@ def test_equals_max_pool2d_without_autograd(shape):
         assert torch.equal(max_pool_2x2(x).nan_to_num(), expected.nan_to_num())
 
 
+def test_without_autograd_the_maxima_serve_and_with_it_max_pool2d(monkeypatch):
+    from itop.models import pooling
+
+    calls, original = [], F.max_pool2d
+    monkeypatch.setattr(pooling.F, "max_pool2d", lambda x, k: calls.append(k) or original(x, k))
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    with torch.no_grad():
+        max_pool_2x2(x)
+    max_pool_2x2(x.detach())
+    assert calls == []
+    max_pool_2x2(x)
+    assert calls == [2]
+
+
 def test_the_gradient_is_max_pool2d_s_ties_included():
     """Where autograd records, max_pool2d itself runs: a tied window sends its gradient to its first maximum."""
     x = torch.randn(2, 3, 6, 6)
