@@ -110,8 +110,7 @@ def forward_blocked(geometry, structure: SparseStructure, values: Tensor, blocke
     out_blocked = torch.empty(blocked.shape[0], geometry.out_channels, out_h, out_w, BLOCK, dtype=values.dtype)
     bias_array = native._NO_BIAS[values.dtype] if bias is None else native._data(bias, values.dtype)
     taps = layout(geometry, structure, padded_h, padded_w)
-    ordered = values.detach().index_select(0, taps.order_tensor).numpy()
-    _pool()
+    ordered = values.detach().index_select(0, taps.order_tensor).numpy()  # the pool set up by whoever blocked the input
     _kernels().forward(blocked.numpy(), taps.groups, taps.offsets, ordered, bias_array, out_blocked.numpy(), padded_w, taps.shape)
     return _from_blocked(out_blocked, (input_shape[0], geometry.out_channels, out_h, out_w))
 

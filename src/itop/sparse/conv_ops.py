@@ -234,16 +234,8 @@ def _polyphase_backward(
     ordered = values.detach().index_select(0, form.order)
     phase_shape = (input_shape[0], form.geometry.in_channels, *form.phase_size)
     if conv_polyphase.blocked(form, input_shape[0]):
-        grad_x, grad_ordered = conv_blocked.backward(
-            form.geometry,
-            form.structure,
-            ordered,
-            grad_out,
-            saved,
-            phase_shape,
-            needs,
-            lambda grad: form.merge_blocked(grad, input_shape[0]),
-        )
+        merge = lambda grad: form.merge_blocked(grad, input_shape[0])  # noqa: E731 - the unblocking step, named
+        grad_x, grad_ordered = conv_blocked.backward(form.geometry, form.structure, ordered, grad_out, saved, phase_shape, needs, merge)
     else:
         grad_out = grad_out.to(values.dtype).contiguous()
         grad_phases = direct_input_grad(form.geometry, form.structure, ordered, grad_out, phase_shape) if needs[0] else None

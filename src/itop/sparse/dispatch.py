@@ -14,8 +14,9 @@ this machine, so that the next process does not probe again.
   `PROBE_BUDGET_S`. A candidate's warm-up call is charged as long as one of its timed calls, not
   more: the rest is numba compiling or loading the kernel, seconds that its first use costs a
   process anyway (charged in full, a fresh process spent its whole budget on ResNet-18's first
-  class, then took the fixed rule for the others). Classes met after that take the caller's fixed rule (`fallback`: the constants
-  of `ops.py` and `itop.sparsity.kernels`), as they do off the CPU and while `torch.compile` traces.
+  class, then took the fixed rule for the others). Classes met after that take the caller's fixed
+  rule (`fallback`: the constants of `ops.py` and `itop.sparsity.kernels`), as they do off the CPU
+  and while `torch.compile` traces.
 - The processes of a distributed run (world size above 1) never probe: they take what the cache
   holds, else the fixed rule, so that its ranks compute alike and a rerun computes the same numbers.
 - The cache: `kernels.json` in `$ITOP_CACHE_DIR`, else `$XDG_CACHE_HOME/itop`, else
