@@ -137,6 +137,17 @@ def test_the_blocked_way_gives_the_same_numbers_on_any_thread_count(monkeypatch)
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("density", [1.0, 0.6])
+def test_the_blocked_backward_runs_four_taps_a_pass_and_the_rest_one_by_one(monkeypatch, density):
+    """The blocked backward takes the taps of one output channel and kernel position four at a
+    time, then one by one: 9 input channels at density 1 give two passes and one left over per
+    position, 0.6 leaves every count from 0 to 9."""
+    monkeypatch.setattr(conv, "choose", lambda layer, x, train: "blocked")
+    dense, sparse, mask = masked_pair((9, 5, 3, 1, 1, 1, 1, True), density, 0)
+    x = torch.randn(35, 9, 4, 5, dtype=torch.float64)  # two whole blocks of 16 images and a partial one
+    check_against_dense(dense, sparse, mask, x, 1e-10)
+
+
 def test_inference_without_autograd_and_conversions_round_trip():
     dense, sparse, mask = masked_pair((4, 6, 3, 2, 1, 1, 2, True), 0.2, 0, torch.float32)
     x = torch.randn(3, 4, 9, 9)

@@ -25,6 +25,15 @@ _FLAGS = {"cache": True, "nogil": True}
 _JIT = {"fastmath": True, **_FLAGS}
 
 
+@numba.njit(inline="always", **_FLAGS)
+def unsigned(index):  # pragma: no cover - compiled
+    """`index` (never negative) as np.uint64. numba fixes a signed index or slice bound for negative
+    values (Python's wraparound) at every use; an unsigned one it takes as it is, so the loops over
+    a window keep no per-use checks and LLVM hoists their overlap checks out of the loops over rows.
+    Every operand of an unsigned index must be unsigned too (int64 with uint64 gives float64)."""
+    return np.uint64(index)
+
+
 @numba.njit(**_FLAGS)
 def _span(size, out_size, stride, offset):  # pragma: no cover - compiled
     """The output positions p in [lo, hi) whose source p * stride + offset lies in [0, size)."""
@@ -167,22 +176,22 @@ def weight_grad_parallel(grad_out, x, crow, col, parts_sums, geometry):  # pragm
 @numba.njit(**_JIT)
 def taps_into_row(row, source, base, sources, values, first, end):  # pragma: no cover - compiled
     """row += values[t] * source[base + sources[t] :][: len(row)] for the taps [first, end), four
-    taps per pass over the row (a quarter of its loads and stores); the windows are slices, which
-    LLVM vectorises (indexed loads were 5x slower). Shared by the wide and the blocked forwards."""
-    span, t = row.shape[0], first
+    taps per pass over the row (a quarter of its loads and stores). The windows are read by
+    unsigned offsets (`unsigned`), which LLVM vectorises as it did the slices this replaced, without
+    their per-slice bound fixing: 1.07-1.14x on the blocked forward (AMD EPYC, AVX-512). Shared by
+    the wide and the blocked forwards."""
+    span, t = unsigned(row.shape[0]), first
     while t + 3 < end:
         v0, v1, v2, v3 = values[t], values[t + 1], values[t + 2], values[t + 3]
-        s0 = source[base + sources[t] : base + sources[t] + span]
-        s1 = source[base + sources[t + 1] : base + sources[t + 1] + span]
-        s2 = source[base + sources[t + 2] : base + sources[t + 2] + span]
-        s3 = source[base + sources[t + 3] : base + sources[t + 3] + span]
+        s0, s1 = unsigned(base + sources[t]), unsigned(base + sources[t + 1])
+        s2, s3 = unsigned(base + sources[t + 2]), unsigned(base + sources[t + 3])
         for k in range(span):
-            row[k] += (v0 * s0[k] + v1 * s1[k]) + (v2 * s2[k] + v3 * s3[k])
+            row[k] += (v0 * source[s0 + k] + v1 * source[s1 + k]) + (v2 * source[s2 + k] + v3 * source[s3 + k])
         t += 4
     while t < end:
-        v, s0 = values[t], source[base + sources[t] : base + sources[t] + span]
+        v, s0 = values[t], unsigned(base + sources[t])
         for k in range(span):
-            row[k] += v * s0[k]
+            row[k] += v * source[s0 + k]
         t += 1
 
 
@@ -282,17 +291,15 @@ def input_grad_wide_images(
             t, end = starts[c], starts[c + 1]
             while t + 3 < end:
                 v0, v1, v2, v3 = values[order[t]], values[order[t + 1]], values[order[t + 2]], values[order[t + 3]]
-                e0 = extended[bases[t] : bases[t] + plane]
-                e1 = extended[bases[t + 1] : bases[t + 1] + plane]
-                e2 = extended[bases[t + 2] : bases[t + 2] + plane]
-                e3 = extended[bases[t + 3] : bases[t + 3] + plane]
-                for q in range(plane):
-                    acc[q] += (v0 * e0[q] + v1 * e1[q]) + (v2 * e2[q] + v3 * e3[q])
+                e0, e1 = unsigned(bases[t]), unsigned(bases[t + 1])
+                e2, e3 = unsigned(bases[t + 2]), unsigned(bases[t + 3])
+                for q in range(unsigned(plane)):
+                    acc[q] += (v0 * extended[e0 + q] + v1 * extended[e1 + q]) + (v2 * extended[e2 + q] + v3 * extended[e3 + q])
                 t += 4
             while t < end:
-                v, e = values[order[t]], extended[bases[t] : bases[t] + plane]
-                for q in range(plane):
-                    acc[q] += v * e[q]
+                v, e = values[order[t]], unsigned(bases[t])
+                for q in range(unsigned(plane)):
+                    acc[q] += v * extended[e + q]
                 t += 1
             for r in range(height):
                 first = (r + top) * padded_w + left
@@ -337,27 +344,25 @@ def weight_grad_wide_images(grad_out, x, crow, sources, sums, geometry, padded_h
             g = wide[o * span : (o + 1) * span]
             t, end = crow[o], crow[o + 1]
             while t + 3 < end:  # four taps per pass: each load of the output gradient serves four sums
-                s0 = padded[sources[t] : sources[t] + span]
-                s1 = padded[sources[t + 1] : sources[t + 1] + span]
-                s2 = padded[sources[t + 2] : sources[t + 2] + span]
-                s3 = padded[sources[t + 3] : sources[t + 3] + span]
+                s0, s1 = unsigned(sources[t]), unsigned(sources[t + 1])
+                s2, s3 = unsigned(sources[t + 2]), unsigned(sources[t + 3])
                 a0 = a1 = a2 = a3 = zero
-                for k in range(span):
+                for k in range(unsigned(span)):
                     gk = g[k]
-                    a0 += gk * s0[k]
-                    a1 += gk * s1[k]
-                    a2 += gk * s2[k]
-                    a3 += gk * s3[k]
+                    a0 += gk * padded[s0 + k]
+                    a1 += gk * padded[s1 + k]
+                    a2 += gk * padded[s2 + k]
+                    a3 += gk * padded[s3 + k]
                 sums[t] += a0
                 sums[t + 1] += a1
                 sums[t + 2] += a2
                 sums[t + 3] += a3
                 t += 4
             while t < end:
-                src = padded[sources[t] : sources[t] + span]
+                s0 = unsigned(sources[t])
                 acc = zero
-                for k in range(span):
-                    acc += g[k] * src[k]
+                for k in range(unsigned(span)):
+                    acc += g[k] * padded[s0 + k]
                 sums[t] += acc
                 t += 1
 
