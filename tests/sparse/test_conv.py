@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from itop.sparse import SparseConv2d, conv, conv_dispatch, conv_ops, conv_polyphase, dispatch, native
+from itop.sparse import SparseConv2d, conv, conv_blocked, conv_dispatch, conv_ops, conv_polyphase, dispatch, native
 
 GEOMETRIES = [  # (in, out, kernel, stride, padding, dilation, groups, bias)
     (3, 8, 3, 1, 1, 1, 1, True),
@@ -145,6 +145,27 @@ def test_the_blocked_backward_runs_four_taps_a_pass_and_the_rest_one_by_one(monk
     monkeypatch.setattr(conv, "choose", lambda layer, x, train: "blocked")
     dense, sparse, mask = masked_pair((9, 5, 3, 1, 1, 1, 1, True), density, 0)
     x = torch.randn(35, 9, 4, 5, dtype=torch.float64)  # two whole blocks of 16 images and a partial one
+    check_against_dense(dense, sparse, mask, x, 1e-10)
+
+
+def test_blocks_are_as_wide_as_the_batch_fills_and_the_cache_holds():
+    assert conv_blocked.lanes(128, 512, 25, 4) == 64  # VGG-C's 3x3 planes: two blocks of 64
+    assert conv_blocked.lanes(128, 512, 49, 4) == 32  # its 5x5 planes: 64 images would be 6.4 MB a block
+    assert conv_blocked.lanes(64, 8, 25, 4) == 32  # at least two blocks
+    assert conv_blocked.lanes(120, 8, 25, 4) == 64  # 8 lanes of 128 empty
+    assert conv_blocked.lanes(100, 8, 25, 4) == 16  # 64 or 32 a block would leave 28 empty
+    assert conv_blocked.lanes(32, 8, 25, 4) == conv_blocked.lanes(17, 8, 25, 4) == 16
+    assert conv_blocked.lanes(128, 512, 25, 8) == 32  # float64 doubles the bytes
+
+
+@pytest.mark.parametrize("path", ["blocked", "polyphase"])
+@pytest.mark.parametrize("images", [64, 120, 128])
+def test_wide_blocks_match_the_masked_dense_convolution(monkeypatch, path, images):
+    """Batches that take blocks of 32 and 64 images, one of them partly empty."""
+    monkeypatch.setattr(conv, "choose", lambda layer, x, train: path)
+    stride = 1 if path == "blocked" else 2
+    dense, sparse, mask = masked_pair((5, 6, 3, stride, 1, 1, 1, True), 0.5, 0)
+    x = torch.randn(images, 5, 6, 7, dtype=torch.float64)
     check_against_dense(dense, sparse, mask, x, 1e-10)
 
 

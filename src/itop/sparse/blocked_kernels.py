@@ -1,19 +1,20 @@
 """The numba kernels of the "blocked" way of `SparseConv2d` (`conv_blocked.py`), stride 1.
 
-Activations are held as (image blocks, channels, padded height, padded width, BLOCK): the images in
-blocks of BLOCK, innermost, and each plane zero-padded. An active tap of value v at input channel
+Activations are held as (image blocks, channels, padded height, padded width, lanes): the images in
+blocks of `lanes` (16, 32 or 64, `conv_blocked.lanes`; the kernels read it from the arrays' last
+dimension), innermost, and each plane zero-padded. An active tap of value v at input channel
 c and offset (i, j) then adds v times one contiguous window of the padded input to each output row
-(out_w * BLOCK values, all images of the block at once), however small the plane: on 5x5 or 3x3
+(out_w * lanes values, all images of the block at once), however small the plane: on 5x5 or 3x3
 planes the NCHW kernels' pass over a plane was a vector or two, and the per-tap cost dominated.
 Each tap arrives as `offsets[t]`: where its window starts in a block's flat padded planes, in
-values (channel * plane + i * dilation * padded row + j * dilation, times BLOCK), in the order of
+values (channel * plane + i * dilation * padded row + j * dilation, times lanes), in the order of
 `conv_blocked.Layout` (by output channel, then kernel position). Terms that would read padding are
 skipped: kernel rows whose input row is padding, and output columns that no kernel column reads
 inside the plane (a 1x1 convolution padded by 1, as VGG-C's, on a 3x3 plane: 64% of its terms).
 
 Every kernel splits its work so that each output value is written by one part in a fixed order:
-the forward and the input gradient by image block, the weight gradient by output channel (summing
-over the blocks in order). The numbers do not depend on the threads that run the parts.
+the forward by image block and output channel, the input gradient by image block, the weight
+gradient by output channel (summing over the blocks in order). The numbers do not depend on the threads that run the parts.
 """
 
 import numba
@@ -21,21 +22,21 @@ from numba import prange
 
 from .conv_kernels import taps_into_row, unsigned
 
-BLOCK = 16  # images per block: one AVX-512 vector of float32
 _JIT = {"fastmath": True, "cache": True, "nogil": True}
 
 
 @numba.njit(parallel=True, **_JIT)
 def to_blocked(x, blocked, top, left):  # pragma: no cover - compiled
-    """blocked[b, c, top + h, left + w, k] = x[b * BLOCK + k, c, h, w], zero elsewhere."""
+    """blocked[b, c, top + h, left + w, k] = x[b * lanes + k, c, h, w], zero elsewhere."""
     images, channels, height, width = x.shape
+    lanes = blocked.shape[4]
     for p in prange(blocked.shape[0] * channels):
         b = p // channels
         c = p - b * channels
         planes = blocked[b, c]
         planes[:] = 0.0
-        for k in range(min(BLOCK, images - b * BLOCK)):
-            source = x[b * BLOCK + k, c]
+        for k in range(min(lanes, images - b * lanes)):
+            source = x[b * lanes + k, c]
             for h in range(height):
                 row = planes[top + h]
                 for w in range(width):
@@ -44,15 +45,16 @@ def to_blocked(x, blocked, top, left):  # pragma: no cover - compiled
 
 @numba.njit(parallel=True, **_JIT)
 def from_blocked(blocked, out, top, left):  # pragma: no cover - compiled
-    """out[n, c, h, w] = blocked[n // BLOCK, c, top + h, left + w, n % BLOCK]: the inverse of
+    """out[n, c, h, w] = blocked[n // lanes, c, top + h, left + w, n % lanes]: the inverse of
     `to_blocked` on the unpadded part (top = left = 0 for an output)."""
     images, channels, height, width = out.shape
+    lanes = blocked.shape[4]
     for p in prange(blocked.shape[0] * channels):
         b = p // channels
         c = p - b * channels
         planes = blocked[b, c]
-        for k in range(min(BLOCK, images - b * BLOCK)):
-            target = out[b * BLOCK + k, c]
+        for k in range(min(lanes, images - b * lanes)):
+            target = out[b * lanes + k, c]
             for h in range(height):
                 row = planes[top + h]
                 for w in range(width):
@@ -61,7 +63,7 @@ def from_blocked(blocked, out, top, left):  # pragma: no cover - compiled
 
 @numba.njit(parallel=True, **_JIT)
 def forward(blocked, groups, offsets, values, bias, out, padded_w, shape):  # pragma: no cover - compiled
-    """out (blocks, out_channels, out_h, out_w, BLOCK) = bias + the active taps over `blocked`.
+    """out (blocks, out_channels, out_h, out_w, lanes) = bias + the active taps over `blocked`.
 
     The taps come grouped by output channel and kernel position (i, j) (`conv_blocked.Layout`), so
     for each output row the kernel rows whose input row is padding are left out as whole runs,
@@ -71,39 +73,42 @@ def forward(blocked, groups, offsets, values, bias, out, padded_w, shape):  # pr
     narrowed to their own columns, which are short on small planes (AVX-512 Xeon, VGG-C's layers).
     shape = (top, left, height, width, kh, kw, dh, dw)."""
     top, left, height, width, kh, kw, dh, dw = shape[0], shape[1], shape[2], shape[3], shape[4], shape[5], shape[6], shape[7]
-    out_h, out_w, positions = out.shape[2], out.shape[3], kh * kw
-    span = out_w * BLOCK
+    out_h, out_w, positions, lanes = out.shape[2], out.shape[3], kh * kw, out.shape[4]
+    span = out_w * lanes
     x0, x1 = max(0, left - (kw - 1) * dw), min(out_w, left + width)
-    for b in prange(out.shape[0]):
+    channels_out = out.shape[1]
+    for p in prange(out.shape[0] * channels_out):  # each (block, output channel) plane is one part: blocks may be few
+        b = p // channels_out
+        o = p - b * channels_out
         source = blocked[b].reshape(-1)
-        for o in range(out.shape[1]):
-            plane = out[b, o].reshape(-1)
-            plane[:] = bias[o] if bias.shape[0] else 0.0
-            for oh in range(out_h):
-                base = oh * padded_w * BLOCK
-                first_i, end_i = 0, kh
-                while first_i < kh and oh + first_i * dh < top:
-                    first_i += 1
-                while end_i > first_i and oh + (end_i - 1) * dh >= top + height:
-                    end_i -= 1
-                g = o * positions
-                first, end = groups[g + first_i * kw], groups[g + end_i * kw]
-                if first < end:
-                    row = plane[oh * span + x0 * BLOCK : oh * span + x1 * BLOCK]
-                    taps_into_row(row, source, base + x0 * BLOCK, offsets, values, first, end)
+        plane = out[b, o].reshape(-1)
+        plane[:] = bias[o] if bias.shape[0] else 0.0
+        for oh in range(out_h):
+            base = oh * padded_w * lanes
+            first_i, end_i = 0, kh
+            while first_i < kh and oh + first_i * dh < top:
+                first_i += 1
+            while end_i > first_i and oh + (end_i - 1) * dh >= top + height:
+                end_i -= 1
+            g = o * positions
+            first, end = groups[g + first_i * kw], groups[g + end_i * kw]
+            if first < end:
+                row = plane[oh * span + x0 * lanes : oh * span + x1 * lanes]
+                taps_into_row(row, source, base + x0 * lanes, offsets, values, first, end)
 
 
 @numba.njit(parallel=True, **_JIT)
 def input_grad(
     grad_out, groups, offsets, values, tap_rows, tap_columns, grad_blocked, padded_w, out_w, shape
 ):  # pragma: no cover - compiled
-    """grad_blocked (blocks, in_channels, padded_h, padded_w, BLOCK): each active tap scatters its
+    """grad_blocked (blocks, in_channels, padded_h, padded_w, lanes): each active tap scatters its
     value times the output gradient's rows back onto its window, over the output rows and columns
     whose input pixel is inside the plane (`tap_rows` = i * dh, `tap_columns` = j * dw; see
     `forward`): nothing falls on the padding, which is dropped after. `grad_out` has rows of
     padded_w pixels, the first out_w of them the output's."""
     top, left, height, width, positions = shape[0], shape[1], shape[2], shape[3], shape[4] * shape[5]
-    out_h, stride = grad_out.shape[2], padded_w * BLOCK
+    out_h, lanes = grad_out.shape[2], grad_out.shape[4]
+    stride = padded_w * lanes
     for b in prange(grad_out.shape[0]):
         target = grad_blocked[b].reshape(-1)
         target[:] = 0.0
@@ -112,9 +117,9 @@ def input_grad(
             for t in range(groups[o * positions], groups[(o + 1) * positions]):
                 v, offset = values[t], unsigned(offsets[t])
                 first_x, end_x = max(0, left - tap_columns[t]), min(out_w, left + width - tap_columns[t])
-                span = unsigned((end_x - first_x) * BLOCK)
+                span = unsigned((end_x - first_x) * lanes)
                 for oh in range(max(0, top - tap_rows[t]), min(out_h, top + height - tap_rows[t])):
-                    start = unsigned(oh * stride + first_x * BLOCK)
+                    start = unsigned(oh * stride + first_x * lanes)
                     window = start + offset
                     for k in range(span):
                         target[window + k] += v * plane[start + k]
@@ -133,7 +138,8 @@ def input_and_weight_grad(
     as the scatter (the columns it skips read padding, zero in the input); the caller sums the
     blocks in order. Each block is one part: the numbers do not depend on the threads."""
     top, left, height, width, positions = shape[0], shape[1], shape[2], shape[3], shape[4] * shape[5]
-    out_h, stride = grad_out.shape[2], padded_w * BLOCK
+    out_h, lanes = grad_out.shape[2], grad_out.shape[4]
+    stride = padded_w * lanes
     zero = partial.dtype.type(0)
     for b in prange(grad_out.shape[0]):
         target = grad_blocked[b].reshape(-1)
@@ -146,7 +152,7 @@ def input_and_weight_grad(
                 if t == end:
                     continue
                 first_x, end_x = max(0, left - tap_columns[t]), min(out_w, left + width - tap_columns[t])
-                span = unsigned((end_x - first_x) * BLOCK)
+                span = unsigned((end_x - first_x) * lanes)
                 first_row, end_row = max(0, top - tap_rows[t]), min(out_h, top + height - tap_rows[t])
                 while t + 3 < end:
                     v0, v1, v2, v3 = values[t], values[t + 1], values[t + 2], values[t + 3]
@@ -154,7 +160,7 @@ def input_and_weight_grad(
                     f2, f3 = unsigned(offsets[t + 2]), unsigned(offsets[t + 3])
                     a0 = a1 = a2 = a3 = zero
                     for oh in range(first_row, end_row):
-                        start = unsigned(oh * stride + first_x * BLOCK)
+                        start = unsigned(oh * stride + first_x * lanes)
                         w0, w1, w2, w3 = start + f0, start + f1, start + f2, start + f3
                         for k in range(span):
                             g = plane[start + k]
@@ -172,7 +178,7 @@ def input_and_weight_grad(
                     v, f = values[t], unsigned(offsets[t])
                     acc = zero
                     for oh in range(first_row, end_row):
-                        start = unsigned(oh * stride + first_x * BLOCK)
+                        start = unsigned(oh * stride + first_x * lanes)
                         w = start + f
                         for k in range(span):
                             g = plane[start + k]
@@ -190,7 +196,7 @@ def weight_grad(grad_out, blocked, groups, offsets, tap_rows, out, out_w, parts,
     contiguous dot product (the zeros meet the pixels its window wraps onto); the rows whose
     input row is padding are left out (see `forward`)."""
     channels_out, out_h, padded_w = grad_out.shape[1], grad_out.shape[2], grad_out.shape[3]
-    top, height, positions, stride = shape[0], shape[2], shape[4] * shape[5], padded_w * BLOCK
+    top, height, positions, stride = shape[0], shape[2], shape[4] * shape[5], padded_w * grad_out.shape[4]
     zero = out.dtype.type(0)
     for p in prange(parts):
         first_o, end_o = channels_out * p // parts, channels_out * (p + 1) // parts
@@ -203,7 +209,7 @@ def weight_grad(grad_out, blocked, groups, offsets, tap_rows, out, out_w, parts,
                     r0, r1 = max(0, top - tap_rows[t]), min(out_h, top + height - tap_rows[t])
                     if r1 <= r0:
                         continue
-                    start, span = unsigned(r0 * stride), unsigned((r1 - 1 - r0) * stride + out_w * BLOCK)
+                    start, span = unsigned(r0 * stride), unsigned((r1 - 1 - r0) * stride + out_w * grad_out.shape[4])
                     window = start + unsigned(offsets[t])
                     acc = zero
                     for k in range(span):
@@ -213,11 +219,11 @@ def weight_grad(grad_out, blocked, groups, offsets, tap_rows, out, out_w, parts,
 
 @numba.njit(parallel=True, **_JIT)
 def to_blocked_phases(x, blocked, sh, sw, kept_r, kept_q, top, left):  # pragma: no cover - compiled
-    """blocked[b, (r * kept_q + q) * C + c, Y, X, k] = x[b * BLOCK + k, c, sh * Y + r - top, sw * X + q - left],
+    """blocked[b, (r * kept_q + q) * C + c, Y, X, k] = x[b * lanes + k, c, sh * Y + r - top, sw * X + q - left],
     zero where that pixel is padding: `to_phases` and `to_blocked` in one pass (the separate split
     took 3.3-5.1 ms of the 10-17 ms of ResNet-18's 8x8 and 4x4 strided layers, AMD EPYC AVX-512)."""
     images, channels, height, width = x.shape
-    rows, columns = blocked.shape[2], blocked.shape[3]
+    rows, columns, lanes = blocked.shape[2], blocked.shape[3], blocked.shape[4]
     for p in prange(blocked.shape[0] * channels):
         b = p // channels
         c = p - b * channels
@@ -225,8 +231,8 @@ def to_blocked_phases(x, blocked, sh, sw, kept_r, kept_q, top, left):  # pragma:
             for q in range(kept_q):
                 planes = blocked[b, (r * kept_q + q) * channels + c]
                 planes[:] = 0.0
-                for k in range(min(BLOCK, images - b * BLOCK)):
-                    source = x[b * BLOCK + k, c]
+                for k in range(min(lanes, images - b * lanes)):
+                    source = x[b * lanes + k, c]
                     for y in range(rows):
                         iy = sh * y + r - top
                         if 0 <= iy < height:
@@ -242,12 +248,12 @@ def from_blocked_phases(blocked, out, sh, sw, kept_r, kept_q, top, left):  # pra
     """The adjoint of `to_blocked_phases`: out[n, c, iy, ix] = the blocked phases' value at that input
     pixel (zero where no kept phase holds it), in one pass."""
     images, channels, height, width = out.shape
-    rows, columns = blocked.shape[2], blocked.shape[3]
+    rows, columns, lanes = blocked.shape[2], blocked.shape[3], blocked.shape[4]
     for p in prange(blocked.shape[0] * channels):
         b = p // channels
         c = p - b * channels
-        for k in range(min(BLOCK, images - b * BLOCK)):
-            target = out[b * BLOCK + k, c]
+        for k in range(min(lanes, images - b * lanes)):
+            target = out[b * lanes + k, c]
             for iy in range(height):
                 y, r = (iy + top) // sh, (iy + top) % sh
                 for ix in range(width):

@@ -1,12 +1,20 @@
-"""The "blocked" way of `SparseConv2d` at stride 1: images in blocks of 16, innermost
+"""The "blocked" way of `SparseConv2d` at stride 1: images in blocks of 16 to 64, innermost
 (`blocked_kernels.py`).
 
-The input is rearranged once per call into zero-padded (image blocks, channels, height, width, 16)
-planes; each active tap then multiplies contiguous windows that hold all 16 images of a block, so
-small planes (8x8 down to 3x3, where the NCHW kernels' passes are a vector or two long) compute in
-full vectors. The rearrangement costs a pass over the input and one over the output, which large
-planes do not win back: `conv_dispatch` measures it beside the other ways per shape class.
-The forward keeps the rearranged input for the weight gradient.
+The input is rearranged once per call into zero-padded (image blocks, channels, height, width,
+lanes) planes; each active tap then multiplies contiguous windows that hold all the images of a
+block, so small planes (8x8 down to 3x3, where the NCHW kernels' passes are a vector or two long)
+compute in full vectors. The rearrangement costs a pass over the input and one over the output,
+which large planes do not win back: `conv_dispatch` measures it beside the other ways per shape
+class. The forward keeps the rearranged input for the weight gradient.
+
+Wider blocks make each tap's pass longer, so its fixed cost (its value, window and the rows it
+reads) is spread over more images: on VGG-C's 3x3 planes (512 channels, ERK 0.05) 64 images a
+block ran the forward 1.5x and the backward 1.8x faster than 16 (AMD EPYC, AVX-512). But the
+backward scatters each tap onto the input gradient's planes of its block and reads the input's,
+at channels all over the block: past a few MB a block (64 images of VGG-C's 5x5 planes, 6.4 MB)
+those miss the cache and the backward ran 0.89x. `lanes` takes the widest block within
+BLOCK_BYTES that the batch fills.
 """
 
 from __future__ import annotations
@@ -19,14 +27,29 @@ from . import native
 from .conv_windows import tap_coordinates, wide_sources
 from .structure import SparseStructure
 
-BLOCK = 16  # images per block (`blocked_kernels.BLOCK`)
+MIN_LANES, MAX_LANES = 16, 64  # images per block: one AVX-512 vector of float32 at least, four at most
+BLOCK_BYTES = 4 << 20  # a block's padded input planes at most this size (see the module docstring)
 MAX_PIXELS = 64  # output planes up to 8x8: where the blocked kernels beat the NCHW ones (they lost on every 16x16 and 32x32 layer measured)
+
+
+def lanes(images: int, channels: int, padded_pixels: int, itemsize: int) -> int:
+    """Images per block for a batch of `images` whose padded input planes hold `channels` x
+    `padded_pixels` values of `itemsize` bytes: the widest of 64 and 32 that makes at least two
+    blocks (the backward's parts), whose block stays within BLOCK_BYTES and whose blocks leave at
+    most an eighth of the batch's lanes empty (100 images: 32 a block leaves 28, too many), else 16.
+    It depends on the shapes alone, not on the threads, so the weight gradient's sums over the
+    blocks are the same on any thread count."""
+    for width in (MAX_LANES, MAX_LANES // 2):
+        blocks = -(-images // width)
+        if blocks >= 2 and (blocks * width - images) * 8 <= images and width * channels * padded_pixels * itemsize <= BLOCK_BYTES:
+            return width
+    return MIN_LANES
 
 
 def pays(output_pixels: int, images: int) -> bool:
     """Whether the blocked kernels are the ones for an output plane of this size at this batch:
-    small planes, and at least one whole block of images."""
-    return output_pixels <= MAX_PIXELS and images >= BLOCK
+    small planes, and at least one whole block of the narrowest width."""
+    return output_pixels <= MAX_PIXELS and images >= MIN_LANES
 
 
 def usable(geometry) -> bool:
@@ -52,26 +75,27 @@ class Layout:
     a contiguous run (`groups`: pointers over output channel * kh * kw + i * kw + j) and a row or
     column of padding skips whole runs. `order` takes the values (and their gradient) to this order;
     `offsets` are where each tap's window starts in a block's flat padded planes, in values (the
-    NCHW kernels' window start, `conv_windows.wide_sources`, times the block); `shape` holds
+    NCHW kernels' window start, `conv_windows.wide_sources`, times the block's lanes); `shape` holds
     (top, left, height, width, kh, kw, dh, dw) for the kernels."""
 
-    def __init__(self, geometry, structure: SparseStructure, padded_h: int, padded_w: int):
+    def __init__(self, geometry, structure: SparseStructure, padded_h: int, padded_w: int, lanes: int):
         (kh, kw), (dh, dw), (top, bottom, left, right) = geometry.kernel, geometry.dilation, geometry.padding
         rows, _, i, j = tap_coordinates(geometry, structure)
         key = rows * (kh * kw) + i * kw + j
         self.order = np.argsort(key, kind="stable")
         self.groups = np.zeros(geometry.out_channels * kh * kw + 1, dtype=np.int64)
         self.groups[1:] = np.cumsum(np.bincount(key, minlength=geometry.out_channels * kh * kw))
-        self.offsets = wide_sources(geometry, structure, padded_h, padded_w).astype(np.int64)[self.order] * BLOCK
+        self.offsets = wide_sources(geometry, structure, padded_h, padded_w).astype(np.int64)[self.order] * lanes
         self.tap_rows, self.tap_columns = (i * dh)[self.order], (j * dw)[self.order]
         self.order_tensor = torch.from_numpy(self.order)
         height, width = padded_h - top - bottom, padded_w - left - right
         self.shape = np.array([top, left, height, width, kh, kw, dh, dw], dtype=np.int64)
 
 
-def layout(geometry, structure: SparseStructure, padded_h: int, padded_w: int) -> Layout:
-    """The layer's `Layout` for this padded size, kept on the structure."""
-    return structure.cached("blocked_layout", (padded_h, padded_w), lambda: Layout(geometry, structure, padded_h, padded_w))
+def layout(geometry, structure: SparseStructure, blocked: Tensor) -> Layout:
+    """The layer's `Layout` for this blocked input's padded size and lanes, kept on the structure."""
+    padded_h, padded_w, width = blocked.shape[2:]
+    return structure.cached("blocked_layout", (padded_h, padded_w, width), lambda: Layout(geometry, structure, padded_h, padded_w, width))
 
 
 def _pool() -> None:
@@ -80,10 +104,11 @@ def _pool() -> None:
 
 
 def to_blocked(geometry, x: Tensor) -> Tensor:
-    """x (N, C, H, W) as zero-padded (ceil(N / 16), C, padded H, padded W, 16) planes."""
+    """x (N, C, H, W) as zero-padded (ceil(N / lanes), C, padded H, padded W, lanes) planes (`lanes`)."""
     images, channels, height, width = x.shape
     padded_h, padded_w = _padded_size(geometry, height, width)
-    blocked = torch.empty(-(-images // BLOCK), channels, padded_h, padded_w, BLOCK, dtype=x.dtype)
+    width = lanes(images, channels, padded_h * padded_w, x.element_size())
+    blocked = torch.empty(-(-images // width), channels, padded_h, padded_w, width, dtype=x.dtype)
     top, _, left, _ = geometry.padding
     _pool()
     _kernels().to_blocked(x.detach().contiguous().numpy(), blocked.numpy(), top, left)
@@ -105,21 +130,22 @@ def forward(geometry, structure: SparseStructure, values: Tensor, x: Tensor, bia
 def forward_blocked(geometry, structure: SparseStructure, values: Tensor, blocked: Tensor, input_shape, bias: Tensor | None) -> Tensor:
     """The convolution's output (N, O, out_h, out_w) from its input already blocked (`to_blocked`, or
     the polyphase way's split into blocked phases); `input_shape` is the unblocked input's."""
-    padded_h, padded_w = blocked.shape[2:4]
+    padded_w = blocked.shape[3]
     out_h, out_w = geometry.output_size(*input_shape[2:])
-    out_blocked = torch.empty(blocked.shape[0], geometry.out_channels, out_h, out_w, BLOCK, dtype=values.dtype)
+    out_blocked = torch.empty(blocked.shape[0], geometry.out_channels, out_h, out_w, blocked.shape[4], dtype=values.dtype)
     bias_array = native._NO_BIAS[values.dtype] if bias is None else native._data(bias, values.dtype)
-    taps = layout(geometry, structure, padded_h, padded_w)
+    taps = layout(geometry, structure, blocked)
     ordered = values.detach().index_select(0, taps.order_tensor).numpy()  # the pool set up by whoever blocked the input
     _kernels().forward(blocked.numpy(), taps.groups, taps.offsets, ordered, bias_array, out_blocked.numpy(), padded_w, taps.shape)
     return _from_blocked(out_blocked, (input_shape[0], geometry.out_channels, out_h, out_w))
 
 
-def _grad_blocked(grad_out: Tensor, padded_w: int) -> Tensor:
-    """The output gradient as (blocks, O, out_h, padded_w, 16) planes: each row as wide as the
-    input's padded rows, zero past the output's pixels (see `blocked_kernels.weight_grad`)."""
-    images, channels, height, _ = grad_out.shape
-    blocked = torch.empty(-(-images // BLOCK), channels, height, padded_w, BLOCK, dtype=grad_out.dtype)
+def _grad_blocked(grad_out: Tensor, blocked: Tensor) -> Tensor:
+    """The output gradient as (blocks, O, out_h, padded_w, lanes) planes, blocked as the input
+    `blocked`: each row as wide as its padded rows, zero past the output's pixels (see
+    `blocked_kernels.weight_grad`)."""
+    channels, height = grad_out.shape[1:3]
+    blocked = torch.empty(blocked.shape[0], channels, height, *blocked.shape[3:], dtype=grad_out.dtype)
     _kernels().to_blocked(grad_out.contiguous().numpy(), blocked.numpy(), 0, 0)
     return blocked
 
@@ -132,8 +158,8 @@ def backward(
     `input_shape`; the polyphase way merges the phases in the same pass)."""
     _pool()
     padded_w, out_w = blocked.shape[3], grad_out.shape[3]
-    grads = _grad_blocked(grad_out.to(values.dtype), padded_w)
-    taps = layout(geometry, structure, blocked.shape[2], padded_w)
+    grads = _grad_blocked(grad_out.to(values.dtype), blocked)
+    taps = layout(geometry, structure, blocked)
     grad_x = grad_values = None
     if needs[0]:
         grad_blocked = torch.empty_like(blocked)

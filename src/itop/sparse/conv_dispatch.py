@@ -21,10 +21,11 @@ from .conv_ops import ConvGeometry, SparseConv2dFunction, compute, direct_usable
 # A probe convolves at most PROBE_IMAGES images, fewer where an input would pass PROBE_ELEMENTS values
 # (never fewer than MIN_PROBE_IMAGES). Probes on 4 images misjudged batch-128 layers: every way has a
 # fixed cost per call, in a different share of each way's time, and the blocked way runs one block of
-# 16 images per thread. On 32 images the fastest way was the fastest at batch 128 for each of VGG-C's
-# layers at ERK 0.05, for training and inference, or within 10% of it (AVX-512 Xeon).
+# images per thread. On 32 images the fastest way was the fastest at batch 128 for each of VGG-C's
+# layers at ERK 0.05, for training and inference, or within 10% of it (AVX-512 Xeon). The blocked
+# ways see up to two of their widest blocks (128 images), since the batch sets their block width.
 PROBE_IMAGES, MIN_PROBE_IMAGES, PROBE_ELEMENTS = 32, 4, 1 << 21
-BLOCKED_WAYS = ("blocked", "polyphase")  # probed on at least one block of 16 images, their time scaled
+BLOCKED_WAYS = ("blocked", "polyphase")  # probed on as many images as make the batch's blocks, their time scaled
 DIRECT_FIXED_VECTORS = 4  # `direct_cost`'s fixed cost per tap and pass, in vectors of 16 values
 DENSE_EFFICIENCY = 3.6  # `direct_cost`: dense multiply-adds per second over the direct kernels'
 DIRECT_MAX_COST = 0.8  # the fixed rule takes the direct kernels below this estimated cost (see `fixed_rule`)
@@ -130,7 +131,7 @@ def choose(layer, x: Tensor, train: bool) -> str:
     how = chooser.decisions.get(key)
     if how is None:
         shape, nnz, dtype = (probe_images(x), *x.shape[1:]), layer.nnz, x.dtype
-        wide_images = max(shape[0], min(x.shape[0], conv_blocked.BLOCK))
+        wide_images = max(shape[0], min(x.shape[0], conv_blocked.MAX_LANES * 2))
         how = chooser.decide(
             key, lambda: conv_timings(layer, shape, nnz, dtype, train, wide_images), lambda: fixed_rule(geometry, layer.density, x)
         )
@@ -139,9 +140,9 @@ def choose(layer, x: Tensor, train: bool) -> str:
 
 def conv_timings(layer, shape: tuple, nnz: int, dtype: torch.dtype, train: bool, wide_images: int = 0) -> dict[str, float]:
     """Seconds per call of each way for a layer of `layer`'s geometry with `nnz` random active taps,
-    on random inputs of `shape`: forward, and with `train` the backward too. The blocked way runs on
-    `wide_images` images (default: as many as `shape`; at least one block of 16 where the batch has
-    them), its time scaled to `shape`'s count."""
+    on random inputs of `shape`: forward, and with `train` the backward too. The blocked ways run on
+    `wide_images` images (default: as many as `shape`; up to two blocks of 64 where the batch has
+    them, `conv_blocked.lanes`), their time scaled to `shape`'s count."""
     generator = torch.Generator().manual_seed(0)  # never the global one: probing must not change a run's draws
     geometry = layer.geometry
     positions = ops.random_structure((geometry.out_channels, geometry.taps), nnz, generator).positions

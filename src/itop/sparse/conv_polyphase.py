@@ -77,9 +77,10 @@ class Phases:
 
     def split_blocked(self, x: Tensor) -> Tensor:
         """x (N, C, H, W) as its kept phases in the blocked layout (`conv_blocked.to_blocked`: blocks
-        of 16 images innermost; the phases need no padding), in one pass."""
-        blocks = -(-x.shape[0] // conv_blocked.BLOCK)
-        phases = torch.empty(blocks, self.geometry.in_channels, *self.phase_size, conv_blocked.BLOCK, dtype=x.dtype)
+        of `conv_blocked.lanes` images innermost; the phases need no padding), in one pass."""
+        images, channels = x.shape[0], self.geometry.in_channels
+        width = conv_blocked.lanes(images, channels, self.phase_size[0] * self.phase_size[1], x.element_size())
+        phases = torch.empty(-(-images // width), channels, *self.phase_size, width, dtype=x.dtype)
         conv_blocked._pool()
         _kernels().to_blocked_phases(x.detach().contiguous().numpy(), phases.numpy(), *self.stride, *self.counts, *self.top_left)
         return phases
