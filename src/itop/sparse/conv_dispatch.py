@@ -160,7 +160,7 @@ def conv_timings(layer, shape: tuple, nnz: int, dtype: torch.dtype, train: bool,
         images = wide_images if how in BLOCKED_WAYS else shape[0]
         inputs, grads = x[:images].requires_grad_(train), grad_out[:images]
         if not train:
-            return lambda: compute(how, probe, inputs, probe.values, probe.bias)[0]
+            return lambda: compute(how, probe, inputs, probe.values, probe.bias, train=False)[0]
         leaves = [t for t in (inputs, probe.values, probe.bias) if t is not None]
         return lambda: torch.autograd.grad(SparseConv2dFunction.apply(inputs, probe.values, probe.bias, probe, how), leaves, grads)
 

@@ -213,13 +213,15 @@ def direct_weight_grad(geometry: ConvGeometry, structure: SparseStructure, grad_
 
 
 # ----------------------------------------------------------------------------- polyphase
-def _polyphase_forward(geometry: ConvGeometry, structure: SparseStructure, values: Tensor, x: Tensor, bias: Tensor | None):
+def _polyphase_forward(
+    geometry: ConvGeometry, structure: SparseStructure, values: Tensor, x: Tensor, bias: Tensor | None, train: bool = True
+):
     """The output of a strided layer computed over its input's phases (`conv_polyphase`), and what
     its backward needs: the blocked phases, or the phases themselves for the NCHW kernels."""
     form = conv_polyphase.phases(geometry, structure, *x.shape[2:])
     ordered = values.detach().index_select(0, form.order)
     if conv_polyphase.blocked(form, x.shape[0]):
-        blocked = form.split_blocked(x)
+        blocked = form.split_blocked(x, train)
         phase_shape = (x.shape[0], form.geometry.in_channels, *form.phase_size)
         return conv_blocked.forward_blocked(form.geometry, form.structure, ordered, blocked, phase_shape, bias), (blocked,)
     split = form.split(x)
@@ -304,17 +306,18 @@ def _padded(geometry: ConvGeometry, x: Tensor) -> tuple[Tensor, tuple[int, int]]
     return F.pad(x, (left, right, top, bottom)), (0, 0)
 
 
-def compute(how: str, layer, x: Tensor, values: Tensor, bias: Tensor | None) -> tuple[Tensor, tuple]:
-    """The output of one way, and what its backward needs."""
+def compute(how: str, layer, x: Tensor, values: Tensor, bias: Tensor | None, train: bool = True) -> tuple[Tensor, tuple]:
+    """The output of one way, and what its backward needs (`train`: a backward will follow; the
+    blocked ways take wider blocks without one, `conv_blocked.lanes`)."""
     geometry = layer.geometry
     if how == "direct":
         x = x.contiguous()
         return direct_forward(geometry, layer.structure, values, x, bias), (x,)
     if how == "blocked":
-        out, blocked = conv_blocked.forward(geometry, layer.structure, values, x, bias)
+        out, blocked = conv_blocked.forward(geometry, layer.structure, values, x, bias, train)
         return out, (blocked,)
     if how == "polyphase":
-        return _polyphase_forward(geometry, layer.structure, values, x, bias)
+        return _polyphase_forward(geometry, layer.structure, values, x, bias, train)
     if how == "dense":
         weight = _dense_weight(layer, values)
         padded, padding = _padded(geometry, x.detach())

@@ -75,11 +75,11 @@ class Phases:
         _kernels().to_phases(x.detach().contiguous().numpy(), phases.numpy(), *self.stride, *self.counts, *self.top_left)
         return phases
 
-    def split_blocked(self, x: Tensor) -> Tensor:
+    def split_blocked(self, x: Tensor, train: bool = True) -> Tensor:
         """x (N, C, H, W) as its kept phases in the blocked layout (`conv_blocked.to_blocked`: blocks
         of `conv_blocked.lanes` images innermost; the phases need no padding), in one pass."""
         images, channels = x.shape[0], self.geometry.in_channels
-        width = conv_blocked.lanes(images, channels, self.phase_size[0] * self.phase_size[1], x.element_size())
+        width = conv_blocked.lanes(images, channels, self.phase_size[0] * self.phase_size[1], x.element_size(), train)
         phases = torch.empty(-(-images // width), channels, *self.phase_size, width, dtype=x.dtype)
         conv_blocked._pool()
         _kernels().to_blocked_phases(x.detach().contiguous().numpy(), phases.numpy(), *self.stride, *self.counts, *self.top_left)
