@@ -21,17 +21,10 @@ import numba
 import numpy as np
 from numba import prange
 
+from .native_kernels import unsigned
+
 _FLAGS = {"cache": True, "nogil": True}
 _JIT = {"fastmath": True, **_FLAGS}
-
-
-@numba.njit(inline="always", **_FLAGS)
-def unsigned(index):  # pragma: no cover - compiled
-    """`index` (never negative) as np.uint64. numba fixes a signed index or slice bound for negative
-    values (Python's wraparound) at every use; an unsigned one it takes as it is, so the loops over
-    a window keep no per-use checks and LLVM hoists their overlap checks out of the loops over rows.
-    Every operand of an unsigned index must be unsigned too (int64 with uint64 gives float64)."""
-    return np.uint64(index)
 
 
 @numba.njit(inline="always", **_JIT)

@@ -8,12 +8,24 @@ range, in the same order, whichever thread runs it.
 """
 
 import numba
+import numpy as np
 from numba import prange
 
 _FLAGS = {"cache": True, "nogil": True}
 _JIT = {"fastmath": True, **_FLAGS}
 # fastmath without reassociation: sums keep their written order (chains of independent adds)
 _ORDERED = {"nnan", "ninf", "nsz", "arcp", "contract", "afn"}
+
+
+@numba.njit(inline="always", **_FLAGS)
+def unsigned(index):  # pragma: no cover - compiled
+    """`index` (never negative) as np.uint64. numba fixes a signed index or slice bound for negative
+    values (Python's wraparound) at every use; an unsigned one it takes as it is. The gathers through
+    column indices (`inputs_t[col[j]]`) ran 1.11-1.20x faster so at batch 2 (SET-MLP layers of
+    1,000 and 10,000 rows, AMD EPYC AVX-512), with the same numbers; in the conv kernels, LLVM also
+    hoists its overlap checks out of the loops over rows. Every operand of an unsigned index must be
+    unsigned too (int64 with uint64 gives float64)."""
+    return np.uint64(index)
 
 
 @numba.njit(**_JIT)
@@ -23,7 +35,7 @@ def weight_grad_rows(crow, col, grads_t, inputs_t, out, start, stop):  # pragma:
         for i in range(start, stop):
             g0, g1 = grads_t[i, 0], grads_t[i, 1]
             for j in range(crow[i], crow[i + 1]):
-                c = col[j]
+                c = unsigned(col[j])
                 out[j] = g0 * inputs_t[c, 0] + g1 * inputs_t[c, 1]
         return
     zero = out.dtype.type(0)  # accumulators in the data's dtype (a literal 0.0 would sum float32 in float64)
@@ -32,8 +44,18 @@ def weight_grad_rows(crow, col, grads_t, inputs_t, out, start, stop):  # pragma:
         j, end = crow[i], crow[i + 1]
         if batch >= 8:  # eight dot products per pass: each load of the output gradient serves eight weights (1.5x at batch 128)
             while j + 7 < end:
-                x0, x1, x2, x3 = inputs_t[col[j]], inputs_t[col[j + 1]], inputs_t[col[j + 2]], inputs_t[col[j + 3]]
-                x4, x5, x6, x7 = inputs_t[col[j + 4]], inputs_t[col[j + 5]], inputs_t[col[j + 6]], inputs_t[col[j + 7]]
+                x0, x1, x2, x3 = (
+                    inputs_t[unsigned(col[j])],
+                    inputs_t[unsigned(col[j + 1])],
+                    inputs_t[unsigned(col[j + 2])],
+                    inputs_t[unsigned(col[j + 3])],
+                )
+                x4, x5, x6, x7 = (
+                    inputs_t[unsigned(col[j + 4])],
+                    inputs_t[unsigned(col[j + 5])],
+                    inputs_t[unsigned(col[j + 6])],
+                    inputs_t[unsigned(col[j + 7])],
+                )
                 a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = zero
                 for b in range(batch):
                     gb = g[b]
@@ -49,7 +71,7 @@ def weight_grad_rows(crow, col, grads_t, inputs_t, out, start, stop):  # pragma:
                 out[j + 4], out[j + 5], out[j + 6], out[j + 7] = a4, a5, a6, a7
                 j += 8
         while j < end:
-            x = inputs_t[col[j]]
+            x = inputs_t[unsigned(col[j])]
             acc = zero
             for b in range(batch):
                 acc += g[b] * x[b]
@@ -72,7 +94,7 @@ def input_grad_rows(crow, col, values, grads_t, part, start, stop):  # pragma: n
         for i in range(start, stop):
             g0, g1 = grads_t[i, 0], grads_t[i, 1]
             for j in range(crow[i], crow[i + 1]):
-                v, c = values[j], col[j]
+                v, c = values[j], unsigned(col[j])
                 part[c, 0] += v * g0
                 part[c, 1] += v * g1
         return
@@ -80,7 +102,7 @@ def input_grad_rows(crow, col, values, grads_t, part, start, stop):  # pragma: n
         g = grads_t[i]
         for j in range(crow[i], crow[i + 1]):
             v = values[j]
-            target = part[col[j]]
+            target = part[unsigned(col[j])]
             for b in range(batch):
                 target[b] += v * g[b]
 
@@ -108,15 +130,15 @@ def input_grad_csc_pair(ccol, row_t, order, values, grads_t, out_t, start, stop)
         a0 = a1 = b0 = b1 = zero
         k, end = ccol[c], ccol[c + 1]
         while k + 1 < end:
-            v, w = values[order[k]], values[order[k + 1]]
-            p, q = row_t[k], row_t[k + 1]
+            v, w = values[unsigned(order[k])], values[unsigned(order[k + 1])]
+            p, q = unsigned(row_t[k]), unsigned(row_t[k + 1])
             a0 += v * grads_t[p, 0]
             a1 += v * grads_t[p, 1]
             b0 += w * grads_t[q, 0]
             b1 += w * grads_t[q, 1]
             k += 2
         if k < end:
-            v, p = values[order[k]], row_t[k]
+            v, p = values[unsigned(order[k])], unsigned(row_t[k])
             a0 += v * grads_t[p, 0]
             a1 += v * grads_t[p, 1]
         out_t[c, 0] = a0 + b0
@@ -137,13 +159,23 @@ def input_grad_csc_rows(ccol, row_t, order, values, grads_t, out_t, start, stop)
         row[:] = 0.0
         k, end = ccol[c], ccol[c + 1]
         while k + 3 < end:
-            v0, v1, v2, v3 = values[order[k]], values[order[k + 1]], values[order[k + 2]], values[order[k + 3]]
-            g0, g1, g2, g3 = grads_t[row_t[k]], grads_t[row_t[k + 1]], grads_t[row_t[k + 2]], grads_t[row_t[k + 3]]
+            v0, v1, v2, v3 = (
+                values[unsigned(order[k])],
+                values[unsigned(order[k + 1])],
+                values[unsigned(order[k + 2])],
+                values[unsigned(order[k + 3])],
+            )
+            g0, g1, g2, g3 = (
+                grads_t[unsigned(row_t[k])],
+                grads_t[unsigned(row_t[k + 1])],
+                grads_t[unsigned(row_t[k + 2])],
+                grads_t[unsigned(row_t[k + 3])],
+            )
             for b in range(batch):
                 row[b] += (v0 * g0[b] + v1 * g1[b]) + (v2 * g2[b] + v3 * g3[b])
             k += 4
         while k < end:
-            v, g = values[order[k]], grads_t[row_t[k]]
+            v, g = values[unsigned(order[k])], grads_t[unsigned(row_t[k])]
             for b in range(batch):
                 row[b] += v * g[b]
             k += 1
@@ -167,7 +199,7 @@ def forward_rows_pair(crow, col, values, inputs_t, bias, out_t, start, stop):  #
         j, end = crow[i], crow[i + 1]
         while j + 3 < end:
             v, w, x, y = values[j], values[j + 1], values[j + 2], values[j + 3]
-            p, q, r, t = col[j], col[j + 1], col[j + 2], col[j + 3]
+            p, q, r, t = unsigned(col[j]), unsigned(col[j + 1]), unsigned(col[j + 2]), unsigned(col[j + 3])
             a0 += v * inputs_t[p, 0]
             a1 += v * inputs_t[p, 1]
             b0 += w * inputs_t[q, 0]
@@ -178,7 +210,7 @@ def forward_rows_pair(crow, col, values, inputs_t, bias, out_t, start, stop):  #
             d1 += y * inputs_t[t, 1]
             j += 4
         while j < end:
-            v, p = values[j], col[j]
+            v, p = values[j], unsigned(col[j])
             a0 += v * inputs_t[p, 0]
             a1 += v * inputs_t[p, 1]
             j += 1
@@ -200,13 +232,23 @@ def forward_rows(crow, col, values, inputs_t, bias, out_t, start, stop):  # prag
         while j + 7 < end:  # eight weights per pass over the output row: an eighth of its loads and stores
             v0, v1, v2, v3 = values[j], values[j + 1], values[j + 2], values[j + 3]
             v4, v5, v6, v7 = values[j + 4], values[j + 5], values[j + 6], values[j + 7]
-            x0, x1, x2, x3 = inputs_t[col[j]], inputs_t[col[j + 1]], inputs_t[col[j + 2]], inputs_t[col[j + 3]]
-            x4, x5, x6, x7 = inputs_t[col[j + 4]], inputs_t[col[j + 5]], inputs_t[col[j + 6]], inputs_t[col[j + 7]]
+            x0, x1, x2, x3 = (
+                inputs_t[unsigned(col[j])],
+                inputs_t[unsigned(col[j + 1])],
+                inputs_t[unsigned(col[j + 2])],
+                inputs_t[unsigned(col[j + 3])],
+            )
+            x4, x5, x6, x7 = (
+                inputs_t[unsigned(col[j + 4])],
+                inputs_t[unsigned(col[j + 5])],
+                inputs_t[unsigned(col[j + 6])],
+                inputs_t[unsigned(col[j + 7])],
+            )
             for b in range(batch):
                 row[b] += ((v0 * x0[b] + v1 * x1[b]) + (v2 * x2[b] + v3 * x3[b])) + ((v4 * x4[b] + v5 * x5[b]) + (v6 * x6[b] + v7 * x7[b]))
             j += 8
         while j < end:
-            v, source = values[j], inputs_t[col[j]]
+            v, source = values[j], inputs_t[unsigned(col[j])]
             for b in range(batch):
                 row[b] += v * source[b]
             j += 1
@@ -328,7 +370,7 @@ def backward_rows(crow, col, values, grads_t, inputs_t, grad_values, part, start
         for i in range(start, stop):
             g0, g1 = grads_t[i, 0], grads_t[i, 1]
             for j in range(crow[i], crow[i + 1]):
-                c, v = col[j], values[j]
+                c, v = unsigned(col[j]), values[j]
                 grad_values[j] = g0 * inputs_t[c, 0] + g1 * inputs_t[c, 1]
                 part[c, 0] += v * g0
                 part[c, 1] += v * g1
@@ -337,7 +379,7 @@ def backward_rows(crow, col, values, grads_t, inputs_t, grad_values, part, start
     for i in range(start, stop):
         g = grads_t[i]
         for j in range(crow[i], crow[i + 1]):
-            c, v = col[j], values[j]
+            c, v = unsigned(col[j]), values[j]
             x, target = inputs_t[c], part[c]
             acc = zero
             for b in range(batch):
@@ -366,7 +408,7 @@ def gather_rows(crow, col, dense, out, start, stop):  # pragma: no cover - compi
     for i in range(start, stop):
         row = dense[i]
         for j in range(crow[i], crow[i + 1]):
-            out[j] = row[col[j]]
+            out[j] = row[unsigned(col[j])]
 
 
 @numba.njit(parallel=True, **_FLAGS)
@@ -384,7 +426,7 @@ def scatter_rows(crow, col, values, dense, start, stop):  # pragma: no cover - c
         row = dense[i]
         row[:] = 0
         for j in range(crow[i], crow[i + 1]):
-            row[col[j]] = values[j]
+            row[unsigned(col[j])] = values[j]
 
 
 @numba.njit(parallel=True, **_FLAGS)
