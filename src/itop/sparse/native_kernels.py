@@ -28,6 +28,21 @@ def unsigned(index):  # pragma: no cover - compiled
     return np.uint64(index)
 
 
+@numba.njit(inline="always", **_FLAGS)
+def _eight_rows(inputs_t, col, j):  # pragma: no cover - compiled
+    """The rows of `inputs_t` that the weights j to j + 7 read (eight weights per pass)."""
+    return (
+        inputs_t[unsigned(col[j])],
+        inputs_t[unsigned(col[j + 1])],
+        inputs_t[unsigned(col[j + 2])],
+        inputs_t[unsigned(col[j + 3])],
+        inputs_t[unsigned(col[j + 4])],
+        inputs_t[unsigned(col[j + 5])],
+        inputs_t[unsigned(col[j + 6])],
+        inputs_t[unsigned(col[j + 7])],
+    )
+
+
 @numba.njit(**_JIT)
 def weight_grad_rows(crow, col, grads_t, inputs_t, out, start, stop):  # pragma: no cover - compiled
     batch = inputs_t.shape[1]
@@ -44,18 +59,7 @@ def weight_grad_rows(crow, col, grads_t, inputs_t, out, start, stop):  # pragma:
         j, end = crow[i], crow[i + 1]
         if batch >= 8:  # eight dot products per pass: each load of the output gradient serves eight weights (1.5x at batch 128)
             while j + 7 < end:
-                x0, x1, x2, x3 = (
-                    inputs_t[unsigned(col[j])],
-                    inputs_t[unsigned(col[j + 1])],
-                    inputs_t[unsigned(col[j + 2])],
-                    inputs_t[unsigned(col[j + 3])],
-                )
-                x4, x5, x6, x7 = (
-                    inputs_t[unsigned(col[j + 4])],
-                    inputs_t[unsigned(col[j + 5])],
-                    inputs_t[unsigned(col[j + 6])],
-                    inputs_t[unsigned(col[j + 7])],
-                )
+                x0, x1, x2, x3, x4, x5, x6, x7 = _eight_rows(inputs_t, col, j)
                 a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = zero
                 for b in range(batch):
                     gb = g[b]
@@ -232,18 +236,7 @@ def forward_rows(crow, col, values, inputs_t, bias, out_t, start, stop):  # prag
         while j + 7 < end:  # eight weights per pass over the output row: an eighth of its loads and stores
             v0, v1, v2, v3 = values[j], values[j + 1], values[j + 2], values[j + 3]
             v4, v5, v6, v7 = values[j + 4], values[j + 5], values[j + 6], values[j + 7]
-            x0, x1, x2, x3 = (
-                inputs_t[unsigned(col[j])],
-                inputs_t[unsigned(col[j + 1])],
-                inputs_t[unsigned(col[j + 2])],
-                inputs_t[unsigned(col[j + 3])],
-            )
-            x4, x5, x6, x7 = (
-                inputs_t[unsigned(col[j + 4])],
-                inputs_t[unsigned(col[j + 5])],
-                inputs_t[unsigned(col[j + 6])],
-                inputs_t[unsigned(col[j + 7])],
-            )
+            x0, x1, x2, x3, x4, x5, x6, x7 = _eight_rows(inputs_t, col, j)
             for b in range(batch):
                 row[b] += ((v0 * x0[b] + v1 * x1[b]) + (v2 * x2[b] + v3 * x3[b])) + ((v4 * x4[b] + v5 * x5[b]) + (v6 * x6[b] + v7 * x7[b]))
             j += 8
