@@ -20,7 +20,8 @@ gradient by output channel (summing over the blocks in order). The numbers do no
 import numba
 from numba import prange
 
-from .conv_kernels import taps_into_row, unsigned
+from .conv_kernels import taps_into_row
+from .native_kernels import unsigned
 
 _JIT = {"fastmath": True, "cache": True, "nogil": True}
 

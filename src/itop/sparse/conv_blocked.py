@@ -13,8 +13,8 @@ reads) is spread over more images: on VGG-C's 3x3 planes (512 channels, ERK 0.05
 block ran the forward 1.5x and the backward 1.8x faster than 16 (AMD EPYC, AVX-512). But the
 backward scatters each tap onto the input gradient's planes of its block and reads the input's,
 at channels all over the block: past a few MB a block (64 images of VGG-C's 5x5 planes, 6.4 MB)
-those miss the cache and the backward ran 0.89x. `lanes` takes the widest block within
-BLOCK_BYTES that the batch fills.
+those miss the cache and the backward ran 0.89x. `lanes` takes the widest block that the batch
+fills, within BLOCK_BYTES where a backward follows.
 """
 
 from __future__ import annotations
@@ -41,11 +41,11 @@ def lanes(images: int, channels: int, padded_pixels: int, itemsize: int, train: 
     fastest on 64 images on every plane measured (VGG-C's 3x3 to 8x8: 1.16-1.54x over 16). It
     depends on the shapes alone, not on the threads, so the weight gradient's sums over the blocks
     are the same on any thread count."""
-    for width in (MAX_LANES, MAX_LANES // 2):
-        blocks = -(-images // width)
-        fits = not train or width * channels * padded_pixels * itemsize <= BLOCK_BYTES
-        if blocks >= 2 and (blocks * width - images) * 8 <= images and fits:
-            return width
+    for per_block in (MAX_LANES, MAX_LANES // 2):
+        blocks = -(-images // per_block)
+        fits = not train or per_block * channels * padded_pixels * itemsize <= BLOCK_BYTES
+        if blocks >= 2 and (blocks * per_block - images) * 8 <= images and fits:
+            return per_block
     return MIN_LANES
 
 
@@ -97,8 +97,10 @@ class Layout:
 
 def layout(geometry, structure: SparseStructure, blocked: Tensor) -> Layout:
     """The layer's `Layout` for this blocked input's padded size and lanes, kept on the structure."""
-    padded_h, padded_w, width = blocked.shape[2:]
-    return structure.cached("blocked_layout", (padded_h, padded_w, width), lambda: Layout(geometry, structure, padded_h, padded_w, width))
+    padded_h, padded_w, per_block = blocked.shape[2:]
+    return structure.cached(
+        "blocked_layout", (padded_h, padded_w, per_block), lambda: Layout(geometry, structure, padded_h, padded_w, per_block)
+    )
 
 
 def _pool() -> None:
@@ -110,8 +112,8 @@ def to_blocked(geometry, x: Tensor, train: bool = True) -> Tensor:
     """x (N, C, H, W) as zero-padded (ceil(N / lanes), C, padded H, padded W, lanes) planes (`lanes`)."""
     images, channels, height, width = x.shape
     padded_h, padded_w = _padded_size(geometry, height, width)
-    width = lanes(images, channels, padded_h * padded_w, x.element_size(), train)
-    blocked = torch.empty(-(-images // width), channels, padded_h, padded_w, width, dtype=x.dtype)
+    per_block = lanes(images, channels, padded_h * padded_w, x.element_size(), train)
+    blocked = torch.empty(-(-images // per_block), channels, padded_h, padded_w, per_block, dtype=x.dtype)
     top, _, left, _ = geometry.padding
     _pool()
     _kernels().to_blocked(x.detach().contiguous().numpy(), blocked.numpy(), top, left)
@@ -174,7 +176,7 @@ def backward(
         if needs[1] and blocked.shape[0] > 1:  # both in one pass, parallel over the blocks, their sums added in order
             partial = torch.empty(blocked.shape[0], structure.nnz, dtype=values.dtype)
             _kernels().input_and_weight_grad(grads.numpy(), blocked.numpy(), *args, partial.numpy(), padded_w, out_w, taps.shape)
-            sums = partial.sum(0) if len(partial) > 1 else partial[0]
+            sums = partial.sum(0)
             grad_values = torch.empty_like(sums).index_copy_(0, taps.order_tensor, sums)
         else:
             _kernels().input_grad(grads.numpy(), *args, padded_w, out_w, taps.shape)
