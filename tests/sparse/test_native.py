@@ -156,3 +156,27 @@ def test_channel_sums_give_a_convolutions_bias_gradient_on_any_thread_count(monk
     sums = native.channel_sums(grad.float())
     monkeypatch.setattr(native, "threads_for", lambda work: 1)
     assert torch.equal(native.channel_sums(grad.float()), sums)  # each channel summed by one part, in order
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rows_without_gradient_give_zero_weight_gradients_and_scatter_nothing(dtype):
+    """At a batch of 2, a unit whose ReLU was off for both examples has an all-zero output-gradient
+    row: the kernels skip its weights' products but still write their zero gradients (the output
+    arrays start as NaN here, so a skipped write shows)."""
+    from itop.sparse import native_kernels
+
+    torch.manual_seed(3)
+    layer = SparseLinear(300, 70, nnz=2_000).to(dtype)
+    crow, col = layer.structure.arrays()  # numpy arrays
+    values = layer.values.detach()
+    grads_t, rows_t = torch.randn(70, 2, dtype=dtype), torch.randn(300, 2, dtype=dtype)
+    grads_t[::3] = 0.0  # every third unit silent
+    dense = torch.zeros(70 * 300, dtype=dtype).index_copy_(0, layer.structure.positions, values).view(70, 300)
+    expected_values = (grads_t @ rows_t.t()).reshape(-1)[layer.structure.positions]
+    grad_values, part = torch.full_like(values, float("nan")), torch.full((300, 2), float("nan"), dtype=dtype)
+    native_kernels.backward_rows(crow, col, values.numpy(), grads_t.numpy(), rows_t.numpy(), grad_values.numpy(), part.numpy(), 0, 70)
+    torch.testing.assert_close(grad_values, expected_values)
+    torch.testing.assert_close(part, dense.t() @ grads_t)
+    only_weights = torch.full_like(values, float("nan"))
+    native_kernels.weight_grad_rows(crow, col, grads_t.numpy(), rows_t.numpy(), only_weights.numpy(), 0, 70)
+    assert torch.equal(only_weights, grad_values)

@@ -110,3 +110,25 @@ def test_a_run_through_the_step_takes_the_decisions_of_a_run_without_it(capsys, 
         torch.testing.assert_close(value, plain[name], rtol=1e-4, atol=1e-5)
     losses = [records(d, "epoch")[0]["train_loss"] for d in ("fused", "autograd")]
     assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+
+
+def test_the_step_follows_weights_and_gradients_given_new_storage(one_thread, monkeypatch):
+    """The kernel's numpy views are kept between steps; `p.data = ...` (the same Parameter, new
+    storage) or a new `.grad` must still be what the next step reads and writes."""
+    model = truly_sparse_set_mlp(True)
+    step = FusedStep.for_model(model, "cross-entropy", 0.0, "none", 0.0)
+    x, y = torch.randn(2, 60), torch.randint(0, 5, (2,))
+    assert step.ready(x)
+    step(x, y)
+    model.fc1.values.data = model.fc1.values.data * 2
+    model.fc4.weight.data = model.fc4.weight.data.flip(0).contiguous()
+    model.fc3.values.grad = torch.full_like(model.fc3.values, float("nan"))
+    loss, _ = step(x, y)
+    fused = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    monkeypatch.setattr(chain, "usable", lambda layers, x, exact=True: False)
+    expected = nn.functional.cross_entropy(model(x), y)
+    expected.backward()
+    assert loss == pytest.approx(expected.item(), rel=1e-6)
+    for got, param in zip(fused, model.parameters()):
+        torch.testing.assert_close(got, param.grad, rtol=1e-5, atol=1e-6)

@@ -13,7 +13,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from .native_kernels import backward_rows, forward_rows, weight_grad_rows
+from .native_kernels import backward_rows, forward_rows, unsigned, weight_grad_rows
 
 _FLAGS = {"cache": True, "nogil": True}
 
@@ -36,9 +36,10 @@ def _relu_grad(grad, activation, out):  # pragma: no cover - compiled
 
 
 @numba.njit(**_FLAGS)
-def _bias_grad(grads_t, out):  # pragma: no cover - compiled
-    """Each row's sum over the batch, in order (at a batch of 1 or 2, the sum PyTorch's sum(1) gives)."""
-    for i in range(grads_t.shape[0]):
+def _bias_grad(grads_t, out, start, stop):  # pragma: no cover - compiled
+    """Rows [start, stop): each row's sum over the batch, in order (at a batch of 1 or 2, the sum
+    PyTorch's sum(1) gives)."""
+    for i in range(start, stop):
         total = out.dtype.type(0)
         for b in range(grads_t.shape[1]):
             total += grads_t[i, b]
@@ -67,7 +68,7 @@ def chain_backward(x_t, csr, values, activations, grads, grad_values, grad_biase
     for k in range(len(values) - 1, -1, -1):
         crow, col = csr[k]
         g = grads[k]
-        _bias_grad(g, grad_biases[k])
+        _bias_grad(g, grad_biases[k], 0, g.shape[0])
         if k > 0:
             backward_rows(crow, col, values[k], g, activations[k - 1], grad_values[k], parts[k], 0, g.shape[0])
             _relu_grad(parts[k], activations[k - 1], grads[k - 1])
@@ -116,38 +117,35 @@ def cross_entropy_step(x_t, labels, csr, values, biases, activations, grads, gra
         out, weights, bias = activations[k], values[k], biases[k]
         rows = out.shape[0]
         for p in prange(parts):
-            start, stop = rows * p // parts, rows * (p + 1) // parts
-            forward_rows(crow, col, weights, inputs, bias, out, start, stop)
-            if k < last:
-                _relu(out[start:stop])
+            forward_rows(crow, col, weights, inputs, bias, out, rows * p // parts, rows * (p + 1) // parts, k < last)
         inputs = out
     loss, correct = _cross_entropy_grad(activations[last], labels, grads[last])
     for k in range(last, -1, -1):
         crow, col = csr[k]
         g, weights, grad_weights = grads[k], values[k], grad_values[k]
         rows = g.shape[0]
-        _bias_grad(g, grad_biases[k])
-        if k == 0:
-            for p in prange(parts):
-                weight_grad_rows(crow, col, g, x_t, grad_weights, rows * p // parts, rows * (p + 1) // parts)
-            continue
-        buffer, below = buffers[k], activations[k - 1]
-        for p in prange(parts):
-            backward_rows(crow, col, weights, g, below, grad_weights, buffer[p], rows * p // parts, rows * (p + 1) // parts)
-        width = below.shape[0]
-        for p in prange(parts):
-            start, stop = width * p // parts, width * (p + 1) // parts
-            _summed_relu_grad(buffer, below, grads[k - 1], start, stop)
+        for p in prange(parts):  # one region a layer: a part's rows of g, then their gradients
+            start, stop = rows * p // parts, rows * (p + 1) // parts
+            if k < last:  # the ReLU's gradient, from the parts the layer above scattered
+                _summed_relu_grad(buffers[k + 1], activations[k], g, start, stop)
+            _bias_grad(g, grad_biases[k], start, stop)
+            if k == 0:
+                weight_grad_rows(crow, col, g, x_t, grad_weights, start, stop)
+            else:
+                backward_rows(crow, col, weights, g, activations[k - 1], grad_weights, buffers[k][p], start, stop)
     return loss, correct
 
 
-@numba.njit(**_FLAGS)
+@numba.njit(inline="always", **_FLAGS)
 def _summed_relu_grad(buffer, activation, out, start, stop):  # pragma: no cover - compiled
     """Rows [start, stop) of out = (the sum of buffer's parts, in order) where the activation is
-    positive, else 0: the input gradient of a ReLU whose output gradient was scattered in parts."""
-    for i in range(start, stop):
-        for b in range(out.shape[1]):
-            total = buffer[0, i, b]
-            for q in range(1, buffer.shape[0]):
-                total += buffer[q, i, b]
-            out[i, b] = total if activation[i, b] > 0 else 0.0
+    positive, else 0: the input gradient of a ReLU whose output gradient was scattered in parts.
+    One flat loop by unsigned offsets, without branches: LLVM vectorises it (3 calls at H=10,000:
+    9 against 23-66 us)."""
+    zero = out.dtype.type(0)
+    total, above, scattered = out.reshape(-1), activation.reshape(-1), buffer.reshape(buffer.shape[0], -1)
+    for i in range(unsigned(start * out.shape[1]), unsigned(stop * out.shape[1])):
+        t = scattered[0, i]
+        for q in range(1, scattered.shape[0]):
+            t += scattered[q, i]
+        total[i] = t if above[i] > zero else zero
