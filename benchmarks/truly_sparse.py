@@ -32,6 +32,8 @@ Sections (`--only NAME`, repeatable):
              idle): a busy loop started here, stopped and continued (SIGSTOP / SIGCONT) so that
              timed blocks alternate idle / busy, killed at the end; for the SET-MLP at H = 1k and
              10k (batch 2), the 3072-1024-512-10 MLP at density 0.05 (batch 128), and its dense step.
+             Each block is timed after 0.25 s of untimed steps (itop takes a thread fewer from 0.1-0.2 s
+             after another process starts, `itop.sparse.free_cores`): the steady state is measured.
   peers      sparselab / sparseprop (if installed) on the SET-MLP beside itop, same weights.
   huge       (only with --huge) 784-333334-333333-333333-10 (about 20M weights): one epoch,
              peak RSS, MNIST test accuracy, one SET update. Tested on the official MNIST test set
@@ -753,6 +755,7 @@ CONTENTION_TARGET = 2.5  # busy / idle step time of the truly sparse models: at 
 # with the benchmark's 2 threads, less when other processes run too; below this it was not running
 # (the toggling failed) and the row measures nothing.
 MIN_BUSY_CORES = 0.1
+SETTLE_S = 0.25  # untimed steps after each change of the busy loop's state (see settle)
 
 # The other process: a busy loop, in any core (nothing is pinned). It first asks Linux to kill it
 # when this benchmark dies (PR_SET_PDEATHSIG), so not even a SIGKILL of the benchmark leaves it
@@ -817,6 +820,15 @@ class BusyLoop:
         self.process.wait()
 
 
+def settle(step: Callable[[], None]) -> None:
+    """Steps, untimed, for SETTLE_S after the busy loop stopped or started: itop's kernels re-read
+    how busy the other cores are every `itop.sparse.free_cores.INTERVAL` (0.1 s) and take a thread
+    fewer or more from the next reading, so a timed block measures the steady state, not the change."""
+    end = time.perf_counter() + SETTLE_S
+    while time.perf_counter() < end:
+        step()
+
+
 def busy_idle(step: Callable[[], None], busy: BusyLoop, rounds: int, block_s: float) -> tuple[list[float], list[float], float]:
     """Per-step seconds of `step` in idle and busy blocks (alternating, the first swapped every
     round), and the cores the busy loop used during the busy blocks (see MIN_BUSY_CORES)."""
@@ -829,9 +841,11 @@ def busy_idle(step: Callable[[], None], busy: BusyLoop, rounds: int, block_s: fl
     for r in range(rounds):
         for state in ("idle", "busy") if r % 2 == 0 else ("busy", "idle"):
             if state == "idle":
+                settle(step)
                 idle.append(time_block(step, steps))
                 continue
             busy.resume()
+            settle(step)
             cpu, start = busy.cpu_seconds(), time.perf_counter()
             loaded.append(time_block(step, steps))
             wall += time.perf_counter() - start

@@ -12,13 +12,21 @@ Run by hand, on the machine to be measured (quiet: nothing else busy):
         [--hidden 1000,10000] [--rounds 3] [--out bench-runs/versus-reference] [--quick]
 
 CHECKOUT: the reference's code with its Cython module built for PYTHON (default: this Python;
-the reference needs only NumPy, SciPy and Cython, no torch):
+the reference needs only NumPy, SciPy and Cython, no torch). Give it the libraries of its time, in
+a virtual environment of its own: on current SciPy it needs a copying `coo_matrix` (below), which
+slowed its epoch at H=10,000 from 45 s (NumPy 1.26.4, SciPy 1.11.4, no workaround) to 66 s (NumPy
+2.4.6, SciPy 1.17.1), on the same machine the same day:
     git clone https://github.com/Shiweiliuiiiiiii/SET-MLP-ONE-MILLION-NEURONS CHECKOUT
-    cd CHECKOUT && PYTHON -m pip install numpy scipy cython && cythonize -i sparseoperations.pyx
+    python -m venv REFENV && REFENV/bin/pip install "numpy<2" "scipy<1.12" "cython<3.1"
+    cd CHECKOUT && rm -f sparseoperations.c *.so
+    CFLAGS="-I$(REFENV/bin/python -c 'import numpy; print(numpy.get_include())')" REFENV/bin/cythonize -i sparseoperations.pyx
+    then --reference-python REFENV/bin/python (REFENV an absolute path)
 (its README says only "python set_mlp_sparse_data_structures.py"; the build command is the one in
 the header of its sparseoperations.pyx, "cythonize -a -i sparseoperations.pyx", -a only writing an
-HTML annotation). benchmarks/set_reference.py runs it, without touching the checkout, with two
-workarounds for current SciPy/NumPy (it reports which applied).
+HTML annotation; the checkout's own .c and .so were made for Python 3.5, and the module includes
+NumPy's headers, which cythonize does not add by itself). benchmarks/set_reference.py runs it,
+without touching the checkout, with two workarounds for current SciPy/NumPy where they are needed
+(it reports which applied; none on the libraries above).
 
 Both sides train 784-H-H-H-10 for one epoch on the same 4,000 digits (itop's `mnist5k` training
 split, no validation split; the reference gets them as itop's loader normalises them), with the

@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import free_cores
+
 AVAILABLE = (
     "torch" not in (os.environ.get("ITOP_SPARSE_KERNELS", "").strip().lower(), os.environ.get("ITOP_KERNELS", "").strip().lower())
     and importlib.util.find_spec("numba") is not None
@@ -95,7 +97,9 @@ def threads_for(work: int) -> int:
 
 
 def _pool(threads: int) -> None:
-    numba = _kernels.numba
+    """numba's pool set to run `threads` parts: on fewer threads where other processes keep cores
+    busy (`free_cores`), with the same numbers (each part still computes its own rows)."""
+    numba, threads = _kernels.numba, free_cores.free(threads)
     if numba.get_num_threads() != threads:
         numba.set_num_threads(threads)
 
