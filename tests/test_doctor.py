@@ -12,6 +12,7 @@ FIELDS = [
     "CPU",
     "ISA",
     "cores usable",
+    "other processes      busy on",
     "torch threads",
     "torch 2.",
     "numba",
@@ -76,3 +77,11 @@ def test_doctor_help_and_a_bad_mode(capsys, monkeypatch):
     out, err = capsys.readouterr()
     assert out == "" and err == "itop: error: ITOP_KERNELS='fast' is not a kernel choice; set it to one of auto, torch, numba, dense.\n"
     assert main(["train", "--epochs", "1"]) == 2 and capsys.readouterr().err.startswith("itop: error: ITOP_KERNELS='fast'")
+
+
+def test_doctor_says_when_the_free_cores_are_not_read(capsys, monkeypatch):
+    from itop.sparse import free_cores
+
+    monkeypatch.setattr(free_cores, "_enabled", False)
+    assert main(["doctor"]) == 0
+    assert "other processes      not read (ITOP_FREE_CORES=all" in capsys.readouterr().out

@@ -75,6 +75,23 @@ def _masked(chooser, nnz: int, batch: int) -> str:
     return f"batch {batch}: {choice} ({spent}; {_source(chooser, key, before)})"
 
 
+def _others() -> str:
+    """How busy other processes keep this process's CPUs, and what the kernels make of it."""
+    import torch
+
+    from itop.sparse import free_cores, native
+
+    if not free_cores._enabled:
+        return "not read (ITOP_FREE_CORES=all: kernels use every configured thread)"
+    reading = free_cores.others_busy()
+    if reading is None:
+        return "not known here (no /proc/stat): kernels use every configured thread"
+    others, cpus = reading
+    threads = native.configured_threads() if native.kernels() is not None else torch.get_num_threads()
+    used = max(1, min(threads, int(cpus - others + free_cores.TAKEN)))
+    return f"busy on {others:.1f} of {cpus} CPUs over 0.2 s: a kernel split in {threads} parts runs them on {used} thread(s)"
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         _parser().parse_args(sys.argv[1:] if argv is None else argv)
@@ -109,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     say(f"  OpenMP               {spin}")
     say(f"  torch imported before itop: {'yes (PyTorch keeps its OpenMP spin defaults)' if openmp.torch_loaded_first else 'no'}")
     say(f"  malloc               {keep_freed_memory()}; itop train sets the same")
+    say(f"  other processes      {_others()}")
 
     raw = os.environ.get("ITOP_KERNELS") or (
         f"ITOP_SPARSE_KERNELS={os.environ['ITOP_SPARSE_KERNELS']}" if "ITOP_SPARSE_KERNELS" in os.environ else ""

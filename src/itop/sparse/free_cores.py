@@ -76,3 +76,17 @@ def free(threads: int) -> int:
     if _free is None:
         return threads
     return max(1, min(threads, int(_free + TAKEN)))
+
+
+def others_busy(seconds: float = 0.2) -> tuple[float, int] | None:
+    """(cores other processes kept busy over the next `seconds`, CPUs this process may use), for
+    `itop doctor`; None where /proc/stat cannot be read."""
+    cpus = _cpus()
+    start, own, wall = _busy_seconds(cpus), time.process_time(), time.monotonic()
+    if start is None:
+        return None
+    time.sleep(seconds)
+    busy = _busy_seconds(cpus)
+    if busy is None:
+        return None
+    return max(0.0, (busy - start) - (time.process_time() - own)) / (time.monotonic() - wall), len(cpus)
