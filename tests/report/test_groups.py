@@ -177,3 +177,9 @@ def test_grouped_table_says_when_only_some_runs_have_a_value():
     runs = [run("a", extra={"final_test_acc": 0.8}), run("b", seed=1), run("c", seed=2)]
     row = grouped_table(group_runs(runs)).splitlines()[2]
     assert "| 90.00 ± 0.00 | 80.00 (1 of 3 runs) |" in row
+
+
+def test_a_very_sparse_group_keeps_two_significant_digits_and_its_spread_the_same_decimals():
+    runs = [run("s0", density=0.003, rs=0.0037, seed=0), run("s1", density=0.003, rs=0.0041, seed=1)]
+    (line,) = grouped_table(group_runs(runs)).splitlines()[2:]
+    assert "| 0.0039 ± 0.0003 |" in line, line

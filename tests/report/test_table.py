@@ -10,6 +10,12 @@ def test_sparse_row_matches_the_seed_layout():
     assert row == "| RigL-ITOP | 0.95 | 93.12 | 0.86 | 0.15x | 0.12x |"
 
 
+def test_a_very_sparse_run_keeps_two_significant_digits():
+    """SET's million-neuron presets train at density 0.003: their Rs and FLOPs must not read 0.00."""
+    row = results_row(summary("SET-ITOP", 0.0029, 0.839, 0.0037, 0.0031, 0.0029))
+    assert row == "| SET-ITOP | 0.9971 | 83.90 | 0.0037 | 0.0031x | 0.0029x |"
+
+
 def test_dense_row_carries_absolute_flops():
     row = results_row(summary("Dense", 1.0, 0.768, 1.0, 1.0, 1.0))
     assert row == "| Dense | 0.0 | 76.80 | 1.0 | 1x(3.2e18) | 1x(8.2e9) |"

@@ -29,6 +29,12 @@ def _trim(x: float) -> str:
     return text + "0" if text.endswith(".") else text
 
 
+def _two_places(x: float) -> str:
+    """0.2041 -> "0.20"; a share below 0.01 keeps two significant digits (0.0037 -> "0.0037"), so
+    a very sparse run (SET's million-neuron presets, density 0.003) does not read as 0.00."""
+    return f"{x:.2g}" if 0 < abs(x) < 0.01 else f"{x:.2f}"
+
+
 def _sci(x: float) -> str:
     """3.2e18 -> "3.2e18", 8.2e9 -> "8.2e9": the original ITOP code's compact scientific notation."""
     mantissa, exponent = f"{x:.1e}".split("e")
@@ -54,7 +60,7 @@ def _flops(summary: dict, key: str, dense: bool) -> str:
         multiple = _number(summary, key) or 1.0
         return f"{multiple:g}x" if absolute is None else f"{multiple:g}x({_sci(absolute)})"
     ratio = _number(summary, key)
-    return "-" if ratio is None else f"{ratio:.2f}x"
+    return "-" if ratio is None else f"{_two_places(ratio)}x"
 
 
 def _cells(summary: dict) -> list[str]:
@@ -65,7 +71,7 @@ def _cells(summary: dict) -> list[str]:
         method_label(summary).replace("|", "\\|"),
         _trim(sparsity_of(summary)),
         "-" if acc is None else f"{100 * acc:.2f}",
-        "1.0" if dense else ("-" if rs is None else f"{rs:.2f}"),
+        "1.0" if dense else ("-" if rs is None else _two_places(rs)),
         _flops(summary, "training_flops", dense),
         _flops(summary, "test_flops", dense),
     ]
@@ -113,9 +119,10 @@ def _mean_std(group: Group, key: str, scale: float) -> str:
     values = group.values(key)
     if not values:
         return "-"
-    text = f"{scale * group.mean(key):.2f}"
-    if len(values) > 1:
-        text += f" ± {scale * group.std(key):.2f}"
+    text = _two_places(scale * group.mean(key))
+    if len(values) > 1:  # the spread to the mean's decimals
+        decimals = len(text.partition(".")[2]) if "e" not in text else 2
+        text += f" ± {scale * group.std(key):.{decimals}f}"
     if len(values) < len(group.runs):
         text += f" ({len(values)} of {len(group.runs)} runs)"
     return text
