@@ -88,7 +88,7 @@ def _others() -> str:
         return "not known here (no /proc/stat): kernels use every configured thread"
     others, cpus = reading
     threads = native.configured_threads() if native.kernels() is not None else torch.get_num_threads()
-    used = max(1, min(threads, int(cpus - others + free_cores.TAKEN)))
+    used = free_cores.threads_left(cpus - others, threads)
     return f"busy on {others:.1f} of {cpus} CPUs over 0.2 s: a kernel split in {threads} parts runs them on {used} thread(s)"
 
 

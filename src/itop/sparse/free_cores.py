@@ -53,17 +53,32 @@ def _busy_seconds(cpus: set[int]) -> float | None:
     return total / _TICK
 
 
+def _reading(now: float, cpus: set[int]) -> tuple[float, float, float] | None:
+    """(wall, busy CPU seconds of `cpus`, this process's CPU seconds) now; None without /proc/stat."""
+    busy = _busy_seconds(cpus)
+    return None if busy is None else (now, busy, time.process_time())
+
+
+def _others(before: tuple[float, float, float], after: tuple[float, float, float]) -> float:
+    """Cores that other processes kept busy between two readings."""
+    return max(0.0, (after[1] - before[1]) - (after[2] - before[2])) / (after[0] - before[0])
+
+
+def threads_left(free_cores: float, threads: int) -> int:
+    """At most `threads`, at least 1: a core another process uses more than half of is taken."""
+    return max(1, min(threads, int(free_cores + TAKEN)))
+
+
 def _read(now: float) -> None:
     global _last, _free, _enabled
     cpus = _cpus()
-    busy, own = _busy_seconds(cpus), time.process_time()
-    if busy is None:  # no /proc/stat: every core counts as free from now on
+    reading = _reading(now, cpus)
+    if reading is None:  # no /proc/stat: every core counts as free from now on
         _enabled, _free = False, None
         return
     if _last is not None and now > _last[0]:
-        others = max(0.0, (busy - _last[1]) - (own - _last[2])) / (now - _last[0])
-        _free = len(cpus) - others
-    _last = (now, busy, own)
+        _free = len(cpus) - _others(_last, reading)
+    _last = reading
 
 
 def free(threads: int) -> int:
@@ -73,20 +88,16 @@ def free(threads: int) -> int:
     now = time.monotonic()
     if _last is None or now - _last[0] >= INTERVAL:
         _read(now)
-    if _free is None:
-        return threads
-    return max(1, min(threads, int(_free + TAKEN)))
+    return threads if _free is None else threads_left(_free, threads)
 
 
 def others_busy(seconds: float = 0.2) -> tuple[float, int] | None:
     """(cores other processes kept busy over the next `seconds`, CPUs this process may use), for
     `itop doctor`; None where /proc/stat cannot be read."""
     cpus = _cpus()
-    start, own, wall = _busy_seconds(cpus), time.process_time(), time.monotonic()
-    if start is None:
+    before = _reading(time.monotonic(), cpus)
+    if before is None:
         return None
     time.sleep(seconds)
-    busy = _busy_seconds(cpus)
-    if busy is None:
-        return None
-    return max(0.0, (busy - start) - (time.process_time() - own)) / (time.monotonic() - wall), len(cpus)
+    after = _reading(time.monotonic(), cpus)
+    return None if after is None else (_others(before, after), len(cpus))
