@@ -134,3 +134,16 @@ def test_the_step_follows_weights_and_gradients_given_new_storage(one_thread, mo
     assert loss == pytest.approx(expected.item(), rel=1e-6)
     for got, param in zip(fused, model.parameters()):
         torch.testing.assert_close(got, param.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_a_nan_weight_reaches_the_loss(one_thread):
+    """The ReLU the forward applies as it writes each row keeps NaN (as torch.relu does), so a hidden
+    layer gone NaN makes the loss NaN and `itop train` stops as diverged, rather than training on."""
+    model = truly_sparse_set_mlp(True)
+    step = FusedStep.for_model(model, "cross-entropy", 0.0, "none", 0.0)
+    x, y = torch.randn(2, 60), torch.randint(0, 5, (2,))
+    assert step.ready(x)
+    with torch.no_grad():
+        model.fc2.values.fill_(float("nan"))
+    loss, _ = step(x, y)
+    assert loss != loss  # NaN

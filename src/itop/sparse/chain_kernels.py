@@ -19,23 +19,6 @@ _FLAGS = {"cache": True, "nogil": True}
 
 
 @numba.njit(**_FLAGS)
-def _relu(h):  # pragma: no cover - compiled
-    for i in range(h.shape[0]):
-        row = h[i]
-        for b in range(row.shape[0]):
-            if row[b] < 0:
-                row[b] = 0.0
-
-
-@numba.njit(**_FLAGS)
-def _relu_grad(grad, activation, out):  # pragma: no cover - compiled
-    """out = grad where the (post-ReLU) activation is positive, else 0 (PyTorch's threshold_backward)."""
-    for i in range(out.shape[0]):
-        for b in range(out.shape[1]):
-            out[i, b] = grad[i, b] if activation[i, b] > 0 else 0.0
-
-
-@numba.njit(**_FLAGS)
 def _bias_grad(grads_t, out, start, stop):  # pragma: no cover - compiled
     """Rows [start, stop): each row's sum over the batch, in order (at a batch of 1 or 2, the sum
     PyTorch's sum(1) gives)."""
@@ -54,9 +37,7 @@ def chain_forward(x_t, csr, values, biases, activations):  # pragma: no cover - 
     for k in range(len(values)):
         crow, col = csr[k]
         out = activations[k]
-        forward_rows(crow, col, values[k], inputs, biases[k], out, 0, out.shape[0])
-        if k < last:
-            _relu(out)
+        forward_rows(crow, col, values[k], inputs, biases[k], out, 0, out.shape[0], k < last)
         inputs = out
 
 
@@ -70,8 +51,9 @@ def chain_backward(x_t, csr, values, activations, grads, grad_values, grad_biase
         g = grads[k]
         _bias_grad(g, grad_biases[k], 0, g.shape[0])
         if k > 0:
-            backward_rows(crow, col, values[k], g, activations[k - 1], grad_values[k], parts[k], 0, g.shape[0])
-            _relu_grad(parts[k], activations[k - 1], grads[k - 1])
+            part, below = parts[k], activations[k - 1]
+            backward_rows(crow, col, values[k], g, below, grad_values[k], part, 0, g.shape[0])
+            _summed_relu_grad(part.reshape(1, part.shape[0], part.shape[1]), below, grads[k - 1], 0, below.shape[0])
         elif input_grad:
             backward_rows(crow, col, values[0], g, x_t, grad_values[0], parts[0], 0, g.shape[0])
         else:

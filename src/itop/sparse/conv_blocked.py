@@ -108,12 +108,17 @@ def _pool() -> None:
     native._pool(native.configured_threads())
 
 
+def empty_blocks(images: int, channels: int, height: int, width: int, dtype: torch.dtype, train: bool) -> Tensor:
+    """An uninitialised (ceil(images / lanes), channels, height, width, lanes) array, `lanes` images
+    a block as `lanes` sets for these planes."""
+    per_block = lanes(images, channels, height * width, dtype.itemsize, train)
+    return torch.empty(-(-images // per_block), channels, height, width, per_block, dtype=dtype)
+
+
 def to_blocked(geometry, x: Tensor, train: bool = True) -> Tensor:
     """x (N, C, H, W) as zero-padded (ceil(N / lanes), C, padded H, padded W, lanes) planes (`lanes`)."""
     images, channels, height, width = x.shape
-    padded_h, padded_w = _padded_size(geometry, height, width)
-    per_block = lanes(images, channels, padded_h * padded_w, x.element_size(), train)
-    blocked = torch.empty(-(-images // per_block), channels, padded_h, padded_w, per_block, dtype=x.dtype)
+    blocked = empty_blocks(images, channels, *_padded_size(geometry, height, width), x.dtype, train)
     top, _, left, _ = geometry.padding
     _pool()
     _kernels().to_blocked(x.detach().contiguous().numpy(), blocked.numpy(), top, left)

@@ -78,9 +78,7 @@ class Phases:
     def split_blocked(self, x: Tensor, train: bool = True) -> Tensor:
         """x (N, C, H, W) as its kept phases in the blocked layout (`conv_blocked.to_blocked`: blocks
         of `conv_blocked.lanes` images innermost; the phases need no padding), in one pass."""
-        images, channels = x.shape[0], self.geometry.in_channels
-        per_block = conv_blocked.lanes(images, channels, self.phase_size[0] * self.phase_size[1], x.element_size(), train)
-        phases = torch.empty(-(-images // per_block), channels, *self.phase_size, per_block, dtype=x.dtype)
+        phases = conv_blocked.empty_blocks(x.shape[0], self.geometry.in_channels, *self.phase_size, x.dtype, train)
         conv_blocked._pool()
         _kernels().to_blocked_phases(x.detach().contiguous().numpy(), phases.numpy(), *self.stride, *self.counts, *self.top_left)
         return phases
