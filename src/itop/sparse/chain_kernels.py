@@ -122,8 +122,9 @@ def cross_entropy_step(x_t, labels, csr, values, biases, activations, grads, gra
 def _summed_relu_grad(buffer, activation, out, start, stop):  # pragma: no cover - compiled
     """Rows [start, stop) of out = (the sum of buffer's parts, in order) where the activation is
     positive, else 0: the input gradient of a ReLU whose output gradient was scattered in parts.
-    One flat loop by unsigned offsets, without branches: LLVM vectorises it (3 calls at H=10,000:
-    9 against 23-66 us)."""
+    One flat loop by unsigned offsets, without branches, which LLVM vectorises in any caller: three
+    calls at H=10,000 took 9 us, where a flat loop by slices took 23 us alone and 66 us inside a
+    loop over parts."""
     zero = out.dtype.type(0)
     total, above, scattered = out.reshape(-1), activation.reshape(-1), buffer.reshape(buffer.shape[0], -1)
     for i in range(unsigned(start * out.shape[1]), unsigned(stop * out.shape[1])):

@@ -29,7 +29,7 @@ from ..sparse import chain, native
 from ..sparse.layer import SparseLinear
 from ..sparse.ops import transposed
 
-SHORT_INDEX_LIMIT = 1 << 16  # layers this narrow hand the kernel 16-bit column indices: 1.04x a step at H=10,000
+SHORT_INDEX_LIMIT = 1 << 16  # layers this narrow hand the kernel 16-bit column indices: its time 1.04x faster in training at H=10,000
 
 
 class FusedStep:
