@@ -31,7 +31,9 @@ Sections (`--only NAME`, repeatable):
   contention training-step time with one other busy process on the machine over without it (busy /
              idle): a busy loop started here, stopped and continued (SIGSTOP / SIGCONT) so that
              timed blocks alternate idle / busy, killed at the end; for the SET-MLP at H = 1k and
-             10k (batch 2), the 3072-1024-512-10 MLP at density 0.05 (batch 128), and its dense step.
+             10k (batch 2), the 3072-1024-512-10 MLP at density 0.05 (batch 128), and its dense step;
+             then `itop train`'s own step at H = 10k (`Run.train_step` of --preset million-neurons:
+             the one-call step and the fused SGD, which `itop train` runs on the free cores).
              Each block is timed after 0.25 s of untimed steps (itop takes a thread fewer from 0.1-0.2 s
              after another process starts, `itop.sparse.free_cores`): the steady state is measured.
   peers      sparselab / sparseprop (if installed) on the SET-MLP beside itop, same weights.
@@ -69,6 +71,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -820,6 +823,26 @@ class BusyLoop:
         self.process.wait()
 
 
+def itop_train_step(hidden: int, data: list, save_dir: str) -> Callable[[], None]:
+    """A closure running one step of `itop train --preset million-neurons` at width `hidden` (no
+    dropout, as in the workload above) on the next batch of `data`: `Run.train_step`, the very code
+    of the command's loop, the topology update aside."""
+    from itop.train.config import parse_args
+    from itop.train.loop import Run
+
+    flags = ["--preset", "million-neurons", "--hidden", f"{hidden},{hidden},{hidden}", "--dropout", "0", "--no-progress"]
+    cfg = parse_args([*flags, "--save", save_dir])[0]
+    run = Run(cfg, Path(cfg.save))
+    cursor = [0]
+
+    def step() -> None:
+        x, y = data[cursor[0] % len(data)]
+        cursor[0] += 1
+        run.train_step(x, y)
+
+    return step
+
+
 def settle(step: Callable[[], None]) -> None:
     """Steps, untimed, for SETTLE_S after the busy loop stopped or started: itop's kernels re-read
     how busy the other cores are every `itop.sparse.free_cores.INTERVAL` (0.1 s) and take a thread
@@ -886,6 +909,13 @@ def section_contention(args, results: dict) -> None:
         True,
     )
     models["3072-1024-512-10 dense (reference)"] = (dense_mlp(CIFAR_MLP), cifar, 128, False)
+    steps = {label: (train_step(model, sgd(model), data), batch, targeted) for label, (model, data, batch, targeted) in models.items()}
+    run_dir = tempfile.TemporaryDirectory(prefix="itop-contention-")
+    steps["SET-MLP 784-10000-10000-10000-10, itop train's step (--preset million-neurons)"] = (
+        itop_train_step(10_000, digits, run_dir.name),
+        BATCH,
+        True,
+    )
     print(f"{rounds} rounds of an idle and a busy block (about {block_s:g} s idle) per model; SET-MLP data: {source}")
     previous = signal.signal(signal.SIGTERM, _interrupt)  # a `kill` of the benchmark still reaches the finally
     busy = None
@@ -896,12 +926,12 @@ def section_contention(args, results: dict) -> None:
             "| model | batch | idle ms/step median [q1, q3] | busy ms/step median [q1, q3] | busy / idle, median [q1, q3] | target | busy loop's cores in busy blocks |"
         )
         print("|---|---|---|---|---|---|---|")
-        for label, (model, data, batch, targeted) in models.items():
+        for label, (step, batch, targeted) in steps.items():
             if busy.process.poll() is not None:  # killed from outside during the last row: a new one for this row
                 busy.close()
                 busy = None
                 busy = BusyLoop()
-            idle, loaded, used = busy_idle(train_step(model, sgd(model), data), busy, rounds, block_s)
+            idle, loaded, used = busy_idle(step, busy, rounds, block_s)
             r = ratios(loaded, idle)
             target = f"<= {CONTENTION_TARGET:g}x" if targeted else "-"
             ran = used >= MIN_BUSY_CORES
@@ -923,7 +953,8 @@ def section_contention(args, results: dict) -> None:
         if busy is not None:
             busy.close()
         signal.signal(signal.SIGTERM, previous)
-    del models
+        run_dir.cleanup()
+    del models, steps
     gc.collect()
 
 

@@ -7,6 +7,8 @@ time slice for a core, and every parallel region waits with it: `itop train`'s s
 (batch 2, two threads) took 2.9x its idle time beside a busy loop, against 1.2x with its two parts
 run by the calling thread alone (which idle takes 1.7x as long). `native._pool` therefore runs the
 parts on at most `free(threads)` threads. The parts, and so the numbers, never change with it.
+PyTorch's own parallel loops wait the same way; `itop train` runs its optimizer step, whose
+numbers do not depend on the thread count, on the free cores too (`itop.train.threads`).
 
 Linux: from /proc/stat, the time the CPUs this process may run on spent busy, less this process's
 own CPU time, over the time since the last reading; read at most every `INTERVAL` seconds, so a

@@ -36,7 +36,7 @@ from .model_setup import build_model, build_sparsifier, loss_function, uncut_not
 from .notices import MIN_VALIDATION, no_update_warning
 from .optim import build_optimizer, learning_rate, set_learning_rate
 from .tensorboard import Logs, TensorBoardLog
-from .threads import step_threads, threads_note, using_threads
+from .threads import step_threads, threads_note, update_threads, using_threads
 
 # ImageNet runs (--arch, a data directory) cannot switch data with --data alone: name a whole command.
 IMAGENET_HINT = "or train on the 5,000 MNIST digits that come with itop: itop train --model lenet5 --data mnist5k"
@@ -287,31 +287,9 @@ class Run:
             dynamic_ncols=True,
         )
         for batch, (x, y) in enumerate(self.train_loader):
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            set_learning_rate(self.optimizer, learning_rate(cfg, self.epoch, self.step, self.total_steps))
-            fused = self.fused_step is not None and self.fused_step.ready(x)
-            if not fused:  # the one-call step writes every gradient whole: nothing to clear
-                self.optimizer.zero_grad(set_to_none=True)
-            if cfg.channels_last and x.dim() == 4 and self.device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            if fused:  # forward, loss and backward in one call
-                step_loss, hits = self.fused_step(x, y)
-                loss_sum += step_loss * len(y)
-                correct += hits
-            else:
-                with self.autocast():
-                    logits = self.forward_model(x)
-                    loss = self.loss_fn(logits.float(), y)
-                weight = getattr(self.train_loader, "loss_weight", 1.0)  # a rank's share of a partial global batch
-                objective = loss if weight == 1.0 else loss * weight
-                if cfg.l1 and self.sparsifier is not None:
-                    objective = objective + cfg.l1 * sum(p.abs().sum() for p in self.sparsifier.params.values())
-                self.scaler.scale(objective).backward()
-                loss_sum += loss.detach() * len(y)
-                correct += (logits.argmax(1) == y).sum()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.step += 1
+            step_loss, hits = self.train_step(x, y)
+            loss_sum += step_loss
+            correct += hits
             seen += len(y)
             sp = self.sparsifier
             updating = sp is not None and sp.update_due
@@ -332,6 +310,37 @@ class Run:
         bar.close()
         loss_total, correct_total, seen_total = all_sum([float(loss_sum), float(correct), float(seen)], self.world, self.device)
         return {"train_loss": loss_total / seen_total, "train_acc": correct_total / seen_total}
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor | float, torch.Tensor | int]:
+        """One optimizer step on the batch (x, y), the topology update aside (`sparsifier.step()`,
+        called by `train_epoch`): the batch's summed loss and its correct predictions, as tensors
+        where reading them would wait for the device."""
+        cfg = self.cfg
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        set_learning_rate(self.optimizer, learning_rate(cfg, self.epoch, self.step, self.total_steps))
+        fused = self.fused_step is not None and self.fused_step.ready(x)
+        if not fused:  # the one-call step writes every gradient whole: nothing to clear
+            self.optimizer.zero_grad(set_to_none=True)
+        if cfg.channels_last and x.dim() == 4 and self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        if fused:  # forward, loss and backward in one call
+            step_loss, hits = self.fused_step(x, y)
+            loss_sum, correct = step_loss * len(y), hits
+        else:
+            with self.autocast():
+                logits = self.forward_model(x)
+                loss = self.loss_fn(logits.float(), y)
+            weight = getattr(self.train_loader, "loss_weight", 1.0)  # a rank's share of a partial global batch
+            objective = loss if weight == 1.0 else loss * weight
+            if cfg.l1 and self.sparsifier is not None:
+                objective = objective + cfg.l1 * sum(p.abs().sum() for p in self.sparsifier.params.values())
+            self.scaler.scale(objective).backward()
+            loss_sum, correct = loss.detach() * len(y), (logits.argmax(1) == y).sum()
+        with update_threads(self.device):  # on the free cores while other processes keep some busy
+            self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.step += 1
+        return loss_sum, correct
 
     def _divergence(self, loss: float) -> str:
         """What happened and what to do, for a loss that is no longer finite."""
