@@ -14,9 +14,9 @@ CPU, unless OMP_NUM_THREADS says otherwise.
 While other processes keep cores busy, a parallel region waits for its worker on a shared core
 (`itop.sparse.free_cores`). The optimizer step then runs on the free cores (`update_threads`): its
 updates are elementwise, so the thread count changes their speed, not their numbers (SGD and
-Adam are tested bit for bit on one and two threads). Beside a busy loop on one of two cores, the
-step of SET's recipe at H=10,000 took 1.6x its idle time this way, against 2.0-2.5x
-(`benchmarks/truly_sparse.py --only contention`).
+Adam are tested bit for bit on one and two threads). Beside a busy loop on one of two cores (AMD
+EPYC, AVX-512), the step of SET's recipe at H=10,000 took 1.6x its idle time this way
+(`benchmarks/truly_sparse.py --only contention`), against 1.9-2.2x before.
 """
 
 from __future__ import annotations
