@@ -448,3 +448,31 @@ def test_the_cache_key_holds_a_digest_of_the_kernels_code(monkeypatch, tmp_path)
     other = dispatch.Dispatcher(path=tmp_path / "kernels.json")
     other.load()
     assert not other.decisions
+
+
+@pytest.mark.skipif(not native.AVAILABLE, reason="numba is not installed")
+def test_transposing_copies_are_measured_once_per_class_and_every_way_is_exact(monkeypatch, cache_dir):
+    """Which sweep of numba's transpose wins depends on the CPU (bands on a Xeon, blocks on an AMD
+    EPYC, for a batch of 3072-wide inputs), so it is measured like the products; forced modes
+    take the fixed rule (numba) or PyTorch's copy (torch, dense)."""
+    chooser = use(monkeypatch)
+    calls = []
+    timings = ops.transpose_timings
+    monkeypatch.setattr(ops, "transpose_timings", lambda *a: calls.append(a) or timings(*a))
+    matrix = torch.randn(100, 784)  # LeNet-300-100's batch of inputs: over NATIVE_TRANSPOSE_MIN_SIZE
+    for rows in (100, 120, 128):  # one batch class (128)
+        flipped = ops.transposed(torch.randn(rows, 784))
+        assert flipped.shape == (784, rows) and flipped.is_contiguous()
+    key = ("transpose", 128, 784, torch.float32, torch.get_num_threads())
+    assert calls == [(100, 784, torch.float32)] and chooser.decisions[key] in ("bands", "blocks", "torch")
+    assert set(chooser.timings[key]) == {"bands", "blocks", "torch"}
+    assert dispatch.encode(key) in json.loads((cache_dir / "kernels.json").read_text())["machines"].popitem()[1]["decisions"]
+    for way in ("bands", "blocks", "torch"):
+        chooser.decisions[key] = way
+        assert torch.equal(ops.transposed(matrix), matrix.t())
+    assert ops.transpose_way(matrix) == "torch"  # the decision in memory serves every later call
+    for mode, expected in (("numba", native.transpose_rule(100, 784)), ("torch", "torch"), ("dense", "torch")):
+        use(monkeypatch, mode=mode)
+        assert ops.transpose_way(matrix) == expected
+        assert torch.equal(ops.transposed(matrix), matrix.t())
+    assert len(calls) == 1

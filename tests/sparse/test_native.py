@@ -44,13 +44,14 @@ def test_prepare_loads_the_kernels_before_any_layer_computes():
 
 @pytest.mark.parametrize("shape", [(128, 3072), (2, 1000), (17, 300), (3, 70), (300, 2000), (512, 784), (33, 16), (1, 5)])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_the_transpose_is_exact_in_row_bands_and_column_blocks(monkeypatch, shape, threads):
-    """Wide matrices (a batch of inputs) go by 16-row bands, others by 16-column blocks, partial
+@pytest.mark.parametrize("way", ["bands", "blocks", None])
+def test_the_transpose_is_exact_in_row_bands_and_column_blocks(monkeypatch, shape, threads, way):
+    """Either sweep, or the fixed rule's (None: bands for a wide matrix, blocks otherwise), partial
     tiles included, serially or over the pool."""
     native.kernels()
     monkeypatch.setattr(native, "threads_for", lambda work: min(threads, native.configured_threads()))
     matrix = torch.randn(*shape)
-    assert torch.equal(native.transpose(matrix), matrix.t())
+    assert torch.equal(native.transpose(matrix, way), matrix.t())
 
 
 @pytest.mark.parametrize("threads", [1, 2])

@@ -34,7 +34,7 @@ from .structure import SparseStructure
 # The rule where nothing is measured, from measurements on a 2-core AMD EPYC (benchmarks/truly_sparse.py).
 NATIVE_FORWARD_MIN_ROWS = 32  # forward: numba's loop from this many rows (1.5x MKL at 128), MKL below, mv for one row
 NATIVE_INPUT_GRAD_MAX_ROWS = 16  # input gradient: numba's scatter up to this many rows, MKL on the transposed CSR above
-# Transposing copies stay a fixed rule (not measured): numba's blocked loop from this many elements, PyTorch's copy below.
+# Transposing copies of fewer elements take PyTorch's copy unmeasured; larger ones are measured (`transpose_way`).
 NATIVE_TRANSPOSE_MIN_SIZE = 1 << 16
 _VECTOR_ROWS = 8  # sampled_addmm's CPU kernel takes a scalar path below 8 rows: 2 rows cost 2.4x what 8 do
 OPS = ("forward", "input_grad", "weight_grad")
@@ -49,18 +49,62 @@ def autocast_on(device_type: str) -> bool:
 
 def transposed(matrix: Tensor) -> Tensor:
     """matrix.t() as a contiguous tensor: free when `matrix` is itself a transposed view, which is
-    how these products hand their outputs on (so a chain of sparse layers never copies)."""
+    how these products hand their outputs on (so a chain of sparse layers never copies); else a
+    copy, made the way `transpose_way` chooses."""
     flipped = matrix.t()
     if flipped.is_contiguous():
         return flipped
-    if (
-        matrix.is_contiguous()
-        and matrix.numel() >= NATIVE_TRANSPOSE_MIN_SIZE
-        and (dispatch.active or dispatch.current()).mode in ("auto", "numba")
-        and native.usable(matrix)
-    ):
-        return native.transpose(matrix)
+    if matrix.is_contiguous() and matrix.numel() >= NATIVE_TRANSPOSE_MIN_SIZE and native.usable(matrix):
+        how = transpose_way(matrix)
+        if how != "torch":
+            return native.transpose(matrix, how)
     return flipped.contiguous()
+
+
+def transpose_way(matrix: Tensor) -> str:
+    """How to copy `matrix` transposed: numba's sweep by row "bands" or column "blocks", or
+    PyTorch's copy ("torch"). Measured once per shape class (ITOP_KERNELS=auto): which sweep wins
+    depends on the CPU (the input batch of a 3072-wide layer, inside a training step at batch 128:
+    bands 0.39 against 0.66 ms on a 2-core Xeon, blocks 0.27-0.33 against 0.40-0.44 ms on a 2-core
+    AMD EPYC). ITOP_KERNELS=numba takes `native.transpose_rule`, torch and dense PyTorch's copy."""
+    chooser = dispatch.active or dispatch.current()
+    rows, cols = matrix.shape
+    if chooser.mode != "auto":
+        return native.transpose_rule(rows, cols) if chooser.mode == "numba" else "torch"
+    if torch._C._len_torch_dispatch_stack():
+        return native.transpose_rule(rows, cols)
+    key = ("transpose", dispatch.size_class(rows), cols, matrix.dtype, torch.get_num_threads())
+    how = chooser.decisions.get(key)
+    if how is None:
+        how = chooser.decide(key, lambda: transpose_timings(rows, cols, matrix.dtype), lambda: native.transpose_rule(rows, cols))
+    return how
+
+
+TRANSPOSE_PROBE_BYTES = 8 << 20  # the probe's sources together: more than a core's L2, as a batch fresh from a loader is
+
+
+def transpose_timings(rows: int, cols: int, dtype: torch.dtype) -> dict[str, float]:
+    """Seconds per transposing copy of a (rows, cols) matrix, for each way `transpose_way` knows.
+    Each call reads the next of a few random matrices, so that, as in a step, the source comes from
+    the last-level cache or memory. On a 2-core AMD EPYC, where blocks win inside a step, one
+    source read again and again chose bands in 1 of 12 probes and in 1 of 2 on a busier day;
+    these sources chose blocks in 12 of 12."""
+    generator = torch.Generator().manual_seed(0)
+    count = max(1, min(8, TRANSPOSE_PROBE_BYTES // (rows * cols * torch.empty(0, dtype=dtype).element_size())))
+    sources = [torch.randn(rows, cols, generator=generator).to(dtype) for _ in range(count)]
+    turn = [0]
+
+    def source() -> Tensor:
+        turn[0] += 1
+        return sources[turn[0] % count]
+
+    return dispatch.time_candidates(
+        {
+            "bands": lambda: native.transpose(source(), "bands"),
+            "blocks": lambda: native.transpose(source(), "blocks"),
+            "torch": lambda: source().t().contiguous(),
+        }
+    )
 
 
 def own_tensor(view: Tensor) -> Tensor:
