@@ -3,8 +3,9 @@
 Sparse speed depends on the machine more than on anything else: which CPU and vector ISA, how many
 cores, which torch and numba, whether OpenMP's idle threads spin, whether malloc keeps freed memory, and which kernel each product
 took. This prints all of it, with the dense GEMM rate and every sparse product's candidates timed on
-a reference layer (1024 x 3072 at density 0.05, batches 128 and 2), the choices made for that layer
-(`itop.sparse.dispatch`), and where those choices are cached.
+a reference layer (1024 x 3072 at density 0.05, batches 128 and 2), the ways to transpose its batch
+of inputs, the choices made for that layer (`itop.sparse.dispatch`), and where those choices are
+cached.
 """
 
 from __future__ import annotations
@@ -58,6 +59,28 @@ def _products(chooser, nnz: int, batch: int, say) -> None:
             choice = ops.forced_rule(chooser.mode, op, SHAPE, nnz, batch, like)
         rates = "".join(f"{_rate(2 * nnz * batch, timings.get(name)):>8}" for name in names)
         say(f"    {op:<11}{rates}   {choice} ({_source(chooser, key, before)})")
+
+
+def _transpose(chooser, say) -> None:
+    """The reference layer's batch of inputs copied transposed: each way's time and the choice."""
+    import torch
+
+    from itop.sparse import native, ops
+
+    rows, cols = BATCHES[0], SHAPE[1]
+    matrix = torch.empty(rows, cols)
+    if not native.usable(matrix):
+        say(f"input transpose ({rows} x {cols}): PyTorch's copy (numba is not installed)")
+        return
+    timings = ops.transpose_timings(rows, cols, torch.float32)
+    key = ops.transpose_key(rows, cols, torch.float32)
+    before = key in chooser.decisions
+    if chooser.mode == "auto":
+        choice = chooser.decide(key, lambda: timings, lambda: native.transpose_rule(rows, cols))
+    else:
+        choice = ops.transpose_way(matrix)
+    ways = ", ".join(f"{name} {seconds * 1e6:.0f} us" for name, seconds in timings.items())
+    say(f"input transpose ({rows} x {cols}, float32): {ways}   {choice} ({_source(chooser, key, before)})")
 
 
 def _masked(chooser, nnz: int, batch: int) -> str:
@@ -141,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     say(f"sparse products, {SHAPE[0]} x {SHAPE[1]} at density {DENSITY} ({nnz:,} weights, float32), GFLOP/s of 2 x nnz x batch:")
     for batch in BATCHES:
         _products(chooser, nnz, batch, say)
+    _transpose(chooser, say)
     say("masked layer of that shape (MaskedCSRLinear: sparse path or dense F.linear, forward and backward):")
     for batch in BATCHES:
         say(f"  {_masked(chooser, nnz, batch)}")

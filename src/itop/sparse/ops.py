@@ -73,11 +73,16 @@ def transpose_way(matrix: Tensor) -> str:
         return native.transpose_rule(rows, cols) if chooser.mode == "numba" else "torch"
     if torch._C._len_torch_dispatch_stack():
         return native.transpose_rule(rows, cols)
-    key = ("transpose", dispatch.size_class(rows), cols, matrix.dtype, torch.get_num_threads())
+    key = transpose_key(rows, cols, matrix.dtype)
     how = chooser.decisions.get(key)
     if how is None:
         how = chooser.decide(key, lambda: transpose_timings(rows, cols, matrix.dtype), lambda: native.transpose_rule(rows, cols))
     return how
+
+
+def transpose_key(rows: int, cols: int, dtype: torch.dtype) -> tuple:
+    """The shape class of a transposing copy: rows rounded up to a power of two (a batch), columns exact."""
+    return ("transpose", dispatch.size_class(rows), cols, dtype, torch.get_num_threads())
 
 
 TRANSPOSE_PROBE_BYTES = 8 << 20  # the probe's sources together: more than a core's L2, as a batch fresh from a loader is
