@@ -1,5 +1,5 @@
-"""The cores other processes leave free (`itop.sparse.free_cores`), and kernels run by fewer threads
-with the same numbers."""
+"""The cores other processes leave free (`itop.sparse.free_cores`), kernels run by fewer threads
+with the same numbers, and an optimizer step on the free cores."""
 
 import pytest
 import torch
@@ -86,3 +86,26 @@ def test_kernels_run_by_fewer_threads_give_the_same_numbers(monkeypatch, batch):
         assert numba.get_num_threads() == min(threads, numba.config.NUMBA_NUM_THREADS)
     for two, one in zip(*results):
         assert torch.equal(two, one)
+
+
+def test_an_optimizer_step_runs_on_the_free_cores_and_the_thread_count_comes_back(monkeypatch):
+    before, cpu = torch.get_num_threads(), torch.device("cpu")
+    torch.set_num_threads(2)
+    try:
+        monkeypatch.setattr(free_cores, "free", lambda threads: 1)  # another process holds one of two cores
+        with free_cores.optimizer_threads(cpu):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        try:
+            with free_cores.optimizer_threads(cpu):
+                raise KeyError("stop")
+        except KeyError:
+            pass
+        assert torch.get_num_threads() == 2
+        with free_cores.optimizer_threads("cuda"):  # a GPU's update uses no CPU threads
+            assert torch.get_num_threads() == 2
+        monkeypatch.setattr(free_cores, "free", lambda threads: threads)
+        with free_cores.optimizer_threads(cpu):
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

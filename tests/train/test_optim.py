@@ -1,10 +1,13 @@
 """The learning-rate schedule: the original ITOP code's milestones for runs long enough to have
-them, decays by optimizer steps for shorter runs, and the one-line description a run prints."""
+them, decays by optimizer steps for shorter runs, and the one-line description a run prints; the
+optimizers' numbers on one thread and two."""
 
 import pytest
+import torch
+from torch import nn
 
 from itop.train.config import parse_args
-from itop.train.optim import describe_schedule, learning_rate, multistep_milestones
+from itop.train.optim import build_optimizer, describe_schedule, learning_rate, multistep_milestones
 
 STEPS_PER_EPOCH = 36  # the demo's: 3,600 training digits in batches of 100
 
@@ -78,3 +81,31 @@ def test_long_runs_keep_the_original_milestones(multiplier):
 )
 def test_the_schedule_described_for_the_first_line(flags, total_steps, text):
     assert describe_schedule(demo(*flags), total_steps) == text
+
+
+@pytest.mark.parametrize("optimizer, fsdp", [("sgd", False), ("sgd", True), ("adam", False)])
+def test_the_optimizers_of_a_run_give_the_same_numbers_on_one_thread_and_two(optimizer, fsdp):
+    """What lets `itop train` run the step on fewer threads while other processes keep cores busy
+    (`free_cores.optimizer_threads`): the update is elementwise, and PyTorch computes each element
+    alike however it splits them among threads."""
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            cfg = parse_args(["--model", "lenet300-100", "--data", "mnist", "--optimizer", optimizer])[0]
+            cfg.fsdp = fsdp  # FSDP's optimizer is SGD with foreach=True; it steps plain tensors here alike
+            generator = torch.Generator().manual_seed(0)
+            model = nn.Sequential(nn.Linear(999, 301), nn.BatchNorm1d(301), nn.Linear(301, 7))
+            with torch.no_grad():
+                for param in model.parameters():
+                    param.copy_(torch.randn(param.shape, generator=generator))
+            opt = build_optimizer(cfg, model)
+            for _ in range(4):
+                for param in model.parameters():
+                    param.grad = torch.randn(param.shape, generator=generator)
+                opt.step()
+            results.append([p.detach().clone() for p in model.parameters()])
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(one, two) for one, two in zip(*results))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 from torch import nn
 
@@ -48,58 +47,3 @@ def test_the_thread_count_is_restored_after_training_even_on_an_error():
     assert torch.get_num_threads() == before
     with run_threads.using_threads(None):
         assert torch.get_num_threads() == before
-
-
-def test_the_update_runs_on_the_free_cores_and_the_thread_count_comes_back(monkeypatch):
-    from itop.sparse import free_cores
-
-    torch.set_num_threads(2)
-    cpu = torch.device("cpu")
-    try:
-        monkeypatch.setattr(free_cores, "free", lambda threads: 1)  # another process holds one of two cores
-        with run_threads.update_threads(cpu):
-            assert torch.get_num_threads() == 1
-        assert torch.get_num_threads() == 2
-        try:
-            with run_threads.update_threads(cpu):
-                raise KeyError("stop")
-        except KeyError:
-            pass
-        assert torch.get_num_threads() == 2
-        with run_threads.update_threads(torch.device("cuda")):  # a GPU's update uses no CPU threads
-            assert torch.get_num_threads() == 2
-        monkeypatch.setattr(free_cores, "free", lambda threads: threads)
-        with run_threads.update_threads(cpu):
-            assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(2)
-
-
-@pytest.mark.parametrize("optimizer, fsdp", [("sgd", False), ("sgd", True), ("adam", False)])
-def test_the_optimizers_of_a_run_give_the_same_numbers_on_one_thread_and_two(optimizer, fsdp):
-    """What lets `update_threads` change the thread count mid-run: the update is elementwise, and
-    PyTorch computes each element alike however it splits them among threads."""
-    from itop.train.config import parse_args
-    from itop.train.optim import build_optimizer
-
-    before = torch.get_num_threads()
-    results = []
-    try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            cfg = parse_args(["--model", "lenet300-100", "--data", "mnist", "--optimizer", optimizer])[0]
-            cfg.fsdp = fsdp  # FSDP's optimizer is SGD with foreach=True; it steps plain tensors here alike
-            generator = torch.Generator().manual_seed(0)
-            model = nn.Sequential(nn.Linear(999, 301), nn.BatchNorm1d(301), nn.Linear(301, 7))
-            with torch.no_grad():
-                for param in model.parameters():
-                    param.copy_(torch.randn(param.shape, generator=generator))
-            opt = build_optimizer(cfg, model)
-            for _ in range(4):
-                for param in model.parameters():
-                    param.grad = torch.randn(param.shape, generator=generator)
-                opt.step()
-            results.append([p.detach().clone() for p in model.parameters()])
-    finally:
-        torch.set_num_threads(before)
-    assert all(torch.equal(one, two) for one, two in zip(*results))

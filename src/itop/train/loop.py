@@ -23,6 +23,7 @@ from itop.data import DataError, load_dataset, make_loaders
 from itop.data.registry import is_tabular_path
 from itop.sparse import native
 from itop.sparse.base import SparseWeights
+from itop.sparse.free_cores import optimizer_threads
 
 from . import fsdp
 from .best_sparse import load_sparse_model, sparse_export_state  # noqa: F401 - itop.train.loop.load_sparse_model, as documented before
@@ -36,7 +37,7 @@ from .model_setup import build_model, build_sparsifier, loss_function, uncut_not
 from .notices import MIN_VALIDATION, no_update_warning
 from .optim import build_optimizer, learning_rate, set_learning_rate
 from .tensorboard import Logs, TensorBoardLog
-from .threads import step_threads, threads_note, update_threads, using_threads
+from .threads import step_threads, threads_note, using_threads
 
 # ImageNet runs (--arch, a data directory) cannot switch data with --data alone: name a whole command.
 IMAGENET_HINT = "or train on the 5,000 MNIST digits that come with itop: itop train --model lenet5 --data mnist5k"
@@ -336,7 +337,7 @@ class Run:
                 objective = objective + cfg.l1 * sum(p.abs().sum() for p in self.sparsifier.params.values())
             self.scaler.scale(objective).backward()
             loss_sum, correct = loss.detach() * len(y), (logits.argmax(1) == y).sum()
-        with update_threads(self.device):  # on the free cores while other processes keep some busy
+        with optimizer_threads(self.device):  # on the free cores while other processes keep some busy
             self.scaler.step(self.optimizer)
         self.scaler.update()
         self.step += 1

@@ -11,12 +11,6 @@ The rule is fixed, not measured, so that a run and its resume take the same numb
 so compute the same numbers: one thread where batch x parameters is under `TINY_STEP_WORK`, on the
 CPU, unless OMP_NUM_THREADS says otherwise.
 
-While other processes keep cores busy, a parallel region waits for its worker on a shared core
-(`itop.sparse.free_cores`). The optimizer step then runs on the free cores (`update_threads`): its
-updates are elementwise, so the thread count changes their speed, not their numbers (SGD and
-Adam are tested bit for bit on one and two threads). Beside a busy loop on one of two cores (AMD
-EPYC, AVX-512), the step of SET's recipe at H=10,000 took 1.6x its idle time this way
-(`benchmarks/truly_sparse.py --only contention`), against 1.9-2.2x before.
 """
 
 from __future__ import annotations
@@ -27,8 +21,6 @@ from collections.abc import Iterator
 
 import torch
 from torch import nn
-
-from ..sparse import free_cores
 
 TINY_STEP_WORK = 1 << 19  # batch x parameters: H=1,000 at batch 2 is 146,000 (one thread wins), H=10,000 1.2M (two win)
 
@@ -64,15 +56,3 @@ def using_threads(threads: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def update_threads(device: torch.device) -> contextlib.AbstractContextManager:
-    """For the optimizer step, elementwise work only: PyTorch's threads cut to the cores other
-    processes leave free (`free_cores.free`) inside, restored after. Never around reductions or
-    matrix products, whose rounding depends on how PyTorch splits them among threads, nor around
-    itop's kernels, which split their rows by the configured threads."""
-    if device.type != "cpu":
-        return contextlib.nullcontext()
-    threads = torch.get_num_threads()
-    left = free_cores.free(threads)
-    return using_threads(left if left != threads else None)
