@@ -13,20 +13,9 @@ import numba
 import numpy as np
 from numba import prange
 
-from .native_kernels import backward_rows, forward_rows, unsigned, weight_grad_rows
+from .native_kernels import backward_rows, forward_rows, row_sums, unsigned, weight_grad_rows
 
 _FLAGS = {"cache": True, "nogil": True}
-
-
-@numba.njit(**_FLAGS)
-def _bias_grad(grads_t, out, start, stop):  # pragma: no cover - compiled
-    """Rows [start, stop): each row's sum over the batch, in order (at a batch of 1 or 2, the sum
-    PyTorch's sum(1) gives)."""
-    for i in range(start, stop):
-        total = out.dtype.type(0)
-        for b in range(grads_t.shape[1]):
-            total += grads_t[i, b]
-        out[i] = total
 
 
 @numba.njit(**_FLAGS)
@@ -49,7 +38,7 @@ def chain_backward(x_t, csr, values, activations, grads, grad_values, grad_biase
     for k in range(len(values) - 1, -1, -1):
         crow, col = csr[k]
         g = grads[k]
-        _bias_grad(g, grad_biases[k], 0, g.shape[0])
+        row_sums(g, grad_biases[k], 0, g.shape[0])
         if k > 0:
             part, below = parts[k], activations[k - 1]
             backward_rows(crow, col, values[k], g, below, grad_values[k], part, 0, g.shape[0])
@@ -110,7 +99,7 @@ def cross_entropy_step(x_t, labels, csr, values, biases, activations, grads, gra
             start, stop = rows * p // parts, rows * (p + 1) // parts
             if k < last:  # the ReLU's gradient, from the parts the layer above scattered
                 _summed_relu_grad(buffers[k + 1], activations[k], g, start, stop)
-            _bias_grad(g, grad_biases[k], start, stop)
+            row_sums(g, grad_biases[k], start, stop)
             if k == 0:
                 weight_grad_rows(crow, col, g, x_t, grad_weights, start, stop)
             else:

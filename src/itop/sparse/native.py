@@ -199,7 +199,7 @@ def forward(crow: Tensor, col: Tensor, values: Tensor, rows_t: Tensor, bias: Ten
 def row_sums(matrix: Tensor) -> Tensor:
     """matrix.sum(1) for a contiguous 2-D CPU float matrix, on the calling thread (`native_kernels.row_sums`)."""
     out = torch.empty(matrix.shape[0], dtype=matrix.dtype)
-    _kernels.row_sums(matrix.detach().numpy(), out.numpy())
+    _kernels.row_sums(matrix.detach().numpy(), out.numpy(), 0, matrix.shape[0])
     return out
 
 

@@ -10,7 +10,6 @@ won, 8.2 s against 9.5 s (`itop train --preset million-neurons`, 2,000 steps; do
 The rule is fixed, not measured, so that a run and its resume take the same number of threads and
 so compute the same numbers: one thread where batch x parameters is under `TINY_STEP_WORK`, on the
 CPU, unless OMP_NUM_THREADS says otherwise.
-
 """
 
 from __future__ import annotations
